@@ -1,0 +1,43 @@
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install demo test test-slow bench bench-startup bench-throughput bench-bad-inputs sample-images lenet-digits clean
+
+## install: a virtual environment in .venv with cvtool (editable) and the dev tools
+install:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install -e '.[dev]'
+
+## demo: the first real job, offline: LeNet-5 (shipped with cvtool) reads real handwritten digits
+demo:
+	$(BIN)/cvtool classify sample_images/digits --model lenet5_digits --top-k 1
+
+## test: the default test run (under 15 minutes on 2 cores)
+test:
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-slow:
+	$(BIN)/python -m pytest -q -m slow
+
+## bench: every measured figure quoted in the README, written to bench/results/
+bench: bench-startup bench-throughput bench-bad-inputs
+
+bench-startup:
+	$(BIN)/python bench/startup.py
+
+bench-throughput:
+	$(BIN)/python bench/throughput.py
+
+bench-bad-inputs:
+	$(BIN)/python bench/bad_inputs.py
+
+sample-images:
+	$(BIN)/python scripts/make_sample_images.py
+
+lenet-digits:
+	$(BIN)/python scripts/make_lenet_digits.py
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache

@@ -1,0 +1,121 @@
+"""What the CLI shows on stderr (errors, progress, summaries) and how it ends (exit codes).
+
+Kept apart from cli.py so that every subcommand drives its pipeline the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from cvtool.errors import EXIT_INPUT_FAILED, EXIT_INTERRUPTED, EXIT_OK, CvtoolError
+
+EXIT_INTERNAL = 3
+
+
+@dataclass
+class Settings:
+    """Options given before the subcommand (`cvtool --quiet classify ...`)."""
+
+    debug: bool = False
+    quiet: bool = False
+
+
+SETTINGS = Settings()
+
+
+def stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def error_line(message: str) -> None:
+    """`cvtool: <file>: <reason>`, the one-line shape every error takes."""
+    sys.stderr.write(f"cvtool: {message}\n")
+    sys.stderr.flush()
+
+
+def info(message: str) -> None:
+    if not SETTINGS.quiet:
+        sys.stderr.write(f"cvtool: {message}\n")
+        sys.stderr.flush()
+
+
+@contextlib.contextmanager
+def exits_cleanly() -> Iterator[None]:
+    """Turn what escapes a command into one line and an exit code; tracebacks only with --debug."""
+    try:
+        yield
+    except CvtoolError as exc:
+        _maybe_traceback()
+        error_line(str(exc))
+        raise SystemExit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        error_line("interrupted")
+        raise SystemExit(EXIT_INTERRUPTED) from None
+    except (SystemExit, GeneratorExit):
+        raise
+    except Exception as exc:  # a bug: say so in one line, and how to see more
+        _maybe_traceback()
+        error_line(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)")
+        raise SystemExit(EXIT_INTERNAL) from None
+
+
+def _maybe_traceback() -> None:
+    if SETTINGS.debug:
+        traceback.print_exc()
+
+
+@dataclass
+class BatchSummary:
+    ok: int = 0
+    failed: int = 0
+    skipped: int = 0
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_INPUT_FAILED if self.failed else EXIT_OK
+
+
+def drive(records: Iterable[dict], writer, *, total: int | None, summary: BatchSummary) -> BatchSummary:
+    """Pass records to the writer, report bad inputs on stderr as they happen, show progress."""
+    with _progress(total) as advance:
+        for record in records:
+            if "error" in record:
+                summary.failed += 1
+                error_line(f"{record['path']}: {record['error']}")
+            else:
+                summary.ok += 1
+            writer.write(record)
+            advance()
+    writer.close()
+    parts = [f"{summary.ok} ok", f"{summary.failed} failed"]
+    if summary.skipped:
+        parts.append(f"{summary.skipped} skipped (output exists)")
+    info(", ".join(parts))
+    return summary
+
+
+@contextlib.contextmanager
+def _progress(total: int | None):
+    if SETTINGS.quiet or not sys.stderr.isatty() or os.environ.get("CVTOOL_NO_PROGRESS"):
+        yield lambda: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=stderr_console(), transient=True) as progress:
+        task = progress.add_task("images", total=total)
+        yield lambda: progress.advance(task)
+
+
+def check_out_dir(out: Path | None) -> None:
+    if out is not None and out.exists() and not out.is_dir():
+        raise CvtoolError(f"--out {out} exists and is not a directory")

@@ -1,0 +1,90 @@
+"""Turning a model name and/or a weights file into a ready-to-run network."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from cvtool.errors import UsageError, WeightsError
+from cvtool.models.registry import get_entry
+from cvtool.ops.preprocess import Preprocess
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    task: str
+    module: object  # torch.nn.Module, in eval mode, on `device`
+    preprocess: Preprocess
+    classes: list[str]
+    weights_path: str
+    weights_sha256: str
+    device: object  # torch.device
+
+
+def load_model(
+    name: str | None,
+    *,
+    task: str,
+    weights: str | Path | None = None,
+    device=None,
+    offline: bool | None = None,
+    progress: bool = True,
+    default: str | None = None,
+) -> LoadedModel:
+    """Build `name` and load its weights: `weights` (a file) when given, else the entry's default weights.
+
+    A cvtool checkpoint names its own architecture, classes and preprocessing, so `--weights FILE`
+    alone is enough; a plain state_dict needs `--model` to say what it fits.
+    """
+    import torch
+
+    from cvtool.models.checkpoint import apply_state_dict, load_weights_file
+
+    if weights is not None:
+        loaded = load_weights_file(weights)
+        if name and loaded.arch and loaded.arch != name:
+            raise UsageError(f"{weights}: checkpoint is for {loaded.arch!r}, not {name!r}; drop --model or pick {loaded.arch}")
+        arch = loaded.arch or name or default
+        if arch is None:
+            raise UsageError(f"{weights}: a plain state_dict does not say its architecture; add --model NAME")
+        entry = get_entry(arch, task)
+    else:
+        entry = get_entry(name or default, task)
+        if entry.weights is None:
+            raise WeightsError(f"{entry.name} has no default weights; pass --weights FILE (a checkpoint from `cvtool train`)")
+        loaded = load_weights_file(entry.weights.local_path(offline=offline, progress=progress))
+
+    module = entry.build(num_classes=len(loaded.classes) if loaded.classes else None)
+    head_size = _head_size(module, loaded.state_dict)
+    if head_size is not None and not loaded.classes and head_size != _head_size(module, module.state_dict()):
+        module = entry.build(num_classes=head_size)  # a plain state_dict fine-tuned for other classes
+    apply_state_dict(module, loaded.state_dict, source=str(loaded.path))
+    classes = loaded.classes or entry.classes()
+    n_outputs = _head_size(module, module.state_dict())
+    if not classes or (n_outputs is not None and len(classes) != n_outputs):
+        classes = [f"class_{i}" for i in range(n_outputs or 0)]
+    preprocess = Preprocess.from_dict(loaded.preprocess) if loaded.preprocess else entry.preprocess()
+    device = device if device is not None else torch.device("cpu")
+    module.eval().to(device)
+    return LoadedModel(
+        name=entry.name,
+        task=entry.task,
+        module=module,
+        preprocess=preprocess,
+        classes=list(classes),
+        weights_path=str(loaded.path),
+        weights_sha256=loaded.sha256,
+        device=device,
+    )
+
+
+def _head_size(module, state_dict: dict) -> int | None:
+    """Out-features of the network's last linear layer as `state_dict` has it: the number of classes."""
+    import torch
+
+    linear_names = [name for name, m in module.named_modules() if isinstance(m, torch.nn.Linear)]
+    if not linear_names:
+        return None
+    weight = state_dict.get(f"{linear_names[-1]}.weight")
+    return None if weight is None else int(weight.shape[0])

@@ -1,0 +1,141 @@
+"""The model registry: one entry per model name, carrying everything needed to run it.
+
+An entry knows how to build its network, where its default weights come from, how images must be
+preprocessed for them and what the outputs mean. Callers look models up by name; nothing else in
+cvtool branches on model names.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Protocol
+
+from cvtool.errors import UsageError
+
+if TYPE_CHECKING:
+    import torch.nn as nn
+
+    from cvtool.ops.preprocess import Preprocess
+
+
+class WeightsSource(Protocol):
+    """Where a model's default weights live: a download (cached), or a file inside the package."""
+
+    kind: str  # "download" or "packaged"
+    filename: str
+
+    def is_available(self) -> bool:
+        """True when the file is on this machine already (no network needed)."""
+
+    def local_path(self, *, offline: bool | None = None, progress: bool = True) -> Path:
+        """The weights file on disk, fetching it first if needed."""
+
+
+@dataclass(frozen=True)
+class DownloadedWeights:
+    url: str
+    sha256: str | None = None
+    size_mb: float | None = None
+    kind: str = "download"
+
+    @property
+    def filename(self) -> str:
+        return self.url.rsplit("/", 1)[-1]
+
+    def is_available(self) -> bool:
+        from cvtool.models import weights
+
+        return weights.cached_path(self.url).is_file()
+
+    def local_path(self, *, offline: bool | None = None, progress: bool = True) -> Path:
+        from cvtool.models import weights
+
+        return weights.fetch(self.url, sha256=self.sha256, offline=offline, progress=progress)
+
+
+@dataclass(frozen=True)
+class PackagedWeights:
+    """Weights small enough to ship inside cvtool itself, so a fresh install works offline."""
+
+    filename: str
+    kind: str = "packaged"
+
+    @property
+    def path(self) -> Path:
+        return Path(__file__).parent / "packaged" / self.filename
+
+    def is_available(self) -> bool:
+        return self.path.is_file()
+
+    def local_path(self, *, offline: bool | None = None, progress: bool = True) -> Path:
+        return self.path
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A named model: builder + default weights + preprocessing + labels + task + licence."""
+
+    name: str
+    task: str
+    family: str
+    builder: Callable[..., "nn.Module"]
+    preprocess: Callable[[], "Preprocess"]
+    classes: Callable[[], list[str] | None]
+    weights: WeightsSource | None = None
+    licence: str = ""
+    description: str = ""
+    num_params: int | None = None
+    build_kwargs: dict = field(default_factory=dict)
+
+    def build(self, num_classes: int | None = None) -> "nn.Module":
+        kwargs = dict(self.build_kwargs)
+        if num_classes is not None:
+            kwargs["num_classes"] = num_classes
+        return self.builder(**kwargs)
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+# Modules whose import registers the built-in models; imported on first lookup so `--help` stays fast.
+_BUILTIN_MODULES = ("cvtool.models.lenet", "cvtool.models.torchvision_classifiers")
+_builtins_loaded = False
+
+
+def register(entry: ModelEntry) -> ModelEntry:
+    if entry.name in _REGISTRY:
+        raise ValueError(f"model {entry.name!r} is registered twice")
+    _REGISTRY[entry.name] = entry
+    return entry
+
+
+def unregister(name: str) -> None:
+    _REGISTRY.pop(name, None)
+
+
+def _load_builtins() -> None:
+    global _builtins_loaded
+    if not _builtins_loaded:
+        _builtins_loaded = True
+        for module in _BUILTIN_MODULES:
+            importlib.import_module(module)
+
+
+def get_entry(name: str, task: str | None = None) -> ModelEntry:
+    _load_builtins()
+    entry = _REGISTRY.get(name)
+    if entry is None:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; see `cvtool models`"
+        raise UsageError(f"unknown model {name!r}{hint}")
+    if task is not None and entry.task != task:
+        raise UsageError(f"model {name!r} is a {entry.task} model, not a {task} model; see `cvtool models --task {task}`")
+    return entry
+
+
+def list_entries(task: str | None = None) -> list[ModelEntry]:
+    _load_builtins()
+    entries = [e for e in _REGISTRY.values() if task is None or e.task == task]
+    return sorted(entries, key=lambda e: (e.task, e.family, e.name))

@@ -1,0 +1,91 @@
+"""Image preprocessing with OpenCV, described as data so it can travel inside weights and checkpoints."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import cv2
+import numpy as np
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_INTERPOLATIONS = {"nearest": cv2.INTER_NEAREST, "bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC}
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Resize (shorter side, or exactly), centre-crop, scale to [0, 1], normalise: torchvision's
+    ImageClassification transform, done on NumPy arrays in worker threads instead of on tensors."""
+
+    crop_size: int
+    resize_size: int
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    interpolation: str = "bilinear"
+    grayscale: bool = False
+    resize_mode: str = "shorter"  # "shorter": keep aspect, then crop; "exact": stretch to resize_size square
+
+    def __post_init__(self) -> None:
+        if self.interpolation not in _INTERPOLATIONS:
+            raise ValueError(f"unknown interpolation {self.interpolation!r}")
+        if self.resize_mode not in ("shorter", "exact"):
+            raise ValueError(f"unknown resize_mode {self.resize_mode!r}")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Preprocess":
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        for key in ("mean", "std"):
+            if key in values:
+                values[key] = tuple(float(v) for v in values[key])
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["mean"], data["std"] = list(self.mean), list(self.std)
+        return data
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.grayscale else 3
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        """HxWx3 uint8 RGB -> CxHxW float32, ready for a batch."""
+        image = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)[..., None] if self.grayscale else rgb
+        image = self._resize(image)
+        image = _center_crop(image, self.crop_size)
+        mean = np.asarray(self.mean, dtype=np.float32) * 255.0
+        inv_std = 1.0 / (np.asarray(self.std, dtype=np.float32) * 255.0)
+        out = (image.astype(np.float32) - mean) * inv_std
+        return np.ascontiguousarray(out.transpose(2, 0, 1))
+
+    def _resize(self, image: np.ndarray) -> np.ndarray:
+        h, w = image.shape[:2]
+        if self.resize_mode == "exact":
+            size = (self.resize_size, self.resize_size)
+        else:
+            # torchvision truncates the long side (int(size * long / short)); matching it keeps crops aligned
+            short, long = (w, h) if w <= h else (h, w)
+            new_long = int(self.resize_size * long / short)
+            size = (self.resize_size, new_long) if w <= h else (new_long, self.resize_size)
+        if size == (w, h):
+            return image
+        # INTER_AREA when shrinking matches torchvision's antialiased resize far better than plain bilinear.
+        shrinking = size[0] < w and size[1] < h
+        flag = cv2.INTER_AREA if shrinking else _INTERPOLATIONS[self.interpolation]
+        resized = cv2.resize(image, size, interpolation=flag)
+        return resized[..., None] if resized.ndim == 2 else resized
+
+
+def _center_crop(image: np.ndarray, size: int) -> np.ndarray:
+    h, w = image.shape[:2]
+    if h < size or w < size:  # pad like torchvision's CenterCrop does for small inputs
+        pad_h, pad_w = max(0, size - h), max(0, size - w)
+        image = cv2.copyMakeBorder(
+            image, pad_h // 2, pad_h - pad_h // 2, pad_w // 2, pad_w - pad_w // 2, cv2.BORDER_CONSTANT, value=0
+        )
+        image = image[..., None] if image.ndim == 2 else image
+        h, w = image.shape[:2]
+    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+    return image[top : top + size, left : left + size]

@@ -1,0 +1,134 @@
+"""The one pipeline shape every task shares.
+
+decode + preprocess in worker threads -> batched inference -> postprocess to plain records -> write
+outputs atomically -> yield one record per input, in input order. Tasks supply the three
+task-specific steps (`prepare`, `predict`, `save`); nothing here prints.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Protocol
+
+from cvtool.errors import CvtoolError
+from cvtool.io.inputs import InputItem
+
+
+class Pipeline(Protocol):
+    task: str
+    model_name: str
+    weights_sha256: str | None
+
+    def prepare(self, path: str) -> Any:
+        """Decode and preprocess one input (runs in a worker thread); raise InputError when it is bad."""
+
+    def predict(self, samples: list[Any]) -> list[dict]:
+        """Run the model on a batch of prepared samples; one result dict per sample."""
+
+    def save(self, path: str, sample: Any, result: dict, out_dir: Path) -> list[str]:
+        """Write this input's outputs into `out_dir` atomically; return the files written."""
+
+
+@dataclass
+class _Pending:
+    path: str
+    future: Future | None  # None when the input was bad before decoding (e.g. a missing file)
+    error: str | None = None
+
+
+@dataclass
+class _Prepared:
+    path: str
+    sample: Any = None
+    error: str | None = None
+    ms: float = 0.0
+
+
+def error_record(path: str, reason: str) -> dict:
+    return {"path": path, "error": reason}
+
+
+def run(
+    pipeline: Pipeline,
+    items: Iterable[InputItem],
+    *,
+    batch_size: int = 16,
+    workers: int = 2,
+    out_dir: Path | None = None,
+    skip: Callable[[str], bool] | None = None,
+) -> Iterator[dict]:
+    """Yield one record per input, in input order, overlapping decoding with inference."""
+    batch: list[_Prepared] = []
+    for prepared in _prepare_all(pipeline, items, workers=workers, lookahead=2 * batch_size, skip=skip):
+        batch.append(prepared)
+        if sum(p.error is None for p in batch) >= batch_size:
+            yield from _finish(pipeline, batch, out_dir)
+            batch = []
+    if batch:
+        yield from _finish(pipeline, batch, out_dir)
+
+
+def _prepare_all(pipeline, items, *, workers, lookahead, skip) -> Iterator[_Prepared]:
+    def timed_prepare(path: str) -> tuple[Any, float]:
+        start = time.perf_counter()
+        sample = pipeline.prepare(path)
+        return sample, (time.perf_counter() - start) * 1000
+
+    pending: collections.deque[_Pending] = collections.deque()
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="cvtool-decode") as pool:
+        for item in items:
+            if item.error is None and skip is not None and skip(item.path):
+                continue
+            if item.error is not None:
+                pending.append(_Pending(item.path, None, item.error))
+            else:
+                pending.append(_Pending(item.path, pool.submit(timed_prepare, item.path)))
+            while len(pending) > lookahead:
+                yield _resolve(pending.popleft())
+        while pending:
+            yield _resolve(pending.popleft())
+
+
+def _resolve(pending: _Pending) -> _Prepared:
+    if pending.future is None:
+        return _Prepared(pending.path, error=pending.error)
+    try:
+        sample, ms = pending.future.result()
+    except CvtoolError as exc:
+        return _Prepared(pending.path, error=exc.reason)
+    return _Prepared(pending.path, sample=sample, ms=ms)
+
+
+def _finish(pipeline: Pipeline, batch: list[_Prepared], out_dir: Path | None) -> Iterator[dict]:
+    good = [p for p in batch if p.error is None]
+    results: list[dict] = []
+    infer_ms = 0.0
+    if good:
+        start = time.perf_counter()
+        results = pipeline.predict([p.sample for p in good])
+        infer_ms = (time.perf_counter() - start) * 1000 / len(good)
+    by_path = iter(results)
+    for prepared in batch:
+        if prepared.error is not None:
+            yield error_record(prepared.path, prepared.error)
+            continue
+        result = next(by_path)
+        record = {
+            "path": prepared.path,
+            "task": pipeline.task,
+            "model": pipeline.model_name,
+            "weights_sha256": pipeline.weights_sha256,
+            "ms": round(prepared.ms + infer_ms, 3),
+            "result": result,
+        }
+        if out_dir is not None:
+            try:
+                record["outputs"] = pipeline.save(prepared.path, prepared.sample, result, out_dir)
+            except CvtoolError as exc:
+                yield error_record(prepared.path, exc.reason)
+                continue
+        yield record
