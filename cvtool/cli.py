@@ -67,7 +67,7 @@ def main_options(
 
 
 # Options shared by every batch command.
-IMAGES_ARG = typer.Argument(..., help="Image files, directories, glob patterns, or - to read paths from stdin.")
+IMAGES_ARG = typer.Argument(..., metavar="IMAGES...", show_default=False, help="Image files, directories, glob patterns, or - to read paths from stdin.")
 WEIGHTS_OPT = typer.Option(
     None, "--weights", "-w", help="A weights file: a cvtool checkpoint or a plain state_dict (then --model names it)."
 )

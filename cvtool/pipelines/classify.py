@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cvtool.errors import InputError
 from cvtool.io.atomic import atomic_write_text
 from cvtool.io.image import DEFAULT_MAX_PIXELS, read_image
 from cvtool.io.outputs import OutputNamer
@@ -47,7 +48,11 @@ class ClassifyPipeline:
         return [str(target)]
 
     def already_done(self, path: str) -> bool:
-        return self.output_name is not None and self.output_name.exists(path)
+        """For --skip-existing; an unusable output name is not "done": save() reports it."""
+        try:
+            return self.output_name is not None and self.output_name.exists(path)
+        except InputError:
+            return False
 
 
 COLUMNS = ["rank", "label", "prob"]

@@ -1,0 +1,55 @@
+"""Shared fixtures: the project's own sample images, small real checkpoints, and a CLI runner."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "sample_images"
+SHARED = ROOT.parent / "shared" / "datasets"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Every test gets its own empty weights cache and never reaches a real download host."""
+    home = tmp_path_factory.mktemp("torch_home")
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    monkeypatch.setenv("CVTOOL_NO_PROGRESS", "1")
+    monkeypatch.delenv("CVTOOL_OFFLINE", raising=False)
+    monkeypatch.delenv("CVTOOL_WEIGHTS_MIRROR", raising=False)
+
+
+def run_cli(*args: str, stdin: str | None = None, env: dict | None = None, cwd: Path | None = None):
+    """Run the real `cvtool` in a subprocess, as a shell script would."""
+    return subprocess.run(
+        [sys.executable, "-m", "cvtool", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+        timeout=300,
+    )
+
+
+def jsonl(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="session")
+def lenet_state_dict_file(tmp_path_factory) -> Path:
+    """A plain state_dict of an untrained LeNet-5 (fixed seed)."""
+    import torch
+
+    from cvtool.models.lenet import LeNet5
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "lenet5_plain.pt"
+    torch.save(LeNet5(num_classes=10).state_dict(), path)
+    return path

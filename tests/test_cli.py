@@ -1,0 +1,43 @@
+"""The `cvtool` command as users and shell scripts meet it: help, version, exit codes, streams."""
+
+import subprocess
+import sys
+
+from conftest import run_cli
+
+from cvtool import __version__
+
+
+def test_version():
+    result = run_cli("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"cvtool {__version__}"
+
+
+def test_help_lists_only_working_commands_and_does_not_import_torch():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    assert "classify" in result.stdout and "models" in result.stdout
+    probe = subprocess.run(
+        [sys.executable, "-c", "import sys, cvtool.cli; print(sorted({'torch', 'torchvision', 'cv2'} & set(sys.modules)))"],
+        capture_output=True, text=True, check=True,
+    )
+    assert probe.stdout.strip() == "[]"
+
+
+def test_every_subcommand_help_has_an_example():
+    for args in (["classify"], ["models"], ["models", "pull"], ["models", "verify"]):
+        result = run_cli(*args, "--help")
+        assert result.returncode == 0, result.stderr
+        assert "Example: cvtool" in result.stdout, args
+
+
+def test_python_dash_m_entry_point_matches_the_script():
+    script = subprocess.run(["cvtool", "--version"], capture_output=True, text=True)
+    if script.returncode == 0:  # the console script is on PATH when installed into the active environment
+        assert script.stdout == run_cli("--version").stdout
+
+
+def test_unknown_option_is_a_usage_error_exit_2():
+    result = run_cli("classify", "x.jpg", "--top-k", "zero")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
