@@ -28,10 +28,18 @@ app = typer.Typer(
 )
 models_app = typer.Typer(
     help="List, download ahead of time, and verify model weights.",
+    epilog="Example: cvtool models --task classify --format json",
     invoke_without_command=True,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(models_app, name="models")
+train_app = typer.Typer(
+    help="Train models on your own data; the checkpoints load with --weights in the other commands.",
+    epilog="Example: cvtool train classify digits/ --arch lenet5 --epochs 30",
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(train_app, name="train")
 
 
 class OutputFormat(str, Enum):
@@ -142,16 +150,126 @@ def classify(
     raise typer.Exit(summary.exit_code)
 
 
+@train_app.command(
+    "classify",
+    epilog="Example: cvtool train classify digits/ --arch lenet5 --epochs 30 --out runs/digits",
+)
+def train_classify(
+    data: Optional[str] = typer.Argument(
+        None, help="ImageFolder directory (one folder per class), CSV of path,label, or MNIST IDX files."
+    ),
+    arch: str = typer.Option("resnet18", "--arch", "-a", help="Any classifier of `cvtool models --task classify`."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", "-e", min=1, help="Epochs to train (default 10)."),
+    batch_size: int = typer.Option(32, "--batch-size", "-b", min=1),
+    lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate (cosine schedule)."),
+    weight_decay: float = typer.Option(1e-4, "--weight-decay"),
+    optimizer: str = typer.Option("adamw", "--optimizer", help="adamw, adam or sgd."),
+    img_size: Optional[int] = typer.Option(None, "--img-size", min=8, help="Input size (default: the model's own)."),
+    val: Optional[str] = typer.Option(None, "--val", help="Validation data (same layouts as DATA)."),
+    val_split: float = typer.Option(0.1, "--val-split", help="Without --val: fraction of each class held out."),
+    pretrained: bool = typer.Option(False, "--pretrained/--no-pretrained", help="Fine-tune from the model's weights."),
+    hflip: bool = typer.Option(False, "--hflip", help="Augment with horizontal flips (off: they change digits/text)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/classify-ARCH-TIME)."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory from last.pt."),
+    eval_only: bool = typer.Option(False, "--eval-only", help="Only evaluate --weights on DATA."),
+    weights: Optional[Path] = WEIGHTS_OPT,
+    device: str = DEVICE_OPT,
+    seed: int = typer.Option(0, "--seed", help="Seeds shuffling, augmentation and initialisation."),
+    workers: int = typer.Option(0, "--workers", min=0, help="DataLoader worker processes."),
+    fmt: Optional[ListFormat] = typer.Option(None, "--format", "-f", help="Final report: table or json."),
+) -> None:
+    """Train a classifier; writes best.pt, last.pt, metrics.csv, curves.png, confusion.png, summary.json."""
+    with exits_cleanly():
+        from cvtool.device import resolve_device
+        from cvtool.train import classification as recipe
+        from cvtool.train.engine import TrainConfig
+
+        torch_device = resolve_device(device)
+        warn = lambda message: info(f"skipping {message}")  # noqa: E731
+        if eval_only:
+            if weights is None or data is None:
+                raise UsageError("--eval-only needs DATA and --weights FILE")
+            report = recipe.evaluate_checkpoint(weights, data, torch_device, on_skip=warn)
+            _print_report(report, fmt)
+            raise typer.Exit(0)
+        if resume is not None:
+            args, cfg = _resumed_args(resume, epochs)
+            run_dir = resume
+        else:
+            if data is None:
+                raise UsageError("DATA is required (or --resume RUN_DIR)")
+            args = recipe.ClassifyTrainArgs(data, arch, val, val_split, img_size, pretrained, hflip)
+            cfg = TrainConfig(epochs=epochs or 10, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                              optimizer=optimizer, seed=seed, workers=workers)
+            run_dir = out or _default_run_dir(arch)
+            if (run_dir / "last.pt").exists():
+                raise UsageError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick another --out")
+        info(f"training {args.arch} on {torch_device} into {run_dir}")
+        from cvtool.console import TrainProgress
+
+        try:
+            with TrainProgress() as progress:
+                summary = recipe.run_training(args, cfg, run_dir, torch_device, resume=resume is not None,
+                                              callbacks=progress, on_skip=warn, progress=not SETTINGS.quiet)
+        except KeyboardInterrupt:
+            info(f"interrupted: {run_dir / 'last.pt'} holds the last completed epoch; continue with --resume {run_dir}")
+            raise
+        info(f"best val accuracy {summary['best_val_accuracy']:.4f} (epoch {summary['best_epoch']}); "
+             f"{summary['skipped_files']} file(s) skipped; {run_dir}/best.pt")
+        _print_report(summary["val_report"], fmt)
+
+
+def _default_run_dir(arch: str) -> Path:
+    import time
+
+    return Path("runs") / f"classify-{arch}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _resumed_args(run_dir: Path, epochs: Optional[int]):
+    """The arguments and config stored in RUN_DIR/last.pt; only --epochs may be raised."""
+    from dataclasses import replace
+
+    from cvtool.models.checkpoint import load_weights_file
+    from cvtool.train.classification import ClassifyTrainArgs
+    from cvtool.train.engine import TrainConfig
+
+    last = run_dir / "last.pt"
+    if not last.exists():
+        raise UsageError(f"{run_dir}: no last.pt to resume from")
+    meta = load_weights_file(last).meta
+    if "args" not in meta or "config" not in meta:
+        raise UsageError(f"{last}: not a resumable training checkpoint")
+    cfg = TrainConfig(**meta["config"])
+    if epochs is not None:
+        cfg = replace(cfg, epochs=epochs)
+    return ClassifyTrainArgs(**meta["args"]), cfg
+
+
+def _print_report(report: dict, fmt: Optional[ListFormat]) -> None:
+    """The evaluation on stdout: JSON for scripts, a per-class table for people."""
+    import json
+
+    if fmt is ListFormat.json or (fmt is None and not sys.stdout.isatty()):
+        typer.echo(json.dumps(report, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"accuracy {report['accuracy']:.4f} on {report['images']} images")
+    for column in ("class", "precision", "recall", "f1", "support"):
+        table.add_column(column)
+    for name, row in report["per_class"].items():
+        table.add_row(name, f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}", str(row["support"]))
+    Console().print(table)
+
+
 @models_app.callback()
 def models_list(
     ctx: typer.Context,
     task: Optional[str] = typer.Option(None, "--task", help="Only models for this task (classify, ...)."),
     fmt: ListFormat = typer.Option(ListFormat.table, "--format", "-f", help="table or json."),
 ) -> None:
-    """List every model: task, size, weights source, licence, and whether its weights are on this machine.
-
-    Example: cvtool models --task classify --format json
-    """
+    """List every model: task, size, weights source, licence, and whether its weights are on this machine."""
     if ctx.invoked_subcommand is not None:
         return
     with exits_cleanly():

@@ -119,3 +119,43 @@ def _progress(total: int | None):
 def check_out_dir(out: Path | None) -> None:
     if out is not None and out.exists() and not out.is_dir():
         raise CvtoolError(f"--out {out} exists and is not a directory")
+
+
+class TrainProgress:
+    """Training progress on stderr: a bar per epoch (loss, images/s, ETA) and one summary line per epoch."""
+
+    def __init__(self):
+        self.live = not (SETTINGS.quiet or not sys.stderr.isatty() or os.environ.get("CVTOOL_NO_PROGRESS"))
+        self.progress = None
+        self.task = None
+
+    def __enter__(self):
+        if self.live:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.progress = Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                TextColumn("{task.fields[status]}"), console=stderr_console(), transient=True,
+            )
+            self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.progress is not None:
+            self.progress.__exit__(*exc)
+
+    def on_epoch_start(self, epoch: int, epochs: int, batches: int) -> None:
+        if self.progress is not None:
+            if self.task is not None:
+                self.progress.remove_task(self.task)
+            self.task = self.progress.add_task(f"epoch {epoch}/{epochs}", total=batches, status="")
+
+    def on_batch(self, epoch: int, batch: int, loss: float, images_per_s: float) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, completed=batch, status=f"loss {loss:.4f}  {images_per_s:.0f} img/s")
+
+    def on_epoch_end(self, row: dict) -> None:
+        parts = [f"epoch {row['epoch']}", f"train_loss {row['train_loss']:.4f}"]
+        parts += [f"{k} {v:.4f}" for k, v in row.items() if k.startswith("val_")]
+        parts += [f"lr {row['lr']:.2e}", f"{row['train_images_per_s']:.0f} img/s"]
+        info("  ".join(parts))

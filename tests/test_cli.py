@@ -25,16 +25,18 @@ def test_help_lists_only_working_commands_and_does_not_import_torch():
 
 
 def test_every_subcommand_help_has_an_example():
-    for args in (["classify"], ["models"], ["models", "pull"], ["models", "verify"]):
+    for args in (["classify"], ["models"], ["models", "pull"], ["models", "verify"], ["train"], ["train", "classify"]):
         result = run_cli(*args, "--help")
         assert result.returncode == 0, result.stderr
         assert "Example: cvtool" in result.stdout, args
 
 
 def test_python_dash_m_entry_point_matches_the_script():
-    script = subprocess.run(["cvtool", "--version"], capture_output=True, text=True)
-    if script.returncode == 0:  # the console script is on PATH when installed into the active environment
-        assert script.stdout == run_cli("--version").stdout
+    from pathlib import Path
+
+    script = Path(sys.executable).parent / "cvtool"  # installed beside the interpreter by pip
+    result = subprocess.run([str(script), "--version"], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout == run_cli("--version").stdout
 
 
 def test_unknown_option_is_a_usage_error_exit_2():

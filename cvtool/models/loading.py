@@ -45,7 +45,7 @@ def load_model(
         loaded = load_weights_file(weights)
         if name and loaded.arch and loaded.arch != name:
             raise UsageError(f"{weights}: checkpoint is for {loaded.arch!r}, not {name!r}; drop --model or pick {loaded.arch}")
-        arch = loaded.arch or name or default
+        arch = loaded.arch or name  # never the default: guessing an architecture for a file misleads
         if arch is None:
             raise UsageError(f"{weights}: a plain state_dict does not say its architecture; add --model NAME")
         entry = get_entry(arch, task)
@@ -59,7 +59,7 @@ def load_model(
     head_size = _head_size(module, loaded.state_dict)
     if head_size is not None and not loaded.classes and head_size != _head_size(module, module.state_dict()):
         module = entry.build(num_classes=head_size)  # a plain state_dict fine-tuned for other classes
-    apply_state_dict(module, loaded.state_dict, source=str(loaded.path))
+    apply_state_dict(module, loaded.state_dict, source=str(loaded.path), model_name=entry.name)
     classes = loaded.classes or entry.classes()
     n_outputs = _head_size(module, module.state_dict())
     if not classes or (n_outputs is not None and len(classes) != n_outputs):

@@ -1,0 +1,175 @@
+"""Reading and writing images with OpenCV, the way users' files actually arrive.
+
+Phone photos carry an EXIF rotation, scanners write 16-bit or palette PNGs, screenshots have an
+alpha channel, cameras embed wide-gamut ICC profiles, and some files are broken or hostile. Every
+reader in cvtool comes through `read_image`, which turns all of that into one HxWx3 uint8 RGB
+array or one `InputError` with a short reason.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from cvtool.errors import InputError
+from cvtool.io.atomic import atomic_write_bytes
+
+DEFAULT_MAX_PIXELS = 100_000_000
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pbm", ".pnm", ".jp2"}
+)
+
+if hasattr(cv2, "utils") and hasattr(cv2.utils, "logging"):
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # corrupt files are reported by us, once
+
+
+def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode `path` to a C-contiguous HxWx3 uint8 RGB array, or raise InputError saying why not."""
+    data = _read_bytes(path)
+    header = _header(data)
+    if header is not None:
+        _check_pixels(header.size, max_pixels, path)
+    _check_complete(data, path)
+    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if decoded is None:
+        raise InputError("not an image (unrecognised format)" if header is None else "could not decode image", path)
+    if header is None:
+        _check_pixels((decoded.shape[1], decoded.shape[0]), max_pixels, path)
+    rgb = _to_rgb8(decoded)
+    if header is not None:
+        rgb = _apply_orientation(rgb, header.orientation)
+        rgb = _to_srgb(rgb, header.icc_profile)
+    return np.ascontiguousarray(rgb)
+
+
+class _Header:
+    """What Pillow reads from the header alone, without decoding pixels."""
+
+    def __init__(self, size: tuple[int, int], orientation: int, icc_profile: bytes | None, fmt: str | None):
+        self.size, self.orientation, self.icc_profile, self.format = size, orientation, icc_profile, fmt
+
+
+def _read_bytes(path: str | Path) -> bytes:
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise InputError("no such file", path) from None
+    except IsADirectoryError:
+        raise InputError("is a directory", path) from None
+    except PermissionError:
+        raise InputError("permission denied", path) from None
+    except OSError as exc:
+        raise InputError(f"cannot read file ({exc.strerror or exc})", path) from None
+    if not data:
+        raise InputError("empty file (0 bytes)", path)
+    return data
+
+
+def _header(data: bytes) -> _Header | None:
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = None  # our own limit applies, with our own message
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            try:
+                orientation = int(image.getexif().get(0x0112, 1))
+            except Exception:  # a malformed EXIF block must not cost the user the image
+                orientation = 1
+            return _Header(image.size, orientation, image.info.get("icc_profile"), image.format)
+    except Exception:
+        return None
+
+
+def _check_pixels(size: tuple[int, int], max_pixels: int, path) -> None:
+    w, h = size
+    if w * h > max_pixels:
+        raise InputError(
+            f"image is {w}x{h} = {w * h / 1e6:.0f} megapixels, over the limit of {max_pixels / 1e6:.0f}; "
+            "raise it with --max-pixels",
+            path,
+        )
+
+
+def _check_complete(data: bytes, path) -> None:
+    """OpenCV decodes cut-off JPEGs and PNGs without complaint (grey or partial); catch them first."""
+    if data[:3] == b"\xff\xd8\xff" and b"\xff\xd9" not in data[-1024:]:
+        raise InputError("truncated JPEG (no end-of-image marker)", path)
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and b"IEND" not in data[-64:]:
+        raise InputError("truncated or corrupt PNG (no IEND chunk)", path)
+
+
+def _to_rgb8(image: np.ndarray) -> np.ndarray:
+    if image.dtype == np.uint16:
+        image = (image.astype(np.float32) * (255.0 / 65535.0) + 0.5).astype(np.uint8)
+    elif image.dtype in (np.float32, np.float64):
+        scale = 255.0 if float(np.nanmax(image)) <= 1.0 else 1.0
+        image = np.clip(np.nan_to_num(image) * scale + 0.5, 0, 255).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        image = np.clip(image, 0, 255).astype(np.uint8)
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    channels = image.shape[2]
+    if channels == 1:
+        return cv2.cvtColor(image[..., 0], cv2.COLOR_GRAY2RGB)
+    if channels == 4:
+        return _composite_over_white(image)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _composite_over_white(bgra: np.ndarray) -> np.ndarray:
+    alpha = bgra[..., 3:4].astype(np.float32) / 255.0
+    rgb = cv2.cvtColor(bgra[..., :3], cv2.COLOR_BGR2RGB).astype(np.float32)
+    return (rgb * alpha + 255.0 * (1.0 - alpha) + 0.5).astype(np.uint8)
+
+
+# EXIF orientation -> the operations that bring the image upright (as Pillow's exif_transpose).
+_ORIENTATIONS = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1, :],
+    5: lambda a: a.transpose(1, 0, 2),
+    6: lambda a: np.rot90(a, k=-1),
+    7: lambda a: a.transpose(1, 0, 2)[::-1, ::-1],
+    8: lambda a: np.rot90(a, k=1),
+}
+
+
+def _apply_orientation(rgb: np.ndarray, orientation: int) -> np.ndarray:
+    transform = _ORIENTATIONS.get(orientation)
+    return rgb if transform is None else np.ascontiguousarray(transform(rgb))
+
+
+def _to_srgb(rgb: np.ndarray, icc_profile: bytes | None) -> np.ndarray:
+    """Convert pixels tagged with a non-sRGB profile (Display P3, Adobe RGB, ...) to sRGB; best effort."""
+    if not icc_profile:
+        return rgb
+    try:
+        from PIL import Image, ImageCms
+
+        source = ImageCms.ImageCmsProfile(io.BytesIO(icc_profile))
+        description = (ImageCms.getProfileDescription(source) or "").lower()
+        if "srgb" in description or source.profile.xcolor_space.strip() != "RGB":
+            return rgb
+        converted = ImageCms.profileToProfile(Image.fromarray(rgb), source, ImageCms.createProfile("sRGB"), outputMode="RGB")
+        return np.asarray(converted)
+    except Exception:  # an unreadable profile must not cost the user the image
+        return rgb
+
+
+def write_image(path: str | Path, rgb: np.ndarray, *, quality: int = 95) -> None:
+    """Encode by the path's suffix and write atomically."""
+    path = Path(path)
+    suffix = path.suffix.lower() or ".png"
+    params = [cv2.IMWRITE_JPEG_QUALITY, quality] if suffix in (".jpg", ".jpeg", ".jpe") else []
+    image = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR) if rgb.ndim == 3 and rgb.shape[2] == 3 else rgb
+    try:
+        ok, encoded = cv2.imencode(suffix, image, params)
+    except cv2.error:
+        ok = False
+    if not ok:
+        raise InputError(f"cannot encode image as {suffix}", path)
+    atomic_write_bytes(path, encoded.tobytes())
