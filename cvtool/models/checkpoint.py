@@ -78,7 +78,7 @@ def _torch_load(path: Path):
                 path,
             ) from None
         raise WeightsError(f"not a PyTorch weights file ({_short(exc)})", path) from None
-    except (RuntimeError, EOFError, ValueError, OSError, UnicodeDecodeError) as exc:
+    except Exception as exc:  # torch's unpickler raises many types (KeyError, EOFError, RuntimeError...) on junk
         raise WeightsError(f"not a PyTorch weights file ({_short(exc)})", path) from None
 
 
@@ -147,7 +147,9 @@ def _listed(keys: list[str]) -> str:
     return shown + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
 
 
-def apply_state_dict(model, state_dict: dict, *, source: str, model_name: str | None = None) -> None:
+def apply_state_dict(
+    model, state_dict: dict, *, source: str, model_name: str | None = None, assign: bool = False
+) -> None:
     """Strict load with one readable line about what does not fit, instead of torch's multi-line dump."""
     own = model.state_dict()
     missing = [k for k in own if k not in state_dict]
@@ -167,4 +169,4 @@ def apply_state_dict(model, state_dict: dict, *, source: str, model_name: str | 
             )
         name = model_name or type(model).__name__
         raise WeightsError(f"weights do not fit {name}: " + "; ".join(problems), source)
-    model.load_state_dict(state_dict, strict=True)
+    model.load_state_dict(state_dict, strict=True, assign=assign)

@@ -55,11 +55,17 @@ def load_model(
             raise WeightsError(f"{entry.name} has no default weights; pass --weights FILE (a checkpoint from `cvtool train`)")
         loaded = load_weights_file(entry.weights.local_path(offline=offline, progress=progress))
 
-    module = entry.build(num_classes=len(loaded.classes) if loaded.classes else None)
-    head_size = _head_size(module, loaded.state_dict)
-    if head_size is not None and not loaded.classes and head_size != _head_size(module, module.state_dict()):
-        module = entry.build(num_classes=head_size)  # a plain state_dict fine-tuned for other classes
-    apply_state_dict(module, loaded.state_dict, source=str(loaded.path), model_name=entry.name)
+    num_classes = len(loaded.classes) if loaded.classes else None
+    with torch.device("meta"):  # shapes only: no time spent initialising weights about to be replaced
+        module = entry.build(num_classes=num_classes)
+        head_size = _head_size(module, loaded.state_dict)
+        if head_size is not None and num_classes is None and head_size != _head_size(module, module.state_dict()):
+            module = entry.build(num_classes=head_size)  # a plain state_dict fine-tuned for other classes
+            num_classes = head_size
+    apply_state_dict(module, loaded.state_dict, source=str(loaded.path), model_name=entry.name, assign=True)
+    if any(t.is_meta for t in (*module.parameters(), *module.buffers())):  # non-persistent buffers: build for real
+        module = entry.build(num_classes=num_classes)
+        apply_state_dict(module, loaded.state_dict, source=str(loaded.path), model_name=entry.name)
     classes = loaded.classes or entry.classes()
     n_outputs = _head_size(module, module.state_dict())
     if not classes or (n_outputs is not None and len(classes) != n_outputs):

@@ -99,9 +99,10 @@ class ModelEntry:
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
-# Modules whose import registers the built-in models; imported on first lookup so `--help` stays fast.
-_BUILTIN_MODULES = ("cvtool.models.lenet", "cvtool.models.torchvision_classifiers")
-_builtins_loaded = False
+# Modules whose import registers the built-in models, cheapest first. They are imported on demand,
+# and only as far as a lookup needs: `--help` imports none, a LeNet-5 run never imports torchvision.
+_BUILTIN_MODULES = ["cvtool.models.lenet", "cvtool.models.torchvision_classifiers"]
+_loaded_modules: set[str] = set()
 
 
 def register(entry: ModelEntry) -> ModelEntry:
@@ -115,16 +116,18 @@ def unregister(name: str) -> None:
     _REGISTRY.pop(name, None)
 
 
-def _load_builtins() -> None:
-    global _builtins_loaded
-    if not _builtins_loaded:
-        _builtins_loaded = True
-        for module in _BUILTIN_MODULES:
+def _load_builtins(until: str | None = None) -> None:
+    """Import built-in model modules until `until` is registered (all of them when None)."""
+    for module in _BUILTIN_MODULES:
+        if until is not None and until in _REGISTRY:
+            return
+        if module not in _loaded_modules:
+            _loaded_modules.add(module)
             importlib.import_module(module)
 
 
 def get_entry(name: str, task: str | None = None) -> ModelEntry:
-    _load_builtins()
+    _load_builtins(until=name)
     entry = _REGISTRY.get(name)
     if entry is None:
         close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
