@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
+import typer
+
 from cvtool.errors import EXIT_INPUT_FAILED, EXIT_INTERRUPTED, EXIT_OK, CvtoolError
 
 EXIT_INTERNAL = 3
@@ -59,7 +61,7 @@ def exits_cleanly() -> Iterator[None]:
     except KeyboardInterrupt:
         error_line("interrupted")
         raise SystemExit(EXIT_INTERRUPTED) from None
-    except (SystemExit, GeneratorExit):
+    except (SystemExit, GeneratorExit, typer.Exit, typer.Abort, typer.TyperException):  # typer's own to handle
         raise
     except Exception as exc:  # a bug: say so in one line, and how to see more
         _maybe_traceback()

@@ -1,0 +1,64 @@
+"""The "show me" pictures of a run: learning curves and a confusion matrix (matplotlib, no display)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+
+from cvtool.io.atomic import atomic_write_bytes
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    _figure().close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+    return str(path)
+
+
+def save_curves(history: list[dict], path: Path) -> str:
+    """Loss on the left, every other val_* metric on the right, per epoch."""
+    plt = _figure()
+    epochs = [row["epoch"] for row in history]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for key in ("train_loss", "val_loss"):
+        if key in history[0]:
+            left.plot(epochs, [row[key] for row in history], marker=".", label=key)
+    left.set(xlabel="epoch", ylabel="loss", title="loss")
+    left.legend()
+    metrics = [k for k in history[0] if k.startswith("val_") and k != "val_loss"]
+    for key in metrics:
+        right.plot(epochs, [row[key] for row in history], marker=".", label=key)
+    right.set(xlabel="epoch", title="validation")
+    if metrics:
+        right.legend()
+    return _save(fig, path)
+
+
+def save_confusion(matrix: np.ndarray, classes: list[str], path: Path) -> str:
+    plt = _figure()
+    n = len(classes)
+    size = min(4 + 0.35 * n, 16)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set(xlabel="predicted", ylabel="true", title="confusion matrix")
+    if n <= 40:
+        ax.set_xticks(range(n), classes, rotation=90)
+        ax.set_yticks(range(n), classes)
+        peak = matrix.max() or 1
+        for (i, j), value in np.ndenumerate(matrix):
+            if value:
+                ax.text(j, i, str(value), ha="center", va="center", fontsize=7,
+                        color="white" if value > peak / 2 else "black")
+    return _save(fig, path)

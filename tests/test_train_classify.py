@@ -1,0 +1,178 @@
+"""`cvtool train classify`: the engine on a small generated ImageFolder (real files, real training)."""
+
+import csv
+import gzip
+import json
+import struct
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from conftest import jsonl, run_cli
+
+from cvtool.errors import CvtoolError
+from cvtool.train.classification import ClassifyTrainArgs, run_training
+from cvtool.train.datasets import DataError, open_classification_data, read_idx_array
+from cvtool.train.engine import Callbacks, TrainConfig
+
+SHAPES = ("circle", "bar", "cross")
+
+
+def _draw(shape: str, rng) -> np.ndarray:
+    image = np.full((32, 32, 3), 255, np.uint8)
+    cx, cy = (int(v) for v in rng.integers(11, 21, size=2))
+    r = int(rng.integers(6, 10))
+    if shape == "circle":
+        cv2.circle(image, (cx, cy), r, (0, 0, 0), 2)
+    elif shape == "bar":
+        cv2.rectangle(image, (cx - r, cy - 2), (cx + r, cy + 2), (0, 0, 0), -1)
+    else:
+        cv2.line(image, (cx - r, cy - r), (cx + r, cy + r), (0, 0, 0), 2)
+        cv2.line(image, (cx - r, cy + r), (cx + r, cy - r), (0, 0, 0), 2)
+    return image
+
+
+@pytest.fixture(scope="module")
+def shapes_folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shapes")
+    rng = np.random.default_rng(0)
+    for shape in SHAPES:
+        (root / shape).mkdir()
+        for i in range(40):
+            cv2.imwrite(str(root / shape / f"{i:02d}.png"), _draw(shape, rng))
+    return root
+
+
+def _train(data, run_dir, epochs, resume=False, callbacks=None, **args):
+    cfg = TrainConfig(epochs=epochs, batch_size=16, lr=3e-3, seed=0, workers=0)
+    return run_training(ClassifyTrainArgs(str(data), arch="lenet5", val_split=0.25, **args), cfg, run_dir,
+                        torch.device("cpu"), resume=resume, callbacks=callbacks, progress=False)
+
+
+def test_training_learns_and_writes_a_complete_run_directory(shapes_folder, tmp_path):
+    summary = _train(shapes_folder, tmp_path / "run", epochs=20)
+    names = sorted(p.name for p in (tmp_path / "run").iterdir())
+    assert names == ["best.pt", "confusion.png", "curves.png", "last.pt", "metrics.csv", "summary.json"]
+    rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == list(range(1, 21))
+    assert float(rows[-1]["train_loss"]) < 0.5 * float(rows[0]["train_loss"])
+    assert summary["best_val_accuracy"] >= 0.9  # 30 held-out shapes, chance is 1/3
+    assert summary["classes"] == sorted(SHAPES)
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["val_images"] == 30
+
+
+def test_checkpoint_loads_straight_into_classify(shapes_folder, tmp_path):
+    _train(shapes_folder, tmp_path / "run", epochs=12)
+    result = run_cli("classify", str(shapes_folder / "cross" / "00.png"), str(shapes_folder / "circle" / "03.png"),
+                     "--weights", str(tmp_path / "run" / "best.pt"), "-f", "jsonl", "-k", "1")
+    assert result.returncode == 0, result.stderr
+    records = jsonl(result.stdout)
+    assert records[0]["model"] == "lenet5"
+    assert [r["result"]["top_k"][0]["label"] for r in records] == ["cross", "circle"]
+
+
+class _StopAt(Callbacks):
+    """Presses Ctrl-C in the middle of an epoch."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_batch(self, epoch, batch, loss, images_per_s):
+        if epoch == self.epoch and batch == 2:
+            raise KeyboardInterrupt
+
+
+def test_interrupt_then_resume_gives_exactly_the_uninterrupted_run(shapes_folder, tmp_path):
+    straight = _train(shapes_folder, tmp_path / "straight", epochs=4)
+    with pytest.raises(KeyboardInterrupt):
+        _train(shapes_folder, tmp_path / "broken", epochs=4, callbacks=_StopAt(epoch=3))
+    rows = list(csv.DictReader(open(tmp_path / "broken" / "metrics.csv")))
+    assert [r["epoch"] for r in rows] == ["1", "2"]  # the interrupted epoch is not recorded
+    resumed = _train(shapes_folder, tmp_path / "broken", epochs=4, resume=True)
+
+    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "broken" / "last.pt", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 4
+    for key in a["state_dict"]:
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+    straight_rows = list(csv.DictReader(open(tmp_path / "straight" / "metrics.csv")))
+    resumed_rows = list(csv.DictReader(open(tmp_path / "broken" / "metrics.csv")))
+    assert [r["train_loss"] for r in straight_rows] == [r["train_loss"] for r in resumed_rows]
+    assert straight["best_val_accuracy"] == resumed["best_val_accuracy"]
+
+
+def test_cli_train_eval_only_and_resume(shapes_folder, tmp_path):
+    run = tmp_path / "cli-run"
+    first = run_cli("train", "classify", str(shapes_folder), "--arch", "lenet5", "--epochs", "2", "--out", str(run),
+                    "--batch-size", "16", "-f", "json")
+    assert first.returncode == 0, first.stderr
+    assert "epoch 2" in first.stderr and json.loads(first.stdout)["images"] == 12  # 10% of 120 held out, stratified
+    again = run_cli("train", "classify", str(shapes_folder), "--arch", "lenet5", "--out", str(run))
+    assert again.returncode == 2 and "already holds a run" in again.stderr
+    more = run_cli("train", "classify", "--resume", str(run), "--epochs", "3", "-f", "json")
+    assert more.returncode == 0, more.stderr
+    assert [r["epoch"] for r in csv.DictReader(open(run / "metrics.csv"))] == ["1", "2", "3"]
+    report = run_cli("train", "classify", str(shapes_folder), "--eval-only", "--weights", str(run / "best.pt"), "-f", "json")
+    assert report.returncode == 0, report.stderr
+    doc = json.loads(report.stdout)
+    assert doc["images"] == 120 and set(doc["per_class"]) == set(SHAPES)
+    assert np.array(doc["confusion_matrix"]).sum() == 120
+
+
+def test_bad_data_is_refused_before_training(tmp_path, shapes_folder):
+    single = tmp_path / "single"
+    (single / "only").mkdir(parents=True)
+    cv2.imwrite(str(single / "only" / "a.png"), np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(DataError, match="only one class"):
+        open_classification_data(single)
+    (single / "empty").mkdir()
+    with pytest.raises(DataError, match="class folder\\(s\\) with no images: empty"):
+        open_classification_data(single)
+    result = run_cli("train", "classify", str(single), "--arch", "lenet5", "--out", str(tmp_path / "r"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+def test_unreadable_images_are_skipped_with_a_warning(tmp_path, shapes_folder):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(shapes_folder, data)
+    (data / "circle" / "zz_broken.png").write_bytes(b"not a png")
+    result = run_cli("train", "classify", str(data), "--arch", "lenet5", "--epochs", "1", "--out", str(tmp_path / "r"),
+                     "-f", "json")
+    assert result.returncode == 0, result.stderr
+    assert "skipping" in result.stderr and "zz_broken.png: not an image" in result.stderr
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["skipped_files"] == 1
+
+
+def _write_idx(path, array: np.ndarray, type_code: int = 0x08):
+    header = bytes([0, 0, type_code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    data = header + array.astype(">u1").tobytes()
+    path.write_bytes(gzip.compress(data) if path.suffix == ".gz" else data)
+
+
+def test_mnist_idx_files_are_read_and_mismatches_refused(tmp_path):
+    images = (np.arange(6 * 4 * 4) % 256).astype(np.uint8).reshape(6, 4, 4)
+    labels = np.array([0, 1, 2, 0, 1, 2], np.uint8)
+    _write_idx(tmp_path / "train-images-idx3-ubyte.gz", images)
+    _write_idx(tmp_path / "train-labels-idx1-ubyte.gz", labels)
+    assert np.array_equal(read_idx_array(tmp_path / "train-images-idx3-ubyte.gz"), images)
+    data = open_classification_data(tmp_path)
+    assert data.classes == ["0", "1", "2"] and data.labels == labels.tolist()
+    assert data.sources[1].shape == (4, 4, 3) and np.array_equal(data.sources[1][..., 0], images[1])
+
+    _write_idx(tmp_path / "train-labels-idx1-ubyte.gz", labels[:5])
+    with pytest.raises(DataError, match="6 images but 5 labels"):
+        open_classification_data(tmp_path)
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(b"\x00\x00\x08\x03" + struct.pack(">3I", 9, 4, 4)))
+    with pytest.raises(CvtoolError, match="truncated"):
+        open_classification_data(tmp_path / "train-images-idx3-ubyte.gz")
+
+
+def test_csv_list_with_relative_paths(tmp_path, shapes_folder):
+    listing = tmp_path / "list.csv"
+    listing.write_text("path,label\n" + "".join(
+        f"{shapes_folder / shape / f'{i:02d}.png'},{shape}\n" for shape in SHAPES for i in range(3)))
+    data = open_classification_data(listing)
+    assert data.classes == sorted(SHAPES) and len(data) == 9
