@@ -2,7 +2,7 @@
 
     python bench/bad_inputs.py
 
-Each corpus file is run alone (its exit code and one-line message checked), then the whole corpus
+Each corpus entry is run alone (its exit code and one-line message checked), then the whole corpus
 and a mixed directory in one call (the batch must go on past every bad file and exit 1).
 """
 
@@ -26,34 +26,37 @@ def classify(*inputs: str) -> subprocess.CompletedProcess:
     return subprocess.run([*COMMAND, *inputs], capture_output=True, text=True, timeout=300)
 
 
+def check(path: Path, expected: str) -> dict:
+    """One input alone: "" must succeed (exit 0); anything else must fail with that reason (exit 1)."""
+    result = classify(str(path))
+    want_exit = 0 if expected == "" else 1
+    crashed = "Traceback" in result.stderr
+    ok = result.returncode == want_exit and not crashed and expected in result.stderr
+    first_line = result.stderr.strip().splitlines()[0] if want_exit and result.stderr.strip() else ""
+    return {"file": path.name, "exit": result.returncode, "expected_exit": want_exit, "ok": ok,
+            "traceback": crashed, "stderr": first_line}
+
+
 def main() -> None:
-    rows, tracebacks, wrong = [], 0, []
     with tempfile.TemporaryDirectory() as tmp:
-        corpus = make_bad_corpus(Path(tmp))
-        for name, expected in sorted(corpus.items()):
-            result = classify(str(Path(tmp) / name))
-            crashed = "Traceback" in result.stderr
-            tracebacks += crashed
-            want_exit = 0 if expected == "" else 1
-            last = result.stderr.strip().splitlines()[-2:] if result.stderr.strip() else []
-            ok = result.returncode == want_exit and not crashed and (expected == "" or expected in result.stderr)
-            if not ok:
-                wrong.append(name)
-            rows.append({"file": name, "exit": result.returncode, "expected_exit": want_exit, "ok": ok,
-                         "stderr": last[0] if want_exit and last else ""})
-        everything = classify(*(str(Path(tmp) / name) for name in sorted(corpus)))
-        mixed = classify(str(Path(tmp) / "mixed"))
-    batch_lines = everything.stdout.count("\n")
+        tmp = Path(tmp)
+        corpus = make_bad_corpus(tmp)
+        (tmp / "empty_dir").mkdir()
+        corpus.update({"missing.jpg": "no such file", "empty_dir": "no image files in directory"})
+        rows = [check(tmp / name, expected) for name, expected in sorted(corpus.items())]
+        everything = classify(*(str(tmp / name) for name in sorted(corpus)))
+        mixed = classify(str(tmp / "mixed"))
     figures = {
         "files_tried": len(rows),
-        "tracebacks": tracebacks + ("Traceback" in everything.stderr) + ("Traceback" in mixed.stderr),
-        "wrong_exit_or_message": wrong,
-        "whole_corpus_in_one_call": {"exit": everything.returncode, "records": batch_lines, "inputs": len(corpus)},
+        "tracebacks": sum(r["traceback"] for r in rows) + ("Traceback" in everything.stderr) + ("Traceback" in mixed.stderr),
+        "wrong_exit_or_message": [r["file"] for r in rows if not r["ok"]],
+        "whole_corpus_in_one_call": {"exit": everything.returncode, "records": everything.stdout.count("\n"),
+                                     "inputs": len(corpus)},
         "mixed_directory": {"exit": mixed.returncode, "records": mixed.stdout.count("\n")},
         "per_file": rows,
     }
     write_results("bad_inputs", figures)
-    sys.exit(1 if figures["tracebacks"] or wrong else 0)
+    sys.exit(1 if figures["tracebacks"] or figures["wrong_exit_or_message"] else 0)
 
 
 if __name__ == "__main__":
