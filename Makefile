@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test test-slow bench bench-startup bench-throughput bench-bad-inputs sample-images lenet-digits clean
+.PHONY: install demo test test-slow bench bench-startup bench-throughput bench-bad-inputs eval-train sample-images lenet-digits clean
 
 ## install: a virtual environment in .venv with cvtool (editable) and the dev tools
 install:
@@ -36,8 +36,15 @@ bench-bad-inputs:
 sample-images:
 	$(BIN)/python scripts/make_sample_images.py
 
+## eval-train: cvtool train on real data (digits; ORL faces and engine overhead need ../shared)
+eval-train:
+	$(BIN)/python bench/eval_train.py digits
+	$(BIN)/python bench/eval_train.py orl
+	$(BIN)/python bench/eval_train.py overhead
+
+## lenet-digits: retrain the packaged lenet5_digits weights with `cvtool train` (about 20 s)
 lenet-digits:
-	$(BIN)/python scripts/make_lenet_digits.py
+	$(BIN)/python bench/eval_train.py digits --package cvtool/models/packaged/lenet5_digits.pt
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache

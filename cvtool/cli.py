@@ -15,7 +15,16 @@ import typer
 
 from cvtool import __version__
 from cvtool.errors import UsageError
-from cvtool.console import SETTINGS, BatchSummary, check_out_dir, drive, exits_cleanly, info
+from cvtool.console import (
+    SETTINGS,
+    BatchSummary,
+    TrainProgress,
+    check_out_dir,
+    drive,
+    exits_cleanly,
+    info,
+    print_report,
+)
 
 app = typer.Typer(
     name="cvtool",
@@ -190,10 +199,10 @@ def train_classify(
             if weights is None or data is None:
                 raise UsageError("--eval-only needs DATA and --weights FILE")
             report = recipe.evaluate_checkpoint(weights, data, torch_device, on_skip=warn)
-            _print_report(report, fmt)
+            print_report(report, as_json=_wants_json(fmt))
             raise typer.Exit(0)
         if resume is not None:
-            args, cfg = _resumed_args(resume, epochs)
+            args, cfg = recipe.resumed_arguments(resume, epochs)
             run_dir = resume
         else:
             if data is None:
@@ -201,66 +210,25 @@ def train_classify(
             args = recipe.ClassifyTrainArgs(data, arch, val, val_split, img_size, pretrained, hflip)
             cfg = TrainConfig(epochs=epochs or 10, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                               optimizer=optimizer, seed=seed, workers=workers)
-            run_dir = out or _default_run_dir(arch)
+            run_dir = out or recipe.default_run_dir(arch)
             if (run_dir / "last.pt").exists():
                 raise UsageError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick another --out")
         info(f"training {args.arch} on {torch_device} into {run_dir}")
-        from cvtool.console import TrainProgress
-
         try:
             with TrainProgress() as progress:
                 summary = recipe.run_training(args, cfg, run_dir, torch_device, resume=resume is not None,
                                               callbacks=progress, on_skip=warn, progress=not SETTINGS.quiet)
         except KeyboardInterrupt:
-            info(f"interrupted: {run_dir / 'last.pt'} holds the last completed epoch; continue with --resume {run_dir}")
+            if (run_dir / "last.pt").exists():
+                info(f"{run_dir / 'last.pt'} holds the last completed epoch; continue with --resume {run_dir}")
             raise
         info(f"best val accuracy {summary['best_val_accuracy']:.4f} (epoch {summary['best_epoch']}); "
              f"{summary['skipped_files']} file(s) skipped; {run_dir}/best.pt")
-        _print_report(summary["val_report"], fmt)
+        print_report(summary["val_report"], as_json=_wants_json(fmt))
 
 
-def _default_run_dir(arch: str) -> Path:
-    import time
-
-    return Path("runs") / f"classify-{arch}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def _resumed_args(run_dir: Path, epochs: Optional[int]):
-    """The arguments and config stored in RUN_DIR/last.pt; only --epochs may be raised."""
-    from dataclasses import replace
-
-    from cvtool.models.checkpoint import load_weights_file
-    from cvtool.train.classification import ClassifyTrainArgs
-    from cvtool.train.engine import TrainConfig
-
-    last = run_dir / "last.pt"
-    if not last.exists():
-        raise UsageError(f"{run_dir}: no last.pt to resume from")
-    meta = load_weights_file(last).meta
-    if "args" not in meta or "config" not in meta:
-        raise UsageError(f"{last}: not a resumable training checkpoint")
-    cfg = TrainConfig(**meta["config"])
-    if epochs is not None:
-        cfg = replace(cfg, epochs=epochs)
-    return ClassifyTrainArgs(**meta["args"]), cfg
-
-
-def _print_report(report: dict, fmt: Optional[ListFormat]) -> None:
-    """The evaluation on stdout: JSON for scripts, a per-class table for people."""
-    import json
-
-    if fmt is ListFormat.json or (fmt is None and not sys.stdout.isatty()):
-        typer.echo(json.dumps(report, indent=2))
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"accuracy {report['accuracy']:.4f} on {report['images']} images")
-    for column in ("class", "precision", "recall", "f1", "support"):
-        table.add_column(column)
-    for name, row in report["per_class"].items():
-        table.add_row(name, f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}", str(row["support"]))
-    Console().print(table)
+def _wants_json(fmt: Optional[ListFormat]) -> bool:
+    return fmt is ListFormat.json or (fmt is None and not sys.stdout.isatty())
 
 
 @models_app.callback()

@@ -161,3 +161,21 @@ class TrainProgress:
         parts += [f"{k} {v:.4f}" for k, v in row.items() if k.startswith("val_")]
         parts += [f"lr {row['lr']:.2e}", f"{row['train_images_per_s']:.0f} img/s"]
         info("  ".join(parts))
+
+
+def print_report(report: dict, *, as_json: bool) -> None:
+    """A classification evaluation on stdout: JSON for scripts, a per-class table for people."""
+    import json
+
+    if as_json:
+        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"accuracy {report['accuracy']:.4f} on {report['images']} images")
+    for column in ("class", "precision", "recall", "f1", "support"):
+        table.add_column(column)
+    for name, row in report["per_class"].items():
+        table.add_row(name, f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}", str(row["support"]))
+    Console().print(table)

@@ -32,3 +32,13 @@ def test_atomic_write_leaves_no_temp_files_and_keeps_old_file_on_failure(tmp_pat
             raise RuntimeError("killed mid-write")
     assert target.read_text() == "first"
     assert [p.name for p in target.parent.iterdir()] == ["result.txt"]
+
+
+def test_atomic_outputs_get_the_usual_permissions_not_mkstemps_0600(tmp_path):
+    import os
+
+    target = tmp_path / "out.txt"
+    atomic_write_text(target, "x")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask

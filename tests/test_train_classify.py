@@ -176,3 +176,10 @@ def test_csv_list_with_relative_paths(tmp_path, shapes_folder):
         f"{shapes_folder / shape / f'{i:02d}.png'},{shape}\n" for shape in SHAPES for i in range(3)))
     data = open_classification_data(listing)
     assert data.classes == sorted(SHAPES) and len(data) == 9
+
+
+def test_worker_processes_load_the_data(shapes_folder, tmp_path):
+    result = run_cli("train", "classify", str(shapes_folder), "--arch", "lenet5", "--epochs", "1", "--workers", "2",
+                     "--out", str(tmp_path / "r"), "-f", "json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["images"] == 12

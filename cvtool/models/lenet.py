@@ -33,7 +33,7 @@ class LeNet5(nn.Module):
         return self.classifier(self.features(x))
 
 
-# Grey ink on paper, stretched to the 32x32 input; mean/std of the digits training images.
+# Grey ink on paper, stretched to the 32x32 input and mapped to [-1, 1].
 LENET_PREPROCESS = Preprocess(
     crop_size=32, resize_size=32, mean=(0.5,), std=(0.5,), interpolation="bilinear", grayscale=True, resize_mode="exact"
 )

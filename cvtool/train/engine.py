@@ -37,7 +37,7 @@ class TrainConfig:
     warmup_epochs: int = 0
     seed: int = 0
     workers: int = 0
-    monitor: str = "val_accuracy"  # the metric that picks best.pt; higher is better
+    monitor: str = "val_accuracy"  # the metric that picks best.pt; higher is better, ties go to lower val_loss
     amp: bool = True  # only takes effect on CUDA
     channels_last: bool = True  # only takes effect on CUDA
 
@@ -77,7 +77,7 @@ class RunState:
     """Everything a resumed run needs to carry on as if it had never stopped."""
 
     epoch: int = 0  # epochs completed
-    best: float = -math.inf
+    best: tuple[float, float] = (-math.inf, -math.inf)  # (monitored metric, -val_loss)
     history: list[dict] = field(default_factory=list)
 
 
@@ -163,7 +163,7 @@ class Trainer:
             state_dict={k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             extra={
                 "epoch": self.state.epoch,
-                "best": self.state.best,
+                "best": list(self.state.best),
                 "history": self.state.history,
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
@@ -187,7 +187,7 @@ class Trainer:
         self.scheduler.load_state_dict(meta["scheduler"])
         if meta.get("scaler"):
             self.scaler.load_state_dict(meta["scaler"])
-        self.state = RunState(epoch=int(meta["epoch"]), best=float(meta["best"]), history=list(meta["history"]))
+        self.state = RunState(epoch=int(meta["epoch"]), best=tuple(meta["best"]), history=list(meta["history"]))
         torch.set_rng_state(meta["torch_rng"])
 
     def load_best_into(self, path: Path) -> int:
@@ -209,7 +209,8 @@ class Trainer:
             row = self._run_epoch(self.state.epoch + 1)
             self.state.epoch += 1
             self.state.history.append(row)
-            score = row.get(self.cfg.monitor, -row["train_loss"])
+            loss = row.get("val_loss", row["train_loss"])
+            score = (row.get(self.cfg.monitor, -loss), -loss)  # a small val set saturates accuracy; loss breaks ties
             if score > self.state.best:
                 self.state.best = score
                 self._save("best.pt")
