@@ -133,30 +133,81 @@ def classify(
         if skip_existing and out is None:
             raise UsageError("--skip-existing needs --out DIR")
         check_out_dir(out)
-        from cvtool.device import resolve_device
-        from cvtool.io.records import make_writer
-        from cvtool.models.loading import load_model
         from cvtool.pipelines import classify as task
-        from cvtool.pipelines.runner import run
 
-        items, total = _input_items(images, recursive)
-        loaded = load_model(
-            model, task="classify", weights=weights, device=resolve_device(device), progress=not SETTINGS.quiet,
-            default="resnet18",
-        )
-        info(f"{loaded.name} on {loaded.device}, weights {Path(loaded.weights_path).name} (sha256 {loaded.weights_sha256[:12]})")
+        loaded = _load(model, "classify", weights, device, default="resnet18")
         pipeline = task.ClassifyPipeline(loaded, top_k=top_k, max_pixels=max_pixels, out_dir=out)
-        summary = BatchSummary()
+        code = _run_batch(pipeline, task, images, recursive, out, skip_existing, batch_size, workers, fmt)
+    raise typer.Exit(code)
 
-        def skip(path: str) -> bool:
-            done = skip_existing and pipeline.already_done(path)
-            summary.skipped += done
-            return done
 
-        records = run(pipeline, items, batch_size=batch_size, workers=workers, out_dir=out, skip=skip)
-        writer = make_writer(fmt.value if fmt else None, task.COLUMNS, task.rows)
-        drive(records, writer, total=total, summary=summary)
-    raise typer.Exit(summary.exit_code)
+def _load(model: Optional[str], task: str, weights: Optional[Path], device: str, *, default: str):
+    from cvtool.device import resolve_device
+    from cvtool.models.loading import load_model
+
+    loaded = load_model(model, task=task, weights=weights, device=resolve_device(device),
+                        progress=not SETTINGS.quiet, default=default)
+    info(f"{loaded.name} on {loaded.device}, weights {Path(loaded.weights_path).name} (sha256 {loaded.weights_sha256[:12]})")
+    return loaded
+
+
+def _run_batch(pipeline, task_module, images, recursive, out, skip_existing, batch_size, workers, fmt) -> int:
+    """Stream inputs through a task's pipeline into the chosen writer; the exit code for the batch."""
+    from cvtool.io.records import make_writer
+    from cvtool.pipelines.runner import run
+
+    items, total = _input_items(images, recursive)
+    summary = BatchSummary()
+
+    def skip(path: str) -> bool:
+        done = skip_existing and pipeline.already_done(path)
+        summary.skipped += done
+        return done
+
+    records = run(pipeline, items, batch_size=batch_size, workers=workers, out_dir=out, skip=skip)
+    writer = make_writer(fmt.value if fmt else None, task_module.COLUMNS, task_module.rows)
+    drive(records, writer, total=total, summary=summary)
+    return summary.exit_code
+
+
+
+@app.command(
+    epilog="Example: cvtool segment street.jpg --model deeplabv3_resnet50 --out masks/ --classes person,car",
+)
+def segment(
+    images: List[str] = IMAGES_ARG,
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name (see `cvtool models --task segment`). "
+                                        "Default: deeplabv3_resnet50."),
+    weights: Optional[Path] = WEIGHTS_OPT,
+    out: Optional[Path] = OUT_OPT,
+    alpha: float = typer.Option(0.5, "--alpha", min=0.0, max=1.0, help="Overlay opacity of the class colours."),
+    classes: Optional[str] = typer.Option(None, "--classes", help="Comma-separated classes to keep; others become background."),
+    save_mask: bool = typer.Option(False, "--save-mask", help="With --out: also one black/white PNG per class found."),
+    tile: Optional[int] = typer.Option(None, "--tile", min=16, help="Run in TILE x TILE tiles (large images, bounded memory)."),
+    overlap: int = typer.Option(32, "--overlap", min=0, help="Overlap between tiles, blended linearly."),
+    batch_size: int = BATCH_OPT,
+    device: str = DEVICE_OPT,
+    fmt: Optional[OutputFormat] = FORMAT_OPT,
+    recursive: bool = RECURSIVE_OPT,
+    skip_existing: bool = SKIP_OPT,
+    workers: int = WORKERS_OPT,
+    max_pixels: int = MAX_PIXELS_OPT,
+) -> None:
+    """Segment images: a class per pixel; with --out an indexed mask PNG and a colour overlay per image."""
+    with exits_cleanly():
+        if skip_existing and out is None:
+            raise UsageError("--skip-existing needs --out DIR")
+        if save_mask and out is None:
+            raise UsageError("--save-mask needs --out DIR")
+        check_out_dir(out)
+        from cvtool.pipelines import segment as task
+
+        loaded = _load(model, "segment", weights, device, default="deeplabv3_resnet50")
+        keep = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
+        pipeline = task.SegmentPipeline(loaded, alpha=alpha, classes=keep, save_mask=save_mask, tile=tile,
+                                        overlap=overlap, max_pixels=max_pixels, out_dir=out)
+        code = _run_batch(pipeline, task, images, recursive, out, skip_existing, batch_size, workers, fmt)
+    raise typer.Exit(code)
 
 
 @train_app.command(
@@ -191,7 +242,7 @@ def train_classify(
     with exits_cleanly():
         from cvtool.device import resolve_device
         from cvtool.train import classification as recipe
-        from cvtool.train.engine import TrainConfig
+        from cvtool.train.engine import TrainConfig, default_run_dir
 
         torch_device = resolve_device(device)
         warn = lambda message: info(f"skipping {message}")  # noqa: E731
@@ -210,7 +261,7 @@ def train_classify(
             args = recipe.ClassifyTrainArgs(data, arch, val, val_split, img_size, pretrained, hflip)
             cfg = TrainConfig(epochs=epochs or 10, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                               optimizer=optimizer, seed=seed, workers=workers)
-            run_dir = out or recipe.default_run_dir(arch)
+            run_dir = out or default_run_dir("classify", arch)
             if (run_dir / "last.pt").exists():
                 raise UsageError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick another --out")
         info(f"training {args.arch} on {torch_device} into {run_dir}")
@@ -225,6 +276,66 @@ def train_classify(
         info(f"best val accuracy {summary['best_val_accuracy']:.4f} (epoch {summary['best_epoch']}); "
              f"{summary['skipped_files']} file(s) skipped; {run_dir}/best.pt")
         print_report(summary["val_report"], as_json=_wants_json(fmt))
+
+
+@train_app.command(
+    "segment",
+    epilog="Example: cvtool train segment membrane/ --arch unet --epochs 40 --class-names membrane,cell",
+)
+def train_segment(
+    data: Optional[str] = typer.Argument(None, help="Folder with images/ and masks/ (same file stems)."),
+    arch: str = typer.Option("unet", "--arch", "-a", help="unet, or a segmenter of `cvtool models --task segment`."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", "-e", min=1, help="Epochs to train (default 30)."),
+    batch_size: int = typer.Option(4, "--batch-size", "-b", min=1),
+    lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate (cosine schedule)."),
+    weight_decay: float = typer.Option(1e-4, "--weight-decay"),
+    optimizer: str = typer.Option("adamw", "--optimizer", help="adamw, adam or sgd."),
+    crop: int = typer.Option(256, "--crop", min=16, help="Random training crops of this size (with flips)."),
+    loss: str = typer.Option("ce+dice", "--loss", help="ce, dice or ce+dice."),
+    width: int = typer.Option(32, "--width", min=4, help="U-Net: channels of the first level (doubled per level)."),
+    depth: int = typer.Option(4, "--depth", min=1, max=6, help="U-Net: number of poolings."),
+    in_channels: int = typer.Option(1, "--in-channels", help="U-Net: 1 (grey) or 3 (colour) input."),
+    class_names: Optional[str] = typer.Option(None, "--class-names", help="Comma-separated names for class 0, 1, ..."),
+    val: Optional[str] = typer.Option(None, "--val", help="Validation folder (same layout)."),
+    val_split: float = typer.Option(0.2, "--val-split", help="Without --val: fraction of the pairs held out."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/segment-ARCH-TIME)."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory from last.pt."),
+    device: str = DEVICE_OPT,
+    seed: int = typer.Option(0, "--seed"),
+    workers: int = typer.Option(0, "--workers", min=0, help="DataLoader worker processes."),
+) -> None:
+    """Train a segmenter; writes best.pt, last.pt, metrics.csv, curves.png, examples.png, summary.json."""
+    with exits_cleanly():
+        import json
+
+        from cvtool.device import resolve_device
+        from cvtool.train import segmentation as recipe
+        from cvtool.train.engine import TrainConfig, default_run_dir
+
+        torch_device = resolve_device(device)
+        if resume is not None:
+            args, cfg = recipe.resumed_arguments(resume, epochs)
+            run_dir = resume
+        else:
+            if data is None:
+                raise UsageError("DATA is required (or --resume RUN_DIR)")
+            if in_channels not in (1, 3):
+                raise UsageError("--in-channels must be 1 or 3")
+            names = [n.strip() for n in class_names.split(",")] if class_names else None
+            args = recipe.SegmentTrainArgs(data, arch, val, val_split, crop, loss, width, depth, in_channels, names)
+            cfg = TrainConfig(epochs=epochs or 30, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                              optimizer=optimizer, seed=seed, workers=workers, monitor="val_miou", val_batch_size=1)
+            run_dir = out or default_run_dir("segment", arch)
+            if (run_dir / "last.pt").exists():
+                raise UsageError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick another --out")
+        info(f"training {args.arch} on {torch_device} into {run_dir}")
+        with TrainProgress() as progress:
+            summary = recipe.run_training(args, cfg, run_dir, torch_device, resume=resume is not None,
+                                          callbacks=progress, on_skip=lambda m: info(f"skipping {m}"))
+        val = summary["val"]
+        info(f"val mIoU {val['miou']:.4f}, pixel accuracy {val['pixel_accuracy']:.4f} (best epoch "
+             f"{summary['best_epoch']}); {run_dir}/best.pt")
+        typer.echo(json.dumps(summary, indent=2))
 
 
 def _wants_json(fmt: Optional[ListFormat]) -> bool:

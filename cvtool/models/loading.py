@@ -56,15 +56,16 @@ def load_model(
         loaded = load_weights_file(entry.weights.local_path(offline=offline, progress=progress))
 
     num_classes = len(loaded.classes) if loaded.classes else None
+    arch_kwargs = dict(loaded.meta.get("arch_kwargs") or {})
     with torch.device("meta"):  # shapes only: no time spent initialising weights about to be replaced
-        module = entry.build(num_classes=num_classes)
+        module = entry.build(num_classes=num_classes, **arch_kwargs)
         head_size = _head_size(module, loaded.state_dict)
         if head_size is not None and num_classes is None and head_size != _head_size(module, module.state_dict()):
-            module = entry.build(num_classes=head_size)  # a plain state_dict fine-tuned for other classes
+            module = entry.build(num_classes=head_size, **arch_kwargs)  # a plain state_dict fine-tuned for other classes
             num_classes = head_size
     apply_state_dict(module, loaded.state_dict, source=str(loaded.path), model_name=entry.name, assign=True)
     if any(t.is_meta for t in (*module.parameters(), *module.buffers())):  # non-persistent buffers: build for real
-        module = entry.build(num_classes=num_classes)
+        module = entry.build(num_classes=num_classes, **arch_kwargs)
         apply_state_dict(module, loaded.state_dict, source=str(loaded.path), model_name=entry.name)
     classes = loaded.classes or entry.classes()
     n_outputs = _head_size(module, module.state_dict())
@@ -86,11 +87,14 @@ def load_model(
 
 
 def _head_size(module, state_dict: dict) -> int | None:
-    """Out-features of the network's last linear layer as `state_dict` has it: the number of classes."""
+    """The number of classes as `state_dict` has it: out-features of the last linear layer, or for
+    fully convolutional networks (U-Net, segmenters) out-channels of the last 1x1 convolution."""
     import torch
 
-    linear_names = [name for name, m in module.named_modules() if isinstance(m, torch.nn.Linear)]
-    if not linear_names:
+    linear = [n for n, m in module.named_modules() if isinstance(m, torch.nn.Linear)]
+    pointwise = [n for n, m in module.named_modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1)]
+    names = linear or pointwise
+    if not names:
         return None
-    weight = state_dict.get(f"{linear_names[-1]}.weight")
+    weight = state_dict.get(f"{names[-1]}.weight")
     return None if weight is None else int(weight.shape[0])

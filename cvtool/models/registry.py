@@ -90,8 +90,9 @@ class ModelEntry:
     num_params: int | None = None
     build_kwargs: dict = field(default_factory=dict)
 
-    def build(self, num_classes: int | None = None) -> "nn.Module":
-        kwargs = dict(self.build_kwargs)
+    def build(self, num_classes: int | None = None, **overrides) -> "nn.Module":
+        """`overrides`: architecture options a checkpoint recorded (e.g. a U-Net's width and depth)."""
+        kwargs = {**self.build_kwargs, **overrides}
         if num_classes is not None:
             kwargs["num_classes"] = num_classes
         return self.builder(**kwargs)
@@ -101,7 +102,12 @@ _REGISTRY: dict[str, ModelEntry] = {}
 
 # Modules whose import registers the built-in models, cheapest first. They are imported on demand,
 # and only as far as a lookup needs: `--help` imports none, a LeNet-5 run never imports torchvision.
-_BUILTIN_MODULES = ["cvtool.models.lenet", "cvtool.models.torchvision_classifiers"]
+_BUILTIN_MODULES = [
+    "cvtool.models.lenet",
+    "cvtool.models.unet",
+    "cvtool.models.torchvision_classifiers",
+    "cvtool.models.torchvision_segmenters",
+]
 _loaded_modules: set[str] = set()
 
 

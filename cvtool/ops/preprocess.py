@@ -15,21 +15,22 @@ _INTERPOLATIONS = {"nearest": cv2.INTER_NEAREST, "bilinear": cv2.INTER_LINEAR, "
 
 @dataclass(frozen=True)
 class Preprocess:
-    """Resize (shorter side, or exactly), centre-crop, scale to [0, 1], normalise: torchvision's
-    ImageClassification transform, done on NumPy arrays in worker threads instead of on tensors."""
+    """Resize (shorter side, exactly, or not at all), centre-crop (optional), scale to [0, 1],
+    normalise: torchvision's ImageClassification / SemanticSegmentation transforms, done on NumPy
+    arrays in worker threads instead of on tensors."""
 
-    crop_size: int
-    resize_size: int
+    crop_size: int | None
+    resize_size: int | None
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     interpolation: str = "bilinear"
     grayscale: bool = False
-    resize_mode: str = "shorter"  # "shorter": keep aspect, then crop; "exact": stretch to resize_size square
+    resize_mode: str = "shorter"  # "shorter": keep aspect; "exact": stretch to a square; "none": keep the size
 
     def __post_init__(self) -> None:
         if self.interpolation not in _INTERPOLATIONS:
             raise ValueError(f"unknown interpolation {self.interpolation!r}")
-        if self.resize_mode not in ("shorter", "exact"):
+        if self.resize_mode not in ("shorter", "exact", "none"):
             raise ValueError(f"unknown resize_mode {self.resize_mode!r}")
 
     @classmethod
@@ -54,7 +55,8 @@ class Preprocess:
         """HxWx3 uint8 RGB -> CxHxW float32, ready for a batch."""
         image = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)[..., None] if self.grayscale else rgb
         image = self._resize(image)
-        image = _center_crop(image, self.crop_size)
+        if self.crop_size is not None:
+            image = _center_crop(image, self.crop_size)
         mean = np.asarray(self.mean, dtype=np.float32) * 255.0
         inv_std = 1.0 / (np.asarray(self.std, dtype=np.float32) * 255.0)
         out = (image.astype(np.float32) - mean) * inv_std
@@ -62,6 +64,8 @@ class Preprocess:
 
     def _resize(self, image: np.ndarray) -> np.ndarray:
         h, w = image.shape[:2]
+        if self.resize_mode == "none" or self.resize_size is None:
+            return image
         if self.resize_mode == "exact":
             size = (self.resize_size, self.resize_size)
         else:

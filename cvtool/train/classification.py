@@ -241,25 +241,8 @@ def evaluate_checkpoint(weights: Path, data: str, device: torch.device, *, batch
     return report
 
 
-def default_run_dir(arch: str) -> Path:
-    import time
-
-    return Path("runs") / f"classify-{arch}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
 def resumed_arguments(run_dir: Path, epochs: int | None):
-    """The arguments and config stored in RUN_DIR/last.pt; only the number of epochs may change."""
-    from dataclasses import replace
+    from cvtool.train.engine import stored_run
 
-    from cvtool.errors import UsageError
-    from cvtool.models.checkpoint import load_weights_file
-    from cvtool.train.engine import TrainConfig
-
-    last = Path(run_dir) / "last.pt"
-    if not last.exists():
-        raise UsageError(f"{run_dir}: no last.pt to resume from")
-    meta = load_weights_file(last).meta
-    if "args" not in meta or "config" not in meta:
-        raise UsageError(f"{last}: not a resumable training checkpoint")
-    cfg = TrainConfig(**meta["config"])
-    return ClassifyTrainArgs(**meta["args"]), (replace(cfg, epochs=epochs) if epochs is not None else cfg)
+    args, cfg = stored_run(run_dir, epochs)
+    return ClassifyTrainArgs(**args), cfg

@@ -37,6 +37,7 @@ class TrainConfig:
     warmup_epochs: int = 0
     seed: int = 0
     workers: int = 0
+    val_batch_size: int | None = None  # None: batch_size; 1 for whole images of different sizes
     monitor: str = "val_accuracy"  # the metric that picks best.pt; higher is better, ties go to lower val_loss
     amp: bool = True  # only takes effect on CUDA
     channels_last: bool = True  # only takes effect on CUDA
@@ -123,18 +124,21 @@ class Trainer:
         callbacks: Callbacks | None = None,
         model: nn.Module | None = None,
         args: dict | None = None,
+        extra_fields: dict | None = None,
     ):
         self.task, self.cfg, self.run_dir, self.device = task, cfg, Path(run_dir), device
         self.callbacks = callbacks or Callbacks()
         self.args = args or {}  # what the user asked for, kept in checkpoints so --resume needs nothing else
+        self.extra_fields = extra_fields or {}  # e.g. arch_kwargs, so --weights FILE can rebuild the network
         seed_everything(cfg.seed)
         self.model = (model or task.build_model()).to(device)
         self.on_cuda = device.type == "cuda"
         if self.on_cuda and cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self._shuffle_generator = torch.Generator()
-        self.train_loader = self._loader(train_set, shuffle=True)
-        self.val_loader = self._loader(val_set, shuffle=False) if val_set is not None else None
+        self.train_loader = self._loader(train_set, shuffle=True, batch_size=cfg.batch_size)
+        self.val_loader = (self._loader(val_set, shuffle=False, batch_size=cfg.val_batch_size or cfg.batch_size)
+                           if val_set is not None else None)
         if cfg.optimizer not in OPTIMIZERS:
             raise UsageError(f"unknown optimizer {cfg.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
         self.optimizer = OPTIMIZERS[cfg.optimizer]([p for p in self.model.parameters() if p.requires_grad], cfg)
@@ -142,10 +146,10 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.on_cuda and cfg.amp)
         self.state = RunState()
 
-    def _loader(self, dataset, *, shuffle: bool):
+    def _loader(self, dataset, *, shuffle: bool, batch_size: int):
         return torch.utils.data.DataLoader(
             dataset,
-            batch_size=self.cfg.batch_size,
+            batch_size=batch_size,
             shuffle=shuffle,
             generator=self._shuffle_generator if shuffle else None,
             num_workers=self.cfg.workers,
@@ -171,6 +175,7 @@ class Trainer:
                 "config": asdict(self.cfg),
                 "args": self.args,
                 "torch_rng": torch.get_rng_state(),
+                **self.extra_fields,
             },
             **fields,
         )
@@ -292,3 +297,21 @@ def _batch_len(targets) -> int:
     if isinstance(targets, torch.Tensor):
         return int(targets.shape[0])
     return len(targets)
+
+
+def default_run_dir(task: str, arch: str) -> Path:
+    return Path("runs") / f"{task}-{arch}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def stored_run(run_dir: Path, epochs: int | None) -> tuple[dict, TrainConfig]:
+    """The arguments and config kept in RUN_DIR/last.pt, for --resume; only the number of epochs may change."""
+    from dataclasses import replace
+
+    last = Path(run_dir) / "last.pt"
+    if not last.exists():
+        raise UsageError(f"{run_dir}: no last.pt to resume from")
+    meta = load_weights_file(last).meta
+    if "args" not in meta or "config" not in meta:
+        raise UsageError(f"{last}: not a resumable training checkpoint")
+    cfg = TrainConfig(**meta["config"])
+    return dict(meta["args"]), (replace(cfg, epochs=epochs) if epochs is not None else cfg)

@@ -1,0 +1,147 @@
+"""Semantic segmentation: a class per pixel, as an overlay, an indexed mask and per-class areas."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from cvtool.errors import InputError, UsageError
+from cvtool.io.atomic import atomic_write_bytes
+from cvtool.io.image import DEFAULT_MAX_PIXELS, read_image, write_image
+from cvtool.io.outputs import OutputNamer
+from cvtool.io.render import class_palette, indexed_png, overlay
+from cvtool.models.loading import LoadedModel
+
+MASK_SUFFIX = ".mask.png"
+
+
+def segmentation_logits(output):
+    """torchvision's segmenters return {"out": logits, "aux": ...}; our U-Net returns the logits."""
+    return output["out"] if isinstance(output, dict) else output
+
+
+@dataclass
+class Sample:
+    rgb: np.ndarray  # the decoded input, for the overlay
+    tensor: np.ndarray  # preprocessed C x h x w
+    labels: np.ndarray | None = None  # H x W class indices at the input's size, filled by predict()
+
+
+class SegmentPipeline:
+    task = "segment"
+
+    def __init__(self, model: LoadedModel, *, alpha: float = 0.5, classes: list[str] | None = None,
+                 save_mask: bool = False, tile: int | None = None, overlap: int = 32,
+                 max_pixels: int = DEFAULT_MAX_PIXELS, out_dir=None):
+        self.model = model
+        self.model_name, self.weights_sha256 = model.name, model.weights_sha256
+        self.alpha, self.save_mask, self.tile, self.overlap, self.max_pixels = alpha, save_mask, tile, overlap, max_pixels
+        self.keep = self._class_filter(classes)
+        self.size_multiple = getattr(model.module, "size_multiple", 1)
+        self.output_name = OutputNamer(out_dir, MASK_SUFFIX) if out_dir is not None else None
+        self.palette = class_palette()
+
+    def _class_filter(self, names: list[str] | None) -> np.ndarray | None:
+        """--classes: pixels of any other class become background (class 0)."""
+        if not names:
+            return None
+        unknown = [n for n in names if n not in self.model.classes]
+        if unknown:
+            raise UsageError(f"--classes: {', '.join(unknown)} not among this model's classes "
+                             f"({', '.join(self.model.classes[:8])}{'…' if len(self.model.classes) > 8 else ''})")
+        keep = np.zeros(len(self.model.classes), bool)
+        keep[[self.model.classes.index(n) for n in names]] = True
+        return keep
+
+    def prepare(self, path: str) -> Sample:
+        rgb = read_image(path, max_pixels=self.max_pixels)
+        return Sample(rgb, self.model.preprocess(rgb))
+
+    def predict(self, samples: list[Sample]) -> list[dict]:
+        import torch
+
+        with torch.inference_mode():
+            for sample in samples:  # sizes differ from image to image, so one at a time
+                tensor = torch.from_numpy(sample.tensor)
+                logits = self._tiled(tensor) if self.tile else self._whole(tensor)
+                labels = logits.argmax(0).to(torch.uint8 if logits.shape[0] <= 256 else torch.int32).cpu().numpy()
+                sample.labels = self._to_input_size(labels, sample.rgb.shape[:2])
+        return [self._summary(sample.labels) for sample in samples]
+
+    def _forward(self, batch):
+        return segmentation_logits(self.model.module(batch.to(self.model.device)))
+
+    def _whole(self, tensor):
+        import torch.nn.functional as F
+
+        _, h, w = tensor.shape
+        m = self.size_multiple
+        pad_h, pad_w = (-h) % m, (-w) % m
+        padded = F.pad(tensor[None], (0, pad_w, 0, pad_h), mode="reflect") if pad_h or pad_w else tensor[None]
+        return self._forward(padded)[0, :, :h, :w]
+
+    def _tiled(self, tensor):
+        from cvtool.ops.tiling import tiled_logits
+
+        if self.tile % self.size_multiple:
+            raise UsageError(f"--tile must be a multiple of {self.size_multiple} for {self.model_name}")
+        return tiled_logits(self._forward, tensor, num_classes=len(self.model.classes), tile=self.tile,
+                            overlap=self.overlap)
+
+    @staticmethod
+    def _to_input_size(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        h, w = size
+        if labels.shape == (h, w):
+            return labels
+        return cv2.resize(labels, (w, h), interpolation=cv2.INTER_NEAREST)
+
+    def _summary(self, labels: np.ndarray) -> dict:
+        if self.keep is not None:
+            labels[~self.keep[labels]] = 0
+        counts = np.bincount(labels.reshape(-1), minlength=len(self.model.classes))
+        total = labels.size
+        present = [i for i in np.argsort(-counts, kind="stable") if counts[i] > 0]
+        return {
+            "size": [int(labels.shape[0]), int(labels.shape[1])],
+            "classes": [{"index": int(i), "label": self.model.classes[i], "pixels": int(counts[i]),
+                         "fraction": round(float(counts[i]) / total, 6)} for i in present],
+        }
+
+    def save(self, path: str, sample: Sample, result: dict, out_dir: Path) -> list[str]:
+        mask_path = self.output_name(path)
+        base = str(mask_path)[: -len(MASK_SUFFIX)]
+        suffix = Path(path).suffix.lower() if Path(path).suffix.lower() in (".jpg", ".jpeg", ".png") else ".png"
+        overlay_path = Path(base + ".overlay" + suffix)
+        for target in (mask_path, overlay_path):
+            if target.resolve() == Path(path).resolve():
+                raise InputError(f"output {target} would overwrite the input; choose another --out", path)
+        atomic_write_bytes(mask_path, indexed_png(sample.labels, self.palette))
+        write_image(overlay_path, overlay(sample.rgb, sample.labels, self.alpha, self.palette))
+        written = [str(mask_path), str(overlay_path)]
+        if self.save_mask:
+            for entry in result["classes"]:
+                binary = np.where(sample.labels == entry["index"], 255, 0).astype(np.uint8)
+                target = Path(f"{base}.mask-{_safe(entry['label'])}.png")
+                write_image(target, binary)
+                written.append(str(target))
+        return written
+
+    def already_done(self, path: str) -> bool:
+        try:
+            return self.output_name is not None and self.output_name.exists(path)
+        except InputError:
+            return False
+
+
+def _safe(label: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in label)
+
+
+COLUMNS = ["label", "pixels", "fraction"]
+
+
+def rows(result: dict) -> list[list]:
+    return [[entry["label"], entry["pixels"], entry["fraction"]] for entry in result["classes"]]

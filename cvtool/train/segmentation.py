@@ -1,0 +1,312 @@
+"""`cvtool train segment`: image/mask folder pairs, CE + Dice loss, IoU/Dice/pixel-accuracy metrics."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from cvtool.errors import InputError, UsageError
+from cvtool.io.image import IMAGE_SUFFIXES, read_image
+from cvtool.models.registry import ModelEntry
+from cvtool.ops.preprocess import Preprocess
+from cvtool.train.datasets import DataError, stratified_split
+
+IGNORE_INDEX = 255
+_IMAGE_DIRS = ("images", "image", "imgs")
+_MASK_DIRS = ("masks", "mask", "labels", "label", "annotations")
+
+
+@dataclass
+class MaskedImages:
+    images: list[np.ndarray]  # H x W x 3 uint8 RGB
+    masks: list[np.ndarray]  # H x W uint8 class ids (IGNORE_INDEX = not scored)
+    classes: list[str]
+    names: list[str]
+    skipped: list[str]
+
+    def subset(self, indices) -> "MaskedImages":
+        pick = lambda xs: [xs[i] for i in indices]  # noqa: E731
+        return MaskedImages(pick(self.images), pick(self.masks), self.classes, pick(self.names), [])
+
+
+def _find_dir(root: Path, names: tuple[str, ...], what: str) -> Path:
+    for name in names:
+        if (root / name).is_dir():
+            return root / name
+    raise DataError(f"no {what} folder (expected one of: {', '.join(names)})", root)
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """Class ids from an indexed (palette) or greyscale PNG; colour masks are ambiguous and refused."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            if image.mode not in ("P", "L", "I;16", "I"):
+                raise InputError(f"mask is {image.mode}; expected an indexed (palette) or greyscale PNG of class ids", path)
+            return np.asarray(image).astype(np.int64)
+    except InputError:
+        raise
+    except Exception:
+        raise InputError("not a readable mask image", path) from None
+
+
+def open_segmentation_data(root: str | Path, class_names: list[str] | None = None, on_skip=None) -> MaskedImages:
+    """`root/images/*` with `root/masks/<same stem>.png`. Binary masks stored as 0/255 become classes 0/1;
+    otherwise pixel values are class ids and 255 is ignored."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError("no such directory", root)
+    image_dir, mask_dir = _find_dir(root, _IMAGE_DIRS, "images"), _find_dir(root, _MASK_DIRS, "masks")
+    masks_by_stem = {p.stem: p for p in mask_dir.iterdir() if p.is_file()}
+    images, masks, names, skipped = [], [], [], []
+    for path in sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+        mask_path = masks_by_stem.get(path.stem)
+        try:
+            if mask_path is None:
+                raise InputError("no mask with the same name in " + mask_dir.name, path)
+            image, mask = read_image(path), read_mask(mask_path)
+            if mask.shape != image.shape[:2]:
+                raise InputError(f"mask is {mask.shape[1]}x{mask.shape[0]}, image {image.shape[1]}x{image.shape[0]}", path)
+        except InputError as exc:
+            skipped.append(str(exc))
+            if on_skip:
+                on_skip(str(exc))
+            continue
+        images.append(image)
+        masks.append(mask)
+        names.append(path.name)
+    if not images:
+        raise DataError("no usable image/mask pairs", root)
+    values = np.unique(np.concatenate([np.unique(m) for m in masks]))
+    if set(values.tolist()) <= {0, 255}:
+        masks = [(m > 127).astype(np.uint8) for m in masks]
+        default_names = ["background", "foreground"]
+    else:
+        if values[values != IGNORE_INDEX].max() >= IGNORE_INDEX:
+            raise DataError(f"mask values go up to {values.max()}; class ids must be below {IGNORE_INDEX}", root)
+        masks = [m.astype(np.uint8) for m in masks]
+        default_names = [f"class_{i}" for i in range(int(values[values != IGNORE_INDEX].max()) + 1)]
+    if class_names and len(class_names) != len(default_names):
+        raise UsageError(f"--class-names gives {len(class_names)} names but the masks hold {len(default_names)} classes")
+    return MaskedImages(images, masks, class_names or default_names, names, skipped)
+
+
+class SegmentationDataset:
+    """Random crops and flips applied identically to image and mask (training); whole images otherwise."""
+
+    def __init__(self, data: MaskedImages, preprocess: Preprocess, *, crop: int | None, multiple: int, train: bool):
+        self.data, self.preprocess, self.crop, self.multiple, self.train = data, preprocess, crop, multiple, train
+
+    def __len__(self) -> int:
+        return len(self.data.images)
+
+    def __getitem__(self, index: int):
+        image, mask = self.data.images[index], self.data.masks[index]
+        if self.train:
+            image, mask = self._augment(image, mask)
+        image, mask = self._pad(image, mask)
+        return torch.from_numpy(self.preprocess(image)), torch.from_numpy(mask.astype(np.int64))
+
+    def _augment(self, image, mask):
+        seed = int(torch.randint(0, 2**31 - 1, (1,)).item())  # torch's RNG: governed by seeding and resume
+        rng = np.random.default_rng(seed)
+        h, w = mask.shape
+        if self.crop and (h > self.crop or w > self.crop):
+            top, left = rng.integers(0, max(1, h - self.crop + 1)), rng.integers(0, max(1, w - self.crop + 1))
+            image = image[top : top + self.crop, left : left + self.crop]
+            mask = mask[top : top + self.crop, left : left + self.crop]
+        if rng.random() < 0.5:
+            image, mask = image[:, ::-1], mask[:, ::-1]
+        if rng.random() < 0.5:
+            image, mask = image[::-1], mask[::-1]
+        return np.ascontiguousarray(image), np.ascontiguousarray(mask)
+
+    def _pad(self, image, mask):
+        h, w = mask.shape
+        pad_h, pad_w = (-h) % self.multiple, (-w) % self.multiple
+        if pad_h or pad_w:
+            image = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode="reflect")
+            mask = np.pad(mask, ((0, pad_h), (0, pad_w)), constant_values=IGNORE_INDEX)
+        return image, mask
+
+
+def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 - mean soft Dice over classes, ignoring IGNORE_INDEX pixels: robust to class imbalance."""
+    valid = (target != IGNORE_INDEX).unsqueeze(1)
+    probs = logits.float().softmax(1) * valid
+    onehot = nn.functional.one_hot(target.clamp(max=logits.shape[1] - 1), logits.shape[1]).permute(0, 3, 1, 2) * valid
+    intersection = (probs * onehot).sum((0, 2, 3))
+    sizes = probs.sum((0, 2, 3)) + onehot.sum((0, 2, 3))
+    return 1 - ((2 * intersection + 1) / (sizes + 1)).mean()
+
+
+LOSSES = {
+    "ce": lambda logits, target: nn.functional.cross_entropy(logits, target, ignore_index=IGNORE_INDEX),
+    "dice": dice_loss,
+    "ce+dice": lambda logits, target: nn.functional.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
+    + dice_loss(logits, target),
+}
+
+
+def scores_from_confusion(matrix: np.ndarray) -> dict[str, float]:
+    """Pixel accuracy, per-class IoU and Dice, and their means, from a true x predicted pixel count matrix."""
+    tp = np.diag(matrix).astype(np.float64)
+    fp, fn = matrix.sum(0) - tp, matrix.sum(1) - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.where(tp + fp + fn > 0, tp / (tp + fp + fn), np.nan)
+        dice = np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), np.nan)
+    total = matrix.sum()
+    return {"pixel_accuracy": float(tp.sum() / total) if total else 0.0, "miou": float(np.nanmean(iou)),
+            "mdice": float(np.nanmean(dice)), "iou": iou.tolist(), "dice": dice.tolist()}
+
+
+class SegmentationTask:
+    name = "segment"
+
+    def __init__(self, entry: ModelEntry, classes: list[str], preprocess: Preprocess, arch_kwargs: dict, loss: str):
+        if loss not in LOSSES:
+            raise UsageError(f"unknown --loss {loss!r}; choose from {', '.join(LOSSES)}")
+        self.entry, self.classes, self.preprocess, self.arch_kwargs = entry, classes, preprocess, arch_kwargs
+        self._loss = LOSSES[loss]
+
+    def build_model(self) -> nn.Module:
+        return self.entry.build(num_classes=len(self.classes), **self.arch_kwargs)
+
+    def loss(self, outputs, targets):
+        from cvtool.pipelines.segment import segmentation_logits
+
+        loss = self._loss(segmentation_logits(outputs), targets)
+        if isinstance(outputs, dict) and outputs.get("aux") is not None:
+            loss = loss + 0.5 * self._loss(outputs["aux"], targets)
+        return loss
+
+    def start_metrics(self) -> np.ndarray:
+        return np.zeros((len(self.classes), len(self.classes)), dtype=np.int64)
+
+    def update_metrics(self, matrix: np.ndarray, outputs, targets) -> None:
+        from cvtool.pipelines.segment import segmentation_logits
+
+        predicted = segmentation_logits(outputs).argmax(1).cpu().numpy().reshape(-1)
+        truth = targets.cpu().numpy().reshape(-1)
+        valid = truth != IGNORE_INDEX
+        np.add.at(matrix, (truth[valid], predicted[valid]), 1)
+
+    def finish_metrics(self, matrix: np.ndarray) -> dict[str, float]:
+        scores = scores_from_confusion(matrix)
+        flat = {k: v for k, v in scores.items() if not isinstance(v, list)}
+        flat.update({f"iou_{name}": iou for name, iou in zip(self.classes, scores["iou"])})
+        flat.update({f"dice_{name}": dice for name, dice in zip(self.classes, scores["dice"])})
+        return flat
+
+    def checkpoint_fields(self) -> dict:
+        return {"arch": self.entry.name, "task": "segment", "classes": list(self.classes),
+                "preprocess": self.preprocess.to_dict()}
+
+
+@dataclass
+class SegmentTrainArgs:
+    data: str
+    arch: str = "unet"
+    val: str | None = None
+    val_split: float = 0.2
+    crop: int | None = 256
+    loss: str = "ce+dice"
+    width: int = 32
+    depth: int = 4
+    in_channels: int = 1
+    class_names: list[str] | None = None
+
+
+def resumed_arguments(run_dir: Path, epochs: int | None):
+    from cvtool.train.engine import stored_run
+
+    args, cfg = stored_run(run_dir, epochs)
+    return SegmentTrainArgs(**args), cfg
+
+
+def _arch_kwargs(args: SegmentTrainArgs) -> dict:
+    return {"width": args.width, "depth": args.depth, "in_channels": args.in_channels} if args.arch == "unet" else {}
+
+
+def _preprocess(entry: ModelEntry, args: SegmentTrainArgs) -> Preprocess:
+    base = entry.preprocess()
+    if args.arch == "unet" and args.in_channels == 3:
+        return Preprocess(**{**base.to_dict(), "grayscale": False, "mean": [0.5] * 3, "std": [0.5] * 3})
+    return base
+
+
+def run_training(args: SegmentTrainArgs, cfg, run_dir: Path, device, *, resume=False, callbacks=None, on_skip=None) -> dict:
+    from cvtool.io.atomic import atomic_write_text
+    from cvtool.models.registry import get_entry
+    from cvtool.train import plots
+    from cvtool.train.engine import Trainer
+
+    start = time.perf_counter()
+    entry = get_entry(args.arch, "segment")
+    preprocess = _preprocess(entry, args)
+    data = open_segmentation_data(args.data, args.class_names, on_skip)
+    if args.val:
+        train_data, val_data = data, open_segmentation_data(args.val, data.classes, on_skip)
+    else:
+        n = len(data.images)
+        if n < 2:
+            raise DataError("need at least 2 image/mask pairs to hold one out (or pass --val)", args.data)
+        order = np.random.default_rng(cfg.seed).permutation(n)
+        n_val = max(1, round(n * args.val_split))
+        train_data, val_data = data.subset(sorted(order[n_val:])), data.subset(sorted(order[:n_val]))
+    arch_kwargs = _arch_kwargs(args)
+    task = SegmentationTask(entry, data.classes, preprocess, arch_kwargs, args.loss)
+    multiple = 2 ** args.depth if args.arch == "unet" else 8
+    trainer = Trainer(
+        task,
+        SegmentationDataset(train_data, preprocess, crop=args.crop, multiple=multiple, train=True),
+        SegmentationDataset(val_data, preprocess, crop=None, multiple=multiple, train=False),
+        cfg, run_dir, device, callbacks=callbacks, args=vars(args).copy(), extra_fields={"arch_kwargs": arch_kwargs},
+    )
+    if resume:
+        trainer.resume(run_dir / "last.pt")
+    state = trainer.fit()
+    best_epoch = trainer.load_best_into(run_dir / "best.pt")
+    report = trainer.evaluate(trainer.val_loader)
+    plots.save_curves(state.history, run_dir / "curves.png")
+    save_examples(trainer.model, val_data, trainer.val_loader, run_dir / "examples.png", device)
+    summary = {
+        "task": "segment", "arch": entry.name, "classes": data.classes, "train_images": len(train_data.images),
+        "val_images": len(val_data.images), "val_names": val_data.names, "skipped_files": len(data.skipped),
+        "epochs": state.epoch, "best_epoch": best_epoch, "val": report, "seconds": round(time.perf_counter() - start, 2),
+    }
+    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+@torch.inference_mode()
+def save_examples(model, data: MaskedImages, loader, path: Path, device, limit: int = 4) -> str:
+    """A PNG grid, one row per validation image: the image, the true mask, the predicted mask."""
+    from cvtool.io.atomic import atomic_write_bytes
+    from cvtool.io.render import class_palette
+    from cvtool.pipelines.segment import segmentation_logits
+    import cv2
+
+    palette = class_palette()
+    palette[1] = (255, 255, 255) if len(data.classes) == 2 else palette[1]
+    rows = []
+    model.eval()
+    for i, (inputs, targets) in enumerate(loader):
+        if i >= limit:
+            break
+        predicted = segmentation_logits(model(inputs.to(device))).argmax(1)[0].cpu().numpy()
+        h, w = data.masks[i].shape
+        image = data.images[i]
+        truth = palette[np.where(data.masks[i] == IGNORE_INDEX, 0, data.masks[i])]
+        rows.append(np.hstack([image, truth, palette[predicted[:h, :w]]]))
+    grid = np.vstack([cv2.resize(r, (768, round(768 * r.shape[0] / r.shape[1]))) for r in rows])
+    ok, encoded = cv2.imencode(".png", cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+    atomic_write_bytes(path, encoded.tobytes())
+    return str(path)
