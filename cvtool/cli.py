@@ -185,7 +185,7 @@ def segment(
     save_mask: bool = typer.Option(False, "--save-mask", help="With --out: also one black/white PNG per class found."),
     tile: Optional[int] = typer.Option(None, "--tile", min=16, help="Run in TILE x TILE tiles (large images, bounded memory)."),
     overlap: int = typer.Option(32, "--overlap", min=0, help="Overlap between tiles, blended linearly."),
-    batch_size: int = BATCH_OPT,
+    batch_size: int = typer.Option(4, "--batch-size", "-b", min=1, help="Tiles per forward pass (with --tile)."),
     device: str = DEVICE_OPT,
     fmt: Optional[OutputFormat] = FORMAT_OPT,
     recursive: bool = RECURSIVE_OPT,
@@ -205,7 +205,7 @@ def segment(
         loaded = _load(model, "segment", weights, device, default="deeplabv3_resnet50")
         keep = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
         pipeline = task.SegmentPipeline(loaded, alpha=alpha, classes=keep, save_mask=save_mask, tile=tile,
-                                        overlap=overlap, max_pixels=max_pixels, out_dir=out)
+                                        overlap=overlap, tile_batch=batch_size, max_pixels=max_pixels, out_dir=out)
         code = _run_batch(pipeline, task, images, recursive, out, skip_existing, batch_size, workers, fmt)
     raise typer.Exit(code)
 

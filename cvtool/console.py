@@ -15,9 +15,7 @@ from typing import Iterable, Iterator
 
 import typer
 
-from cvtool.errors import EXIT_INPUT_FAILED, EXIT_INTERRUPTED, EXIT_OK, CvtoolError
-
-EXIT_INTERNAL = 3
+from cvtool.errors import EXIT_BROKEN_PIPE, EXIT_INPUT_FAILED, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, CvtoolError
 
 
 @dataclass
@@ -44,9 +42,9 @@ def error_line(message: str) -> None:
 
 
 def info(message: str) -> None:
+    """A log line on stderr, silenced by --quiet (errors never are)."""
     if not SETTINGS.quiet:
-        sys.stderr.write(f"cvtool: {message}\n")
-        sys.stderr.flush()
+        error_line(message)
 
 
 @contextlib.contextmanager
@@ -61,6 +59,9 @@ def exits_cleanly() -> Iterator[None]:
     except KeyboardInterrupt:
         error_line("interrupted")
         raise SystemExit(EXIT_INTERRUPTED) from None
+    except BrokenPipeError:  # `cvtool ... | head`: the reader has gone; stop quietly, as shell tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        raise SystemExit(EXIT_BROKEN_PIPE) from None
     except (SystemExit, GeneratorExit, typer.Exit, typer.Abort, typer.TyperException):  # typer's own to handle
         raise
     except Exception as exc:  # a bug: say so in one line, and how to see more

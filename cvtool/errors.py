@@ -8,7 +8,9 @@ from pathlib import Path
 EXIT_OK = 0
 EXIT_INPUT_FAILED = 1  # at least one input could not be processed; the rest were
 EXIT_USAGE = 2  # the command could not run as asked (bad option, model or weights unavailable)
+EXIT_INTERNAL = 3  # a bug in cvtool: one line, and --debug for the traceback
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: the reader of stdout went away (`| head`)
 
 
 class CvtoolError(Exception):

@@ -145,3 +145,16 @@ def test_inputs_are_never_overwritten_even_when_out_is_the_input_folder(tmp_path
     result = run_cli("classify", str(source), "-m", "lenet5_digits", "--out", str(tmp_path), "-f", "jsonl")
     assert result.returncode == 1 and "would overwrite the input" in result.stderr
     assert source.read_bytes() == before
+
+
+def test_a_closed_pipe_stops_quietly_like_a_shell_tool(tmp_path):
+    import subprocess
+    import sys
+
+    pipeline = (f"{sys.executable} -m cvtool classify {DIGITS} -m lenet5_digits -f jsonl -b 1 2>err.txt | head -n 1;"
+                " echo ${PIPESTATUS[0]}")
+    result = subprocess.run(["bash", "-c", pipeline], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    stderr = (tmp_path / "err.txt").read_text()
+    first, status = result.stdout.splitlines()[0], result.stdout.splitlines()[-1]
+    assert first.startswith('{"path"') and status in ("0", "141")  # 0 if it finished before head closed the pipe
+    assert "Traceback" not in stderr and "internal error" not in stderr

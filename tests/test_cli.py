@@ -43,3 +43,19 @@ def test_unknown_option_is_a_usage_error_exit_2():
     result = run_cli("classify", "x.jpg", "--top-k", "zero")
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
+
+
+def test_models_lists_every_model_with_source_licence_and_cache_state():
+    import json
+
+    result = run_cli("models", "-f", "json")
+    assert result.returncode == 0, result.stderr
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    assert rows["lenet5_digits"]["on_disk"] is True and rows["lenet5_digits"]["source"] == "packaged"
+    assert rows["resnet18"]["on_disk"] is False and rows["resnet18"]["source"] == "download"
+    assert rows["resnet18"]["weights"] == "resnet18-f37072fd.pth" and rows["resnet18"]["size_mb"] > 40
+    assert rows["unet"]["task"] == "segment" and rows["unet"]["weights"] is None
+    assert {"deeplabv3_resnet50", "lraspp_mobilenet_v3_large", "fcn_resnet50"} <= set(rows)
+    assert all(row["licence"] for row in rows.values())
+    only = json.loads(run_cli("models", "--task", "segment", "-f", "json").stdout)
+    assert {row["task"] for row in only} == {"segment"}

@@ -30,12 +30,15 @@ def print_table(rows: list[dict]) -> None:
     from rich.table import Table
 
     table = Table()
-    for column in ("name", "task", "params (M)", "weights", "on disk", "licence"):
+    table.add_column("name", no_wrap=True)
+    for column in ("task", "params (M)", "weights", "on disk", "licence"):
         table.add_column(column, overflow="fold")
     for row in rows:
-        source = row["source"] if row["source"] != "download" else f"download, {row['size_mb'] or '?'} MB"
+        size = f"{row['size_mb']:.0f} MB" if row["size_mb"] else "? MB"
+        source = f"download, {size}" if row["source"] == "download" else row["source"]
         table.add_row(
-            row["name"], row["task"], f"{row['params_m']}", source, "yes" if row["on_disk"] else "no", row["licence"]
+            row["name"], row["task"], str(row["params_m"] or "—"), source, "yes" if row["on_disk"] else "no",
+            row["licence"],
         )
     Console().print(table)
 

@@ -78,7 +78,7 @@ def _register_all() -> None:
                 preprocess=partial(_preprocess, name),
                 classes=partial(_classes, name),
                 weights=_weights_source(name),
-                licence="BSD-3-Clause (torchvision); weights trained on ImageNet-1k, whose terms allow non-commercial research use",
+                licence="BSD-3-Clause; weights: ImageNet-1k terms (non-commercial research)",
                 description=f"torchvision {name}, ImageNet top-1 {meta['_metrics']['ImageNet-1K']['acc@1']:.1f}%",
                 num_params=meta["num_params"],
                 build_kwargs=build_kwargs,

@@ -52,7 +52,7 @@ def _register_all() -> None:
                 preprocess=partial(_preprocess, name),
                 classes=partial(lambda n: list(_default_weights(n).meta["categories"]), name),
                 weights=DownloadedWeights(url=weights.url, size_mb=weights.meta.get("_file_size")),
-                licence="BSD-3-Clause (torchvision); weights trained on COCO (CC BY 4.0 annotations)",
+                licence="BSD-3-Clause; weights: COCO (CC BY 4.0) and ImageNet-1k terms",
                 description=f"torchvision {name}, VOC classes, mIoU {metrics['miou']:.1f}",
                 num_params=weights.meta["num_params"],
                 build_kwargs=build_kwargs,

@@ -100,6 +100,8 @@ def _resolve(pending: _Pending) -> _Prepared:
         sample, ms = pending.future.result()
     except CvtoolError as exc:
         return _Prepared(pending.path, error=exc.reason)
+    except Exception as exc:  # an odd file that trips a library: this input fails, the batch goes on
+        return _Prepared(pending.path, error=f"could not be prepared ({type(exc).__name__}: {str(exc)[:200]})")
     return _Prepared(pending.path, sample=sample, ms=ms)
 
 
@@ -111,12 +113,12 @@ def _finish(pipeline: Pipeline, batch: list[_Prepared], out_dir: Path | None) ->
         start = time.perf_counter()
         results = pipeline.predict([p.sample for p in good])
         infer_ms = (time.perf_counter() - start) * 1000 / len(good)
-    by_path = iter(results)
+    in_order = iter(results)
     for prepared in batch:
         if prepared.error is not None:
             yield error_record(prepared.path, prepared.error)
             continue
-        result = next(by_path)
+        result = next(in_order)
         record = {
             "path": prepared.path,
             "task": pipeline.task,

@@ -34,11 +34,12 @@ class SegmentPipeline:
     task = "segment"
 
     def __init__(self, model: LoadedModel, *, alpha: float = 0.5, classes: list[str] | None = None,
-                 save_mask: bool = False, tile: int | None = None, overlap: int = 32,
+                 save_mask: bool = False, tile: int | None = None, overlap: int = 32, tile_batch: int = 4,
                  max_pixels: int = DEFAULT_MAX_PIXELS, out_dir=None):
         self.model = model
         self.model_name, self.weights_sha256 = model.name, model.weights_sha256
-        self.alpha, self.save_mask, self.tile, self.overlap, self.max_pixels = alpha, save_mask, tile, overlap, max_pixels
+        self.alpha, self.save_mask, self.max_pixels = alpha, save_mask, max_pixels
+        self.tile, self.overlap, self.tile_batch = tile, overlap, tile_batch
         self.keep = self._class_filter(classes)
         self.size_multiple = getattr(model.module, "size_multiple", 1)
         self.output_name = OutputNamer(out_dir, MASK_SUFFIX) if out_dir is not None else None
@@ -89,7 +90,7 @@ class SegmentPipeline:
         if self.tile % self.size_multiple:
             raise UsageError(f"--tile must be a multiple of {self.size_multiple} for {self.model_name}")
         return tiled_logits(self._forward, tensor, num_classes=len(self.model.classes), tile=self.tile,
-                            overlap=self.overlap)
+                            overlap=self.overlap, batch_size=self.tile_batch)
 
     @staticmethod
     def _to_input_size(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
