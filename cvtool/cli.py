@@ -130,9 +130,7 @@ def classify(
 ) -> None:
     """Classify images: top-k labels with probabilities, one record per image."""
     with exits_cleanly():
-        if skip_existing and out is None:
-            raise UsageError("--skip-existing needs --out DIR")
-        check_out_dir(out)
+        check_out_dir(out, skip_existing=skip_existing)
         from cvtool.pipelines import classify as task
 
         loaded = _load(model, "classify", weights, device, default="resnet18")
@@ -195,11 +193,9 @@ def segment(
 ) -> None:
     """Segment images: a class per pixel; with --out an indexed mask PNG and a colour overlay per image."""
     with exits_cleanly():
-        if skip_existing and out is None:
-            raise UsageError("--skip-existing needs --out DIR")
         if save_mask and out is None:
             raise UsageError("--save-mask needs --out DIR")
-        check_out_dir(out)
+        check_out_dir(out, skip_existing=skip_existing)
         from cvtool.pipelines import segment as task
 
         loaded = _load(model, "segment", weights, device, default="deeplabv3_resnet50")
@@ -242,7 +238,7 @@ def train_classify(
     with exits_cleanly():
         from cvtool.device import resolve_device
         from cvtool.train import classification as recipe
-        from cvtool.train.engine import TrainConfig, default_run_dir
+        from cvtool.train.engine import TrainConfig, new_run_dir
 
         torch_device = resolve_device(device)
         warn = lambda message: info(f"skipping {message}")  # noqa: E731
@@ -261,9 +257,7 @@ def train_classify(
             args = recipe.ClassifyTrainArgs(data, arch, val, val_split, img_size, pretrained, hflip)
             cfg = TrainConfig(epochs=epochs or 10, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                               optimizer=optimizer, seed=seed, workers=workers)
-            run_dir = out or default_run_dir("classify", arch)
-            if (run_dir / "last.pt").exists():
-                raise UsageError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick another --out")
+            run_dir = new_run_dir(out, "classify", arch)
         info(f"training {args.arch} on {torch_device} into {run_dir}")
         try:
             with TrainProgress() as progress:
@@ -310,7 +304,7 @@ def train_segment(
 
         from cvtool.device import resolve_device
         from cvtool.train import segmentation as recipe
-        from cvtool.train.engine import TrainConfig, default_run_dir
+        from cvtool.train.engine import TrainConfig, new_run_dir
 
         torch_device = resolve_device(device)
         if resume is not None:
@@ -325,9 +319,7 @@ def train_segment(
             args = recipe.SegmentTrainArgs(data, arch, val, val_split, crop, loss, width, depth, in_channels, names)
             cfg = TrainConfig(epochs=epochs or 30, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                               optimizer=optimizer, seed=seed, workers=workers, monitor="val_miou", val_batch_size=1)
-            run_dir = out or default_run_dir("segment", arch)
-            if (run_dir / "last.pt").exists():
-                raise UsageError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick another --out")
+            run_dir = new_run_dir(out, "segment", arch)
         info(f"training {args.arch} on {torch_device} into {run_dir}")
         with TrainProgress() as progress:
             summary = recipe.run_training(args, cfg, run_dir, torch_device, resume=resume is not None,

@@ -15,7 +15,7 @@ from typing import Iterable, Iterator
 
 import typer
 
-from cvtool.errors import EXIT_BROKEN_PIPE, EXIT_INPUT_FAILED, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, CvtoolError
+from cvtool.errors import EXIT_BROKEN_PIPE, EXIT_INPUT_FAILED, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, CvtoolError, UsageError
 
 
 @dataclass
@@ -119,9 +119,11 @@ def _progress(total: int | None):
         yield lambda: progress.advance(task)
 
 
-def check_out_dir(out: Path | None) -> None:
+def check_out_dir(out: Path | None, *, skip_existing: bool = False) -> None:
+    if skip_existing and out is None:
+        raise UsageError("--skip-existing needs --out DIR")
     if out is not None and out.exists() and not out.is_dir():
-        raise CvtoolError(f"--out {out} exists and is not a directory")
+        raise UsageError(f"--out {out} exists and is not a directory")
 
 
 class TrainProgress:

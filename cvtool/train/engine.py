@@ -299,8 +299,12 @@ def _batch_len(targets) -> int:
     return len(targets)
 
 
-def default_run_dir(task: str, arch: str) -> Path:
-    return Path("runs") / f"{task}-{arch}-{time.strftime('%Y%m%d-%H%M%S')}"
+def new_run_dir(out: Path | None, task: str, arch: str) -> Path:
+    """`out`, or runs/TASK-ARCH-TIME; never a directory that already holds a run (that is --resume's job)."""
+    run_dir = Path(out) if out is not None else Path("runs") / f"{task}-{arch}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if (run_dir / "last.pt").exists():
+        raise UsageError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick another --out")
+    return run_dir
 
 
 def stored_run(run_dir: Path, epochs: int | None) -> tuple[dict, TrainConfig]:
