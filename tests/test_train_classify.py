@@ -183,3 +183,39 @@ def test_worker_processes_load_the_data(shapes_folder, tmp_path):
                      "--out", str(tmp_path / "r"), "-f", "json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["images"] == 12
+
+
+class _LocalWeights:
+    """A weights source that is a file on disk (the registry's WeightsSource protocol)."""
+
+    kind = "local"
+
+    def __init__(self, path):
+        self.path, self.filename = path, path.name
+
+    def is_available(self):
+        return True
+
+    def local_path(self, *, offline=None, progress=True):
+        return self.path
+
+
+def test_pretrained_fine_tuning_starts_from_the_weights_and_replaces_the_head(shapes_folder, tmp_path):
+    from cvtool.models.lenet import LENET_PREPROCESS, LeNet5
+    from cvtool.models.registry import ModelEntry, register, unregister
+
+    torch.manual_seed(3)
+    donor = LeNet5(num_classes=10)
+    torch.save(donor.state_dict(), tmp_path / "donor.pt")
+    register(ModelEntry(name="test_lenet_pre", task="classify", family="lenet", builder=LeNet5,
+                        preprocess=lambda: LENET_PREPROCESS, classes=lambda: [str(d) for d in range(10)],
+                        weights=_LocalWeights(tmp_path / "donor.pt")))
+    try:
+        cfg = TrainConfig(epochs=1, batch_size=16, lr=1e-9, seed=0)  # a tiny step: weights stay ~the donor's
+        run_training(ClassifyTrainArgs(str(shapes_folder), arch="test_lenet_pre", pretrained=True), cfg,
+                     tmp_path / "run", torch.device("cpu"), progress=False)
+    finally:
+        unregister("test_lenet_pre")
+    tuned = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["state_dict"]
+    assert tuned["classifier.3.weight"].shape == (3, 84)  # new head for the 3 shapes
+    torch.testing.assert_close(tuned["features.0.weight"], donor.state_dict()["features.0.weight"], atol=1e-6, rtol=0)
