@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test test-slow bench bench-startup bench-throughput bench-bad-inputs eval-train sample-images lenet-digits clean
+.PHONY: install demo test bench bench-startup bench-throughput bench-bad-inputs bench-segment eval-train eval-segment sample-images lenet-digits clean
 
 ## install: a virtual environment in .venv with cvtool (editable) and the dev tools
 install:
@@ -18,11 +18,8 @@ demo:
 test:
 	$(BIN)/python -m pytest -q -m "not slow"
 
-test-slow:
-	$(BIN)/python -m pytest -q -m slow
-
 ## bench: every measured figure quoted in the README, written to bench/results/
-bench: bench-startup bench-throughput bench-bad-inputs
+bench: bench-startup bench-throughput bench-bad-inputs bench-segment
 
 bench-startup:
 	$(BIN)/python bench/startup.py
@@ -32,6 +29,13 @@ bench-throughput:
 
 bench-bad-inputs:
 	$(BIN)/python bench/bad_inputs.py
+
+bench-segment:
+	$(BIN)/python bench/segment_speed.py
+
+## eval-segment: U-Net on the ISBI membrane set (needs ../shared; about 8 minutes)
+eval-segment:
+	$(BIN)/python bench/eval_segment.py
 
 sample-images:
 	$(BIN)/python scripts/make_sample_images.py
