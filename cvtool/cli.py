@@ -24,6 +24,7 @@ from cvtool.console import (
     exits_cleanly,
     info,
     print_report,
+    StepProgress,
 )
 
 app = typer.Typer(
@@ -204,6 +205,74 @@ def segment(
                                         overlap=overlap, tile_batch=batch_size, max_pixels=max_pixels, out_dir=out)
         code = _run_batch(pipeline, task, images, recursive, out, skip_existing, batch_size, workers, fmt)
     raise typer.Exit(code)
+
+
+@app.command(
+    epilog="Example: cvtool stylize photo.jpg starry_night.jpg --size 512 --steps 300 --out photo_starry.png",
+)
+def stylize(
+    images: List[str] = typer.Argument(..., metavar="CONTENT [STYLE...]", show_default=False,
+                                       help="A content image then style image(s); with --style, all are contents."),
+    style: Optional[List[Path]] = typer.Option(None, "--style", "-s", help="Style image (repeatable)."),
+    out: Path = typer.Option(Path("stylized"), "--out", "-o", help="Output image file (one content) or directory."),
+    size: int = typer.Option(512, "--size", min=16, help="Longer side of the result, in pixels."),
+    steps: int = typer.Option(300, "--steps", min=1, help="Optimisation steps."),
+    content_weight: float = typer.Option(1.0, "--content-weight", help="alpha: weight of the content cost."),
+    style_weight: float = typer.Option(1e4, "--style-weight", help="beta: weight of the style cost."),
+    tv_weight: float = typer.Option(0.0, "--tv-weight", help="Weight of the total-variation (smoothness) term."),
+    content_layer: str = typer.Option("relu4_2", "--content-layer"),
+    style_layers: str = typer.Option(",".join(("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")), "--style-layers"),
+    style_layer_weights: Optional[str] = typer.Option(None, "--style-layer-weights", help="Comma-separated, one per layer."),
+    init: str = typer.Option("content", "--init", help="content, noise or style."),
+    optimizer: str = typer.Option("lbfgs", "--optimizer", help="lbfgs or adam."),
+    lr: float = typer.Option(0.02, "--lr", help="Adam's step size (pixels in [0, 1])."),
+    pool: str = typer.Option("max", "--pool", help="max, or avg (Gatys et al.'s choice)."),
+    preserve_color: bool = typer.Option(False, "--preserve-color", help="Keep the content's colours."),
+    style_blend: Optional[str] = typer.Option(None, "--style-blend", help="Weights of several styles, e.g. 0.7,0.3."),
+    scales: int = typer.Option(1, "--scales", min=1, max=5, help="Coarse-to-fine passes (large outputs)."),
+    seed: int = typer.Option(0, "--seed"),
+    save_every: Optional[int] = typer.Option(None, "--save-every", min=1, help="Also write the image every N steps."),
+    vgg: str = typer.Option("vgg19", "--vgg", help="Feature network: vgg19 or vgg16 (ImageNet weights)."),
+    weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="The VGG's weights file, instead of the download."),
+    device: str = DEVICE_OPT,
+    fmt: Optional[OutputFormat] = FORMAT_OPT,
+    skip_existing: bool = typer.Option(False, "--skip-existing", help="Skip contents whose output already exists."),
+) -> None:
+    """Neural style transfer (Gatys et al.): optimise an image to keep the content and take on the style."""
+    with exits_cleanly():
+        from cvtool.pipelines import stylize as task
+
+        contents, styles = (images, [str(p) for p in style]) if style else (images[:1], images[1:])
+        if not styles:
+            raise UsageError("give a style image: cvtool stylize CONTENT STYLE, or --style STYLE")
+        settings = task.StyleSettings(
+            size=size, steps=steps, content_weight=content_weight, style_weight=style_weight, tv_weight=tv_weight,
+            content_layer=content_layer, style_layers=tuple(_csv(style_layers)), init=init, optimizer=optimizer,
+            style_layer_weights=tuple(map(float, _csv(style_layer_weights))) if style_layer_weights else None,
+            lr=lr, pool=pool, preserve_color=preserve_color, scales=scales, seed=seed,
+            style_blend=tuple(map(float, _csv(style_blend))) if style_blend else None,
+        )
+        from cvtool.io.image import read_image
+
+        style_images = [read_image(p) for p in styles]
+        loaded = _load(vgg, "classify", weights, device, default=vgg)
+        if not hasattr(loaded.module, "features"):
+            raise UsageError(f"{loaded.name} has no VGG-style feature stack; use --vgg vgg19 or vgg16")
+        stylizer = task.Stylizer(loaded.module.features, loaded.preprocess.mean, loaded.preprocess.std, settings,
+                                 loaded.device)
+        stylizer.set_styles(style_images)
+        single_file = len(contents) == 1 and out.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif")
+        if not single_file:
+            check_out_dir(out)
+        with StepProgress() as progress:
+            pipeline = task.StylizePipeline(stylizer, model_name=f"gatys/{loaded.name}", weights_sha256=loaded.weights_sha256,
+                                            out=out, single_file=single_file, save_every=save_every, on_step=progress)
+            code = _run_batch(pipeline, task, contents, False, out, skip_existing, 1, 1, fmt)
+    raise typer.Exit(code)
+
+
+def _csv(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 @train_app.command(

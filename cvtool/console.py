@@ -182,3 +182,35 @@ def print_report(report: dict, *, as_json: bool) -> None:
     for name, row in report["per_class"].items():
         table.add_row(name, f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}", str(row["support"]))
     Console().print(table)
+
+
+class StepProgress:
+    """A bar over optimisation steps (stylize): step, losses, ETA; nothing when stderr is not a terminal."""
+
+    def __init__(self):
+        self.live = not (SETTINGS.quiet or not sys.stderr.isatty() or os.environ.get("CVTOOL_NO_PROGRESS"))
+        self.progress, self.task = None, None
+
+    def __enter__(self):
+        if self.live:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.progress = Progress(TextColumn("stylizing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                                     TextColumn("{task.fields[status]}"), console=stderr_console(), transient=True)
+            self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.progress is not None:
+            self.progress.__exit__(*exc)
+
+    def __call__(self, report) -> None:
+        if self.progress is None:
+            return
+        if self.task is None or report.step == 1:
+            if self.task is not None:
+                self.progress.remove_task(self.task)
+            self.task = self.progress.add_task("", total=report.steps, status="")
+        losses = report.losses
+        status = f"content {losses.get('content', 0):.3g}  style {losses.get('style', 0):.3g}"
+        self.progress.update(self.task, completed=report.step, status=status)

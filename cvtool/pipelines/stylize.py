@@ -1,0 +1,262 @@
+"""Neural style transfer by optimisation (Gatys et al.): the generated image's pixels are optimised
+so its VGG content features match the content image and its Gram matrices match the style image(s)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+import torch
+
+from cvtool.errors import InputError, UsageError
+from cvtool.io.image import DEFAULT_MAX_PIXELS, read_image, write_image
+from cvtool.io.outputs import OutputNamer
+from cvtool.models.vgg_features import VGGFeatures
+from cvtool.ops.style import content_cost, gram_matrix, style_cost, total_variation
+
+DEFAULT_STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+
+
+@dataclass
+class StyleSettings:
+    size: int = 512  # longer side of the generated image
+    steps: int = 300
+    content_weight: float = 1.0
+    style_weight: float = 1e4
+    tv_weight: float = 0.0
+    content_layer: str = "relu4_2"
+    style_layers: tuple[str, ...] = DEFAULT_STYLE_LAYERS
+    style_layer_weights: tuple[float, ...] | None = None  # default: equal, summing to 1
+    init: str = "content"  # content | noise | style
+    optimizer: str = "lbfgs"  # lbfgs | adam
+    lr: float = 0.02  # adam only; pixels are in [0, 1]
+    pool: str = "max"  # max | avg
+    preserve_color: bool = False
+    style_blend: tuple[float, ...] | None = None  # one weight per style image; default equal
+    scales: int = 1  # coarse-to-fine: solve at size / 2**(scales-1) first, then upsample and refine
+    seed: int = 0
+
+    def layer_weights(self) -> dict[str, float]:
+        weights = self.style_layer_weights or tuple(1.0 for _ in self.style_layers)
+        if len(weights) != len(self.style_layers):
+            raise UsageError(f"--style-layer-weights has {len(weights)} values for {len(self.style_layers)} layers")
+        total = sum(weights)
+        return {name: w / total for name, w in zip(self.style_layers, weights)}
+
+
+@dataclass
+class StepReport:
+    step: int
+    steps: int
+    losses: dict[str, float]
+    image: Callable[[], np.ndarray] = field(repr=False)  # the current result as uint8 RGB, on demand
+
+
+def fit_size(rgb: np.ndarray, size: int) -> np.ndarray:
+    h, w = rgb.shape[:2]
+    scale = size / max(h, w)
+    if abs(scale - 1) < 1e-6:
+        return rgb
+    flag = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
+    return cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=flag)
+
+
+def to_tensor(rgb: np.ndarray, device) -> torch.Tensor:
+    return torch.from_numpy(rgb).permute(2, 0, 1).float().div(255).unsqueeze(0).contiguous().to(device)
+
+
+def to_rgb(tensor: torch.Tensor) -> np.ndarray:
+    return (tensor.detach()[0].clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+
+
+def keep_content_colours(stylized: np.ndarray, content: np.ndarray) -> np.ndarray:
+    """Luminance from the stylised image, colour (chroma) from the content (Gatys et al. 2016)."""
+    content = cv2.resize(content, stylized.shape[1::-1], interpolation=cv2.INTER_AREA)
+    y = cv2.cvtColor(stylized, cv2.COLOR_RGB2YCrCb)[..., :1]
+    crcb = cv2.cvtColor(content, cv2.COLOR_RGB2YCrCb)[..., 1:]
+    return cv2.cvtColor(np.concatenate([y, crcb], axis=2), cv2.COLOR_YCrCb2RGB)
+
+
+class Stylizer:
+    """Holds the VGG feature extractor and the style Gram matrices, reused across content images."""
+
+    def __init__(self, vgg_features: torch.nn.Sequential, mean, std, settings: StyleSettings, device):
+        self.settings, self.device = settings, device
+        if settings.optimizer not in ("lbfgs", "adam"):
+            raise UsageError(f"unknown --optimizer {settings.optimizer!r}; use lbfgs or adam")
+        if settings.init not in ("content", "noise", "style"):
+            raise UsageError(f"unknown --init {settings.init!r}; use content, noise or style")
+        self.layer_weights = settings.layer_weights()
+        layers = [settings.content_layer, *settings.style_layers]
+        self.extractor = VGGFeatures(vgg_features, layers, pool=settings.pool).to(device).eval()
+        self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, device=device).view(1, 3, 1, 1)
+        self.styles: list[np.ndarray] = []
+        self._grams: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
+
+    def set_styles(self, styles: list[np.ndarray]) -> None:
+        blend = self.settings.style_blend or tuple(1.0 for _ in styles)
+        if len(blend) != len(styles):
+            raise UsageError(f"--style-blend has {len(blend)} weights for {len(styles)} style images")
+        self.styles, self.blend = styles, [w / sum(blend) for w in blend]
+        self._grams.clear()
+
+    def features(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.extractor((image - self.mean) / self.std)
+
+    @torch.no_grad()
+    def style_grams(self, size: tuple[int, int]) -> dict[str, torch.Tensor]:
+        """Blended Gram matrices of the style images, each resized to the generated image's size (the
+        style cost divides by that size), computed once per size and reused for every content image."""
+        if size not in self._grams:
+            h, w = size
+            grams = {name: 0 for name in self.settings.style_layers}
+            for style, weight in zip(self.styles, self.blend):
+                resized = cv2.resize(style, (w, h), interpolation=cv2.INTER_AREA)
+                feats = self.features(to_tensor(resized, self.device))
+                for name in grams:
+                    grams[name] = grams[name] + weight * gram_matrix(feats[name])
+            self._grams[size] = grams
+        return self._grams[size]
+
+    def losses(self, generated: torch.Tensor, content_target: torch.Tensor, grams) -> dict[str, torch.Tensor]:
+        s = self.settings
+        feats = self.features(generated)
+        parts = {"content": content_cost(content_target, feats[s.content_layer]),
+                 "style": style_cost(grams, feats, self.layer_weights)}
+        parts["tv"] = total_variation(generated) if s.tv_weight else torch.zeros((), device=self.device)
+        parts["total"] = s.content_weight * parts["content"] + s.style_weight * parts["style"] + s.tv_weight * parts["tv"]
+        return parts
+
+    def stylize(self, content: np.ndarray, on_step: Callable[[StepReport], None] | None = None) -> tuple[np.ndarray, dict]:
+        """Returns (uint8 RGB image, final losses)."""
+        s = self.settings
+        torch.manual_seed(s.seed)
+        sizes = [max(16, s.size // 2**k) for k in reversed(range(max(1, s.scales)))]
+        steps_per_scale = [max(1, s.steps // len(sizes))] * len(sizes)
+        steps_per_scale[-1] += s.steps - sum(steps_per_scale)
+        done, image, losses = 0, None, {}
+        for size, steps in zip(sizes, steps_per_scale):
+            target_rgb = fit_size(content, size)
+            image, losses = self._solve(target_rgb, image, steps, done, s.steps, on_step)
+            done += steps
+        result = to_rgb(image)
+        if s.preserve_color:
+            result = keep_content_colours(result, content)
+        return result, {k: float(v) for k, v in losses.items()}
+
+    def _initial(self, content_rgb: np.ndarray, previous: torch.Tensor | None) -> torch.Tensor:
+        h, w = content_rgb.shape[:2]
+        if previous is not None:  # coarse-to-fine: the coarser solution, upsampled
+            return torch.nn.functional.interpolate(previous, size=(h, w), mode="bilinear", align_corners=False)
+        if self.settings.init == "noise":
+            return torch.rand(1, 3, h, w, device=self.device)
+        if self.settings.init == "style":
+            return to_tensor(cv2.resize(self.styles[0], (w, h), interpolation=cv2.INTER_AREA), self.device)
+        return to_tensor(content_rgb, self.device)
+
+    def _solve(self, content_rgb, previous, steps, offset, total_steps, on_step):
+        s = self.settings
+        with torch.no_grad():
+            content_target = self.features(to_tensor(content_rgb, self.device))[s.content_layer]
+        grams = self.style_grams(content_rgb.shape[:2])
+        generated = self._initial(content_rgb, previous).clone().requires_grad_(True)
+        state = {"record": True, "losses": {}}
+
+        def closure():
+            with torch.no_grad():  # keep pixels valid where every evaluation sees them (L-BFGS evaluates
+                generated.clamp_(0, 1)  # several points per step)
+            optimizer.zero_grad(set_to_none=True)
+            parts = self.losses(generated, content_target, grams)
+            parts["total"].backward()
+            if state["record"]:  # the first evaluation of a step is at the current image; later ones are
+                state["losses"] = {k: float(v.detach()) for k, v in parts.items()}  # line-search trials
+                state["record"] = False
+            return parts["total"]
+
+        if s.optimizer == "lbfgs":
+            # no early stop: with small, well-scaled costs L-BFGS's default tolerances end it too soon
+            optimizer = torch.optim.LBFGS([generated], lr=1.0, max_iter=1, history_size=50,
+                                          tolerance_grad=0.0, tolerance_change=0.0)
+        else:
+            optimizer = torch.optim.Adam([generated], lr=s.lr)
+        for step in range(steps):
+            state["record"] = True
+            optimizer.step(closure)
+            if on_step is not None:
+                on_step(StepReport(offset + step + 1, total_steps, state["losses"], lambda: to_rgb(generated)))
+        with torch.no_grad():
+            final = {k: float(v) for k, v in self.losses(generated.clamp(0, 1), content_target, grams).items()}
+        return generated.detach(), final
+
+
+def gram_distance(vgg: Stylizer, image: np.ndarray, size: tuple[int, int]) -> float:
+    """Style cost of `image` against the style targets: how far its textures are from the style's."""
+    with torch.no_grad():
+        resized = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+        feats = vgg.features(to_tensor(resized, vgg.device))
+        return float(style_cost(vgg.style_grams(size), feats, vgg.layer_weights))
+
+
+class StylizePipeline:
+    """The runner's shape for style transfer: one content image at a time, outputs written atomically."""
+
+    task = "stylize"
+
+    def __init__(self, stylizer: Stylizer, *, model_name: str, weights_sha256: str, out: Path,
+                 single_file: bool = False, save_every: int | None = None, on_step=None,
+                 max_pixels: int = DEFAULT_MAX_PIXELS):
+        self.stylizer, self.model_name, self.weights_sha256 = stylizer, model_name, weights_sha256
+        self.out, self.single_file, self.save_every, self.on_step = Path(out), single_file, save_every, on_step
+        self.max_pixels = max_pixels
+        self.output_name = OutputNamer(out, ".stylized.png")
+
+    def target(self, path: str) -> Path:
+        return self.out if self.single_file else self.output_name(path)
+
+    def prepare(self, path: str) -> tuple[str, np.ndarray]:
+        return path, read_image(path, max_pixels=self.max_pixels)
+
+    def predict(self, samples: list[tuple[str, np.ndarray]]) -> list[dict]:
+        return [self._one(path, content) for path, content in samples]
+
+    def _one(self, path: str, content: np.ndarray) -> dict:
+        def on_step(report: StepReport) -> None:
+            if self.save_every and report.step % self.save_every == 0 and report.step < report.steps:
+                target = self.target(path)
+                write_image(target.with_name(f"{target.name.split('.')[0]}.step{report.step:04d}.png"), report.image())
+            if self.on_step is not None:
+                self.on_step(report)
+
+        image, losses = self.stylizer.stylize(content, on_step)
+        size = image.shape[:2]
+        return {
+            "image": image,  # written by save(), not part of the record
+            "size": [int(size[0]), int(size[1])],
+            "steps": self.stylizer.settings.steps,
+            "losses": {k: round(v, 6) for k, v in losses.items()},
+            "style_distance": {"result": round(gram_distance(self.stylizer, image, size), 6),
+                               "content": round(gram_distance(self.stylizer, content, size), 6)},
+        }
+
+    def save(self, path: str, sample, result: dict, out_dir) -> list[str]:
+        target = self.target(path)
+        if target.resolve() == Path(path).resolve():
+            raise InputError(f"output {target} would overwrite the input; choose another --out", path)
+        write_image(target, result.pop("image"))
+        return [str(target)]
+
+    def already_done(self, path: str) -> bool:
+        return self.target(path).exists()
+
+
+COLUMNS = ["content_cost", "style_cost", "style_distance_vs_content"]
+
+
+def rows(result: dict) -> list[list]:
+    distance = result["style_distance"]
+    ratio = distance["result"] / distance["content"] if distance["content"] else float("nan")
+    return [[result["losses"]["content"], result["losses"]["style"], round(ratio, 4)]]

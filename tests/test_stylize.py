@@ -1,0 +1,142 @@
+"""Style transfer: the costs by hand, VGG layer names, and real optimisation runs on a small random
+VGG-shaped network (ImageNet VGG weights cannot be downloaded here)."""
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from conftest import SAMPLES
+from torch import nn
+from typer.testing import CliRunner
+
+from cvtool.cli import app
+from cvtool.io.image import read_image
+from cvtool.models.registry import ModelEntry, register, unregister
+from cvtool.models.vgg_features import VGGFeatures, layer_names
+from cvtool.ops.preprocess import Preprocess
+from cvtool.ops.style import content_cost, gram_matrix, style_layer_cost
+from cvtool.pipelines.stylize import StyleSettings, Stylizer, gram_distance
+
+LAYERS = dict(content_layer="relu3_1", style_layers=("relu1_1", "relu2_1", "relu3_1"))
+
+
+class TinyVGG(nn.Module):
+    """VGG's layout (3x3 conv + ReLU blocks between 2x2 max-pools) at a few channels."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        layers, channels = [], 3
+        for width, convs in ((8, 2), (16, 2), (32, 2)):
+            for _ in range(convs):
+                layers += [nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(inplace=True)]
+                channels = width
+            layers.append(nn.MaxPool2d(2))
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(channels, num_classes)
+
+    def forward(self, x):
+        return self.classifier(self.features(x).mean((2, 3)))
+
+
+@pytest.fixture
+def tiny_vgg(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "tinyvgg.pt"
+    torch.save(TinyVGG().state_dict(), path)
+    register(ModelEntry(name="test_tinyvgg", task="classify", family="vgg", builder=TinyVGG,
+                        preprocess=lambda: Preprocess(crop_size=32, resize_size=32),
+                        classes=lambda: [str(i) for i in range(10)]))
+    yield path
+    unregister("test_tinyvgg")
+
+
+def test_gram_matrix_and_costs_by_hand():
+    a = torch.tensor([[[[1.0, 2.0], [0.0, 1.0]], [[0.0, 1.0], [3.0, 0.0]]]])  # 1 x C=2 x 2 x 2
+    gram = gram_matrix(a)[0]
+    # rows of the unrolled activations: [1, 2, 0, 1] and [0, 1, 3, 0]
+    assert gram.tolist() == [[6.0, 2.0], [2.0, 10.0]]
+    b = a + 1
+    assert content_cost(a, b).item() == pytest.approx(8 / (4 * 2 * 2 * 2))
+    diff = (gram_matrix(a)[0] - gram_matrix(b)[0]) ** 2
+    assert style_layer_cost(gram_matrix(a), b).item() == pytest.approx(diff.sum().item() / (4 * 2**2 * 4**2))
+
+
+def test_vgg19_layer_names_follow_the_papers():
+    from torchvision.models import vgg19
+
+    with torch.device("meta"):
+        names = layer_names(vgg19().features)
+    assert names[:5] == ["conv1_1", "relu1_1", "conv1_2", "relu1_2", "pool1"]
+    assert names.index("relu4_2") == 22 and names.index("relu5_1") == 29 and len(names) == 37
+
+
+def test_feature_extractor_stops_at_the_deepest_layer_and_keeps_activations():
+    extractor = VGGFeatures(TinyVGG().features, ["relu1_1", "relu2_1"], pool="avg")
+    assert len(extractor.stack) == 7 and isinstance(extractor.stack[4], nn.AvgPool2d)
+    out = extractor(torch.rand(1, 3, 16, 16))
+    assert set(out) == {"relu1_1", "relu2_1"} and out["relu1_1"].min() >= 0
+    with pytest.raises(Exception, match="unknown VGG layer"):
+        VGGFeatures(TinyVGG().features, ["relu9_9"])
+
+
+def _stylizer(settings: StyleSettings, style: np.ndarray) -> Stylizer:
+    torch.manual_seed(0)
+    stylizer = Stylizer(TinyVGG().features, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), settings, torch.device("cpu"))
+    stylizer.set_styles([style])
+    return stylizer
+
+
+@pytest.mark.parametrize("optimizer, lr", [("lbfgs", 1.0), ("adam", 0.01)])
+def test_optimisation_moves_the_textures_towards_the_style(optimizer, lr):
+    content = read_image(SAMPLES / "photos" / "chelsea.jpg")
+    style = read_image(SAMPLES / "photos" / "coffee.jpg")
+    settings = StyleSettings(size=64, steps=40, optimizer=optimizer, lr=lr, style_weight=1e4, **LAYERS)
+    stylizer = _stylizer(settings, style)
+    history = []
+    result, losses = stylizer.stylize(content, lambda report: history.append(report.losses["style"]))
+    assert result.shape == (43, 64, 3) and result.dtype == np.uint8
+    assert len(history) == 40
+    assert history[-1] < 0.2 * history[0]  # the style cost falls a lot...
+    windows = [np.mean(history[i : i + 10]) for i in range(0, 40, 10)]
+    assert all(b < a for a, b in zip(windows, windows[1:])), windows  # ...and steadily, 10 steps at a time
+    size = result.shape[:2]
+    assert gram_distance(stylizer, result, size) < 0.25 * gram_distance(stylizer, cv2.resize(content, size[::-1]), size)
+
+
+def test_preserve_color_keeps_the_content_chroma_and_multiscale_runs():
+    content = read_image(SAMPLES / "photos" / "chelsea.jpg")
+    style = read_image(SAMPLES / "photos" / "coffee.jpg")
+    result, _ = _stylizer(StyleSettings(size=64, steps=6, preserve_color=True, scales=2, **LAYERS), style).stylize(content)
+    small = cv2.resize(content, result.shape[1::-1], interpolation=cv2.INTER_AREA)
+    chroma = lambda im: cv2.cvtColor(im, cv2.COLOR_RGB2YCrCb)[..., 1:].astype(int)  # noqa: E731
+    assert np.abs(chroma(result) - chroma(small)).mean() < 3
+
+
+def test_cli_writes_the_image_the_record_and_intermediates(tiny_vgg, tmp_path):
+    content, style = SAMPLES / "photos" / "chelsea.jpg", SAMPLES / "photos" / "coffee.jpg"
+    out = tmp_path / "result.png"
+    result = CliRunner().invoke(app, [
+        "stylize", str(content), str(style), "--vgg", "test_tinyvgg", "--weights", str(tiny_vgg), "--size", "48",
+        "--steps", "6", "--save-every", "3", "--content-layer", "relu3_1", "--style-layers", "relu1_1,relu2_1",
+        "--out", str(out), "-f", "jsonl"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout.splitlines()[0])
+    assert record["task"] == "stylize" and record["outputs"] == [str(out)]
+    assert record["result"]["size"] == [32, 48] and set(record["result"]["losses"]) == {"content", "style", "tv", "total"}
+    assert read_image(out).shape == (32, 48, 3)
+    assert (tmp_path / "result.step0003.png").exists()
+
+
+def test_cli_needs_a_style_and_reuses_styles_for_many_contents(tiny_vgg, tmp_path):
+    runner = CliRunner()
+    alone = runner.invoke(app, ["stylize", str(SAMPLES / "photos" / "chelsea.jpg")])
+    assert alone.exit_code == 2 and "give a style image" in alone.output
+    many = runner.invoke(app, [
+        "stylize", str(SAMPLES / "photos" / "chelsea.jpg"), str(SAMPLES / "photos" / "astronaut.jpg"),
+        "--style", str(SAMPLES / "photos" / "coffee.jpg"), "--vgg", "test_tinyvgg", "--weights", str(tiny_vgg),
+        "--size", "32", "--steps", "2", "--content-layer", "relu2_1", "--style-layers", "relu1_1",
+        "--out", str(tmp_path / "styled"), "-f", "jsonl"])
+    assert many.exit_code == 0, many.output
+    assert sorted(p.name for p in (tmp_path / "styled").iterdir()) == ["astronaut.stylized.png", "chelsea.stylized.png"]
