@@ -215,7 +215,8 @@ def stylize(
                                        help="A content image then style image(s); with --style, all are contents."),
     style: Optional[List[Path]] = typer.Option(None, "--style", "-s", help="Style image (repeatable)."),
     out: Path = typer.Option(Path("stylized"), "--out", "-o", help="Output image file (one content) or directory."),
-    size: int = typer.Option(512, "--size", min=16, help="Longer side of the result, in pixels."),
+    size: Optional[int] = typer.Option(None, "--size", min=16, help="Longer side of the result, in pixels "
+                                       "(default 512; with --model, the input's own size)."),
     steps: int = typer.Option(300, "--steps", min=1, help="Optimisation steps."),
     content_weight: float = typer.Option(1.0, "--content-weight", help="alpha: weight of the content cost."),
     style_weight: float = typer.Option(1e4, "--style-weight", help="beta: weight of the style cost."),
@@ -232,6 +233,11 @@ def stylize(
     scales: int = typer.Option(1, "--scales", min=1, max=5, help="Coarse-to-fine passes (large outputs)."),
     seed: int = typer.Option(0, "--seed"),
     save_every: Optional[int] = typer.Option(None, "--save-every", min=1, help="Also write the image every N steps."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="A network from `cvtool train style`: "
+                                         "one forward pass per image, or per frame of a video input."),
+    tile: Optional[int] = typer.Option(None, "--tile", min=16, help="With --model: tiles for large images."),
+    overlap: int = typer.Option(32, "--overlap", min=0, help="With --tile: overlap, blended linearly."),
+    vid_stride: int = typer.Option(1, "--vid-stride", min=1, help="With --model and a video: every Nth frame."),
     vgg: str = typer.Option("vgg19", "--vgg", help="Feature network: vgg19 or vgg16 (ImageNet weights)."),
     weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="The VGG's weights file, instead of the download."),
     device: str = DEVICE_OPT,
@@ -242,11 +248,23 @@ def stylize(
     with exits_cleanly():
         from cvtool.pipelines import stylize as task
 
+        single_file = out.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".mp4", ".avi")
+        if model is not None:  # feed-forward: every positional is a content image or video
+            if single_file and len(images) > 1:
+                raise UsageError("--out is a file but several inputs were given; pass a directory")
+            if not single_file:
+                check_out_dir(out)
+            loaded = _load(None, "stylize", model, device, default="fast_style")
+            pipeline = task.FastStylePipeline(loaded, out=out, single_file=single_file, size=size,
+                                              tile=tile, overlap=overlap, vid_stride=vid_stride)
+            code = _run_batch(pipeline, _Columns(task.FAST_COLUMNS, task.fast_rows), images, False, out, skip_existing,
+                              1, 1, fmt)
+            raise typer.Exit(code)
         contents, styles = (images, [str(p) for p in style]) if style else (images[:1], images[1:])
         if not styles:
             raise UsageError("give a style image: cvtool stylize CONTENT STYLE, or --style STYLE")
         settings = task.StyleSettings(
-            size=size, steps=steps, content_weight=content_weight, style_weight=style_weight, tv_weight=tv_weight,
+            size=size or 512, steps=steps, content_weight=content_weight, style_weight=style_weight, tv_weight=tv_weight,
             content_layer=content_layer, style_layers=tuple(_csv(style_layers)), init=init, optimizer=optimizer,
             style_layer_weights=tuple(map(float, _csv(style_layer_weights))) if style_layer_weights else None,
             lr=lr, pool=pool, preserve_color=preserve_color, scales=scales, seed=seed,
@@ -261,7 +279,7 @@ def stylize(
         stylizer = task.Stylizer(loaded.module.features, loaded.preprocess.mean, loaded.preprocess.std, settings,
                                  loaded.device)
         stylizer.set_styles(style_images)
-        single_file = len(contents) == 1 and out.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif")
+        single_file = single_file and len(contents) == 1
         if not single_file:
             check_out_dir(out)
         with StepProgress() as progress:
@@ -269,6 +287,13 @@ def stylize(
                                             out=out, single_file=single_file, save_every=save_every, on_step=progress)
             code = _run_batch(pipeline, task, contents, False, out, skip_existing, 1, 1, fmt)
     raise typer.Exit(code)
+
+
+class _Columns:
+    """A task's table/CSV shape, when it is not the task module's own COLUMNS/rows."""
+
+    def __init__(self, columns: list[str], rows):
+        self.COLUMNS, self.rows = columns, rows
 
 
 def _csv(text: str) -> list[str]:
@@ -396,6 +421,56 @@ def train_segment(
         val = summary["val"]
         info(f"val mIoU {val['miou']:.4f}, pixel accuracy {val['pixel_accuracy']:.4f} (best epoch "
              f"{summary['best_epoch']}); {run_dir}/best.pt")
+        typer.echo(json.dumps(summary, indent=2))
+
+
+@train_app.command(
+    "style",
+    epilog="Example: cvtool train style starry_night.jpg --data photos/ --epochs 20 --out runs/starry",
+)
+def train_style(
+    style_image: Optional[str] = typer.Argument(None, metavar="STYLE_IMAGE", help="The style to learn."),
+    data: Optional[str] = typer.Option(None, "--data", help="Folder of content photos (searched recursively)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", "-e", min=1, help="Epochs (default 10)."),
+    batch_size: int = typer.Option(4, "--batch-size", "-b", min=1),
+    lr: float = typer.Option(1e-3, "--lr"),
+    img_size: int = typer.Option(256, "--img-size", min=32, help="Training crops, in pixels."),
+    content_weight: float = typer.Option(1.0, "--content-weight"),
+    style_weight: float = typer.Option(1e5, "--style-weight"),
+    tv_weight: float = typer.Option(1e-6, "--tv-weight"),
+    width: int = typer.Option(32, "--width", min=4, help="Channels of the network's first layer."),
+    vgg: str = typer.Option("vgg16", "--vgg", help="Loss network: vgg16 (Johnson et al.) or vgg19."),
+    vgg_weights: Optional[Path] = typer.Option(None, "--vgg-weights", help="The VGG's weights file, instead of the download."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/stylize-fast_style-TIME)."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory from last.pt."),
+    device: str = DEVICE_OPT,
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Train a feed-forward style network (Johnson et al.); `cvtool stylize IMG --model RUN/best.pt` applies it."""
+    with exits_cleanly():
+        import json
+
+        from cvtool.device import resolve_device
+        from cvtool.train import style as recipe
+        from cvtool.train.engine import TrainConfig, new_run_dir
+
+        torch_device = resolve_device(device)
+        if resume is not None:
+            args, cfg = recipe.resumed_arguments(resume, epochs)
+            run_dir = resume
+        else:
+            if style_image is None or data is None:
+                raise UsageError("STYLE_IMAGE and --data CONTENT_DIR are required (or --resume RUN_DIR)")
+            args = recipe.StyleTrainArgs(style_image, data, vgg, str(vgg_weights) if vgg_weights else None, img_size,
+                                         content_weight, style_weight, tv_weight, width)
+            cfg = TrainConfig(epochs=epochs or 10, batch_size=batch_size, lr=lr, weight_decay=0.0, seed=seed,
+                              monitor="none")
+            run_dir = new_run_dir(out, "stylize", "fast_style")
+        info(f"training fast_style on {torch_device} into {run_dir}")
+        with TrainProgress() as progress:
+            summary = recipe.run_training(args, cfg, run_dir, torch_device, resume=resume is not None,
+                                          callbacks=progress, on_skip=lambda m: info(f"skipping {m}"),
+                                          progress=not SETTINGS.quiet)
         typer.echo(json.dumps(summary, indent=2))
 
 

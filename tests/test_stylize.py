@@ -28,7 +28,7 @@ class TinyVGG(nn.Module):
     def __init__(self, num_classes: int = 10):
         super().__init__()
         layers, channels = [], 3
-        for width, convs in ((8, 2), (16, 2), (32, 2)):
+        for width, convs in ((8, 2), (16, 2), (16, 3), (16, 3)):
             for _ in range(convs):
                 layers += [nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(inplace=True)]
                 channels = width
@@ -140,3 +140,43 @@ def test_cli_needs_a_style_and_reuses_styles_for_many_contents(tiny_vgg, tmp_pat
         "--out", str(tmp_path / "styled"), "-f", "jsonl"])
     assert many.exit_code == 0, many.output
     assert sorted(p.name for p in (tmp_path / "styled").iterdir()) == ["astronaut.stylized.png", "chelsea.stylized.png"]
+
+
+def _tiny_video(path, frames=5, size=(48, 32), fps=10.0):
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, size)
+    for i in range(frames):
+        frame = np.full((size[1], size[0], 3), 40 * i, np.uint8)
+        cv2.circle(frame, (10 + 5 * i, 16), 6, (0, 0, 255), -1)
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+def test_train_style_then_stylize_images_and_video_in_one_pass(tiny_vgg, tmp_path):
+    runner = CliRunner()
+    run = tmp_path / "run"
+    trained = runner.invoke(app, [
+        "train", "style", str(SAMPLES / "photos" / "coffee.jpg"), "--data", str(SAMPLES / "photos"), "--vgg",
+        "test_tinyvgg", "--vgg-weights", str(tiny_vgg), "--epochs", "3", "--img-size", "32", "--batch-size", "2",
+        "--width", "4", "--lr", "1e-2", "--out", str(run)])
+    assert trained.exit_code == 0, trained.output
+    assert {"best.pt", "last.pt", "metrics.csv", "curves.png", "summary.json"} <= {p.name for p in run.iterdir()}
+    rows = list(__import__("csv").DictReader(open(run / "metrics.csv")))
+    assert len(rows) == 3 and float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+
+    video = _tiny_video(tmp_path / "clip.avi")
+    out = tmp_path / "styled"
+    result = runner.invoke(app, ["stylize", str(SAMPLES / "photos" / "chelsea.jpg"), str(video), "--model",
+                                 str(run / "best.pt"), "--out", str(out), "-f", "jsonl"])
+    assert result.exit_code == 0, result.output
+    image_record, video_record = [json.loads(line) for line in result.stdout.splitlines()]
+    assert image_record["model"] == "fast_style" and image_record["result"]["size"] == [300, 451]
+    assert read_image(out / "chelsea.stylized.png").shape == (300, 451, 3)
+    assert video_record["result"]["frames"] == 5 and video_record["result"]["fps"] == 10.0
+    capture = cv2.VideoCapture(str(out / "clip.stylized.mp4"))
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 5 and int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)) == 48
+    capture.release()
+    tiled = runner.invoke(app, ["stylize", str(SAMPLES / "photos" / "chelsea.jpg"), "--model", str(run / "best.pt"),
+                                "--tile", "128", "--overlap", "16", "--out", str(tmp_path / "tiled.png"), "-f", "jsonl"])
+    assert tiled.exit_code == 0, tiled.output
+    assert read_image(tmp_path / "tiled.png").shape == (300, 451, 3)

@@ -105,6 +105,7 @@ _REGISTRY: dict[str, ModelEntry] = {}
 _BUILTIN_MODULES = [
     "cvtool.models.lenet",
     "cvtool.models.unet",
+    "cvtool.models.transformer_net",
     "cvtool.models.torchvision_classifiers",
     "cvtool.models.torchvision_segmenters",
 ]

@@ -260,3 +260,105 @@ def rows(result: dict) -> list[list]:
     distance = result["style_distance"]
     ratio = distance["result"] / distance["content"] if distance["content"] else float("nan")
     return [[result["losses"]["content"], result["losses"]["style"], round(ratio, 4)]]
+
+
+class FastStylePipeline:
+    """Feed-forward stylisation (a network from `cvtool train style`): one forward pass per image or frame."""
+
+    task = "stylize"
+
+    def __init__(self, model, *, out: Path, single_file: bool = False, size: int | None = None,
+                 tile: int | None = None, overlap: int = 32, vid_stride: int = 1,
+                 max_pixels: int = DEFAULT_MAX_PIXELS):
+        self.model, self.model_name, self.weights_sha256 = model, model.name, model.weights_sha256
+        self.vid_stride = vid_stride
+        self.out, self.single_file, self.size, self.tile, self.overlap = Path(out), single_file, size, tile, overlap
+        self.max_pixels = max_pixels
+        self.output_name = OutputNamer(out, ".stylized.png")
+
+    def target(self, path: str) -> Path:
+        return self.out if self.single_file else self.output_name(path)
+
+    def prepare(self, path: str):
+        """An image's pixels; for a video just its path (frames are streamed in predict, never all in memory)."""
+        from cvtool.io.video import is_video
+
+        if is_video(path):
+            return _Video(path)
+        rgb = read_image(path, max_pixels=self.max_pixels)
+        return fit_size(rgb, self.size) if self.size else rgb
+
+    @torch.inference_mode()
+    def stylize(self, rgb: np.ndarray) -> np.ndarray:
+        tensor = to_tensor(rgb, "cpu")[0]
+        if self.tile:
+            from cvtool.ops.tiling import tiled_logits
+
+            out = tiled_logits(lambda b: self.model.module(b.to(self.model.device)), tensor, num_classes=3,
+                               tile=self.tile, overlap=self.overlap)
+        else:
+            _, h, w = tensor.shape
+            pad_h, pad_w = (-h) % 4, (-w) % 4
+            batch = torch.nn.functional.pad(tensor[None], (0, pad_w, 0, pad_h), mode="reflect") if pad_h or pad_w else tensor[None]
+            out = self.model.module(batch.to(self.model.device))[0, :, :h, :w]
+        return to_rgb(out[None])
+
+    def predict(self, samples: list) -> list[dict]:
+        results = []
+        for sample in samples:
+            if isinstance(sample, _Video):
+                results.append(self.video(sample.path, self.vid_stride))
+                continue
+            image = self.stylize(sample)
+            results.append({"image": image, "size": [int(image.shape[0]), int(image.shape[1])]})
+        return results
+
+    def save(self, path: str, sample, result: dict, out_dir) -> list[str]:
+        if isinstance(sample, _Video):
+            return [result.pop("output")]
+        target = self.target(path)
+        if target.resolve() == Path(path).resolve():
+            raise InputError(f"output {target} would overwrite the input; choose another --out", path)
+        write_image(target, result.pop("image"))
+        return [str(target)]
+
+    def already_done(self, path: str) -> bool:
+        return self.target(path).exists()
+
+    def video(self, path: str, stride: int = 1) -> dict:
+        """Stylise a video frame by frame into `<stem>.stylized.mp4` (same fps and size); returns its record."""
+        from cvtool.io.video import AtomicVideoWriter, iter_frames, open_video
+
+        capture, fps, count = open_video(path)
+        target = self.out if self.single_file else self.out / f"{Path(path).stem}.stylized.mp4"
+        writer, frames = None, 0
+        try:
+            for _, frame in iter_frames(capture, stride):
+                image = self.stylize(frame)
+                if writer is None:
+                    writer = AtomicVideoWriter(target, fps / stride, (image.shape[1], image.shape[0]))
+                writer.write(image)
+                frames += 1
+        except BaseException:
+            if writer is not None:
+                writer.close(ok=False)
+            raise
+        finally:
+            capture.release()
+        if writer is None:
+            raise InputError("the video has no frames", path)
+        writer.close()
+        return {"size": [int(image.shape[0]), int(image.shape[1])], "frames": frames, "fps": round(fps / stride, 3),
+                "frames_in_file": count, "output": str(target)}
+
+
+@dataclass
+class _Video:
+    path: str
+
+
+FAST_COLUMNS = ["height", "width"]
+
+
+def fast_rows(result: dict) -> list[list]:
+    return [[result["size"][0], result["size"][1]]]
