@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test bench bench-startup bench-throughput bench-bad-inputs bench-segment eval-train eval-segment sample-images lenet-digits clean
+.PHONY: install demo test bench bench-startup bench-throughput bench-bad-inputs bench-segment eval-train eval-segment eval-style sample-images lenet-digits clean
 
 ## install: a virtual environment in .venv with cvtool (editable) and the dev tools
 install:
@@ -32,6 +32,10 @@ bench-bad-inputs:
 
 bench-segment:
 	$(BIN)/python bench/segment_speed.py
+
+## eval-style: style-transfer speed, and a contact sheet from ../shared/datasets/style (a few minutes)
+eval-style:
+	$(BIN)/python bench/eval_style.py
 
 ## eval-segment: U-Net on the ISBI membrane set (needs ../shared; about 8 minutes)
 eval-segment:
