@@ -335,11 +335,10 @@ def train_classify(
         from cvtool.train.engine import TrainConfig, new_run_dir
 
         torch_device = resolve_device(device)
-        warn = lambda message: info(f"skipping {message}")  # noqa: E731
         if eval_only:
             if weights is None or data is None:
                 raise UsageError("--eval-only needs DATA and --weights FILE")
-            report = recipe.evaluate_checkpoint(weights, data, torch_device, on_skip=warn)
+            report = recipe.evaluate_checkpoint(weights, data, torch_device, on_skip=lambda m: info(f"skipping {m}"))
             print_report(report, as_json=_wants_json(fmt))
             raise typer.Exit(0)
         if resume is not None:
@@ -352,15 +351,7 @@ def train_classify(
             cfg = TrainConfig(epochs=epochs or 10, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                               optimizer=optimizer, seed=seed, workers=workers)
             run_dir = new_run_dir(out, "classify", arch)
-        info(f"training {args.arch} on {torch_device} into {run_dir}")
-        try:
-            with TrainProgress() as progress:
-                summary = recipe.run_training(args, cfg, run_dir, torch_device, resume=resume is not None,
-                                              callbacks=progress, on_skip=warn, progress=not SETTINGS.quiet)
-        except KeyboardInterrupt:
-            if (run_dir / "last.pt").exists():
-                info(f"{run_dir / 'last.pt'} holds the last completed epoch; continue with --resume {run_dir}")
-            raise
+        summary = _fit(recipe, args, cfg, run_dir, torch_device, resume is not None, progress=not SETTINGS.quiet)
         info(f"best val accuracy {summary['best_val_accuracy']:.4f} (epoch {summary['best_epoch']}); "
              f"{summary['skipped_files']} file(s) skipped; {run_dir}/best.pt")
         print_report(summary["val_report"], as_json=_wants_json(fmt))
@@ -414,10 +405,7 @@ def train_segment(
             cfg = TrainConfig(epochs=epochs or 30, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                               optimizer=optimizer, seed=seed, workers=workers, monitor="val_miou", val_batch_size=1)
             run_dir = new_run_dir(out, "segment", arch)
-        info(f"training {args.arch} on {torch_device} into {run_dir}")
-        with TrainProgress() as progress:
-            summary = recipe.run_training(args, cfg, run_dir, torch_device, resume=resume is not None,
-                                          callbacks=progress, on_skip=lambda m: info(f"skipping {m}"))
+        summary = _fit(recipe, args, cfg, run_dir, torch_device, resume is not None)
         val = summary["val"]
         info(f"val mIoU {val['miou']:.4f}, pixel accuracy {val['pixel_accuracy']:.4f} (best epoch "
              f"{summary['best_epoch']}); {run_dir}/best.pt")
@@ -466,12 +454,21 @@ def train_style(
             cfg = TrainConfig(epochs=epochs or 10, batch_size=batch_size, lr=lr, weight_decay=0.0, seed=seed,
                               monitor="none")
             run_dir = new_run_dir(out, "stylize", "fast_style")
-        info(f"training fast_style on {torch_device} into {run_dir}")
-        with TrainProgress() as progress:
-            summary = recipe.run_training(args, cfg, run_dir, torch_device, resume=resume is not None,
-                                          callbacks=progress, on_skip=lambda m: info(f"skipping {m}"),
-                                          progress=not SETTINGS.quiet)
+        summary = _fit(recipe, args, cfg, run_dir, torch_device, resume is not None, progress=not SETTINGS.quiet)
         typer.echo(json.dumps(summary, indent=2))
+
+
+def _fit(recipe, args, cfg, run_dir: Path, device, resume: bool, **options) -> dict:
+    """Run a task's training recipe with progress on stderr; on Ctrl-C say how to carry on."""
+    info(f"training {getattr(args, 'arch', 'fast_style')} on {device} into {run_dir}")
+    try:
+        with TrainProgress() as progress:
+            return recipe.run_training(args, cfg, run_dir, device, resume=resume, callbacks=progress,
+                                       on_skip=lambda message: info(f"skipping {message}"), **options)
+    except KeyboardInterrupt:
+        if (run_dir / "last.pt").exists():
+            info(f"{run_dir / 'last.pt'} holds the last completed epoch; continue with --resume {run_dir}")
+        raise
 
 
 def _wants_json(fmt: Optional[ListFormat]) -> bool:

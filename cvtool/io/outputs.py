@@ -26,11 +26,16 @@ class OutputNamer:
         if candidate in self._taken:
             digest = hashlib.sha1(str(source.resolve()).encode()).hexdigest()[:8]
             candidate = self.out_dir / f"{source.stem}-{digest}{self.suffix}"
-        if candidate.resolve() == source.resolve():
-            raise InputError(f"output {candidate} would overwrite the input; choose another --out", input_path)
+        refuse_overwriting_input(candidate, input_path)
         self._taken.add(candidate)
         self._by_input[input_path] = candidate
         return candidate
 
     def exists(self, input_path: str) -> bool:
         return self(input_path).exists()
+
+
+def refuse_overwriting_input(target: str | Path, input_path: str) -> None:
+    """Inputs are never overwritten, whatever --out says."""
+    if Path(target).resolve() == Path(input_path).resolve():
+        raise InputError(f"output {target} would overwrite the input; choose another --out", input_path)

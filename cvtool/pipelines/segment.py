@@ -11,7 +11,7 @@ import numpy as np
 from cvtool.errors import InputError, UsageError
 from cvtool.io.atomic import atomic_write_bytes
 from cvtool.io.image import DEFAULT_MAX_PIXELS, read_image, write_image
-from cvtool.io.outputs import OutputNamer
+from cvtool.io.outputs import OutputNamer, refuse_overwriting_input
 from cvtool.io.render import class_palette, indexed_png, overlay
 from cvtool.models.loading import LoadedModel
 
@@ -116,9 +116,7 @@ class SegmentPipeline:
         base = str(mask_path)[: -len(MASK_SUFFIX)]
         suffix = Path(path).suffix.lower() if Path(path).suffix.lower() in (".jpg", ".jpeg", ".png") else ".png"
         overlay_path = Path(base + ".overlay" + suffix)
-        for target in (mask_path, overlay_path):
-            if target.resolve() == Path(path).resolve():
-                raise InputError(f"output {target} would overwrite the input; choose another --out", path)
+        refuse_overwriting_input(overlay_path, path)
         atomic_write_bytes(mask_path, indexed_png(sample.labels, self.palette))
         write_image(overlay_path, overlay(sample.rgb, sample.labels, self.alpha, self.palette))
         written = [str(mask_path), str(overlay_path)]

@@ -13,7 +13,7 @@ import torch
 
 from cvtool.errors import InputError, UsageError
 from cvtool.io.image import DEFAULT_MAX_PIXELS, read_image, write_image
-from cvtool.io.outputs import OutputNamer
+from cvtool.io.outputs import OutputNamer, refuse_overwriting_input
 from cvtool.models.vgg_features import VGGFeatures
 from cvtool.ops.style import content_cost, gram_matrix, style_cost, total_variation
 
@@ -201,7 +201,28 @@ def gram_distance(vgg: Stylizer, image: np.ndarray, size: tuple[int, int]) -> fl
         return float(style_cost(vgg.style_grams(size), feats, vgg.layer_weights))
 
 
-class StylizePipeline:
+class _OneImageOut:
+    """Both stylize pipelines write one image per input: `--out FILE` for a single input, else
+    `OUT/NAME.stylized.png`."""
+
+    out: Path
+    single_file: bool
+    output_name: OutputNamer
+
+    def target(self, path: str) -> Path:
+        return self.out if self.single_file else self.output_name(path)
+
+    def save(self, path: str, sample, result: dict, out_dir) -> list[str]:
+        target = self.target(path)
+        refuse_overwriting_input(target, path)
+        write_image(target, result.pop("image"))
+        return [str(target)]
+
+    def already_done(self, path: str) -> bool:
+        return self.target(path).exists()
+
+
+class StylizePipeline(_OneImageOut):
     """The runner's shape for style transfer: one content image at a time, outputs written atomically."""
 
     task = "stylize"
@@ -213,9 +234,6 @@ class StylizePipeline:
         self.out, self.single_file, self.save_every, self.on_step = Path(out), single_file, save_every, on_step
         self.max_pixels = max_pixels
         self.output_name = OutputNamer(out, ".stylized.png")
-
-    def target(self, path: str) -> Path:
-        return self.out if self.single_file else self.output_name(path)
 
     def prepare(self, path: str) -> tuple[str, np.ndarray]:
         return path, read_image(path, max_pixels=self.max_pixels)
@@ -242,16 +260,6 @@ class StylizePipeline:
                                "content": round(gram_distance(self.stylizer, content, size), 6)},
         }
 
-    def save(self, path: str, sample, result: dict, out_dir) -> list[str]:
-        target = self.target(path)
-        if target.resolve() == Path(path).resolve():
-            raise InputError(f"output {target} would overwrite the input; choose another --out", path)
-        write_image(target, result.pop("image"))
-        return [str(target)]
-
-    def already_done(self, path: str) -> bool:
-        return self.target(path).exists()
-
 
 COLUMNS = ["content_cost", "style_cost", "style_distance_vs_content"]
 
@@ -262,7 +270,7 @@ def rows(result: dict) -> list[list]:
     return [[result["losses"]["content"], result["losses"]["style"], round(ratio, 4)]]
 
 
-class FastStylePipeline:
+class FastStylePipeline(_OneImageOut):
     """Feed-forward stylisation (a network from `cvtool train style`): one forward pass per image or frame."""
 
     task = "stylize"
@@ -275,9 +283,6 @@ class FastStylePipeline:
         self.out, self.single_file, self.size, self.tile, self.overlap = Path(out), single_file, size, tile, overlap
         self.max_pixels = max_pixels
         self.output_name = OutputNamer(out, ".stylized.png")
-
-    def target(self, path: str) -> Path:
-        return self.out if self.single_file else self.output_name(path)
 
     def prepare(self, path: str):
         """An image's pixels; for a video just its path (frames are streamed in predict, never all in memory)."""
@@ -316,14 +321,7 @@ class FastStylePipeline:
     def save(self, path: str, sample, result: dict, out_dir) -> list[str]:
         if isinstance(sample, _Video):
             return [result.pop("output")]
-        target = self.target(path)
-        if target.resolve() == Path(path).resolve():
-            raise InputError(f"output {target} would overwrite the input; choose another --out", path)
-        write_image(target, result.pop("image"))
-        return [str(target)]
-
-    def already_done(self, path: str) -> bool:
-        return self.target(path).exists()
+        return super().save(path, sample, result, out_dir)
 
     def video(self, path: str, stride: int = 1) -> dict:
         """Stylise a video frame by frame into `<stem>.stylized.mp4` (same fps and size); returns its record."""
