@@ -59,6 +59,15 @@ class OutputFormat(str, Enum):
     csv = "csv"
 
 
+class DetectFormat(str, Enum):
+    table = "table"
+    json = "json"
+    jsonl = "jsonl"
+    csv = "csv"
+    coco = "coco"
+    yolo = "yolo"
+
+
 class ListFormat(str, Enum):
     table = "table"
     json = "json"
@@ -164,10 +173,48 @@ def _run_batch(pipeline, task_module, images, recursive, out, skip_existing, bat
         return done
 
     records = run(pipeline, items, batch_size=batch_size, workers=workers, out_dir=out, skip=skip)
-    writer = make_writer(fmt.value if fmt else None, task_module.COLUMNS, task_module.rows)
+    writer = make_writer(fmt.value if fmt else None, task_module.COLUMNS, task_module.rows,
+                         extra_formats=getattr(task_module, "EXTRA_FORMATS", None))
     drive(records, writer, total=total, summary=summary)
     return summary.exit_code
 
+
+
+@app.command(
+    epilog="Example: cvtool detect street.jpg --model fasterrcnn_resnet50_fpn_v2 --classes person,car --out boxes/",
+)
+def detect(
+    images: List[str] = IMAGES_ARG,
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name (see `cvtool models --task detect`). "
+                                        "Default: fasterrcnn_resnet50_fpn_v2."),
+    weights: Optional[Path] = WEIGHTS_OPT,
+    conf: float = typer.Option(0.25, "--conf", min=0.0, max=1.0, help="Minimum score of a box."),
+    iou: float = typer.Option(0.45, "--iou", min=0.0, max=1.0, help="Per-class non-max suppression IoU threshold."),
+    classes: Optional[str] = typer.Option(None, "--classes", help="Comma-separated classes to keep, e.g. person,car."),
+    max_det: int = typer.Option(300, "--max-det", min=1, help="At most this many boxes per image."),
+    keypoints: bool = typer.Option(False, "--keypoints", help="Keypoint models: write and draw the 17 body landmarks."),
+    save_crops: bool = typer.Option(False, "--save-crops", help="With --out: also one JPEG per box."),
+    out: Optional[Path] = OUT_OPT,
+    fmt: Optional[DetectFormat] = typer.Option(None, "--format", "-f", help="table, json, jsonl, csv, coco or yolo."),
+    batch_size: int = typer.Option(4, "--batch-size", "-b", min=1, help="Images per forward pass."),
+    device: str = DEVICE_OPT,
+    recursive: bool = RECURSIVE_OPT,
+    skip_existing: bool = SKIP_OPT,
+    workers: int = WORKERS_OPT,
+    max_pixels: int = MAX_PIXELS_OPT,
+) -> None:
+    """Detect objects: boxes in the input's own pixel coordinates, labels and scores; annotated images with --out."""
+    with exits_cleanly():
+        if save_crops and out is None:
+            raise UsageError("--save-crops needs --out DIR")
+        check_out_dir(out, skip_existing=skip_existing)
+        from cvtool.pipelines import detect as task
+
+        loaded = _load(model, "detect", weights, device, default="fasterrcnn_resnet50_fpn_v2")
+        pipeline = task.DetectPipeline(loaded, conf=conf, iou=iou, max_det=max_det, classes=_csv(classes or "") or None,
+                                       keypoints=keypoints, save_crops=save_crops, max_pixels=max_pixels, out_dir=out)
+        code = _run_batch(pipeline, task, images, recursive, out, skip_existing, batch_size, workers, fmt)
+    raise typer.Exit(code)
 
 
 @app.command(

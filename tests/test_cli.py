@@ -25,7 +25,7 @@ def test_help_lists_only_working_commands_and_does_not_import_torch():
 
 
 def test_every_subcommand_help_has_an_example():
-    for args in (["classify"], ["segment"], ["stylize"], ["models"], ["models", "pull"], ["models", "verify"], ["train"],
+    for args in (["classify"], ["detect"], ["segment"], ["stylize"], ["models"], ["models", "pull"], ["models", "verify"], ["train"],
                  ["train", "classify"], ["train", "segment"], ["train", "style"]):
         result = run_cli(*args, "--help")
         assert result.returncode == 0, result.stderr

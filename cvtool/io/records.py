@@ -102,9 +102,11 @@ def _cell(value) -> str:
 FORMATS = {"table": TableWriter, "json": JsonWriter, "jsonl": JsonLinesWriter, "csv": CsvWriter}
 
 
-def make_writer(fmt: str | None, columns: list[str], rows: RowsFn, stream: TextIO | None = None):
-    """`fmt=None` picks a table for a terminal and JSON Lines for a pipe or file."""
+def make_writer(fmt: str | None, columns: list[str], rows: RowsFn, stream: TextIO | None = None,
+                extra_formats: dict | None = None):
+    """`fmt=None` picks a table for a terminal and JSON Lines for a pipe or file; a task may add its
+    own formats (detection's coco and yolo)."""
     stream = stream or sys.stdout
     if fmt is None:
         fmt = "table" if stream.isatty() else "jsonl"
-    return FORMATS[fmt](stream, columns, rows)
+    return {**FORMATS, **(extra_formats or {})}[fmt](stream, columns, rows)

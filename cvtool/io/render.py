@@ -43,3 +43,42 @@ def indexed_png(labels: np.ndarray, palette: np.ndarray | None = None) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", optimize=False)
     return buffer.getvalue()
+
+
+# COCO's 17 body keypoints, as pairs of indices to join (nose, eyes, ears, shoulders, elbows, wrists,
+# hips, knees, ankles).
+COCO_SKELETON = [(0, 1), (0, 2), (1, 3), (2, 4), (5, 6), (5, 7), (7, 9), (6, 8), (8, 10), (5, 11), (6, 12),
+                 (11, 12), (11, 13), (13, 15), (12, 14), (14, 16)]
+
+
+def draw_detections(rgb: np.ndarray, detections: list[dict], palette: np.ndarray | None = None) -> np.ndarray:
+    """Boxes with "label score" tags, line width and text scaled to the image, text readable on any
+    colour (black or white by the tag's brightness); keypoints and skeletons when present."""
+    import cv2
+
+    palette = class_palette() if palette is None else palette
+    out = np.ascontiguousarray(rgb.copy())
+    h, w = out.shape[:2]
+    thickness = max(1, round(0.002 * (h + w)))
+    font_scale = max(0.35, thickness / 3)
+    for det in detections:
+        colour = tuple(int(c) for c in palette[(det["index"] * 7 + 1) % len(palette)])
+        x1, y1, x2, y2 = (int(round(v)) for v in det["box"])
+        cv2.rectangle(out, (x1, y1), (x2, y2), colour, thickness, cv2.LINE_AA)
+        text = f"{det['label']} {det['score']:.2f}"
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, max(1, thickness // 2))
+        top = y1 - th - base - 2 if y1 - th - base - 2 >= 0 else y1  # inside the box at the top edge
+        cv2.rectangle(out, (x1, top), (x1 + tw + 4, top + th + base + 2), colour, -1)
+        ink = (0, 0, 0) if sum(colour) > 380 else (255, 255, 255)
+        cv2.putText(out, text, (x1 + 2, top + th + 1), cv2.FONT_HERSHEY_SIMPLEX, font_scale, ink,
+                    max(1, thickness // 2), cv2.LINE_AA)
+        points = det.get("keypoints")
+        if points:
+            for a, b in COCO_SKELETON:
+                if points[a][2] > 0 and points[b][2] > 0:
+                    cv2.line(out, (int(points[a][0]), int(points[a][1])), (int(points[b][0]), int(points[b][1])),
+                             colour, thickness, cv2.LINE_AA)
+            for x, y, visible in points:
+                if visible > 0:
+                    cv2.circle(out, (int(x), int(y)), thickness + 1, (255, 255, 255), -1, cv2.LINE_AA)
+    return out

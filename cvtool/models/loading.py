@@ -59,7 +59,7 @@ def load_model(
     arch_kwargs = dict(loaded.meta.get("arch_kwargs") or {})
     with torch.device("meta"):  # shapes only: no time spent initialising weights about to be replaced
         module = entry.build(num_classes=num_classes, **arch_kwargs)
-        head_size = _head_size(module, loaded.state_dict)
+        head_size = _head_size(module, loaded.state_dict) if entry.head_is_classes else None
         if head_size is not None and num_classes is None and head_size != _head_size(module, module.state_dict()):
             module = entry.build(num_classes=head_size, **arch_kwargs)  # a plain state_dict fine-tuned for other classes
             num_classes = head_size
@@ -68,7 +68,7 @@ def load_model(
         module = entry.build(num_classes=num_classes, **arch_kwargs)
         apply_state_dict(module, loaded.state_dict, source=str(loaded.path), model_name=entry.name)
     classes = loaded.classes or entry.classes()
-    n_outputs = _head_size(module, module.state_dict())
+    n_outputs = _head_size(module, module.state_dict()) if entry.head_is_classes else None
     if not classes or (n_outputs is not None and len(classes) != n_outputs):
         classes = [f"class_{i}" for i in range(n_outputs or 0)]
     preprocess = Preprocess.from_dict(loaded.preprocess) if loaded.preprocess else entry.preprocess()

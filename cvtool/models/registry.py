@@ -89,6 +89,9 @@ class ModelEntry:
     description: str = ""
     num_params: int | None = None
     build_kwargs: dict = field(default_factory=dict)
+    # The last linear / 1x1-conv layer's outputs are the classes (true for classifiers and segmenters,
+    # not for detectors, whose heads also regress boxes): lets a plain state_dict say its class count.
+    head_is_classes: bool = True
 
     def build(self, num_classes: int | None = None, **overrides) -> "nn.Module":
         """`overrides`: architecture options a checkpoint recorded (e.g. a U-Net's width and depth)."""
@@ -108,6 +111,7 @@ _BUILTIN_MODULES = [
     "cvtool.models.transformer_net",
     "cvtool.models.torchvision_classifiers",
     "cvtool.models.torchvision_segmenters",
+    "cvtool.models.torchvision_detectors",
 ]
 _loaded_modules: set[str] = set()
 

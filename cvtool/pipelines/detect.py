@@ -1,0 +1,152 @@
+"""Object detection: boxes, labels and scores per image (and body keypoints with Keypoint R-CNN)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cvtool.errors import InputError, UsageError
+from cvtool.io.image import DEFAULT_MAX_PIXELS, read_image, write_image
+from cvtool.io.outputs import OutputNamer, refuse_overwriting_input
+from cvtool.io.render import draw_detections
+from cvtool.models.loading import LoadedModel
+
+
+@dataclass
+class Sample:
+    rgb: np.ndarray
+    tensor: object  # 3 x H x W float in [0, 1]
+
+
+class DetectPipeline:
+    task = "detect"
+
+    def __init__(self, model: LoadedModel, *, conf: float = 0.25, iou: float = 0.45, max_det: int = 300,
+                 classes: list[str] | None = None, keypoints: bool = False, save_crops: bool = False,
+                 max_pixels: int = DEFAULT_MAX_PIXELS, out_dir=None):
+        import torch
+
+        self.model, self.model_name, self.weights_sha256 = model, model.name, model.weights_sha256
+        self.conf, self.iou, self.max_det, self.max_pixels = conf, iou, max_det, max_pixels
+        self.keypoints, self.save_crops = keypoints, save_crops
+        self.keep = None
+        if classes:
+            unknown = [c for c in classes if c not in model.classes]
+            if unknown:
+                raise UsageError(f"--classes: {', '.join(unknown)} not among this model's classes")
+            self.keep = torch.tensor([model.classes.index(c) for c in classes])
+        self.output_name = OutputNamer(out_dir, ".detect.jpg") if out_dir is not None else None
+
+    def prepare(self, path: str) -> Sample:
+        import torch
+
+        rgb = read_image(path, max_pixels=self.max_pixels)
+        return Sample(rgb, torch.from_numpy(rgb).permute(2, 0, 1).float().div(255).contiguous())
+
+    def predict(self, samples: list[Sample]) -> list[dict]:
+        import torch
+
+        from cvtool.ops.boxes import filter_detections
+
+        with torch.inference_mode():
+            outputs = self.model.module([s.tensor.to(self.model.device) for s in samples])
+        results = []
+        for sample, out in zip(samples, outputs):
+            order, mask = filter_detections(out["boxes"], out["scores"], out["labels"], conf=self.conf, iou=self.iou,
+                                            max_det=self.max_det, keep_labels=self.keep)
+            boxes, scores, labels = out["boxes"][mask][order], out["scores"][mask][order], out["labels"][mask][order]
+            detections = [
+                {"label": self.model.classes[int(label)], "index": int(label), "score": round(float(score), 4),
+                 "box": [round(float(v), 2) for v in box]}
+                for box, score, label in zip(boxes.cpu(), scores.cpu(), labels.cpu())
+            ]
+            if self.keypoints and "keypoints" in out:
+                points = out["keypoints"][mask][order].cpu()
+                for det, kp in zip(detections, points):
+                    det["keypoints"] = [[round(float(x), 2), round(float(y), 2), int(v > 0)] for x, y, v in kp.tolist()]
+            h, w = sample.rgb.shape[:2]
+            results.append({"size": [h, w], "detections": detections})
+        return results
+
+    def save(self, path: str, sample: Sample, result: dict, out_dir: Path) -> list[str]:
+        target = self.output_name(path)
+        write_image(target, draw_detections(sample.rgb, result["detections"]))
+        written = [str(target)]
+        if self.save_crops:
+            base = str(target)[: -len(".detect.jpg")]
+            for i, det in enumerate(result["detections"]):
+                x1, y1, x2, y2 = (int(round(v)) for v in det["box"])
+                crop = sample.rgb[max(0, y1) : max(y1 + 1, y2), max(0, x1) : max(x1 + 1, x2)]
+                crop_path = Path(f"{base}.crop{i:03d}-{_safe(det['label'])}.jpg")
+                refuse_overwriting_input(crop_path, path)
+                write_image(crop_path, crop)
+                written.append(str(crop_path))
+        return written
+
+    def already_done(self, path: str) -> bool:
+        try:
+            return self.output_name is not None and self.output_name.exists(path)
+        except InputError:
+            return False
+
+
+def _safe(label: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in label)
+
+
+COLUMNS = ["label", "score", "x1", "y1", "x2", "y2"]
+
+
+def rows(result: dict) -> list[list]:
+    return [[d["label"], d["score"], *d["box"]] for d in result["detections"]]
+
+
+class CocoWriter:
+    """A COCO-style JSON document (images, annotations with [x, y, w, h] boxes and scores, categories)."""
+
+    def __init__(self, stream, columns, rows_fn):
+        self.stream, self.images, self.annotations, self.categories = stream, [], [], {}
+
+    def write(self, record: dict) -> None:
+        if "error" in record:
+            return
+        image_id = len(self.images) + 1
+        h, w = record["result"]["size"]
+        self.images.append({"id": image_id, "file_name": record["path"], "width": w, "height": h})
+        for det in record["result"]["detections"]:
+            x1, y1, x2, y2 = det["box"]
+            self.categories[det["index"]] = det["label"]
+            self.annotations.append({"id": len(self.annotations) + 1, "image_id": image_id, "category_id": det["index"],
+                                     "bbox": [x1, y1, round(x2 - x1, 2), round(y2 - y1, 2)],
+                                     "area": round((x2 - x1) * (y2 - y1), 2), "score": det["score"], "iscrowd": 0})
+
+    def close(self) -> None:
+        categories = [{"id": i, "name": name} for i, name in sorted(self.categories.items())]
+        json.dump({"images": self.images, "annotations": self.annotations, "categories": categories}, self.stream)
+        self.stream.write("\n")
+
+
+class YoloWriter:
+    """YOLO's text format, one line per box: `path class cx cy w h score`, coordinates as fractions."""
+
+    def __init__(self, stream, columns, rows_fn):
+        self.stream = stream
+
+    def write(self, record: dict) -> None:
+        if "error" in record:
+            return
+        h, w = record["result"]["size"]
+        for det in record["result"]["detections"]:
+            x1, y1, x2, y2 = det["box"]
+            cx, cy, bw, bh = (x1 + x2) / 2 / w, (y1 + y2) / 2 / h, (x2 - x1) / w, (y2 - y1) / h
+            self.stream.write(f"{record['path']} {det['index']} {cx:.6f} {cy:.6f} {bw:.6f} {bh:.6f} {det['score']:.4f}\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        pass
+
+
+EXTRA_FORMATS = {"coco": CocoWriter, "yolo": YoloWriter}

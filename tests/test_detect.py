@@ -1,0 +1,126 @@
+"""Detection: box arithmetic and NMS by hand, the detect pipeline on a network whose answer is known
+(exact pixel coordinates, COCO and YOLO output), and a real torchvision detector end to end."""
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from conftest import SAMPLES, jsonl, run_cli
+from typer.testing import CliRunner
+
+from cvtool.cli import app
+from cvtool.io.render import class_palette, draw_detections
+from cvtool.models.registry import ModelEntry, get_entry, register, unregister
+from cvtool.ops.boxes import filter_detections
+
+
+def test_iou_and_per_class_nms_by_hand():
+    from torchvision.ops import box_iou
+
+    a = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
+    b = torch.tensor([[5.0, 0.0, 15.0, 10.0], [20.0, 20.0, 30.0, 30.0]])
+    assert box_iou(a, b).tolist() == [[pytest.approx(50 / 150), 0.0]]  # overlap 5x10, union 100 + 100 - 50
+
+    boxes = torch.tensor([[0, 0, 10, 10], [1, 0, 11, 10], [0, 0, 10, 10], [50, 50, 60, 60]], dtype=torch.float)
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.1])
+    labels = torch.tensor([1, 1, 2, 1])
+    # box 1 overlaps box 0 (IoU 9/11 > 0.45, same class): suppressed; box 2 is another class: kept;
+    # box 3 is below the score threshold
+    order, mask = filter_detections(boxes, scores, labels, conf=0.2, iou=0.45, max_det=10)
+    assert scores[mask][order].tolist() == [pytest.approx(0.9), pytest.approx(0.7)]
+    order, mask = filter_detections(boxes, scores, labels, conf=0.2, iou=0.95, max_det=10)  # 9/11 < 0.95: kept
+    assert len(order) == 3
+    order, mask = filter_detections(boxes, scores, labels, conf=0.0, iou=0.45, max_det=1)
+    assert scores[mask][order].tolist() == [pytest.approx(0.9)]
+    order, mask = filter_detections(boxes, scores, labels, conf=0.0, iou=0.45, max_det=10, keep_labels=torch.tensor([2]))
+    assert labels[mask][order].tolist() == [2]
+
+
+class FixedBoxes(torch.nn.Module):
+    """A detector with a known answer: one 'square' box over the image's central half, one 'bar' along
+    its top quarter, in the input's own pixel coordinates (as torchvision's detectors report them)."""
+
+    def __init__(self, num_classes: int = 3):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, images):
+        outputs = []
+        for image in images:
+            _, h, w = image.shape
+            boxes = torch.tensor([[w / 4, h / 4, 3 * w / 4, 3 * h / 4], [0, 0, w, h / 4]]) * self.scale
+            points = torch.stack([torch.linspace(0, w - 1, 17), torch.full((17,), h / 2), torch.ones(17)], dim=1)
+            outputs.append({"boxes": boxes, "scores": torch.tensor([0.9, 0.6]), "labels": torch.tensor([1, 2]),
+                            "keypoints": torch.stack([points, points])})
+        return outputs
+
+
+@pytest.fixture
+def fixed_detector(tmp_path):
+    path = tmp_path / "fixed.pt"
+    torch.save(FixedBoxes().state_dict(), path)
+    from cvtool.models.torchvision_detectors import RAW_PIXELS
+
+    register(ModelEntry(name="test_fixed", task="detect", family="test", builder=FixedBoxes,
+                        preprocess=lambda: RAW_PIXELS, classes=lambda: ["__background__", "square", "bar"],
+                        head_is_classes=False))
+    yield path
+    unregister("test_fixed")
+
+
+def test_boxes_are_in_the_original_images_pixels_and_outputs_are_written(fixed_detector, tmp_path):
+    image = np.full((120, 200, 3), 90, np.uint8)
+    cv2.imwrite(str(tmp_path / "scene.png"), image)
+    out = tmp_path / "out"
+    runner = CliRunner()
+    base = ["detect", str(tmp_path / "scene.png"), "-m", "test_fixed", "--weights", str(fixed_detector)]
+    result = runner.invoke(app, [*base, "--out", str(out), "--save-crops", "-f", "jsonl"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert record["result"] == {"size": [120, 200], "detections": [
+        {"label": "square", "index": 1, "score": 0.9, "box": [50.0, 30.0, 150.0, 90.0]},
+        {"label": "bar", "index": 2, "score": 0.6, "box": [0.0, 0.0, 200.0, 30.0]}]}
+    assert sorted(p.name for p in out.iterdir()) == ["scene.crop000-square.jpg", "scene.crop001-bar.jpg", "scene.detect.jpg"]
+    assert cv2.imread(str(out / "scene.crop000-square.jpg")).shape == (60, 100, 3)
+
+    conf = json.loads(runner.invoke(app, [*base, "--conf", "0.7", "-f", "jsonl"]).stdout)
+    assert [d["label"] for d in conf["result"]["detections"]] == ["square"]
+    only_bar = json.loads(runner.invoke(app, [*base, "--classes", "bar", "-f", "jsonl"]).stdout)
+    assert [d["label"] for d in only_bar["result"]["detections"]] == ["bar"]
+
+    coco = json.loads(runner.invoke(app, [*base, "-f", "coco"]).stdout)
+    assert coco["images"] == [{"id": 1, "file_name": str(tmp_path / "scene.png"), "width": 200, "height": 120}]
+    assert coco["annotations"][0]["bbox"] == [50.0, 30.0, 100.0, 60.0] and coco["annotations"][0]["category_id"] == 1
+    assert coco["categories"] == [{"id": 1, "name": "square"}, {"id": 2, "name": "bar"}]
+    with_points = json.loads(runner.invoke(app, [*base, "--keypoints", "--out", str(tmp_path / "kp"), "-f", "jsonl"]).stdout)
+    points = with_points["result"]["detections"][0]["keypoints"]
+    assert len(points) == 17 and points[0] == [0.0, 60.0, 1] and points[16] == [199.0, 60.0, 1]
+    assert "keypoints" not in record["result"]["detections"][0]  # only when asked for
+    yolo = runner.invoke(app, [*base, "-f", "yolo"]).stdout.splitlines()
+    assert yolo[0] == f"{tmp_path / 'scene.png'} 1 0.500000 0.500000 0.500000 0.500000 0.9000"
+
+
+def test_drawn_boxes_use_the_class_colour_and_scale_with_the_image():
+    rgb = np.zeros((400, 600, 3), np.uint8)
+    drawn = draw_detections(rgb, [{"label": "square", "index": 1, "score": 0.9, "box": [100, 150, 300, 350]}])
+    colour = class_palette()[(1 * 7 + 1) % 256].tolist()
+    assert drawn[250, 100].tolist() == colour  # left edge, mid-height
+    assert (drawn[250, 96:105] == colour).all(axis=1).sum() >= 2  # about 0.002 * (h + w) = 2 px wide
+    assert drawn[250, 200].tolist() == [0, 0, 0]  # inside stays untouched
+
+
+def test_a_real_torchvision_detector_end_to_end(tmp_path):
+    torch.manual_seed(0)
+    weights = tmp_path / "ssdlite_random.pt"
+    torch.save(get_entry("ssdlite320_mobilenet_v3_large").build().state_dict(), weights)
+    photo = SAMPLES / "photos" / "astronaut.jpg"
+    result = run_cli("detect", str(photo), "-m", "ssdlite320_mobilenet_v3_large", "--weights", str(weights),
+                     "--conf", "0", "--max-det", "5", "-f", "jsonl")
+    assert result.returncode == 0, result.stderr
+    detections = jsonl(result.stdout)[0]["result"]["detections"]
+    assert len(detections) == 5 and all(0 <= d["box"][0] <= d["box"][2] <= 512 for d in detections)
+    none = run_cli("detect", str(photo), "-m", "ssdlite320_mobilenet_v3_large", "--weights", str(weights),
+                   "--conf", "1", "-f", "jsonl")
+    assert jsonl(none.stdout)[0]["result"]["detections"] == []
