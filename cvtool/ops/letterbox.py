@@ -1,0 +1,44 @@
+"""Letterboxing: fit an image into a square without distorting it, and map boxes back exactly."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """Per-axis scales (rounding the resized size makes them differ slightly) and the padding."""
+
+    scale_x: float
+    scale_y: float
+    pad_x: int
+    pad_y: int
+
+    def _affine(self) -> tuple[np.ndarray, np.ndarray]:
+        scale = np.array([self.scale_x, self.scale_y, self.scale_x, self.scale_y])
+        offset = np.array([self.pad_x, self.pad_y, self.pad_x, self.pad_y], dtype=np.float64)
+        return scale, offset
+
+    def to_original(self, boxes: np.ndarray) -> np.ndarray:
+        """x1, y1, x2, y2 in the letterboxed square -> the original image's pixels."""
+        scale, offset = self._affine()
+        return (np.asarray(boxes, dtype=np.float64) - offset) / scale
+
+    def to_letterboxed(self, boxes: np.ndarray) -> np.ndarray:
+        scale, offset = self._affine()
+        return np.asarray(boxes, dtype=np.float64) * scale + offset
+
+
+def letterbox(rgb: np.ndarray, size: int, fill: int = 114) -> tuple[np.ndarray, Letterbox]:
+    """Resize so the longer side is `size`, pad the rest evenly with grey: size x size x 3."""
+    h, w = rgb.shape[:2]
+    scale = size / max(h, w)
+    new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
+    resized = cv2.resize(rgb, (new_w, new_h), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    pad_x, pad_y = (size - new_w) // 2, (size - new_h) // 2
+    out = np.full((size, size, 3), fill, np.uint8)
+    out[pad_y : pad_y + new_h, pad_x : pad_x + new_w] = resized
+    return out, Letterbox(scale_x=new_w / w, scale_y=new_h / h, pad_x=pad_x, pad_y=pad_y)
