@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test bench bench-startup bench-throughput bench-bad-inputs bench-segment eval-train eval-segment eval-style sample-images lenet-digits clean
+.PHONY: install demo test bench bench-startup bench-throughput bench-bad-inputs bench-segment eval-train eval-segment eval-style eval-detect sample-images lenet-digits clean
 
 ## install: a virtual environment in .venv with cvtool (editable) and the dev tools
 install:
@@ -36,6 +36,10 @@ bench-segment:
 ## eval-style: style-transfer speed, and a contact sheet from ../shared/datasets/style (a few minutes)
 eval-style:
 	$(BIN)/python bench/eval_style.py
+
+## eval-detect: the YOLO-style detector on the raccoon set (needs ../shared; CPU, several minutes)
+eval-detect:
+	$(BIN)/python bench/eval_detect.py
 
 ## eval-segment: U-Net on the ISBI membrane set (needs ../shared; about 8 minutes)
 eval-segment:

@@ -405,6 +405,56 @@ def train_classify(
 
 
 @train_app.command(
+    "detect",
+    epilog="Example: cvtool train detect raccoon/ --arch yolo --epochs 60 --img-size 320 --out runs/raccoon",
+)
+def train_detect(
+    data: Optional[str] = typer.Argument(None, help="images/ + annotations/ (VOC XML) or labels/ (YOLO), or COCO .json."),
+    arch: str = typer.Option("yolo", "--arch", "-a", help="yolo (the YOLO-style detector of cvtool)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", "-e", min=1, help="Epochs (default 50)."),
+    batch_size: int = typer.Option(16, "--batch-size", "-b", min=1),
+    lr: float = typer.Option(2e-3, "--lr"),
+    weight_decay: float = typer.Option(5e-4, "--weight-decay"),
+    img_size: int = typer.Option(320, "--img-size", min=64, help="Letterboxed training size (a multiple of 32)."),
+    anchors: int = typer.Option(3, "--anchors", min=1, max=9, help="Anchor shapes, chosen by k-means on the boxes."),
+    width: int = typer.Option(16, "--width", min=4, help="Channels of the first layer (doubled per stage)."),
+    hflip: bool = typer.Option(True, "--hflip/--no-hflip", help="Augment with horizontal flips."),
+    val: Optional[str] = typer.Option(None, "--val", help="Validation data (same layouts)."),
+    val_split: float = typer.Option(0.2, "--val-split", help="Without --val: fraction of images held out."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/detect-yolo-TIME)."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory from last.pt."),
+    device: str = DEVICE_OPT,
+    seed: int = typer.Option(0, "--seed"),
+    workers: int = typer.Option(0, "--workers", min=0),
+) -> None:
+    """Train the YOLO-style detector; writes best.pt (by mAP@0.5:0.95), last.pt, metrics.csv, curves.png, pr_curve.png."""
+    with exits_cleanly():
+        import json
+
+        from cvtool.device import resolve_device
+        from cvtool.train import detection as recipe
+        from cvtool.train.engine import TrainConfig, new_run_dir
+
+        torch_device = resolve_device(device)
+        if resume is not None:
+            args, cfg = recipe.resumed_arguments(resume, epochs)
+            run_dir = resume
+        else:
+            if data is None:
+                raise UsageError("DATA is required (or --resume RUN_DIR)")
+            if arch != "yolo":
+                raise UsageError("train detect trains --arch yolo; torchvision's detectors come pretrained")
+            if img_size % 32:
+                raise UsageError("--img-size must be a multiple of 32 (one grid cell per 32 pixels)")
+            args = recipe.DetectTrainArgs(data, arch, val, val_split, img_size, anchors, width, hflip)
+            cfg = TrainConfig(epochs=epochs or 50, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                              seed=seed, workers=workers, monitor="val_map50_95", warmup_epochs=1)
+            run_dir = new_run_dir(out, "detect", arch)
+        summary = _fit(recipe, args, cfg, run_dir, torch_device, resume is not None, progress=not SETTINGS.quiet)
+        typer.echo(json.dumps(summary, indent=2))
+
+
+@train_app.command(
     "segment",
     epilog="Example: cvtool train segment membrane/ --arch unet --epochs 40 --class-names membrane,cell",
 )

@@ -43,7 +43,7 @@ def test_letterbox_maps_boxes_back_exactly(h, w):
 def test_assignment_then_decoding_returns_the_boxes_exactly():
     anchors = torch.tensor([[30.0, 30.0], [80.0, 50.0]])
     boxes = [torch.tensor([[10.0, 12.0, 50.0, 44.0], [100.0, 70.0, 190.0, 120.0]])]
-    targets, mask = assign_targets(boxes, [torch.tensor([0, 1])], anchors, grid=(4, 8), num_classes=2)
+    targets, mask = assign_targets(boxes, [torch.tensor([0, 1])], anchors, grid=(4, 8), num_classes=2, stride=32)
     assert mask.sum() == 2
     # the first box (centre 30, 28; 40 x 32) belongs to cell (0, 0) and the 30x30 anchor
     assert mask[0, 0, 0, 0] and mask[0, 1, 2, 4]  # second: centre (145, 95) -> cell x 4, y 2; 90 x 50 -> 80x50 anchor
@@ -51,7 +51,7 @@ def test_assignment_then_decoding_returns_the_boxes_exactly():
     logit = lambda p: torch.log(p / (1 - p))  # noqa: E731
     raw[mask] = torch.cat([logit(targets[mask][:, :2]), targets[mask][:, 2:4], torch.full((2, 1), 20.0),
                            (targets[mask][:, 5:] * 40 - 20)], dim=1)
-    decoded, objectness, classes = decode(raw, anchors)
+    decoded, objectness, classes = decode(raw, anchors, stride=32)
     keep = objectness[0] > 0.5
     torch.testing.assert_close(decoded[0][keep], boxes[0], atol=1e-3, rtol=0)
     assert classes[0][keep].argmax(1).tolist() == [0, 1]
@@ -67,4 +67,4 @@ def test_assignment_then_decoding_returns_the_boxes_exactly():
 
 def test_detector_output_is_a_grid_of_anchor_predictions():
     model = YoloDetector(num_classes=3, width=4).eval()
-    assert model(torch.zeros(2, 3, 320, 256)).shape == (2, 3, 10, 8, 8)  # 32 px per cell, 3 anchors, 5 + 3 values
+    assert model(torch.zeros(2, 3, 320, 256)).shape == (2, 3, 20, 16, 8)  # 16 px per cell, 3 anchors, 5 + 3 values

@@ -109,6 +109,7 @@ _BUILTIN_MODULES = [
     "cvtool.models.lenet",
     "cvtool.models.unet",
     "cvtool.models.transformer_net",
+    "cvtool.models.yolo",
     "cvtool.models.torchvision_classifiers",
     "cvtool.models.torchvision_segmenters",
     "cvtool.models.torchvision_detectors",

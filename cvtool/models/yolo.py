@@ -1,8 +1,8 @@
 """A YOLO-style single-scale anchor-box detector, written here from the algorithm (YOLOv2's design).
 
-The image (letterboxed to a square) is divided into an S x S grid (one cell per 32 pixels). Each
+The image (letterboxed to a square) is divided into an S x S grid (one cell per 16 pixels). Each
 cell predicts, for each of A anchor shapes, (tx, ty, tw, th, to, class logits):
-  bx = (sigmoid(tx) + cell_x) * 32,  by = (sigmoid(ty) + cell_y) * 32   (the centre stays in its cell)
+  bx = (sigmoid(tx) + cell_x) * 16,  by = (sigmoid(ty) + cell_y) * 16   (the centre stays in its cell)
   bw = anchor_w * exp(tw),            bh = anchor_h * exp(th)
   Pc = sigmoid(to) (objectness);      score = Pc * sigmoid(class logit)
 A ground-truth box is the responsibility of the cell holding its centre and of the anchor whose
@@ -15,18 +15,21 @@ import torch
 from torch import nn
 
 from cvtool.models.layers import ConvBnAct
+from cvtool.models.registry import ModelEntry, register
+from cvtool.ops.preprocess import Preprocess
 
-STRIDE = 32
+STRIDE = 16
 
 
 class YoloDetector(nn.Module):
-    def __init__(self, num_classes: int = 1, anchors=((32.0, 32.0), (64.0, 96.0), (128.0, 128.0)), width: int = 16):
+    def __init__(self, num_classes: int = 1, anchors=((32.0, 32.0), (64.0, 96.0), (128.0, 128.0)), width: int = 16,
+                 img_size: int = 320):
         super().__init__()
-        self.num_classes = num_classes
+        self.num_classes, self.img_size = num_classes, img_size
         self.register_buffer("anchors", torch.tensor(anchors, dtype=torch.float32))  # A x 2, pixels
-        channels = [width, 2 * width, 4 * width, 8 * width, 16 * width, 16 * width]
+        channels = [width, 2 * width, 4 * width, 8 * width, 16 * width]
         layers = [ConvBnAct(3, channels[0], 3, act=nn.SiLU)]
-        for c_in, c_out in zip(channels, channels[1:]):  # five stride-2 stages: 32 pixels per cell
+        for c_in, c_out in zip(channels, channels[1:]):  # four stride-2 stages: 16 pixels per cell
             layers += [ConvBnAct(c_in, c_out, 3, stride=2, act=nn.SiLU), ConvBnAct(c_out, c_out, 3, act=nn.SiLU)]
         self.backbone = nn.Sequential(*layers)
         self.head = nn.Conv2d(channels[-1], len(anchors) * (5 + num_classes), 1)
@@ -40,6 +43,28 @@ class YoloDetector(nn.Module):
         out = self.head(self.backbone(x))
         b, _, h, w = out.shape
         return out.view(b, self.num_anchors, 5 + self.num_classes, h, w).permute(0, 1, 3, 4, 2).contiguous()
+
+    @torch.no_grad()
+    def detect_images(self, images: list[torch.Tensor]) -> list[dict]:
+        """The detect pipeline's interface (torchvision detectors' own): [0, 1] RGB tensors of any size
+        in; per image {"boxes" in that image's pixels, "scores", "labels"} out, before thresholds and NMS."""
+        import numpy as np
+
+        from cvtool.ops.letterbox import letterbox
+
+        batch, letterboxes = [], []
+        for image in images:
+            rgb = (image.permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+            boxed, box = letterbox(rgb, self.img_size)
+            batch.append(torch.from_numpy(boxed).permute(2, 0, 1).float().div(255))
+            letterboxes.append(box)
+        boxes, objectness, class_probs = decode(self(torch.stack(batch).to(self.anchors.device)), self.anchors)
+        outputs = []
+        for b, o, c, box in zip(boxes, objectness, class_probs, letterboxes):
+            best, labels = c.max(1)
+            original = torch.from_numpy(box.to_original(b.cpu().numpy())).float()
+            outputs.append({"boxes": original, "scores": (o * best).cpu(), "labels": labels.cpu()})
+        return outputs
 
 
 def _grid(h: int, w: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,3 +135,23 @@ def yolo_loss(raw: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, *, b
                                     + ((pos[:, 2:4] - tgt[:, 2:4]) ** 2).sum()) / n
         loss = loss + bce(pos[:, 5:], tgt[:, 5:], reduction="sum") / n
     return loss
+
+
+# The detector letterboxes by itself; the pipeline hands it [0, 1] pixels at their own size.
+YOLO_PREPROCESS = Preprocess(crop_size=None, resize_size=None, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
+                             resize_mode="none")
+
+register(
+    ModelEntry(
+        name="yolo",
+        task="detect",
+        family="yolo",
+        builder=YoloDetector,
+        preprocess=lambda: YOLO_PREPROCESS,
+        classes=lambda: None,
+        weights=None,
+        licence="MIT (cvtool)",
+        description="YOLO-style anchor-box detector, written here; train one with `cvtool train detect`",
+        head_is_classes=False,
+    )
+)

@@ -51,8 +51,10 @@ class DetectPipeline:
 
         from cvtool.ops.boxes import filter_detections
 
+        module = self.model.module
+        run = getattr(module, "detect_images", module)  # our YOLO letterboxes itself; torchvision's resize
         with torch.inference_mode():
-            outputs = self.model.module([s.tensor.to(self.model.device) for s in samples])
+            outputs = run([s.tensor.to(self.model.device) for s in samples])
         results = []
         for sample, out in zip(samples, outputs):
             order, mask = filter_detections(out["boxes"], out["scores"], out["labels"], conf=self.conf, iou=self.iou,

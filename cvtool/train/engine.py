@@ -125,6 +125,7 @@ class Trainer:
         model: nn.Module | None = None,
         args: dict | None = None,
         extra_fields: dict | None = None,
+        collate_fn=None,
     ):
         self.task, self.cfg, self.run_dir, self.device = task, cfg, Path(run_dir), device
         self.callbacks = callbacks or Callbacks()
@@ -136,6 +137,7 @@ class Trainer:
         if self.on_cuda and cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self._shuffle_generator = torch.Generator()
+        self._collate = collate_fn  # e.g. detection: images stacked, per-image box lists kept apart
         self.train_loader = self._loader(train_set, shuffle=True, batch_size=cfg.batch_size)
         self.val_loader = (self._loader(val_set, shuffle=False, batch_size=cfg.val_batch_size or cfg.batch_size)
                            if val_set is not None else None)
@@ -155,6 +157,7 @@ class Trainer:
             num_workers=self.cfg.workers,
             pin_memory=self.on_cuda,
             persistent_workers=self.cfg.workers > 0,
+            collate_fn=self._collate,
             drop_last=False,
         )
 

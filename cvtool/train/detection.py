@@ -1,0 +1,245 @@
+"""`cvtool train detect`: the YOLO-style detector on VOC / YOLO / COCO data, scored with pycocotools."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from cvtool.io.image import read_image
+from cvtool.models.yolo import YoloDetector, assign_targets, decode, yolo_loss
+from cvtool.ops.anchors import best_possible_recall, kmeans_anchors
+from cvtool.ops.letterbox import letterbox
+from cvtool.train.detection_data import BoxedImages, open_detection_data
+
+
+@dataclass
+class DetectTrainArgs:
+    data: str
+    arch: str = "yolo"
+    val: str | None = None
+    val_split: float = 0.2
+    img_size: int = 320
+    anchors: int = 3
+    width: int = 16
+    hflip: bool = True
+
+
+def letterboxed(data: BoxedImages, size: int, on_skip=None):
+    """Decode every image once, letterboxed to size x size, with its boxes moved along."""
+    images, boxes, labels, kept = [], [], [], []
+    for i, (path, image_boxes, image_labels) in enumerate(zip(data.paths, data.boxes, data.labels)):
+        try:
+            boxed, box = letterbox(read_image(path), size)
+        except Exception as exc:  # noqa: BLE001 — reported and skipped, like classification's bad files
+            if on_skip:
+                on_skip(str(exc))
+            continue
+        images.append(boxed)
+        boxes.append(box.to_letterboxed(image_boxes).astype(np.float32) if len(image_boxes) else image_boxes)
+        labels.append(image_labels)
+        kept.append(i)
+    return images, boxes, labels, kept
+
+
+class DetectionDataset:
+    """Letterboxed images and boxes; training adds flips, scale/shift jitter and colour jitter that keep boxes right."""
+
+    def __init__(self, images, boxes, labels, *, train: bool, hflip: bool = True):
+        self.images, self.boxes, self.labels, self.train, self.hflip = images, boxes, labels, train, hflip
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        image, boxes = self.images[index], self.boxes[index].copy()
+        labels = self.labels[index]
+        if self.train:
+            image, boxes, labels = self._augment(image, boxes, labels)
+        tensor = torch.from_numpy(image).permute(2, 0, 1).float().div(255).contiguous()
+        return tensor, {"boxes": torch.from_numpy(boxes).float().reshape(-1, 4), "labels": torch.from_numpy(labels)}
+
+    def _augment(self, image, boxes, labels):
+        rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,)).item()))
+        size = image.shape[0]
+        scale = rng.uniform(0.75, 1.25)
+        shift = rng.uniform(-0.1, 0.1, size=2) * size
+        matrix = np.array([[scale, 0, (1 - scale) * size / 2 + shift[0]], [0, scale, (1 - scale) * size / 2 + shift[1]]])
+        image = cv2.warpAffine(image, matrix, (size, size), borderValue=(114, 114, 114))
+        if len(boxes):
+            boxes = boxes * scale + np.array([matrix[0, 2], matrix[1, 2]] * 2)
+            clipped = boxes.clip(0, size)
+            visible = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1])
+            area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+            keep = visible > 0.3 * np.maximum(area, 1e-6)  # drop boxes pushed mostly out of view
+            boxes, labels = clipped[keep].astype(np.float32), labels[keep]
+        if self.hflip and rng.random() < 0.5:
+            image = image[:, ::-1]
+            if len(boxes):
+                boxes = np.stack([size - boxes[:, 2], boxes[:, 1], size - boxes[:, 0], boxes[:, 3]], axis=1)
+        hsv = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2HSV).astype(np.float32)
+        hsv[..., 1:] *= rng.uniform(0.7, 1.3, size=2)
+        image = cv2.cvtColor(hsv.clip(0, 255).astype(np.uint8), cv2.COLOR_HSV2RGB)
+        return np.ascontiguousarray(image), np.ascontiguousarray(boxes, dtype=np.float32), labels
+
+
+def collate(batch):
+    images, targets = zip(*batch)
+    return torch.stack(images), list(targets)
+
+
+def predictions(raw: torch.Tensor, anchors: torch.Tensor, *, conf: float, iou: float, max_det: int = 300):
+    """Per image: (boxes, scores, labels) after the score threshold and per-class NMS."""
+    from cvtool.ops.boxes import filter_detections
+
+    boxes, objectness, class_probs = decode(raw, anchors)
+    out = []
+    for b, o, c in zip(boxes, objectness, class_probs):
+        best, label = c.max(1)
+        scores = o * best
+        order, mask = filter_detections(b, scores, label, conf=conf, iou=iou, max_det=max_det)
+        out.append((b[mask][order], scores[mask][order], label[mask][order]))
+    return out
+
+
+def coco_map(gt: list[dict], detections: list[list], classes: list[str]) -> dict:
+    """mAP@0.5, mAP@0.5:0.95 and per-class AP@0.5 with pycocotools (not hand-written), plus the PR curve."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    images = [{"id": i + 1, "width": 1, "height": 1} for i in range(len(gt))]
+    annotations = []
+    for i, target in enumerate(gt):
+        for box, label in zip(target["boxes"].tolist(), target["labels"].tolist()):
+            x1, y1, x2, y2 = box
+            annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": int(label) + 1,
+                                "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
+    results = [{"image_id": i + 1, "category_id": int(label) + 1, "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(s)}
+               for i, (boxes, scores, labels) in enumerate(detections)
+               for (x1, y1, x2, y2), s, label in zip(boxes.tolist(), scores.tolist(), labels.tolist())]
+    if not annotations:
+        return {"map50": 0.0, "map50_95": 0.0, "ap50_per_class": {}, "pr_curve": []}
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its tables
+        truth = COCO()
+        truth.dataset = {"images": images, "annotations": annotations,
+                         "categories": [{"id": i + 1, "name": n} for i, n in enumerate(classes)]}
+        truth.createIndex()
+        if not results:
+            return {"map50": 0.0, "map50_95": 0.0, "ap50_per_class": {n: 0.0 for n in classes}, "pr_curve": []}
+        evaluator = COCOeval(truth, truth.loadRes(results), "bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    precision = evaluator.eval["precision"]  # [IoU thresholds, recall points, classes, areas, max dets]
+    per_class = {}
+    for k, name in enumerate(classes):
+        p = precision[0, :, k, 0, -1]
+        per_class[name] = float(p[p > -1].mean()) if (p > -1).any() else 0.0
+    curve = precision[0, :, :, 0, -1]
+    curve = np.where(curve > -1, curve, np.nan)
+    return {"map50": float(evaluator.stats[1]), "map50_95": float(evaluator.stats[0]), "ap50_per_class": per_class,
+            "pr_curve": np.nan_to_num(np.nanmean(curve, axis=1)).round(4).tolist()}
+
+
+class DetectionTask:
+    name = "detect"
+
+    def __init__(self, classes: list[str], anchors: np.ndarray, args: DetectTrainArgs):
+        self.classes, self.args = classes, args
+        self.anchors = torch.tensor(anchors, dtype=torch.float32)
+
+    def build_model(self) -> nn.Module:
+        return YoloDetector(len(self.classes), anchors=self.anchors.tolist(), width=self.args.width,
+                            img_size=self.args.img_size)
+
+    def loss(self, raw, targets):
+        grid = raw.shape[2:4]
+        boxes, labels = [t["boxes"].cpu() for t in targets], [t["labels"].cpu() for t in targets]
+        target, mask = assign_targets(boxes, labels, self.anchors, grid, len(self.classes))
+        return yolo_loss(raw, target, mask)
+
+    def start_metrics(self) -> dict:
+        return {"gt": [], "det": []}
+
+    def update_metrics(self, state: dict, raw, targets) -> None:
+        state["det"] += [tuple(t.cpu() for t in p) for p in predictions(raw.float(), self.anchors.to(raw.device),
+                                                                         conf=0.001, iou=0.6, max_det=100)]
+        state["gt"] += [{k: v.cpu() for k, v in t.items()} for t in targets]
+
+    def finish_metrics(self, state: dict) -> dict[str, float]:
+        scores = coco_map(state["gt"], state["det"], self.classes)
+        self.last_scores = scores
+        return {"map50": scores["map50"], "map50_95": scores["map50_95"]}
+
+    def checkpoint_fields(self) -> dict:
+        from cvtool.models.yolo import YOLO_PREPROCESS
+
+        return {"arch": "yolo", "task": "detect", "classes": list(self.classes), "preprocess": YOLO_PREPROCESS.to_dict()}
+
+
+def save_pr_curve(curve: list[float], path: Path) -> str:
+    from cvtool.train.plots import _figure, _save
+
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.plot(np.linspace(0, 1, len(curve)), curve)
+    ax.set(xlabel="recall", ylabel="precision", title="precision-recall at IoU 0.5", xlim=(0, 1), ylim=(0, 1.02))
+    return _save(fig, path)
+
+
+def run_training(args: DetectTrainArgs, cfg, run_dir: Path, device, *, resume=False, callbacks=None, on_skip=None,
+                 progress: bool = True) -> dict:
+    from cvtool.io.atomic import atomic_write_text
+    from cvtool.train import plots
+    from cvtool.train.engine import Trainer
+
+    start = time.perf_counter()
+    data = open_detection_data(args.data)
+    if args.val:
+        train_data, val_data = data, open_detection_data(args.val)
+    else:
+        order = np.random.default_rng(cfg.seed).permutation(len(data.paths))
+        n_val = max(1, round(len(order) * args.val_split))
+        train_data, val_data = data.subset(sorted(order[n_val:])), data.subset(sorted(order[:n_val]))
+    train = letterboxed(train_data, args.img_size, on_skip)
+    val = letterboxed(val_data, args.img_size, on_skip)
+    shapes = np.concatenate([b[:, 2:] - b[:, :2] for b in train[1] if len(b)])
+    anchors = kmeans_anchors(shapes, args.anchors, seed=cfg.seed)
+    task = DetectionTask(data.classes, anchors, args)
+    trainer = Trainer(
+        task, DetectionDataset(*train[:3], train=True, hflip=args.hflip), DetectionDataset(*val[:3], train=False),
+        cfg, run_dir, device, callbacks=callbacks, args=vars(args).copy(), collate_fn=collate,
+        extra_fields={"arch_kwargs": {"anchors": anchors.tolist(), "width": args.width, "img_size": args.img_size}},
+    )
+    if resume:
+        trainer.resume(run_dir / "last.pt")
+    state = trainer.fit()
+    best_epoch = trainer.load_best_into(run_dir / "best.pt")
+    report = trainer.evaluate(trainer.val_loader)
+    scores = task.last_scores
+    plots.save_curves(state.history, run_dir / "curves.png")
+    save_pr_curve(scores["pr_curve"], run_dir / "pr_curve.png")
+    summary = {
+        "task": "detect", "arch": "yolo", "classes": data.classes, "train_images": len(train[0]),
+        "val_images": len(val[0]), "anchors": anchors.round(1).tolist(),
+        "anchor_recall_at_0.5": round(best_possible_recall(shapes, anchors), 4), "epochs": state.epoch,
+        "best_epoch": best_epoch, "val": {**report, "ap50_per_class": scores["ap50_per_class"]},
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def resumed_arguments(run_dir: Path, epochs: int | None):
+    from cvtool.train.engine import stored_run
+
+    args, cfg = stored_run(run_dir, epochs)
+    return DetectTrainArgs(**args), cfg
