@@ -32,10 +32,19 @@ class OutputNamer:
         return candidate
 
     def exists(self, input_path: str) -> bool:
-        return self(input_path).exists()
+        """For --skip-existing; an unusable output name is not "done": writing it reports the problem."""
+        try:
+            return self(input_path).exists()
+        except InputError:
+            return False
 
 
 def refuse_overwriting_input(target: str | Path, input_path: str) -> None:
     """Inputs are never overwritten, whatever --out says."""
     if Path(target).resolve() == Path(input_path).resolve():
         raise InputError(f"output {target} would overwrite the input; choose another --out", input_path)
+
+
+def safe_name(label: str) -> str:
+    """A class label as a file-name part (`traffic light` -> `traffic_light`)."""
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in label)

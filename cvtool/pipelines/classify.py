@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 
-from cvtool.errors import InputError
 from cvtool.io.atomic import atomic_write_text
 from cvtool.io.image import DEFAULT_MAX_PIXELS, read_image
 from cvtool.io.outputs import OutputNamer
@@ -48,11 +47,7 @@ class ClassifyPipeline:
         return [str(target)]
 
     def already_done(self, path: str) -> bool:
-        """For --skip-existing; an unusable output name is not "done": save() reports it."""
-        try:
-            return self.output_name is not None and self.output_name.exists(path)
-        except InputError:
-            return False
+        return self.output_name is not None and self.output_name.exists(path)
 
 
 COLUMNS = ["rank", "label", "prob"]

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cvtool.errors import InputError, UsageError
+from cvtool.errors import UsageError
 from cvtool.io.image import DEFAULT_MAX_PIXELS, read_image, write_image
-from cvtool.io.outputs import OutputNamer, refuse_overwriting_input
+from cvtool.io.outputs import OutputNamer, refuse_overwriting_input, safe_name
 from cvtool.io.render import draw_detections
 from cvtool.models.loading import LoadedModel
 
@@ -82,21 +82,14 @@ class DetectPipeline:
             for i, det in enumerate(result["detections"]):
                 x1, y1, x2, y2 = (int(round(v)) for v in det["box"])
                 crop = sample.rgb[max(0, y1) : max(y1 + 1, y2), max(0, x1) : max(x1 + 1, x2)]
-                crop_path = Path(f"{base}.crop{i:03d}-{_safe(det['label'])}.jpg")
+                crop_path = Path(f"{base}.crop{i:03d}-{safe_name(det['label'])}.jpg")
                 refuse_overwriting_input(crop_path, path)
                 write_image(crop_path, crop)
                 written.append(str(crop_path))
         return written
 
     def already_done(self, path: str) -> bool:
-        try:
-            return self.output_name is not None and self.output_name.exists(path)
-        except InputError:
-            return False
-
-
-def _safe(label: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in label)
+        return self.output_name is not None and self.output_name.exists(path)
 
 
 COLUMNS = ["label", "score", "x1", "y1", "x2", "y2"]

@@ -8,10 +8,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from cvtool.errors import InputError, UsageError
+from cvtool.errors import UsageError
 from cvtool.io.atomic import atomic_write_bytes
 from cvtool.io.image import DEFAULT_MAX_PIXELS, read_image, write_image
-from cvtool.io.outputs import OutputNamer, refuse_overwriting_input
+from cvtool.io.outputs import OutputNamer, refuse_overwriting_input, safe_name
 from cvtool.io.render import class_palette, indexed_png, overlay
 from cvtool.models.loading import LoadedModel
 
@@ -123,20 +123,13 @@ class SegmentPipeline:
         if self.save_mask:
             for entry in result["classes"]:
                 binary = np.where(sample.labels == entry["index"], 255, 0).astype(np.uint8)
-                target = Path(f"{base}.mask-{_safe(entry['label'])}.png")
+                target = Path(f"{base}.mask-{safe_name(entry['label'])}.png")
                 write_image(target, binary)
                 written.append(str(target))
         return written
 
     def already_done(self, path: str) -> bool:
-        try:
-            return self.output_name is not None and self.output_name.exists(path)
-        except InputError:
-            return False
-
-
-def _safe(label: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in label)
+        return self.output_name is not None and self.output_name.exists(path)
 
 
 COLUMNS = ["label", "pixels", "fraction"]
