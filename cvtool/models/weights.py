@@ -2,37 +2,45 @@
 guaranteed offline mode.
 
 Files land in torch.hub's cache (`$TORCH_HOME/hub/checkpoints`) under their published names, so
-cvtool and torchvision share one copy. A download goes to a temp file and is renamed into the cache
-only after its hash matches, so a partial or corrupt file never looks cached.
+cvtool and torchvision share one copy. A download streams into a temp file beside its final name and
+is renamed into the cache only when complete and its hash matches, so a partial or corrupt file never
+looks cached.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import http.client
 import os
 import re
-import socket
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import IO, Callable, Iterator
 from urllib.parse import urlparse
 
 from cvtool.errors import WeightsError
+from cvtool.io.atomic import atomic_open
 
 # torch.hub's convention: `name-<hex>.ext`, the hex being a prefix of the file's SHA-256.
 HASH_REGEX = re.compile(r"-([a-f0-9]*)\.")
-_TRUE = {"1", "true", "yes", "on"}
+DOWNLOAD_TIMEOUT_S = 30.0  # per blocking socket operation, not for the whole file
 _CHUNK = 1 << 20
+_TRUE = {"1", "true", "yes", "on"}
+# What a failing host, network or URL raises; disk errors (e.g. a full cache) are not among them.
+_NETWORK_ERRORS = (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, ValueError)
 
 
 def cache_dir() -> Path:
-    import torch.hub
+    """torch.hub's checkpoint folder, so TORCH_HOME is honoured and torchvision's downloads are reused."""
+    import torch.hub  # here, not at module level: `cvtool --help` should not pay for importing torch
 
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
 def is_offline() -> bool:
+    """CVTOOL_OFFLINE=1 promises the network is never tried (air-gapped machines, reproducible CI)."""
     return os.environ.get("CVTOOL_OFFLINE", "").strip().lower() in _TRUE
 
 
@@ -47,115 +55,116 @@ def resolve_url(url: str) -> str:
 
 
 def cached_path(url: str) -> Path:
+    """Where `url`'s file lives in the cache, whether or not it is there yet."""
     return cache_dir() / _basename(url)
 
 
 def expected_hash_prefix(url_or_filename: str) -> str | None:
-    match = HASH_REGEX.search(_basename(url_or_filename) or url_or_filename)
-    return match.group(1) if match and match.group(1) else None
+    """The SHA-256 prefix a torch.hub-style name carries (`resnet18-f37072fd.pth`); None if it has none."""
+    match = HASH_REGEX.search(_basename(url_or_filename))
+    return (match.group(1) or None) if match else None
 
 
 def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file, read in chunks so large weights never sit in memory whole."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(_CHUNK), b""):
+        while chunk := handle.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
 
 
-def _hash_matches(actual: str, url: str, sha256: str | None) -> tuple[bool, str | None]:
-    expected = sha256 or expected_hash_prefix(url)
-    return (True, None) if not expected else (actual.startswith(expected.lower()), expected)
+def _expected_hash(url: str | None, sha256: str | None) -> str | None:
+    expected = sha256 or (expected_hash_prefix(url) if url else None)
+    return expected.lower() if expected else None
 
 
 def verify(path: str | Path, url: str | None = None, sha256: str | None = None) -> bool | None:
-    """Re-hash a cached file; None when there is nothing published to compare against."""
-    expected = sha256 or (expected_hash_prefix(url) if url else None)
-    if not expected:
-        return None
-    return sha256_file(path).startswith(expected.lower())
+    """Re-hash a cached file against its published hash; None when there is nothing to compare with."""
+    expected = _expected_hash(url, sha256)
+    return None if expected is None else sha256_file(path).startswith(expected)
 
 
 def fetch(url: str, *, sha256: str | None = None, offline: bool | None = None, progress: bool = True) -> Path:
-    """The cached file for `url`, downloading it first if it is not there."""
+    """The cached file for `url`, downloading it first if it is not there.
+
+    A cache hit touches neither the network nor the file's contents (re-hashing is `verify`'s job).
+    Offline (the argument, else CVTOOL_OFFLINE) a miss fails at once, without any network attempt.
+    """
     target = cached_path(url)
     if target.is_file() and target.stat().st_size > 0:
         return target
-    name = target.name
-    if offline if offline is not None else is_offline():
+    source = resolve_url(url)
+    if is_offline() if offline is None else offline:
         raise WeightsError(
-            f"weights file {name} is not in the cache and cvtool is offline; download {url} and put it in "
+            f"weights file {target.name} is not in the cache and cvtool is offline; download {source} and put it in "
             f"{target.parent}/, or pass --weights FILE"
         )
-    source = resolve_url(url)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            actual = _download(source, handle, name, progress)
-        ok, expected = _hash_matches(actual, url, sha256)
-        if not ok:
+    expected = _expected_hash(url, sha256)
+    with atomic_open(target, "wb") as handle:  # an exception below removes the temp file
+        actual = _download(source, handle, target.name, progress)
+        if expected and not actual.startswith(expected):
             raise WeightsError(
-                f"downloaded {name} is corrupt: sha256 {actual[:12]}… does not match expected {expected[:12]}…; "
+                f"downloaded {target.name} is corrupt: sha256 {actual[:12]}… does not match expected {expected[:12]}…; "
                 "try again or pass --weights FILE"
             )
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return target
 
 
-def _download(source: str, handle, name: str, progress: bool) -> str:
-    """Stream `source` into `handle`, hashing as it goes; one-line WeightsError on any network failure."""
-    digest = hashlib.sha256()
+def _download(source: str, handle: IO[bytes], name: str, progress: bool) -> str:
+    """Stream `source` into `handle` and return its SHA-256; a one-line WeightsError on any network failure."""
+    digest, received = hashlib.sha256(), 0
     try:
         request = urllib.request.Request(source, headers={"User-Agent": "cvtool"})
-        with urllib.request.urlopen(request, timeout=30) as response:
+        with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
-            with _progress_bar(name, total, progress) as advance:
-                for chunk in iter(lambda: response.read(_CHUNK), b""):
+            with _progress_bar(name, total, enabled=progress) as advance:
+                while chunk := response.read(_CHUNK):
                     handle.write(chunk)
                     digest.update(chunk)
+                    received += len(chunk)
                     advance(len(chunk))
-    except (urllib.error.URLError, socket.timeout, ConnectionError, OSError) as exc:
-        reason = _network_reason(exc)
-        raise WeightsError(
-            f"cannot download {name} from {source} ({reason}); put the file in {cache_dir()}/ or pass --weights FILE "
-            "(set CVTOOL_OFFLINE=1 to never try the network)"
-        ) from None
+    except _NETWORK_ERRORS as exc:
+        raise _cannot_download(name, source, _network_reason(exc)) from None
+    if total is not None and received != total:  # http.client does not flag a connection closed early
+        raise _cannot_download(name, source, f"connection closed after {received} of {total} bytes")
     return digest.hexdigest()
 
 
+def _cannot_download(name: str, source: str, reason: str) -> WeightsError:
+    return WeightsError(
+        f"cannot download {name} from {source} ({reason}); put the file in {cache_dir()}/ or pass --weights FILE "
+        "(set CVTOOL_OFFLINE=1 to never try the network)"
+    )
+
+
 def _network_reason(exc: Exception) -> str:
+    """A few words for the error line: `HTTP 404 Not Found`, `Connection refused`, `timed out`."""
     if isinstance(exc, urllib.error.HTTPError):
         return f"HTTP {exc.code} {exc.reason}"
-    reason = getattr(exc, "reason", exc)
-    text = getattr(reason, "strerror", None) or str(reason) or type(exc).__name__
-    return text.splitlines()[0][:100]
+    reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+    text = getattr(reason, "strerror", None) or str(reason) or type(reason).__name__
+    return text.strip().splitlines()[0][:100]
 
 
-class _progress_bar:
-    """A rich download bar on stderr (bytes, speed, ETA); a no-op when progress is off."""
+@contextlib.contextmanager
+def _progress_bar(name: str, total: int | None, *, enabled: bool) -> Iterator[Callable[[int], None]]:
+    """A rich bar on stderr (bytes, speed, ETA), so stdout stays clean for results; yields `advance(n)`."""
+    if not enabled:
+        yield lambda n: None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
 
-    def __init__(self, name: str, total: int | None, enabled: bool):
-        self.name, self.total, self.enabled, self.progress = name, total, enabled, None
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda n: None
-        from rich.console import Console
-        from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
-                                   TransferSpeedColumn)
-
-        self.progress = Progress(
-            TextColumn("downloading {task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-            TimeRemainingColumn(), console=Console(stderr=True),
-        )
-        self.progress.__enter__()
-        task = self.progress.add_task(self.name, total=self.total)
-        return lambda n: self.progress.advance(task, n)
-
-    def __exit__(self, *exc) -> None:
-        if self.progress is not None:
-            self.progress.__exit__(*exc)
+    columns = (TextColumn("downloading {task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+               TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True)) as bar:
+        task = bar.add_task(name, total=total)
+        yield lambda n: bar.advance(task, n)
