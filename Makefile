@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test bench bench-startup bench-throughput bench-bad-inputs bench-segment eval-train eval-segment eval-style eval-detect sample-images lenet-digits clean
+.PHONY: install demo test bench bench-startup bench-throughput bench-bad-inputs bench-segment bench-detect eval-train eval-segment eval-style eval-detect sample-images lenet-digits clean
 
 ## install: a virtual environment in .venv with cvtool (editable) and the dev tools
 install:
@@ -19,7 +19,7 @@ test:
 	$(BIN)/python -m pytest -q -m "not slow"
 
 ## bench: every measured figure quoted in the README, written to bench/results/
-bench: bench-startup bench-throughput bench-bad-inputs bench-segment
+bench: bench-startup bench-throughput bench-bad-inputs bench-segment bench-detect
 
 bench-startup:
 	$(BIN)/python bench/startup.py
@@ -32,6 +32,9 @@ bench-bad-inputs:
 
 bench-segment:
 	$(BIN)/python bench/segment_speed.py
+
+bench-detect:
+	$(BIN)/python bench/detect_speed.py
 
 ## eval-style: style-transfer speed, and a contact sheet from ../shared/datasets/style (a few minutes)
 eval-style:
