@@ -11,7 +11,6 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from cvtool.cli import app
-from cvtool.errors import InputError
 from cvtool.io.render import class_palette, indexed_png, overlay
 from cvtool.models.layers import DoubleConv
 from cvtool.models.registry import ModelEntry, register, unregister

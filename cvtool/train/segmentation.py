@@ -15,7 +15,7 @@ from cvtool.errors import InputError, UsageError
 from cvtool.io.image import IMAGE_SUFFIXES, read_image
 from cvtool.models.registry import ModelEntry
 from cvtool.ops.preprocess import Preprocess
-from cvtool.train.datasets import DataError, stratified_split
+from cvtool.train.datasets import DataError
 
 IGNORE_INDEX = 255
 _IMAGE_DIRS = ("images", "image", "imgs")
