@@ -129,10 +129,12 @@ def test_plain_state_dict_needs_model_and_then_runs(lenet_state_dict_file):
 
 
 def test_checkpoint_with_pickled_code_is_refused(tmp_path):
+    import functools
+
     import torch
 
-    evil = tmp_path / "evil.pt"
-    torch.save({"state_dict": {}, "payload": Exception("runs code on load")}, evil)
+    evil = tmp_path / "evil.pt"  # unpickling a partial would call print: weights_only loading must refuse it
+    torch.save({"state_dict": {}, "payload": functools.partial(print, "code ran on load")}, evil)
     result = run_cli("classify", str(DIGITS / "digit_0.png"), "--weights", str(evil), "--model", "lenet5")
     assert result.returncode == 2
     assert "refused" in result.stderr and "Traceback" not in result.stderr
