@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 class WeightsSource(Protocol):
     """Where a model's default weights live: a download (cached), or a file inside the package."""
 
-    kind: str  # "download" or "packaged"
+    kind: str  # "download", "packaged", or "package" (a file from an installed package, converted)
     filename: str
 
     def is_available(self) -> bool:
@@ -108,11 +108,13 @@ _REGISTRY: dict[str, ModelEntry] = {}
 _BUILTIN_MODULES = [
     "cvtool.models.lenet",
     "cvtool.models.unet",
+    "cvtool.models.face_embedder",
     "cvtool.models.transformer_net",
     "cvtool.models.yolo",
     "cvtool.models.torchvision_classifiers",
     "cvtool.models.torchvision_segmenters",
     "cvtool.models.torchvision_detectors",
+    "cvtool.models.face_resnet",
 ]
 _loaded_modules: set[str] = set()
 
