@@ -21,6 +21,7 @@ from cvtool.console import (
     TrainProgress,
     check_out_dir,
     drive,
+    error_line,
     exits_cleanly,
     info,
     print_report,
@@ -335,6 +336,112 @@ def stylize(
                                             out=out, single_file=single_file, save_every=save_every, on_step=progress)
             code = _run_batch(pipeline, task, contents, False, out, skip_existing, 1, 1, fmt)
     raise typer.Exit(code)
+
+
+@app.command(
+    "verify-face",
+    epilog="Examples: cvtool verify-face id_photo.jpg selfie.jpg  (exit 0 same person, 1 different, 2 error) | "
+           "cvtool verify-face --gallery known/ party/*.jpg --out named/ | cvtool verify-face --calibrate pairs.csv",
+)
+def verify_face(
+    images: List[str] = typer.Argument(None, metavar="A B | IMAGES...", show_default=False,
+                                       help="Two images to compare; with --gallery, images whose faces to name."),
+    gallery: Optional[Path] = typer.Option(None, "--gallery", "-g", help="Known people: KNOWN/name.jpg or KNOWN/name/*.jpg."),
+    calibrate: Optional[Path] = typer.Option(None, "--calibrate", help="A CSV of path_a,path_b,same: fit the threshold."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", "-t", min=0.0,
+                                              help="Same person below this distance (default: the model's, 0.6 for dlib)."),
+    face_index: Optional[str] = typer.Option(None, "--face-index", help="Which face when several: N for both images, "
+                                             "or N,M; numbered from 0, left to right."),
+    detector: str = typer.Option("mmod", "--detector", help="mmod (dlib's CNN, accurate) or haar (OpenCV, fast)."),
+    upsample: Optional[int] = typer.Option(None, "--upsample", min=0, max=3, help="mmod: enlarge images N times to "
+                                           "find small faces (default: once for images under 1000 px, else none)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Face embedder (default dlib_face_resnet)."),
+    weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="An embedder checkpoint from `cvtool train face`."),
+    out: Optional[Path] = OUT_OPT,
+    fmt: Optional[OutputFormat] = FORMAT_OPT,
+    batch_size: int = typer.Option(4, "--batch-size", "-b", min=1, help="Images per pass (with --gallery)."),
+    device: str = DEVICE_OPT,
+    recursive: bool = RECURSIVE_OPT,
+    skip_existing: bool = SKIP_OPT,
+    workers: int = WORKERS_OPT,
+    max_pixels: int = MAX_PIXELS_OPT,
+) -> None:
+    """Face verification (are A and B the same person?), one-shot identification against a gallery, and
+    threshold calibration; each verdict shows the distance, the threshold, the detector and the model."""
+    images = images or []
+    with exits_cleanly():
+        modes = sum(x is not None for x in (gallery, calibrate))
+        if modes > 1:
+            raise UsageError("--gallery and --calibrate are separate modes; use one")
+        if calibrate is not None and images:
+            raise UsageError("--calibrate reads its image pairs from the CSV; drop the positional images")
+        if gallery is None and calibrate is None and len(images) != 2:
+            raise UsageError(f"give two images to compare (got {len(images)}), or --gallery KNOWN IMAGES...")
+        if gallery is not None and not images:
+            raise UsageError("--gallery needs images whose faces to name")
+        check_out_dir(out, skip_existing=skip_existing)
+        from cvtool.pipelines import face as task
+
+        indices = _face_indices(face_index)
+        loaded = _load(model, "face-embed", weights, device, default=task.DEFAULT_EMBEDDER)
+        engine = task.FaceEngine(loaded, detector=detector, upsample=upsample, threshold=threshold, max_pixels=max_pixels)
+        if calibrate is not None:
+            pairs = task.read_pairs(calibrate)
+            report = task.calibrate(engine, pairs)
+            for failed in report["failed"]:
+                error_line(f"{failed['error']} (pair skipped)")
+            _print_calibration(report, as_json=fmt is not None and fmt.value in ("json", "jsonl"))
+            raise typer.Exit(0)
+        if gallery is not None:
+            known = task.load_gallery(engine, gallery, warn=error_line)
+            info(f"gallery: {len(known.names)} photo(s) of {len(set(known.names))} people, threshold {engine.threshold}")
+            pipeline = task.IdentifyPipeline(engine, known, out_dir=out)
+            code = _run_batch(pipeline, task, images, recursive, out, skip_existing, batch_size, workers, fmt)
+            raise typer.Exit(code)
+        code = _verify_pair(task, engine, images, indices, out, fmt)
+    raise typer.Exit(code)
+
+
+def _face_indices(text: Optional[str]) -> tuple[Optional[int], Optional[int]]:
+    if text is None:
+        return None, None
+    parts = _csv(text)
+    if len(parts) not in (1, 2) or not all(p.isdigit() for p in parts):
+        raise UsageError(f"--face-index {text!r}: expected N or N,M (face numbers from 0)")
+    values = [int(p) for p in parts]
+    return (values[0], values[-1])
+
+
+def _verify_pair(task, engine, images: list[str], indices, out: Optional[Path], fmt) -> int:
+    """0 same person, 1 different; a face that cannot be had is an error (2), never a guess."""
+    from cvtool.errors import EXIT_USAGE, InputError
+    from cvtool.io.records import make_writer
+
+    try:
+        record = task.verify(engine, images[0], images[1], index_a=indices[0], index_b=indices[1])
+    except InputError as exc:
+        error_line(str(exc))
+        return EXIT_USAGE
+    if out is not None:
+        record["outputs"] = task.save_pair(record, engine, out)
+    writer = make_writer(fmt.value if fmt else None, task.VERIFY_COLUMNS, task.verify_rows)
+    writer.write(record)
+    writer.close()
+    return 0 if record["result"]["same"] else 1
+
+
+def _print_calibration(report: dict, *, as_json: bool) -> None:
+    import json
+
+    if as_json:
+        print(json.dumps(report))
+        return
+    r = report["result"]
+    auc = "n/a (needs same and different pairs)" if r["roc_auc"] is None else f"{r['roc_auc']:.4f}"
+    print(f"pairs measured: {r['pairs']} (skipped {r['pairs_failed']}); detector {r['detector']}, model {report['model']}")
+    print(f"best threshold: {r['threshold']:.4f}  accuracy {r['accuracy']:.2%}  ROC AUC {auc}")
+    print(f"current threshold {r['current_threshold']:.4f}: accuracy {r['current_accuracy']:.2%}")
+    print(f"use it: cvtool verify-face A B --threshold {r['threshold']:.4f}")
 
 
 class _Columns:

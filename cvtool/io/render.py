@@ -51,9 +51,21 @@ COCO_SKELETON = [(0, 1), (0, 2), (1, 3), (2, 4), (5, 6), (5, 7), (7, 9), (6, 8),
                  (11, 12), (11, 13), (13, 15), (12, 14), (14, 16)]
 
 
+def _chain(first: int, last: int, closed: bool = False) -> list[tuple[int, int]]:
+    links = [(i, i + 1) for i in range(first, last)]
+    return links + [(last, first)] if closed else links
+
+
+# The iBUG 300-W 68-point face outline: jaw, brows, nose bridge and base, eyes, outer and inner lips.
+FACE_68_SKELETON = (_chain(0, 16) + _chain(17, 21) + _chain(22, 26) + _chain(27, 30) + _chain(31, 35)
+                    + _chain(36, 41, True) + _chain(42, 47, True) + _chain(48, 59, True) + _chain(60, 67, True))
+SKELETONS = {17: COCO_SKELETON, 68: FACE_68_SKELETON}  # by number of points; others are drawn as dots only
+
+
 def draw_detections(rgb: np.ndarray, detections: list[dict], palette: np.ndarray | None = None) -> np.ndarray:
-    """Boxes with "label score" tags, line width and text scaled to the image, text readable on any
-    colour (black or white by the tag's brightness); keypoints and skeletons when present."""
+    """Boxes with "label score" tags (or a detection's own "text"), line width and text scaled to the
+    image, text readable on any colour (black or white by the tag's brightness); keypoints and their
+    skeleton (COCO body or 68-point face) when present."""
     import cv2
 
     palette = class_palette() if palette is None else palette
@@ -65,7 +77,7 @@ def draw_detections(rgb: np.ndarray, detections: list[dict], palette: np.ndarray
         colour = tuple(int(c) for c in palette[(det["index"] * 7 + 1) % len(palette)])
         x1, y1, x2, y2 = (int(round(v)) for v in det["box"])
         cv2.rectangle(out, (x1, y1), (x2, y2), colour, thickness, cv2.LINE_AA)
-        text = f"{det['label']} {det['score']:.2f}"
+        text = det.get("text") or f"{det['label']} {det['score']:.2f}"
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, max(1, thickness // 2))
         top = y1 - th - base - 2 if y1 - th - base - 2 >= 0 else y1  # inside the box at the top edge
         cv2.rectangle(out, (x1, top), (x1 + tw + 4, top + th + base + 2), colour, -1)
@@ -74,11 +86,11 @@ def draw_detections(rgb: np.ndarray, detections: list[dict], palette: np.ndarray
                     max(1, thickness // 2), cv2.LINE_AA)
         points = det.get("keypoints")
         if points:
-            for a, b in COCO_SKELETON:
+            for a, b in SKELETONS.get(len(points), []):
                 if points[a][2] > 0 and points[b][2] > 0:
                     cv2.line(out, (int(points[a][0]), int(points[a][1])), (int(points[b][0]), int(points[b][1])),
                              colour, thickness, cv2.LINE_AA)
             for x, y, visible in points:
                 if visible > 0:
-                    cv2.circle(out, (int(x), int(y)), thickness + 1, (255, 255, 255), -1, cv2.LINE_AA)
+                    cv2.circle(out, (int(x), int(y)), max(1, thickness // 2 + 1), (255, 255, 255), -1, cv2.LINE_AA)
     return out

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cvtool.errors import UsageError, WeightsError
@@ -20,6 +20,7 @@ class LoadedModel:
     weights_path: str
     weights_sha256: str
     device: object  # torch.device
+    meta: dict = field(default_factory=dict)  # a checkpoint's other fields (e.g. a face embedder's threshold)
 
 
 def load_model(
@@ -83,6 +84,7 @@ def load_model(
         weights_path=str(loaded.path),
         weights_sha256=loaded.sha256,
         device=device,
+        meta=dict(loaded.meta),
     )
 
 

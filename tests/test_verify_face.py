@@ -1,0 +1,180 @@
+"""verify-face: the verdict logic, calibration, the gallery, and the whole chain on real photos."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from cvtool.errors import InputError
+from cvtool.pipelines import face
+from tests.conftest import SHARED, run_cli
+
+FACES = SHARED / "faces"
+MULTI = SHARED / "faces_multi"
+needs_faces = pytest.mark.skipif(not FACES.is_dir(), reason=f"{FACES} is not here: the shared face photos sit "
+                                 "beside the project root")
+
+
+def _face(left, top, right, bottom):
+    return face.Face((left, top, right, bottom), 1.0, np.zeros((5, 2)))
+
+
+# -- pure logic
+
+
+def test_the_clearly_largest_face_is_chosen_and_indices_count_left_to_right():
+    small, big = _face(0, 0, 10, 10), _face(50, 0, 90, 40)
+    assert face.choose_face([small, big], None, "x.jpg") is big
+    assert face.choose_face([small, big], 0, "x.jpg") is small
+
+
+def test_two_faces_of_similar_size_are_an_error_not_a_guess():
+    with pytest.raises(InputError) as caught:
+        face.choose_face([_face(0, 0, 40, 40), _face(50, 0, 88, 38)], None, "group.jpg")
+    assert str(caught.value).startswith("group.jpg: 2 faces of similar size (0: [0, 0, 40, 40]; 1: [50, 0, 88, 38])")
+    assert "--face-index" in str(caught.value)
+
+
+def test_no_face_and_a_bad_index_name_the_file():
+    with pytest.raises(InputError, match=r"^empty.jpg: no face found$"):
+        face.choose_face([], None, "empty.jpg")
+    with pytest.raises(InputError, match=r"--face-index 3: only 1 face\(s\) found"):
+        face.choose_face([_face(0, 0, 9, 9)], 3, "one.jpg")
+
+
+def test_fit_threshold_finds_the_separating_gap():
+    distances = np.array([0.30, 0.42, 0.48, 0.71, 0.80, 0.65])
+    same = np.array([True, True, True, False, False, False])
+    fitted = face.fit_threshold(distances, same)
+    assert fitted["accuracy"] == 1.0 and fitted["roc_auc"] == 1.0
+    assert 0.48 < fitted["threshold"] < 0.65 and fitted["threshold"] == pytest.approx(0.565)
+
+
+def test_fit_threshold_with_overlap_reports_the_best_accuracy_it_can():
+    distances = np.array([0.2, 0.5, 0.4, 0.7])
+    same = np.array([True, False, True, True])  # 0.5 (different) sits between same pairs
+    fitted = face.fit_threshold(distances, same)
+    assert fitted["accuracy"] == 0.75
+    assert fitted["roc_auc"] == pytest.approx(2 / 3, abs=1e-4)
+
+
+def test_read_pairs_accepts_a_header_relative_paths_and_word_labels(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(b"")
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("path_a,path_b,same\na.jpg,b.jpg,yes\n# a comment\n/x/c.jpg,/x/d.jpg,0\n")
+    assert face.read_pairs(pairs) == [(str(tmp_path / "a.jpg"), str(tmp_path / "b.jpg"), True),
+                                      ("/x/c.jpg", "/x/d.jpg", False)]
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("a.jpg,b.jpg\n", "line 1: expected path_a,path_b,same; got 2 field(s)"),
+    ("a,b,1\nc,d,maybe\n", "line 2: same must be 1/0, true/false or yes/no, not 'maybe'"),
+    ("path_a,path_b,same\n", "no pairs in the file"),
+])
+def test_read_pairs_rejects_bad_files_in_one_line(tmp_path, text, reason):
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text(text)
+    with pytest.raises(InputError) as caught:
+        face.read_pairs(pairs)
+    assert str(caught.value) == f"{pairs}: {reason}"
+
+
+def test_gallery_files_take_names_from_file_stems_and_folders(tmp_path):
+    (tmp_path / "alice.jpg").write_bytes(b"")
+    (tmp_path / "bob").mkdir()
+    (tmp_path / "bob" / "1.png").write_bytes(b"")
+    (tmp_path / "bob" / "notes.txt").write_text("ignored")
+    assert [(name, p.name) for name, p in face.gallery_files(tmp_path)] == [("alice", "alice.jpg"), ("bob", "1.png")]
+
+
+def test_gallery_match_names_the_nearest_within_the_threshold():
+    gallery = face.Gallery(["a", "b"], np.array([[0.0, 0.0], [1.0, 0.0]], dtype=np.float32))
+    assert face.Gallery.match(gallery, np.array([0.9, 0.1]), 0.6) == ("b", pytest.approx(0.1414, abs=1e-4))
+    name, dist = gallery.match(np.array([0.5, 2.0]), 0.6)
+    assert name == face.UNKNOWN and dist == pytest.approx(np.hypot(0.5, 2.0))
+
+
+# -- the CLI on real photos (dlib's models, ported)
+
+
+@needs_faces
+def test_same_person_exits_0_and_shows_distance_threshold_detector_model():
+    result = run_cli("verify-face", str(FACES / "obama" / "obama1.jpg"), str(FACES / "obama" / "obama2.jpg"),
+                     "--format", "jsonl")
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout)
+    r = record["result"]
+    assert r["same"] is True and r["distance"] < r["threshold"] == 0.6
+    assert r["detector"] == "mmod" and record["model"] == "dlib_face_resnet" and record["task"] == "verify-face"
+    assert len(record["weights_sha256"]) == 64
+
+
+@needs_faces
+def test_different_people_exit_1():
+    result = run_cli("verify-face", str(FACES / "obama" / "obama1.jpg"), str(FACES / "biden" / "biden1.jpg"),
+                     "--format", "jsonl")
+    assert result.returncode == 1, result.stderr
+    r = json.loads(result.stdout)["result"]
+    assert r["same"] is False and r["distance"] > 0.6
+
+
+@needs_faces
+def test_a_file_without_a_face_exits_2_with_one_line(tmp_path):
+    blank = tmp_path / "wall.png"
+    import cv2
+
+    cv2.imwrite(str(blank), np.full((200, 200, 3), 180, np.uint8))
+    result = run_cli("verify-face", str(FACES / "obama" / "obama1.jpg"), str(blank))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == f"cvtool: {blank}: no face found"
+    assert result.stdout == ""
+
+
+@needs_faces
+def test_several_faces_need_a_choice_and_face_index_gives_it():
+    group = MULTI / "obama_and_biden.jpg"
+    result = run_cli("verify-face", str(group), str(FACES / "biden" / "biden2.jpg"))
+    assert result.returncode == 2 and "faces of similar size" in result.stderr and "--face-index" in result.stderr
+    verdicts = {}
+    for index in (0, 1):
+        chosen = run_cli("verify-face", str(group), str(FACES / "biden" / "biden2.jpg"), "--face-index", f"{index},0",
+                         "--format", "jsonl")
+        verdicts[index] = chosen.returncode
+    assert sorted(verdicts.values()) == [0, 1]  # exactly one of the two faces is Biden
+
+
+@needs_faces
+def test_gallery_names_every_face_and_writes_annotated_images(tmp_path):
+    known = tmp_path / "known"
+    known.mkdir()
+    shutil.copy(FACES / "obama" / "obama1.jpg", known / "obama.jpg")
+    shutil.copy(FACES / "biden" / "biden1.jpg", known / "biden.jpg")
+    out = tmp_path / "out"
+    inputs = [str(FACES / "obama" / "obama3.jpg"), str(FACES / "biden" / "biden2.jpg"), str(FACES / "deepface_id01" / "img1.jpg")]
+    result = run_cli("verify-face", "--gallery", str(known), *inputs, "--out", str(out), "--format", "jsonl")
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    names = [[f["name"] for f in r["result"]["faces"]] for r in records]
+    assert names == [["obama"], ["biden"], ["unknown"]]
+    assert sorted(p.name for p in out.iterdir()) == ["biden2.faces.jpg", "img1.faces.jpg", "obama3.faces.jpg"]
+    again = run_cli("verify-face", "--gallery", str(known), inputs[0], "--format", "jsonl")  # from the cache
+    assert [f["name"] for f in json.loads(again.stdout)["result"]["faces"]] == ["obama"]
+
+
+@needs_faces
+def test_calibrate_fits_a_threshold_on_labelled_pairs(tmp_path):
+    o, b = FACES / "obama", FACES / "biden"
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("\n".join([f"{o/'obama1.jpg'},{o/'obama2.jpg'},1", f"{o/'obama1.jpg'},{o/'obama3.jpg'},1",
+                                f"{b/'biden1.jpg'},{b/'biden2.jpg'},1", f"{o/'obama1.jpg'},{b/'biden1.jpg'},0",
+                                f"{o/'obama2.jpg'},{b/'biden2.jpg'},0", f"{o/'obama3.jpg'},{tmp_path/'missing.jpg'},0"]))
+    result = run_cli("verify-face", "--calibrate", str(pairs), "--format", "json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)["result"]
+    assert report["pairs"] == 5 and report["pairs_failed"] == 1
+    assert report["accuracy"] == 1.0 and report["roc_auc"] == 1.0
+    assert report["same_distance_max"] < report["threshold"] < report["different_distance_min"]
+    assert "missing.jpg" in result.stderr and "pair skipped" in result.stderr
