@@ -30,8 +30,8 @@ from cvtool.console import (
 
 app = typer.Typer(
     name="cvtool",
-    help="Computer vision from the command line: classify, detect, segment and stylize images with pretrained "
-    "or your own models, and train those models. Results on stdout, progress and errors on stderr.",
+    help="Computer vision from the command line: classify, detect, segment, verify faces and stylize images with "
+    "pretrained or your own models, and train those models. Results on stdout, progress and errors on stderr.",
     no_args_is_help=True,
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
