@@ -115,6 +115,7 @@ _BUILTIN_MODULES = [
     "cvtool.models.torchvision_segmenters",
     "cvtool.models.torchvision_detectors",
     "cvtool.models.face_resnet",
+    "cvtool.models.face_mmod",
 ]
 _loaded_modules: set[str] = set()
 
