@@ -96,22 +96,24 @@ def main_options(
 
 
 # Options shared by every batch command.
-IMAGES_ARG = typer.Argument(..., metavar="IMAGES...", show_default=False, help="Image files, directories, glob patterns, or - to read paths from stdin.")
+IMAGES_ARG = typer.Argument(..., metavar="IMAGES...", show_default=False, help="Image or video files, directories, "
+                            "glob patterns, cam:N (camera N), or - to read paths from stdin.")
 WEIGHTS_OPT = typer.Option(
     None, "--weights", "-w", help="A weights file: a cvtool checkpoint or a plain state_dict (then --model names it)."
 )
 DEVICE_OPT = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N.")
-BATCH_OPT = typer.Option(16, "--batch-size", "-b", min=1, help="Images per forward pass.")
+BATCH_OPT = typer.Option(16, "--batch-size", "-b", min=1, help="Images (or video frames) per forward pass.")
 WORKERS_OPT = typer.Option(2, "--workers", min=1, help="Threads decoding and preprocessing images.")
 FORMAT_OPT = typer.Option(None, "--format", "-f", help="Output on stdout. Default: table on a terminal, jsonl otherwise.")
 OUT_OPT = typer.Option(None, "--out", "-o", help="Directory for per-image outputs (created if missing).")
 RECURSIVE_OPT = typer.Option(False, "--recursive", "-r", help="Descend into subdirectories of directory inputs.")
 SKIP_OPT = typer.Option(False, "--skip-existing", help="With --out: skip inputs whose output already exists.")
 MAX_PIXELS_OPT = typer.Option(100_000_000, "--max-pixels", min=1, help="Refuse larger images (decompression bombs).")
+VID_STRIDE_OPT = typer.Option(1, "--vid-stride", min=1, help="Videos and cameras: process every Nth frame.")
 
 
 def _input_items(images: list[str], recursive: bool):
-    """Expand inputs; a known count when nothing is read from stdin (for the progress bar)."""
+    """Expand inputs; a known count when nothing is read from stdin and there is no video (for the progress bar)."""
     from cvtool.io.inputs import iter_inputs
 
     if images.count("-") > 1:
@@ -119,8 +121,10 @@ def _input_items(images: list[str], recursive: bool):
     items = iter_inputs(images, recursive=recursive, stdin=sys.stdin)
     if "-" in images:
         return items, None
+    from cvtool.io.video import is_stream
+
     items = list(items)
-    return items, len(items)
+    return items, None if any(i.error is None and is_stream(i.path) for i in items) else len(items)  # frames: unknown
 
 
 @app.command(
@@ -139,15 +143,17 @@ def classify(
     skip_existing: bool = SKIP_OPT,
     workers: int = WORKERS_OPT,
     max_pixels: int = MAX_PIXELS_OPT,
+    vid_stride: int = VID_STRIDE_OPT,
 ) -> None:
-    """Classify images: top-k labels with probabilities, one record per image."""
+    """Classify images: top-k labels with probabilities, one record per image (per frame of a video)."""
     with exits_cleanly():
         check_out_dir(out, skip_existing=skip_existing)
         from cvtool.pipelines import classify as task
 
         loaded = _load(model, "classify", weights, device, default="resnet18")
         pipeline = task.ClassifyPipeline(loaded, top_k=top_k, max_pixels=max_pixels, out_dir=out)
-        code = _run_batch(pipeline, task, images, recursive, out, skip_existing, batch_size, workers, fmt)
+        code = _run_batch(pipeline, task, images, recursive, out, skip_existing, batch_size, workers, fmt,
+                          vid_stride=vid_stride)
     raise typer.Exit(code)
 
 
@@ -161,23 +167,27 @@ def _load(model: Optional[str], task: str, weights: Optional[Path], device: str,
     return loaded
 
 
-def _run_batch(pipeline, task_module, images, recursive, out, skip_existing, batch_size, workers, fmt) -> int:
+def _run_batch(pipeline, task_module, images, recursive, out, skip_existing, batch_size, workers, fmt,
+               vid_stride: int = 1) -> int:
     """Stream inputs through a task's pipeline into the chosen writer; the exit code for the batch."""
     from cvtool.io.records import make_writer
-    from cvtool.pipelines.runner import run
+    from cvtool.pipelines.runner import already_done, run
 
     items, total = _input_items(images, recursive)
     summary = BatchSummary()
 
     def skip(path: str) -> bool:
-        done = skip_existing and pipeline.already_done(path)
+        done = skip_existing and already_done(pipeline, path)
         summary.skipped += done
         return done
 
-    records = run(pipeline, items, batch_size=batch_size, workers=workers, out_dir=out, skip=skip)
+    records = run(pipeline, items, batch_size=batch_size, workers=workers, out_dir=out, skip=skip, vid_stride=vid_stride)
     writer = make_writer(fmt.value if fmt else None, task_module.COLUMNS, task_module.rows,
                          extra_formats=getattr(task_module, "EXTRA_FORMATS", None))
-    drive(records, writer, total=total, summary=summary)
+    try:
+        drive(records, writer, total=total, summary=summary)
+    finally:  # on Ctrl-C or a closed stdout, close the pipeline now: a half-written video is removed, not kept
+        records.close()
     return summary.exit_code
 
 
@@ -204,8 +214,10 @@ def detect(
     skip_existing: bool = SKIP_OPT,
     workers: int = WORKERS_OPT,
     max_pixels: int = MAX_PIXELS_OPT,
+    vid_stride: int = VID_STRIDE_OPT,
 ) -> None:
-    """Detect objects: boxes in the input's own pixel coordinates, labels and scores; annotated images with --out."""
+    """Detect objects: boxes in the input's own pixel coordinates, labels and scores; annotated images (or
+    videos) with --out."""
     with exits_cleanly():
         if save_crops and out is None:
             raise UsageError("--save-crops needs --out DIR")
@@ -215,7 +227,8 @@ def detect(
         loaded = _load(model, "detect", weights, device, default="fasterrcnn_resnet50_fpn_v2")
         pipeline = task.DetectPipeline(loaded, conf=conf, iou=iou, max_det=max_det, classes=_csv(classes or "") or None,
                                        keypoints=keypoints, save_crops=save_crops, max_pixels=max_pixels, out_dir=out)
-        code = _run_batch(pipeline, task, images, recursive, out, skip_existing, batch_size, workers, fmt)
+        code = _run_batch(pipeline, task, images, recursive, out, skip_existing, batch_size, workers, fmt,
+                          vid_stride=vid_stride)
     raise typer.Exit(code)
 
 
@@ -233,15 +246,18 @@ def segment(
     save_mask: bool = typer.Option(False, "--save-mask", help="With --out: also one black/white PNG per class found."),
     tile: Optional[int] = typer.Option(None, "--tile", min=16, help="Run in TILE x TILE tiles (large images, bounded memory)."),
     overlap: int = typer.Option(32, "--overlap", min=0, help="Overlap between tiles, blended linearly."),
-    batch_size: int = typer.Option(4, "--batch-size", "-b", min=1, help="Tiles per forward pass (with --tile)."),
+    batch_size: int = typer.Option(4, "--batch-size", "-b", min=1, help="Tiles per forward pass (with --tile); "
+                                   "video frames per batch."),
     device: str = DEVICE_OPT,
     fmt: Optional[OutputFormat] = FORMAT_OPT,
     recursive: bool = RECURSIVE_OPT,
     skip_existing: bool = SKIP_OPT,
     workers: int = WORKERS_OPT,
     max_pixels: int = MAX_PIXELS_OPT,
+    vid_stride: int = VID_STRIDE_OPT,
 ) -> None:
-    """Segment images: a class per pixel; with --out an indexed mask PNG and a colour overlay per image."""
+    """Segment images: a class per pixel; with --out an indexed mask PNG and a colour overlay per image (an
+    overlaid video per video)."""
     with exits_cleanly():
         if save_mask and out is None:
             raise UsageError("--save-mask needs --out DIR")
@@ -252,7 +268,8 @@ def segment(
         keep = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
         pipeline = task.SegmentPipeline(loaded, alpha=alpha, classes=keep, save_mask=save_mask, tile=tile,
                                         overlap=overlap, tile_batch=batch_size, max_pixels=max_pixels, out_dir=out)
-        code = _run_batch(pipeline, task, images, recursive, out, skip_existing, batch_size, workers, fmt)
+        code = _run_batch(pipeline, task, images, recursive, out, skip_existing, batch_size, workers, fmt,
+                          vid_stride=vid_stride)
     raise typer.Exit(code)
 
 
@@ -286,7 +303,7 @@ def stylize(
                                          "one forward pass per image, or per frame of a video input."),
     tile: Optional[int] = typer.Option(None, "--tile", min=16, help="With --model: tiles for large images."),
     overlap: int = typer.Option(32, "--overlap", min=0, help="With --tile: overlap, blended linearly."),
-    vid_stride: int = typer.Option(1, "--vid-stride", min=1, help="With --model and a video: every Nth frame."),
+    vid_stride: int = VID_STRIDE_OPT,
     vgg: str = typer.Option("vgg19", "--vgg", help="Feature network: vgg19 or vgg16 (ImageNet weights)."),
     weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="The VGG's weights file, instead of the download."),
     device: str = DEVICE_OPT,
@@ -305,9 +322,9 @@ def stylize(
                 check_out_dir(out)
             loaded = _load(None, "stylize", model, device, default="fast_style")
             pipeline = task.FastStylePipeline(loaded, out=out, single_file=single_file, size=size,
-                                              tile=tile, overlap=overlap, vid_stride=vid_stride)
+                                              tile=tile, overlap=overlap)
             code = _run_batch(pipeline, _Columns(task.FAST_COLUMNS, task.fast_rows), images, False, out, skip_existing,
-                              1, 1, fmt)
+                              1, 1, fmt, vid_stride=vid_stride)
             raise typer.Exit(code)
         contents, styles = (images, [str(p) for p in style]) if style else (images[:1], images[1:])
         if not styles:

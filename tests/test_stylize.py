@@ -169,10 +169,11 @@ def test_train_style_then_stylize_images_and_video_in_one_pass(tiny_vgg, tmp_pat
     result = runner.invoke(app, ["stylize", str(SAMPLES / "photos" / "chelsea.jpg"), str(video), "--model",
                                  str(run / "best.pt"), "--out", str(out), "-f", "jsonl"])
     assert result.exit_code == 0, result.output
-    image_record, video_record = [json.loads(line) for line in result.stdout.splitlines()]
+    image_record, *frame_records = [json.loads(line) for line in result.stdout.splitlines()]
     assert image_record["model"] == "fast_style" and image_record["result"]["size"] == [300, 451]
     assert read_image(out / "chelsea.stylized.png").shape == (300, 451, 3)
-    assert video_record["result"]["frames"] == 5 and video_record["result"]["fps"] == 10.0
+    assert [(r["frame"], r["time_s"], r["result"]["size"]) for r in frame_records] == [
+        (i, i / 10, [32, 48]) for i in range(5)]
     capture = cv2.VideoCapture(str(out / "clip.stylized.mp4"))
     assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 5 and int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)) == 48
     capture.release()

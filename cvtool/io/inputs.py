@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, TextIO
@@ -15,6 +16,7 @@ from typing import Iterable, Iterator, TextIO
 from cvtool.io.image import IMAGE_SUFFIXES
 
 _GLOB_CHARS = set("*?[")
+_CAMERA = re.compile(r"cam:\d+")
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,8 @@ def _expand(spec: str, recursive: bool, suffixes) -> Iterator[InputItem]:
     path = Path(spec)
     if path.is_dir():
         yield from _directory(spec, recursive, suffixes)
+    elif _CAMERA.fullmatch(spec):  # camera N (cvtool.io.video), never a file of that name
+        yield InputItem(spec)
     elif path.exists() or path.is_symlink():
         yield InputItem(spec)
     elif _GLOB_CHARS & set(spec):

@@ -94,3 +94,17 @@ def draw_detections(rgb: np.ndarray, detections: list[dict], palette: np.ndarray
                 if visible > 0:
                     cv2.circle(out, (int(x), int(y)), max(1, thickness // 2 + 1), (255, 255, 255), -1, cv2.LINE_AA)
     return out
+
+
+def draw_caption(rgb: np.ndarray, text: str) -> np.ndarray:
+    """`text` in the top-left corner on a dark band, sized to the image (a classified video frame)."""
+    import cv2
+
+    out = np.ascontiguousarray(rgb.copy())
+    h, w = out.shape[:2]
+    thickness = max(1, round(0.002 * (h + w)))
+    font_scale = max(0.35, thickness / 2.5)
+    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, thickness)
+    cv2.rectangle(out, (0, 0), (min(w, tw + 8), min(h, th + base + 8)), (0, 0, 0), -1)
+    cv2.putText(out, text, (4, th + 4), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (255, 255, 255), thickness, cv2.LINE_AA)
+    return out

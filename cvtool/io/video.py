@@ -1,22 +1,44 @@
-"""Reading and writing video with OpenCV, frame by frame, so memory stays flat over long videos."""
+"""Reading and writing video with OpenCV, frame by frame, so memory stays flat over long videos.
+
+A video input is a file with a video suffix (`.mp4`, `.avi`, ...) or `cam:N`, camera N.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator
 
-import cv2
-import numpy as np
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # FFmpeg's own complaints about a bad file: we report it, once
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
 
-from cvtool.errors import InputError
+from cvtool.errors import InputError  # noqa: E402
+from cvtool.io.atomic import _UMASK  # noqa: E402
+
+if hasattr(cv2, "utils") and hasattr(cv2.utils, "logging"):
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # e.g. V4L2's "can't open camera by index"
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"})
+_CAMERA = re.compile(r"cam:(\d+)")
 
 
 def is_video(path: str | Path) -> bool:
     return Path(path).suffix.lower() in VIDEO_SUFFIXES
+
+
+def camera_index(spec: str) -> int | None:
+    """`cam:0` -> 0; anything else -> None (a bare `0` is a file name, never a camera)."""
+    match = _CAMERA.fullmatch(str(spec))
+    return int(match.group(1)) if match else None
+
+
+def is_stream(spec: str | Path) -> bool:
+    """A video file or a camera: read frame by frame rather than decoded as one image."""
+    return camera_index(str(spec)) is not None or is_video(spec)
 
 
 def open_video(path: str | Path) -> tuple[cv2.VideoCapture, float, int]:
@@ -30,15 +52,32 @@ def open_video(path: str | Path) -> tuple[cv2.VideoCapture, float, int]:
     return capture, fps, int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
 
 
-def iter_frames(capture: cv2.VideoCapture, stride: int = 1) -> Iterator[tuple[int, np.ndarray]]:
-    """(frame index, RGB frame) for every `stride`-th frame."""
-    index = 0
+def open_camera(spec: str) -> tuple[cv2.VideoCapture, float]:
+    """(capture, fps) for `cam:N`; InputError when there is no such camera or it is busy."""
+    index = camera_index(spec)
+    capture = cv2.VideoCapture(index)
+    if not capture.isOpened():
+        raise InputError(f"cannot open camera {index} (no such device, no permission, or in use)", spec)
+    return capture, capture.get(cv2.CAP_PROP_FPS) or 30.0
+
+
+def iter_frames(capture: cv2.VideoCapture, stride: int = 1, *, fps: float = 25.0,
+                live: bool = False) -> Iterator[tuple[int, float, np.ndarray]]:
+    """(frame index, time in seconds, RGB frame) for every `stride`-th frame. A file's times are its
+    own timestamps (index / fps where the container has none); a camera's are seconds since its first frame."""
+    index, start = 0, None
     while True:
         ok, frame = capture.read()
         if not ok:
             return
         if index % stride == 0:
-            yield index, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+            if live:
+                start = time.monotonic() if start is None else start
+                seconds = time.monotonic() - start
+            else:
+                ms = capture.get(cv2.CAP_PROP_POS_MSEC)
+                seconds = ms / 1000 if ms > 0 or index == 0 else index / fps
+            yield index, seconds, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
         index += 1
 
 
@@ -62,6 +101,7 @@ class AtomicVideoWriter:
     def close(self, ok: bool = True) -> None:
         self.writer.release()
         if ok:
+            os.chmod(self.tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 is not what the user's other files get
             os.replace(self.tmp, self.path)
         elif os.path.exists(self.tmp):
             os.unlink(self.tmp)

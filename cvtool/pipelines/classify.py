@@ -10,6 +10,7 @@ import numpy as np
 from cvtool.io.atomic import atomic_write_text
 from cvtool.io.image import DEFAULT_MAX_PIXELS, read_image
 from cvtool.io.outputs import OutputNamer
+from cvtool.io.render import draw_caption
 from cvtool.models.loading import LoadedModel
 
 
@@ -23,9 +24,13 @@ class ClassifyPipeline:
         self.top_k = max(1, min(top_k, len(model.classes)))
         self.max_pixels = max_pixels
         self.output_name = OutputNamer(out_dir, ".json") if out_dir is not None else None
+        self.video_name = OutputNamer(out_dir, ".classify.mp4") if out_dir is not None else None
 
     def prepare(self, path: str) -> np.ndarray:
-        return self.model.preprocess(read_image(path, max_pixels=self.max_pixels))
+        return self.prepare_array(read_image(path, max_pixels=self.max_pixels))
+
+    def prepare_array(self, rgb: np.ndarray) -> np.ndarray:
+        return self.model.preprocess(rgb)
 
     def predict(self, samples: list[np.ndarray]) -> list[dict]:
         import torch
@@ -45,6 +50,11 @@ class ClassifyPipeline:
         record = {"path": path, "task": self.task, "model": self.model_name, "result": result}
         atomic_write_text(target, json.dumps(record, ensure_ascii=False, indent=2) + "\n")
         return [str(target)]
+
+    def render(self, rgb: np.ndarray, sample, result: dict) -> np.ndarray:
+        """A video frame with its top-1 label and probability written in the corner."""
+        best = result["top_k"][0]
+        return draw_caption(rgb, f"{best['label']} {best['prob']:.2f}")
 
     def already_done(self, path: str) -> bool:
         return self.output_name is not None and self.output_name.exists(path)

@@ -39,12 +39,18 @@ class DetectPipeline:
                 raise UsageError(f"--classes: {', '.join(unknown)} not among this model's classes")
             self.keep = torch.tensor([model.classes.index(c) for c in classes])
         self.output_name = OutputNamer(out_dir, ".detect.jpg") if out_dir is not None else None
+        self.video_name = OutputNamer(out_dir, ".detect.mp4") if out_dir is not None else None
 
     def prepare(self, path: str) -> Sample:
+        return self.prepare_array(read_image(path, max_pixels=self.max_pixels))
+
+    def prepare_array(self, rgb: np.ndarray) -> Sample:
         import torch
 
-        rgb = read_image(path, max_pixels=self.max_pixels)
         return Sample(rgb, torch.from_numpy(rgb).permute(2, 0, 1).float().div(255).contiguous())
+
+    def render(self, rgb: np.ndarray, sample: Sample, result: dict) -> np.ndarray:
+        return draw_detections(rgb, result["detections"])
 
     def predict(self, samples: list[Sample]) -> list[dict]:
         import torch

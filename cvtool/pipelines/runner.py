@@ -2,12 +2,14 @@
 
 decode + preprocess in worker threads -> batched inference -> postprocess to plain records -> write
 outputs atomically -> yield one record per input, in input order. Tasks supply the three
-task-specific steps (`prepare`, `predict`, `save`); nothing here prints.
+task-specific steps (`prepare`, `predict`, `save`); nothing here prints. Video files and cameras
+go frame by frame through the same steps (cvtool/pipelines/video.py).
 """
 
 from __future__ import annotations
 
 import collections
+import itertools
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -52,6 +54,22 @@ def error_record(path: str, reason: str) -> dict:
     return {"path": path, "error": reason}
 
 
+def result_record(pipeline: Pipeline, path: str, ms: float, result: dict, **fields) -> dict:
+    """The record of one input (or one video frame: `fields` are then `frame` and `time_s`)."""
+    return {"path": path, "task": pipeline.task, "model": pipeline.model_name,
+            "weights_sha256": pipeline.weights_sha256, **fields, "ms": round(ms, 3), "result": result}
+
+
+def already_done(pipeline: Pipeline, path: str) -> bool:
+    """For --skip-existing: the input's output exists (for a video, its annotated video; a camera never is)."""
+    from cvtool.io.video import camera_index, is_stream
+
+    if is_stream(path):
+        name = getattr(pipeline, "video_name", None)
+        return camera_index(path) is None and name is not None and name(path).exists()
+    return pipeline.already_done(path)
+
+
 def run(
     pipeline: Pipeline,
     items: Iterable[InputItem],
@@ -60,8 +78,27 @@ def run(
     workers: int = 2,
     out_dir: Path | None = None,
     skip: Callable[[str], bool] | None = None,
+    vid_stride: int = 1,
 ) -> Iterator[dict]:
-    """Yield one record per input, in input order, overlapping decoding with inference."""
+    """Yield one record per input (per kept frame of a video), in input order, overlapping decoding
+    with inference. Runs of images are batched together; each video is streamed on its own."""
+    from cvtool.io.video import is_stream
+
+    def streamed(item: InputItem) -> bool:
+        return item.error is None and is_stream(item.path)
+
+    for videos, group in itertools.groupby(items, key=streamed):
+        if not videos:
+            yield from _run_images(pipeline, group, batch_size=batch_size, workers=workers, out_dir=out_dir, skip=skip)
+            continue
+        from cvtool.pipelines.video import run_video
+
+        for item in group:
+            if skip is None or not skip(item.path):
+                yield from run_video(pipeline, item.path, batch_size=batch_size, stride=vid_stride, out_dir=out_dir)
+
+
+def _run_images(pipeline, items, *, batch_size, workers, out_dir, skip) -> Iterator[dict]:
     batch: list[_Prepared] = []
     for prepared in _prepare_all(pipeline, items, workers=workers, lookahead=2 * batch_size, skip=skip):
         batch.append(prepared)
@@ -119,14 +156,7 @@ def _finish(pipeline: Pipeline, batch: list[_Prepared], out_dir: Path | None) ->
             yield error_record(prepared.path, prepared.error)
             continue
         result = next(in_order)
-        record = {
-            "path": prepared.path,
-            "task": pipeline.task,
-            "model": pipeline.model_name,
-            "weights_sha256": pipeline.weights_sha256,
-            "ms": round(prepared.ms + infer_ms, 3),
-            "result": result,
-        }
+        record = result_record(pipeline, prepared.path, prepared.ms + infer_ms, result)
         if out_dir is not None:
             try:
                 record["outputs"] = pipeline.save(prepared.path, prepared.sample, result, out_dir)

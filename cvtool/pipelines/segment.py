@@ -43,6 +43,7 @@ class SegmentPipeline:
         self.keep = self._class_filter(classes)
         self.size_multiple = getattr(model.module, "size_multiple", 1)
         self.output_name = OutputNamer(out_dir, MASK_SUFFIX) if out_dir is not None else None
+        self.video_name = OutputNamer(out_dir, ".segment.mp4") if out_dir is not None else None
         self.palette = class_palette()
 
     def _class_filter(self, names: list[str] | None) -> np.ndarray | None:
@@ -58,8 +59,13 @@ class SegmentPipeline:
         return keep
 
     def prepare(self, path: str) -> Sample:
-        rgb = read_image(path, max_pixels=self.max_pixels)
+        return self.prepare_array(read_image(path, max_pixels=self.max_pixels))
+
+    def prepare_array(self, rgb: np.ndarray) -> Sample:
         return Sample(rgb, self.model.preprocess(rgb))
+
+    def render(self, rgb: np.ndarray, sample: Sample, result: dict) -> np.ndarray:
+        return overlay(rgb, sample.labels, self.alpha, self.palette)
 
     def predict(self, samples: list[Sample]) -> list[dict]:
         import torch

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import torch
 
-from cvtool.errors import InputError, UsageError
+from cvtool.errors import UsageError
 from cvtool.io.image import DEFAULT_MAX_PIXELS, read_image, write_image
 from cvtool.io.outputs import OutputNamer, refuse_overwriting_input
 from cvtool.models.vgg_features import VGGFeatures
@@ -226,6 +226,7 @@ class StylizePipeline(_OneImageOut):
     """The runner's shape for style transfer: one content image at a time, outputs written atomically."""
 
     task = "stylize"
+    no_video_reason = "a video needs --model (a feed-forward network from `cvtool train style`)"
 
     def __init__(self, stylizer: Stylizer, *, model_name: str, weights_sha256: str, out: Path,
                  single_file: bool = False, save_every: int | None = None, on_step=None,
@@ -276,22 +277,25 @@ class FastStylePipeline(_OneImageOut):
     task = "stylize"
 
     def __init__(self, model, *, out: Path, single_file: bool = False, size: int | None = None,
-                 tile: int | None = None, overlap: int = 32, vid_stride: int = 1,
-                 max_pixels: int = DEFAULT_MAX_PIXELS):
+                 tile: int | None = None, overlap: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS):
         self.model, self.model_name, self.weights_sha256 = model, model.name, model.weights_sha256
-        self.vid_stride = vid_stride
         self.out, self.single_file, self.size, self.tile, self.overlap = Path(out), single_file, size, tile, overlap
         self.max_pixels = max_pixels
         self.output_name = OutputNamer(out, ".stylized.png")
+        self.video_names = OutputNamer(out, ".stylized.mp4")
 
-    def prepare(self, path: str):
-        """An image's pixels; for a video just its path (frames are streamed in predict, never all in memory)."""
-        from cvtool.io.video import is_video
+    def prepare(self, path: str) -> np.ndarray:
+        return self.prepare_array(read_image(path, max_pixels=self.max_pixels))
 
-        if is_video(path):
-            return _Video(path)
-        rgb = read_image(path, max_pixels=self.max_pixels)
+    def prepare_array(self, rgb: np.ndarray) -> np.ndarray:
         return fit_size(rgb, self.size) if self.size else rgb
+
+    def render(self, rgb: np.ndarray, sample, result: dict) -> np.ndarray:
+        return result.pop("image")  # a video frame: the stylised image goes into the video, not the record
+
+    def video_name(self, path: str) -> Path:
+        """`--out FILE.mp4` for a single input, else `OUT/NAME.stylized.mp4`."""
+        return self.out if self.single_file else self.video_names(path)
 
     @torch.inference_mode()
     def stylize(self, rgb: np.ndarray) -> np.ndarray:
@@ -308,51 +312,12 @@ class FastStylePipeline(_OneImageOut):
             out = self.model.module(batch.to(self.model.device))[0, :, :h, :w]
         return to_rgb(out[None])
 
-    def predict(self, samples: list) -> list[dict]:
+    def predict(self, samples: list[np.ndarray]) -> list[dict]:
         results = []
         for sample in samples:
-            if isinstance(sample, _Video):
-                results.append(self.video(sample.path, self.vid_stride))
-                continue
             image = self.stylize(sample)
             results.append({"image": image, "size": [int(image.shape[0]), int(image.shape[1])]})
         return results
-
-    def save(self, path: str, sample, result: dict, out_dir) -> list[str]:
-        if isinstance(sample, _Video):
-            return [result.pop("output")]
-        return super().save(path, sample, result, out_dir)
-
-    def video(self, path: str, stride: int = 1) -> dict:
-        """Stylise a video frame by frame into `<stem>.stylized.mp4` (same fps and size); returns its record."""
-        from cvtool.io.video import AtomicVideoWriter, iter_frames, open_video
-
-        capture, fps, count = open_video(path)
-        target = self.out if self.single_file else self.out / f"{Path(path).stem}.stylized.mp4"
-        writer, frames = None, 0
-        try:
-            for _, frame in iter_frames(capture, stride):
-                image = self.stylize(frame)
-                if writer is None:
-                    writer = AtomicVideoWriter(target, fps / stride, (image.shape[1], image.shape[0]))
-                writer.write(image)
-                frames += 1
-        except BaseException:
-            if writer is not None:
-                writer.close(ok=False)
-            raise
-        finally:
-            capture.release()
-        if writer is None:
-            raise InputError("the video has no frames", path)
-        writer.close()
-        return {"size": [int(image.shape[0]), int(image.shape[1])], "frames": frames, "fps": round(fps / stride, 3),
-                "frames_in_file": count, "output": str(target)}
-
-
-@dataclass
-class _Video:
-    path: str
 
 
 FAST_COLUMNS = ["height", "width"]

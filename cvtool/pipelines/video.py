@@ -1,0 +1,166 @@
+"""Videos and cameras through any task's pipeline, one frame at a time.
+
+A task takes videos by adding two hooks to its image steps: `prepare_array(rgb)` prepares a decoded
+frame (as `prepare(path)` does a file) and `render(rgb, sample, result)` draws the annotated frame;
+`video_name(path)` says where the annotated video goes. The driver here does the rest for every
+task alike: a reader thread decodes and prepares frames into a bounded queue, `predict` runs on
+batches of `batch_size` frames, and each frame is rendered, written and reported at once, so about
+two batches of frames are alive however long the video is.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+
+from cvtool.errors import CvtoolError, InputError
+from cvtool.io.video import AtomicVideoWriter, camera_index, iter_frames, open_camera, open_video
+from cvtool.pipelines.runner import Pipeline, error_record, result_record
+
+
+@dataclass
+class _Frame:
+    index: int
+    seconds: float
+    rgb: np.ndarray
+    sample: Any
+    ms: float
+
+
+_END = object()
+
+
+class _FrameReader:
+    """Decodes and prepares frames in a background thread, at most `lookahead` ahead of inference."""
+
+    def __init__(self, capture, prepare, *, stride: int, fps: float, live: bool, lookahead: int):
+        self.capture, self.prepare, self.stride, self.fps, self.live = capture, prepare, stride, fps, live
+        self.queue: queue.Queue = queue.Queue(maxsize=max(1, lookahead))
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._read, name="cvtool-video", daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        try:
+            for index, seconds, rgb in iter_frames(self.capture, self.stride, fps=self.fps, live=self.live):
+                start = time.perf_counter()
+                sample = self.prepare(rgb)
+                if not self._put(_Frame(index, seconds, rgb, sample, (time.perf_counter() - start) * 1000)):
+                    return
+        except CvtoolError as exc:  # handed to the consumer: this input's error
+            self._put(exc)
+            return
+        except Exception as exc:  # an odd frame that trips a library: this input fails, the batch goes on
+            self._put(InputError(f"could not be prepared ({type(exc).__name__}: {str(exc)[:200]})"))
+            return
+        self._put(_END)
+
+    def _put(self, item) -> bool:
+        while not self.stopping.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def batches(self, size: int) -> Iterator[list[_Frame]]:
+        batch: list[_Frame] = []
+        while True:
+            item = self.queue.get()
+            if item is _END:
+                break
+            if isinstance(item, CvtoolError):
+                if batch:
+                    yield batch
+                raise item
+            batch.append(item)
+            if len(batch) == size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+    def close(self) -> None:
+        """Stop the thread before the capture is released (it may be inside capture.read())."""
+        self.stopping.set()
+        self.thread.join()
+
+
+def supports_video(pipeline: Pipeline) -> bool:
+    return all(hasattr(pipeline, hook) for hook in ("prepare_array", "render", "video_name"))
+
+
+def run_video(pipeline: Pipeline, path: str, *, batch_size: int = 16, stride: int = 1,
+              out_dir=None) -> Iterator[dict]:
+    """One record per kept frame (`frame`, `time_s` beside the usual fields); with `out_dir` the
+    rendered frames go to one video written atomically (an interrupted run leaves no file). A video
+    that cannot be read, or that fails part-way, ends with one error record; the batch goes on."""
+    if not supports_video(pipeline):
+        yield error_record(path, getattr(pipeline, "no_video_reason", f"{pipeline.task} does not take videos"))
+        return
+    live = camera_index(path) is not None
+    try:
+        capture, fps = open_camera(path) if live else open_video(path)[:2]
+    except CvtoolError as exc:
+        yield error_record(path, exc.reason)
+        return
+    try:
+        _check_size(capture, getattr(pipeline, "max_pixels", None), path)
+        target = pipeline.video_name(path) if out_dir is not None else None
+    except CvtoolError as exc:
+        capture.release()
+        yield error_record(path, exc.reason)
+        return
+    reader = _FrameReader(capture, pipeline.prepare_array, stride=stride, fps=fps, live=live, lookahead=batch_size)
+    writer, frames, failure = None, 0, None
+    try:
+        for batch in reader.batches(batch_size):
+            start = time.perf_counter()
+            results = pipeline.predict([frame.sample for frame in batch])
+            infer_ms = (time.perf_counter() - start) * 1000 / len(batch)
+            for frame, result in zip(batch, results):
+                record = result_record(pipeline, path, frame.ms + infer_ms, result,
+                                       frame=frame.index, time_s=round(frame.seconds, 4))
+                if target is not None:
+                    rendered = pipeline.render(frame.rgb, frame.sample, result)
+                    if writer is None:
+                        writer = AtomicVideoWriter(target, fps / stride, (rendered.shape[1], rendered.shape[0]))
+                    writer.write(rendered)
+                    record["outputs"] = [str(target)]
+                frames += 1
+                yield record
+    except CvtoolError as exc:
+        _discard(writer)
+        failure = exc.reason if frames == 0 else (
+            f"{exc.reason} (at frame {frames}{'; no video written' if target is not None else ''})")
+    except BaseException:  # Ctrl-C, a bug, or the reader of our records went away: no partial video
+        _discard(writer)
+        raise
+    finally:
+        reader.close()
+        capture.release()
+    if failure is not None:
+        yield error_record(path, failure)
+    elif frames == 0:
+        yield error_record(path, "the video has no frames")
+    elif writer is not None:
+        writer.close()
+
+
+def _discard(writer: AtomicVideoWriter | None) -> None:
+    if writer is not None:
+        writer.close(ok=False)
+
+
+def _check_size(capture, max_pixels: int | None, path: str) -> None:
+    import cv2
+
+    w, h = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    if max_pixels is not None and w * h > max_pixels:
+        raise InputError(f"frames of {w}x{h} exceed --max-pixels {max_pixels}", path)
