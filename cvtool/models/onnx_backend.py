@@ -1,0 +1,199 @@
+"""onnxruntime as a drop-in for the network in every pipeline.
+
+The pipelines only ever call `model.module(batch)` (classify, segment, stylize) or
+`model.module.detect_images(images)` (detect), so an object with those calls, backed by an
+onnxruntime session, is all `--backend onnxruntime` needs; the rest of each pipeline (preprocessing,
+tiling, thresholds, NMS, rendering) is shared with the PyTorch backend. Models are exported on the
+fly into the user cache (keyed by model, weights sha256 and input shape), or read from a .onnx file
+made by `cvtool export`, whose embedded metadata replaces the checkpoint's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from cvtool.errors import UsageError, WeightsError
+
+
+def cache_root() -> Path:
+    """$CVTOOL_CACHE, else $XDG_CACHE_HOME/cvtool, else ~/.cache/cvtool."""
+    explicit = os.environ.get("CVTOOL_CACHE", "").strip()
+    if explicit:
+        return Path(explicit).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "cvtool"
+
+
+class OnnxNetwork:
+    """An onnxruntime session with the call the pipelines make on an nn.Module: a float batch in, tensor(s) out.
+
+    A graph exported with a fixed batch size is run in chunks of that size, so any --batch-size works.
+    """
+
+    def __init__(self, session, meta: dict, source: str):
+        self.session, self.meta, self.source = session, meta, source
+        first = session.get_inputs()[0]
+        self.input_name = first.name
+        self.fixed_batch = first.shape[0] if isinstance(first.shape[0], int) else None
+        size = meta["input"].get("size")
+        self.fixed_size = tuple(size) if size else None
+        self.size_multiple = int(meta["input"].get("multiple") or 1)
+
+    def __call__(self, batch):
+        import numpy as np
+        import torch
+
+        if self.fixed_size is not None and tuple(batch.shape[-2:]) != self.fixed_size:
+            h, w = self.fixed_size
+            raise UsageError(f"{self.source}: this ONNX file takes {h}x{w} inputs only, not "
+                             f"{batch.shape[-2]}x{batch.shape[-1]}; export it without --img-size, or use --tile {h}")
+        array = batch.detach().to("cpu", torch.float32).contiguous().numpy()
+        step = self.fixed_batch or len(array)
+        chunks = [self.session.run(None, {self.input_name: array[i : i + step]}) for i in range(0, len(array), step)]
+        outputs = [torch.from_numpy(np.concatenate(parts)) for parts in zip(*chunks)]
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+    def eval(self):
+        return self
+
+    def to(self, *args, **kwargs):
+        return self
+
+
+class OnnxYolo(OnnxNetwork):
+    """Our YOLO detector's `detect_images`: letterbox here, head + decoding in the graph, NMS in the pipeline."""
+
+    def __init__(self, session, meta: dict, source: str):
+        super().__init__(session, meta, source)
+        self.img_size = int(meta["img_size"])
+
+    def detect_images(self, images) -> list[dict]:
+        import numpy as np
+        import torch
+
+        from cvtool.ops.letterbox import letterbox
+
+        batch, letterboxes = [], []
+        for image in images:
+            rgb = (image.permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+            boxed, box = letterbox(rgb, self.img_size)
+            batch.append(torch.from_numpy(boxed).permute(2, 0, 1).float().div(255))
+            letterboxes.append(box)
+        boxes, objectness, class_probs = self(torch.stack(batch))
+        outputs = []
+        for b, o, c, box in zip(boxes, objectness, class_probs, letterboxes):
+            best, labels = c.max(1)
+            original = torch.from_numpy(box.to_original(b.numpy())).float()
+            outputs.append({"boxes": original, "scores": o * best, "labels": labels})
+        return outputs
+
+
+def read_metadata(path: str | Path) -> dict:
+    """cvtool's metadata from a .onnx file; a WeightsError naming the file when it is missing or not ONNX."""
+    import onnx
+
+    from cvtool.export import FORMAT, FORMAT_VERSION
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError("no such file" if not path.exists() else "is a directory, not an ONNX file", path)
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - protobuf's decode errors
+        raise WeightsError("not an ONNX file (unrecognised content)", path) from None
+    props = {p.key: p.value for p in proto.metadata_props}
+    try:
+        meta = json.loads(props["cvtool"])
+    except (KeyError, ValueError):
+        raise WeightsError("an ONNX file without cvtool's metadata; make it with `cvtool export`", path) from None
+    if meta.get("format") != FORMAT or not isinstance(meta.get("format_version"), int):
+        raise WeightsError("an ONNX file without cvtool's metadata; make it with `cvtool export`", path)
+    if meta["format_version"] > FORMAT_VERSION:
+        raise WeightsError(f"cvtool ONNX format {meta['format_version']} is newer than this cvtool understands", path)
+    return meta
+
+
+def open_onnx(path: str | Path, *, task: str | None, device=None, weights_sha256: str | None = None):
+    """A LoadedModel whose module is an onnxruntime session on `path` (a file from `cvtool export`)."""
+    import torch
+
+    from cvtool.export import make_session
+    from cvtool.models.loading import LoadedModel
+    from cvtool.models.weights import sha256_file
+    from cvtool.ops.preprocess import Preprocess
+
+    meta = read_metadata(path)
+    if task is not None and meta["task"] != task:
+        raise UsageError(f"{path}: an ONNX {meta['task']} model, not a {task} model")
+    session = make_session(Path(path), device=device, source=str(path))
+    network = (OnnxYolo if meta["task"] == "detect" else OnnxNetwork)(session, meta, str(path))
+    return LoadedModel(
+        name=meta["arch"],
+        task=meta["task"],
+        module=network,
+        preprocess=Preprocess.from_dict(meta["preprocess"]),
+        classes=list(meta["classes"]),
+        weights_path=str(path),
+        weights_sha256=weights_sha256 or sha256_file(path),
+        device=torch.device("cpu"),  # onnxruntime moves data itself: the pipelines hand it CPU tensors
+    )
+
+
+def cached_export_path(loaded, *, img_size: int | None = None) -> tuple[Path, object]:
+    """Where the on-the-fly export of `loaded` lives: keyed by model, weights sha256, input shape and versions."""
+    import onnxruntime
+    import torch
+
+    from cvtool import __version__
+    from cvtool.export import FORMAT_VERSION, graph_for
+
+    graph = graph_for(loaded, img_size)
+    shape = "x".join(["b", str(graph.channels), *(map(str, graph.size) if graph.size else ["h", "w"])])
+    key = json.dumps([loaded.name, loaded.weights_sha256, shape, graph.multiple, torch.__version__,
+                      onnxruntime.__version__, __version__, FORMAT_VERSION])
+    digest = hashlib.sha256(key.encode()).hexdigest()[:10]
+    return cache_root() / "onnx" / f"{loaded.name}-{loaded.weights_sha256[:12]}-{shape}-{digest}.onnx", graph
+
+
+def to_onnxruntime(loaded, *, device=None, img_size: int | None = None, on_export=None):
+    """`loaded` (a PyTorch model on the CPU) with its network swapped for onnxruntime, exporting into the cache
+    when needed (always with a dynamic batch) and reusing the cached file afterwards."""
+    from cvtool.export import export_model
+
+    path, _ = cached_export_path(loaded, img_size=img_size)
+    if path.is_file():
+        try:
+            return open_onnx(path, task=loaded.task, device=device, weights_sha256=loaded.weights_sha256)
+        except WeightsError:
+            pass  # an unreadable cache file (a disk fault, a foreign file): export it again over it
+    if on_export is not None:
+        on_export(path)
+    export_model(loaded, path, img_size=img_size, dynamic_batch=True)
+    return open_onnx(path, task=loaded.task, device=device, weights_sha256=loaded.weights_sha256)
+
+
+def load(name: str | None, *, task: str, weights: str | Path | None, device, backend: str, default: str | None = None,
+         progress: bool = True, on_export=None):
+    """What `--backend` and `--weights` ask for: PyTorch, onnxruntime on the fly, or a given .onnx file.
+
+    A .onnx weights file always runs on onnxruntime (PyTorch cannot run it).
+    """
+    import torch
+
+    from cvtool.models.loading import load_model
+
+    if backend not in ("torch", "onnxruntime"):
+        raise UsageError(f"unknown backend {backend!r}; use torch or onnxruntime")
+    if weights is not None and Path(weights).suffix.lower() == ".onnx":
+        loaded = open_onnx(weights, task=task, device=device)
+        if name and name != loaded.name:
+            raise UsageError(f"{weights}: exported from {loaded.name!r}, not {name!r}; drop --model")
+        return loaded
+    if backend == "torch":
+        return load_model(name, task=task, weights=weights, device=device, progress=progress, default=default)
+    loaded = load_model(name, task=task, weights=weights, device=torch.device("cpu"), progress=progress, default=default)
+    return to_onnxruntime(loaded, device=device, on_export=on_export)
+

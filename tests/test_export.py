@@ -1,0 +1,148 @@
+"""`cvtool export`: every exported graph is run by onnxruntime and must reproduce PyTorch; small real
+networks (random weights, fixed seeds) keep each export to a few seconds."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from conftest import SAMPLES
+from typer.testing import CliRunner
+
+from cvtool.cli import app
+from cvtool.io.image import read_image
+from cvtool.models.checkpoint import save_checkpoint
+from cvtool.models.registry import get_entry
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CVTOOL_CACHE", str(tmp_path / "cache"))
+
+
+def make_checkpoint(path, arch: str, *, classes=None, **arch_kwargs):
+    """A cvtool checkpoint of `arch` with seeded random weights, as `cvtool train` would write it."""
+    entry = get_entry(arch)
+    torch.manual_seed(0)
+    kwargs = dict(arch_kwargs)
+    if classes is not None and arch != "fast_style":
+        kwargs["num_classes"] = len(classes)
+    net = entry.build(**kwargs)
+    save_checkpoint(path, arch=arch, task=entry.task, state_dict=net.state_dict(), classes=classes,
+                    preprocess=entry.preprocess().to_dict(), extra={"arch_kwargs": arch_kwargs})
+    return path
+
+
+def session(path):
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def metadata(path) -> dict:
+    return json.loads({p.key: p.value for p in onnx.load(str(path)).metadata_props}["cvtool"])
+
+
+def export(*args):
+    result = runner.invoke(app, ["export", *map(str, args)])
+    return result
+
+
+def reported_diff(stdout: str) -> float:
+    return float(stdout.split("max abs diff ")[1].split()[0])
+
+
+def test_lenet_exports_with_a_dynamic_batch_and_matches_pytorch_on_real_digits(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "lenet.pt", "lenet5", classes=[str(d) for d in range(10)])
+    result = export(ckpt, "--dynamic-batch")
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "lenet.onnx"  # beside the checkpoint by default
+    assert out.is_file() and str(out) in result.stdout
+    assert 0 <= reported_diff(result.stdout) <= 1e-4
+    meta = metadata(out)
+    assert meta["arch"] == "lenet5" and meta["task"] == "classify" and meta["classes"][3] == "3"
+    assert meta["input"] == {"channels": 1, "size": [32, 32], "multiple": 1, "dynamic_batch": True}
+    # batch 3 of real digits, preprocessed as the metadata says
+    from cvtool.ops.preprocess import Preprocess
+
+    pre = Preprocess.from_dict(meta["preprocess"])
+    batch = np.stack([pre(read_image(SAMPLES / "digits" / f"digit_{d}.png")) for d in (1, 4, 7)])
+    got = session(out).run(None, {"input": batch})[0]
+    net = get_entry("lenet5").build()
+    net.load_state_dict(torch.load(ckpt, weights_only=True)["state_dict"])
+    with torch.inference_mode():
+        want = net.eval()(torch.from_numpy(batch)).numpy()
+    assert got.shape == (3, 10)
+    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+
+
+def test_fixed_batch_is_the_default_and_refuses_batch_3(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "lenet.pt", "lenet5", classes=[str(d) for d in range(10)])
+    out = tmp_path / "fixed.onnx"
+    assert export(ckpt, "--out", out).exit_code == 0
+    with pytest.raises(Exception, match="(?i)dimension|shape"):
+        session(out).run(None, {"input": np.zeros((3, 1, 32, 32), np.float32)})
+
+
+def test_yolo_exports_head_and_decoding(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "yolo.pt", "yolo", classes=["cat", "dog"], width=4, img_size=64)
+    out = tmp_path / "det.onnx"
+    result = export(ckpt, "--out", out, "--dynamic-batch")
+    assert result.exit_code == 0, result.output
+    sess = session(out)
+    assert [o.name for o in sess.get_outputs()] == ["boxes", "objectness", "class_probs"]
+    x = np.random.default_rng(0).random((3, 3, 64, 64), dtype=np.float32)
+    boxes, objectness, probs = sess.run(None, {"input": x})
+    cells = 3 * (64 // 16) ** 2  # 3 anchors per 16-pixel cell
+    assert boxes.shape == (3, cells, 4) and objectness.shape == (3, cells) and probs.shape == (3, cells, 2)
+    assert (boxes[..., 2] > boxes[..., 0]).all() and ((objectness > 0) & (objectness < 1)).all()
+    assert metadata(out)["img_size"] == 64
+
+
+def test_unet_exports_for_any_input_size(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "unet.pt", "unet", classes=["bg", "cell"], width=4, depth=2)
+    out = tmp_path / "unet.onnx"
+    result = export(ckpt, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert metadata(out)["input"]["size"] is None and metadata(out)["input"]["multiple"] == 4
+    net = get_entry("unet").build(num_classes=2, width=4, depth=2)
+    net.load_state_dict(torch.load(ckpt, weights_only=True)["state_dict"])
+    x = torch.randn(1, 1, 48, 80)  # a size the export never saw
+    with torch.inference_mode():
+        want = net.eval()(x).numpy()
+    got = session(out).run(None, {"input": x.numpy()})[0]
+    assert got.shape == (1, 2, 48, 80)
+    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+
+
+def test_style_network_exports_with_dynamic_batch_3(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "style.pt", "fast_style", width=4, blocks=1)
+    out = tmp_path / "style.onnx"
+    result = export(ckpt, "--out", out, "--dynamic-batch", "--img-size", "64")
+    assert result.exit_code == 0, result.output
+    got = session(out).run(None, {"input": np.random.default_rng(1).random((3, 3, 64, 64), dtype=np.float32)})[0]
+    assert got.shape == (3, 3, 64, 64)
+
+
+def test_a_tolerance_that_cannot_be_met_fails_in_one_line_and_writes_nothing(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "style.pt", "fast_style", width=4, blocks=1)
+    out = tmp_path / "style.onnx"
+    result = export(ckpt, "--out", out, "--tolerance", "1e-12")
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("cvtool: onnxruntime differs from PyTorch on output image")
+    assert "above the tolerance 1e-12; nothing written" in lines[-1]
+    assert not out.exists() and not list(tmp_path.glob(".style.onnx*"))
+
+
+def test_bad_targets_fail_with_one_line(tmp_path):
+    missing = export(tmp_path / "nope.pt")
+    assert missing.exit_code == 2 and missing.stderr.strip() == f"cvtool: {tmp_path / 'nope.pt'}: no such file"
+    no_weights = export("unet")
+    assert no_weights.exit_code == 2 and "unet has no default weights" in no_weights.stderr
+    wrong_format = export("lenet5_digits", "--format", "tflite")
+    assert wrong_format.exit_code == 2 and "onnx is the only export format" in wrong_format.stderr
