@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test bench bench-startup bench-throughput bench-bad-inputs bench-segment bench-detect eval-train eval-segment eval-style eval-detect sample-images lenet-digits clean
+.PHONY: install demo test bench bench-startup bench-throughput bench-bad-inputs bench-segment bench-detect eval-train eval-segment eval-style eval-detect eval-face-port sample-images lenet-digits clean
 
 ## install: a virtual environment in .venv with cvtool (editable) and the dev tools
 install:
@@ -50,6 +50,10 @@ eval-segment:
 
 sample-images:
 	$(BIN)/python scripts/make_sample_images.py
+
+## eval-face-port: our PyTorch port of dlib's face networks vs dlib itself: fidelity and CPU speed (needs dlib-bin; ~1 minute)
+eval-face-port:
+	$(BIN)/python bench/face_port.py
 
 ## eval-train: cvtool train on real data (digits; ORL faces and engine overhead need ../shared)
 eval-train:
