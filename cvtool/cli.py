@@ -109,6 +109,8 @@ OUT_OPT = typer.Option(None, "--out", "-o", help="Directory for per-image output
 RECURSIVE_OPT = typer.Option(False, "--recursive", "-r", help="Descend into subdirectories of directory inputs.")
 SKIP_OPT = typer.Option(False, "--skip-existing", help="With --out: skip inputs whose output already exists.")
 MAX_PIXELS_OPT = typer.Option(100_000_000, "--max-pixels", min=1, help="Refuse larger images (decompression bombs).")
+BACKEND_OPT = typer.Option("torch", "--backend", help="torch, or onnxruntime (exported on the fly into the cache; a "
+                           ".onnx file from `cvtool export` as the weights always runs on onnxruntime).")
 VID_STRIDE_OPT = typer.Option(1, "--vid-stride", min=1, help="Videos and cameras: process every Nth frame.")
 
 
@@ -144,26 +146,30 @@ def classify(
     workers: int = WORKERS_OPT,
     max_pixels: int = MAX_PIXELS_OPT,
     vid_stride: int = VID_STRIDE_OPT,
+    backend: str = BACKEND_OPT,
 ) -> None:
     """Classify images: top-k labels with probabilities, one record per image (per frame of a video)."""
     with exits_cleanly():
         check_out_dir(out, skip_existing=skip_existing)
         from cvtool.pipelines import classify as task
 
-        loaded = _load(model, "classify", weights, device, default="resnet18")
+        loaded = _load(model, "classify", weights, device, default="resnet18", backend=backend)
         pipeline = task.ClassifyPipeline(loaded, top_k=top_k, max_pixels=max_pixels, out_dir=out)
         code = _run_batch(pipeline, task, images, recursive, out, skip_existing, batch_size, workers, fmt,
                           vid_stride=vid_stride)
     raise typer.Exit(code)
 
 
-def _load(model: Optional[str], task: str, weights: Optional[Path], device: str, *, default: str):
+def _load(model: Optional[str], task: str, weights: Optional[Path], device: str, *, default: str,
+          backend: str = "torch"):
     from cvtool.device import resolve_device
-    from cvtool.models.loading import load_model
+    from cvtool.models import onnx_backend
 
-    loaded = load_model(model, task=task, weights=weights, device=resolve_device(device),
-                        progress=not SETTINGS.quiet, default=default)
-    info(f"{loaded.name} on {loaded.device}, weights {Path(loaded.weights_path).name} (sha256 {loaded.weights_sha256[:12]})")
+    loaded = onnx_backend.load(model, task=task, weights=weights, device=resolve_device(device), backend=backend,
+                               progress=not SETTINGS.quiet, default=default,
+                               on_export=lambda path: info(f"exporting to ONNX once, into {path}"))
+    where = "onnxruntime" if isinstance(loaded.module, onnx_backend.OnnxNetwork) else loaded.device
+    info(f"{loaded.name} on {where}, weights {Path(loaded.weights_path).name} (sha256 {loaded.weights_sha256[:12]})")
     return loaded
 
 
@@ -215,6 +221,7 @@ def detect(
     workers: int = WORKERS_OPT,
     max_pixels: int = MAX_PIXELS_OPT,
     vid_stride: int = VID_STRIDE_OPT,
+    backend: str = BACKEND_OPT,
 ) -> None:
     """Detect objects: boxes in the input's own pixel coordinates, labels and scores; annotated images (or
     videos) with --out."""
@@ -224,7 +231,7 @@ def detect(
         check_out_dir(out, skip_existing=skip_existing)
         from cvtool.pipelines import detect as task
 
-        loaded = _load(model, "detect", weights, device, default="fasterrcnn_resnet50_fpn_v2")
+        loaded = _load(model, "detect", weights, device, default="fasterrcnn_resnet50_fpn_v2", backend=backend)
         pipeline = task.DetectPipeline(loaded, conf=conf, iou=iou, max_det=max_det, classes=_csv(classes or "") or None,
                                        keypoints=keypoints, save_crops=save_crops, max_pixels=max_pixels, out_dir=out)
         code = _run_batch(pipeline, task, images, recursive, out, skip_existing, batch_size, workers, fmt,
@@ -255,6 +262,7 @@ def segment(
     workers: int = WORKERS_OPT,
     max_pixels: int = MAX_PIXELS_OPT,
     vid_stride: int = VID_STRIDE_OPT,
+    backend: str = BACKEND_OPT,
 ) -> None:
     """Segment images: a class per pixel; with --out an indexed mask PNG and a colour overlay per image (an
     overlaid video per video)."""
@@ -264,7 +272,7 @@ def segment(
         check_out_dir(out, skip_existing=skip_existing)
         from cvtool.pipelines import segment as task
 
-        loaded = _load(model, "segment", weights, device, default="deeplabv3_resnet50")
+        loaded = _load(model, "segment", weights, device, default="deeplabv3_resnet50", backend=backend)
         keep = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
         pipeline = task.SegmentPipeline(loaded, alpha=alpha, classes=keep, save_mask=save_mask, tile=tile,
                                         overlap=overlap, tile_batch=batch_size, max_pixels=max_pixels, out_dir=out)
@@ -304,6 +312,7 @@ def stylize(
     tile: Optional[int] = typer.Option(None, "--tile", min=16, help="With --model: tiles for large images."),
     overlap: int = typer.Option(32, "--overlap", min=0, help="With --tile: overlap, blended linearly."),
     vid_stride: int = VID_STRIDE_OPT,
+    backend: str = typer.Option("torch", "--backend", help="With --model: torch, or onnxruntime (or a .onnx --model)."),
     vgg: str = typer.Option("vgg19", "--vgg", help="Feature network: vgg19 or vgg16 (ImageNet weights)."),
     weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="The VGG's weights file, instead of the download."),
     device: str = DEVICE_OPT,
@@ -320,12 +329,14 @@ def stylize(
                 raise UsageError("--out is a file but several inputs were given; pass a directory")
             if not single_file:
                 check_out_dir(out)
-            loaded = _load(None, "stylize", model, device, default="fast_style")
+            loaded = _load(None, "stylize", model, device, default="fast_style", backend=backend)
             pipeline = task.FastStylePipeline(loaded, out=out, single_file=single_file, size=size,
                                               tile=tile, overlap=overlap)
             code = _run_batch(pipeline, _Columns(task.FAST_COLUMNS, task.fast_rows), images, False, out, skip_existing,
                               1, 1, fmt, vid_stride=vid_stride)
             raise typer.Exit(code)
+        if backend != "torch":
+            raise UsageError("--backend onnxruntime needs --model (a feed-forward network); the optimisation needs gradients")
         contents, styles = (images, [str(p) for p in style]) if style else (images[:1], images[1:])
         if not styles:
             raise UsageError("give a style image: cvtool stylize CONTENT STYLE, or --style STYLE")
@@ -470,6 +481,79 @@ class _Columns:
 
 def _csv(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
+
+
+@app.command(
+    "export",
+    epilog="Example: cvtool export runs/digits/best.pt --dynamic-batch --out digits.onnx",
+)
+def export_cmd(
+    target: str = typer.Argument(..., metavar="MODEL|CHECKPOINT", help="A model name (its default weights, or "
+                                 "--weights FILE) or a checkpoint from `cvtool train`."),
+    fmt: str = typer.Option("onnx", "--format", "-f", help="onnx (the only format so far)."),
+    weights: Optional[Path] = WEIGHTS_OPT,
+    dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="Any batch size (default: batch 1)."),
+    opset: Optional[int] = typer.Option(None, "--opset", min=7, help="ONNX opset (default: the exporter's)."),
+    img_size: Optional[int] = typer.Option(None, "--img-size", min=8, help="Fixed input size. Default: the model's "
+                                           "own (classifiers, YOLO); any size for U-Net, segmenters, style networks."),
+    tolerance: float = typer.Option(1e-4, "--tolerance", min=0.0, help="Largest onnxruntime-vs-PyTorch difference "
+                                    "allowed, as a fraction of the output's scale."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="The .onnx file (default: beside the checkpoint, "
+                                       "or NAME.onnx here)."),
+) -> None:
+    """Export a model to ONNX, checked on the spot: onnxruntime must reproduce PyTorch within --tolerance."""
+    with exits_cleanly():
+        if fmt != "onnx":
+            raise UsageError(f"unknown --format {fmt!r}; onnx is the only export format")
+        from cvtool import export
+
+        loaded = export.load_target(target, weights)
+        target_path = out or export.default_out(target, loaded)
+        info(f"exporting {loaded.name} (weights sha256 {loaded.weights_sha256[:12]}) to {target_path}")
+        report = export.export_model(loaded, target_path, img_size=img_size, dynamic_batch=dynamic_batch,
+                                     opset=opset, tolerance=tolerance)
+        typer.echo(f"{report['path']}: onnxruntime matches PyTorch, max abs diff {report['max_abs_diff']:.3g} "
+                   f"({report['relative']:.3g} of the output scale; tolerance {tolerance:g}); opset {report['opset']}, "
+                   f"{report['exporter']} exporter, {report['bytes'] / 1e6:.1f} MB")
+
+
+@app.command(
+    "bench",
+    epilog="Example: cvtool bench mobilenet_v3_small yolo --batch-size 1,8 --backend torch,onnxruntime",
+)
+def bench_cmd(
+    targets: Optional[List[str]] = typer.Argument(None, metavar="[TASK|MODEL...]", help="Model names, or tasks "
+                                                  "(classify, detect, segment, stylize: their bench model). "
+                                                  "Default: one model per task."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
+    batch_size: str = typer.Option("1", "--batch-size", "-b", help="Batch size(s), comma-separated: 1,8."),
+    img_size: Optional[int] = typer.Option(None, "--img-size", min=8, help="Input side. Default: the model's own; "
+                                           "256 for models that take any size."),
+    backend: str = typer.Option("torch,onnxruntime", "--backend", help="torch, onnxruntime, or both (comma-separated)."),
+    iters: int = typer.Option(20, "--iters", "-n", min=1, help="Timed forward passes per measurement."),
+    warmup: int = typer.Option(3, "--warmup", min=0, help="Untimed passes first."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for both backends "
+                                          "(default: PyTorch's, one per core)."),
+    fmt: Optional[ListFormat] = typer.Option(None, "--format", "-f", help="table or json (default: table on a terminal)."),
+) -> None:
+    """Time forward passes: ms per image (median, IQR), images/s and peak memory, PyTorch and onnxruntime side by side."""
+    with exits_cleanly():
+        from cvtool import bench
+
+        try:
+            sizes = [int(b) for b in _csv(batch_size)]
+        except ValueError:
+            raise UsageError(f"--batch-size {batch_size!r}: give whole numbers, e.g. 1,8") from None
+        if not sizes or min(sizes) < 1:
+            raise UsageError(f"--batch-size {batch_size!r}: give whole numbers of at least 1")
+        report = bench.run_bench(targets or None, backends=_csv(backend), batch_sizes=sizes, img_size=img_size,
+                                 device=device, iters=iters, warmup=warmup, threads=threads, on_case=info)
+        if _wants_json(fmt):
+            import json
+
+            typer.echo(json.dumps(report, indent=2))
+        else:
+            bench.print_table(report)
 
 
 @train_app.command(
