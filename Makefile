@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test bench bench-startup bench-throughput bench-bad-inputs bench-segment bench-detect eval-train eval-segment eval-style eval-detect eval-face-port sample-images lenet-digits clean
+.PHONY: install demo test bench bench-startup bench-throughput bench-bad-inputs bench-segment bench-detect eval-train eval-segment eval-style eval-detect eval-face-port eval-face-landmarks sample-images lenet-digits clean
 
 ## install: a virtual environment in .venv with cvtool (editable) and the dev tools
 install:
@@ -39,6 +39,10 @@ bench-detect:
 ## eval-style: style-transfer speed, and a contact sheet from ../shared/datasets/style (a few minutes)
 eval-style:
 	$(BIN)/python bench/eval_style.py
+
+## eval-face-landmarks: dlib landmark predictors and face chips, ported: agreement with dlib and speed (needs dlib-bin)
+eval-face-landmarks:
+	$(BIN)/python bench/face_landmarks.py
 
 ## eval-detect: the YOLO-style detector on the raccoon set (needs ../shared; CPU, several minutes)
 eval-detect:

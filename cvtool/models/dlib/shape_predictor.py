@@ -382,18 +382,6 @@ def _cache_name(path: Path) -> str:
 # ------------------------------------------------------------------------------------------- prediction
 
 
-def intensity(image: np.ndarray) -> np.ndarray:
-    """dlib's get_pixel_intensity: gray as is; RGB -> (R + G + B) // 3 in integers."""
-    image = np.asarray(image)
-    if image.dtype != np.uint8:
-        raise ValueError(f"expected a uint8 image, got {image.dtype}")
-    if image.ndim == 2:
-        return image
-    if image.ndim == 3 and image.shape[2] == 3:
-        return (image.astype(np.uint16).sum(axis=2) // 3).astype(np.uint8)
-    raise ValueError(f"expected an HxW or HxWx3 image, got shape {image.shape}")
-
-
 def _similarity_m(initial: np.ndarray, current: np.ndarray) -> np.ndarray:
     """The 2x2 part of dlib's find_similarity_transform(initial -> current) per face (Umeyama), in double.
 
@@ -433,18 +421,22 @@ def _box_map(points: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 def predict(model: ShapePredictor, image: np.ndarray, boxes) -> np.ndarray:
     """Landmarks for each box (l, t, r, b, inclusive, dlib convention) as an (N, P, 2) int64 array of (x, y).
 
+    `image` is uint8 gray (HxW) or RGB (HxWx3); RGB pixels count as (R + G + B) // 3, as in dlib.
+
     Vectorised over faces and over the trees of a cascade; the leaf increments are still added one
     tree after another in float32 (a cumulative sum), because dlib's sequential order decides roundings.
     """
-    gray = intensity(image)
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
+        raise ValueError(f"expected a uint8 HxW or HxWx3 image, got {image.dtype} {image.shape}")
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     faces = len(boxes)
     parts = model.num_parts
     if not faces:
         return np.zeros((0, parts, 2), np.int64)
     boxes = np.floor(boxes + 0.5)  # dlib rectangles are integer
-    height, width = gray.shape
-    flat = gray.reshape(-1).astype(np.float32)
+    height, width = image.shape[:2]
+    flat = image.reshape(height * width, -1)  # intensities are computed only at the sampled pixels
     current = np.repeat(model.initial_shape[None], faces, axis=0)  # (N, P, 2) float32
     cascades, trees, splits, _ = model.split_idx.shape
     depth = int(np.log2(splits + 1))
@@ -459,7 +451,9 @@ def predict(model: ShapePredictor, image: np.ndarray, boxes) -> np.ndarray:
         pix = _box_map(np.stack([qx, qy], axis=-1), boxes)  # (N, F, 2)
         inside = (pix[..., 0] >= 0) & (pix[..., 0] < width) & (pix[..., 1] >= 0) & (pix[..., 1] < height)
         where = np.where(inside, pix[..., 1] * width + pix[..., 0], 0)
-        feat = np.where(inside, flat[where], np.float32(0))  # (N, F) float32
+        sampled = flat[where]  # (N, F, 1 or 3) uint8
+        value = sampled[..., 0] if sampled.shape[-1] == 1 else sampled.sum(axis=-1, dtype=np.uint16) // 3
+        feat = np.where(inside, value.astype(np.float32), np.float32(0))  # (N, F) float32
         node = np.zeros((faces, trees), np.int64)
         idx, thresh = model.split_idx[c], model.split_thresh[c]
         for _ in range(depth):
