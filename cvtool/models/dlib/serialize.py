@@ -36,6 +36,8 @@ class DlibReader:
         return WeightsError(f"{self.source}: not the expected dlib model file ({reason} at byte {self.pos})")
 
     def _take(self, n: int) -> memoryview:
+        if n < 0:
+            raise self.fail(f"negative length {n}")
         if self.pos + n > len(self.data):
             raise self.fail("file ends early")
         chunk = self.data[self.pos : self.pos + n]
@@ -82,7 +84,8 @@ class DlibReader:
     def expect_string(self, *expected: str) -> str:
         value = self.string()
         if value not in expected:
-            raise self.fail(f"record {value!r}, expected {' or '.join(map(repr, expected))}")
+            shown = value if len(value) <= 40 else value[:40] + "..."  # a wrong file can hold megabytes here
+            raise self.fail(f"record {shown!r}, expected {' or '.join(map(repr, expected))}")
         return value
 
     def matrix(self) -> np.ndarray:
