@@ -48,10 +48,38 @@ class Face:
 
 # -- detectors: name -> factory(device) -> object with .detect(list of RGB uint8) -> [[(l, t, r, b, score)]]
 
-def _mmod(device, upsample):
-    from cvtool.models.face_mmod import load_mmod_detector
+class _AutoUpsampleMmod:
+    """dlib's CNN finds faces from about 80 px (40 px upsampled once): small images are enlarged once by
+    default, and very large ones are searched at a reduced size (faces there are big), boxes mapped back."""
 
-    return load_mmod_detector(device=device, upsample=upsample)
+    SMALL_SIDE = 1000
+    LARGE_SIDE = 2000
+
+    def __init__(self, device, upsample: int | None):
+        from cvtool.models.face_mmod import MmodFaceDetector
+
+        self.detector = MmodFaceDetector.pretrained(device)
+        self.upsample = upsample
+
+    def detect(self, images: list[np.ndarray]) -> list[list[tuple]]:
+        import cv2
+
+        found = []
+        for rgb in images:  # sizes differ per photo, so each is its own canvas anyway
+            side = max(rgb.shape[:2])
+            scale = 1.0
+            if self.upsample is None and side > self.LARGE_SIDE:
+                scale = self.LARGE_SIDE / side
+                rgb = cv2.resize(rgb, (round(rgb.shape[1] * scale), round(rgb.shape[0] * scale)),
+                                 interpolation=cv2.INTER_AREA)
+            upsample = self.upsample if self.upsample is not None else int(side <= self.SMALL_SIDE)
+            boxes = self.detector.detect([rgb], upsample=upsample)[0]
+            found.append([(l / scale, t / scale, r / scale, b / scale, score) for l, t, r, b, score in boxes])
+        return found
+
+
+def _mmod(device, upsample):
+    return _AutoUpsampleMmod(device, upsample)
 
 
 def _haar(device, upsample):
@@ -75,7 +103,7 @@ class FaceEngine:
         self.embedder = embedder
         self.detector_name = detector
         self.detector = FACE_DETECTORS[detector](embedder.device, upsample)
-        self.landmarks = load_shape_predictor("shape_predictor_5_face_landmarks.dat")
+        self.landmarks = load_shape_predictor("5")
         self.threshold = threshold if threshold is not None else embedder_threshold(embedder)
         self.max_pixels = max_pixels
 
