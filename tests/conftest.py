@@ -15,11 +15,18 @@ SAMPLES = ROOT / "sample_images"
 SHARED = ROOT.parent / "shared" / "datasets"
 
 
+@pytest.fixture(scope="session")
+def _converted_models_cache(tmp_path_factory) -> Path:
+    """One cvtool cache per test session: dlib's models are converted once, never into the user's ~/.cache."""
+    return tmp_path_factory.mktemp("cvtool_cache")
+
+
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
+def _isolated_cache(tmp_path_factory, monkeypatch, _converted_models_cache):
     """Every test gets its own empty weights cache and never reaches a real download host."""
     home = tmp_path_factory.mktemp("torch_home")
     monkeypatch.setenv("TORCH_HOME", str(home))
+    monkeypatch.setenv("CVTOOL_CACHE", str(_converted_models_cache))
     monkeypatch.setenv("CVTOOL_NO_PROGRESS", "1")
     monkeypatch.delenv("CVTOOL_OFFLINE", raising=False)
     monkeypatch.delenv("CVTOOL_WEIGHTS_MIRROR", raising=False)
