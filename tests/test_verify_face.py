@@ -178,3 +178,31 @@ def test_calibrate_fits_a_threshold_on_labelled_pairs(tmp_path):
     assert report["accuracy"] == 1.0 and report["roc_auc"] == 1.0
     assert report["same_distance_max"] < report["threshold"] < report["different_distance_min"]
     assert "missing.jpg" in result.stderr and "pair skipped" in result.stderr
+
+
+@needs_faces
+def test_haar_detector_is_the_fast_alternative():
+    result = run_cli("verify-face", str(FACES / "obama" / "obama1.jpg"), str(FACES / "obama" / "obama3.jpg"),
+                     "--detector", "haar", "--format", "jsonl")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["result"]["detector"] == "haar"
+
+
+@needs_faces
+def test_detect_face_model_gives_68_landmarks_in_their_places(tmp_path):
+    result = run_cli("detect", str(MULTI / "obama_and_biden.jpg"), "--model", "face", "--keypoints",
+                     "--format", "jsonl", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    detections = json.loads(result.stdout)["result"]["detections"]
+    # Biden, Obama, and a girl at the lower right whom the file's provenance does not mention
+    assert len(detections) == 3 and {d["label"] for d in detections} == {"face"}
+    assert sorted(round(d["box"][0], -2) for d in detections) == [700, 1200, 1600]
+    for det in detections:
+        x1, y1, x2, y2 = det["box"]
+        points = np.array(det["keypoints"])[:, :2]
+        assert points.shape == (68, 2)
+        eyes_y, mouth_y, chin_y = points[36:48, 1].mean(), points[48:68, 1].mean(), points[8, 1]
+        assert eyes_y < mouth_y < chin_y  # iBUG order: eyes, then lips, then the chin (jaw point 8)
+        inside = (points[:, 0] > x1 - 0.2 * (x2 - x1)) & (points[:, 0] < x2 + 0.2 * (x2 - x1))
+        assert inside.all()
+    assert (tmp_path / "obama_and_biden.detect.jpg").is_file()

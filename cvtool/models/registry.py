@@ -116,6 +116,7 @@ _BUILTIN_MODULES = [
     "cvtool.models.torchvision_detectors",
     "cvtool.models.face_resnet",
     "cvtool.models.face_mmod",
+    "cvtool.models.face_landmarks",
 ]
 _loaded_modules: set[str] = set()
 
