@@ -126,6 +126,9 @@ def graph_for(loaded, img_size: int | None = None) -> ExportGraph:
         name = "logits" if loaded.task == "segment" else "image"
         return ExportGraph(_tensor_module(net), channels, (img_size, img_size) if img_size else None, multiple, [name],
                            pre)
+    if loaded.task == "face-embed":  # a face chip of a fixed size in, a descriptor out
+        size = img_size or pre.crop_size or (pre.resize_size if pre.resize_mode == "exact" else None)
+        return ExportGraph(_tensor_module(net), channels, (size, size) if size else None, 1, ["embedding"], pre)
     raise UsageError(f"{loaded.name}: {loaded.task} models do not export to ONNX yet")
 
 

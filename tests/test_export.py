@@ -146,3 +146,13 @@ def test_bad_targets_fail_with_one_line(tmp_path):
     assert no_weights.exit_code == 2 and "unet has no default weights" in no_weights.stderr
     wrong_format = export("lenet5_digits", "--format", "tflite")
     assert wrong_format.exit_code == 2 and "onnx is the only export format" in wrong_format.stderr
+
+
+def test_face_embedder_exports_at_its_chip_size(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "face.pt", "face_embed_small")
+    out = tmp_path / "face.onnx"
+    result = export(ckpt, "--out", out, "--dynamic-batch")
+    assert result.exit_code == 0, result.output
+    assert metadata(out)["task"] == "face-embed" and metadata(out)["input"]["size"] == [96, 96]
+    emb = session(out).run(None, {"input": np.random.default_rng(2).random((3, 3, 96, 96), dtype=np.float32)})[0]
+    assert emb.shape[0] == 3 and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)  # unit-length descriptors
