@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test bench bench-startup bench-throughput bench-bad-inputs bench-segment bench-detect bench-onnx eval-train eval-segment eval-style eval-detect eval-face-port eval-face-landmarks sample-images lenet-digits clean
+.PHONY: install demo test bench bench-startup bench-throughput bench-bad-inputs bench-segment bench-detect bench-video bench-onnx eval-train eval-segment eval-style eval-detect eval-face-port eval-face-landmarks sample-images lenet-digits clean
 
 ## install: a virtual environment in .venv with cvtool (editable) and the dev tools
 install:
@@ -19,7 +19,7 @@ test:
 	$(BIN)/python -m pytest -q -m "not slow"
 
 ## bench: every measured figure quoted in the README, written to bench/results/
-bench: bench-startup bench-throughput bench-bad-inputs bench-segment bench-detect bench-onnx
+bench: bench-startup bench-throughput bench-bad-inputs bench-segment bench-detect bench-video bench-onnx
 
 bench-startup:
 	$(BIN)/python bench/startup.py
@@ -35,6 +35,10 @@ bench-segment:
 
 bench-detect:
 	$(BIN)/python bench/detect_speed.py
+
+## bench-video: a generated 1-minute 720p video through detect and segment: frames/s and RSS, start vs end (a few minutes)
+bench-video:
+	$(BIN)/python bench/video_run.py
 
 ## bench-onnx: onnxruntime vs PyTorch eager on the CPU, batch 1 and 8 (a few minutes)
 bench-onnx:

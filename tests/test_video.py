@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from cvtool.cli import app
 from cvtool.io.render import class_palette, draw_detections
-from tests.conftest import jsonl
+from conftest import jsonl
 
 FPS = 10.0
 SIZE = (64, 48)  # width, height

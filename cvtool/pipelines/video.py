@@ -99,8 +99,8 @@ def supports_video(pipeline: Pipeline) -> bool:
 def run_video(pipeline: Pipeline, path: str, *, batch_size: int = 16, stride: int = 1,
               out_dir=None) -> Iterator[dict]:
     """One record per kept frame (`frame`, `time_s` beside the usual fields); with `out_dir` the
-    rendered frames go to one video written atomically (an interrupted run leaves no file). A video
-    that cannot be read, or that fails part-way, ends with one error record; the batch goes on."""
+    rendered frames go to one video written atomically (an interrupted video file leaves none). A
+    video that cannot be read, or that fails part-way, ends with one error record; the batch goes on."""
     if not supports_video(pipeline):
         yield error_record(path, getattr(pipeline, "no_video_reason", f"{pipeline.task} does not take videos"))
         return
@@ -138,8 +138,14 @@ def run_video(pipeline: Pipeline, path: str, *, batch_size: int = 16, stride: in
     except CvtoolError as exc:
         _discard(writer)
         failure = exc.reason if frames == 0 else (
-            f"{exc.reason} (at frame {frames}{'; no video written' if target is not None else ''})")
-    except BaseException:  # Ctrl-C, a bug, or the reader of our records went away: no partial video
+            f"{exc.reason} (after {frames} frames{'; no video written' if target is not None else ''})")
+    except (KeyboardInterrupt, GeneratorExit):  # Ctrl-C or a closed stdout: no partial video of a file, but a
+        if live and writer is not None:  # camera has no other end, so its video so far is kept
+            writer.close()
+        else:
+            _discard(writer)
+        raise
+    except BaseException:  # a bug: no partial video
         _discard(writer)
         raise
     finally:
