@@ -206,3 +206,10 @@ def test_detect_face_model_gives_68_landmarks_in_their_places(tmp_path):
         inside = (points[:, 0] > x1 - 0.2 * (x2 - x1)) & (points[:, 0] < x2 + 0.2 * (x2 - x1))
         assert inside.all()
     assert (tmp_path / "obama_and_biden.detect.jpg").is_file()
+
+
+def test_a_face_mostly_cut_off_by_the_frame_gives_way_to_a_whole_one():
+    edge = face.Face((-110, 140, 174, 421), 1.0, np.zeros((5, 2)), visible=0.6)
+    subject = face.Face((866, 253, 1149, 536), 1.0, np.zeros((5, 2)))
+    assert face.choose_face([edge, subject], None, "talk.jpg") is subject
+    assert face.choose_face([edge], None, "talk.jpg") is edge  # alone, it is still the face

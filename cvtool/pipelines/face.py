@@ -26,6 +26,7 @@ TASK = "verify-face"
 DEFAULT_EMBEDDER = "dlib_face_resnet"
 DLIB_THRESHOLD = 0.6  # the dist_thresh dlib's metric loss was trained with (stored in the model file)
 AMBIGUOUS_AREA_RATIO = 0.5  # a second face at least this large (by area) makes "the face" ambiguous
+MOSTLY_VISIBLE = 2 / 3  # faces cut more than this by the frame are chosen only when no whole face exists
 UNKNOWN = "unknown"
 
 
@@ -35,6 +36,7 @@ class Face:
     score: float
     landmarks: np.ndarray  # 5 x 2, image pixels
     descriptor: np.ndarray | None = None
+    visible: float = 1.0  # the fraction of the box inside the image
 
     @property
     def area(self) -> float:
@@ -127,8 +129,8 @@ class FaceEngine:
                 continue
             rects = np.array([b[:4] for b in boxes], dtype=np.float64)
             points = self.landmarks.predict(rgb, rects)
-            faces = [Face(tuple(float(v) for v in b[:4]), float(b[4]), np.asarray(p, dtype=np.float64))
-                     for b, p in zip(boxes, points)]
+            faces = [Face(tuple(float(v) for v in b[:4]), float(b[4]), np.asarray(p, dtype=np.float64),
+                          visible=_visible_fraction(b[:4], rgb.shape)) for b, p in zip(boxes, points)]
             found.append(sorted(faces, key=lambda f: (f.box[0], f.box[1])))
         return found
 
@@ -157,6 +159,14 @@ class FaceEngine:
         return faces
 
 
+def _visible_fraction(box, shape) -> float:
+    left, top, right, bottom = box
+    h, w = shape[:2]
+    area = max(0.0, right - left) * max(0.0, bottom - top)
+    inside = max(0.0, min(right, w) - max(left, 0)) * max(0.0, min(bottom, h) - max(top, 0))
+    return inside / area if area > 0 else 0.0
+
+
 def embedder_threshold(embedder: LoadedModel) -> float:
     """The distance below which two faces are the same person, as the embedder's training chose it."""
     meta = getattr(embedder, "meta", None) or {}
@@ -165,7 +175,10 @@ def embedder_threshold(embedder: LoadedModel) -> float:
 
 
 def choose_face(faces: list[Face], index: int | None, path: str) -> Face:
-    """The face to compare: --face-index, else the clearly largest one; ambiguity is an error, not a guess."""
+    """The face to compare: --face-index, else the clearly largest one; ambiguity is an error, not a guess.
+
+    A face mostly cut off by the frame (a bystander at the edge) is passed over when a whole one exists.
+    """
     if not faces:
         raise InputError("no face found", path)
     if index is not None:
@@ -173,10 +186,11 @@ def choose_face(faces: list[Face], index: int | None, path: str) -> Face:
             raise InputError(f"--face-index {index}: only {len(faces)} face(s) found (numbered from 0, left to right)",
                              path)
         return faces[index]
-    by_area = sorted(faces, key=lambda f: f.area, reverse=True)
+    whole = [f for f in faces if f.visible >= MOSTLY_VISIBLE]
+    by_area = sorted(whole or faces, key=lambda f: f.area, reverse=True)
     if len(by_area) > 1 and by_area[1].area >= AMBIGUOUS_AREA_RATIO * by_area[0].area:
-        boxes = "; ".join(f"{i}: {[int(v) for v in f.box]}" for i, f in enumerate(faces))
-        raise InputError(f"{len(faces)} faces of similar size ({boxes}); choose one with --face-index N", path)
+        boxes = "; ".join(f"{i}: {[int(v) for v in f.box]}" for i, f in enumerate(faces) if f in by_area)
+        raise InputError(f"{len(by_area)} faces of similar size ({boxes}); choose one with --face-index N", path)
     return by_area[0]
 
 
