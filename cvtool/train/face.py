@@ -1,0 +1,410 @@
+"""`cvtool train face`: an embedding network trained so that one person's faces lie close together.
+
+Data is one folder per identity. Training batches are P identities x K images (so every anchor has
+positives and negatives in its own batch for online triplet mining, cvtool.ops.triplet); `--loss
+binary` instead trains the Siamese logistic unit on every same/different pair of the batch.
+Validation holds out whole identities (a verifier meets people it never saw): every same/different
+pair of their images is scored by embedding distance, giving ROC AUC, and the distance threshold with
+the best accuracy, which goes into the checkpoint (`threshold`) for `cvtool verify-face`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from cvtool.errors import UsageError
+from cvtool.models.registry import ModelEntry
+from cvtool.ops.preprocess import Preprocess
+from cvtool.ops.triplet import binary_pair_loss, pairwise_distances, triplet_loss
+from cvtool.train.datasets import DataError, LabelledImages
+from cvtool.train.engine import Trainer
+
+TASK = "face-embed"
+LOSSES = ("triplet", "binary")
+MINING = {"semi-hard": "semi_hard", "hard": "batch_hard"}  # CLI spelling -> cvtool.ops.triplet's
+
+
+# -- data ---------------------------------------------------------------------------------------
+
+def open_identity_folders(root: str | Path) -> LabelledImages:
+    """One sub-folder of images per person (ImageFolder layout); each person needs 2+ images."""
+    from cvtool.train.datasets import _image_files
+
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError("no such directory (expected one sub-folder of face images per person)", root)
+    folders = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    files = {d.name: _image_files(d) for d in folders}
+    files = {name: found for name, found in files.items() if found}
+    if len(files) < 2:
+        found = f"only one identity ({next(iter(files))!r})" if files else "no identity folders with images"
+        raise DataError(f"{found}; face training needs one sub-folder of images per person, for several people", root)
+    _require_pairs({name: len(found) for name, found in files.items()}, root)
+    sources, labels = [], []
+    for index, name in enumerate(files):
+        sources += files[name]
+        labels += [index] * len(files[name])
+    return LabelledImages(sources, labels, list(files), str(root))
+
+
+def _require_pairs(counts: dict[str, int], origin) -> None:
+    single = [name for name, n in counts.items() if n < 2]
+    if single:
+        raise DataError(f"identit{'y' if len(single) == 1 else 'ies'} with a single image: {', '.join(single[:5])}; "
+                        "each person needs at least 2 images (a same-person pair)", origin)
+
+
+def split_identities(n_identities: int, fraction: float, seed: int, origin=None) -> tuple[list[int], list[int]]:
+    """(train, val) identity indices: whole people held out, at least 2 on each side."""
+    if not 0 < fraction < 1:
+        raise UsageError(f"--val-split must be between 0 and 1, got {fraction}")
+    n_val = max(2, round(n_identities * fraction))
+    if n_identities - n_val < 2:
+        raise DataError(f"{n_identities} identities are too few to hold {n_val} out and train on the rest; "
+                        "need at least 4 people", origin)
+    order = np.random.default_rng(seed).permutation(n_identities)
+    return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
+
+
+def subset_identities(data: LabelledImages, identities: list[int]) -> LabelledImages:
+    keep = set(identities)
+    return data.subset([i for i, label in enumerate(data.labels) if label in keep])
+
+
+class PKBatchSampler:
+    """Batches of P distinct identities x K images each, for in-batch triplet mining.
+
+    Identities are visited in shuffled order, refilled with a new permutation when fewer than P remain
+    (so every person appears about equally often); each picks K of its images without replacement, or
+    all of them plus random repeats when it has fewer than K. An epoch is as many batches as make up
+    about one pass over the images. All randomness comes from `generator`, which the engine seeds per
+    epoch, so a resumed run draws the same batches."""
+
+    def __init__(self, labels: list[int], p: int, k: int, batches: int | None = None,
+                 generator: torch.Generator | None = None):
+        self.by_identity: dict[int, list[int]] = {}
+        for index, label in enumerate(labels):
+            self.by_identity.setdefault(int(label), []).append(index)
+        if len(self.by_identity) < 2:
+            raise UsageError("P x K batches need at least 2 identities")
+        if k < 2:
+            raise UsageError("--images-per-identity must be at least 2 (an anchor and a positive)")
+        self.p, self.k = min(p, len(self.by_identity)), k
+        self.batches = batches or max(1, round(len(labels) / (self.p * self.k)))
+        self.generator = generator
+
+    def __len__(self) -> int:
+        return self.batches
+
+    def __iter__(self):
+        identities = list(self.by_identity)
+        queue: list[int] = []
+        for _ in range(self.batches):
+            chosen: list[int] = []
+            while len(chosen) < self.p:
+                if not queue:
+                    queue = [identities[i] for i in torch.randperm(len(identities), generator=self.generator).tolist()]
+                candidate = queue.pop(0)
+                if candidate not in chosen:
+                    chosen.append(candidate)
+                else:  # seen in this batch already (the refill began again): keep it for a later batch
+                    queue.append(candidate)
+            batch = []
+            for identity in chosen:
+                members = self.by_identity[identity]
+                order = torch.randperm(len(members), generator=self.generator).tolist()
+                if len(members) < self.k:
+                    extra = torch.randint(len(members), (self.k - len(members),), generator=self.generator).tolist()
+                    order += extra
+                batch += [members[i] for i in order[: self.k]]
+            yield batch
+
+
+# -- verification scores -------------------------------------------------------------------------
+
+def pair_distances(embeddings: torch.Tensor | np.ndarray, labels) -> tuple[np.ndarray, np.ndarray]:
+    """Euclidean distance and same-person flag of every unordered pair i < j."""
+    emb = torch.as_tensor(np.asarray(embeddings, dtype=np.float32))
+    lab = np.asarray(labels)
+    i, j = np.triu_indices(len(lab), k=1)
+    d = pairwise_distances(emb).numpy()[i, j].astype(np.float64)
+    return d, lab[i] == lab[j]
+
+
+def best_threshold(distances: np.ndarray, same: np.ndarray) -> tuple[float, float]:
+    """(threshold, accuracy): the distance t maximising the accuracy of 'same person iff d < t', placed
+    midway between neighbouring distinct distances (ties go to the smaller t)."""
+    order = np.argsort(distances, kind="stable")
+    d, s = distances[order], same[order].astype(np.int64)
+    n, positives = len(d), int(s.sum())
+    # predicting "same" for the k closest pairs: correct = same among them + different among the rest
+    k = np.arange(n + 1)
+    same_below = np.concatenate([[0], np.cumsum(s)])
+    correct = same_below + (n - k) - (positives - same_below)
+    allowed = np.ones(n + 1, dtype=bool)
+    allowed[1:n] = d[1:] > d[:-1]  # a cut between equal distances is not a threshold
+    correct = np.where(allowed, correct, -1)
+    best = int(np.argmax(correct))
+    if best == 0:
+        threshold = d[0] - 1e-6 if n else 0.0
+    elif best == n:
+        threshold = d[-1] + 1e-6
+    else:
+        threshold = (d[best - 1] + d[best]) / 2
+    return float(threshold), float(correct[best] / max(1, n))
+
+
+def accuracy_at(distances: np.ndarray, same: np.ndarray, threshold: float) -> float:
+    return float(np.mean((distances < threshold) == same)) if len(distances) else 0.0
+
+
+def verification_report(distances: np.ndarray, same: np.ndarray) -> dict:
+    """ROC AUC (scikit-learn), the best threshold and its accuracy, and the pair counts."""
+    from sklearn.metrics import roc_auc_score
+
+    threshold, accuracy = best_threshold(distances, same)
+    both = bool(same.any() and (~same).any())
+    return {
+        "auc": float(roc_auc_score(same, -distances)) if both else float("nan"),
+        "accuracy": accuracy,
+        "threshold": threshold,
+        "same_pairs": int(same.sum()),
+        "different_pairs": int((~same).sum()),
+    }
+
+
+def save_roc(distances: np.ndarray, same: np.ndarray, threshold: float, path: Path, title: str = "") -> str:
+    """The ROC curve of 'same person iff distance < t' over t, with the chosen threshold marked."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    from cvtool.train.plots import _figure, _save
+
+    fpr, tpr, _ = roc_curve(same, -distances)
+    predicted = distances < threshold
+    point = (float(predicted[~same].mean()), float(predicted[same].mean()))
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot(fpr, tpr, label=f"AUC {roc_auc_score(same, -distances):.4f}")
+    ax.plot([0, 1], [0, 1], linestyle=":", color="grey", label="chance")
+    ax.plot(*point, "o", color="C3", label=f"threshold {threshold:.3f}")
+    ax.set(xlabel="false accept rate", ylabel="true accept rate", xlim=(0, 1), ylim=(0, 1.01),
+           title=title or "verification ROC (held-out identities, all pairs)")
+    ax.legend(loc="lower right")
+    return _save(fig, path)
+
+
+# -- the task -------------------------------------------------------------------------------------
+
+@dataclass
+class EmbeddingState:
+    embeddings: list = field(default_factory=list)
+    labels: list = field(default_factory=list)
+
+
+class FaceTask:
+    """Loss on a batch's embeddings and identity labels; metrics on all pairs of the held-out people."""
+
+    name = TASK
+
+    def __init__(self, entry: ModelEntry, preprocess: Preprocess, build, *, loss: str, margin: float, mining: str,
+                 checkpoint_extra: dict):
+        if loss not in LOSSES:
+            raise UsageError(f"unknown --loss {loss!r}; choose from {', '.join(LOSSES)}")
+        self.entry, self.preprocess, self._build = entry, preprocess, build
+        self.loss_name, self.margin, self.mining = loss, margin, mining
+        self.checkpoint_extra = checkpoint_extra  # the engine's extra_fields: the threshold is written here
+        self.model: nn.Module | None = None
+        self.last_report: dict | None = None
+
+    def build_model(self) -> nn.Module:
+        self.model = self._build()
+        return self.model
+
+    def loss(self, outputs, targets):
+        if self.loss_name == "binary":
+            return binary_pair_loss(outputs, targets, self.model.pair_head)
+        return triplet_loss(outputs, targets, self.margin, self.mining)
+
+    def start_metrics(self) -> EmbeddingState:
+        return EmbeddingState()
+
+    def update_metrics(self, state: EmbeddingState, outputs, targets) -> None:
+        state.embeddings.append(outputs.float().cpu())
+        state.labels.append(targets.cpu())
+
+    def finish_metrics(self, state: EmbeddingState) -> dict[str, float]:
+        distances, same = pair_distances(torch.cat(state.embeddings), torch.cat(state.labels).numpy())
+        report = verification_report(distances, same)
+        self.last_report = report
+        # Saved with this epoch's checkpoints (best.pt and last.pt), so each carries its own threshold.
+        self.checkpoint_extra["threshold"] = report["threshold"]
+        self.checkpoint_extra["verification"] = {
+            "distance": "euclidean", "same_if": "distance < threshold",
+            "chosen_on": "all pairs of the held-out validation identities", **report,
+        }
+        return {"auc": report["auc"], "accuracy": report["accuracy"], "threshold": report["threshold"]}
+
+    def checkpoint_fields(self) -> dict:
+        return {"arch": self.entry.name, "task": TASK, "classes": None, "preprocess": self.preprocess.to_dict()}
+
+
+class _PKTrainer(Trainer):
+    """The engine with P x K training batches: only the training loader differs."""
+
+    def __init__(self, *args, p: int, k: int, **kwargs):
+        self._pk = (p, k)
+        super().__init__(*args, **kwargs)
+
+    def _loader(self, dataset, *, shuffle: bool, batch_size: int):
+        if not shuffle:
+            return super()._loader(dataset, shuffle=shuffle, batch_size=batch_size)
+        sampler = PKBatchSampler(dataset.data.labels, *self._pk, generator=self._shuffle_generator)
+        return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=self.cfg.workers,
+                                           pin_memory=self.on_cuda, persistent_workers=self.cfg.workers > 0,
+                                           generator=self._shuffle_generator)
+
+
+# -- the recipe -----------------------------------------------------------------------------------
+
+@dataclass
+class FaceTrainArgs:
+    """What `cvtool train face` was asked; stored in every checkpoint so --resume needs nothing else."""
+
+    data: str
+    arch: str = "face_embed_small"
+    loss: str = "triplet"
+    margin: float = 0.2
+    mining: str = "semi-hard"
+    identities_per_batch: int = 8
+    images_per_identity: int = 4
+    img_size: int | None = None
+    val_split: float = 0.25
+    hflip: bool = True
+
+
+def resumed_arguments(run_dir: Path, epochs: int | None):
+    from cvtool.train.engine import stored_run
+
+    args, cfg = stored_run(run_dir, epochs)
+    return FaceTrainArgs(**args), cfg
+
+
+def default_lr(arch: str) -> float:
+    """Smaller steps when fine-tuning an embedder that comes with weights than when starting from scratch."""
+    from cvtool.models.registry import get_entry
+
+    return 1e-4 if get_entry(arch, TASK).weights is not None else 1e-3
+
+
+def _preprocess(entry: ModelEntry, img_size: int | None) -> Preprocess:
+    base = entry.preprocess()
+    native = base.crop_size or base.resize_size
+    if not img_size or img_size == native:
+        return base
+    if entry.weights is not None:
+        raise UsageError(f"{entry.name} is fine-tuned from its weights at {native} px; drop --img-size")
+    return Preprocess(**{**base.to_dict(), "crop_size": img_size, "resize_size": img_size})
+
+
+def _arch_kwargs(entry: ModelEntry, loss: str) -> dict:
+    if loss != "binary":
+        return {}
+    if "pair_head" not in inspect.signature(entry.builder).parameters:
+        raise UsageError(f"--loss binary needs an embedder with a pair head (face_embed_small); {entry.name} has none")
+    return {"pair_head": True}
+
+
+def _build(entry: ModelEntry, arch_kwargs: dict, progress: bool):
+    """Fresh for embedders without weights; entries with weights (dlib's ResNet) are fine-tuned from them."""
+    def build() -> nn.Module:
+        model = entry.build(**arch_kwargs)
+        if entry.weights is not None:
+            from cvtool.models.checkpoint import apply_state_dict, load_weights_file
+
+            loaded = load_weights_file(entry.weights.local_path(progress=progress))
+            apply_state_dict(model, loaded.state_dict, source=str(loaded.path), model_name=entry.name)
+        return model
+
+    return build
+
+
+def prepare_data(args: FaceTrainArgs, preprocess: Preprocess, seed: int, on_skip=None):
+    """(train, val, skipped): decoded once, split by identity; bad files dropped and reported."""
+    from cvtool.train.datasets import decode_all
+
+    data = open_identity_folders(args.data)
+    train_ids, val_ids = split_identities(len(data.classes), args.val_split, seed, args.data)
+    data = decode_all(data, preprocess.resize_size, on_skip)
+    _require_pairs({name: data.labels.count(i) for i, name in enumerate(data.classes)}, args.data)
+    return subset_identities(data, train_ids), subset_identities(data, val_ids), data.skipped
+
+
+@torch.inference_mode()
+def embed_all(model: nn.Module, dataset, device, batch_size: int = 128) -> np.ndarray:
+    model.eval()
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
+    return torch.cat([model(x.to(device)).float().cpu() for x, _ in loader]).numpy()
+
+
+def run_training(args: FaceTrainArgs, cfg, run_dir: Path, device, *, resume: bool = False, callbacks=None,
+                 on_skip=None, progress: bool = True) -> dict:
+    """Train (or resume) an embedder into `run_dir`; return the summary also written to summary.json."""
+    from cvtool.io.atomic import atomic_write_text
+    from cvtool.models.registry import get_entry
+    from cvtool.train import plots
+    from cvtool.train.datasets import Augment, ClassificationDataset
+
+    start = time.perf_counter()
+    if args.mining not in MINING:
+        raise UsageError(f"unknown --mining {args.mining!r}; choose from {', '.join(MINING)}")
+    if args.loss not in LOSSES:
+        raise UsageError(f"unknown --loss {args.loss!r}; choose from {', '.join(LOSSES)}")
+    entry = get_entry(args.arch, TASK)
+    preprocess = _preprocess(entry, args.img_size)
+    arch_kwargs = _arch_kwargs(entry, args.loss)
+    train_data, val_data, skipped = prepare_data(args, preprocess, cfg.seed, on_skip)
+    extra = {"arch_kwargs": arch_kwargs, "train_identities": sorted({train_data.classes[i] for i in train_data.labels}),
+             "val_identities": sorted({val_data.classes[i] for i in val_data.labels})}
+    task = FaceTask(entry, preprocess, _build(entry, arch_kwargs, progress), loss=args.loss, margin=args.margin,
+                    mining=MINING[args.mining], checkpoint_extra=extra)
+    val_set = ClassificationDataset(val_data, preprocess)
+    trainer = _PKTrainer(
+        task, ClassificationDataset(train_data, preprocess, Augment(hflip=args.hflip)), val_set, cfg, run_dir, device,
+        callbacks=callbacks, args=vars(args).copy(), extra_fields=extra,
+        p=args.identities_per_batch, k=args.images_per_identity,
+    )
+    if resume:
+        trainer.resume(run_dir / "last.pt")
+    state = trainer.fit()
+
+    best_epoch = trainer.load_best_into(run_dir / "best.pt")
+    val_d, val_same = pair_distances(embed_all(trainer.model, val_set, device), val_data.labels)
+    val = verification_report(val_d, val_same)
+    # The honest operating point: a threshold chosen on the training people, applied to unseen ones.
+    train_d, train_same = pair_distances(embed_all(trainer.model, ClassificationDataset(train_data, preprocess), device),
+                                         train_data.labels)
+    train_threshold, train_accuracy = best_threshold(train_d, train_same)
+    plots.save_curves(state.history, run_dir / "curves.png")
+    save_roc(val_d, val_same, val["threshold"], run_dir / "roc.png")
+    summary = {
+        "task": TASK, "arch": entry.name, "loss": args.loss, "mining": args.mining if args.loss == "triplet" else None,
+        "margin": args.margin if args.loss == "triplet" else None,
+        "batch": {"identities": trainer.train_loader.batch_sampler.p, "images_per_identity": args.images_per_identity},
+        "train_identities": len(extra["train_identities"]), "val_identities": extra["val_identities"],
+        "train_images": len(train_data), "val_images": len(val_data), "skipped_files": len(skipped),
+        "epochs": state.epoch, "best_epoch": best_epoch,
+        "val": {**val, "accuracy_at_train_threshold": accuracy_at(val_d, val_same, train_threshold)},
+        "train_threshold": train_threshold, "train_pairs_accuracy": train_accuracy,
+        "seconds": round(time.perf_counter() - start, 2),
+        "checkpoints": {"best": str(run_dir / "best.pt"), "last": str(run_dir / "last.pt")},
+    }
+    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
