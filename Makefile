@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test bench bench-startup bench-throughput bench-bad-inputs bench-segment bench-detect bench-video bench-onnx eval-train eval-segment eval-style eval-detect eval-face-port eval-face-landmarks sample-images lenet-digits clean
+.PHONY: install demo test bench bench-startup bench-throughput bench-bad-inputs bench-segment bench-detect bench-video bench-onnx eval-train eval-face-train eval-segment eval-style eval-detect eval-face-port eval-face-landmarks sample-images lenet-digits clean
 
 ## install: a virtual environment in .venv with cvtool (editable) and the dev tools
 install:
@@ -66,6 +66,10 @@ sample-images:
 ## eval-face-port: our PyTorch port of dlib's face networks vs dlib itself: fidelity and CPU speed (needs dlib-bin; ~1 minute)
 eval-face-port:
 	$(BIN)/python bench/face_port.py
+
+## eval-face-train: triplet training from scratch on ORL faces, 8 whole subjects held out (needs ../shared; CPU, ~10 min)
+eval-face-train:
+	$(BIN)/python bench/eval_face_train.py --epochs 20 --margin 0.5
 
 ## eval-train: cvtool train on real data (digits; ORL faces and engine overhead need ../shared)
 eval-train:
