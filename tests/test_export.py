@@ -26,14 +26,18 @@ def _own_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("CVTOOL_CACHE", str(tmp_path / "cache"))
 
 
-def make_checkpoint(path, arch: str, *, classes=None, **arch_kwargs):
-    """A cvtool checkpoint of `arch` with seeded random weights, as `cvtool train` would write it."""
+def make_checkpoint(path, arch: str, *, classes=None, edit=None, **arch_kwargs):
+    """A cvtool checkpoint of `arch` with seeded random weights, as `cvtool train` would write it;
+    `edit(net)` may change the weights first."""
     entry = get_entry(arch)
     torch.manual_seed(0)
     kwargs = dict(arch_kwargs)
     if classes is not None and arch != "fast_style":
         kwargs["num_classes"] = len(classes)
     net = entry.build(**kwargs)
+    if edit is not None:
+        with torch.no_grad():
+            edit(net)
     save_checkpoint(path, arch=arch, task=entry.task, state_dict=net.state_dict(), classes=classes,
                     preprocess=entry.preprocess().to_dict(), extra={"arch_kwargs": arch_kwargs})
     return path
