@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test bench bench-startup bench-throughput bench-bad-inputs bench-segment bench-detect bench-video bench-onnx eval-train eval-face-train eval-segment eval-style eval-detect eval-face-port eval-face-landmarks sample-images lenet-digits clean
+.PHONY: install demo test bench bench-startup bench-throughput bench-bad-inputs bench-segment bench-detect bench-video bench-onnx eval-train eval-face-train eval-segment eval-style eval-detect eval-face-port eval-face-landmarks eval-face sample-images lenet-digits clean
 
 ## install: a virtual environment in .venv with cvtool (editable) and the dev tools
 install:
@@ -50,7 +50,8 @@ eval-style:
 
 ## eval-face-landmarks: dlib landmark predictors and face chips, ported: agreement with dlib and speed (needs dlib-bin)
 eval-face-landmarks:
-	$(BIN)/python bench/face_landmarks.py
+	$(BIN)/pip install -q -e '.[compare]'
+	$(BIN)/python bench/face_landmarks.py --repeats 20
 
 ## eval-detect: the YOLO-style detector on the raccoon set (needs ../shared; CPU, several minutes)
 eval-detect:
@@ -65,7 +66,13 @@ sample-images:
 
 ## eval-face-port: our PyTorch port of dlib's face networks vs dlib itself: fidelity and CPU speed (needs dlib-bin; ~1 minute)
 eval-face-port:
+	$(BIN)/pip install -q -e '.[compare]'
 	$(BIN)/python bench/face_port.py
+
+## eval-face: verification of every pair of the shared face photos, CNN and Haar detectors (needs ../shared; ~5 min)
+eval-face:
+	$(BIN)/python bench/eval_face.py
+	$(BIN)/python bench/eval_face.py --detector haar
 
 ## eval-face-train: triplet training from scratch on ORL faces, 8 whole subjects held out (needs ../shared; CPU, ~10 min)
 eval-face-train:
