@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -156,11 +157,7 @@ def to_onnx(graph: ExportGraph, *, dynamic_batch: bool, opset: int | None = None
     h, w = _sample_sizes(graph)[0]
     example = torch.randn(2 if dynamic_batch else 1, graph.channels, h, w, generator=torch.Generator().manual_seed(1))
     axes = _dynamic_axes(graph, dynamic_batch)
-    quiet = contextlib.ExitStack()
-    quiet.enter_context(warnings.catch_warnings())
-    warnings.simplefilter("ignore")
-    quiet.enter_context(contextlib.redirect_stdout(io.StringIO()))
-    with quiet:
+    with _quiet():
         try:
             from torch.export import Dim
 
@@ -169,7 +166,10 @@ def to_onnx(graph: ExportGraph, *, dynamic_batch: bool, opset: int | None = None
                 input_names=["input"], output_names=graph.outputs,
                 dynamic_shapes=({axis: Dim.DYNAMIC for axis in axes},) if axes else None,
             )
-            return program.model_proto, "dynamo"
+            proto = program.model_proto
+            if opset is not None and opset_of(proto) != opset:  # it converts down only where it can
+                raise ValueError(f"it gives opset {opset_of(proto)}, not {opset}")
+            return proto, "dynamo"
         except Exception as exc:  # noqa: BLE001 - any exporter failure means: try the other exporter
             dynamo_error = _first_line(exc)
         try:
@@ -186,6 +186,23 @@ def to_onnx(graph: ExportGraph, *, dynamic_batch: bool, opset: int | None = None
         except Exception as exc:  # noqa: BLE001
             raise UsageError(f"cannot be exported to ONNX (dynamo exporter: {dynamo_error}; "
                              f"TorchScript exporter: {_first_line(exc)})") from None
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The exporters' progress prints, warnings and log records (tracebacks included) kept off our stdout/stderr:
+    what matters reaches the user as the one-line error or the check's verdict."""
+    loggers = [logging.getLogger(name) for name in ("torch", "onnxscript", "onnx_ir")]
+    levels = [logger.level for logger in loggers]
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        for logger in loggers:
+            logger.setLevel(logging.CRITICAL + 1)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels):
+                logger.setLevel(level)
 
 
 def opset_of(proto) -> int | None:
