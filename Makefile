@@ -74,9 +74,9 @@ eval-face:
 	$(BIN)/python bench/eval_face.py
 	$(BIN)/python bench/eval_face.py --detector haar
 
-## eval-face-train: triplet training from scratch on ORL faces, 8 whole subjects held out (needs ../shared; CPU, ~10 min)
+## eval-face-train: triplet training from scratch on ORL faces, 8 whole subjects held out (needs ../shared; CPU, 3-5 min)
 eval-face-train:
-	$(BIN)/python bench/eval_face_train.py --epochs 20 --margin 0.5
+	$(BIN)/python bench/eval_face_train.py
 
 ## eval-train: cvtool train on real data (digits; ORL faces and engine overhead need ../shared)
 eval-train:

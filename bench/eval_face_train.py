@@ -1,6 +1,6 @@
 """Evaluate `cvtool train face` on real faces: triplet training from scratch on ORL, whole people held out.
 
-    python bench/eval_face_train.py [--epochs 30] [--img-size 64]     # needs ../shared/datasets/orl_faces
+    python bench/eval_face_train.py [--epochs 20] [--img-size 64] [--margin 0.5] [--weight-decay 0.05]     # needs ../shared/datasets/orl_faces
 
 ORL (AT&T) faces: every subject's 10 photos; `--val-split 0.25` holds out a quarter of the subjects
 (8 of 32) entirely. The network never sees them; a verifier meets new people, so that is the test.
@@ -73,10 +73,11 @@ def verification_of(checkpoint: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--img-size", type=int, default=64)
     parser.add_argument("--mining", default="semi-hard")
-    parser.add_argument("--margin", type=float, default=0.2)
+    parser.add_argument("--margin", type=float, default=0.5)
+    parser.add_argument("--weight-decay", type=float, default=0.05)
     args = parser.parse_args()
     if not DATA.is_dir():
         sys.exit(f"skipped: {DATA} is not here (the shared data sets sit beside the project)")
@@ -84,7 +85,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(tmp) / "run"
         train_args = ["train", "face", str(DATA), "--epochs", str(args.epochs), "--img-size", str(args.img_size),
-                      "--mining", args.mining, "--margin", str(args.margin), "--val-split", "0.25", "--seed", "0",
+                      "--mining", args.mining, "--margin", str(args.margin), "--weight-decay", str(args.weight_decay), "--val-split", "0.25", "--seed", "0",
                       "-P", "8", "-K", "4"]
         start = time.perf_counter()
         summary = json.loads(cvtool(*train_args, "--out", str(run)).stdout)
@@ -94,7 +95,7 @@ def main() -> None:
             "data": f"ORL faces, {len(subjects)} subjects x 10 grey photos; {len(summary['val_identities'])} whole "
                     f"subjects held out ({', '.join(summary['val_identities'])}), all pairs of their photos",
             "arch": f"face_embed_small from scratch, {args.img_size} px, triplet loss ({args.mining}, margin "
-                    f"{args.margin}), P x K = 8 x 4",
+                    f"{args.margin}), AdamW weight decay {args.weight_decay}, P x K = 8 x 4",
             "epochs": args.epochs, "device": "cpu",
             "best_pt": verification_of(run / "best.pt"),
             "last_pt": verification_of(run / "last.pt"),

@@ -783,7 +783,7 @@ def train_face(
     images_per_identity: int = typer.Option(4, "--images-per-identity", "-K", min=2, help="K images of each."),
     epochs: Optional[int] = typer.Option(None, "--epochs", "-e", min=1, help="Epochs to train (default 30)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (default 1e-3 from scratch, 1e-4 fine-tuning)."),
-    weight_decay: float = typer.Option(5e-4, "--weight-decay"),
+    weight_decay: float = typer.Option(0.05, "--weight-decay", help="AdamW decoupled weight decay (regularises small face sets)."),
     img_size: Optional[int] = typer.Option(None, "--img-size", min=16, help="Input size (default: the model's own)."),
     val_split: float = typer.Option(0.25, "--val-split", help="Fraction of the people held out (whole identities)."),
     hflip: bool = typer.Option(True, "--hflip/--no-hflip", help="Augment with horizontal flips."),

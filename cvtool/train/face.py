@@ -222,7 +222,6 @@ class FaceTask:
         self.loss_name, self.margin, self.mining = loss, margin, mining
         self.checkpoint_extra = checkpoint_extra  # the engine's extra_fields: the threshold is written here
         self.model: nn.Module | None = None
-        self.last_report: dict | None = None
 
     def build_model(self) -> nn.Module:
         self.model = self._build()
@@ -243,7 +242,6 @@ class FaceTask:
     def finish_metrics(self, state: EmbeddingState) -> dict[str, float]:
         distances, same = pair_distances(torch.cat(state.embeddings), torch.cat(state.labels).numpy())
         report = verification_report(distances, same)
-        self.last_report = report
         # Saved with this epoch's checkpoints (best.pt and last.pt), so each carries its own threshold.
         self.checkpoint_extra["threshold"] = report["threshold"]
         self.checkpoint_extra["verification"] = {
