@@ -261,3 +261,34 @@ def test_unknown_mining_and_binary_without_pair_head_are_usage_errors(people_fol
     result = run_cli("train", "face", str(people_folder), "--arch", "dlib_face_resnet", "--loss", "binary",
                      "--out", str(tmp_path / "r"))
     assert result.returncode == 2 and "--loss binary needs an embedder with a pair head" in result.stderr
+
+
+@pytest.mark.slow
+def test_dlib_face_resnet_is_fine_tuned_from_its_weights(tmp_path):
+    from cvtool.models.registry import get_entry
+
+    entry = get_entry("dlib_face_resnet", "face-embed")
+    if not entry.weights.is_available():
+        pytest.skip("face_recognition_models (dlib's ResNet file) is not installed")
+    root = _folders(tmp_path / "data", {f"p{i}": 3 for i in range(6)})
+    cfg = TrainConfig(epochs=1, batch_size=8, lr=1e-4, seed=0, monitor="val_auc", val_batch_size=64)
+    args = FaceTrainArgs(str(root), arch="dlib_face_resnet", identities_per_batch=4, images_per_identity=2, val_split=0.34)
+    summary = run_training(args, cfg, tmp_path / "run", torch.device("cpu"), progress=False)
+    assert summary["arch"] == "dlib_face_resnet" and summary["epochs"] == 1
+    donor = torch.load(entry.weights.local_path(), weights_only=True)
+    tuned = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["state_dict"]
+    assert tuned.keys() == donor.keys()
+    change = (tuned["conv1.weight"] - donor["conv1.weight"]).abs().max().item()
+    assert 0 < change < 0.01  # two small steps away from dlib's weights, not a fresh start
+
+
+@pytest.mark.slow
+def test_orl_faces_held_out_people_are_told_apart(tmp_path):
+    orl = SHARED / "orl_faces"
+    if not orl.is_dir():
+        pytest.skip(f"{orl} is not here: the shared data sets sit beside the project root")
+    cfg = TrainConfig(epochs=6, batch_size=32, lr=1e-3, weight_decay=0.05, seed=0, monitor="val_auc", val_batch_size=256)
+    args = FaceTrainArgs(str(orl), img_size=48, margin=0.5, val_split=0.25)
+    summary = run_training(args, cfg, tmp_path / "run", torch.device("cpu"), progress=False)
+    assert len(summary["val_identities"]) == 8 and summary["val"]["same_pairs"] == 8 * 45
+    assert summary["val"]["auc"] >= 0.85  # real faces of 8 people never seen in training; chance is 0.5
