@@ -292,3 +292,15 @@ def test_orl_faces_held_out_people_are_told_apart(tmp_path):
     summary = run_training(args, cfg, tmp_path / "run", torch.device("cpu"), progress=False)
     assert len(summary["val_identities"]) == 8 and summary["val"]["same_pairs"] == 8 * 45
     assert summary["val"]["auc"] >= 0.85  # real faces of 8 people never seen in training; chance is 0.5
+
+
+def test_face_embed_small_matches_its_registry_entry_and_outputs_unit_vectors():
+    from cvtool.models.registry import get_entry
+
+    entry = get_entry("face_embed_small", "face-embed")
+    model = entry.build().eval()
+    assert sum(p.numel() for p in model.parameters()) == entry.num_params and model.pair_head is None
+    size = entry.preprocess().crop_size
+    out = model(torch.randn(3, 3, size, size))
+    assert out.shape == (3, 128) and torch.allclose(out.norm(dim=1), torch.ones(3), atol=1e-5)
+    assert entry.build(pair_head=True).pair_logit(out[:2], out[1:]).shape == (2,)
