@@ -101,15 +101,20 @@ def test_gallery_match_names_the_nearest_within_the_threshold():
 
 
 @needs_faces
-def test_same_person_exits_0_and_shows_distance_threshold_detector_model():
-    result = run_cli("verify-face", str(FACES / "obama" / "obama1.jpg"), str(FACES / "obama" / "obama2.jpg"),
-                     "--format", "jsonl")
+def test_same_person_exits_0_and_shows_distance_threshold_detector_model(tmp_path):
+    b = str(FACES / "obama" / "obama2.jpg")
+    result = run_cli("verify-face", str(FACES / "obama" / "obama1.jpg"), b, "--format", "jsonl", "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr
     record = json.loads(result.stdout)
     r = record["result"]
-    assert r["same"] is True and r["distance"] < r["threshold"] == 0.6
-    assert r["detector"] == "mmod" and record["model"] == "dlib_face_resnet" and record["task"] == "verify-face"
-    assert len(record["weights_sha256"]) == 64
+    assert r["same"] is True and r["distance"] < r["threshold"] == 0.6 and r["path_b"] == b
+    assert r["detector"] == "mmod" and r["model"] == record["model"] == "dlib_face_resnet"
+    assert record["task"] == "verify-face" and len(record["weights_sha256"]) == 64
+    assert record["outputs"] == [str(tmp_path / "obama1.vs.obama2.jpg")]
+    import cv2
+
+    sheet = cv2.imread(record["outputs"][0])
+    assert sheet.shape[0] == 520 and sheet.shape[1] > 520  # both photos at 480 px under a 40 px verdict banner
 
 
 @needs_faces

@@ -210,22 +210,23 @@ def verify(engine: FaceEngine, path_a: str, path_b: str, *, index_a: int | None 
     engine.describe(images, [[chosen[0]], [chosen[1]]])
     dist = distance(chosen[0].descriptor, chosen[1].descriptor)
     return {
-        "path": path_a, "path_b": path_b, "task": TASK, "model": engine.model_name,
+        "path": path_a, "task": TASK, "model": engine.model_name,
         "weights_sha256": engine.weights_sha256, "ms": round((time.perf_counter() - start) * 1000, 1),
         "result": {
-            "same": dist < engine.threshold, "distance": round(dist, 4), "threshold": engine.threshold,
-            "detector": engine.detector_name,
+            "path_b": path_b, "same": dist < engine.threshold, "distance": round(dist, 4),
+            "threshold": engine.threshold, "detector": engine.detector_name, "model": engine.model_name,
             "faces_found": [len(faces[0]), len(faces[1])],
             "face_a": chosen[0].to_record(), "face_b": chosen[1].to_record(),
         },
     }
 
 
-VERIFY_COLUMNS = ["path_b", "same", "distance", "threshold", "detector"]
+VERIFY_COLUMNS = ["path_b", "same", "distance", "threshold", "detector", "model"]
 
 
 def verify_rows(result: dict) -> list[list]:
-    return [[result.get("path_b", ""), result["same"], result["distance"], result["threshold"], result["detector"]]]
+    return [[result["path_b"], result["same"], result["distance"], result["threshold"], result["detector"],
+             result["model"]]]
 
 
 def save_pair(record: dict, engine: FaceEngine, out_dir: Path) -> list[str]:
@@ -238,7 +239,7 @@ def save_pair(record: dict, engine: FaceEngine, out_dir: Path) -> list[str]:
     verdict = "same person" if result["same"] else "different people"
     text = f"{verdict}: d={result['distance']:.3f} (threshold {result['threshold']:.3f})"
     panels = []
-    for path, face in ((record["path"], result["face_a"]), (record["path_b"], result["face_b"])):
+    for path, face in ((record["path"], result["face_a"]), (result["path_b"], result["face_b"])):
         rgb = engine.read(path)
         det = {"label": "face", "index": 1 if result["same"] else 2, "score": face["score"], "box": face["box"],
                "keypoints": [[x, y, 1] for x, y in face["landmarks"]]}
@@ -248,7 +249,7 @@ def save_pair(record: dict, engine: FaceEngine, out_dir: Path) -> list[str]:
     sheet = np.concatenate(panels, axis=1)
     banner = np.full((40, sheet.shape[1], 3), 255, np.uint8)
     cv2.putText(banner, text, (8, 27), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (0, 0, 0), 2, cv2.LINE_AA)
-    target = OutputNamer(out_dir, f".vs.{Path(record['path_b']).stem}.jpg")(record["path"])
+    target = OutputNamer(out_dir, f".vs.{Path(result['path_b']).stem}.jpg")(record["path"])
     write_image(target, np.concatenate([banner, sheet], axis=0))
     return [str(target)]
 
