@@ -43,11 +43,11 @@ ASTRONAUT_FACE = (168, 69, 263, 164)  # where the face is in skimage's astronaut
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("cvtool_cache")
+def cache_dir(_converted_models_cache):
+    """The session's converted-models cache (conftest points CVTOOL_CACHE at it for every test)."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CVTOOL_CACHE", str(path))
-        yield path
+        mp.setenv("CVTOOL_CACHE", str(_converted_models_cache))
+        yield _converted_models_cache
 
 
 @pytest.fixture(scope="module")
