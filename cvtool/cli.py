@@ -393,6 +393,8 @@ def verify_face(
     fmt: Optional[OutputFormat] = FORMAT_OPT,
     batch_size: int = typer.Option(4, "--batch-size", "-b", min=1, help="Images per pass (with --gallery)."),
     device: str = DEVICE_OPT,
+    backend: str = typer.Option("torch", "--backend", help="The embedder on torch, or onnxruntime (exported once into "
+                                "the cache; the detector stays on torch)."),
     recursive: bool = RECURSIVE_OPT,
     skip_existing: bool = SKIP_OPT,
     workers: int = WORKERS_OPT,
@@ -415,7 +417,7 @@ def verify_face(
         from cvtool.pipelines import face as task
 
         indices = _face_indices(face_index)
-        loaded = _load(model, "face-embed", weights, device, default=task.DEFAULT_EMBEDDER)
+        loaded = _load(model, "face-embed", weights, device, default=task.DEFAULT_EMBEDDER, backend=backend)
         engine = task.FaceEngine(loaded, detector=detector, upsample=upsample, threshold=threshold, max_pixels=max_pixels)
         if calibrate is not None:
             pairs = task.read_pairs(calibrate)
@@ -632,6 +634,10 @@ def train_detect(
     anchors: int = typer.Option(3, "--anchors", min=1, max=9, help="Anchor shapes, chosen by k-means on the boxes."),
     width: int = typer.Option(16, "--width", min=4, help="Channels of the first layer (doubled per stage)."),
     hflip: bool = typer.Option(True, "--hflip/--no-hflip", help="Augment with horizontal flips."),
+    backbone: str = typer.Option("csp", "--backbone", help="csp (from scratch), resnet18 or mobilenet_v3_small."),
+    pretrained: bool = typer.Option(False, "--pretrained/--no-pretrained",
+                                    help="Start the torchvision backbone from its ImageNet weights."),
+    mosaic: float = typer.Option(0.0, "--mosaic", min=0.0, max=1.0, help="Probability of a 2x2 mosaic per image."),
     val: Optional[str] = typer.Option(None, "--val", help="Validation data (same layouts)."),
     val_split: float = typer.Option(0.2, "--val-split", help="Without --val: fraction of images held out."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/detect-yolo-TIME)."),
@@ -659,7 +665,12 @@ def train_detect(
                 raise UsageError("train detect trains --arch yolo; torchvision's detectors come pretrained")
             if img_size % 32:
                 raise UsageError("--img-size must be a multiple of 32 (one grid cell per 32 pixels)")
-            args = recipe.DetectTrainArgs(data, arch, val, val_split, img_size, anchors, width, hflip)
+            from cvtool.models.yolo import BACKBONES
+
+            if backbone not in BACKBONES:
+                raise UsageError(f"unknown --backbone {backbone!r}; choose from {', '.join(BACKBONES)}")
+            args = recipe.DetectTrainArgs(data, arch, val, val_split, img_size, anchors, width, hflip, backbone,
+                                          pretrained, mosaic)
             cfg = TrainConfig(epochs=epochs or 50, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                               seed=seed, workers=workers, monitor="val_map50_95", warmup_epochs=1)
             run_dir = new_run_dir(out, "detect", arch)

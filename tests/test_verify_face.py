@@ -124,6 +124,11 @@ def test_different_people_exit_1():
     assert result.returncode == 1, result.stderr
     r = json.loads(result.stdout)["result"]
     assert r["same"] is False and r["distance"] > 0.6
+    on_ort = run_cli("verify-face", str(FACES / "obama" / "obama1.jpg"), str(FACES / "biden" / "biden1.jpg"),
+                     "--format", "jsonl", "--backend", "onnxruntime")
+    assert on_ort.returncode == 1, on_ort.stderr
+    assert "dlib_face_resnet on onnxruntime" in on_ort.stderr
+    assert json.loads(on_ort.stdout)["result"]["distance"] == pytest.approx(r["distance"], abs=2e-4)
 
 
 @needs_faces
