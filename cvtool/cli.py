@@ -395,6 +395,7 @@ def verify_face(
     device: str = DEVICE_OPT,
     backend: str = typer.Option("torch", "--backend", help="The embedder on torch, or onnxruntime (exported once into "
                                 "the cache; the detector stays on torch)."),
+    vid_stride: int = VID_STRIDE_OPT,
     recursive: bool = RECURSIVE_OPT,
     skip_existing: bool = SKIP_OPT,
     workers: int = WORKERS_OPT,
@@ -430,7 +431,8 @@ def verify_face(
             known = task.load_gallery(engine, gallery, warn=error_line)
             info(f"gallery: {len(known.names)} photo(s) of {len(set(known.names))} people, threshold {engine.threshold}")
             pipeline = task.IdentifyPipeline(engine, known, out_dir=out)
-            code = _run_batch(pipeline, task, images, recursive, out, skip_existing, batch_size, workers, fmt)
+            code = _run_batch(pipeline, task, images, recursive, out, skip_existing, batch_size, workers, fmt,
+                              vid_stride=vid_stride)
             raise typer.Exit(code)
         code = _verify_pair(task, engine, images, indices, out, fmt)
     raise typer.Exit(code)

@@ -223,3 +223,29 @@ def test_a_face_mostly_cut_off_by_the_frame_gives_way_to_a_whole_one():
     subject = face.Face((866, 253, 1149, 536), 1.0, np.zeros((5, 2)))
     assert face.choose_face([edge, subject], None, "talk.jpg") is subject
     assert face.choose_face([edge], None, "talk.jpg") is edge  # alone, it is still the face
+
+
+@needs_faces
+def test_gallery_names_faces_in_every_kept_video_frame(tmp_path):
+    import cv2
+
+    photo = cv2.imread(str(FACES / "obama" / "obama3.jpg"))
+    photo = cv2.resize(photo, (round(photo.shape[1] * 240 / photo.shape[0]) // 2 * 2, 240))
+    clip = tmp_path / "walk.mp4"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 10, (photo.shape[1], 240))
+    for i in range(10):
+        writer.write(np.roll(photo, 3 * i, axis=1))  # the face moves right
+    writer.release()
+    known = tmp_path / "known"
+    known.mkdir()
+    shutil.copy(FACES / "obama" / "obama1.jpg", known / "obama.jpg")
+    shutil.copy(FACES / "biden" / "biden1.jpg", known / "biden.jpg")
+    result = run_cli("verify-face", "--gallery", str(known), str(clip), "--vid-stride", "4", "--out",
+                     str(tmp_path / "out"), "--format", "jsonl")
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["frame"] for r in records] == [0, 4, 8]
+    assert [[f["name"] for f in r["result"]["faces"]] for r in records] == [["obama"]] * 3
+    lefts = [r["result"]["faces"][0]["box"][0] for r in records]
+    assert lefts[0] < lefts[1] < lefts[2]
+    assert cv2.VideoCapture(str(tmp_path / "out" / "walk.faces.mp4")).get(cv2.CAP_PROP_FRAME_COUNT) == 3

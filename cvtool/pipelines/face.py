@@ -459,9 +459,14 @@ class IdentifyPipeline:
         self.engine, self.gallery = engine, gallery
         self.model_name, self.weights_sha256 = engine.model_name, engine.weights_sha256
         self.output_name = OutputNamer(out_dir, ".faces.jpg") if out_dir is not None else None
+        self.video_name = OutputNamer(out_dir, ".faces.mp4") if out_dir is not None else None
 
     def prepare(self, path: str) -> _Sample:
         return _Sample(self.engine.read(path))
+
+    def prepare_array(self, rgb: np.ndarray) -> _Sample:
+        """A video frame (the video driver streams frames through predict and render)."""
+        return _Sample(rgb)
 
     def predict(self, samples: list[_Sample]) -> list[dict]:
         images = [s.rgb for s in samples]
@@ -476,15 +481,19 @@ class IdentifyPipeline:
         return results
 
     def save(self, path: str, sample: _Sample, result: dict, out_dir: Path) -> list[str]:
+        target = self.output_name(path)
+        write_image(target, self.render(sample.rgb, sample, result))
+        return [str(target)]
+
+    def render(self, rgb: np.ndarray, sample: _Sample, result: dict) -> np.ndarray:
+        """Boxes named after the nearest known person (or `unknown`) with the distance, and the 5 landmarks."""
         from cvtool.io.render import draw_detections
 
         known = sorted(set(self.gallery.names))
         detections = [{"label": f["name"], "index": (known.index(f["name"]) + 1) if f["name"] in known else 0,
                        "score": f["distance"], "text": f"{f['name']} d={f['distance']:.2f}", "box": f["box"],
                        "keypoints": [[x, y, 1] for x, y in f["landmarks"]]} for f in result["faces"]]
-        target = self.output_name(path)
-        write_image(target, draw_detections(sample.rgb, detections))
-        return [str(target)]
+        return draw_detections(rgb, detections)
 
     def already_done(self, path: str) -> bool:
         return self.output_name is not None and self.output_name.exists(path)
