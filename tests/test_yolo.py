@@ -40,31 +40,112 @@ def test_letterbox_maps_boxes_back_exactly(h, w):
     assert (boxed[: box.pad_y] == 114).all() and (boxed[int(y1) : int(y2), int(x1) : int(x2)] == 0).all()
 
 
-def test_assignment_then_decoding_returns_the_boxes_exactly():
+def _raw_for(targets, mask, num_values):
+    """Raw head outputs that decode exactly to the assigned targets (objectness certain, elsewhere silent)."""
+    raw = torch.full((*mask.shape, num_values), -20.0)
+    logit = lambda p: torch.log(p / (1 - p))  # noqa: E731
+    raw[mask] = torch.cat([logit((targets[mask][:, :2] + 0.5) / 2), targets[mask][:, 2:4],
+                           torch.full((int(mask.sum()), 1), 20.0), targets[mask][:, 5:] * 40 - 20], dim=1)
+    return raw
+
+
+def test_single_assignment_then_decoding_returns_the_boxes_exactly():
     anchors = torch.tensor([[30.0, 30.0], [80.0, 50.0]])
     boxes = [torch.tensor([[10.0, 12.0, 50.0, 44.0], [100.0, 70.0, 190.0, 120.0]])]
-    targets, mask = assign_targets(boxes, [torch.tensor([0, 1])], anchors, grid=(4, 8), num_classes=2, stride=32)
+    targets, mask = assign_targets(boxes, [torch.tensor([0, 1])], anchors, grid=(4, 8), num_classes=2, stride=32,
+                                   anchor_ratio=1.0, neighbours=False)  # only the best anchor in the centre's cell
     assert mask.sum() == 2
     # the first box (centre 30, 28; 40 x 32) belongs to cell (0, 0) and the 30x30 anchor
     assert mask[0, 0, 0, 0] and mask[0, 1, 2, 4]  # second: centre (145, 95) -> cell x 4, y 2; 90 x 50 -> 80x50 anchor
-    raw = torch.full((1, 2, 4, 8, 7), -20.0)
-    logit = lambda p: torch.log(p / (1 - p))  # noqa: E731
-    raw[mask] = torch.cat([logit(targets[mask][:, :2]), targets[mask][:, 2:4], torch.full((2, 1), 20.0),
-                           (targets[mask][:, 5:] * 40 - 20)], dim=1)
-    decoded, objectness, classes = decode(raw, anchors, stride=32)
+    decoded, objectness, classes = decode(_raw_for(targets, mask, 7), anchors, stride=32)
     keep = objectness[0] > 0.5
     torch.testing.assert_close(decoded[0][keep], boxes[0], atol=1e-3, rtol=0)
     assert classes[0][keep].argmax(1).tolist() == [0, 1]
-    # the exact prediction is the loss's minimum: no gradient there, and any change costs more
+
+
+def test_multi_positive_assignment_uses_neighbour_cells_and_compatible_anchors():
+    anchors = torch.tensor([[30.0, 30.0], [80.0, 50.0], [300.0, 300.0]])
+    boxes = [torch.tensor([[10.0, 12.0, 50.0, 44.0], [100.0, 70.0, 190.0, 120.0]])]
+    targets, mask = assign_targets(boxes, [torch.tensor([0, 1])], anchors, grid=(4, 8), num_classes=2, stride=32)
+    # box 1: centre (0.94, 0.88) cells -> its cell (0, 0), right (1, 0) and lower (0, 1) neighbours;
+    # box 2: centre (4.53, 2.97) -> (4, 2), (5, 2), (4, 3). Anchors within 4x in width and height: the
+    # first two for both (40x32 vs 80x50 is 2x; 90x50 vs 30x30 is 3x); 300x300 is 7.5x and 3.3x... too far.
+    expected = {(j, y, x) for j in (0, 1) for y, x in [(0, 0), (0, 1), (1, 0), (2, 4), (2, 5), (3, 4)]}
+    assert {tuple(i) for i in mask[0].nonzero().tolist()} == expected
+    decoded, objectness, classes = decode(_raw_for(targets, mask, 7), anchors, stride=32)
+    keep = objectness[0] > 0.5
+    assert int(keep.sum()) == 12
+    for box, label in zip(boxes[0], (0, 1)):  # every positive slot decodes to its own box exactly
+        hits = (decoded[0][keep] - box).abs().max(1).values < 1e-3
+        assert int(hits.sum()) == 6 and (classes[0][keep][hits].argmax(1) == label).all()
+
+
+def test_loss_is_least_at_the_exact_prediction():
+    anchors = torch.tensor([[30.0, 30.0], [80.0, 50.0]])
+    boxes = [torch.tensor([[10.0, 12.0, 50.0, 44.0], [100.0, 70.0, 190.0, 120.0]])]
+    targets, mask = assign_targets(boxes, [torch.tensor([0, 1])], anchors, grid=(4, 8), num_classes=2, stride=32)
+    raw = _raw_for(targets, mask, 7)
+    loss = lambda r: yolo_loss(r, targets, mask, anchors, stride=32, gt_boxes=boxes)  # noqa: E731
+    perfect = loss(raw)
+    assert perfect < 1e-3
+    torch.manual_seed(0)
+    for _ in range(5):
+        assert loss(raw + 0.1 * torch.randn_like(raw)) > perfect
+    for value in range(4):  # moving any box coordinate of one positive costs
+        for step in (-0.3, 0.3):
+            moved = raw.clone()
+            index = tuple(mask.nonzero()[0].tolist())
+            moved[index + (value,)] += step
+            assert loss(moved) > perfect + 1e-4
+    assert loss(torch.zeros_like(raw)) > perfect + 0.5
+
+
+def test_objectness_target_is_the_iou_and_near_misses_are_not_background():
+    anchors = torch.tensor([[40.0, 40.0]])
+    boxes = [torch.tensor([[0.0, 0.0, 40.0, 40.0]])]  # centre (20, 20): cell (0, 0) of a 32-px grid
+    targets, mask = assign_targets(boxes, [torch.tensor([0])], anchors, grid=(2, 2), num_classes=1, stride=32,
+                                   neighbours=False)
+    raw = _raw_for(targets, mask, 6)
+    raw[0, 0, 0, 0, 2] += np.log(2.0)  # the positive predicts an 80 x 40 box around the same centre: IoU 1/2
+    raw[0, 0, 0, 0, 4] = 0.0  # objectness logit 0: probability 1/2, exactly the IoU
     raw.requires_grad_(True)
-    perfect = yolo_loss(raw, targets, mask)
-    perfect.backward()
-    assert raw.grad.abs().max() < 1e-4
-    with torch.no_grad():
-        assert yolo_loss(raw + 0.1 * torch.randn_like(raw), targets, mask) > perfect
-        assert yolo_loss(torch.zeros_like(raw), targets, mask) > perfect + 1
+    yolo_loss(raw, targets, mask, anchors, stride=32, gt_boxes=boxes).backward()
+    assert abs(float(raw.grad[0, 0, 0, 0, 4])) < 1e-6  # BCE towards the IoU: no push at p = IoU
+    # a background cell (x 1) whose 40 x 40 box, centred at (22, 20), overlaps the ground truth by
+    # 1520 / 1680 = 0.9 (> 0.6): its objectness is not punished
+    raw = _raw_for(targets, mask, 6)
+    logit = lambda p: float(np.log(p / (1 - p)))  # noqa: E731
+    raw[0, 0, 0, 1, :4] = torch.tensor([logit((22 / 32 - 1 + 0.5) / 2), logit((20 / 32 + 0.5) / 2), 0.0, 0.0])
+    raw[0, 0, 0, 1, 4] = 3.0
+    raw.requires_grad_(True)
+    yolo_loss(raw, targets, mask, anchors, stride=32, gt_boxes=boxes).backward()
+    assert raw.grad[0, 0, 0, 1, 4] == 0
+    far = _raw_for(targets, mask, 6)
+    far[0, 0, 1, 1, 4] = 3.0  # a confident prediction at the far cell is background, and pays
+    far.requires_grad_(True)
+    yolo_loss(far, targets, mask, anchors, stride=32, gt_boxes=boxes).backward()
+    assert far.grad[0, 0, 1, 1, 4] > 0.01
 
 
 def test_detector_output_is_a_grid_of_anchor_predictions():
     model = YoloDetector(num_classes=3, width=4).eval()
     assert model(torch.zeros(2, 3, 320, 256)).shape == (2, 3, 20, 16, 8)  # 16 px per cell, 3 anchors, 5 + 3 values
+
+
+def test_resnet18_backbone_takes_a_classifier_state_dict():
+    from torchvision.models import resnet18
+
+    from cvtool.errors import WeightsError
+    from cvtool.models.yolo import load_backbone_weights
+
+    torch.manual_seed(2)
+    state = resnet18().state_dict()
+    model = YoloDetector(1, width=4, img_size=64, backbone="resnet18")
+    load_backbone_weights(model, state, "r18.pth")
+    torch.testing.assert_close(model.backbone.to16[0].weight, state["conv1.weight"])
+    torch.testing.assert_close(model.backbone.to16[6][1].conv2.weight, state["layer3.1.conv2.weight"])
+    torch.testing.assert_close(model.backbone.to32[1].bn2.running_var, state["layer4.1.bn2.running_var"])
+    with pytest.raises(WeightsError, match="r18.pth: not a resnet18 state_dict"):
+        load_backbone_weights(model, {"fc.weight": state["fc.weight"]}, "r18.pth")
+    with pytest.raises(WeightsError, match="csp backbone"):
+        load_backbone_weights(YoloDetector(1, width=4), state, "r18.pth")

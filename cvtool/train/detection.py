@@ -31,6 +31,9 @@ class DetectTrainArgs:
     anchors: int = 3
     width: int = 16
     hflip: bool = True
+    backbone: str = "csp"
+    pretrained: bool = False
+    mosaic: float = 0.0
 
 
 def letterboxed(data: BoxedImages, size: int, on_skip=None):
@@ -51,10 +54,12 @@ def letterboxed(data: BoxedImages, size: int, on_skip=None):
 
 
 class DetectionDataset:
-    """Letterboxed images and boxes; training adds flips, scale/shift jitter and colour jitter that keep boxes right."""
+    """Letterboxed images and boxes; training adds mosaics (with probability `mosaic`), flips,
+    scale/shift jitter and colour jitter, all keeping the boxes right."""
 
-    def __init__(self, images, boxes, labels, *, train: bool, hflip: bool = True):
+    def __init__(self, images, boxes, labels, *, train: bool, hflip: bool = True, mosaic: float = 0.0):
         self.images, self.boxes, self.labels, self.train, self.hflip = images, boxes, labels, train, hflip
+        self.mosaic = mosaic
 
     def __len__(self) -> int:
         return len(self.images)
@@ -63,24 +68,45 @@ class DetectionDataset:
         image, boxes = self.images[index], self.boxes[index].copy()
         labels = self.labels[index]
         if self.train:
-            image, boxes, labels = self._augment(image, boxes, labels)
+            rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,)).item()))
+            if self.mosaic and rng.random() < self.mosaic:
+                image, boxes, labels = self._mosaic(index, rng)
+            image, boxes, labels = self._augment(image, boxes, labels, rng)
         tensor = torch.from_numpy(image).permute(2, 0, 1).float().div(255).contiguous()
         return tensor, {"boxes": torch.from_numpy(boxes).float().reshape(-1, 4), "labels": torch.from_numpy(labels)}
 
-    def _augment(self, image, boxes, labels):
-        rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,)).item()))
+    def _mosaic(self, index: int, rng):
+        """Four training images (this one and three others) tiled 2 x 2 at half size, then a random
+        window of 0.5-1x the tiling's side scaled back: more objects and contexts per step."""
+        size = self.images[index].shape[0]
+        half = size // 2
+        picks = [index, *rng.integers(0, len(self.images), size=3).tolist()]
+        canvas = np.empty((2 * half, 2 * half, 3), np.uint8)
+        all_boxes, all_labels = [], []
+        for k, i in enumerate(picks):
+            ox, oy = (k % 2) * half, (k // 2) * half
+            canvas[oy:oy + half, ox:ox + half] = cv2.resize(self.images[i], (half, half), interpolation=cv2.INTER_AREA)
+            if len(self.boxes[i]):
+                all_boxes.append(self.boxes[i] * (half / size) + np.array([ox, oy, ox, oy], np.float32))
+                all_labels.append(self.labels[i])
+        side = rng.uniform(0.5, 1.0) * 2 * half
+        x0, y0 = rng.uniform(0, 2 * half - side, size=2)
+        scale = size / side
+        matrix = np.array([[scale, 0, -x0 * scale], [0, scale, -y0 * scale]])
+        image = cv2.warpAffine(canvas, matrix, (size, size), borderValue=(114, 114, 114))
+        boxes = np.concatenate(all_boxes).reshape(-1, 4) if all_boxes else np.zeros((0, 4), np.float32)
+        labels = np.concatenate(all_labels) if all_labels else np.zeros(0, np.int64)
+        boxes, labels = _keep_visible((boxes - np.array([x0, y0, x0, y0])) * scale, labels, size)
+        return image, boxes, labels
+
+    def _augment(self, image, boxes, labels, rng):
         size = image.shape[0]
         scale = rng.uniform(0.75, 1.25)
         shift = rng.uniform(-0.1, 0.1, size=2) * size
         matrix = np.array([[scale, 0, (1 - scale) * size / 2 + shift[0]], [0, scale, (1 - scale) * size / 2 + shift[1]]])
         image = cv2.warpAffine(image, matrix, (size, size), borderValue=(114, 114, 114))
         if len(boxes):
-            boxes = boxes * scale + np.array([matrix[0, 2], matrix[1, 2]] * 2)
-            clipped = boxes.clip(0, size)
-            visible = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1])
-            area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-            keep = visible > 0.3 * np.maximum(area, 1e-6)  # drop boxes pushed mostly out of view
-            boxes, labels = clipped[keep].astype(np.float32), labels[keep]
+            boxes, labels = _keep_visible(boxes * scale + np.array([matrix[0, 2], matrix[1, 2]] * 2), labels, size)
         if self.hflip and rng.random() < 0.5:
             image = image[:, ::-1]
             if len(boxes):
@@ -89,6 +115,15 @@ class DetectionDataset:
         hsv[..., 1:] *= rng.uniform(0.7, 1.3, size=2)
         image = cv2.cvtColor(hsv.clip(0, 255).astype(np.uint8), cv2.COLOR_HSV2RGB)
         return np.ascontiguousarray(image), np.ascontiguousarray(boxes, dtype=np.float32), labels
+
+
+def _keep_visible(boxes: np.ndarray, labels: np.ndarray, size: int):
+    """Clip boxes to the image; drop those pushed mostly (70%) out of view, or thinner than 2 pixels."""
+    clipped = boxes.clip(0, size)
+    visible = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1])
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    keep = (visible > 0.3 * np.maximum(area, 1e-6)) & (clipped[:, 2] - clipped[:, 0] >= 2) & (clipped[:, 3] - clipped[:, 1] >= 2)
+    return clipped[keep].astype(np.float32), labels[keep]
 
 
 def collate(batch):
@@ -156,15 +191,20 @@ class DetectionTask:
         self.classes, self.args = classes, args
         self.anchors = torch.tensor(anchors, dtype=torch.float32)
 
+    progress = False  # a download bar for pretrained backbone weights
+
     def build_model(self) -> nn.Module:
-        return YoloDetector(len(self.classes), anchors=self.anchors.tolist(), width=self.args.width,
-                            img_size=self.args.img_size)
+        model = YoloDetector(len(self.classes), anchors=self.anchors.tolist(), width=self.args.width,
+                             img_size=self.args.img_size, backbone=self.args.backbone)
+        if self.args.pretrained:
+            load_pretrained_backbone(model, progress=self.progress)
+        return model
 
     def loss(self, raw, targets):
         grid = raw.shape[2:4]
         boxes, labels = [t["boxes"].cpu() for t in targets], [t["labels"].cpu() for t in targets]
         target, mask = assign_targets(boxes, labels, self.anchors, grid, len(self.classes))
-        return yolo_loss(raw, target, mask)
+        return yolo_loss(raw, target, mask, self.anchors, gt_boxes=boxes)
 
     def start_metrics(self) -> dict:
         return {"gt": [], "det": []}
@@ -183,6 +223,21 @@ class DetectionTask:
         from cvtool.models.yolo import YOLO_PREPROCESS
 
         return {"arch": "yolo", "task": "detect", "classes": list(self.classes), "preprocess": YOLO_PREPROCESS.to_dict()}
+
+
+def load_pretrained_backbone(model: YoloDetector, *, progress: bool = False) -> None:
+    """The backbone's torchvision classifier weights, from cvtool's weights cache (downloaded once
+    where the network allows; CVTOOL_OFFLINE=1 or no network: a one-line WeightsError)."""
+    from cvtool.errors import WeightsError
+    from cvtool.models.checkpoint import load_weights_file
+    from cvtool.models.registry import get_entry
+    from cvtool.models.yolo import load_backbone_weights
+
+    if model.backbone_name == "csp":
+        raise WeightsError("--pretrained needs --backbone resnet18 or mobilenet_v3_small; csp is trained from scratch")
+    entry = get_entry(model.backbone_name, "classify")
+    loaded = load_weights_file(entry.weights.local_path(progress=progress))
+    load_backbone_weights(model, loaded.state_dict, str(loaded.path))
 
 
 def save_pr_curve(curve: list[float], path: Path) -> str:
@@ -214,10 +269,13 @@ def run_training(args: DetectTrainArgs, cfg, run_dir: Path, device, *, resume=Fa
     shapes = np.concatenate([b[:, 2:] - b[:, :2] for b in train[1] if len(b)])
     anchors = kmeans_anchors(shapes, args.anchors, seed=cfg.seed)
     task = DetectionTask(data.classes, anchors, args)
+    task.progress = progress
     trainer = Trainer(
-        task, DetectionDataset(*train[:3], train=True, hflip=args.hflip), DetectionDataset(*val[:3], train=False),
-        cfg, run_dir, device, callbacks=callbacks, args=vars(args).copy(), collate_fn=collate,
-        extra_fields={"arch_kwargs": {"anchors": anchors.tolist(), "width": args.width, "img_size": args.img_size}},
+        task, DetectionDataset(*train[:3], train=True, hflip=args.hflip, mosaic=args.mosaic),
+        DetectionDataset(*val[:3], train=False), cfg, run_dir, device, callbacks=callbacks, args=vars(args).copy(),
+        collate_fn=collate,
+        extra_fields={"arch_kwargs": {"anchors": anchors.tolist(), "width": args.width, "img_size": args.img_size,
+                                      "backbone": args.backbone}},
     )
     if resume:
         trainer.resume(run_dir / "last.pt")
@@ -228,7 +286,7 @@ def run_training(args: DetectTrainArgs, cfg, run_dir: Path, device, *, resume=Fa
     plots.save_curves(state.history, run_dir / "curves.png")
     save_pr_curve(scores["pr_curve"], run_dir / "pr_curve.png")
     summary = {
-        "task": "detect", "arch": "yolo", "classes": data.classes, "train_images": len(train[0]),
+        "task": "detect", "arch": "yolo", "backbone": args.backbone, "pretrained": args.pretrained, "classes": data.classes, "train_images": len(train[0]),
         "val_images": len(val[0]), "anchors": anchors.round(1).tolist(),
         "anchor_recall_at_0.5": round(best_possible_recall(shapes, anchors), 4), "epochs": state.epoch,
         "best_epoch": best_epoch, "val": {**report, "ap50_per_class": scores["ap50_per_class"]},
