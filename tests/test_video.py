@@ -234,7 +234,9 @@ def test_ctrl_c_leaves_no_partial_video(long_clips, tmp_path):
     out = tmp_path / "out"
     process = subprocess.Popen([sys.executable, "-m", "cvtool", "classify", str(long_clips[600]), "--model",
                                 "lenet5_digits", "--batch-size", "1", "--out", str(out), "-f", "jsonl"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               # a shell's background job ignores SIGINT, and the child would inherit that
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     first = json.loads(process.stdout.readline())  # frames are being written into the video now
     assert first["frame"] == 0
     process.send_signal(signal.SIGINT)
