@@ -330,7 +330,7 @@ def calibrate(engine: FaceEngine, pairs: list[tuple[str, str, bool]], on_pair: C
         if on_pair:
             on_pair()
     if not rows:
-        raise InputError("no pair could be measured: every pair had an unusable image (see above)")
+        raise InputError(f"no pair could be measured (the first problem: {failed[0]['error']})")
     distances = np.array([r[0] for r in rows])
     same = np.array([r[1] for r in rows])
     fitted = fit_threshold(distances, same)
