@@ -12,19 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
+from cvtool.cache import cache_root
 from cvtool.errors import UsageError, WeightsError
-
-
-def cache_root() -> Path:
-    """$CVTOOL_CACHE, else $XDG_CACHE_HOME/cvtool, else ~/.cache/cvtool."""
-    explicit = os.environ.get("CVTOOL_CACHE", "").strip()
-    if explicit:
-        return Path(explicit).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "cvtool"
 
 
 class OnnxNetwork:

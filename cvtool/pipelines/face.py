@@ -417,7 +417,7 @@ def _file_key(path: Path) -> str:
 
 
 def _gallery_cache_path(root, engine: FaceEngine, cache_dir: Path | None) -> Path:
-    from cvtool.models.dlib.convert import cache_root
+    from cvtool.cache import cache_root
 
     ident = f"{Path(root).resolve()}|{engine.weights_sha256}|{engine.detector_name}"
     return (cache_dir or cache_root()) / "galleries" / f"{hashlib.sha256(ident.encode()).hexdigest()[:16]}.npz"

@@ -10,24 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from cvtool.cache import cache_root
 from cvtool.errors import WeightsError
 
 PACKAGE = "face_recognition_models"
 _HASH_CHARS = 16
-
-
-def cache_root() -> Path:
-    """$CVTOOL_CACHE, else $XDG_CACHE_HOME/cvtool, else ~/.cache/cvtool."""
-    explicit = os.environ.get("CVTOOL_CACHE", "").strip()
-    if explicit:
-        return Path(explicit).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "cvtool"
 
 
 def face_models_dir() -> Path | None:
