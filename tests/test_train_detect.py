@@ -16,7 +16,7 @@ from cvtool.train.detection_data import open_detection_data
 
 def _train(shapes, run, *extra):
     result = CliRunner().invoke(app, ["train", "detect", str(shapes), "--img-size", "160", "--width", "8", "--lr", "5e-3",
-                                      "--batch-size", "8", "--out", str(run), *extra])
+                                      "--batch-size", "8", "--mosaic", "0", "--out", str(run), *extra])
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout[result.stdout.index("{"):])
 
