@@ -32,7 +32,9 @@ def check(path: Path, expected: str) -> dict:
     want_exit = 0 if expected == "" else 1
     crashed = "Traceback" in result.stderr
     ok = result.returncode == want_exit and not crashed and expected in result.stderr
-    first_line = result.stderr.strip().splitlines()[0] if want_exit and result.stderr.strip() else ""
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("cvtool: ") and ": " in line[8:]
+                   and (line.endswith(expected) or expected in line)]
+    first_line = error_lines[0] if want_exit and error_lines else ""  # the input's own one-line error
     return {"file": path.name, "exit": result.returncode, "expected_exit": want_exit, "ok": ok,
             "traceback": crashed, "stderr": first_line}
 
@@ -42,7 +44,7 @@ def main() -> None:
         tmp = Path(tmp)
         corpus = make_bad_corpus(tmp)
         (tmp / "empty_dir").mkdir()
-        corpus.update({"missing.jpg": "no such file", "empty_dir": "no image files in directory"})
+        corpus.update({"missing.jpg": "no such file", "empty_dir": "no image or video files in directory"})
         rows = [check(tmp / name, expected) for name, expected in sorted(corpus.items())]
         everything = classify(*(str(tmp / name) for name in sorted(corpus)))
         mixed = classify(str(tmp / "mixed"))

@@ -116,11 +116,11 @@ VID_STRIDE_OPT = typer.Option(1, "--vid-stride", min=1, help="Videos and cameras
 
 def _input_items(images: list[str], recursive: bool):
     """Expand inputs; a known count when nothing is read from stdin and there is no video (for the progress bar)."""
-    from cvtool.io.inputs import iter_inputs
+    from cvtool.io.inputs import MEDIA_SUFFIXES, iter_inputs
 
     if images.count("-") > 1:
         raise UsageError("'-' (read paths from stdin) may be given once")
-    items = iter_inputs(images, recursive=recursive, stdin=sys.stdin)
+    items = iter_inputs(images, recursive=recursive, stdin=sys.stdin, suffixes=MEDIA_SUFFIXES)
     if "-" in images:
         return items, None
     from cvtool.io.video import is_stream

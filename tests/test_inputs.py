@@ -1,6 +1,6 @@
 import io
 
-from cvtool.io.inputs import InputItem, iter_inputs
+from cvtool.io.inputs import MEDIA_SUFFIXES, InputItem, iter_inputs
 
 
 def _tree(tmp_path):
@@ -21,6 +21,16 @@ def test_directory_lists_images_only_sorted_and_recursive_descends(tmp_path):
     root = _tree(tmp_path)
     assert paths(iter_inputs([str(root)])) == [str(root / "B.PNG"), str(root / "a.jpg")]
     assert paths(iter_inputs([str(root)], recursive=True))[-1] == str(root / "sub" / "c.webp")
+
+
+def test_directories_hold_videos_too_for_the_commands_that_take_them(tmp_path):
+    root = _tree(tmp_path)
+    (root / "clip.MP4").write_bytes(b"x")
+    assert paths(iter_inputs([str(root)], suffixes=MEDIA_SUFFIXES)) == [
+        str(root / "B.PNG"), str(root / "a.jpg"), str(root / "clip.MP4")]
+    (root / "empty").mkdir()
+    assert list(iter_inputs([str(root / "empty")], suffixes=MEDIA_SUFFIXES))[0].error == (
+        "no image or video files in directory")
 
 
 def test_explicit_file_is_tried_whatever_its_suffix(tmp_path):

@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import Iterable, Iterator, TextIO
 
 from cvtool.io.image import IMAGE_SUFFIXES
+from cvtool.io.video import VIDEO_SUFFIXES
+
+MEDIA_SUFFIXES = IMAGE_SUFFIXES | VIDEO_SUFFIXES  # what a directory holds for the commands that take videos
 
 _GLOB_CHARS = set("*?[")
 _CAMERA = re.compile(r"cam:\d+")
@@ -85,4 +88,5 @@ def _directory(spec: str, recursive: bool, suffixes) -> Iterator[InputItem]:
             break
     if not found:
         hint = " (it has subdirectories: add --recursive)" if has_subdirs and not recursive else ""
-        yield InputItem(spec, f"no image files in directory{hint}")
+        what = "image or video" if suffixes & VIDEO_SUFFIXES else "image"
+        yield InputItem(spec, f"no {what} files in directory{hint}")
