@@ -126,6 +126,7 @@ class Trainer:
         args: dict | None = None,
         extra_fields: dict | None = None,
         collate_fn=None,
+        train_batches=None,
     ):
         self.task, self.cfg, self.run_dir, self.device = task, cfg, Path(run_dir), device
         self.callbacks = callbacks or Callbacks()
@@ -138,6 +139,9 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         self._shuffle_generator = torch.Generator()
         self._collate = collate_fn  # e.g. detection: images stacked, per-image box lists kept apart
+        # train_batches(dataset, generator) -> a batch sampler, for tasks whose batches have a structure
+        # (faces: P people x K photos each); the default is shuffled batches of cfg.batch_size
+        self._train_batches = train_batches
         self.train_loader = self._loader(train_set, shuffle=True, batch_size=cfg.batch_size)
         self.val_loader = (self._loader(val_set, shuffle=False, batch_size=cfg.val_batch_size or cfg.batch_size)
                            if val_set is not None else None)
@@ -149,17 +153,14 @@ class Trainer:
         self.state = RunState()
 
     def _loader(self, dataset, *, shuffle: bool, batch_size: int):
-        return torch.utils.data.DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            generator=self._shuffle_generator if shuffle else None,
-            num_workers=self.cfg.workers,
-            pin_memory=self.on_cuda,
-            persistent_workers=self.cfg.workers > 0,
-            collate_fn=self._collate,
-            drop_last=False,
-        )
+        common = dict(num_workers=self.cfg.workers, pin_memory=self.on_cuda, persistent_workers=self.cfg.workers > 0,
+                      collate_fn=self._collate)
+        if shuffle and self._train_batches is not None:
+            sampler = self._train_batches(dataset, self._shuffle_generator)
+            return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, generator=self._shuffle_generator,
+                                               **common)
+        return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=False,
+                                           generator=self._shuffle_generator if shuffle else None, **common)
 
     # -- checkpoints -------------------------------------------------------------------------
     def _save(self, name: str) -> Path:

@@ -254,22 +254,6 @@ class FaceTask:
         return {"arch": self.entry.name, "task": TASK, "classes": None, "preprocess": self.preprocess.to_dict()}
 
 
-class _PKTrainer(Trainer):
-    """The engine with P x K training batches: only the training loader differs."""
-
-    def __init__(self, *args, p: int, k: int, **kwargs):
-        self._pk = (p, k)
-        super().__init__(*args, **kwargs)
-
-    def _loader(self, dataset, *, shuffle: bool, batch_size: int):
-        if not shuffle:
-            return super()._loader(dataset, shuffle=shuffle, batch_size=batch_size)
-        sampler = PKBatchSampler(dataset.data.labels, *self._pk, generator=self._shuffle_generator)
-        return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=self.cfg.workers,
-                                           pin_memory=self.on_cuda, persistent_workers=self.cfg.workers > 0,
-                                           generator=self._shuffle_generator)
-
-
 # -- the recipe -----------------------------------------------------------------------------------
 
 @dataclass
@@ -374,10 +358,11 @@ def run_training(args: FaceTrainArgs, cfg, run_dir: Path, device, *, resume: boo
     task = FaceTask(entry, preprocess, _build(entry, arch_kwargs, progress), loss=args.loss, margin=args.margin,
                     mining=MINING[args.mining], checkpoint_extra=extra)
     val_set = ClassificationDataset(val_data, preprocess)
-    trainer = _PKTrainer(
+    p, k = args.identities_per_batch, args.images_per_identity
+    trainer = Trainer(
         task, ClassificationDataset(train_data, preprocess, Augment(hflip=args.hflip)), val_set, cfg, run_dir, device,
         callbacks=callbacks, args=vars(args).copy(), extra_fields=extra,
-        p=args.identities_per_batch, k=args.images_per_identity,
+        train_batches=lambda dataset, generator: PKBatchSampler(dataset.data.labels, p, k, generator=generator),
     )
     if resume:
         trainer.resume(run_dir / "last.pt")
