@@ -241,13 +241,13 @@ def load_pretrained_backbone(model: YoloDetector, *, progress: bool = False) -> 
 
 
 def save_pr_curve(curve: list[float], path: Path) -> str:
-    from cvtool.train.plots import _figure, _save
+    from cvtool.train.plots import pyplot, save_figure
 
-    plt = _figure()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 4))
     ax.plot(np.linspace(0, 1, len(curve)), curve)
     ax.set(xlabel="recall", ylabel="precision", title="precision-recall at IoU 0.5", xlim=(0, 1), ylim=(0, 1.02))
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def run_training(args: DetectTrainArgs, cfg, run_dir: Path, device, *, resume=False, callbacks=None, on_skip=None,

@@ -185,12 +185,12 @@ def save_roc(distances: np.ndarray, same: np.ndarray, threshold: float, path: Pa
     """The ROC curve of 'same person iff distance < t' over t, with the chosen threshold marked."""
     from sklearn.metrics import roc_auc_score, roc_curve
 
-    from cvtool.train.plots import _figure, _save
+    from cvtool.train.plots import pyplot, save_figure
 
     fpr, tpr, _ = roc_curve(same, -distances)
     predicted = distances < threshold
     point = (float(predicted[~same].mean()), float(predicted[same].mean()))
-    plt = _figure()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.plot(fpr, tpr, label=f"AUC {roc_auc_score(same, -distances):.4f}")
     ax.plot([0, 1], [0, 1], linestyle=":", color="grey", label="chance")
@@ -198,7 +198,7 @@ def save_roc(distances: np.ndarray, same: np.ndarray, threshold: float, path: Pa
     ax.set(xlabel="false accept rate", ylabel="true accept rate", xlim=(0, 1), ylim=(0, 1.01),
            title=title or "verification ROC (held-out identities, all pairs)")
     ax.legend(loc="lower right")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # -- the task -------------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ import numpy as np
 from cvtool.io.atomic import atomic_write_bytes
 
 
-def _figure():
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (training runs on servers with no display)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -19,17 +20,18 @@ def _figure():
     return plt
 
 
-def _save(fig, path: Path) -> str:
+def save_figure(fig, path: Path) -> str:
+    """A task's plot as a PNG in the run directory, written atomically."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    _figure().close(fig)
+    pyplot().close(fig)
     atomic_write_bytes(path, buffer.getvalue())
     return str(path)
 
 
 def save_curves(history: list[dict], path: Path) -> str:
     """Loss on the left, every other val_* metric on the right, per epoch."""
-    plt = _figure()
+    plt = pyplot()
     epochs = [row["epoch"] for row in history]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     for key in ("train_loss", "val_loss"):
@@ -43,11 +45,11 @@ def save_curves(history: list[dict], path: Path) -> str:
     right.set(xlabel="epoch", title="validation")
     if metrics:
         right.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def save_confusion(matrix: np.ndarray, classes: list[str], path: Path) -> str:
-    plt = _figure()
+    plt = pyplot()
     n = len(classes)
     size = min(4 + 0.35 * n, 16)
     fig, ax = plt.subplots(figsize=(size, size))
@@ -61,4 +63,4 @@ def save_confusion(matrix: np.ndarray, classes: list[str], path: Path) -> str:
             if value:
                 ax.text(j, i, str(value), ha="center", va="center", fontsize=7,
                         color="white" if value > peak / 2 else "black")
-    return _save(fig, path)
+    return save_figure(fig, path)
