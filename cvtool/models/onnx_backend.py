@@ -62,24 +62,10 @@ class OnnxYolo(OnnxNetwork):
         self.img_size = int(meta["img_size"])
 
     def detect_images(self, images) -> list[dict]:
-        import numpy as np
-        import torch
+        from cvtool.models.yolo import detections_in_original_pixels, letterbox_batch
 
-        from cvtool.ops.letterbox import letterbox
-
-        batch, letterboxes = [], []
-        for image in images:
-            rgb = (image.permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8)
-            boxed, box = letterbox(rgb, self.img_size)
-            batch.append(torch.from_numpy(boxed).permute(2, 0, 1).float().div(255))
-            letterboxes.append(box)
-        boxes, objectness, class_probs = self(torch.stack(batch))
-        outputs = []
-        for b, o, c, box in zip(boxes, objectness, class_probs, letterboxes):
-            best, labels = c.max(1)
-            original = torch.from_numpy(box.to_original(b.numpy())).float()
-            outputs.append({"boxes": original, "scores": o * best, "labels": labels})
-        return outputs
+        batch, letterboxes = letterbox_batch(images, self.img_size)
+        return detections_in_original_pixels(*self(batch), letterboxes)
 
 
 def read_metadata(path: str | Path) -> dict:

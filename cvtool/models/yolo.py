@@ -169,23 +169,34 @@ class YoloDetector(nn.Module):
     def detect_images(self, images: list[torch.Tensor]) -> list[dict]:
         """The detect pipeline's interface (torchvision detectors' own): [0, 1] RGB tensors of any size
         in; per image {"boxes" in that image's pixels, "scores", "labels"} out, before thresholds and NMS."""
-        import numpy as np
+        batch, letterboxes = letterbox_batch(images, self.img_size)
+        decoded = decode(self(batch.to(self.anchors.device)), self.anchors)
+        return detections_in_original_pixels(*decoded, letterboxes)
 
-        from cvtool.ops.letterbox import letterbox
 
-        batch, letterboxes = [], []
-        for image in images:
-            rgb = (image.permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8)
-            boxed, box = letterbox(rgb, self.img_size)
-            batch.append(torch.from_numpy(boxed).permute(2, 0, 1).float().div(255))
-            letterboxes.append(box)
-        boxes, objectness, class_probs = decode(self(torch.stack(batch).to(self.anchors.device)), self.anchors)
-        outputs = []
-        for b, o, c, box in zip(boxes, objectness, class_probs, letterboxes):
-            best, labels = c.max(1)
-            original = torch.from_numpy(box.to_original(b.cpu().numpy())).float()
-            outputs.append({"boxes": original, "scores": (o * best).cpu(), "labels": labels.cpu()})
-        return outputs
+def letterbox_batch(images: list[torch.Tensor], img_size: int):
+    """[0, 1] RGB tensors of any size -> one letterboxed batch, and each image's letterbox (to map boxes back)."""
+    import numpy as np
+
+    from cvtool.ops.letterbox import letterbox
+
+    batch, letterboxes = [], []
+    for image in images:
+        rgb = (image.permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+        boxed, box = letterbox(rgb, img_size)
+        batch.append(torch.from_numpy(boxed).permute(2, 0, 1).float().div(255))
+        letterboxes.append(box)
+    return torch.stack(batch), letterboxes
+
+
+def detections_in_original_pixels(boxes, objectness, class_probs, letterboxes) -> list[dict]:
+    """Decoded outputs (letterboxed pixels) -> per image {"boxes", "scores", "labels"} in its own pixels."""
+    outputs = []
+    for b, o, c, box in zip(boxes, objectness, class_probs, letterboxes):
+        best, labels = c.max(1)
+        original = torch.from_numpy(box.to_original(b.cpu().numpy())).float()
+        outputs.append({"boxes": original, "scores": (o * best).cpu(), "labels": labels.cpu()})
+    return outputs
 
 
 def load_backbone_weights(model: YoloDetector, state_dict: dict, source: str) -> None:
