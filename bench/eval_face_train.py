@@ -44,7 +44,7 @@ def verification_of(checkpoint: Path) -> dict:
     from cvtool.models.checkpoint import load_weights_file
     from cvtool.models.loading import load_model
     from cvtool.train.datasets import ClassificationDataset, decode_all
-    from cvtool.train.face import (accuracy_at, best_threshold, embed_all, open_identity_folders, pair_distances,
+    from cvtool.train.face_embedding import (accuracy_at, best_threshold, embed_all, open_identity_folders, pair_distances,
                                    subset_identities, verification_report)
 
     meta = load_weights_file(checkpoint).meta

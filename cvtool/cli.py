@@ -762,7 +762,7 @@ def train_style(
         import json
 
         from cvtool.device import resolve_device
-        from cvtool.train import style as recipe
+        from cvtool.train import stylization as recipe
         from cvtool.train.engine import TrainConfig, new_run_dir
 
         torch_device = resolve_device(device)
@@ -812,7 +812,7 @@ def train_face(
         import json
 
         from cvtool.device import resolve_device
-        from cvtool.train import face as recipe
+        from cvtool.train import face_embedding as recipe
         from cvtool.train.engine import TrainConfig, new_run_dir
 
         torch_device = resolve_device(device)

@@ -19,7 +19,7 @@ from cvtool.ops.triplet import (
     semi_hard_triplet_loss,
     triplet_loss,
 )
-from cvtool.train.face import (
+from cvtool.train.face_embedding import (
     FaceTrainArgs,
     PKBatchSampler,
     best_threshold,
@@ -187,7 +187,7 @@ def _train(data, run_dir, epochs, **args):
 def test_training_learns_and_the_checkpoint_carries_its_threshold(people_folder, tmp_path):
     from cvtool.models.loading import load_model
     from cvtool.train.datasets import ClassificationDataset, decode_all
-    from cvtool.train.face import accuracy_at, embed_all, pair_distances, subset_identities
+    from cvtool.train.face_embedding import accuracy_at, embed_all, pair_distances, subset_identities
 
     run = tmp_path / "run"
     summary = _train(people_folder, run, epochs=8)
