@@ -2,6 +2,7 @@
 
 import collections
 import hashlib
+import os
 import pathlib
 import pickle
 
@@ -105,21 +106,46 @@ def test_wrapper_keeps_its_other_fields_as_meta(tmp_path):
     assert loaded.arch is None  # only a cvtool checkpoint's fields have a known meaning
 
 
+class CallsOsSystem:
+    """What a real attack looks like: unpickling runs a shell command (never reached: refused first)."""
+
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+_OS_SYSTEM = f"{os.system.__module__}.system"  # posix.system (nt.system on Windows)
+
+
+def _save_legacy(payload, path):
+    torch.save(payload, path, _use_new_zipfile_serialization=False)
+
+
+def _save_raw_pickle(payload, path):
+    path.write_bytes(pickle.dumps(payload))
+
+
 @pytest.mark.parametrize(
-    "payload",
-    [{"weight": torch.zeros(1), "hook": RunsCodeOnLoad()}, Payload(weight=torch.zeros(1))],
-    ids=["reduce-calls-a-function", "ordereddict-subclass"],
+    "payload, culprit, save",
+    [
+        ({"weight": torch.zeros(1), "hook": RunsCodeOnLoad()}, f"{__name__}._record_that_code_ran", torch.save),
+        (Payload(weight=torch.zeros(1)), f"{__name__}.Payload", torch.save),
+        ({"weight": torch.zeros(1), "hook": CallsOsSystem()}, _OS_SYSTEM, torch.save),
+        ({"hook": CallsOsSystem()}, _OS_SYSTEM, _save_legacy),
+        ({"hook": CallsOsSystem()}, _OS_SYSTEM, _save_raw_pickle),
+        (torch.nn.Linear(2, 2), "torch.nn.modules.linear.Linear", torch.save),  # a whole module, not a state_dict
+    ],
+    ids=["reduce-calls-a-function", "ordereddict-subclass", "os-system", "os-system-legacy-format",
+         "os-system-plain-pickle", "whole-module"],
 )
-def test_pickled_code_is_refused_without_running_it(tmp_path, payload):
+def test_pickled_code_is_refused_without_running_it(tmp_path, payload, culprit, save):
     path = tmp_path / "evil.pt"
-    torch.save(payload, path)
-    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+    save(payload, path)
+    with pytest.raises(pickle.UnpicklingError):
         torch.load(path, weights_only=True)  # torch itself refuses it, so cvtool's refusal rests on that
-    message = _one_line_error(path)
-    assert "refused: the file contains pickled Python objects (" in message
-    assert "_record_that_code_ran" in message or "Payload" in message
-    assert message.endswith("which could run code; save a plain state_dict (torch.save(model.state_dict(), ...)) "
-                            "or a cvtool checkpoint")
+    assert _one_line_error(path) == (
+        f"{path}: refused: the file carries pickled Python code ({culprit}), which torch.load(weights_only=True) "
+        "will not run; save a plain state_dict (torch.save(model.state_dict(), ...)) or a cvtool checkpoint"
+    )
     assert CODE_RAN == []
 
 
@@ -132,6 +158,17 @@ def test_files_that_are_not_weights(tmp_path, content):
     path = tmp_path / "bad.pt"
     path.write_bytes(content)
     assert "not a PyTorch weights file (" in _one_line_error(path)
+
+
+@pytest.mark.parametrize("content", [b"\x89PNG\r\n\x1a\n" + bytes(64), bytes(100), b"{" * 50],
+                         ids=["png", "zeros", "braces"])
+def test_junk_that_torch_rejects_as_a_pickle_is_not_called_code(tmp_path, content):
+    """torch raises the same UnpicklingError for these as for pickled code; only the content tells them apart."""
+    path = tmp_path / "junk.pt"
+    path.write_bytes(content)
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(path, weights_only=True)
+    assert _one_line_error(path) == f"{path}: not a PyTorch weights file (unrecognised content)"
 
 
 def test_truncated_checkpoint(tmp_path):

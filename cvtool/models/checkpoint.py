@@ -8,15 +8,18 @@ own checkpoints hold nothing else, so they load that way too.
 from __future__ import annotations
 
 import collections
+import io
 import pickle
-import re
+import pickletools
+import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cvtool.errors import WeightsError
 from cvtool.io.atomic import atomic_open
-from cvtool.models.weights import sha256_file
+from cvtool.cache import file_sha256
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -28,9 +31,12 @@ _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict")
 _PLAIN_TYPES = (str, int, float, bool, complex, bytes, type(None))
 _CONTAINER_TYPES = (dict, collections.OrderedDict, list, tuple, set)
 _REFUSED = (
-    "refused: the file contains pickled Python objects{names}, which could run code; save a plain state_dict "
-    "(torch.save(model.state_dict(), ...)) or a cvtool checkpoint"
+    "refused: the file carries pickled Python code{names}, which torch.load(weights_only=True) will not run; "
+    "save a plain state_dict (torch.save(model.state_dict(), ...)) or a cvtool checkpoint"
 )
+_PY2_MODULES = {"__builtin__": "builtins", "copy_reg": "copyreg"}  # protocol <3 names, as pickle maps them
+_MAX_PICKLES = 5  # a legacy torch.save file is a few pickles in a row (magic, version, info, object, keys)
+_STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING", "BINSTRING", "STRING"}
 
 
 def save_checkpoint(
@@ -109,7 +115,7 @@ def load_weights_file(path: str | Path) -> LoadedWeights:
         classes=list(meta["classes"]) if is_cvtool and meta.get("classes") else None,
         preprocess=meta.get("preprocess") if is_cvtool else None,
         meta=meta,
-        sha256=sha256_file(path),
+        sha256=file_sha256(path),  # remembered per file version: a cached download is not read twice
         path=str(path),
     )
 
@@ -128,18 +134,93 @@ def _torch_load(path: Path):
     import torch
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a plain pickle's protocol warns (many lines) before our one-line refusal
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except OSError as exc:
         raise WeightsError(f"cannot read ({exc.strerror or exc})", path) from None
-    except pickle.UnpicklingError as exc:
-        names = re.findall(r"Unsupported global: GLOBAL (\S+)", str(exc))
+    except pickle.UnpicklingError:
+        # torch's weights-only unpickler raises this type both for code it will not run and for junk, and
+        # its wording changes between releases; the file itself says which: a well-formed pickle naming
+        # globals outside torch's allow-list is code.
+        names = _refused_globals(path)
         if names:
-            raise WeightsError(_REFUSED.format(names=f" ({', '.join(dict.fromkeys(names))})"), path) from None
+            shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            raise WeightsError(_REFUSED.format(names=f" ({shown})"), path) from None
         raise WeightsError("not a PyTorch weights file (unrecognised content)", path) from None
     except RuntimeError as exc:  # the zip reader: truncated or damaged archive
         raise WeightsError(f"not a PyTorch weights file ({_first_sentence(exc)})", path) from None
     except Exception:  # the legacy reader fails on junk with KeyError, EOFError, ValueError...
         raise WeightsError("not a PyTorch weights file (unrecognised content)", path) from None
+
+
+def _refused_globals(path: Path) -> list[str]:
+    """The Python objects the file's pickle(s) would import that torch's weights-only loader does not
+    allow; [] when the content is not a well-formed pickle. Read with pickletools: nothing is run."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                member = next((n for n in archive.namelist() if n.endswith("data.pkl")), None)
+                streams = [io.BytesIO(archive.read(member))] if member else []
+                names = [name for stream in streams for name in _pickle_globals(stream)]
+        else:
+            names = []
+            with open(path, "rb") as stream:
+                for _ in range(_MAX_PICKLES):
+                    found = _pickle_globals(stream)
+                    if found is None:
+                        break
+                    names += found
+    except (OSError, zipfile.BadZipFile, RuntimeError):
+        return []
+    allowed = _allowed_globals()
+    names = [_PY2_MODULES.get(n.split(".", 1)[0], n.split(".", 1)[0]) + n[n.find("."):] if "." in n else n
+             for n in names]
+    return [name for name in dict.fromkeys(names) if name not in allowed]
+
+
+def _pickle_globals(stream) -> list[str] | None:
+    """`module.name` of every global one pickle references; None when the stream is not a whole pickle."""
+    names: list[str] = []
+    pushed: list = []  # recent string operands (None for other pushes): STACK_GLOBAL takes the last two
+    memo: dict = {}
+    try:
+        for op, arg, _ in pickletools.genops(stream):
+            if op.name in ("GLOBAL", "INST"):
+                names.append(str(arg).replace(" ", "."))
+            elif op.name == "STACK_GLOBAL":
+                module, name = (pushed[-2:] if len(pushed) >= 2 else (None, None))
+                names.append(f"{module}.{name}" if isinstance(module, str) and isinstance(name, str) else "?")
+            elif op.name in _STRING_OPS:
+                pushed.append(arg)
+            elif op.name == "MEMOIZE":
+                memo[len(memo)] = pushed[-1] if pushed else None
+            elif op.name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                memo[arg] = pushed[-1] if pushed else None
+            elif op.name in ("GET", "BINGET", "LONG_BINGET"):
+                pushed.append(memo.get(arg))
+            else:
+                pushed.append(None)
+    except (ValueError, EOFError, KeyError, TypeError, UnicodeDecodeError, OverflowError):
+        return None  # not a pickle (or cut short)
+    return names
+
+
+def _allowed_globals() -> set[str]:
+    """What torch.load(weights_only=True) accepts by default or by the user's add_safe_globals."""
+    import torch
+
+    allowed: set[str] = set()
+    try:
+        from torch import _weights_only_unpickler
+
+        allowed.update(_weights_only_unpickler._get_allowed_globals())
+    except (ImportError, AttributeError):  # private API: without it every global is listed, still refused
+        pass
+    for item in torch.serialization.get_safe_globals():
+        obj = item[0] if isinstance(item, tuple) else item
+        allowed.add(f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', obj)}")
+    return allowed
 
 
 def _first_sentence(exc: Exception) -> str:
