@@ -91,10 +91,23 @@ def file_sha256(path: str | Path, *, rehash: bool = False) -> str:
         return entry["sha256"]
     digest = sha256_file(path)
     if _stamp(path.stat()) == stamp:  # unchanged while it was read: safe to remember
-        memo.pop(key, None)
-        memo[key] = {"stat": stamp, "sha256": digest}
-        _write_memo(memo)
+        remember_sha256(path, digest)
     return digest
+
+
+def remember_sha256(path: str | Path, digest: str) -> None:
+    """Record the hash of a file just written by the caller, which hashed its bytes on the way in
+    (a download); the next file_sha256 of this version of the file then costs nothing."""
+    path = Path(path)
+    try:
+        stamp = _stamp(path.stat())
+    except OSError:
+        return
+    memo = _read_memo()
+    key = str(path.resolve())
+    memo.pop(key, None)
+    memo[key] = {"stat": stamp, "sha256": digest.lower()}
+    _write_memo(memo)
 
 
 def sidecar_path(path: str | Path) -> Path:

@@ -3,6 +3,7 @@
 import hashlib
 import http.server
 import io
+import os
 import socket
 import threading
 
@@ -145,13 +146,65 @@ def test_progress_bar_goes_to_stderr_only(cache, server, capfd):
     assert f"downloading {server.name}" in err
 
 
-def test_a_cache_hit_neither_downloads_nor_rehashes(cache, server):
+@pytest.fixture
+def hash_reads(monkeypatch):
+    """Names of the files whose bytes were hashed (cvtool.cache.sha256_file, the one place that reads them)."""
+    import cvtool.cache
+
+    reads, real = [], cvtool.cache.sha256_file
+
+    def counting(path):
+        reads.append(os.path.basename(path))
+        return real(path)
+
+    monkeypatch.setattr(cvtool.cache, "sha256_file", counting)
+    return reads
+
+
+def test_a_cache_hit_that_does_not_match_its_hash_is_refused(cache, server):
+    """Whatever lies under the published name (here: another valid state_dict) is checked before use."""
     cache.mkdir(parents=True)
-    (cache / server.name).write_bytes(b"not what the server has")
+    torch.manual_seed(5)
+    torch.save(torch.nn.Linear(4, 2).state_dict(), cache / server.name)
+    actual = hashlib.sha256((cache / server.name).read_bytes()).hexdigest()
     url = f"{server.url}/{server.name}"
-    assert weights.fetch(url, offline=False).read_bytes() == b"not what the server has"
+    for offline in (True, False):
+        with pytest.raises(WeightsError) as info:
+            weights.fetch(url, offline=offline)
+        assert _one_line(info) == (
+            f"{cache / server.name}: corrupt: sha256 {actual[:12]}… does not match the published {server.name[5:13]}…; "
+            "delete it and the next run downloads it again (or pass --weights FILE)"
+        )
     assert server.requests == []
-    assert weights.verify(cache / server.name, url=url) is False  # catching that is verify's job
+    (cache / server.name).unlink()
+    assert weights.fetch(url, progress=False).read_bytes() == server.data  # as the message says
+
+
+def test_a_cached_file_is_hashed_once_per_version(cache, server, hash_reads):
+    url = f"{server.url}/{server.name}"
+    path = weights.fetch(url, progress=False)
+    assert hash_reads == []  # hashed as it streamed in
+    assert weights.fetch(url) == path and hash_reads == []
+    copy = cache.parent / "copy.pth"
+    copy.write_bytes(server.data)
+    path.unlink()
+    os.replace(copy, path)  # the same bytes put there by hand: a new file, so hashed once
+    assert weights.fetch(url) == path and hash_reads == [server.name]
+    assert weights.fetch(url) == path and weights.fetch(url) == path and hash_reads == [server.name]
+    assert weights.verify(path, url=url) is True and hash_reads == [server.name] * 2  # verify always re-reads
+
+
+def test_a_rewrite_in_place_with_the_old_mtime_is_still_caught(cache, server):
+    url = f"{server.url}/{server.name}"
+    path = weights.fetch(url, progress=False)
+    weights.fetch(url)  # verdict remembered
+    stat = path.stat()
+    with open(path, "r+b") as handle:  # flip bytes, keep size and mtime
+        handle.seek(len(server.data) // 2)
+        handle.write(b"\xff\xfe\xfd\xfc")
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with pytest.raises(WeightsError, match="corrupt: sha256 "):
+        weights.fetch(url)
 
 
 def test_an_empty_cached_file_is_downloaded_again(cache, server):

@@ -4,7 +4,9 @@ guaranteed offline mode.
 Files land in torch.hub's cache (`$TORCH_HOME/hub/checkpoints`) under their published names, so
 cvtool and torchvision share one copy. A download streams into a temp file beside its final name and
 is renamed into the cache only when complete and its hash matches, so a partial or corrupt file never
-looks cached.
+looks cached. A file found in the cache is hash-checked too before it is used (anyone can drop a file
+under the name the offline message asks for); the verdict is remembered per file version
+(cvtool.cache.file_sha256), so an unchanged file is read once, not on every load.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from pathlib import Path
 from typing import IO, Callable, Iterator
 from urllib.parse import urlparse
 
+from cvtool.cache import file_sha256, remember_sha256
+from cvtool.cache import sha256_file as sha256_file  # re-exported: always re-reads the file
 from cvtool.errors import WeightsError
 from cvtool.io.atomic import atomic_open
 
@@ -65,34 +69,61 @@ def expected_hash_prefix(url_or_filename: str) -> str | None:
     return (match.group(1) or None) if match else None
 
 
-def sha256_file(path: str | Path) -> str:
-    """Hex SHA-256 of a file, read in chunks so large weights never sit in memory whole."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _expected_hash(url: str | None, sha256: str | None) -> str | None:
     expected = sha256 or (expected_hash_prefix(url) if url else None)
     return expected.lower() if expected else None
 
 
 def verify(path: str | Path, url: str | None = None, sha256: str | None = None) -> bool | None:
-    """Re-hash a cached file against its published hash; None when there is nothing to compare with."""
+    """Re-hash a cached file (really re-read, not remembered) against its published hash; None when
+    there is nothing to compare with."""
     expected = _expected_hash(url, sha256)
-    return None if expected is None else sha256_file(path).startswith(expected)
+    return None if expected is None else file_sha256(path, rehash=True).startswith(expected)
+
+
+def check_cached(path: Path, url: str, sha256: str | None = None) -> None:
+    """A one-line WeightsError when a cached file does not match its published hash.
+
+    The hash is remembered per file version (path, size, mtime, ctime, inode), so only the first
+    load of a given file reads it.
+    """
+    expected = _expected_hash(url, sha256)
+    if expected is None:
+        return
+    try:
+        actual = file_sha256(path)
+    except OSError as exc:
+        raise WeightsError(f"cannot read ({exc.strerror or exc})", path) from None
+    if not actual.startswith(expected):
+        model = _model_for(url)
+        fix = f"run `cvtool models pull {model}`" if model else "the next run downloads it again"
+        raise WeightsError(
+            f"corrupt: sha256 {actual[:12]}… does not match the published {expected[:12]}…; delete it and {fix} "
+            "(or pass --weights FILE)",
+            path,
+        )
+
+
+def _model_for(url: str) -> str | None:
+    """The registry name whose default weights are `url` (for the error line), if any."""
+    try:
+        from cvtool.models.registry import list_entries
+
+        return next((e.name for e in list_entries() if getattr(e.weights, "url", None) == url), None)
+    except Exception:  # only wording is at stake here; never hide the corrupt-file error behind another
+        return None
 
 
 def fetch(url: str, *, sha256: str | None = None, offline: bool | None = None, progress: bool = True) -> Path:
     """The cached file for `url`, downloading it first if it is not there.
 
-    A cache hit touches neither the network nor the file's contents (re-hashing is `verify`'s job).
+    A cache hit touches no network and is checked against the published hash (read once per file
+    version, see check_cached): a mismatch is a WeightsError, never a silent load.
     Offline (the argument, else CVTOOL_OFFLINE) a miss fails at once, without any network attempt.
     """
     target = cached_path(url)
     if target.is_file() and target.stat().st_size > 0:
+        check_cached(target, url, sha256)
         return target
     source = resolve_url(url)
     if is_offline() if offline is None else offline:
@@ -108,6 +139,7 @@ def fetch(url: str, *, sha256: str | None = None, offline: bool | None = None, p
                 f"downloaded {target.name} is corrupt: sha256 {actual[:12]}… does not match expected {expected[:12]}…; "
                 "try again or pass --weights FILE"
             )
+    remember_sha256(target, actual)  # hashed while it streamed in: the first load need not read it again
     return target
 
 
