@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
-from cvtool.errors import CvtoolError
+from cvtool.errors import CvtoolError, UsageError, WeightsError
 from cvtool.io.inputs import InputItem
 
 
@@ -48,6 +48,7 @@ class _Prepared:
     sample: Any = None
     error: str | None = None
     ms: float = 0.0
+    result: dict | None = None  # filled in by predict
 
 
 def error_record(path: str, reason: str) -> dict:
@@ -142,20 +143,46 @@ def _resolve(pending: _Pending) -> _Prepared:
     return _Prepared(pending.path, sample=sample, ms=ms)
 
 
+def _predict_guarded(pipeline: Pipeline, good: list[_Prepared]) -> None:
+    """Run `predict` on a batch and put each result on its input. The last line of defence (pipelines
+    check sizes and contents in `prepare`): an InputError or an unexpected exception fails only the
+    inputs it belongs to (a failing batch is retried one input at a time to find them), while a
+    UsageError or WeightsError still stops the command."""
+    try:
+        results = pipeline.predict([p.sample for p in good])
+        if len(results) != len(good):
+            raise RuntimeError(f"predict returned {len(results)} results for {len(good)} inputs")
+    except (UsageError, WeightsError):
+        raise
+    except Exception as exc:
+        if len(good) > 1:
+            for prepared in good:
+                _predict_guarded(pipeline, [prepared])
+            return
+        good[0].error = exc.reason if isinstance(exc, CvtoolError) else _unexpected_reason(exc)
+        return
+    for prepared, result in zip(good, results):
+        prepared.result = result
+
+
+def _unexpected_reason(exc: Exception) -> str:
+    detail = (str(exc).strip().splitlines() or [""])[0][:200]
+    return f"could not be processed ({type(exc).__name__}: {detail})" if detail else \
+        f"could not be processed ({type(exc).__name__})"
+
+
 def _finish(pipeline: Pipeline, batch: list[_Prepared], out_dir: Path | None) -> Iterator[dict]:
     good = [p for p in batch if p.error is None]
-    results: list[dict] = []
     infer_ms = 0.0
     if good:
         start = time.perf_counter()
-        results = pipeline.predict([p.sample for p in good])
+        _predict_guarded(pipeline, good)
         infer_ms = (time.perf_counter() - start) * 1000 / len(good)
-    in_order = iter(results)
     for prepared in batch:
         if prepared.error is not None:
             yield error_record(prepared.path, prepared.error)
             continue
-        result = next(in_order)
+        result = prepared.result
         record = result_record(pipeline, prepared.path, prepared.ms + infer_ms, result)
         if out_dir is not None:
             try:
