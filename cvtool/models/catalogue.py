@@ -1,10 +1,21 @@
-"""`cvtool models`: a view of the registry plus the weights cache."""
+"""`cvtool models`: a view of the registry plus the weights cache.
+
+Lines are reported through the `info` / `error` callbacks the caller passes (the CLI: cvtool.console's
+info and error_line); models/ never imports the console. The defaults write `cvtool: <line>` to stderr.
+"""
 
 from __future__ import annotations
 
-from cvtool.console import error_line, info
-from cvtool.errors import CvtoolError
+import sys
+from typing import Callable
+
+from cvtool.errors import EXIT_INPUT_FAILED, EXIT_OK, EXIT_USAGE, CvtoolError
 from cvtool.models.registry import get_entry, list_entries
+
+
+def _stderr_line(message: str) -> None:
+    sys.stderr.write(f"cvtool: {message}\n")
+    sys.stderr.flush()
 
 
 def describe_all(task: str | None = None) -> list[dict]:
@@ -43,8 +54,13 @@ def print_table(rows: list[dict]) -> None:
     Console().print(table)
 
 
-def pull(names: list[str], *, progress: bool = True) -> list[str]:
-    """Fetch each model's default weights; return the names that failed (each reported on stderr)."""
+def pull(names: list[str], *, progress: bool = True, info: Callable[[str], None] = _stderr_line,
+         error: Callable[[str], None] = _stderr_line) -> int:
+    """Fetch each model's default weights; each failure is reported on stderr and the rest still fetched.
+
+    Returns the exit code the README documents: 0, or 2 (EXIT_USAGE: weights missing, unknown model)
+    when any could not be had.
+    """
     failed = []
     for name in names:
         try:
@@ -54,29 +70,42 @@ def pull(names: list[str], *, progress: bool = True) -> list[str]:
             path = entry.weights.local_path(progress=progress)
             info(f"{name}: {path}")
         except CvtoolError as exc:
-            error_line(str(exc))
+            error(str(exc))
             failed.append(name)
-    return failed
+    return EXIT_USAGE if failed else EXIT_OK
 
 
-def verify(names: list[str] | None = None) -> list[str]:
-    """Re-hash each cached download; return the names whose file does not match its published hash."""
+def verify(names: list[str] | None = None, *, info: Callable[[str], None] = _stderr_line,
+           error: Callable[[str], None] = _stderr_line) -> int:
+    """Re-hash each cached download (really re-read) against its published hash, one line per file.
+
+    Returns 0, or 1 (EXIT_INPUT_FAILED: the others were still checked) when a file is corrupt or a
+    named model's weights are not cached. With nothing cached, says so (and where the cache is).
+    """
     from cvtool.models import weights
 
     entries = [get_entry(n) for n in names] if names else list_entries()
-    failed = []
+    failed, checked = [], 0
     for entry in entries:
         source = entry.weights
         if source is None or source.kind != "download" or not source.is_available():
             if names:
-                error_line(f"{entry.name}: weights are not in the cache; `cvtool models pull {entry.name}` fetches them")
+                error(f"{entry.name}: weights are not in the cache; `cvtool models pull {entry.name}` fetches them")
                 failed.append(entry.name)
             continue
+        checked += 1
         path = weights.cached_path(source.url)
-        verdict = weights.verify(path, url=source.url, sha256=source.sha256)
-        if verdict is False:
-            error_line(f"{path}: corrupt: sha256 does not match the published hash; delete it and pull again")
+        expected = weights.expected_sha256(source.url, source.sha256)
+        actual = weights.sha256_file(path) if expected else None
+        if expected and not actual.startswith(expected):
+            error(f"{path}: corrupt: sha256 {actual[:12]}… does not match the published {expected[:12]}…; "
+                       f"delete it and run `cvtool models pull {entry.name}`")
             failed.append(entry.name)
         else:
-            info(f"{entry.name}: {path}: {'ok' if verdict else 'no published hash to check'}")
-    return failed
+            if expected:
+                weights.remember_sha256(path, actual)  # just read in full: the next load need not
+            info(f"{entry.name}: {path}: {'ok' if expected else 'no published hash to check'}")
+    if not names and checked == 0:
+        info(f"nothing to verify: no model weights are cached in {weights.cache_dir()}/ "
+             "(`cvtool models pull NAME` fetches them)")
+    return EXIT_INPUT_FAILED if failed else EXIT_OK

@@ -69,9 +69,13 @@ def expected_hash_prefix(url_or_filename: str) -> str | None:
     return (match.group(1) or None) if match else None
 
 
-def _expected_hash(url: str | None, sha256: str | None) -> str | None:
+def expected_sha256(url: str | None, sha256: str | None = None) -> str | None:
+    """The hash (or torch.hub prefix) a file must match: `sha256` when given, else the one in `url`'s name."""
     expected = sha256 or (expected_hash_prefix(url) if url else None)
     return expected.lower() if expected else None
+
+
+_expected_hash = expected_sha256
 
 
 def verify(path: str | Path, url: str | None = None, sha256: str | None = None) -> bool | None:
