@@ -8,6 +8,33 @@ from typing import Callable
 import torch
 
 
+def padded_size(height: int, width: int, multiple: int = 1) -> tuple[int, int]:
+    """The size a fully convolutional network is run at: each side rounded up to `multiple` and at least
+    two multiples, so the coarsest level has two cells a side (instance norm needs more than one value,
+    reflection padding of 1 needs two)."""
+    least = 2 * multiple if multiple > 1 else 1
+    return max(least, -(-height // multiple) * multiple), max(least, -(-width // multiple) * multiple)
+
+
+def pad_bottom_right(batch: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """B x C x h x w -> B x C x height x width: mirrored where the image is large enough to mirror,
+    else its edge pixels repeated (a 1-pixel-wide image has nothing to mirror)."""
+    import torch.nn.functional as F
+
+    h, w = batch.shape[-2:]
+    pad_h, pad_w = height - h, width - w
+    if not pad_h and not pad_w:
+        return batch
+    mode = "reflect" if pad_h < h and pad_w < w else "replicate"
+    return F.pad(batch, (0, pad_w, 0, pad_h), mode=mode)
+
+
+def run_padded(forward: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, multiple: int = 1) -> torch.Tensor:
+    """`image` C x H x W -> forward's C' x H x W output, run on the image padded to `padded_size` and cropped back."""
+    _, h, w = image.shape
+    return forward(pad_bottom_right(image[None], *padded_size(h, w, multiple)))[0, :, :h, :w]
+
+
 def _starts(length: int, tile: int, stride: int) -> list[int]:
     if length <= tile:
         return [0]
@@ -35,10 +62,16 @@ def tiled_logits(
     tile: int,
     overlap: int,
     batch_size: int = 4,
+    multiple: int = 1,
 ) -> torch.Tensor:
-    """`image` is C x H x W (already preprocessed); returns num_classes x H x W blended logits on the CPU."""
+    """`image` is C x H x W (already preprocessed); returns num_classes x H x W blended logits on the CPU.
+    `tile` is a multiple of `multiple`; an image narrower than a tile is padded (see `padded_size`)."""
     if overlap * 2 >= tile:
         raise ValueError(f"--overlap {overlap} must be less than half of --tile {tile}")
+    _, full_h, full_w = image.shape
+    if full_h < tile or full_w < tile:  # a side shorter than a tile: one tile of the padded size there
+        need_h, need_w = padded_size(full_h, full_w, multiple)
+        image = pad_bottom_right(image[None], max(full_h, min(tile, need_h)), max(full_w, min(tile, need_w)))[0]
     _, height, width = image.shape
     tile_h, tile_w = min(tile, height), min(tile, width)
     stride = tile - overlap
@@ -53,4 +86,4 @@ def tiled_logits(
         for (y, x), tile_logits in zip(chunk, logits):
             total[:, y : y + tile_h, x : x + tile_w] += tile_logits * window
             weight[:, y : y + tile_h, x : x + tile_w] += window
-    return total / weight
+    return (total / weight)[:, :full_h, :full_w]

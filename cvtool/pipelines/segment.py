@@ -16,6 +16,7 @@ from cvtool.io.render import class_palette, indexed_png, overlay
 from cvtool.models.loading import LoadedModel
 
 MASK_SUFFIX = ".mask.png"
+MAX_ASPECT = 4  # thinner images are padded before a shorter-side resize (see SegmentPipeline.prepare_array)
 
 
 def segmentation_logits(output):
@@ -28,6 +29,7 @@ class Sample:
     rgb: np.ndarray  # the decoded input, for the overlay
     tensor: np.ndarray  # preprocessed C x h x w
     labels: np.ndarray | None = None  # H x W class indices at the input's size, filled by predict()
+    valid: tuple[float, float] = (1.0, 1.0)  # the fractions of `tensor`'s height and width that are the image
 
 
 class SegmentPipeline:
@@ -62,7 +64,16 @@ class SegmentPipeline:
         return self.prepare_array(read_image(path, max_pixels=self.max_pixels))
 
     def prepare_array(self, rgb: np.ndarray) -> Sample:
-        return Sample(rgb, self.model.preprocess(rgb))
+        """A model that resizes the shorter side (torchvision's segmenters) would blow a thin strip up to an
+        enormous image (1 x 500 pixels -> 520 x 260,000): such an image is padded first, with its edge
+        pixels, to an aspect ratio of at most MAX_ASPECT, and the labels of the padding are cut off again."""
+        h, w = rgb.shape[:2]
+        pre = self.model.preprocess
+        if pre.resize_mode != "shorter" or pre.resize_size is None or max(h, w) <= MAX_ASPECT * min(h, w):
+            return Sample(rgb, pre(rgb))
+        padded_h, padded_w = max(h, -(-w // MAX_ASPECT)), max(w, -(-h // MAX_ASPECT))
+        padded = cv2.copyMakeBorder(rgb, 0, padded_h - h, 0, padded_w - w, cv2.BORDER_REPLICATE)
+        return Sample(rgb, pre(padded), valid=(h / padded_h, w / padded_w))
 
     def render(self, rgb: np.ndarray, sample: Sample, result: dict) -> np.ndarray:
         return overlay(rgb, sample.labels, self.alpha, self.palette)
@@ -75,6 +86,9 @@ class SegmentPipeline:
                 tensor = torch.from_numpy(sample.tensor)
                 logits = self._tiled(tensor) if self.tile else self._whole(tensor)
                 labels = logits.argmax(0).to(torch.uint8 if logits.shape[0] <= 256 else torch.int32).cpu().numpy()
+                if sample.valid != (1.0, 1.0):  # cut off the labels of the padding (see prepare_array)
+                    labels = labels[: max(1, round(labels.shape[0] * sample.valid[0])),
+                                    : max(1, round(labels.shape[1] * sample.valid[1]))]
                 sample.labels = self._to_input_size(labels, sample.rgb.shape[:2])
         return [self._summary(sample.labels) for sample in samples]
 
@@ -82,13 +96,9 @@ class SegmentPipeline:
         return segmentation_logits(self.model.module(batch.to(self.model.device)))
 
     def _whole(self, tensor):
-        import torch.nn.functional as F
+        from cvtool.ops.tiling import run_padded
 
-        _, h, w = tensor.shape
-        m = self.size_multiple
-        pad_h, pad_w = (-h) % m, (-w) % m
-        padded = F.pad(tensor[None], (0, pad_w, 0, pad_h), mode="reflect") if pad_h or pad_w else tensor[None]
-        return self._forward(padded)[0, :, :h, :w]
+        return run_padded(self._forward, tensor, self.size_multiple)
 
     def _tiled(self, tensor):
         from cvtool.ops.tiling import tiled_logits
@@ -96,7 +106,7 @@ class SegmentPipeline:
         if self.tile % self.size_multiple:
             raise UsageError(f"--tile must be a multiple of {self.size_multiple} for {self.model_name}")
         return tiled_logits(self._forward, tensor, num_classes=len(self.model.classes), tile=self.tile,
-                            overlap=self.overlap, batch_size=self.tile_batch)
+                            overlap=self.overlap, batch_size=self.tile_batch, multiple=self.size_multiple)
 
     @staticmethod
     def _to_input_size(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
