@@ -5,6 +5,7 @@ Heavy imports (torch, torchvision, cv2) happen inside the commands, so `cvtool -
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from enum import Enum
@@ -114,19 +115,12 @@ BACKEND_OPT = typer.Option("torch", "--backend", help="torch, or onnxruntime (ex
 VID_STRIDE_OPT = typer.Option(1, "--vid-stride", min=1, help="Videos and cameras: process every Nth frame.")
 
 
-def _input_items(images: list[str], recursive: bool):
-    """Expand inputs; a known count when nothing is read from stdin and there is no video (for the progress bar)."""
-    from cvtool.io.inputs import MEDIA_SUFFIXES, iter_inputs
+def _input_items(images: list[str], recursive: bool, out: Optional[Path] = None):
+    """Expand inputs (cvtool.io.inputs.expand_inputs): items, and their count when known (for the progress bar)."""
+    from cvtool.io.inputs import expand_inputs
 
-    if images.count("-") > 1:
-        raise UsageError("'-' (read paths from stdin) may be given once")
-    items = iter_inputs(images, recursive=recursive, stdin=sys.stdin, suffixes=MEDIA_SUFFIXES)
-    if "-" in images:
-        return items, None
-    from cvtool.io.video import is_stream
-
-    items = list(items)
-    return items, None if any(i.error is None and is_stream(i.path) for i in items) else len(items)  # frames: unknown
+    return expand_inputs(images, recursive=recursive, stdin=sys.stdin, out_dir=out,
+                         on_previous_outputs=lambda n: info(f"{n} previous cvtool output(s) in --out not taken as inputs"))
 
 
 @app.command(
@@ -151,51 +145,41 @@ def classify(
     """Classify images: top-k labels with probabilities, one record per image (per frame of a video)."""
     with exits_cleanly():
         check_out_dir(out, skip_existing=skip_existing)
-        from cvtool.pipelines import classify as task
+        from cvtool.api import Classifier
 
-        loaded = _load(model, "classify", weights, device, default="resnet18", backend=backend)
-        pipeline = task.ClassifyPipeline(loaded, top_k=top_k, max_pixels=max_pixels, out_dir=out)
-        code = _run_batch(pipeline, task, images, recursive, out, skip_existing, batch_size, workers, fmt,
-                          vid_stride=vid_stride)
+        task = Classifier(model, weights=weights, top_k=top_k, device=device, backend=backend, max_pixels=max_pixels,
+                          **_loading())
+        info(task.describe())
+        code = _run_batch(task, images, recursive=recursive, out=out, skip_existing=skip_existing,
+                          batch_size=batch_size, workers=workers, fmt=fmt, vid_stride=vid_stride)
     raise typer.Exit(code)
 
 
-def _load(model: Optional[str], task: str, weights: Optional[Path], device: str, *, default: str,
-          backend: str = "torch"):
-    from cvtool.device import resolve_device
-    from cvtool.models import onnx_backend
-
-    loaded = onnx_backend.load(model, task=task, weights=weights, device=resolve_device(device), backend=backend,
-                               progress=not SETTINGS.quiet, default=default,
-                               on_export=lambda path: info(f"exporting to ONNX once, into {path}"))
-    where = "onnxruntime" if isinstance(loaded.module, onnx_backend.OnnxNetwork) else loaded.device
-    info(f"{loaded.name} on {where}, weights {Path(loaded.weights_path).name} (sha256 {loaded.weights_sha256[:12]})")
-    return loaded
+def _loading() -> dict:
+    """How the API objects load models from the CLI: progress bars unless --quiet, and a note when exporting."""
+    return {"progress": not SETTINGS.quiet, "on_export": lambda path: info(f"exporting to ONNX once, into {path}")}
 
 
-def _run_batch(pipeline, task_module, images, recursive, out, skip_existing, batch_size, workers, fmt,
-               vid_stride: int = 1) -> int:
-    """Stream inputs through a task's pipeline into the chosen writer; the exit code for the batch."""
+def _run_batch(task, images, *, recursive, out, skip_existing, batch_size, workers, fmt, vid_stride=1,
+               **run_options) -> int:
+    """Stream inputs through an API object's `run` into the chosen writer; the exit code for the batch."""
     from cvtool.io.records import make_writer
-    from cvtool.pipelines.runner import already_done, run
 
-    items, total = _input_items(images, recursive)
+    check_out_dir(out, skip_existing=skip_existing)
+    items, total = _input_items(images, recursive, out)
     summary = BatchSummary()
 
-    def skip(path: str) -> bool:
-        done = skip_existing and already_done(pipeline, path)
-        summary.skipped += done
-        return done
+    def skipped(path: str) -> None:
+        summary.skipped += 1
 
-    records = run(pipeline, items, batch_size=batch_size, workers=workers, out_dir=out, skip=skip, vid_stride=vid_stride)
-    writer = make_writer(fmt.value if fmt else None, task_module.COLUMNS, task_module.rows,
-                         extra_formats=getattr(task_module, "EXTRA_FORMATS", None))
+    results = task.run(items, out=out, batch_size=batch_size, workers=workers, skip_existing=skip_existing,
+                       vid_stride=vid_stride, on_skip=skipped, **run_options)
+    writer = make_writer(fmt.value if fmt else None, task.columns, task.rows, extra_formats=task.extra_formats)
     try:
-        drive(records, writer, total=total, summary=summary)
+        drive((result.record for result in results), writer, total=total, summary=summary)
     finally:  # on Ctrl-C or a closed stdout, close the pipeline now: a half-written video is removed, not kept
-        records.close()
+        results.close()
     return summary.exit_code
-
 
 
 @app.command(
@@ -231,15 +215,14 @@ def detect(
         if save_crops and out is None:
             raise UsageError("--save-crops needs --out DIR")
         check_out_dir(out, skip_existing=skip_existing)
-        from cvtool.pipelines import detect as task
+        from cvtool.api import Detector
 
-        loaded = _load(model, "detect", weights, device, default="fasterrcnn_resnet50_fpn_v2", backend=backend)
-        if conf is None:
-            conf = getattr(loaded.module, "default_conf", 0.25)
-        pipeline = task.DetectPipeline(loaded, conf=conf, iou=iou, max_det=max_det, classes=_csv(classes or "") or None,
-                                       keypoints=keypoints, save_crops=save_crops, max_pixels=max_pixels, out_dir=out)
-        code = _run_batch(pipeline, task, images, recursive, out, skip_existing, batch_size, workers, fmt,
-                          vid_stride=vid_stride)
+        task = Detector(model, weights=weights, conf=conf, iou=iou, classes=_csv(classes or "") or None,
+                        max_det=max_det, keypoints=keypoints, save_crops=save_crops, device=device, backend=backend,
+                        max_pixels=max_pixels, **_loading())
+        info(task.describe())
+        code = _run_batch(task, images, recursive=recursive, out=out, skip_existing=skip_existing,
+                          batch_size=batch_size, workers=workers, fmt=fmt, vid_stride=vid_stride)
     raise typer.Exit(code)
 
 
@@ -274,14 +257,14 @@ def segment(
         if save_mask and out is None:
             raise UsageError("--save-mask needs --out DIR")
         check_out_dir(out, skip_existing=skip_existing)
-        from cvtool.pipelines import segment as task
+        from cvtool.api import Segmenter
 
-        loaded = _load(model, "segment", weights, device, default="deeplabv3_resnet50", backend=backend)
-        keep = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
-        pipeline = task.SegmentPipeline(loaded, alpha=alpha, classes=keep, save_mask=save_mask, tile=tile,
-                                        overlap=overlap, tile_batch=batch_size, max_pixels=max_pixels, out_dir=out)
-        code = _run_batch(pipeline, task, images, recursive, out, skip_existing, batch_size, workers, fmt,
-                          vid_stride=vid_stride)
+        task = Segmenter(model, weights=weights, alpha=alpha, classes=_csv(classes or "") or None, save_mask=save_mask,
+                         tile=tile, overlap=overlap, tile_batch=batch_size, device=device, backend=backend,
+                         max_pixels=max_pixels, **_loading())
+        info(task.describe())
+        code = _run_batch(task, images, recursive=recursive, out=out, skip_existing=skip_existing,
+                          batch_size=batch_size, workers=workers, fmt=fmt, vid_stride=vid_stride)
     raise typer.Exit(code)
 
 
@@ -325,48 +308,30 @@ def stylize(
 ) -> None:
     """Neural style transfer (Gatys et al.): optimise an image to keep the content and take on the style."""
     with exits_cleanly():
-        from cvtool.pipelines import stylize as task
+        from cvtool.api import Stylizer
 
-        single_file = out.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".mp4", ".avi")
         if model is not None:  # feed-forward: every positional is a content image or video
-            if single_file and len(images) > 1:
-                raise UsageError("--out is a file but several inputs were given; pass a directory")
-            if not single_file:
-                check_out_dir(out)
-            loaded = _load(None, "stylize", model, device, default="fast_style", backend=backend)
-            pipeline = task.FastStylePipeline(loaded, out=out, single_file=single_file, size=size,
-                                              tile=tile, overlap=overlap)
-            code = _run_batch(pipeline, _Columns(task.FAST_COLUMNS, task.fast_rows), images, False, out, skip_existing,
-                              1, 1, fmt, vid_stride=vid_stride)
+            task = Stylizer(model, size=size, tile=tile, overlap=overlap, device=device, backend=backend,
+                            **_loading())
+            info(task.describe())
+            code = _run_batch(task, images, recursive=False, out=out, skip_existing=skip_existing, batch_size=1,
+                              workers=1, fmt=fmt, vid_stride=vid_stride)
             raise typer.Exit(code)
-        if backend != "torch":
-            raise UsageError("--backend onnxruntime needs --model (a feed-forward network); the optimisation needs gradients")
         contents, styles = (images, [str(p) for p in style]) if style else (images[:1], images[1:])
         if not styles:
             raise UsageError("give a style image: cvtool stylize CONTENT STYLE, or --style STYLE")
-        settings = task.StyleSettings(
-            size=size or 512, steps=steps, content_weight=content_weight, style_weight=style_weight, tv_weight=tv_weight,
-            content_layer=content_layer, style_layers=tuple(_csv(style_layers)), init=init, optimizer=optimizer,
-            style_layer_weights=tuple(map(float, _csv(style_layer_weights))) if style_layer_weights else None,
-            lr=lr, pool=pool, preserve_color=preserve_color, scales=scales, seed=seed,
-            style_blend=tuple(map(float, _csv(style_blend))) if style_blend else None,
-        )
-        from cvtool.io.image import read_image
-
-        style_images = [read_image(p) for p in styles]
-        loaded = _load(vgg, "classify", weights, device, default=vgg)
-        if not hasattr(loaded.module, "features"):
-            raise UsageError(f"{loaded.name} has no VGG-style feature stack; use --vgg vgg19 or vgg16")
-        stylizer = task.Stylizer(loaded.module.features, loaded.preprocess.mean, loaded.preprocess.std, settings,
-                                 loaded.device)
-        stylizer.set_styles(style_images)
-        single_file = single_file and len(contents) == 1
-        if not single_file:
-            check_out_dir(out)
         with StepProgress() as progress:
-            pipeline = task.StylizePipeline(stylizer, model_name=f"gatys/{loaded.name}", weights_sha256=loaded.weights_sha256,
-                                            out=out, single_file=single_file, save_every=save_every, on_step=progress)
-            code = _run_batch(pipeline, task, contents, False, out, skip_existing, 1, 1, fmt)
+            task = Stylizer(
+                style=styles, vgg=vgg, weights=weights, size=size, device=device, backend=backend, on_step=progress,
+                steps=steps, content_weight=content_weight, style_weight=style_weight, tv_weight=tv_weight,
+                content_layer=content_layer, style_layers=tuple(_csv(style_layers)), init=init, optimizer=optimizer,
+                style_layer_weights=tuple(map(float, _csv(style_layer_weights))) if style_layer_weights else None,
+                lr=lr, pool=pool, preserve_color=preserve_color, scales=scales, seed=seed,
+                style_blend=tuple(map(float, _csv(style_blend))) if style_blend else None, **_loading(),
+            )
+            info(task.describe())
+            code = _run_batch(task, contents, recursive=False, out=out, skip_existing=skip_existing, batch_size=1,
+                              workers=1, fmt=fmt, save_every=save_every)
     raise typer.Exit(code)
 
 
@@ -415,26 +380,28 @@ def verify_face(
         if gallery is not None and not images:
             raise UsageError("--gallery needs images whose faces to name")
         check_out_dir(out, skip_existing=skip_existing)
-        from cvtool.pipelines import face as task
-
         indices = _face_indices(face_index)
-        loaded = _load(model, "face-embed", weights, device, default=task.DEFAULT_EMBEDDER, backend=backend)
-        engine = task.FaceEngine(loaded, detector=detector, upsample=upsample, threshold=threshold, max_pixels=max_pixels)
+        from cvtool.api import FaceVerifier
+
+        verifier = FaceVerifier(model, weights=weights, detector=detector, upsample=upsample, threshold=threshold,
+                                device=device, backend=backend, max_pixels=max_pixels, **_loading())
+        info(verifier.describe())
         if calibrate is not None:
-            pairs = task.read_pairs(calibrate)
-            report = task.calibrate(engine, pairs)
+            report = verifier.calibrate(calibrate)
             for failed in report["failed"]:
                 error_line(f"{failed['error']} (pair skipped)")
+            for warning in report.get("warnings", []):
+                error_line(f"warning: {warning}")
             _print_calibration(report, as_json=fmt is not None and fmt.value in ("json", "jsonl"))
             raise typer.Exit(0)
         if gallery is not None:
-            known = task.load_gallery(engine, gallery, warn=error_line)
-            info(f"gallery: {len(known.names)} photo(s) of {len(set(known.names))} people, threshold {engine.threshold}")
-            pipeline = task.IdentifyPipeline(engine, known, out_dir=out)
-            code = _run_batch(pipeline, task, images, recursive, out, skip_existing, batch_size, workers, fmt,
-                              vid_stride=vid_stride)
+            known = verifier.gallery(gallery, warn=error_line)
+            info(f"gallery: {len(known.names)} photo(s) of {len(set(known.names))} people, threshold "
+                 f"{verifier.threshold}")
+            code = _run_batch(verifier, images, recursive=recursive, out=out, skip_existing=skip_existing,
+                              batch_size=batch_size, workers=workers, fmt=fmt, vid_stride=vid_stride, gallery=known)
             raise typer.Exit(code)
-        code = _verify_pair(task, engine, images, indices, out, fmt)
+        code = _verify_pair(verifier, images, indices, out, fmt)
     raise typer.Exit(code)
 
 
@@ -448,22 +415,26 @@ def _face_indices(text: Optional[str]) -> tuple[Optional[int], Optional[int]]:
     return (values[0], values[-1])
 
 
-def _verify_pair(task, engine, images: list[str], indices, out: Optional[Path], fmt) -> int:
+def _verify_pair(verifier, images: list[str], indices, out: Optional[Path], fmt) -> int:
     """0 same person, 1 different; a face that cannot be had is an error (2), never a guess."""
     from cvtool.errors import EXIT_USAGE, InputError
     from cvtool.io.records import make_writer
+    from cvtool.pipelines.face import VERIFY_COLUMNS, verify_rows
 
+    writer = make_writer(fmt.value if fmt else None, VERIFY_COLUMNS, verify_rows)
     try:
-        record = task.verify(engine, images[0], images[1], index_a=indices[0], index_b=indices[1])
+        result = verifier.verify(images[0], images[1], index_a=indices[0], index_b=indices[1])
     except InputError as exc:
         error_line(str(exc))
+        writer.write({"path": exc.path or images[0], "error": exc.reason})
+        writer.close()
         return EXIT_USAGE
+    record = result.record
     if out is not None:
-        record["outputs"] = task.save_pair(record, engine, out)
-    writer = make_writer(fmt.value if fmt else None, task.VERIFY_COLUMNS, task.verify_rows)
+        record["outputs"] = verifier.save_pair(result, out)
     writer.write(record)
     writer.close()
-    return 0 if record["result"]["same"] else 1
+    return 0 if result.same else 1
 
 
 def _print_calibration(report: dict, *, as_json: bool) -> None:
@@ -480,11 +451,7 @@ def _print_calibration(report: dict, *, as_json: bool) -> None:
     print(f"use it: cvtool verify-face A B --threshold {r['threshold']:.4f}")
 
 
-class _Columns:
-    """A task's table/CSV shape, when it is not the task module's own COLUMNS/rows."""
 
-    def __init__(self, columns: list[str], rows):
-        self.COLUMNS, self.rows = columns, rows
 
 
 def _csv(text: str) -> list[str]:
@@ -513,13 +480,10 @@ def export_cmd(
     with exits_cleanly():
         if fmt != "onnx":
             raise UsageError(f"unknown --format {fmt!r}; onnx is the only export format")
-        from cvtool import export
+        from cvtool.api import export_onnx
 
-        loaded = export.load_target(target, weights)
-        target_path = out or export.default_out(target, loaded)
-        info(f"exporting {loaded.name} (weights sha256 {loaded.weights_sha256[:12]}) to {target_path}")
-        report = export.export_model(loaded, target_path, img_size=img_size, dynamic_batch=dynamic_batch,
-                                     opset=opset, tolerance=tolerance)
+        report = export_onnx(target, out, weights=weights, img_size=img_size, dynamic_batch=dynamic_batch,
+                             opset=opset, tolerance=tolerance)
         typer.echo(f"{report['path']}: onnxruntime matches PyTorch, max abs diff {report['max_abs_diff']:.3g} "
                    f"({report['relative']:.3g} of the output scale; tolerance {tolerance:g}); opset {report['opset']}, "
                    f"{report['exporter']} exporter, {report['bytes'] / 1e6:.1f} MB")
@@ -594,30 +558,20 @@ def train_classify(
 ) -> None:
     """Train a classifier; writes best.pt, last.pt, metrics.csv, curves.png, confusion.png, summary.json."""
     with exits_cleanly():
-        from cvtool.device import resolve_device
-        from cvtool.train import classification as recipe
-        from cvtool.train.engine import TrainConfig, new_run_dir
+        from cvtool import train
 
-        torch_device = resolve_device(device)
         if eval_only:
             if weights is None or data is None:
                 raise UsageError("--eval-only needs DATA and --weights FILE")
-            report = recipe.evaluate_checkpoint(weights, data, torch_device, on_skip=lambda m: info(f"skipping {m}"))
+            report = train.evaluate_classifier(weights, data, device=device, on_skip=_skipping)
             print_report(report, as_json=_wants_json(fmt))
             raise typer.Exit(0)
-        if resume is not None:
-            args, cfg = recipe.resumed_arguments(resume, epochs)
-            run_dir = resume
-        else:
-            if data is None:
-                raise UsageError("DATA is required (or --resume RUN_DIR)")
-            args = recipe.ClassifyTrainArgs(data, arch, val, val_split, img_size, pretrained, hflip)
-            cfg = TrainConfig(epochs=epochs or 10, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                              optimizer=optimizer, seed=seed, workers=workers)
-            run_dir = new_run_dir(out, "classify", arch)
-        summary = _fit(recipe, args, cfg, run_dir, torch_device, resume is not None, progress=not SETTINGS.quiet)
+        summary = _fit(train.classify, data, arch=arch, epochs=epochs, batch_size=batch_size, lr=lr,
+                       weight_decay=weight_decay, optimizer=optimizer, img_size=img_size, val=val, val_split=val_split,
+                       pretrained=pretrained, hflip=hflip, out=out, resume=resume, device=device, seed=seed,
+                       workers=workers, progress=not SETTINGS.quiet)
         info(f"best val accuracy {summary['best_val_accuracy']:.4f} (epoch {summary['best_epoch']}); "
-             f"{summary['skipped_files']} file(s) skipped; {run_dir}/best.pt")
+             f"{summary['skipped_files']} file(s) skipped; {summary['run_dir']}/best.pt")
         print_report(summary["val_report"], as_json=_wants_json(fmt))
 
 
@@ -650,33 +604,15 @@ def train_detect(
 ) -> None:
     """Train the YOLO-style detector; writes best.pt (by mAP@0.5:0.95), last.pt, metrics.csv, curves.png, pr_curve.png."""
     with exits_cleanly():
-        import json
+        from cvtool import train
 
-        from cvtool.device import resolve_device
-        from cvtool.train import detection as recipe
-        from cvtool.train.engine import TrainConfig, new_run_dir
-
-        torch_device = resolve_device(device)
-        if resume is not None:
-            args, cfg = recipe.resumed_arguments(resume, epochs)
-            run_dir = resume
-        else:
-            if data is None:
-                raise UsageError("DATA is required (or --resume RUN_DIR)")
-            if arch != "yolo":
-                raise UsageError("train detect trains --arch yolo; torchvision's detectors come pretrained")
-            if img_size % 32:
-                raise UsageError("--img-size must be a multiple of 32 (one grid cell per 32 pixels)")
-            from cvtool.models.yolo import BACKBONES
-
-            if backbone not in BACKBONES:
-                raise UsageError(f"unknown --backbone {backbone!r}; choose from {', '.join(BACKBONES)}")
-            args = recipe.DetectTrainArgs(data, arch, val, val_split, img_size, anchors, width, hflip, backbone,
-                                          pretrained, mosaic)
-            cfg = TrainConfig(epochs=epochs or 50, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                              seed=seed, workers=workers, monitor="val_map50_95", warmup_epochs=1)
-            run_dir = new_run_dir(out, "detect", arch)
-        summary = _fit(recipe, args, cfg, run_dir, torch_device, resume is not None, progress=not SETTINGS.quiet)
+        summary = _fit(train.detect, data, arch=arch, epochs=epochs, batch_size=batch_size, lr=lr,
+                       weight_decay=weight_decay, img_size=img_size, anchors=anchors, width=width, hflip=hflip,
+                       backbone=backbone, pretrained=pretrained, mosaic=mosaic, val=val, val_split=val_split, out=out,
+                       resume=resume, device=device, seed=seed, workers=workers, progress=not SETTINGS.quiet)
+        val_metrics = summary["val"]
+        info(f"val mAP@0.5 {val_metrics['map50']:.4f}, mAP@0.5:0.95 {val_metrics['map50_95']:.4f} (best epoch "
+             f"{summary['best_epoch']}); {summary['run_dir']}/best.pt")
         typer.echo(json.dumps(summary, indent=2))
 
 
@@ -708,30 +644,15 @@ def train_segment(
 ) -> None:
     """Train a segmenter; writes best.pt, last.pt, metrics.csv, curves.png, examples.png, summary.json."""
     with exits_cleanly():
-        import json
+        from cvtool import train
 
-        from cvtool.device import resolve_device
-        from cvtool.train import segmentation as recipe
-        from cvtool.train.engine import TrainConfig, new_run_dir
-
-        torch_device = resolve_device(device)
-        if resume is not None:
-            args, cfg = recipe.resumed_arguments(resume, epochs)
-            run_dir = resume
-        else:
-            if data is None:
-                raise UsageError("DATA is required (or --resume RUN_DIR)")
-            if in_channels not in (1, 3):
-                raise UsageError("--in-channels must be 1 or 3")
-            names = [n.strip() for n in class_names.split(",")] if class_names else None
-            args = recipe.SegmentTrainArgs(data, arch, val, val_split, crop, loss, width, depth, in_channels, names)
-            cfg = TrainConfig(epochs=epochs or 30, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                              optimizer=optimizer, seed=seed, workers=workers, monitor="val_miou", val_batch_size=1)
-            run_dir = new_run_dir(out, "segment", arch)
-        summary = _fit(recipe, args, cfg, run_dir, torch_device, resume is not None)
-        val = summary["val"]
-        info(f"val mIoU {val['miou']:.4f}, pixel accuracy {val['pixel_accuracy']:.4f} (best epoch "
-             f"{summary['best_epoch']}); {run_dir}/best.pt")
+        summary = _fit(train.segment, data, arch=arch, epochs=epochs, batch_size=batch_size, lr=lr,
+                       weight_decay=weight_decay, optimizer=optimizer, crop=crop, loss=loss, width=width, depth=depth,
+                       in_channels=in_channels, class_names=_csv(class_names) if class_names else None, val=val,
+                       val_split=val_split, out=out, resume=resume, device=device, seed=seed, workers=workers)
+        val_metrics = summary["val"]
+        info(f"val mIoU {val_metrics['miou']:.4f}, pixel accuracy {val_metrics['pixel_accuracy']:.4f} (best epoch "
+             f"{summary['best_epoch']}); {summary['run_dir']}/best.pt")
         typer.echo(json.dumps(summary, indent=2))
 
 
@@ -759,25 +680,13 @@ def train_style(
 ) -> None:
     """Train a feed-forward style network (Johnson et al.); `cvtool stylize IMG --model RUN/best.pt` applies it."""
     with exits_cleanly():
-        import json
+        from cvtool import train
 
-        from cvtool.device import resolve_device
-        from cvtool.train import stylization as recipe
-        from cvtool.train.engine import TrainConfig, new_run_dir
-
-        torch_device = resolve_device(device)
-        if resume is not None:
-            args, cfg = recipe.resumed_arguments(resume, epochs)
-            run_dir = resume
-        else:
-            if style_image is None or data is None:
-                raise UsageError("STYLE_IMAGE and --data CONTENT_DIR are required (or --resume RUN_DIR)")
-            args = recipe.StyleTrainArgs(style_image, data, vgg, str(vgg_weights) if vgg_weights else None, img_size,
-                                         content_weight, style_weight, tv_weight, width)
-            cfg = TrainConfig(epochs=epochs or 10, batch_size=batch_size, lr=lr, weight_decay=0.0, seed=seed,
-                              monitor="none")
-            run_dir = new_run_dir(out, "stylize", "fast_style")
-        summary = _fit(recipe, args, cfg, run_dir, torch_device, resume is not None, progress=not SETTINGS.quiet)
+        summary = _fit(train.style, style_image, data=data, epochs=epochs, batch_size=batch_size, lr=lr,
+                       img_size=img_size, content_weight=content_weight, style_weight=style_weight,
+                       tv_weight=tv_weight, width=width, vgg=vgg, vgg_weights=vgg_weights, out=out, resume=resume,
+                       device=device, seed=seed, progress=not SETTINGS.quiet)
+        info(f"best epoch {summary.get('best_epoch')}; {summary['run_dir']}/best.pt")
         typer.echo(json.dumps(summary, indent=2))
 
 
@@ -809,43 +718,34 @@ def train_face(
     """Train a face embedder (triplet or Siamese binary loss); writes best.pt (with its verification threshold),
     last.pt, metrics.csv, curves.png, roc.png, summary.json."""
     with exits_cleanly():
-        import json
+        from cvtool import train
 
-        from cvtool.device import resolve_device
-        from cvtool.train import face_embedding as recipe
-        from cvtool.train.engine import TrainConfig, new_run_dir
-
-        torch_device = resolve_device(device)
-        if resume is not None:
-            args, cfg = recipe.resumed_arguments(resume, epochs)
-            run_dir = resume
-        else:
-            if data is None:
-                raise UsageError("DATA is required (or --resume RUN_DIR)")
-            args = recipe.FaceTrainArgs(data, arch, loss, margin, mining, identities_per_batch, images_per_identity,
-                                        img_size, val_split, hflip)
-            cfg = TrainConfig(epochs=epochs or 30, batch_size=identities_per_batch * images_per_identity,
-                              lr=lr or recipe.default_lr(arch), weight_decay=weight_decay, seed=seed, workers=workers,
-                              monitor="val_auc", val_batch_size=256)
-            run_dir = new_run_dir(out, "face", arch)
-        summary = _fit(recipe, args, cfg, run_dir, torch_device, resume is not None, progress=not SETTINGS.quiet)
-        val = summary["val"]
-        info(f"held-out people: ROC AUC {val['auc']:.4f}, verification accuracy {val['accuracy']:.4f} at distance "
-             f"< {val['threshold']:.3f} (best epoch {summary['best_epoch']}); {run_dir}/best.pt")
+        summary = _fit(train.face, data, arch=arch, loss=loss, margin=margin, mining=mining,
+                       identities_per_batch=identities_per_batch, images_per_identity=images_per_identity,
+                       epochs=epochs, lr=lr, weight_decay=weight_decay, img_size=img_size, val_split=val_split,
+                       hflip=hflip, out=out, resume=resume, device=device, seed=seed, workers=workers,
+                       progress=not SETTINGS.quiet)
+        val_metrics = summary["val"]
+        auc = val_metrics.get("roc_auc", val_metrics.get("auc"))
+        info(f"held-out people: ROC AUC {auc:.4f}, verification accuracy {val_metrics['accuracy']:.4f} at distance "
+             f"< {val_metrics['threshold']:.3f} (best epoch {summary['best_epoch']}); {summary['run_dir']}/best.pt")
         typer.echo(json.dumps(summary, indent=2))
 
 
-def _fit(recipe, args, cfg, run_dir: Path, device, resume: bool, **options) -> dict:
-    """Run a task's training recipe with progress on stderr; on Ctrl-C say how to carry on."""
-    info(f"training {getattr(args, 'arch', 'fast_style')} on {device} into {run_dir}")
-    try:
-        with TrainProgress() as progress:
-            return recipe.run_training(args, cfg, run_dir, device, resume=resume, callbacks=progress,
-                                       on_skip=lambda message: info(f"skipping {message}"), **options)
-    except KeyboardInterrupt:
-        if (run_dir / "last.pt").exists():
-            info(f"{run_dir / 'last.pt'} holds the last completed epoch; continue with --resume {run_dir}")
-        raise
+def _skipping(message: str) -> None:
+    info(f"skipping {message}")
+
+
+def _fit(train_task, *args, **options) -> dict:
+    """Run one of cvtool.train's entries with progress on stderr; on Ctrl-C say how to carry on."""
+    with TrainProgress() as progress:
+        try:
+            return train_task(*args, callbacks=progress, on_skip=_skipping, **options)
+        except KeyboardInterrupt:
+            run = progress.run
+            if run is not None and (run.run_dir / "last.pt").exists():
+                info(f"{run.run_dir / 'last.pt'} holds the last completed epoch; continue with --resume {run.run_dir}")
+            raise
 
 
 def _wants_json(fmt: Optional[ListFormat]) -> bool:
@@ -879,8 +779,8 @@ def models_pull(names: List[str] = typer.Argument(..., help="Model names whose d
     with exits_cleanly():
         from cvtool.models import catalogue
 
-        failed = catalogue.pull(names, progress=not SETTINGS.quiet)
-    raise typer.Exit(1 if failed else 0)
+        code = catalogue.pull(names, progress=not SETTINGS.quiet, info=info, error=error_line)
+    raise typer.Exit(code)
 
 
 @models_app.command("verify", epilog="Example: cvtool models verify")
@@ -889,8 +789,8 @@ def models_verify(names: Optional[List[str]] = typer.Argument(None, help="Models
     with exits_cleanly():
         from cvtool.models import catalogue
 
-        failed = catalogue.verify(names or None)
-    raise typer.Exit(1 if failed else 0)
+        code = catalogue.verify(names or None, info=info, error=error_line)
+    raise typer.Exit(code)
 
 
 def main() -> None:

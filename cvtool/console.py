@@ -15,7 +15,8 @@ from typing import Iterable, Iterator
 
 import typer
 
-from cvtool.errors import EXIT_BROKEN_PIPE, EXIT_INPUT_FAILED, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, CvtoolError, UsageError
+from cvtool.errors import EXIT_BROKEN_PIPE, EXIT_INPUT_FAILED, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, CvtoolError
+from cvtool.io.outputs import check_out_dir  # noqa: F401  (lives in the library; cli.py imports it from here)
 
 
 @dataclass
@@ -119,13 +120,6 @@ def _progress(total: int | None):
         yield lambda: progress.advance(task)
 
 
-def check_out_dir(out: Path | None, *, skip_existing: bool = False) -> None:
-    if skip_existing and out is None:
-        raise UsageError("--skip-existing needs --out DIR")
-    if out is not None and out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} exists and is not a directory")
-
-
 class TrainProgress:
     """Training progress on stderr: a bar per epoch (loss, images/s, ETA) and one summary line per epoch."""
 
@@ -133,6 +127,11 @@ class TrainProgress:
         self.live = not (SETTINGS.quiet or not sys.stderr.isatty() or os.environ.get("CVTOOL_NO_PROGRESS"))
         self.progress = None
         self.task = None
+        self.run = None  # cvtool.train.Run, once training has started
+
+    def on_train_start(self, run) -> None:
+        self.run = run
+        info(f"{'resuming' if run.resumed else 'training'} {run.arch} on {run.device} into {run.run_dir}")
 
     def __enter__(self):
         if self.live:

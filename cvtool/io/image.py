@@ -9,7 +9,9 @@ array or one `InputError` with a short reason.
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
+from typing import Union
 
 import cv2
 import numpy as np
@@ -28,7 +30,74 @@ if hasattr(cv2, "utils") and hasattr(cv2.utils, "logging"):
 
 def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode `path` to a C-contiguous HxWx3 uint8 RGB array, or raise InputError saying why not."""
-    data = _read_bytes(path)
+    return decode_image(_read_bytes(path), path, max_pixels=max_pixels)
+
+
+# What the Python API takes as an image (see `load_image`).
+ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, np.ndarray, "PIL.Image.Image"]
+
+
+def load_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Any image the Python API accepts -> a C-contiguous HxWx3 uint8 RGB array, or an InputError.
+
+    - a path (str or os.PathLike): read as `read_image` reads files (EXIF rotation, 16-bit, alpha, ICC);
+    - encoded bytes (JPEG, PNG, ...): decoded the same way;
+    - a NumPy array: **RGB** channel order, dtype uint8, shape HxWx3 (HxW grey and HxWx4 RGBA are
+      accepted: grey is repeated, RGBA is composited over white, as files with alpha are). Arrays from
+      `cv2.imread` are BGR: convert them first (`img[..., ::-1]`). Other dtypes are refused rather than
+      guessed at (is a float image in 0-1 or 0-255?);
+    - a PIL image: converted to RGB.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        return read_image(source, max_pixels=max_pixels)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+        if not data:
+            raise InputError("empty bytes (0 bytes)", BYTES_NAME)
+        return decode_image(data, BYTES_NAME, max_pixels=max_pixels)
+    if isinstance(source, np.ndarray):
+        return _checked_array(source, max_pixels)
+    pil_image = _pil_image_type()
+    if pil_image is not None and isinstance(source, pil_image):
+        return _checked_array(np.asarray(source.convert("RGB")), max_pixels)
+    raise InputError(f"unsupported image type {type(source).__name__}: give a path, encoded bytes, a NumPy array "
+                     "(H x W x 3, RGB, uint8) or a PIL image", ARRAY_NAME)
+
+
+BYTES_NAME = "<bytes>"  # how errors name an input that has no path
+ARRAY_NAME = "<array>"
+
+
+def _pil_image_type():
+    import sys
+
+    module = sys.modules.get("PIL.Image")  # a PIL image can only exist when PIL is imported already
+    return None if module is None else module.Image
+
+
+def _checked_array(array: np.ndarray, max_pixels: int) -> np.ndarray:
+    if array.dtype != np.uint8:
+        raise InputError(f"a {array.dtype} array; images are uint8 arrays (0-255, RGB): convert with "
+                         "(x * 255).round().astype(np.uint8) if yours is in 0-1", ARRAY_NAME)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
+        raise InputError(f"an array of shape {tuple(array.shape)}; images are H x W x 3 (RGB), H x W x 4 (RGBA) "
+                         "or H x W (grey)", ARRAY_NAME)
+    h, w = array.shape[:2]
+    if h == 0 or w == 0:
+        raise InputError(f"an empty image ({h}x{w} pixels)", ARRAY_NAME)
+    _check_pixels((w, h), max_pixels, ARRAY_NAME)
+    if array.shape[2] == 1:
+        array = np.repeat(array, 3, axis=2)
+    elif array.shape[2] == 4:
+        alpha = array[..., 3:4].astype(np.float32) / 255.0
+        array = (array[..., :3].astype(np.float32) * alpha + 255.0 * (1.0 - alpha) + 0.5).astype(np.uint8)
+    return np.ascontiguousarray(array)
+
+
+def decode_image(data: bytes, path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Encoded image bytes (named `path` in errors) -> HxWx3 uint8 RGB, or InputError."""
     header = _header(data)
     if header is not None:
         _check_pixels(header.size, max_pixels, path)
@@ -53,15 +122,21 @@ class _Header:
 
 
 def _read_bytes(path: str | Path) -> bytes:
+    """The file's bytes; a FIFO, socket or device is refused at once, never waited on."""
+    from cvtool.io.files import NotRegularFileError, open_regular
+
     path = Path(path)
     try:
-        data = path.read_bytes()
+        with open_regular(path, "rb") as handle:
+            data = handle.read()
     except FileNotFoundError:
         raise InputError("no such file", path) from None
     except IsADirectoryError:
         raise InputError("is a directory", path) from None
     except PermissionError:
         raise InputError("permission denied", path) from None
+    except NotRegularFileError as exc:
+        raise InputError(exc.reason, path) from None
     except OSError as exc:
         raise InputError(f"cannot read file ({exc.strerror or exc})", path) from None
     if not data:

@@ -9,12 +9,13 @@ go frame by frame through the same steps (cvtool/pipelines/video.py).
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Protocol
+from typing import Any, Callable, ContextManager, Iterable, Iterator, Protocol
 
 from cvtool.errors import CvtoolError, UsageError, WeightsError
 from cvtool.io.inputs import InputItem
@@ -80,9 +81,12 @@ def run(
     out_dir: Path | None = None,
     skip: Callable[[str], bool] | None = None,
     vid_stride: int = 1,
+    lock: ContextManager | None = None,
 ) -> Iterator[dict]:
     """Yield one record per input (per kept frame of a video), in input order, overlapping decoding
-    with inference. Runs of images are batched together; each video is streamed on its own."""
+    with inference. Runs of images are batched together; each video is streamed on its own. `lock`
+    (held around each forward pass) lets several callers share one loaded model."""
+    lock = lock if lock is not None else contextlib.nullcontext()
     from cvtool.io.video import is_stream
 
     def streamed(item: InputItem) -> bool:
@@ -90,24 +94,26 @@ def run(
 
     for videos, group in itertools.groupby(items, key=streamed):
         if not videos:
-            yield from _run_images(pipeline, group, batch_size=batch_size, workers=workers, out_dir=out_dir, skip=skip)
+            yield from _run_images(pipeline, group, batch_size=batch_size, workers=workers, out_dir=out_dir, skip=skip,
+                                   lock=lock)
             continue
         from cvtool.pipelines.video import run_video
 
         for item in group:
             if skip is None or not skip(item.path):
-                yield from run_video(pipeline, item.path, batch_size=batch_size, stride=vid_stride, out_dir=out_dir)
+                yield from run_video(pipeline, item.path, batch_size=batch_size, stride=vid_stride, out_dir=out_dir,
+                                     lock=lock)
 
 
-def _run_images(pipeline, items, *, batch_size, workers, out_dir, skip) -> Iterator[dict]:
+def _run_images(pipeline, items, *, batch_size, workers, out_dir, skip, lock) -> Iterator[dict]:
     batch: list[_Prepared] = []
     for prepared in _prepare_all(pipeline, items, workers=workers, lookahead=2 * batch_size, skip=skip):
         batch.append(prepared)
         if sum(p.error is None for p in batch) >= batch_size:
-            yield from _finish(pipeline, batch, out_dir)
+            yield from _finish(pipeline, batch, out_dir, lock)
             batch = []
     if batch:
-        yield from _finish(pipeline, batch, out_dir)
+        yield from _finish(pipeline, batch, out_dir, lock)
 
 
 def _prepare_all(pipeline, items, *, workers, lookahead, skip) -> Iterator[_Prepared]:
@@ -143,13 +149,14 @@ def _resolve(pending: _Pending) -> _Prepared:
     return _Prepared(pending.path, sample=sample, ms=ms)
 
 
-def _predict_guarded(pipeline: Pipeline, good: list[_Prepared]) -> None:
+def _predict_guarded(pipeline: Pipeline, good: list[_Prepared], lock: ContextManager) -> None:
     """Run `predict` on a batch and put each result on its input. The last line of defence (pipelines
     check sizes and contents in `prepare`): an InputError or an unexpected exception fails only the
     inputs it belongs to (a failing batch is retried one input at a time to find them), while a
     UsageError or WeightsError still stops the command."""
     try:
-        results = pipeline.predict([p.sample for p in good])
+        with lock:
+            results = pipeline.predict([p.sample for p in good])
         if len(results) != len(good):
             raise RuntimeError(f"predict returned {len(results)} results for {len(good)} inputs")
     except (UsageError, WeightsError):
@@ -157,7 +164,7 @@ def _predict_guarded(pipeline: Pipeline, good: list[_Prepared]) -> None:
     except Exception as exc:
         if len(good) > 1:
             for prepared in good:
-                _predict_guarded(pipeline, [prepared])
+                _predict_guarded(pipeline, [prepared], lock)
             return
         good[0].error = exc.reason if isinstance(exc, CvtoolError) else _unexpected_reason(exc)
         return
@@ -171,12 +178,13 @@ def _unexpected_reason(exc: Exception) -> str:
         f"could not be processed ({type(exc).__name__})"
 
 
-def _finish(pipeline: Pipeline, batch: list[_Prepared], out_dir: Path | None) -> Iterator[dict]:
+def _finish(pipeline: Pipeline, batch: list[_Prepared], out_dir: Path | None,
+            lock: ContextManager) -> Iterator[dict]:
     good = [p for p in batch if p.error is None]
     infer_ms = 0.0
     if good:
         start = time.perf_counter()
-        _predict_guarded(pipeline, good)
+        _predict_guarded(pipeline, good, lock)
         infer_ms = (time.perf_counter() - start) * 1000 / len(good)
     for prepared in batch:
         if prepared.error is not None:

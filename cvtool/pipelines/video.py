@@ -10,11 +10,12 @@ two batches of frames are alive however long the video is.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, ContextManager, Iterator
 
 import numpy as np
 
@@ -97,32 +98,43 @@ def supports_video(pipeline: Pipeline) -> bool:
 
 
 def run_video(pipeline: Pipeline, path: str, *, batch_size: int = 16, stride: int = 1,
-              out_dir=None) -> Iterator[dict]:
+              out_dir=None, with_frames: bool = False, lock: ContextManager | None = None) -> Iterator:
     """One record per kept frame (`frame`, `time_s` beside the usual fields); with `out_dir` the
     rendered frames go to one video written atomically (an interrupted video file leaves none). A
-    video that cannot be read, or that fails part-way, ends with one error record; the batch goes on."""
+    video that cannot be read, or that fails part-way, ends with one error record; the batch goes on.
+
+    `with_frames`: yield `(record, rgb, sample, result)` instead (None for an error record), for callers
+    that keep the pixels (the Python API's `stream`). `lock` is held around each forward pass."""
+    lock = lock if lock is not None else contextlib.nullcontext()
+
+    def emit(record, frame=None, result=None):
+        if not with_frames:
+            return record
+        return (record, frame.rgb, frame.sample, result) if frame is not None else (record, None, None, None)
+
     if not supports_video(pipeline):
-        yield error_record(path, getattr(pipeline, "no_video_reason", f"{pipeline.task} does not take videos"))
+        yield emit(error_record(path, getattr(pipeline, "no_video_reason", f"{pipeline.task} does not take videos")))
         return
     live = camera_index(path) is not None
     try:
         capture, fps = open_camera(path) if live else open_video(path)[:2]
     except CvtoolError as exc:
-        yield error_record(path, exc.reason)
+        yield emit(error_record(path, exc.reason))
         return
     try:
         _check_size(capture, getattr(pipeline, "max_pixels", None), path)
         target = pipeline.video_name(path) if out_dir is not None else None
     except CvtoolError as exc:
         capture.release()
-        yield error_record(path, exc.reason)
+        yield emit(error_record(path, exc.reason))
         return
     reader = _FrameReader(capture, pipeline.prepare_array, stride=stride, fps=fps, live=live, lookahead=batch_size)
     writer, frames, failure = None, 0, None
     try:
         for batch in reader.batches(batch_size):
             start = time.perf_counter()
-            results = pipeline.predict([frame.sample for frame in batch])
+            with lock:
+                results = pipeline.predict([frame.sample for frame in batch])
             infer_ms = (time.perf_counter() - start) * 1000 / len(batch)
             for frame, result in zip(batch, results):
                 record = result_record(pipeline, path, frame.ms + infer_ms, result,
@@ -134,7 +146,7 @@ def run_video(pipeline: Pipeline, path: str, *, batch_size: int = 16, stride: in
                     writer.write(rendered)
                     record["outputs"] = [str(target)]
                 frames += 1
-                yield record
+                yield emit(record, frame, result)
     except CvtoolError as exc:
         _discard(writer)
         failure = exc.reason if frames == 0 else (
@@ -152,9 +164,9 @@ def run_video(pipeline: Pipeline, path: str, *, batch_size: int = 16, stride: in
         reader.close()
         capture.release()
     if failure is not None:
-        yield error_record(path, failure)
+        yield emit(error_record(path, failure))
     elif frames == 0:
-        yield error_record(path, "the video has no frames")
+        yield emit(error_record(path, "the video has no frames"))
     elif writer is not None:
         writer.close()
 

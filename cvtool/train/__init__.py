@@ -1,0 +1,201 @@
+"""Training, one entry per task; each returns the run's summary (also written to RUN_DIR/summary.json).
+
+    import cvtool
+    summary = cvtool.train.classify("digits/", arch="lenet5", epochs=30, out="runs/digits")
+    cvtool.train.classify(resume="runs/digits", epochs=40)          # carry on, bit-for-bit on CPU
+    cvtool.train.detect("raccoon/", epochs=150, img_size=256, callbacks=my_progress)
+
+`callbacks` is a `cvtool.train.Callbacks` subclass overriding the hooks it wants (`on_train_start(run)`,
+`on_epoch_start`, `on_batch`, `on_epoch_end`), called as training goes; `on_skip(message)` hears about unreadable files. A new run
+goes to `out` (default `runs/TASK-ARCH-TIME`); `resume=RUN_DIR` continues it from its last.pt, where
+only `epochs` may change. The recipes themselves are the modules beside this one (classification,
+detection, segmentation, stylization, face_embedding) on one engine (engine.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from cvtool.errors import UsageError
+
+__all__ = ["classify", "detect", "segment", "style", "face", "evaluate_classifier", "Run", "Callbacks"]
+
+
+def __getattr__(name: str):
+    if name == "Callbacks":  # lazily: the engine imports torch
+        from cvtool.train.engine import Callbacks
+
+        return Callbacks
+    raise AttributeError(f"module 'cvtool.train' has no attribute {name!r}")
+
+
+@dataclass
+class Run:
+    """Where a training call writes, and how it began: what `run_training` and the CLI's messages need."""
+
+    run_dir: Path
+    device: Any  # torch.device
+    resumed: bool
+    arch: str
+
+
+def _start(task: str, arch: str, recipe, *, data, out, resume, epochs, device: str, make) -> tuple[Run, Any, Any]:
+    """The new-run / resume scaffolding every task shares: (run, args, cfg)."""
+    from cvtool.device import resolve_device
+    from cvtool.train.engine import new_run_dir
+
+    torch_device = resolve_device(device)
+    if resume is not None:
+        args, cfg = recipe.resumed_arguments(Path(resume), epochs)
+        return Run(Path(resume), torch_device, True, getattr(args, "arch", arch)), args, cfg
+    args, cfg = make()
+    return Run(new_run_dir(Path(out) if out is not None else None, task, arch), torch_device, False, arch), args, cfg
+
+
+def _fit(recipe, run: Run, args, cfg, callbacks, on_skip, **options) -> dict:
+    if callbacks is not None:
+        callbacks.on_train_start(run)
+    summary = recipe.run_training(args, cfg, run.run_dir, run.device, resume=run.resumed, callbacks=callbacks,
+                                  on_skip=on_skip, **options)
+    summary.setdefault("run_dir", str(run.run_dir))
+    return summary
+
+
+def _need(value, message: str):
+    if value is None:
+        raise UsageError(message)
+    return value
+
+
+def classify(data: str | Path | None = None, *, arch: str = "resnet18", epochs: int | None = None,
+             batch_size: int = 32, lr: float = 1e-3, weight_decay: float = 1e-4, optimizer: str = "adamw",
+             img_size: int | None = None, val: str | Path | None = None, val_split: float = 0.1,
+             pretrained: bool = False, hflip: bool = False, out: str | Path | None = None,
+             resume: str | Path | None = None, device: str = "auto", seed: int = 0, workers: int = 0,
+             callbacks=None, on_skip: Callable[[str], None] | None = None, progress: bool = False) -> dict:
+    """Train a classifier on an ImageFolder tree, a CSV of path,label, or MNIST IDX files."""
+    from cvtool.train import classification as recipe
+    from cvtool.train.engine import TrainConfig
+
+    def make():
+        _need(data, "DATA is required (or --resume RUN_DIR)")
+        args = recipe.ClassifyTrainArgs(str(data), arch, str(val) if val else None, val_split, img_size, pretrained,
+                                        hflip)
+        return args, TrainConfig(epochs=epochs or 10, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                                 optimizer=optimizer, seed=seed, workers=workers)
+
+    run, args, cfg = _start("classify", arch, recipe, data=data, out=out, resume=resume, epochs=epochs, device=device,
+                            make=make)
+    return _fit(recipe, run, args, cfg, callbacks, on_skip, progress=progress)
+
+
+def evaluate_classifier(weights: str | Path, data: str | Path, *, device: str = "auto",
+                        on_skip: Callable[[str], None] | None = None) -> dict:
+    """Accuracy and per-class precision/recall/F1 of a classifier checkpoint on labelled data."""
+    from cvtool.device import resolve_device
+    from cvtool.train import classification as recipe
+
+    return recipe.evaluate_checkpoint(Path(weights), str(data), resolve_device(device), on_skip=on_skip)
+
+
+def detect(data: str | Path | None = None, *, arch: str = "yolo", epochs: int | None = None, batch_size: int = 8,
+           lr: float = 5e-3, weight_decay: float = 5e-4, img_size: int = 320, anchors: int = 3, width: int = 16,
+           hflip: bool = True, backbone: str = "csp", pretrained: bool = False, mosaic: float = 0.5,
+           val: str | Path | None = None, val_split: float = 0.2, out: str | Path | None = None,
+           resume: str | Path | None = None, device: str = "auto", seed: int = 0, workers: int = 0,
+           callbacks=None, on_skip: Callable[[str], None] | None = None, progress: bool = False) -> dict:
+    """Train the YOLO-style detector on VOC XML, YOLO txt or COCO JSON data; best.pt by mAP@0.5:0.95."""
+    from cvtool.train import detection as recipe
+    from cvtool.train.engine import TrainConfig
+
+    def make():
+        from cvtool.models.yolo import BACKBONES, SIZE_MULTIPLE
+
+        _need(data, "DATA is required (or --resume RUN_DIR)")
+        if arch != "yolo":
+            raise UsageError("train detect trains --arch yolo; torchvision's detectors come pretrained")
+        if img_size % SIZE_MULTIPLE:
+            raise UsageError(f"--img-size {img_size}: must be a multiple of {SIZE_MULTIPLE} (the detector's largest stride)")
+        if backbone not in BACKBONES:
+            raise UsageError(f"unknown --backbone {backbone!r}; choose from {', '.join(BACKBONES)}")
+        args = recipe.DetectTrainArgs(str(data), arch, str(val) if val else None, val_split, img_size, anchors, width,
+                                      hflip, backbone, pretrained, mosaic)
+        return args, TrainConfig(epochs=epochs or 50, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                                 seed=seed, workers=workers, monitor="val_map50_95", warmup_epochs=1)
+
+    run, args, cfg = _start("detect", arch, recipe, data=data, out=out, resume=resume, epochs=epochs, device=device,
+                            make=make)
+    return _fit(recipe, run, args, cfg, callbacks, on_skip, progress=progress)
+
+
+def segment(data: str | Path | None = None, *, arch: str = "unet", epochs: int | None = None, batch_size: int = 4,
+            lr: float = 1e-3, weight_decay: float = 1e-4, optimizer: str = "adamw", crop: int = 256,
+            loss: str = "ce+dice", width: int = 32, depth: int = 4, in_channels: int = 1,
+            class_names: list[str] | None = None, val: str | Path | None = None, val_split: float = 0.2,
+            out: str | Path | None = None, resume: str | Path | None = None, device: str = "auto", seed: int = 0,
+            workers: int = 0, callbacks=None, on_skip: Callable[[str], None] | None = None) -> dict:
+    """Train a U-Net (or a torchvision segmenter) on images/ + masks/ folder pairs; best.pt by mIoU."""
+    from cvtool.train import segmentation as recipe
+    from cvtool.train.engine import TrainConfig
+
+    def make():
+        _need(data, "DATA is required (or --resume RUN_DIR)")
+        if in_channels not in (1, 3):
+            raise UsageError("--in-channels must be 1 or 3")
+        args = recipe.SegmentTrainArgs(str(data), arch, str(val) if val else None, val_split, crop, loss, width,
+                                       depth, in_channels, list(class_names) if class_names else None)
+        return args, TrainConfig(epochs=epochs or 30, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                                 optimizer=optimizer, seed=seed, workers=workers, monitor="val_miou",
+                                 val_batch_size=1)
+
+    run, args, cfg = _start("segment", arch, recipe, data=data, out=out, resume=resume, epochs=epochs, device=device,
+                            make=make)
+    return _fit(recipe, run, args, cfg, callbacks, on_skip)
+
+
+def style(style_image: str | Path | None = None, *, data: str | Path | None = None, epochs: int | None = None,
+          batch_size: int = 4, lr: float = 1e-3, img_size: int = 256, content_weight: float = 1.0,
+          style_weight: float = 1e5, tv_weight: float = 1e-6, width: int = 32, vgg: str = "vgg16",
+          vgg_weights: str | Path | None = None, out: str | Path | None = None, resume: str | Path | None = None,
+          device: str = "auto", seed: int = 0, callbacks=None, on_skip: Callable[[str], None] | None = None,
+          progress: bool = False) -> dict:
+    """Train a feed-forward style network (Johnson et al.) for one style image on a folder of photos."""
+    from cvtool.train import stylization as recipe
+    from cvtool.train.engine import TrainConfig
+
+    def make():
+        if style_image is None or data is None:
+            raise UsageError("STYLE_IMAGE and --data CONTENT_DIR are required (or --resume RUN_DIR)")
+        args = recipe.StyleTrainArgs(str(style_image), str(data), vgg, str(vgg_weights) if vgg_weights else None,
+                                     img_size, content_weight, style_weight, tv_weight, width)
+        return args, TrainConfig(epochs=epochs or 10, batch_size=batch_size, lr=lr, weight_decay=0.0, seed=seed,
+                                 monitor="none")
+
+    run, args, cfg = _start("stylize", "fast_style", recipe, data=data, out=out, resume=resume, epochs=epochs,
+                            device=device, make=make)
+    return _fit(recipe, run, args, cfg, callbacks, on_skip, progress=progress)
+
+
+def face(data: str | Path | None = None, *, arch: str = "face_embed_small", loss: str = "triplet",
+         margin: float = 0.2, mining: str = "semi-hard", identities_per_batch: int = 8, images_per_identity: int = 4,
+         epochs: int | None = None, lr: float | None = None, weight_decay: float = 0.05, img_size: int | None = None,
+         val_split: float = 0.25, hflip: bool = True, out: str | Path | None = None, resume: str | Path | None = None,
+         device: str = "auto", seed: int = 0, workers: int = 0, callbacks=None,
+         on_skip: Callable[[str], None] | None = None, progress: bool = False) -> dict:
+    """Train a face embedder (triplet or Siamese binary loss) on one folder of photos per person."""
+    from cvtool.train import face_embedding as recipe
+    from cvtool.train.engine import TrainConfig
+
+    def make():
+        _need(data, "DATA is required (or --resume RUN_DIR)")
+        args = recipe.FaceTrainArgs(str(data), arch, loss, margin, mining, identities_per_batch, images_per_identity,
+                                    img_size, val_split, hflip)
+        return args, TrainConfig(epochs=epochs or 30, batch_size=identities_per_batch * images_per_identity,
+                                 lr=lr or recipe.default_lr(arch), weight_decay=weight_decay, seed=seed,
+                                 workers=workers, monitor="val_auc", val_batch_size=256)
+
+    run, args, cfg = _start("face", arch, recipe, data=data, out=out, resume=resume, epochs=epochs, device=device,
+                            make=make)
+    return _fit(recipe, run, args, cfg, callbacks, on_skip, progress=progress)

@@ -1,0 +1,724 @@
+"""cvtool's Python API: one object per task, loaded once and called many times.
+
+    import cvtool
+    det = cvtool.Detector("fasterrcnn_mobilenet_v3_large_fpn")   # or weights="runs/raccoon/best.pt"
+    res = det("street.jpg")              # a path, bytes, an RGB uint8 array, a PIL image, or a list of these
+    res.boxes, res.labels, res.scores    # NumPy arrays / lists
+    res.to_dict()                        # exactly the record `cvtool detect` prints for that image
+    res.save("street.detect.jpg")        # the annotated image (res.plot() returns it as an array)
+    for r in det.stream("clip.mp4", vid_stride=5): ...   # video frames, bounded memory
+    for r in det.run(["photos/"], out="boxes/"): ...    # a batch as the CLI runs it: files, folders, globs
+
+Images given as arrays are **RGB**, dtype uint8, shape H x W x 3 (see `cvtool.io.image.load_image`).
+Nothing here prints; every failure a user can cause is a `cvtool.CvtoolError` (an `InputError` for a
+bad image) carrying the one-line message the CLI shows. A loaded model may be called from several
+threads at once: preprocessing runs in the caller's thread, the forward pass is serialised by a lock.
+The CLI (`cvtool.cli`) is a thin adapter over these objects.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from cvtool.errors import CvtoolError, InputError, UsageError
+from cvtool.io.image import DEFAULT_MAX_PIXELS, ImageSource, load_image
+
+__all__ = [
+    "Result", "ClassifyResult", "DetectResult", "SegmentResult", "StylizeResult", "VerifyResult",
+    "Classifier", "Detector", "Segmenter", "Stylizer", "FaceVerifier", "list_models", "export_onnx",
+]
+
+Sources = "ImageSource | Sequence[ImageSource]"
+
+
+# -- results ---------------------------------------------------------------------------------------
+
+@dataclass
+class Result:
+    """One input's (or one video frame's) answer. `to_dict()` is the record the CLI prints for it."""
+
+    record: dict
+    image: np.ndarray | None = field(default=None, repr=False)  # the input, RGB, when it was kept
+    _render: Callable[[np.ndarray], np.ndarray] | None = field(default=None, repr=False)
+
+    @property
+    def path(self) -> str | None:
+        return self.record.get("path")
+
+    @property
+    def error(self) -> str | None:
+        """The one-line reason this input failed (only from `run`/`stream`; direct calls raise instead)."""
+        return self.record.get("error")
+
+    @property
+    def ok(self) -> bool:
+        return "error" not in self.record
+
+    @property
+    def result(self) -> dict:
+        """The task's answer, as in the record's `result`."""
+        return self.record.get("result", {})
+
+    def to_dict(self) -> dict:
+        """A copy of the record (JSON-ready: plain lists, numbers and strings)."""
+        import copy
+
+        return copy.deepcopy(self.record)
+
+    def plot(self) -> np.ndarray:
+        """The annotated image (RGB uint8), as `--out` would draw it."""
+        if self.image is None or self._render is None:
+            raise UsageError("this result keeps no pixels (results of run() don't, to bound memory); "
+                             "call the model on the image itself to plot it")
+        return self._render(self.image)
+
+    def save(self, path: str | Path) -> Path:
+        """Write `plot()` to `path` (format by suffix), atomically."""
+        from cvtool.io.image import write_image
+
+        write_image(path, self.plot())
+        return Path(path)
+
+
+class ClassifyResult(Result):
+    @property
+    def top_k(self) -> list[dict]:
+        return self.result["top_k"]
+
+    @property
+    def label(self) -> str:
+        return self.top_k[0]["label"]
+
+    @property
+    def prob(self) -> float:
+        return self.top_k[0]["prob"]
+
+
+class DetectResult(Result):
+    @property
+    def detections(self) -> list[dict]:
+        return self.result["detections"]
+
+    @property
+    def boxes(self) -> np.ndarray:
+        """N x 4 float32 `[x1, y1, x2, y2]` in the input's own pixels."""
+        return np.array([d["box"] for d in self.detections], np.float32).reshape(-1, 4)
+
+    @property
+    def scores(self) -> np.ndarray:
+        return np.array([d["score"] for d in self.detections], np.float32)
+
+    @property
+    def labels(self) -> list[str]:
+        return [d["label"] for d in self.detections]
+
+    @property
+    def class_ids(self) -> np.ndarray:
+        return np.array([d["index"] for d in self.detections], np.int64)
+
+
+class SegmentResult(Result):
+    mask: np.ndarray | None = None  # H x W class indices at the input's size
+
+    @property
+    def classes(self) -> list[dict]:
+        return self.result["classes"]
+
+
+class StylizeResult(Result):
+    stylized: np.ndarray | None = None  # the stylised image, RGB uint8
+
+    def plot(self) -> np.ndarray:
+        if self.stylized is None:
+            raise UsageError("this result keeps no pixels (results of run() are written to --out instead)")
+        return self.stylized
+
+
+class VerifyResult(Result):
+    @property
+    def same(self) -> bool:
+        return bool(self.result["same"])
+
+    @property
+    def distance(self) -> float:
+        return float(self.result["distance"])
+
+    @property
+    def threshold(self) -> float:
+        return float(self.result["threshold"])
+
+
+# -- the shared machinery --------------------------------------------------------------------------
+
+def _name_of(source: Any) -> str | None:
+    import os
+
+    return os.fspath(source) if isinstance(source, (str, os.PathLike)) else None
+
+
+def _as_list(sources) -> tuple[list, bool]:
+    if isinstance(sources, (list, tuple)):
+        return list(sources), False
+    return [sources], True
+
+
+def _load(model: str | None, *, task: str, weights, device: str, backend: str, default: str,
+          progress: bool, on_export: Callable[[Path], None] | None):
+    from cvtool.device import resolve_device
+    from cvtool.models import onnx_backend
+
+    return onnx_backend.load(model, task=task, weights=weights, device=resolve_device(device), backend=backend,
+                             progress=progress, default=default, on_export=on_export)
+
+
+def describe_loaded(loaded) -> str:
+    """`resnet18 on cpu, weights resnet18-f37072fd.pth (sha256 f37072fd4e0b)`: the line the CLI logs."""
+    from cvtool.models import onnx_backend
+
+    where = "onnxruntime" if isinstance(loaded.module, onnx_backend.OnnxNetwork) else loaded.device
+    return f"{loaded.name} on {where}, weights {Path(loaded.weights_path).name} (sha256 {loaded.weights_sha256[:12]})"
+
+
+class _Task:
+    """Load once, call many times. Subclasses say how to build their pipeline and wrap a result."""
+
+    task: str
+    result_type: type[Result] = Result
+    columns: list[str]  # the CLI's table/CSV shape
+    extra_formats: dict | None = None
+
+    def __init__(self, loaded, *, max_pixels: int = DEFAULT_MAX_PIXELS):
+        self.loaded = loaded
+        self.max_pixels = max_pixels
+        self._lock = threading.Lock()
+        self._pipeline = self._make_pipeline(None)
+
+    # what subclasses provide
+    def _make_pipeline(self, out_dir: Path | None):
+        raise NotImplementedError
+
+    @staticmethod
+    def rows(result: dict) -> list[list]:
+        raise NotImplementedError
+
+    def _wrap(self, record: dict, rgb: np.ndarray | None, sample, result: dict) -> Result:
+        return self.result_type(record, rgb, self._render_for(sample, result))
+
+    def _render_for(self, sample, result) -> Callable[[np.ndarray], np.ndarray] | None:
+        """How `Result.plot()` draws this input: the pipeline's own renderer (the one `--out` uses)."""
+        pipeline = self._pipeline
+        return lambda rgb: pipeline.render(rgb, sample, result)
+
+    # the public surface
+    @property
+    def name(self) -> str:
+        return self.loaded.name
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.loaded.classes)
+
+    @property
+    def weights_sha256(self) -> str:
+        return self.loaded.weights_sha256
+
+    def describe(self) -> str:
+        return describe_loaded(self.loaded)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.describe()})"
+
+    def __call__(self, source, *, batch_size: int = 16):
+        """One image -> one Result; a list -> a list of Results, in order. A bad image raises InputError."""
+        sources, single = _as_list(source)
+        results: list[Result] = []
+        for start in range(0, len(sources), max(1, batch_size)):
+            results += self._predict_sources(sources[start : start + batch_size])
+        return results[0] if single else results
+
+    def _predict_sources(self, sources: list) -> list[Result]:
+        from cvtool.pipelines.runner import result_record
+
+        prepared = []
+        for source in sources:
+            start = time.perf_counter()
+            rgb = load_image(source, max_pixels=self.max_pixels)
+            sample = self._pipeline.prepare_array(rgb)
+            prepared.append((_name_of(source), rgb, sample, (time.perf_counter() - start) * 1000))
+        if not prepared:
+            return []
+        start = time.perf_counter()
+        with self._lock:
+            outputs = self._pipeline.predict([p[2] for p in prepared])
+        infer_ms = (time.perf_counter() - start) * 1000 / len(prepared)
+        results = []
+        for (name, rgb, sample, ms), result in zip(prepared, outputs):
+            extras = self._extras(result)
+            record = result_record(self._pipeline, name, ms + infer_ms, result)
+            results.append(self._finish(self._wrap(record, rgb, sample, result), sample, extras))
+        return results
+
+    def _extras(self, result: dict) -> dict:
+        """Pixels a pipeline puts in its result for saving (not part of the record)."""
+        return {"image": result.pop("image")} if "image" in result else {}
+
+    def _finish(self, res: Result, sample, extras: dict) -> Result:
+        return res
+
+    def stream(self, source: str | Path, *, vid_stride: int = 1, batch_size: int = 16) -> Iterator[Result]:
+        """The frames of a video file (or `cam:N`), every `vid_stride`-th, with bounded memory.
+
+        Yields one Result per kept frame (`record["frame"]`, `record["time_s"]`); a video that cannot be
+        read raises InputError; one that fails part-way ends with a Result whose `error` says why."""
+        from cvtool.pipelines.video import run_video
+
+        first = True
+        for record, rgb, sample, result in run_video(self._pipeline, str(source), batch_size=batch_size,
+                                                     stride=vid_stride, with_frames=True, lock=self._lock):
+            if first and "error" in record:
+                raise InputError(record["error"], record["path"])
+            first = False
+            if "error" in record:
+                yield Result(record)
+                continue
+            extras = self._extras(result)
+            yield self._finish(self._wrap(record, rgb, sample, result), sample, extras)
+
+    def run(self, inputs: str | Path | Iterable, *, out: str | Path | None = None, recursive: bool = False,
+            batch_size: int = 16, workers: int = 2, skip_existing: bool = False, vid_stride: int = 1,
+            on_skip: Callable[[str], None] | None = None) -> Iterator[Result]:
+        """A batch as the CLI runs it: files, directories, globs (or `InputItem`s), images and videos.
+
+        Yields one Result per input (per kept frame of a video), in input order; a bad input yields a
+        Result whose `error` says why and the batch goes on. With `out`, each input's outputs are written
+        there atomically (`record["outputs"]`); `skip_existing` skips inputs whose output exists."""
+        from cvtool.io.outputs import check_out_dir
+
+        out_dir = Path(out) if out is not None else None
+        check_out_dir(out_dir, skip_existing=skip_existing)
+        return _run_batch(self._make_pipeline(out_dir), inputs, self.result_type, recursive=recursive, out_dir=out_dir,
+                          batch_size=batch_size, workers=workers, skip_existing=skip_existing, vid_stride=vid_stride,
+                          on_skip=on_skip, lock=self._lock)
+
+
+def _input_items(inputs, recursive: bool):
+    """Paths, directories and globs expanded as the CLI expands them; `InputItem`s pass through."""
+    from cvtool.io.inputs import MEDIA_SUFFIXES, InputItem, iter_inputs
+
+    if isinstance(inputs, (str, Path)):
+        inputs = [inputs]
+    for spec in inputs:
+        if isinstance(spec, InputItem):
+            yield spec
+        else:
+            yield from iter_inputs([str(spec)], recursive=recursive, suffixes=MEDIA_SUFFIXES)
+
+
+def _run_batch(pipeline, inputs, result_type, *, recursive, out_dir, batch_size, workers, skip_existing, vid_stride,
+               on_skip, lock) -> Iterator[Result]:
+    from cvtool.pipelines.runner import already_done, run
+
+    def skip(path: str) -> bool:
+        done = skip_existing and already_done(pipeline, path)
+        if done and on_skip is not None:
+            on_skip(path)
+        return done
+
+    records = run(pipeline, _input_items(inputs, recursive), batch_size=batch_size, workers=workers, out_dir=out_dir,
+                  skip=skip, vid_stride=vid_stride, lock=lock)
+    try:
+        for record in records:
+            yield result_type(record)
+    finally:
+        records.close()
+
+
+class Classifier(_Task):
+    """Top-k labels per image: LeNet-5, torchvision's classifiers, or a `cvtool train classify` checkpoint.
+
+    `Classifier("resnet18")`, `Classifier(weights="runs/digits/best.pt")`, `backend="onnxruntime"`."""
+
+    task = "classify"
+    result_type = ClassifyResult
+    columns = ["rank", "label", "prob"]
+
+    def __init__(self, model: str | None = None, *, weights: str | Path | None = None, top_k: int = 5,
+                 device: str = "auto", backend: str = "torch", max_pixels: int = DEFAULT_MAX_PIXELS,
+                 progress: bool = False, on_export: Callable[[Path], None] | None = None):
+        self.top_k = top_k
+        loaded = _load(model, task="classify", weights=weights, device=device, backend=backend, default="resnet18",
+                       progress=progress, on_export=on_export)
+        super().__init__(loaded, max_pixels=max_pixels)
+
+    def _make_pipeline(self, out_dir):
+        from cvtool.pipelines.classify import ClassifyPipeline
+
+        return ClassifyPipeline(self.loaded, top_k=self.top_k, max_pixels=self.max_pixels, out_dir=out_dir)
+
+    @staticmethod
+    def rows(result: dict) -> list[list]:
+        from cvtool.pipelines.classify import rows
+
+        return rows(result)
+
+
+class Detector(_Task):
+    """Boxes, labels and scores: our YOLO-style detector, torchvision's detectors, Keypoint R-CNN, faces.
+
+    `conf=None` takes the model's own default (0.25; 0 for `face`, whose scores are margins)."""
+
+    task = "detect"
+    result_type = DetectResult
+    columns = ["label", "score", "x1", "y1", "x2", "y2"]
+
+    def __init__(self, model: str | None = None, *, weights: str | Path | None = None, conf: float | None = None,
+                 iou: float = 0.45, classes: Sequence[str] | None = None, max_det: int = 300,
+                 keypoints: bool = False, save_crops: bool = False, device: str = "auto", backend: str = "torch",
+                 max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = False,
+                 on_export: Callable[[Path], None] | None = None):
+        loaded = _load(model, task="detect", weights=weights, device=device, backend=backend,
+                       default="fasterrcnn_resnet50_fpn_v2", progress=progress, on_export=on_export)
+        self.conf = conf if conf is not None else default_conf(loaded)
+        self.iou, self.max_det, self.keypoints, self.save_crops = iou, max_det, keypoints, save_crops
+        self.keep_classes = list(classes) if classes else None
+        super().__init__(loaded, max_pixels=max_pixels)
+
+    def _make_pipeline(self, out_dir):
+        from cvtool.pipelines.detect import DetectPipeline
+
+        return DetectPipeline(self.loaded, conf=self.conf, iou=self.iou, max_det=self.max_det,
+                              classes=self.keep_classes, keypoints=self.keypoints, save_crops=self.save_crops,
+                              max_pixels=self.max_pixels, out_dir=out_dir)
+
+    @staticmethod
+    def rows(result: dict) -> list[list]:
+        from cvtool.pipelines.detect import rows
+
+        return rows(result)
+
+    @property
+    def extra_formats(self) -> dict:
+        from cvtool.pipelines.detect import EXTRA_FORMATS
+
+        return EXTRA_FORMATS
+
+
+def default_conf(loaded) -> float:
+    """The confidence threshold a model's scores call for (declared by the model; 0.25 otherwise)."""
+    contract = getattr(loaded, "contract", None)
+    if contract is not None and getattr(contract, "default_conf", None) is not None:
+        return float(contract.default_conf)
+    return float(getattr(loaded.module, "default_conf", 0.25))
+
+
+class Segmenter(_Task):
+    """A class per pixel: our U-Net, torchvision's segmenters. `res.mask` is H x W class indices."""
+
+    task = "segment"
+    result_type = SegmentResult
+    columns = ["label", "pixels", "fraction"]
+
+    def __init__(self, model: str | None = None, *, weights: str | Path | None = None, alpha: float = 0.5,
+                 classes: Sequence[str] | None = None, save_mask: bool = False, tile: int | None = None,
+                 overlap: int = 32, tile_batch: int = 4, device: str = "auto", backend: str = "torch",
+                 max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = False,
+                 on_export: Callable[[Path], None] | None = None):
+        loaded = _load(model, task="segment", weights=weights, device=device, backend=backend,
+                       default="deeplabv3_resnet50", progress=progress, on_export=on_export)
+        self.alpha, self.keep_classes, self.save_mask = alpha, list(classes) if classes else None, save_mask
+        self.tile, self.overlap, self.tile_batch = tile, overlap, tile_batch
+        super().__init__(loaded, max_pixels=max_pixels)
+
+    def _make_pipeline(self, out_dir):
+        from cvtool.pipelines.segment import SegmentPipeline
+
+        return SegmentPipeline(self.loaded, alpha=self.alpha, classes=self.keep_classes, save_mask=self.save_mask,
+                               tile=self.tile, overlap=self.overlap, tile_batch=self.tile_batch,
+                               max_pixels=self.max_pixels, out_dir=out_dir)
+
+    def _finish(self, res: Result, sample, extras: dict) -> Result:
+        res.mask = sample.labels
+        return res
+
+    @staticmethod
+    def rows(result: dict) -> list[list]:
+        from cvtool.pipelines.segment import rows
+
+        return rows(result)
+
+
+def is_single_file(out: Path) -> bool:
+    """`--out x.png` names one output file; anything else is a directory."""
+    from cvtool.io.image import IMAGE_SUFFIXES
+    from cvtool.io.video import VIDEO_SUFFIXES
+
+    return out.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES
+
+
+class Stylizer(_Task):
+    """Neural style transfer, in one of two modes:
+
+    - feed-forward: `Stylizer(model="runs/starry/best.pt")` (a `cvtool train style` network): one forward
+      pass per image or video frame;
+    - optimisation (Gatys et al.): `Stylizer(style="starry.jpg")` (or several styles with `style_blend`);
+      `settings` are `cvtool.pipelines.stylize.StyleSettings` fields (size, steps, content_weight, ...).
+
+    `res.stylized` (and `res.plot()`) is the stylised image."""
+
+    task = "stylize"
+    result_type = StylizeResult
+
+    def __init__(self, model: str | Path | None = None, *, style: ImageSource | Sequence[ImageSource] | None = None,
+                 vgg: str = "vgg19", weights: str | Path | None = None, size: int | None = None,
+                 tile: int | None = None, overlap: int = 32, device: str = "auto", backend: str = "torch",
+                 max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = False, on_step=None,
+                 on_export: Callable[[Path], None] | None = None, **settings):
+        from cvtool.pipelines import stylize as task
+
+        self.size, self.tile, self.overlap, self.on_step = size, tile, overlap, on_step
+        self.feed_forward = model is not None
+        if self.feed_forward:
+            if style is not None:
+                raise UsageError("a feed-forward --model carries its style; drop the style images")
+            if settings:
+                raise UsageError(f"{', '.join(sorted(settings))}: optimisation settings, not for a --model network")
+            loaded = _load(None, task="stylize", weights=model, device=device, backend=backend, default="fast_style",
+                           progress=progress, on_export=on_export)
+            self.columns = task.FAST_COLUMNS
+            super().__init__(loaded, max_pixels=max_pixels)
+            return
+        if backend != "torch":
+            raise UsageError("--backend onnxruntime needs --model (a feed-forward network); the optimisation needs gradients")
+        styles, _ = _as_list(style) if style is not None else ([], True)
+        if not styles:
+            raise UsageError("give a style image: cvtool stylize CONTENT STYLE, or --style STYLE")
+        try:
+            self.settings = task.StyleSettings(size=size or 512, **settings)
+        except TypeError as exc:
+            raise UsageError(f"unknown style setting: {exc}") from None
+        loaded = _load(vgg, task="classify", weights=weights, device=device, backend="torch", default=vgg,
+                       progress=progress, on_export=None)
+        import torch
+
+        features = getattr(loaded.module, "features", None)  # torchvision's VGGs keep their conv stack there
+        if not isinstance(features, torch.nn.Sequential):
+            raise UsageError(f"{loaded.name} has no VGG-style feature stack; use --vgg vgg19 or vgg16")
+        self.stylizer = task.Stylizer(features, loaded.preprocess.mean, loaded.preprocess.std, self.settings,
+                                      loaded.device)
+        self.stylizer.set_styles([load_image(s, max_pixels=max_pixels) for s in styles])
+        self.columns = task.COLUMNS
+        super().__init__(loaded, max_pixels=max_pixels)
+
+    @property
+    def name(self) -> str:
+        return self.loaded.name if self.feed_forward else f"gatys/{self.loaded.name}"
+
+    def _make_pipeline(self, out_dir, *, single_file: bool = False, save_every: int | None = None):
+        from cvtool.pipelines import stylize as task
+
+        out = Path(out_dir) if out_dir is not None else Path(".")
+        if self.feed_forward:
+            return task.FastStylePipeline(self.loaded, out=out, single_file=single_file, size=self.size,
+                                          tile=self.tile, overlap=self.overlap, max_pixels=self.max_pixels)
+        return task.StylizePipeline(self.stylizer, model_name=self.name, weights_sha256=self.loaded.weights_sha256,
+                                    out=out, single_file=single_file, save_every=save_every, on_step=self.on_step,
+                                    max_pixels=self.max_pixels)
+
+    def rows(self, result: dict) -> list[list]:
+        from cvtool.pipelines import stylize as task
+
+        return task.fast_rows(result) if self.feed_forward else task.rows(result)
+
+    def _predict_sources(self, sources: list) -> list[Result]:
+        if self.feed_forward:
+            return super()._predict_sources(sources)
+        from cvtool.io.image import ARRAY_NAME
+        from cvtool.pipelines.runner import result_record
+
+        results = []
+        for source in sources:  # one optimisation per content image
+            start = time.perf_counter()
+            rgb = load_image(source, max_pixels=self.max_pixels)
+            with self._lock:
+                result = self._pipeline.predict([(_name_of(source) or ARRAY_NAME, rgb)])[0]
+            extras = self._extras(result)
+            record = result_record(self._pipeline, _name_of(source), (time.perf_counter() - start) * 1000, result)
+            results.append(self._finish(StylizeResult(record, rgb), None, extras))
+        return results
+
+    def _finish(self, res: Result, sample, extras: dict) -> Result:
+        res.stylized = extras.get("image")
+        return res
+
+    def _render_for(self, sample, result):
+        return None
+
+    def run(self, inputs, *, out: str | Path = "stylized", recursive: bool = False, batch_size: int = 1,
+            workers: int = 1, skip_existing: bool = False, vid_stride: int = 1, save_every: int | None = None,
+            on_skip: Callable[[str], None] | None = None) -> Iterator[Result]:
+        """Stylise each content image (or video, feed-forward only) into `out`: a file name for one input
+        (`result.png`, `clip.mp4`), else a directory (`NAME.stylized.png`)."""
+        from cvtool.io.outputs import check_out_dir
+
+        out = Path(out)
+        single_file = is_single_file(out)
+        if single_file:
+            items = list(_input_items(inputs, recursive))
+            if len(items) > 1:
+                raise UsageError(f"--out {out} is a file but {len(items)} inputs were given; pass a directory")
+            inputs = items
+        else:
+            check_out_dir(out)
+        pipeline = self._make_pipeline(out, single_file=single_file, save_every=save_every)
+        return _run_batch(pipeline, inputs, StylizeResult, recursive=recursive, out_dir=out, batch_size=batch_size,
+                          workers=workers, skip_existing=skip_existing, vid_stride=vid_stride, on_skip=on_skip,
+                          lock=self._lock)
+
+
+class FaceVerifier:
+    """Face verification, identification and calibration on dlib's models ported to PyTorch (offline).
+
+        fv = cvtool.FaceVerifier()                  # or weights="runs/faces/best.pt", detector="haar"
+        fv.verify("a.jpg", "b.jpg").same            # the record `cvtool verify-face a.jpg b.jpg` prints
+        fv.faces(img)                               # every face: box, score, 5 landmarks, descriptor
+        fv.embed(img)                               # the 128-D descriptor of the image's main face
+        known = fv.gallery("known/")                # known/alice.jpg or known/alice/*.jpg
+        fv.identify(img, known)                     # every face named, or "unknown"
+        fv.calibrate([("a.jpg", "b.jpg", True), ...])  # the threshold that fits your photos
+    """
+
+    task = "verify-face"
+
+    def __init__(self, model: str | None = None, *, weights: str | Path | None = None, detector: str = "mmod",
+                 upsample: int | None = None, threshold: float | None = None, device: str = "auto",
+                 backend: str = "torch", max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = False,
+                 on_export: Callable[[Path], None] | None = None):
+        from cvtool.pipelines import face as task
+
+        self.loaded = _load(model, task="face-embed", weights=weights, device=device, backend=backend,
+                            default=task.DEFAULT_EMBEDDER, progress=progress, on_export=on_export)
+        self.engine = task.FaceEngine(self.loaded, detector=detector, upsample=upsample, threshold=threshold,
+                                      max_pixels=max_pixels)
+        self._lock = threading.Lock()
+
+    @property
+    def threshold(self) -> float:
+        return self.engine.threshold
+
+    @property
+    def name(self) -> str:
+        return self.loaded.name
+
+    def describe(self) -> str:
+        return describe_loaded(self.loaded)
+
+    def __repr__(self) -> str:
+        return f"FaceVerifier({self.describe()}, detector {self.engine.detector_name}, threshold {self.threshold})"
+
+    def verify(self, a: ImageSource, b: ImageSource, *, index_a: int | None = None,
+               index_b: int | None = None) -> VerifyResult:
+        """Are A and B the same person? A missing or ambiguous face raises InputError, never a guess."""
+        from cvtool.pipelines import face as task
+
+        with self._lock:
+            record = task.verify(self.engine, a, b, index_a=index_a, index_b=index_b)
+        return VerifyResult(record)
+
+    def faces(self, image: ImageSource) -> list:
+        """Every face found, left to right: `Face(box, score, landmarks, descriptor)`."""
+        rgb = load_image(image, max_pixels=self.engine.max_pixels)
+        with self._lock:
+            return self.engine.analyse([rgb])[0]
+
+    def embed(self, image: ImageSource, *, index: int | None = None) -> np.ndarray:
+        """The descriptor of the image's face (the clearly largest, or `index`), as `verify` picks it."""
+        from cvtool.pipelines import face as task
+
+        faces = self.faces(image)
+        return task.choose_face(faces, index, _name_of(image) or "<image>").descriptor
+
+    def gallery(self, root: str | Path, *, warn: Callable[[str], None] | None = None):
+        """Known people from `root` (one photo per person, or a folder per person); cached on disk."""
+        from cvtool.pipelines import face as task
+
+        with self._lock:
+            return task.load_gallery(self.engine, root, warn=warn)
+
+    def identify(self, image: ImageSource, gallery) -> Result:
+        """Every face in `image` named after the nearest known person within the threshold, or "unknown"."""
+        from cvtool.pipelines.face import IdentifyPipeline
+        from cvtool.pipelines.runner import result_record
+
+        pipeline = IdentifyPipeline(self.engine, gallery)
+        start = time.perf_counter()
+        rgb = load_image(image, max_pixels=self.engine.max_pixels)
+        sample = pipeline.prepare_array(rgb)
+        with self._lock:
+            result = pipeline.predict([sample])[0]
+        record = result_record(pipeline, _name_of(image), (time.perf_counter() - start) * 1000, result)
+        return Result(record, rgb, lambda img: pipeline.render(img, sample, result))
+
+    def calibrate(self, pairs: str | Path | Sequence[tuple[ImageSource, ImageSource, bool]]) -> dict:
+        """The threshold that maximises accuracy on labelled pairs (a CSV path_a,path_b,same, or tuples)."""
+        from cvtool.pipelines import face as task
+
+        if isinstance(pairs, (str, Path)):
+            pairs = task.read_pairs(pairs)
+        with self._lock:
+            return task.calibrate(self.engine, list(pairs))
+
+    def save_pair(self, result: VerifyResult, out: str | Path) -> list[str]:
+        """The two faces of a verification, annotated, into `out`."""
+        from cvtool.pipelines import face as task
+
+        return task.save_pair(result.record, self.engine, Path(out))
+
+    def run(self, inputs, gallery, *, out: str | Path | None = None, recursive: bool = False, batch_size: int = 4,
+            workers: int = 2, skip_existing: bool = False, vid_stride: int = 1,
+            on_skip: Callable[[str], None] | None = None) -> Iterator[Result]:
+        """Identify every face in a batch of images/videos against `gallery`, as `verify-face --gallery` does."""
+        from cvtool.io.outputs import check_out_dir
+        from cvtool.pipelines.face import IdentifyPipeline
+
+        out_dir = Path(out) if out is not None else None
+        check_out_dir(out_dir, skip_existing=skip_existing)
+        return _run_batch(IdentifyPipeline(self.engine, gallery, out_dir=out_dir), inputs, Result, recursive=recursive,
+                          out_dir=out_dir, batch_size=batch_size, workers=workers, skip_existing=skip_existing,
+                          vid_stride=vid_stride, on_skip=on_skip, lock=self._lock)
+
+    columns = ["name", "distance", "x1", "y1", "x2", "y2"]
+
+    @staticmethod
+    def rows(result: dict) -> list[list]:
+        from cvtool.pipelines.face import rows
+
+        return rows(result)
+
+
+# -- models and export -----------------------------------------------------------------------------
+
+def list_models(task: str | None = None) -> list[dict]:
+    """Every registered model (optionally of one task): name, task, size, weights source, licence, cached."""
+    from cvtool.models import catalogue
+
+    return catalogue.describe_all(task)
+
+
+def export_onnx(target: str | Path, out: str | Path | None = None, *, weights: str | Path | None = None,
+           img_size: int | None = None, dynamic_batch: bool = False, opset: int | None = None,
+           tolerance: float = 1e-4) -> dict:
+    """Export a model name (its default weights, or `weights`) or a checkpoint to ONNX, checked against
+    PyTorch with onnxruntime before anything is written. Returns the report (path, max_abs_diff, ...)."""
+    from cvtool import export as exporter
+
+    loaded = exporter.load_target(str(target), Path(weights) if weights is not None else None)
+    target_path = Path(out) if out is not None else exporter.default_out(str(target), loaded)
+    return exporter.export_model(loaded, target_path, img_size=img_size, dynamic_batch=dynamic_batch,
+                                 opset=opset, tolerance=tolerance)
