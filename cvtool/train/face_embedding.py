@@ -10,6 +10,7 @@ the best accuracy, which goes into the checkpoint (`threshold`) for `cvtool veri
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import time
@@ -24,6 +25,7 @@ from cvtool.errors import UsageError
 from cvtool.models.registry import ModelEntry
 from cvtool.ops.preprocess import Preprocess
 from cvtool.ops.triplet import binary_pair_loss, pairwise_distances, triplet_loss
+from cvtool.ops.verification import accuracy_at, fit_threshold
 from cvtool.train.datasets import DataError, LabelledImages
 from cvtool.train.engine import Trainer
 
@@ -139,46 +141,27 @@ def pair_distances(embeddings: torch.Tensor | np.ndarray, labels) -> tuple[np.nd
     return d, lab[i] == lab[j]
 
 
-def best_threshold(distances: np.ndarray, same: np.ndarray) -> tuple[float, float]:
-    """(threshold, accuracy): the distance t maximising the accuracy of 'same person iff d < t', placed
-    midway between neighbouring distinct distances (ties go to the smaller t)."""
-    order = np.argsort(distances, kind="stable")
-    d, s = distances[order], same[order].astype(np.int64)
-    n, positives = len(d), int(s.sum())
-    # predicting "same" for the k closest pairs: correct = same among them + different among the rest
-    k = np.arange(n + 1)
-    same_below = np.concatenate([[0], np.cumsum(s)])
-    correct = same_below + (n - k) - (positives - same_below)
-    allowed = np.ones(n + 1, dtype=bool)
-    allowed[1:n] = d[1:] > d[:-1]  # a cut between equal distances is not a threshold
-    correct = np.where(allowed, correct, -1)
-    best = int(np.argmax(correct))
-    if best == 0:
-        threshold = d[0] - 1e-6 if n else 0.0
-    elif best == n:
-        threshold = d[-1] + 1e-6
-    else:
-        threshold = (d[best - 1] + d[best]) / 2
-    return float(threshold), float(correct[best] / max(1, n))
-
-
-def accuracy_at(distances: np.ndarray, same: np.ndarray, threshold: float) -> float:
-    return float(np.mean((distances < threshold) == same)) if len(distances) else 0.0
-
-
 def verification_report(distances: np.ndarray, same: np.ndarray) -> dict:
-    """ROC AUC (scikit-learn), the best threshold and its accuracy, and the pair counts."""
-    from sklearn.metrics import roc_auc_score
+    """ROC AUC, the best threshold and its accuracy, and the pair counts (cvtool.ops.verification's one fit)."""
+    fitted = fit_threshold(distances, same)
+    return {key: fitted[key] for key in ("roc_auc", "accuracy", "threshold", "same_pairs", "different_pairs")}
 
-    threshold, accuracy = best_threshold(distances, same)
-    both = bool(same.any() and (~same).any())
-    return {
-        "auc": float(roc_auc_score(same, -distances)) if both else float("nan"),
-        "accuracy": accuracy,
-        "threshold": threshold,
-        "same_pairs": int(same.sum()),
-        "different_pairs": int((~same).sum()),
-    }
+
+COLLAPSED_DISTANCE = 0.05  # unit-length embeddings of different people this close on average: all one point
+
+
+def collapse_warning(distances: np.ndarray, same: np.ndarray) -> str | None:
+    """A line saying the embedding has collapsed (every face mapped to about one point), or None.
+
+    Random unit vectors in 128-D lie about 1.41 apart; a network whose held-out different-person pairs
+    average under COLLAPSED_DISTANCE cannot tell anyone apart, whatever its accuracy says (that is then
+    about the share of different-person pairs, with a threshold near 0 and a triplet loss at the margin)."""
+    different = distances[~np.asarray(same, dtype=bool)]
+    if not len(different) or float(different.mean()) >= COLLAPSED_DISTANCE:
+        return None
+    return (f"the embedding has collapsed: held-out faces of different people are on average {float(different.mean()):.4f} "
+            "apart (about 1.4 for unrelated directions), so this model cannot tell people apart and its threshold is "
+            "meaningless; try a lower --lr, semi-hard mining or more images per person")
 
 
 def save_roc(distances: np.ndarray, same: np.ndarray, threshold: float, path: Path, title: str = "") -> str:
@@ -192,7 +175,7 @@ def save_roc(distances: np.ndarray, same: np.ndarray, threshold: float, path: Pa
     point = (float(predicted[~same].mean()), float(predicted[same].mean()))
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
-    ax.plot(fpr, tpr, label=f"AUC {roc_auc_score(same, -distances):.4f}")
+    ax.plot(fpr, tpr, label=f"ROC AUC {roc_auc_score(same, -distances):.4f}")
     ax.plot([0, 1], [0, 1], linestyle=":", color="grey", label="chance")
     ax.plot(*point, "o", color="C3", label=f"threshold {threshold:.3f}")
     ax.set(xlabel="false accept rate", ylabel="true accept rate", xlim=(0, 1), ylim=(0, 1.01),
@@ -222,6 +205,7 @@ class FaceTask:
         self.loss_name, self.margin, self.mining = loss, margin, mining
         self.checkpoint_extra = checkpoint_extra  # the engine's extra_fields: the threshold is written here
         self.model: nn.Module | None = None
+        self.bn_data = None  # training images (unaugmented) whose batch-norm statistics validation uses
 
     def build_model(self) -> nn.Module:
         self.model = self._build()
@@ -233,6 +217,8 @@ class FaceTask:
         return triplet_loss(outputs, targets, self.margin, self.mining)
 
     def start_metrics(self) -> EmbeddingState:
+        if self.bn_data is not None and self.model is not None:
+            recompute_batchnorm(self.model, self.bn_data)
         return EmbeddingState()
 
     def update_metrics(self, state: EmbeddingState, outputs, targets) -> None:
@@ -248,10 +234,44 @@ class FaceTask:
             "distance": "euclidean", "same_if": "distance < threshold",
             "chosen_on": "all pairs of the held-out validation identities", **report,
         }
-        return {"auc": report["auc"], "accuracy": report["accuracy"], "threshold": report["threshold"]}
+        return {"roc_auc": report["roc_auc"], "accuracy": report["accuracy"], "threshold": report["threshold"]}
 
     def checkpoint_fields(self) -> dict:
         return {"arch": self.entry.name, "task": TASK, "classes": None, "preprocess": self.preprocess.to_dict()}
+
+
+BN_IMAGES = 1024  # training images that set the batch-norm statistics before each validation
+BN_BATCH = 64
+
+
+def recompute_batchnorm(model: nn.Module, dataset, images: int = BN_IMAGES, batch_size: int = BN_BATCH) -> None:
+    """Set every batch norm's running statistics to the exact average over (up to `images` of) `dataset`.
+
+    The running averages (momentum 0.1) lag far behind the weights when an epoch is a handful of P x K
+    batches: in eval mode the features then drown in a stale mean, and every face maps to about the
+    same embedding (validation loss stuck at the margin). Recomputing them from the current weights
+    ("precise BN") before each validation fixes that; it changes no weight, so training itself, and a
+    resumed run, are unchanged. A model without batch norm (dlib's ResNet) is left alone."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms or len(dataset) == 0:
+        return
+    was_training = model.training
+    momenta = [m.momentum for m in norms]
+    device = next(model.parameters()).device
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average: every batch counts equally
+    model.train()
+    indices = list(range(min(images, len(dataset))))
+    with torch.no_grad():
+        for start in range(0, len(indices), batch_size):
+            chunk = indices[start : start + batch_size]
+            if len(chunk) < 2:  # batch norm needs two samples (and one more adds almost nothing)
+                break
+            model(torch.stack([dataset[i][0] for i in chunk]).to(device))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    model.train(was_training)
 
 
 # -- the recipe -----------------------------------------------------------------------------------
@@ -337,14 +357,20 @@ def embed_all(model: nn.Module, dataset, device, batch_size: int = 128) -> np.nd
 
 
 def run_training(args: FaceTrainArgs, cfg, run_dir: Path, device, *, resume: bool = False, callbacks=None,
-                 on_skip=None, progress: bool = True) -> dict:
-    """Train (or resume) an embedder into `run_dir`; return the summary also written to summary.json."""
+                 on_skip=None, on_warning=None, progress: bool = True) -> dict:
+    """Train (or resume) an embedder into `run_dir`; return the summary also written to summary.json.
+
+    A collapsed embedding (every face mapped to about one point) is not an error: the run's files are
+    written, the summary's `collapsed` is true and `warnings` says so, and `on_warning` (if given) is
+    called with that line, so a caller can show it; such a model is useless for verification."""
     from cvtool.io.atomic import atomic_write_text
     from cvtool.models.registry import get_entry
     from cvtool.train import plots
     from cvtool.train.datasets import Augment, ClassificationDataset
 
     start = time.perf_counter()
+    if cfg.monitor == "val_auc":  # the metric's name before it became roc_auc, as stored by older runs
+        cfg = dataclasses.replace(cfg, monitor="val_roc_auc")
     if args.mining not in MINING:
         raise UsageError(f"unknown --mining {args.mining!r}; choose from {', '.join(MINING)}")
     if args.loss not in LOSSES:
@@ -358,6 +384,7 @@ def run_training(args: FaceTrainArgs, cfg, run_dir: Path, device, *, resume: boo
     task = FaceTask(entry, preprocess, _build(entry, arch_kwargs, progress), loss=args.loss, margin=args.margin,
                     mining=MINING[args.mining], checkpoint_extra=extra)
     val_set = ClassificationDataset(val_data, preprocess)
+    task.bn_data = ClassificationDataset(train_data, preprocess)
     p, k = args.identities_per_batch, args.images_per_identity
     trainer = Trainer(
         task, ClassificationDataset(train_data, preprocess, Augment(hflip=args.hflip)), val_set, cfg, run_dir, device,
@@ -374,7 +401,11 @@ def run_training(args: FaceTrainArgs, cfg, run_dir: Path, device, *, resume: boo
     # The honest operating point: a threshold chosen on the training people, applied to unseen ones.
     train_d, train_same = pair_distances(embed_all(trainer.model, ClassificationDataset(train_data, preprocess), device),
                                          train_data.labels)
-    train_threshold, train_accuracy = best_threshold(train_d, train_same)
+    train_fit = fit_threshold(train_d, train_same)
+    train_threshold, train_accuracy = train_fit["threshold"], train_fit["accuracy"]
+    warning = collapse_warning(val_d, val_same)
+    if warning and on_warning:
+        on_warning(warning)
     plots.save_curves(state.history, run_dir / "curves.png")
     save_roc(val_d, val_same, val["threshold"], run_dir / "roc.png")
     summary = {
@@ -386,6 +417,7 @@ def run_training(args: FaceTrainArgs, cfg, run_dir: Path, device, *, resume: boo
         "epochs": state.epoch, "best_epoch": best_epoch,
         "val": {**val, "accuracy_at_train_threshold": accuracy_at(val_d, val_same, train_threshold)},
         "train_threshold": train_threshold, "train_pairs_accuracy": train_accuracy,
+        "collapsed": warning is not None, "warnings": [warning] if warning else [],
         "seconds": round(time.perf_counter() - start, 2),
         "checkpoints": {"best": str(run_dir / "best.pt"), "last": str(run_dir / "last.pt")},
     }
