@@ -1,14 +1,13 @@
 """cvtool.models.weights against a real loopback HTTP server: cache, hash checks, progress, offline, mirror."""
 
 import hashlib
-import http.server
 import io
 import os
 import socket
-import threading
 
 import pytest
 import torch
+from loopback import LoopbackServer
 
 from cvtool.errors import WeightsError
 from cvtool.models import weights
@@ -21,45 +20,6 @@ def _tiny_checkpoint() -> bytes:
     buffer = io.BytesIO()
     torch.save(torch.nn.Linear(4, 2).state_dict(), buffer)
     return buffer.getvalue()
-
-
-class LoopbackServer:
-    """Serves `files` (name -> bytes) on 127.0.0.1, records each request path, and can lie about
-    Content-Length (`declared`) to simulate a connection that drops mid-file."""
-
-    def __init__(self):
-        self.files: dict[str, bytes] = {}
-        self.declared: dict[str, int] = {}
-        self.requests: list[str] = []
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-
-    def _handler(self):
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 (http.server's naming)
-                server.requests.append(self.path)
-                body = server.files.get(self.path.rsplit("/", 1)[-1])
-                if body is None:
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Length", str(server.declared.get(self.path.rsplit("/", 1)[-1], len(body))))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        return Handler
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
 
 
 @pytest.fixture
