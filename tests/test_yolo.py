@@ -149,3 +149,18 @@ def test_resnet18_backbone_takes_a_classifier_state_dict():
         load_backbone_weights(model, {"fc.weight": state["fc.weight"]}, "r18.pth")
     with pytest.raises(WeightsError, match="csp backbone"):
         load_backbone_weights(YoloDetector(1, width=4), state, "r18.pth")
+
+
+def test_boxes_mapped_back_are_clipped_to_the_image_and_padding_only_boxes_dropped():
+    from cvtool.models.yolo import detections_in_original_pixels
+
+    _, box = letterbox(np.zeros((495, 660, 3), np.uint8), 320)  # 320 x 240 inside, 40 px of padding above and below
+    assert (box.width, box.height, box.pad_y) == (660, 495, 40)
+    letterboxed = torch.tensor([[[1.0, -30.0, 178.0, 161.0],  # reaches above the image (into and past the padding)
+                                 [300.0, 100.0, 400.0, 200.0],  # past the right edge
+                                 [10.0, 2.0, 50.0, 30.0]]])  # wholly in the top padding
+    out = detections_in_original_pixels(letterboxed, torch.tensor([[0.9, 0.8, 0.7]]), torch.ones(1, 3, 1), [box])[0]
+    np.testing.assert_allclose(out["boxes"].numpy(), [[2.0625, 0.0, 367.125, 249.5625], [618.75, 123.75, 660.0, 330.0]])
+    assert out["scores"].tolist() == pytest.approx([0.9, 0.8]) and out["labels"].tolist() == [0, 0]
+    unclipped = box.to_original(np.array([1.0, -30.0, 178.0, 161.0]))
+    assert unclipped[1] < 0  # to_original clips only when asked (training maps both ways exactly)

@@ -190,12 +190,14 @@ def letterbox_batch(images: list[torch.Tensor], img_size: int):
 
 
 def detections_in_original_pixels(boxes, objectness, class_probs, letterboxes) -> list[dict]:
-    """Decoded outputs (letterboxed pixels) -> per image {"boxes", "scores", "labels"} in its own pixels."""
+    """Decoded outputs (letterboxed pixels) -> per image {"boxes", "scores", "labels"} in its own pixels,
+    clipped to the image; a box wholly in the padding (nothing left after clipping) is dropped."""
     outputs = []
     for b, o, c, box in zip(boxes, objectness, class_probs, letterboxes):
         best, labels = c.max(1)
-        original = torch.from_numpy(box.to_original(b.cpu().numpy())).float()
-        outputs.append({"boxes": original, "scores": (o * best).cpu(), "labels": labels.cpu()})
+        original = torch.from_numpy(box.to_original(b.cpu().numpy(), clip=True)).float()
+        keep = (original[:, 2] > original[:, 0]) & (original[:, 3] > original[:, 1])
+        outputs.append({"boxes": original[keep], "scores": (o * best).cpu()[keep], "labels": labels.cpu()[keep]})
     return outputs
 
 

@@ -16,16 +16,23 @@ class Letterbox:
     scale_y: float
     pad_x: int
     pad_y: int
+    width: int = 0  # the original image's size, for clipping (0: unknown, no clipping)
+    height: int = 0
 
     def _affine(self) -> tuple[np.ndarray, np.ndarray]:
         scale = np.array([self.scale_x, self.scale_y, self.scale_x, self.scale_y])
         offset = np.array([self.pad_x, self.pad_y, self.pad_x, self.pad_y], dtype=np.float64)
         return scale, offset
 
-    def to_original(self, boxes: np.ndarray) -> np.ndarray:
-        """x1, y1, x2, y2 in the letterboxed square -> the original image's pixels."""
+    def to_original(self, boxes: np.ndarray, *, clip: bool = False) -> np.ndarray:
+        """x1, y1, x2, y2 in the letterboxed square -> the original image's pixels; with `clip`, limited to
+        the image (a box reaching into the padding ends at the image's edge)."""
         scale, offset = self._affine()
-        return (np.asarray(boxes, dtype=np.float64) - offset) / scale
+        original = (np.asarray(boxes, dtype=np.float64) - offset) / scale
+        if clip and self.width and self.height:
+            original[..., 0::2] = original[..., 0::2].clip(0, self.width)
+            original[..., 1::2] = original[..., 1::2].clip(0, self.height)
+        return original
 
     def to_letterboxed(self, boxes: np.ndarray) -> np.ndarray:
         scale, offset = self._affine()
@@ -41,4 +48,4 @@ def letterbox(rgb: np.ndarray, size: int, fill: int = 114) -> tuple[np.ndarray, 
     pad_x, pad_y = (size - new_w) // 2, (size - new_h) // 2
     out = np.full((size, size, 3), fill, np.uint8)
     out[pad_y : pad_y + new_h, pad_x : pad_x + new_w] = resized
-    return out, Letterbox(scale_x=new_w / w, scale_y=new_h / h, pad_x=pad_x, pad_y=pad_y)
+    return out, Letterbox(scale_x=new_w / w, scale_y=new_h / h, pad_x=pad_x, pad_y=pad_y, width=w, height=h)
