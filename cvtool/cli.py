@@ -165,7 +165,6 @@ def _run_batch(task, images, *, recursive, out, skip_existing, batch_size, worke
     """Stream inputs through an API object's `run` into the chosen writer; the exit code for the batch."""
     from cvtool.io.records import make_writer
 
-    check_out_dir(out, skip_existing=skip_existing)
     items, total = _input_items(images, recursive, out)
     summary = BatchSummary()
 

@@ -1,0 +1,271 @@
+"""The Python API (`import cvtool`): every task's object against the CLI's records for the same image,
+every kind of image source, the array convention, errors, threads sharing one model, video streams,
+and the training entries."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import cvtool
+from cvtool.cli import app
+from conftest import SAMPLES, jsonl
+
+DIGITS = sorted((SAMPLES / "digits").glob("*.png"))
+PHOTO = SAMPLES / "photos" / "chelsea.jpg"
+
+
+def _without_timing(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k != "ms"}
+
+
+def _cli_records(*args: str) -> list[dict]:
+    result = CliRunner().invoke(app, [*args, "-f", "jsonl"])
+    assert result.exit_code in (0, 1), result.output
+    return jsonl(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def yolo_checkpoint(tmp_path_factory):
+    from cvtool.models.checkpoint import save_checkpoint
+    from cvtool.models.yolo import YOLO_PREPROCESS, YoloDetector
+
+    torch.manual_seed(0)
+    model = YoloDetector(num_classes=2, width=4, img_size=64)
+    with torch.no_grad():  # undo the rare-object prior so random weights give boxes
+        model.head.bias.zero_()
+    path = tmp_path_factory.mktemp("yolo") / "yolo.pt"
+    save_checkpoint(path, arch="yolo", task="detect", state_dict=model.state_dict(), classes=["cat", "dog"],
+                    preprocess=YOLO_PREPROCESS.to_dict(),
+                    extra={"arch_kwargs": {"anchors": model.anchors.tolist(), "width": 4, "img_size": 64}})
+    return path
+
+
+@pytest.fixture(scope="module")
+def unet_checkpoint(tmp_path_factory):
+    from cvtool.models.checkpoint import save_checkpoint
+    from cvtool.models.unet import UNET_PREPROCESS, UNet
+
+    torch.manual_seed(0)
+    model = UNet(num_classes=2, in_channels=1, width=4, depth=2)
+    path = tmp_path_factory.mktemp("unet") / "unet.pt"
+    save_checkpoint(path, arch="unet", task="segment", state_dict=model.state_dict(), classes=["background", "thing"],
+                    preprocess=UNET_PREPROCESS.to_dict(),
+                    extra={"arch_kwargs": {"width": 4, "depth": 2, "in_channels": 1}})
+    return path
+
+
+@pytest.fixture(scope="module")
+def style_checkpoint(tmp_path_factory):
+    from cvtool.models.checkpoint import save_checkpoint
+    from cvtool.models.transformer_net import FAST_STYLE_PREPROCESS, TransformerNet
+
+    torch.manual_seed(0)
+    model = TransformerNet(width=4, blocks=1)
+    path = tmp_path_factory.mktemp("style") / "style.pt"
+    save_checkpoint(path, arch="fast_style", task="stylize", state_dict=model.state_dict(), classes=[],
+                    preprocess=FAST_STYLE_PREPROCESS.to_dict(), extra={"arch_kwargs": {"width": 4, "blocks": 1}})
+    return path
+
+
+def test_import_cvtool_loads_no_torch_and_names_the_api():
+    code = ("import sys, cvtool; assert 'torch' not in sys.modules; "
+            "print(sorted(n for n in cvtool.__all__ if n[0].isupper()))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    names = set(eval(done.stdout))
+    assert {"Classifier", "Detector", "Segmenter", "Stylizer", "FaceVerifier", "CvtoolError", "InputError"} <= names
+    assert callable(cvtool.train.classify) and callable(cvtool.list_models) and callable(cvtool.export_onnx)
+
+
+def test_classifier_records_equal_the_cli_records():
+    clf = cvtool.Classifier("lenet5_digits", top_k=3, device="cpu")
+    cli = _cli_records("classify", *map(str, DIGITS), "--model", "lenet5_digits", "-k", "3", "--device", "cpu")
+    api = clf([str(p) for p in DIGITS])
+    assert [_without_timing(r.to_dict()) for r in api] == [_without_timing(r) for r in cli]
+    assert [r.label for r in api] == [str(i) for i in range(10)]  # digit_N.png is a handwritten N
+
+
+def test_every_kind_of_image_source_gives_the_same_answer():
+    from PIL import Image
+
+    clf = cvtool.Classifier("lenet5_digits", top_k=2, device="cpu")
+    path = DIGITS[7]
+    rgb = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+    sources = [str(path), path, path.read_bytes(), rgb, Image.open(path), rgb[..., 0]]  # the last: grey H x W
+    answers = [r.result["top_k"] for r in clf(sources)]
+    assert all(a == answers[0] for a in answers) and answers[0][0]["label"] == "7"
+    single = clf(rgb)
+    assert single.path is None and single.to_dict()["path"] is None and single.label == "7"
+
+
+@pytest.mark.parametrize("source, message", [
+    (np.zeros((8, 8, 3), np.float32), "<array>: a float32 array; images are uint8 arrays (0-255, RGB)"),
+    (np.zeros((2, 8, 8, 3), np.uint8), "<array>: an array of shape (2, 8, 8, 3); images are H x W x 3 (RGB)"),
+    (np.zeros((0, 8, 3), np.uint8), "<array>: an empty image (0x8 pixels)"),
+    (b"not an image", "<bytes>: not an image (unrecognised format)"),
+    (12345, "<array>: unsupported image type int: give a path, encoded bytes, a NumPy array"),
+    ("no/such/file.png", "no/such/file.png: no such file"),
+])
+def test_bad_images_raise_input_error_with_the_cli_line(source, message):
+    clf = cvtool.Classifier("lenet5_digits", device="cpu")
+    with pytest.raises(cvtool.InputError) as caught:
+        clf(source)
+    assert str(caught.value).startswith(message)
+    assert "\n" not in str(caught.value)
+
+
+def test_unknown_model_is_a_usage_error_with_a_suggestion():
+    with pytest.raises(cvtool.UsageError, match="unknown model 'lenet5_digit'; did you mean lenet5_digits"):
+        cvtool.Classifier("lenet5_digit")
+
+
+def test_threads_share_one_loaded_model():
+    clf = cvtool.Classifier("lenet5_digits", top_k=1, device="cpu")
+    images = [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in DIGITS]
+    expected = [clf(img).result for img in images]
+    answers: dict[int, list] = {}
+    errors: list[BaseException] = []
+
+    def work(worker: int) -> None:
+        try:
+            answers[worker] = [clf(images[(worker + i) % 10]).result for i in range(20)]
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors
+    for worker, results in answers.items():
+        assert results == [expected[(worker + i) % 10] for i in range(20)]
+    assert len(answers) == 8
+
+
+def test_detector_records_arrays_and_plot(yolo_checkpoint, tmp_path):
+    det = cvtool.Detector(weights=yolo_checkpoint, conf=0.05, device="cpu")
+    cli = _cli_records("detect", str(PHOTO), "--weights", str(yolo_checkpoint), "--conf", "0.05", "--device", "cpu")
+    res = det(PHOTO)
+    assert _without_timing(res.to_dict()) == _without_timing(cli[0])
+    n = len(res.detections)
+    assert n > 0 and res.boxes.shape == (n, 4) and res.scores.shape == (n,) and len(res.labels) == n
+    assert res.boxes.dtype == np.float32 and set(res.labels) <= {"cat", "dog"}
+    h, w = res.result["size"]
+    assert (res.boxes[:, [0, 2]] >= 0).all() and (res.boxes[:, [0, 2]] <= w).all()
+    plotted = res.plot()
+    assert plotted.shape == (h, w, 3) and not np.array_equal(plotted, res.image)  # boxes were drawn
+    saved = res.save(tmp_path / "boxes.png")
+    assert cv2.imread(str(saved)).shape == (h, w, 3)
+
+
+def test_detector_stream_yields_kept_frames_with_pixels(yolo_checkpoint, tmp_path):
+    from test_video import make_video
+
+    video = make_video(tmp_path / "clip.mp4", frames=10)
+    det = cvtool.Detector(weights=yolo_checkpoint, conf=0.05, device="cpu")
+    frames = list(det.stream(video, vid_stride=3))
+    assert [r.record["frame"] for r in frames] == [0, 3, 6, 9]
+    cli = _cli_records("detect", str(video), "--weights", str(yolo_checkpoint), "--conf", "0.05", "--vid-stride", "3",
+                       "--device", "cpu")
+    assert [_without_timing(r.to_dict()) for r in frames] == [_without_timing(r) for r in cli]
+    assert frames[0].plot().shape == (48, 64, 3)
+    with pytest.raises(cvtool.InputError, match="clip-missing.mp4"):
+        next(det.stream(tmp_path / "clip-missing.mp4"))
+
+
+def test_segmenter_records_and_mask(unet_checkpoint):
+    seg = cvtool.Segmenter(weights=unet_checkpoint, device="cpu")
+    cli = _cli_records("segment", str(PHOTO), "--weights", str(unet_checkpoint), "--device", "cpu")
+    res = seg(PHOTO)
+    assert _without_timing(res.to_dict()) == _without_timing(cli[0])
+    h, w = res.result["size"]
+    assert res.mask.shape == (h, w)
+    counts = np.bincount(res.mask.ravel(), minlength=2)
+    assert {c["label"]: c["pixels"] for c in res.classes} == {
+        name: int(counts[i]) for i, name in enumerate(["background", "thing"]) if counts[i]}
+    assert res.plot().shape == (h, w, 3)
+
+
+def test_feed_forward_stylizer_matches_the_cli_output(style_checkpoint, tmp_path):
+    sty = cvtool.Stylizer(style_checkpoint, device="cpu")
+    out = tmp_path / "styled.png"
+    cli = _cli_records("stylize", str(PHOTO), "--model", str(style_checkpoint), "--out", str(out), "--device", "cpu")
+    res = sty(PHOTO)
+    expected = _without_timing(cli[0])
+    expected.pop("outputs")
+    assert _without_timing(res.to_dict()) == expected
+    written = cv2.cvtColor(cv2.imread(str(out)), cv2.COLOR_BGR2RGB)
+    assert np.array_equal(res.stylized, written) and np.array_equal(res.plot(), written)
+
+
+def test_stylizer_refuses_mixed_modes_in_one_line(style_checkpoint):
+    with pytest.raises(cvtool.UsageError, match="a feed-forward --model carries its style"):
+        cvtool.Stylizer(style_checkpoint, style=str(PHOTO))
+    with pytest.raises(cvtool.UsageError, match="give a style image"):
+        cvtool.Stylizer()
+
+
+def test_run_is_the_cli_batch(tmp_path):
+    clf = cvtool.Classifier("lenet5_digits", top_k=1, device="cpu")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    results = list(clf.run([str(SAMPLES / "digits"), str(tmp_path / "broken.png")], out=tmp_path / "out"))
+    assert [r.ok for r in results] == [True] * 10 + [False]
+    assert results[-1].to_dict() == {"path": str(tmp_path / "broken.png"),
+                                     "error": "truncated or corrupt PNG (no IEND chunk)"}
+    written = json.loads((tmp_path / "out" / "digit_3.json").read_text())
+    assert written["result"] == results[3].result
+    with pytest.raises(cvtool.UsageError, match="plot"):
+        results[0].plot()
+
+
+def test_train_classify_entry_returns_the_summary_and_calls_back(tmp_path):
+    from sklearn.datasets import load_digits
+
+    data = tmp_path / "digits"
+    digits = load_digits()
+    for i, (image, label) in enumerate(zip(digits.images[:90], digits.target[:90])):
+        if label < 3:
+            folder = data / str(label)
+            folder.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(folder / f"{i}.png"), (image * 255 / 16).astype(np.uint8))
+
+    class Recorder(cvtool.train.Callbacks):
+        def __init__(self):
+            self.events = []
+
+        def on_train_start(self, run):
+            self.events.append(("start", run.run_dir, run.resumed))
+
+        def on_epoch_end(self, row):
+            self.events.append(("epoch", row["epoch"]))
+
+    recorder = Recorder()
+    summary = cvtool.train.classify(data, arch="lenet5", epochs=2, batch_size=16, out=tmp_path / "run", device="cpu",
+                                    callbacks=recorder)
+    assert recorder.events == [("start", tmp_path / "run", False), ("epoch", 1), ("epoch", 2)]
+    assert summary["run_dir"] == str(tmp_path / "run") and (tmp_path / "run" / "best.pt").is_file()
+    assert set(summary["val_report"]["per_class"]) == {"0", "1", "2"}
+    resumed = cvtool.train.classify(resume=tmp_path / "run", epochs=3, callbacks=recorder, device="cpu")
+    assert recorder.events[-2:] == [("start", tmp_path / "run", True), ("epoch", 3)]
+    assert resumed["epochs"] == 3
+    clf = cvtool.Classifier(weights=tmp_path / "run" / "best.pt", device="cpu")
+    assert clf.classes == ["0", "1", "2"]
+    with pytest.raises(cvtool.UsageError, match="DATA is required"):
+        cvtool.train.classify(arch="lenet5", out=tmp_path / "other")
+
+
+def test_list_models_is_the_registry_view():
+    names = {m["name"]: m for m in cvtool.list_models(task="classify")}
+    assert "lenet5_digits" in names and all(m["task"] == "classify" for m in names.values())
