@@ -90,16 +90,47 @@ def test_boxes_are_in_the_original_images_pixels_and_outputs_are_written(fixed_d
     only_bar = json.loads(runner.invoke(app, [*base, "--classes", "bar", "-f", "jsonl"]).stdout)
     assert [d["label"] for d in only_bar["result"]["detections"]] == ["bar"]
 
-    coco = json.loads(runner.invoke(app, [*base, "-f", "coco"]).stdout)
+    coco = _coco(fixed_detector, [tmp_path / "scene.png"])
     assert coco["images"] == [{"id": 1, "file_name": str(tmp_path / "scene.png"), "width": 200, "height": 120}]
+    # torchvision's layout ('__background__' first): the class index is the COCO id
     assert coco["annotations"][0]["bbox"] == [50.0, 30.0, 100.0, 60.0] and coco["annotations"][0]["category_id"] == 1
     assert coco["categories"] == [{"id": 1, "name": "square"}, {"id": 2, "name": "bar"}]
+    nothing = _coco(fixed_detector, [tmp_path / "scene.png"], conf=0.95)
+    assert nothing["annotations"] == [] and nothing["categories"] == coco["categories"]  # listed all the same
     with_points = json.loads(runner.invoke(app, [*base, "--keypoints", "--out", str(tmp_path / "kp"), "-f", "jsonl"]).stdout)
     points = with_points["result"]["detections"][0]["keypoints"]
     assert len(points) == 17 and points[0] == [0.0, 60.0, 1] and points[16] == [199.0, 60.0, 1]
     assert "keypoints" not in record["result"]["detections"][0]  # only when asked for
     yolo = runner.invoke(app, [*base, "-f", "yolo"]).stdout.splitlines()
     assert yolo[0] == f"{tmp_path / 'scene.png'} 1 0.500000 0.500000 0.500000 0.500000 0.9000"
+
+
+def _coco(weights, paths, *, conf=0.25, model="test_fixed"):
+    """`-f coco` as the detect command writes it: the pipeline's own writers through make_writer."""
+    import io
+
+    from cvtool.io.inputs import InputItem
+    from cvtool.io.records import make_writer
+    from cvtool.models.loading import load_model
+    from cvtool.pipelines import detect as task
+    from cvtool.pipelines.runner import run
+
+    pipeline = task.DetectPipeline(load_model(model, task="detect", weights=weights), conf=conf)
+    stream = io.StringIO()
+    writer = make_writer("coco", task.COLUMNS, task.rows, stream=stream, extra_formats=pipeline.extra_formats)
+    for record in run(pipeline, [InputItem(str(p)) for p in paths]):
+        writer.write(record)
+    writer.close()
+    return json.loads(stream.getvalue())
+
+
+def test_coco_category_ids_follow_the_checkpoint_or_start_at_one():
+    from cvtool.pipelines.detect import coco_categories
+
+    assert coco_categories(["cat", "dog"]) == {0: {"id": 1, "name": "cat"}, 1: {"id": 2, "name": "dog"}}
+    assert coco_categories(["cat", "dog"], [17, 18]) == {0: {"id": 17, "name": "cat"}, 1: {"id": 18, "name": "dog"}}
+    tv = coco_categories(["__background__", "person", "N/A", "car"])
+    assert tv == {1: {"id": 1, "name": "person"}, 3: {"id": 3, "name": "car"}}
 
 
 def test_drawn_boxes_use_the_class_colour_and_scale_with_the_image():

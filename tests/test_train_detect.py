@@ -174,3 +174,24 @@ def test_pretrained_needs_a_torchvision_backbone_and_its_weights(shapes, tmp_pat
     assert "Traceback" not in missing.output
     unknown = CliRunner().invoke(app, [*base, "--backbone", "vgg99", "--out", str(tmp_path / "c")])
     assert unknown.exit_code != 0 and "unknown --backbone 'vgg99'" in unknown.output
+
+
+def test_coco_training_data_keeps_its_category_ids_for_detect_coco_output(shapes, tmp_path):
+    """A COCO JSON's own category ids (here 7 and 11) go into the checkpoint, and `-f coco` writes them."""
+    from cvtool.models.loading import load_model
+    from cvtool.pipelines.detect import DetectPipeline
+
+    voc = open_detection_data(shapes)
+    images, annotations, ids = [], [], {0: 7, 1: 11}
+    for i, (path, boxes, labels) in enumerate(zip(voc.paths[:12], voc.boxes, voc.labels)):
+        images.append({"id": i + 1, "file_name": str(path), "width": 160, "height": 160})
+        annotations += [{"id": len(annotations) + 1, "image_id": i + 1, "category_id": ids[int(c)],
+                         "bbox": [x1, y1, x2 - x1, y2 - y1]} for (x1, y1, x2, y2), c in zip(boxes.tolist(), labels.tolist())]
+    data = tmp_path / "train.json"
+    data.write_text(json.dumps({"images": images, "annotations": annotations,
+                                "categories": [{"id": 11, "name": "square"}, {"id": 7, "name": "circle"}]}))
+    assert open_detection_data(data).category_ids == [7, 11]
+    _train(data, tmp_path / "run", "--epochs", "1", "--img-size", "64")
+    loaded = load_model(None, task="detect", weights=tmp_path / "run" / "best.pt")
+    assert loaded.meta["coco_category_ids"] == [7, 11] and loaded.classes == ["circle", "square"]
+    assert DetectPipeline(loaded).categories == {0: {"id": 7, "name": "circle"}, 1: {"id": 11, "name": "square"}}

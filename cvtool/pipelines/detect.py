@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,13 @@ class DetectPipeline:
             self.keep = torch.tensor([model.classes.index(c) for c in classes])
         self.output_name = OutputNamer(out_dir, ".detect.jpg") if out_dir is not None else None
         self.video_name = OutputNamer(out_dir, ".detect.mp4") if out_dir is not None else None
+        self.categories = coco_categories(model.classes, model.meta.get(COCO_IDS_FIELD))
+
+    @property
+    def extra_formats(self) -> dict:
+        """The writers of `-f coco` / `-f yolo` for this model (for make_writer's `extra_formats`): COCO
+        lists every category of the model, with its COCO id."""
+        return {"coco": partial(CocoWriter, categories=self.categories), "yolo": YoloWriter}
 
     def prepare(self, path: str) -> Sample:
         return self.prepare_array(read_image(path, max_pixels=self.max_pixels))
@@ -47,7 +55,9 @@ class DetectPipeline:
     def prepare_array(self, rgb: np.ndarray) -> Sample:
         import torch
 
-        return Sample(rgb, torch.from_numpy(rgb).permute(2, 0, 1).float().div(255).contiguous())
+        # a float copy made in NumPy: torch.from_numpy on a read-only array (a PIL image's) would warn
+        chw = np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32)
+        return Sample(rgb, torch.from_numpy(chw).div_(255))
 
     def render(self, rgb: np.ndarray, sample: Sample, result: dict) -> np.ndarray:
         return draw_detections(rgb, result["detections"])
@@ -105,11 +115,32 @@ def rows(result: dict) -> list[list]:
     return [[d["label"], d["score"], *d["box"]] for d in result["detections"]]
 
 
-class CocoWriter:
-    """A COCO-style JSON document (images, annotations with [x, y, w, h] boxes and scores, categories)."""
+# A checkpoint's list of COCO category ids, one per class (`train detect` on COCO JSON stores its file's ids).
+COCO_IDS_FIELD = "coco_category_ids"
+_PLACEHOLDERS = ("__background__", "N/A")  # torchvision's COCO class lists: index 0, and ids COCO never used
 
-    def __init__(self, stream, columns, rows_fn):
-        self.stream, self.images, self.annotations, self.categories = stream, [], [], {}
+
+def coco_categories(classes: list[str], category_ids: list[int] | None = None) -> dict[int, dict]:
+    """Class index -> COCO category {"id", "name"}: the ids a checkpoint stored (its training set's own);
+    else, for a class list in torchvision's COCO layout ('__background__' first), the index itself is the
+    COCO id and the placeholders are no categories; else index + 1 (COCO ids start at 1)."""
+    if category_ids is not None and len(category_ids) == len(classes):
+        return {i: {"id": int(cid), "name": name} for i, (cid, name) in enumerate(zip(category_ids, classes))}
+    if classes and classes[0] == "__background__":
+        return {i: {"id": i, "name": name} for i, name in enumerate(classes) if name not in _PLACEHOLDERS}
+    return {i: {"id": i + 1, "name": name} for i, name in enumerate(classes)}
+
+
+class CocoWriter:
+    """A COCO-style JSON document (images, annotations with [x, y, w, h] boxes and scores, categories).
+
+    `categories` (class index -> {"id", "name"}, see `coco_categories`) lists all of the model's classes
+    even when nothing is found; the pipeline's `extra_formats` passes it. Without it, the categories are
+    those detected, with ids index + 1."""
+
+    def __init__(self, stream, columns, rows_fn, categories: dict[int, dict] | None = None):
+        self.stream, self.images, self.annotations = stream, [], []
+        self.categories = dict(categories or {})
 
     def write(self, record: dict) -> None:
         if "error" in record:
@@ -119,13 +150,15 @@ class CocoWriter:
         self.images.append({"id": image_id, "file_name": record["path"], "width": w, "height": h})
         for det in record["result"]["detections"]:
             x1, y1, x2, y2 = det["box"]
-            self.categories[det["index"]] = det["label"]
-            self.annotations.append({"id": len(self.annotations) + 1, "image_id": image_id, "category_id": det["index"],
+            category = self.categories.get(det["index"])
+            if category is None:
+                category = self.categories[det["index"]] = {"id": det["index"] + 1, "name": det["label"]}
+            self.annotations.append({"id": len(self.annotations) + 1, "image_id": image_id, "category_id": category["id"],
                                      "bbox": [x1, y1, round(x2 - x1, 2), round(y2 - y1, 2)],
                                      "area": round((x2 - x1) * (y2 - y1), 2), "score": det["score"], "iscrowd": 0})
 
     def close(self) -> None:
-        categories = [{"id": i, "name": name} for i, name in sorted(self.categories.items())]
+        categories = sorted(({"id": c["id"], "name": c["name"]} for c in self.categories.values()), key=lambda c: c["id"])
         json.dump({"images": self.images, "annotations": self.annotations, "categories": categories}, self.stream)
         self.stream.write("\n")
 

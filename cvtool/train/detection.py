@@ -18,6 +18,7 @@ from cvtool.io.image import read_image
 from cvtool.models.yolo import YoloDetector, assign_targets, decode, yolo_loss
 from cvtool.ops.anchors import best_possible_recall, kmeans_anchors
 from cvtool.ops.letterbox import letterbox
+from cvtool.pipelines.detect import COCO_IDS_FIELD
 from cvtool.train.detection_data import BoxedImages, open_detection_data
 
 
@@ -275,7 +276,9 @@ def run_training(args: DetectTrainArgs, cfg, run_dir: Path, device, *, resume=Fa
         DetectionDataset(*val[:3], train=False), cfg, run_dir, device, callbacks=callbacks, args=vars(args).copy(),
         collate_fn=collate,
         extra_fields={"arch_kwargs": {"anchors": anchors.tolist(), "width": args.width, "img_size": args.img_size,
-                                      "backbone": args.backbone}},
+                                      "backbone": args.backbone},
+                      # COCO JSON data: its own category ids, so `detect -f coco` writes the same ids
+                      **({COCO_IDS_FIELD: data.category_ids} if data.category_ids is not None else {})},
     )
     if resume:
         trainer.resume(run_dir / "last.pt")

@@ -21,10 +21,12 @@ class BoxedImages:
     labels: list[np.ndarray]  # per image: N class indices
     classes: list[str]
     skipped: list[str] = field(default_factory=list)
+    category_ids: list[int] | None = None  # COCO JSON: the file's category id of each class
 
     def subset(self, indices) -> "BoxedImages":
         pick = lambda xs: [xs[i] for i in indices]  # noqa: E731
-        return BoxedImages(pick(self.paths), pick(self.boxes), pick(self.labels), self.classes)
+        return BoxedImages(pick(self.paths), pick(self.boxes), pick(self.labels), self.classes,
+                           category_ids=self.category_ids)
 
 
 def _images_by_stem(folder: Path) -> dict[str, Path]:
@@ -93,7 +95,9 @@ def read_coco(json_path: Path) -> BoxedImages:
         if not path.exists():
             path = json_path.parent / "images" / img["file_name"]
         records.append((path, per_image[img["id"]]))
-    return _assemble(records, [c["name"] for c in categories], by_index=True)
+    data = _assemble(records, [c["name"] for c in categories], by_index=True)
+    data.category_ids = [int(c["id"]) for c in categories]
+    return data
 
 
 def _assemble(records, classes: list[str], by_index: bool = False) -> BoxedImages:
