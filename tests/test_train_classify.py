@@ -219,3 +219,40 @@ def test_pretrained_fine_tuning_starts_from_the_weights_and_replaces_the_head(sh
     tuned = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["state_dict"]
     assert tuned["classifier.3.weight"].shape == (3, 84)  # new head for the 3 shapes
     torch.testing.assert_close(tuned["features.0.weight"], donor.state_dict()["features.0.weight"], atol=1e-6, rtol=0)
+
+
+def test_an_img_size_lenet5_cannot_take_is_refused_before_any_file_is_written(shapes_folder, tmp_path):
+    result = run_cli("train", "classify", str(shapes_folder), "--arch", "lenet5", "--img-size", "64",
+                     "--out", str(tmp_path / "run"), "--epochs", "1")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines()[-1].startswith(
+        "cvtool: --img-size 64: lenet5 cannot take 64x64 images (mat1 and mat2 shapes cannot be multiplied")
+    assert result.stderr.splitlines()[-1].endswith("; leave --img-size out to train at its own 32x32")
+    assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()
+
+
+class _FailingTask:
+    """A task whose loss fails on the first batch, as an impossible setting would."""
+
+    def build_model(self):
+        return torch.nn.Linear(2, 2)
+
+    def loss(self, outputs, targets):
+        raise RuntimeError("boom")
+
+    def checkpoint_fields(self):
+        return {"arch": "x", "task": "classify"}
+
+
+@pytest.mark.parametrize("existed", [False, True])
+def test_a_run_failing_before_its_first_checkpoint_removes_only_the_directory_it_made(tmp_path, existed):
+    from cvtool.train.engine import Trainer
+
+    run_dir = tmp_path / "runs" / "new"
+    if existed:
+        run_dir.mkdir(parents=True)
+    data = torch.utils.data.TensorDataset(torch.zeros(4, 2), torch.zeros(4, dtype=torch.long))
+    trainer = Trainer(_FailingTask(), data, None, TrainConfig(epochs=1, batch_size=2), run_dir, torch.device("cpu"))
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer.fit()
+    assert run_dir.exists() == existed and (tmp_path / "runs").exists()

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cvtool.errors import UsageError
 from cvtool.models.registry import ModelEntry
 from cvtool.ops.preprocess import Preprocess
 from cvtool.train import plots
@@ -120,6 +121,23 @@ def training_preprocess(entry: ModelEntry, img_size: int | None) -> Preprocess:
     return Preprocess(**{**base.to_dict(), "crop_size": img_size, "resize_size": resize})
 
 
+def check_input_size(entry: ModelEntry, preprocess: Preprocess) -> None:
+    """Refuse, before any data is read or any file written, an --img-size the architecture cannot take
+    (LeNet-5 is defined for 32 x 32: its C5 convolution must reduce the S4 maps to 1 x 1): one forward
+    pass of a blank image through a freshly built network."""
+    size = preprocess.crop_size
+    if size is None or size == entry.preprocess().crop_size:
+        return
+    with torch.no_grad():
+        try:
+            entry.build(num_classes=2).eval()(torch.zeros(1, preprocess.channels, size, size))
+        except (RuntimeError, ValueError) as exc:
+            default = entry.preprocess().crop_size
+            detail = (str(exc).strip().splitlines() or [""])[0]
+            raise UsageError(f"--img-size {size}: {entry.name} cannot take {size}x{size} images ({detail}); "
+                             f"leave --img-size out to train at its own {default}x{default}") from None
+
+
 def _pretrained_model(entry: ModelEntry, num_classes: int, *, progress: bool) -> nn.Module:
     from cvtool.errors import WeightsError
     from cvtool.models.checkpoint import apply_state_dict, load_weights_file
@@ -169,6 +187,7 @@ def run_training(
     start = time.perf_counter()
     entry = get_entry(args.arch, "classify")
     preprocess = training_preprocess(entry, args.img_size)
+    check_input_size(entry, preprocess)
     train_data, val_data, skipped = prepare_data(args, preprocess, cfg.seed, on_skip)
     classes = train_data.classes
 

@@ -12,6 +12,7 @@ import csv
 import io
 import math
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -213,19 +214,25 @@ class Trainer:
         the last completed epoch, so --resume repeats no step and skips none, and the result is
         bit-for-bit the uninterrupted run's.
         """
+        created = not self.run_dir.exists()
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        while self.state.epoch < self.cfg.epochs:
-            row = self._run_epoch(self.state.epoch + 1)
-            self.state.epoch += 1
-            self.state.history.append(row)
-            loss = row.get("val_loss", row["train_loss"])
-            score = (row.get(self.cfg.monitor, -loss), -loss)  # a small val set saturates accuracy; loss breaks ties
-            if score > self.state.best:
-                self.state.best = score
-                self._save("best.pt")
-            self._save("last.pt")
-            self._write_metrics()
-            self.callbacks.on_epoch_end(row)
+        try:
+            while self.state.epoch < self.cfg.epochs:
+                row = self._run_epoch(self.state.epoch + 1)
+                self.state.epoch += 1
+                self.state.history.append(row)
+                loss = row.get("val_loss", row["train_loss"])
+                score = (row.get(self.cfg.monitor, -loss), -loss)  # a small val set saturates accuracy; loss breaks ties
+                if score > self.state.best:
+                    self.state.best = score
+                    self._save("best.pt")
+                self._save("last.pt")
+                self._write_metrics()
+                self.callbacks.on_epoch_end(row)
+        except BaseException:
+            if created and not (self.run_dir / "last.pt").exists():  # no half-made run left behind
+                shutil.rmtree(self.run_dir, ignore_errors=True)
+            raise
         return self.state
 
     def _run_epoch(self, epoch: int) -> dict:
