@@ -45,9 +45,8 @@ class DetectPipeline:
 
     @property
     def extra_formats(self) -> dict:
-        """The writers of `-f coco` / `-f yolo` for this model (for make_writer's `extra_formats`): COCO
-        lists every category of the model, with its COCO id."""
-        return {"coco": partial(CocoWriter, categories=self.categories), "yolo": YoloWriter}
+        """The writers of `-f coco` / `-f yolo` for this model (for make_writer's `extra_formats`)."""
+        return extra_formats(self.model)
 
     def prepare(self, path: str) -> Sample:
         return self.prepare_array(read_image(path, max_pixels=self.max_pixels))
@@ -129,6 +128,13 @@ def coco_categories(classes: list[str], category_ids: list[int] | None = None) -
     if classes and classes[0] == "__background__":
         return {i: {"id": i, "name": name} for i, name in enumerate(classes) if name not in _PLACEHOLDERS}
     return {i: {"id": i + 1, "name": name} for i, name in enumerate(classes)}
+
+
+def extra_formats(model: LoadedModel) -> dict:
+    """make_writer's `extra_formats` for a loaded detector: COCO lists every category of the model, with
+    its COCO id (see `coco_categories`); YOLO's text format needs nothing more."""
+    categories = coco_categories(model.classes, model.meta.get(COCO_IDS_FIELD))
+    return {"coco": partial(CocoWriter, categories=categories), "yolo": YoloWriter}
 
 
 class CocoWriter:
