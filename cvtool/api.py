@@ -163,6 +163,24 @@ def _name_of(source: Any) -> str | None:
     return os.fspath(source) if isinstance(source, (str, os.PathLike)) else None
 
 
+def _prefetch(fn, items: list, *, workers: int, lookahead: int) -> Iterator:
+    """fn(item) for each item, in order, computed up to `lookahead` ahead by `workers` threads."""
+    import collections
+    from concurrent.futures import ThreadPoolExecutor
+
+    if workers <= 1 or len(items) <= 1:
+        yield from map(fn, items)
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cvtool-api") as pool:
+        pending: collections.deque = collections.deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) > lookahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
 def _as_list(sources) -> tuple[list, bool]:
     if isinstance(sources, (list, tuple)):
         return list(sources), False
@@ -235,23 +253,33 @@ class _Task:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.describe()})"
 
-    def __call__(self, source, *, batch_size: int = 16):
-        """One image -> one Result; a list -> a list of Results, in order. A bad image raises InputError."""
-        sources, single = _as_list(source)
-        results: list[Result] = []
-        for start in range(0, len(sources), max(1, batch_size)):
-            results += self._predict_sources(sources[start : start + batch_size])
-        return results[0] if single else results
+    def __call__(self, source, *, batch_size: int = 16, workers: int = 2):
+        """One image -> one Result; a list -> a list of Results, in order. A bad image raises InputError.
 
-    def _predict_sources(self, sources: list) -> list[Result]:
+        A list is decoded and preprocessed by `workers` threads while the previous batch runs."""
+        sources, single = _as_list(source)
+        if single:
+            return self._predict_prepared([self._prepare(source)])[0]
+        results: list[Result] = []
+        batch: list = []
+        for prepared in _prefetch(self._prepare, sources, workers=workers, lookahead=2 * max(1, batch_size)):
+            batch.append(prepared)
+            if len(batch) >= batch_size:
+                results += self._predict_prepared(batch)
+                batch = []
+        if batch:
+            results += self._predict_prepared(batch)
+        return results
+
+    def _prepare(self, source) -> tuple:
+        start = time.perf_counter()
+        rgb = load_image(source, max_pixels=self.max_pixels)
+        sample = self._pipeline.prepare_array(rgb)
+        return _name_of(source), rgb, sample, (time.perf_counter() - start) * 1000
+
+    def _predict_prepared(self, prepared: list) -> list[Result]:
         from cvtool.pipelines.runner import result_record
 
-        prepared = []
-        for source in sources:
-            start = time.perf_counter()
-            rgb = load_image(source, max_pixels=self.max_pixels)
-            sample = self._pipeline.prepare_array(rgb)
-            prepared.append((_name_of(source), rgb, sample, (time.perf_counter() - start) * 1000))
         if not prepared:
             return []
         start = time.perf_counter()
@@ -536,20 +564,27 @@ class Stylizer(_Task):
 
         return task.fast_rows(result) if self.feed_forward else task.rows(result)
 
-    def _predict_sources(self, sources: list) -> list[Result]:
+    def _prepare(self, source) -> tuple:
         if self.feed_forward:
-            return super()._predict_sources(sources)
+            return super()._prepare(source)
         from cvtool.io.image import ARRAY_NAME
+
+        start = time.perf_counter()
+        rgb = load_image(source, max_pixels=self.max_pixels)
+        return _name_of(source), rgb, (_name_of(source) or ARRAY_NAME, rgb), (time.perf_counter() - start) * 1000
+
+    def _predict_prepared(self, prepared: list) -> list[Result]:
+        if self.feed_forward:
+            return super()._predict_prepared(prepared)
         from cvtool.pipelines.runner import result_record
 
         results = []
-        for source in sources:  # one optimisation per content image
+        for name, rgb, sample, ms in prepared:  # one optimisation per content image
             start = time.perf_counter()
-            rgb = load_image(source, max_pixels=self.max_pixels)
             with self._lock:
-                result = self._pipeline.predict([(_name_of(source) or ARRAY_NAME, rgb)])[0]
+                result = self._pipeline.predict([sample])[0]
             extras = self._extras(result)
-            record = result_record(self._pipeline, _name_of(source), (time.perf_counter() - start) * 1000, result)
+            record = result_record(self._pipeline, name, ms + (time.perf_counter() - start) * 1000, result)
             results.append(self._finish(StylizeResult(record, rgb), None, extras))
         return results
 
