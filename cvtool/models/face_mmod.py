@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cvtool.errors import InputError, WeightsError
+from cvtool.models import contract
 from cvtool.models.registry import ModelEntry, register
 from cvtool.ops.preprocess import Preprocess
 
@@ -323,6 +324,8 @@ def _register() -> None:
             description="dlib's CNN (MMOD) face detector: tiled image pyramid, faces from ~80 px (~40 px upsampled)",
             num_params=NUM_PARAMS,
             head_is_classes=False,
+            input_kind="canvas",  # the pyramid and NMS stay outside the network (MmodFaceDetector)
+            export=contract.canvas_graph("scores"),
         )
     )
 

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import torch
 
-from cvtool.errors import UsageError
+from cvtool.errors import InputError, UsageError
 from cvtool.io.image import DEFAULT_MAX_PIXELS, read_image, write_image
 from cvtool.io.outputs import OutputNamer, refuse_overwriting_input
 from cvtool.models.vgg_features import VGGFeatures
@@ -94,6 +94,8 @@ class Stylizer:
         self.extractor = VGGFeatures(vgg_features, layers, pool=settings.pool).to(device).eval()
         self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, device=device).view(1, 3, 1, 1)
+        pools = sum(isinstance(m, (torch.nn.MaxPool2d, torch.nn.AvgPool2d)) for m in self.extractor.stack)
+        self.min_side = 2**pools  # the deepest layer used must keep at least one pixel a side
         self.styles: list[np.ndarray] = []
         self._grams: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
 
@@ -131,11 +133,26 @@ class Stylizer:
         parts["total"] = s.content_weight * parts["content"] + s.style_weight * parts["style"] + s.tv_weight * parts["tv"]
         return parts
 
+    def _sizes(self) -> list[int]:
+        """The longer side at each scale, coarsest first."""
+        return [max(16, self.settings.size // 2**k) for k in reversed(range(max(1, self.settings.scales)))]
+
+    def check_size(self, content: np.ndarray) -> None:
+        """An InputError when the image, fitted to the coarsest scale, is too thin for the VGG layers used."""
+        h, w = content.shape[:2]
+        size = self._sizes()[0]
+        fh, fw = fit_size(content, size).shape[:2]
+        if min(fh, fw) < self.min_side:
+            m = self.min_side
+            raise InputError(f"image is {h}x{w} pixels ({fh}x{fw} at size {size}); style transfer through these "
+                             f"VGG layers needs at least {m}x{m}")
+
     def stylize(self, content: np.ndarray, on_step: Callable[[StepReport], None] | None = None) -> tuple[np.ndarray, dict]:
         """Returns (uint8 RGB image, final losses)."""
         s = self.settings
+        self.check_size(content)
         torch.manual_seed(s.seed)
-        sizes = [max(16, s.size // 2**k) for k in reversed(range(max(1, s.scales)))]
+        sizes = self._sizes()
         steps_per_scale = [max(1, s.steps // len(sizes))] * len(sizes)
         steps_per_scale[-1] += s.steps - sum(steps_per_scale)
         done, image, losses = 0, None, {}
@@ -237,7 +254,9 @@ class StylizePipeline(_OneImageOut):
         self.output_name = OutputNamer(out, ".stylized.png")
 
     def prepare(self, path: str) -> tuple[str, np.ndarray]:
-        return path, read_image(path, max_pixels=self.max_pixels)
+        content = read_image(path, max_pixels=self.max_pixels)
+        self.stylizer.check_size(content)
+        return path, content
 
     def predict(self, samples: list[tuple[str, np.ndarray]]) -> list[dict]:
         return [self._one(path, content) for path, content in samples]
@@ -299,17 +318,18 @@ class FastStylePipeline(_OneImageOut):
 
     @torch.inference_mode()
     def stylize(self, rgb: np.ndarray) -> np.ndarray:
-        tensor = to_tensor(rgb, "cpu")[0]
-        if self.tile:
-            from cvtool.ops.tiling import tiled_logits
+        """Any size works, 1 x 1 included: the image is padded to what the network needs and cropped back."""
+        from cvtool.ops.tiling import run_padded, tiled_logits
 
-            out = tiled_logits(lambda b: self.model.module(b.to(self.model.device)), tensor, num_classes=3,
-                               tile=self.tile, overlap=self.overlap)
+        tensor = to_tensor(rgb, "cpu")[0]
+        forward = lambda b: self.model.module(b.to(self.model.device))  # noqa: E731
+        multiple = self.model.module.size_multiple
+        if self.tile:
+            if self.tile % multiple:
+                raise UsageError(f"--tile must be a multiple of {multiple} for {self.model_name}")
+            out = tiled_logits(forward, tensor, num_classes=3, tile=self.tile, overlap=self.overlap, multiple=multiple)
         else:
-            _, h, w = tensor.shape
-            pad_h, pad_w = (-h) % 4, (-w) % 4
-            batch = torch.nn.functional.pad(tensor[None], (0, pad_w, 0, pad_h), mode="reflect") if pad_h or pad_w else tensor[None]
-            out = self.model.module(batch.to(self.model.device))[0, :, :h, :w]
+            out = run_padded(forward, tensor, multiple)
         return to_rgb(out[None])
 
     def predict(self, samples: list[np.ndarray]) -> list[dict]:
