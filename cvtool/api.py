@@ -433,9 +433,10 @@ class Detector(_Task):
 
     @property
     def extra_formats(self) -> dict:
-        from cvtool.pipelines.detect import EXTRA_FORMATS
+        """`-f coco` and `-f yolo`: writers that know this model's categories."""
+        from cvtool.pipelines.detect import extra_formats
 
-        return EXTRA_FORMATS
+        return extra_formats(self.loaded)
 
 
 def default_conf(loaded) -> float:
@@ -729,6 +730,7 @@ class FaceVerifier:
                           vid_stride=vid_stride, on_skip=on_skip, lock=self._lock)
 
     columns = ["name", "distance", "x1", "y1", "x2", "y2"]
+    extra_formats = None
 
     @staticmethod
     def rows(result: dict) -> list[list]:

@@ -156,12 +156,12 @@ class TrainProgress:
 
     def on_batch(self, epoch: int, batch: int, loss: float, images_per_s: float) -> None:
         if self.progress is not None:
-            self.progress.update(self.task, completed=batch, status=f"loss {loss:.4f}  {images_per_s:.0f} img/s")
+            self.progress.update(self.task, completed=batch, status=f"loss {loss:.4f}  {images_per_s:.3g} img/s")
 
     def on_epoch_end(self, row: dict) -> None:
         parts = [f"epoch {row['epoch']}", f"train_loss {row['train_loss']:.4f}"]
         parts += [f"{k} {v:.4f}" for k, v in row.items() if k.startswith("val_")]
-        parts += [f"lr {row['lr']:.2e}", f"{row['train_images_per_s']:.0f} img/s"]
+        parts += [f"lr {row['lr']:.2e}", f"{row['train_images_per_s']:.3g} img/s"]
         info("  ".join(parts))
 
 

@@ -303,3 +303,40 @@ def test_the_readme_python_examples_run(tmp_path, monkeypatch):
     assert ran >= 5
     assert (tmp_path / "labels" / "digit_5.json").is_file() and (tmp_path / "runs" / "digits" / "best.pt").is_file()
     assert namespace["digits"].classes == [str(i) for i in range(10)]
+
+
+def test_face_verifier_records_equal_the_cli_records(tmp_path):
+    photo = SAMPLES / "photos" / "astronaut.jpg"
+    mirrored = tmp_path / "mirrored.png"
+    cv2.imwrite(str(mirrored), cv2.imread(str(photo))[:, ::-1])
+    fv = cvtool.FaceVerifier(device="cpu")
+    cli = CliRunner().invoke(app, ["verify-face", str(photo), str(mirrored), "-f", "jsonl", "--device", "cpu"])
+    assert cli.exit_code == 0, cli.output  # the same person
+    api = fv.verify(photo, mirrored)
+    assert _without_timing(api.to_dict()) == _without_timing(jsonl(cli.stdout)[0])
+    from_arrays = fv.verify(cv2.imread(str(photo))[..., ::-1], cv2.imread(str(mirrored))[..., ::-1])
+    assert from_arrays.distance == pytest.approx(api.distance, abs=1e-6) and from_arrays.path is None
+
+    gallery_dir = tmp_path / "known"
+    gallery_dir.mkdir()
+    cv2.imwrite(str(gallery_dir / "eileen.png"), cv2.imread(str(photo)))
+    known = fv.gallery(gallery_dir)
+    named = fv.identify(mirrored, known)
+    cli = CliRunner().invoke(app, ["verify-face", "--gallery", str(gallery_dir), str(mirrored), "-f", "jsonl",
+                                   "--device", "cpu"])
+    assert cli.exit_code == 0, cli.output
+    assert _without_timing(named.to_dict()) == _without_timing(jsonl(cli.stdout)[0])
+    assert [f["name"] for f in named.result["faces"]] == ["eileen"]
+    assert named.plot().shape == cv2.imread(str(mirrored)).shape
+
+
+def test_cli_coco_lists_every_category_of_the_model(yolo_checkpoint, tmp_path):
+    blank = tmp_path / "blank.png"
+    cv2.imwrite(str(blank), np.full((40, 60, 3), 128, np.uint8))
+    result = CliRunner().invoke(app, ["detect", str(blank), "--weights", str(yolo_checkpoint), "--conf", "0.99",
+                                      "-f", "coco"])
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert document["annotations"] == []  # nothing passes --conf 0.99 on a blank image
+    assert document["categories"] == [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}]
+    assert document["images"] == [{"id": 1, "file_name": str(blank), "width": 60, "height": 40}]

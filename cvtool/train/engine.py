@@ -65,7 +65,10 @@ class TrainTask(Protocol):
 
 
 class Callbacks:
-    """Hooks for progress display; the default does nothing."""
+    """Hooks for progress display; the default does nothing. Subclass it and override what you need."""
+
+    def on_train_start(self, run) -> None:
+        """`run` (cvtool.train.Run): run_dir, device, resumed, arch; called before data is read."""
 
     def on_epoch_start(self, epoch: int, epochs: int, batches: int) -> None: ...
 
