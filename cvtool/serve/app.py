@@ -1,0 +1,562 @@
+"""The HTTP API: one endpoint per task over cvtool.api's objects, which hold the models warm.
+
+Everything a client sends becomes an RGB array (decoded here with the same reader and pixel limit as
+the CLI, so a bad file gets the CLI's one-line reason under its own name) and is handed to the task
+object; the answer is the object's record (`Result.to_dict()`), the one the CLI prints, with `path`
+set to the uploaded file's name or the server path given. No model logic lives here.
+
+Status codes: 200 a record; 422 this input is bad (the CLI's per-input error: `{"path", "error"}`);
+400 the request cannot be honoured (unknown model, weights not available, a bad option: the CLI's exit
+2); 401 token missing or wrong; 403 a server path refused; 413 body over --max-bytes; 500 a bug, in
+one line. Never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from fastapi import FastAPI, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.datastructures import UploadFile
+
+from cvtool import __version__
+from cvtool.errors import CvtoolError, InputError, UsageError, WeightsError
+from cvtool.serve.registry import Registry, with_attributes
+from cvtool.serve.security import Forbidden, TooLarge, confine, token_ok
+
+TASKS = ("classify", "detect", "segment", "stylize", "verify-face")
+
+
+@dataclass
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    token: Optional[str] = None
+    allow_paths: Optional[Path] = None
+    max_bytes: int = 50 * 1024**2
+    max_pixels: int = 100_000_000
+    device: str = "auto"
+    memory_budget: int = 4 * 1024**3
+    preload: list[str] = field(default_factory=list)  # TASK:MODEL (a model name, or a weights/checkpoint file)
+    galleries: dict[str, str] = field(default_factory=dict)  # name -> directory of known people
+    log: bool = True
+
+    def to_json(self) -> str:
+        data = dict(self.__dict__)
+        data["allow_paths"] = str(self.allow_paths) if self.allow_paths else None
+        return json.dumps(data)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Settings":
+        data = json.loads(text)
+        data["allow_paths"] = Path(data["allow_paths"]) if data["allow_paths"] else None
+        return cls(**data)
+
+
+def log_line(message: str) -> None:
+    sys.stderr.write(f"cvtool serve: {message}\n")
+    sys.stderr.flush()
+
+
+# -- errors as responses ---------------------------------------------------------------------------
+
+def error_response(exc: BaseException) -> JSONResponse:
+    """One JSON object with a one-line `error` (and `path` when a file is at fault); never a traceback."""
+    if isinstance(exc, InputError):
+        return JSONResponse({"path": exc.path, "error": exc.reason}, status_code=422)
+    if isinstance(exc, Forbidden):
+        return JSONResponse({"path": exc.path, "error": exc.reason}, status_code=403)
+    if isinstance(exc, TooLarge):
+        return JSONResponse({"path": exc.path, "error": exc.reason}, status_code=413)
+    if isinstance(exc, CvtoolError):  # UsageError, WeightsError: the command could not run as asked
+        return JSONResponse({"path": exc.path, "error": exc.reason}, status_code=400)
+    text = " ".join(str(exc).split())
+    return JSONResponse({"path": None, "error": f"internal error: {type(exc).__name__}: {text}"}, status_code=500)
+
+
+# -- the request-size limit and the token, as ASGI middleware -------------------------------------
+
+class _BodyTooLarge(TooLarge):
+    """Raised from the request's body stream; the CvtoolError handler turns it into the 413 answer."""
+
+
+class Guard:
+    """Token check (every path but /healthz), then the body limit: a Content-Length over --max-bytes is
+    answered 413 before anything is read; a body that grows past it while streaming is cut off with 413."""
+
+    def __init__(self, app, settings: Settings):
+        self.app, self.settings = app, settings
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        if scope["path"] != "/healthz" and not token_ok(headers.get("authorization"), self.settings.token):
+            return await _send(send, 401, {"path": None, "error": "missing or wrong token: send "
+                                           "'Authorization: Bearer TOKEN' (the server's --token / CVTOOL_TOKEN)"},
+                               {"www-authenticate": "Bearer"})
+        limit = self.settings.max_bytes
+        too_large = {"path": None, "error": f"request body over the server's limit of {limit} bytes (--max-bytes)"}
+        length = headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            return await _send(send, 413, too_large, {"connection": "close"})
+        seen = 0
+        started = False
+
+        async def counted_receive():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise _BodyTooLarge(too_large["error"])
+            return message
+
+        async def tracked_send(message):
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, tracked_send)
+        except _BodyTooLarge:
+            if not started:
+                await _send(send, 413, too_large, {"connection": "close"})
+
+
+async def _send(send, status: int, body: dict, headers: dict | None = None) -> None:
+    payload = json.dumps(body).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": payload})
+
+
+# -- inputs ----------------------------------------------------------------------------------------
+
+@dataclass
+class Image:
+    data: bytes  # the encoded file
+    name: str  # how records and errors name it: the upload's file name, or the server path as given
+
+
+async def _form(request: Request):
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        return None
+    if not hasattr(request.state, "form"):
+        try:
+            request.state.form = await request.form()
+        except CvtoolError:
+            raise
+        except Exception as exc:  # malformed multipart
+            raise UsageError(f"could not read the multipart body: {exc}") from None
+    return request.state.form
+
+
+async def take_image(request: Request, settings: Settings, part: str, path_field: str, *, raw_ok: bool,
+                     name: str | None = None) -> Image:
+    """The image a request carries: the multipart part `part` (an upload), a server path in `path_field`
+    (query or form field; needs --allow-paths), or else the raw body (single-image endpoints)."""
+    form = await _form(request)
+    server_path = request.query_params.get(path_field)
+    if form is not None:
+        value = form.get(part)
+        if isinstance(value, UploadFile):
+            data = await value.read()
+            return _nonempty(Image(data, value.filename or name or f"<{part}>"))
+        if isinstance(value, str) and value:
+            raise UsageError(f"'{part}' must be a file upload; a server path goes in '{path_field}'")
+        form_path = form.get(path_field)
+        if isinstance(form_path, str) and form_path:
+            server_path = form_path
+    if server_path:
+        real = await run_in_threadpool(confine, server_path, settings.allow_paths)
+        from cvtool.io.image import _read_bytes
+
+        try:
+            data = await run_in_threadpool(_read_bytes, real)
+        except InputError as exc:
+            raise InputError(exc.reason, server_path) from None
+        return Image(data, server_path)
+    if raw_ok and form is None:
+        data = await request.body()
+        if data:
+            return Image(data, name or "<bytes>")
+    where = f"a multipart file '{part}', a server path '{path_field}'" + (", or the image as the request body"
+                                                                          if raw_ok else "")
+    raise UsageError(f"no image in the request: send {where}")
+
+
+def _nonempty(image: Image) -> Image:
+    if not image.data:
+        raise InputError("empty file (0 bytes)", image.name)
+    return image
+
+
+def decode(image: Image, max_pixels: int):
+    """The CLI's reader on the uploaded bytes: same decoding, same limits, same messages, under the file's name."""
+    from cvtool.io.image import decode_image
+
+    return decode_image(image.data, image.name, max_pixels=max_pixels)
+
+
+# -- the application -------------------------------------------------------------------------------
+
+class Server:
+    """The registry plus how each task's objects are built from request options."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.registry = Registry(settings.memory_budget, on_event=log_line if settings.log else None)
+        self.galleries: dict[tuple, Any] = {}
+        self._gallery_lock = threading.Lock()
+        self.preloaded_weights: set[str] = set()
+        self.started = time.time()
+        self.ready = False
+
+    def load_all(self) -> None:
+        """--preload and --gallery, before the first request is taken."""
+        for spec in self.settings.preload:
+            self.preload(spec)
+        for name, root in self.settings.galleries.items():
+            entry = self.entry("verify-face", None, None, "torch", _face_load_options())
+            known = self.gallery(entry, name)
+            log_line(f"gallery {name}: {len(known.names)} photo(s) of {len(set(known.names))} people from {root}")
+        self.ready = True
+
+    # which file a client-given weights/model path means
+    def server_file(self, given: str | None, what: str) -> str | None:
+        if given is None or given in self.preloaded_weights:
+            return given
+        return str(confine(given, self.settings.allow_paths, what=what))
+
+    def entry(self, task: str, model: str | None, weights: str | None, backend: str, load_options: tuple = ()):
+        key = (task, model, weights, backend, load_options)
+        return self.registry.get(key, lambda: self._build(task, model, weights, backend, dict(load_options)))
+
+    def _build(self, task, model, weights, backend, options):
+        import cvtool.api as api
+
+        common = {"device": self.settings.device, "backend": backend, "max_pixels": self.settings.max_pixels}
+        if task == "classify":
+            return api.Classifier(model, weights=weights, **common)
+        if task == "detect":
+            return api.Detector(model, weights=weights, **common)
+        if task == "segment":
+            return api.Segmenter(model, weights=weights, **common)
+        if task == "stylize":
+            return api.Stylizer(model, **common)
+        if task == "verify-face":
+            return api.FaceVerifier(model, weights=weights, **options, **common)
+        raise UsageError(f"unknown task {task!r}; one of {', '.join(TASKS)}")
+
+    def preload(self, spec: str) -> None:
+        task, _, target = spec.partition(":")
+        if task not in TASKS:
+            raise UsageError(f"--preload {spec}: unknown task {task!r}; one of {', '.join(TASKS)} (TASK:MODEL)")
+        model, weights = (target or None), None
+        if target and (Path(target).suffix in (".pt", ".pth", ".onnx") or "/" in target):
+            self.preloaded_weights.add(target)
+            model, weights = (target, None) if task == "stylize" else (None, target)
+        if task == "stylize" and model is None:
+            raise UsageError(f"--preload {spec}: stylize needs a network file (stylize:runs/NAME/best.pt)")
+        self.entry(task, model, weights, "torch", _face_load_options() if task == "verify-face" else ())
+
+    def gallery(self, verifier_entry, name_or_path: str):
+        """A gallery by --gallery NAME, or a server directory (confined); loaded once per verifier."""
+        root = self.settings.galleries.get(name_or_path)
+        if root is None:
+            root = str(confine(name_or_path, self.settings.allow_paths, what="gallery"))
+        key = (verifier_entry.key, root)
+        with self._gallery_lock:
+            known = self.galleries.get(key)
+            if known is None:
+                known = verifier_entry.obj.gallery(root, warn=log_line if self.settings.log else None)
+                self.galleries[key] = known
+        return known
+
+
+def _face_load_options(detector: str = "mmod", upsample: int | None = None, threshold: float | None = None) -> tuple:
+    return (("detector", detector), ("upsample", upsample), ("threshold", threshold))
+
+
+def _csv(text: str | None) -> list[str] | None:
+    parts = [p.strip() for p in (text or "").split(",") if p.strip()]
+    return parts or None
+
+
+def _limit(server: Server, max_pixels: int | None) -> int:
+    """A client may lower the pixel limit for its request, never raise it above the server's."""
+    return min(max_pixels, server.settings.max_pixels) if max_pixels else server.settings.max_pixels
+
+
+def create_app(settings: Settings, server: Server | None = None) -> FastAPI:
+    """The FastAPI application (without the token/size guard: see `asgi_app`). `server` may come preloaded."""
+    server = server or Server(settings)
+
+    async def lifespan(app):
+        if not server.ready:
+            try:
+                await run_in_threadpool(server.load_all)
+            except CvtoolError as exc:  # a worker process of --workers N: say why in one line and stop
+                log_line(str(exc))
+                raise SystemExit(2) from None
+        log_line(f"ready on http://{settings.host}:{settings.port} (docs at /docs)")
+        yield
+
+    app = FastAPI(title="cvtool serve", version=__version__, lifespan=lifespan,
+                  description="cvtool's models kept warm. Each endpoint takes one image (a multipart upload, the raw "
+                              "request body, or a server path under --allow-paths) and answers the JSON record "
+                              "`cvtool TASK --format json` prints for it.")
+    app.state.server = server
+
+    @app.exception_handler(CvtoolError)
+    async def _cvtool_error(request, exc):
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad_option(request, exc):
+        parts = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err.get("loc", ())[1:]) or "request"
+            parts.append(f"{where}: {err.get('msg')}")
+        return JSONResponse({"path": None, "error": "; ".join(parts)}, status_code=400)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request, exc):
+        return error_response(exc)
+
+    @app.middleware("http")
+    async def _log(request: Request, call_next):
+        start = time.perf_counter()
+        try:
+            response = await call_next(request)
+        except Exception as exc:  # what the handlers above did not catch
+            response = error_response(exc)
+        if settings.log:
+            client = request.client.host if request.client else "-"
+            log_line(f"{client} {request.method} {request.url.path} {response.status_code} "
+                     f"{(time.perf_counter() - start) * 1000:.1f} ms")
+        return response
+
+    async def answer(fn, *args) -> JSONResponse:
+        try:
+            return JSONResponse(await run_in_threadpool(fn, *args))
+        except CvtoolError as exc:
+            return error_response(exc)
+
+    def call(obj, image: Image, max_pixels: int) -> dict:
+        record = obj(decode(image, max_pixels)).to_dict()
+        record["path"] = image.name
+        return record
+
+    @app.get("/healthz")
+    async def healthz():
+        """Liveness: always 200 while the server runs (no token needed)."""
+        return {"status": "ok", "version": __version__, "loaded": len(server.registry.describe()),
+                "uptime_s": round(time.time() - server.started, 1)}
+
+    @app.get("/models")
+    async def models():
+        """The loaded models (LRU order, oldest first), their estimated memory, and the budget."""
+        return {"loaded": server.registry.describe(), "used_bytes": server.registry.used_bytes,
+                "budget_bytes": server.registry.budget_bytes, "galleries": sorted(settings.galleries)}
+
+    @app.post("/classify")
+    async def classify(request: Request, model: Optional[str] = None, weights: Optional[str] = None,
+                       top_k: int = Query(5, ge=1), backend: str = "torch", max_pixels: Optional[int] = Query(None, ge=1),
+                       name: Optional[str] = None, path: Optional[str] = None):
+        """Top-k labels for one image: the record of `cvtool classify IMAGE --top-k K -f json`."""
+        image = await take_image(request, settings, "file", "path", raw_ok=True, name=name)
+
+        def work():
+            entry = server.entry("classify", model, server.server_file(weights, "weights"), backend)
+            obj = server.registry.variant(entry, {"top_k": top_k}, _same_or(with_attributes))
+            return call(obj, image, _limit(server, max_pixels))
+
+        return await answer(work)
+
+    @app.post("/detect")
+    async def detect(request: Request, model: Optional[str] = None, weights: Optional[str] = None,
+                     conf: Optional[float] = Query(None, ge=0, le=1), iou: float = Query(0.45, ge=0, le=1),
+                     classes: Optional[str] = None, max_det: int = Query(300, ge=1), keypoints: bool = False,
+                     backend: str = "torch", max_pixels: Optional[int] = Query(None, ge=1),
+                     name: Optional[str] = None, path: Optional[str] = None):
+        """Boxes, labels and scores for one image: the record of `cvtool detect IMAGE -f json`."""
+        image = await take_image(request, settings, "file", "path", raw_ok=True, name=name)
+
+        def work():
+            from cvtool.api import default_conf
+
+            entry = server.entry("detect", model, server.server_file(weights, "weights"), backend)
+            options = {"conf": conf if conf is not None else default_conf(entry.obj.loaded), "iou": iou,
+                       "keep_classes": _csv(classes), "max_det": max_det, "keypoints": keypoints}
+            obj = server.registry.variant(entry, options, _same_or(with_attributes))
+            return call(obj, image, _limit(server, max_pixels))
+
+        return await answer(work)
+
+    @app.post("/segment")
+    async def segment(request: Request, model: Optional[str] = None, weights: Optional[str] = None,
+                      alpha: float = Query(0.5, ge=0, le=1), classes: Optional[str] = None,
+                      tile: Optional[int] = Query(None, ge=16), overlap: int = Query(32, ge=0),
+                      batch_size: int = Query(4, ge=1), backend: str = "torch",
+                      max_pixels: Optional[int] = Query(None, ge=1), name: Optional[str] = None,
+                      path: Optional[str] = None):
+        """A class per pixel for one image: the record of `cvtool segment IMAGE -f json` (class pixel counts)."""
+        image = await take_image(request, settings, "file", "path", raw_ok=True, name=name)
+
+        def work():
+            entry = server.entry("segment", model, server.server_file(weights, "weights"), backend)
+            options = {"alpha": alpha, "keep_classes": _csv(classes), "tile": tile, "overlap": overlap,
+                       "tile_batch": batch_size}
+            obj = server.registry.variant(entry, options, _same_or(with_attributes))
+            return call(obj, image, _limit(server, max_pixels))
+
+        return await answer(work)
+
+    @app.post("/stylize")
+    async def stylize(request: Request, model: str = Query(..., description="A feed-forward network from `cvtool "
+                                                             "train style` (preloaded, or a path under --allow-paths)"),
+                      size: Optional[int] = Query(None, ge=16), tile: Optional[int] = Query(None, ge=16),
+                      overlap: int = Query(32, ge=0), backend: str = "torch", format: str = "png",
+                      max_pixels: Optional[int] = Query(None, ge=1), name: Optional[str] = None,
+                      path: Optional[str] = None):
+        """The stylised image as PNG, its record in the X-Cvtool-Record header (`format=json`: the record only)."""
+        if format not in ("png", "json"):
+            raise UsageError(f"format {format!r}: png or json")
+        image = await take_image(request, settings, "file", "path", raw_ok=True, name=name)
+
+        def work():
+            import cv2
+
+            entry = server.entry("stylize", server.server_file(model, "model"), None, backend)
+            obj = server.registry.variant(entry, {"size": size, "tile": tile, "overlap": overlap},
+                                          _same_or(with_attributes))
+            result = obj(decode(image, _limit(server, max_pixels)))
+            record = result.to_dict()
+            record["path"] = image.name
+            ok, png = cv2.imencode(".png", result.stylized[..., ::-1])
+            return record, png.tobytes()
+
+        try:
+            record, png = await run_in_threadpool(work)
+        except CvtoolError as exc:
+            return error_response(exc)
+        if format == "json":
+            return JSONResponse(record)
+        return Response(png, media_type="image/png", headers={"x-cvtool-record": json.dumps(record)})
+
+    @app.post("/verify-face")
+    async def verify_face(request: Request, model: Optional[str] = None, weights: Optional[str] = None,
+                          threshold: Optional[float] = Query(None, ge=0), detector: str = "mmod",
+                          upsample: Optional[int] = Query(None, ge=0, le=3), face_index: Optional[str] = None,
+                          backend: str = "torch", max_pixels: Optional[int] = Query(None, ge=1),
+                          path_a: Optional[str] = None, path_b: Optional[str] = None):
+        """Are the faces in A and B the same person? Multipart files `a` and `b` (or server paths `path_a`,
+        `path_b`): the record of `cvtool verify-face A B -f json`."""
+        a = await take_image(request, settings, "a", "path_a", raw_ok=False)
+        b = await take_image(request, settings, "b", "path_b", raw_ok=False)
+        index_a, index_b = _face_indices(face_index)
+
+        def work():
+            limit = _limit(server, max_pixels)
+            entry = server.entry("verify-face", model, server.server_file(weights, "weights"), backend,
+                                 _face_load_options(detector, upsample, threshold))
+            rgb_a = decode(a, limit)
+            decode(b, limit)  # b's own errors under its own name, before any model work
+            # A goes in as an array and B as its bytes, so that the record and any error name them apart
+            # (<array> / <bytes>): those placeholders are then replaced by the names the client gave.
+            names = {"<array>": a.name, "<bytes>": b.name}
+            try:
+                record = entry.obj.verify(rgb_a, b.data, index_a=index_a, index_b=index_b).to_dict()
+            except InputError as exc:
+                raise InputError(exc.reason, names.get(exc.path, exc.path)) from None
+            record["path"] = a.name
+            record["result"]["path_b"] = b.name
+            return record
+
+        return await answer(work)
+
+    @app.post("/identify")
+    async def identify(request: Request, gallery: str = Query(..., description="A --gallery NAME the server was "
+                                                              "started with, or a directory under --allow-paths"),
+                       model: Optional[str] = None, weights: Optional[str] = None,
+                       threshold: Optional[float] = Query(None, ge=0), detector: str = "mmod",
+                       upsample: Optional[int] = Query(None, ge=0, le=3), backend: str = "torch",
+                       max_pixels: Optional[int] = Query(None, ge=1), name: Optional[str] = None,
+                       path: Optional[str] = None):
+        """Every face in one image named after the nearest known person, or "unknown": the record of
+        `cvtool verify-face --gallery KNOWN IMAGE -f json`."""
+        image = await take_image(request, settings, "file", "path", raw_ok=True, name=name)
+
+        def work():
+            entry = server.entry("verify-face", model, server.server_file(weights, "weights"), backend,
+                                 _face_load_options(detector, upsample, threshold))
+            known = server.gallery(entry, gallery)
+            record = entry.obj.identify(decode(image, _limit(server, max_pixels)), known).to_dict()
+            record["path"] = image.name
+            return record
+
+        return await answer(work)
+
+    return app
+
+
+def _same_or(make):
+    """Variant maker that hands back the object itself when the options are what it has already."""
+    def maker(obj, options):
+        if all(getattr(obj, k, object()) == v for k, v in options.items()):
+            return obj
+        return make(obj, options)
+    return maker
+
+
+def _face_indices(text: str | None) -> tuple[int | None, int | None]:
+    if text is None:
+        return None, None
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if len(parts) not in (1, 2) or not all(p.isdigit() for p in parts):
+        raise UsageError(f"face_index {text!r}: expected N or N,M (face numbers from 0)")
+    return int(parts[0]), int(parts[-1])
+
+
+def asgi_app(settings: Settings, server: Server | None = None):
+    """What uvicorn runs: the application behind the token and body-size guard."""
+    return Guard(create_app(settings, server), settings)
+
+
+def app_from_env():
+    """For `--workers N`: each uvicorn worker process builds its app from the settings in CVTOOL_SERVE_SETTINGS."""
+    import os
+
+    return asgi_app(Settings.from_json(os.environ["CVTOOL_SERVE_SETTINGS"]))
+
+
+def serve(settings: Settings, *, workers: int = 1) -> None:
+    """Run until SIGTERM/SIGINT; uvicorn then stops accepting and lets in-flight requests finish."""
+    import os
+
+    import uvicorn
+
+    from cvtool.serve.security import check_binding
+
+    check_binding(settings.host, settings.token)
+    config = dict(host=settings.host, port=settings.port, access_log=False, log_level="warning",
+                  timeout_graceful_shutdown=60, lifespan="on")
+    if workers > 1:  # each worker process loads its own models (in its lifespan)
+        os.environ["CVTOOL_SERVE_SETTINGS"] = settings.to_json()
+        uvicorn.run("cvtool.serve.app:app_from_env", factory=True, workers=workers, **config)
+        return
+    server = Server(settings)
+    server.load_all()  # a model that cannot be had stops the command here, in one line (exit 2)
+    uvicorn.run(asgi_app(settings, server), **config)
