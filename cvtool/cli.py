@@ -90,10 +90,14 @@ def main_options(
     offline: bool = typer.Option(
         False, "--offline", help="Never touch the network; weights must be cached already. Same as CVTOOL_OFFLINE=1."
     ),
+    server: Optional[str] = typer.Option(None, "--server", metavar="URL", help="Send classify, detect, segment and "
+                                         "verify-face to a running `cvtool serve`. Same as CVTOOL_SERVER=URL."),
 ) -> None:
     SETTINGS.debug, SETTINGS.quiet = debug, quiet
     if offline:
         os.environ["CVTOOL_OFFLINE"] = "1"
+    if server:
+        os.environ["CVTOOL_SERVER"] = server
 
 
 # Options shared by every batch command.
@@ -143,6 +147,9 @@ def classify(
     backend: str = BACKEND_OPT,
 ) -> None:
     """Classify images: top-k labels with probabilities, one record per image (per frame of a video)."""
+    if _server():
+        _remote("classify", images, fmt=fmt, out=out, recursive=recursive, options=dict(
+            model=model, weights=weights, top_k=top_k, backend=backend, max_pixels=max_pixels))
     with exits_cleanly():
         check_out_dir(out, skip_existing=skip_existing)
         from cvtool.api import Classifier
@@ -152,6 +159,20 @@ def classify(
         info(task.describe())
         code = _run_batch(task, images, recursive=recursive, out=out, skip_existing=skip_existing,
                           batch_size=batch_size, workers=workers, fmt=fmt, vid_stride=vid_stride)
+    raise typer.Exit(code)
+
+
+def _server() -> Optional[str]:
+    """The `cvtool serve` to send work to (CVTOOL_SERVER or --server), if any."""
+    return os.environ.get("CVTOOL_SERVER") or None
+
+
+def _remote(task: str, images: list[str], **kwargs) -> None:
+    """Run the command as a thin client of the server (cvtool.serve.client: no torch); exits with its code."""
+    with exits_cleanly():
+        from cvtool.serve import client
+
+        code = client.run_remote(task, images, **kwargs)
     raise typer.Exit(code)
 
 
@@ -210,6 +231,10 @@ def detect(
 ) -> None:
     """Detect objects: boxes in the input's own pixel coordinates, labels and scores; annotated images (or
     videos) with --out."""
+    if _server():
+        _remote("detect", images, fmt=fmt, out=out, recursive=recursive, options=dict(
+            model=model, weights=weights, conf=conf, iou=iou, classes=classes, max_det=max_det, keypoints=keypoints,
+            backend=backend, max_pixels=max_pixels))
     with exits_cleanly():
         if save_crops and out is None:
             raise UsageError("--save-crops needs --out DIR")
@@ -252,6 +277,10 @@ def segment(
 ) -> None:
     """Segment images: a class per pixel; with --out an indexed mask PNG and a colour overlay per image (an
     overlaid video per video)."""
+    if _server():
+        _remote("segment", images, fmt=fmt, out=out, recursive=recursive, options=dict(
+            model=model, weights=weights, alpha=alpha, classes=classes, tile=tile, overlap=overlap,
+            batch_size=batch_size, backend=backend, max_pixels=max_pixels))
     with exits_cleanly():
         if save_mask and out is None:
             raise UsageError("--save-mask needs --out DIR")
@@ -368,6 +397,10 @@ def verify_face(
     """Face verification (are A and B the same person?), one-shot identification against a gallery, and
     threshold calibration; each verdict shows the distance, the threshold, the detector and the model."""
     images = images or []
+    if _server():
+        _remote("verify-face", images, fmt=fmt, out=out, recursive=recursive, gallery=gallery, calibrate=calibrate,
+                options=dict(model=model, weights=weights, threshold=threshold, detector=detector, upsample=upsample,
+                             face_index=face_index, backend=backend, max_pixels=max_pixels))
     with exits_cleanly():
         modes = sum(x is not None for x in (gallery, calibrate))
         if modes > 1:
@@ -790,6 +823,55 @@ def models_verify(names: Optional[List[str]] = typer.Argument(None, help="Models
 
         code = catalogue.verify(names or None, info=info, error=error_line)
     raise typer.Exit(code)
+
+
+@app.command(
+    "serve",
+    epilog="Example: cvtool serve --preload verify-face --preload detect:yolo --port 8000 & "
+           "CVTOOL_SERVER=http://127.0.0.1:8000 cvtool verify-face id.jpg selfie.jpg",
+)
+def serve_cmd(
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; anything but loopback needs --token."),
+    port: int = typer.Option(8000, "--port", "-p", min=0, max=65535),
+    preload: Optional[List[str]] = typer.Option(None, "--preload", metavar="TASK:MODEL", help="Load before serving "
+                                                "(repeatable): classify:lenet5_digits, detect:runs/x/best.pt, "
+                                                "verify-face, stylize:runs/starry/best.pt."),
+    gallery: Optional[List[str]] = typer.Option(None, "--gallery", metavar="NAME=DIR", help="Known people for "
+                                                "/identify?gallery=NAME (repeatable)."),
+    device: str = DEVICE_OPT,
+    workers: int = typer.Option(1, "--workers", min=1, help="Server processes, each with its own models "
+                                "(requests within one run in threads)."),
+    token: Optional[str] = typer.Option(None, "--token", envvar="CVTOOL_TOKEN", show_envvar=False,
+                                        help="Require 'Authorization: Bearer TOKEN' (also CVTOOL_TOKEN)."),
+    allow_paths: Optional[Path] = typer.Option(None, "--allow-paths", metavar="DIR", help="Let requests name files "
+                                               "(images, weights, galleries) under DIR on this machine; none otherwise."),
+    max_bytes: str = typer.Option("50MB", "--max-bytes", help="Largest request body (413 above)."),
+    max_pixels: int = MAX_PIXELS_OPT,
+    memory_budget: str = typer.Option("4GB", "--memory-budget", help="Parameter memory of loaded models; the least "
+                                      "recently used are unloaded above it."),
+) -> None:
+    """Serve the models over HTTP, kept loaded between requests: one endpoint per task (/classify, /detect,
+    /segment, /stylize, /verify-face, /identify) answering the records the commands print; docs at /docs."""
+    with exits_cleanly():
+        try:
+            from cvtool.serve.app import Settings, serve
+        except ImportError as exc:
+            raise UsageError(f"cvtool serve needs its extra ({exc.name} is missing): pip install 'cvtool[serve]'") from None
+        from cvtool.serve.security import parse_size
+
+        if allow_paths is not None and not allow_paths.is_dir():
+            raise UsageError(f"--allow-paths {allow_paths}: not a directory")
+        galleries = {}
+        for spec in gallery or []:
+            name, sep, root = spec.partition("=")
+            if not sep or not name or not root:
+                raise UsageError(f"--gallery {spec!r}: expected NAME=DIR")
+            galleries[name] = root
+        settings = Settings(host=host, port=port, token=token or None, allow_paths=allow_paths,
+                            max_bytes=parse_size(max_bytes), max_pixels=max_pixels, device=device,
+                            memory_budget=parse_size(memory_budget), preload=list(preload or []), galleries=galleries,
+                            log=not SETTINGS.quiet)
+        serve(settings, workers=workers)
 
 
 def main() -> None:
