@@ -55,7 +55,7 @@ def random_model(name: str):
     classes = entry.classes() or []
     return LoadedModel(name=entry.name, task=entry.task, module=module, preprocess=entry.preprocess(),
                        classes=list(classes), weights_path="(random)", weights_sha256="random",
-                       device=torch.device("cpu"))
+                       device=torch.device("cpu"), entry=entry)
 
 
 class PeakMemory:
@@ -133,7 +133,8 @@ def bench_model(name: str, *, backends=BACKENDS, batch_sizes=(1,), img_size: int
     import torch
 
     from cvtool.device import resolve_device
-    from cvtool.export import export_checked, graph_for, make_session
+    from cvtool.models.onnx_export import export_checked, graph_for
+    from cvtool.models.onnx_session import make_session
 
     device = resolve_device(device) if isinstance(device, str) else device
     loaded = random_model(name)

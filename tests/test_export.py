@@ -172,3 +172,34 @@ def test_face_detector_cnn_exports_for_any_canvas_size(tmp_path):
     assert metadata(out)["task"] == "face-detect"
     scores = session(out).run(None, {"input": np.zeros((1, 3, 120, 200), np.float32)})[0]
     assert scores.shape == (1, 1, 12, 22)  # three stride-2 5x5 convolutions: n -> (n - 5) // 2 + 1, thrice
+
+
+def test_a_cached_export_is_checked_against_its_recorded_hash_and_rebuilt_on_a_mismatch(tmp_path):
+    from cvtool.cache import sidecar_path
+    from cvtool.models import onnx_backend
+
+    ckpt = make_checkpoint(tmp_path / "lenet.pt", "lenet5", classes=[str(d) for d in range(10)])
+    exports = []
+
+    def load():
+        return onnx_backend.load(None, task="classify", weights=ckpt, device=torch.device("cpu"), backend="onnxruntime",
+                                 on_export=exports.append)
+
+    first = load()
+    (cached,) = (tmp_path / "cache" / "onnx").glob("lenet5-*.onnx")
+    assert exports == [cached] and sidecar_path(cached).is_file()
+    good = cached.read_bytes()
+    x = torch.randn(2, 1, 32, 32)
+    want = first.forward(x)
+    load()
+    assert exports == [cached]  # verified: reused
+    # a tampered graph that still parses (its metadata edited): found by its hash, exported again
+    proto = onnx.load_from_string(good)
+    proto.metadata_props[0].value = proto.metadata_props[0].value.replace('"lenet5"', '"lenet5_digits"')
+    cached.write_bytes(proto.SerializeToString())
+    again = load()
+    assert exports == [cached, cached] and onnx_backend.read_metadata(cached)["arch"] == again.name == "lenet5"
+    assert torch.allclose(again.forward(x), want)
+    sidecar_path(cached).unlink()  # no record of what it should be: rebuilt too
+    load()
+    assert len(exports) == 3 and sidecar_path(cached).is_file()

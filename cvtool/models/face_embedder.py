@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from cvtool.models.layers import ConvBnAct, DoubleConv
+from cvtool.models import contract
 from cvtool.models.registry import ModelEntry, register
 from cvtool.ops.preprocess import Preprocess
 
@@ -64,5 +65,7 @@ register(
         description="small face-embedding CNN (128-D, unit length), written here; train one with `cvtool train face`",
         num_params=_FACE_EMBED_SMALL_PARAMS,
         head_is_classes=False,
+        input_kind="face_chip",
+        export=contract.chip_graph("embedding"),
     )
 )

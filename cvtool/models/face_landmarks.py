@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from cvtool.models.face_mmod import MMOD_FILE, NUM_PARAMS, MmodFaceDetector, MmodNet, mmod_state_dict_from_dlib
+from cvtool.models import contract
 from cvtool.models.registry import ModelEntry, register
 from cvtool.ops.preprocess import Preprocess
 
@@ -23,8 +24,6 @@ LANDMARKS = "68"
 
 class FaceLandmarkDetector(nn.Module):
     """Holds the MMOD network's weights (the state_dict); the landmark forests load from their own cache."""
-
-    default_conf = 0.0  # MMOD margins: > 0 means face
 
     def __init__(self, num_classes: int | None = None, upsample: int = 1):
         super().__init__()
@@ -76,6 +75,11 @@ def _register() -> None:
             description="faces (dlib's CNN detector) with 68 landmarks each: jaw, brows, nose, eyes, lips",
             num_params=NUM_PARAMS,
             head_is_classes=False,
+            input_kind="raw_images",
+            default_conf=0.0,  # MMOD margins: > 0 means face
+            forward=contract.detect_images,
+            export_refusal="its image pyramid and landmark forests are Python, not a graph; "
+                           "`cvtool export dlib_mmod_face` exports its CNN",
         )
     )
 

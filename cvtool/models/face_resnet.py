@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cvtool.errors import WeightsError
+from cvtool.models import contract
 from cvtool.models.registry import ModelEntry, register
 from cvtool.ops.preprocess import Preprocess
 
@@ -172,6 +173,8 @@ def _register() -> None:
             description="dlib's face ResNet: aligned 150x150 chip -> 128-D descriptor; same person if distance < 0.6",
             num_params=NUM_PARAMS,
             head_is_classes=False,
+            input_kind="face_chip",
+            export=contract.chip_graph("embedding"),
         )
     )
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cvtool.models import contract
 from cvtool.models.registry import ModelEntry, PackagedWeights, register
 from cvtool.ops.preprocess import Preprocess
 
@@ -52,6 +53,8 @@ register(
         licence="MIT (cvtool)",
         description="LeNet-5, 32x32 grey; no default weights: train one with `cvtool train classify`",
         num_params=_LENET_PARAMS,
+        input_kind="image",
+        export=contract.fixed_size_graph("logits"),
     )
 )
 
@@ -67,5 +70,7 @@ register(
         licence="MIT (cvtool); trained on scikit-learn's load_digits (UCI, CC BY 4.0)",
         description="LeNet-5 trained here on real handwritten digits; ships with cvtool (works offline)",
         num_params=_LENET_PARAMS,
+        input_kind="image",
+        export=contract.fixed_size_graph("logits"),
     )
 )

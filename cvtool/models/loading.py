@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cvtool.errors import UsageError, WeightsError
-from cvtool.models.registry import get_entry
+from cvtool.models.registry import ModelEntry, get_entry
 from cvtool.ops.preprocess import Preprocess
 
 
@@ -21,6 +21,32 @@ class LoadedModel:
     weights_sha256: str
     device: object  # torch.device
     meta: dict = field(default_factory=dict)  # a checkpoint's other fields (e.g. a face embedder's threshold)
+    entry: ModelEntry | None = None  # the registry entry (looked up by `name` when not given)
+    backend: str = "torch"  # "torch": `module` is the nn.Module; "onnxruntime": an onnx_backend.OnnxNetwork
+
+    @property
+    def contract(self) -> ModelEntry:
+        """The registry entry: its declared input kind, size multiple, default confidence, forward and export."""
+        if self.entry is None:
+            self.entry = get_entry(self.name)
+        return self.entry
+
+    def forward(self, inputs):
+        """What the pipelines call: the entry's forward adapter on this backend's network."""
+        adapter = self.contract.forward if self.backend == "torch" else self.contract.graph_forward
+        return adapter(self.module, inputs)
+
+    @property
+    def size_multiple(self) -> int:
+        """Inputs must be a multiple of this on each side."""
+        if self.backend == "torch":
+            return self.contract.size_multiple_of(self.module)
+        return self.module.size_multiple  # the exported graph's own, from its metadata
+
+    @property
+    def default_conf(self) -> float | None:
+        """Detectors: the score threshold the entry declares for its scores (None: the caller's default)."""
+        return self.contract.default_conf
 
 
 def load_model(
@@ -85,6 +111,7 @@ def load_model(
         weights_sha256=loaded.sha256,
         device=device,
         meta=dict(loaded.meta),
+        entry=entry,
     )
 
 

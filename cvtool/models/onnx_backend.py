@@ -1,11 +1,12 @@
 """onnxruntime as a drop-in for the network in every pipeline.
 
-The pipelines only ever call `model.module(batch)` (classify, segment, stylize) or
-`model.module.detect_images(images)` (detect), so an object with those calls, backed by an
-onnxruntime session, is all `--backend onnxruntime` needs; the rest of each pipeline (preprocessing,
-tiling, thresholds, NMS, rendering) is shared with the PyTorch backend. Models are exported on the
-fly into the user cache (keyed by model, weights sha256 and input shape), or read from a .onnx file
-made by `cvtool export`, whose embedded metadata replaces the checkpoint's.
+The pipelines call `model.forward(inputs)` (LoadedModel), which applies the registry entry's
+`graph_forward` to an OnnxNetwork here (the plain call for most, letterbox + graph + box mapping for
+our YOLO), so the rest of each pipeline (preprocessing, tiling, thresholds, NMS, rendering) is
+shared with the PyTorch backend. Models are exported on the fly into the user cache (keyed by
+model, weights sha256 and input shape; each file checked against the hash recorded beside it when
+it was written, and re-exported on a mismatch), or read from a .onnx file made by `cvtool export`,
+whose embedded metadata replaces the checkpoint's.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import hashlib
 import json
 from pathlib import Path
 
-from cvtool.cache import cache_root
+from cvtool.cache import cache_root, load_verified, write_verified
 from cvtool.errors import UsageError, WeightsError
+from cvtool.models.onnx_session import FORMAT, FORMAT_VERSION, METADATA_KEY, make_session
 
 
 class OnnxNetwork:
@@ -54,68 +56,66 @@ class OnnxNetwork:
         return self
 
 
-class OnnxYolo(OnnxNetwork):
-    """Our YOLO detector's `detect_images`: letterbox here, head + decoding in the graph, NMS in the pipeline."""
-
-    def __init__(self, session, meta: dict, source: str):
-        super().__init__(session, meta, source)
-        self.img_size = int(meta["img_size"])
-
-    def detect_images(self, images) -> list[dict]:
-        from cvtool.models.yolo import detections_in_original_pixels, letterbox_batch
-
-        batch, letterboxes = letterbox_batch(images, self.img_size)
-        return detections_in_original_pixels(*self(batch), letterboxes)
-
-
-def read_metadata(path: str | Path) -> dict:
-    """cvtool's metadata from a .onnx file; a WeightsError naming the file when it is missing or not ONNX."""
+def read_metadata(path: str | Path, data: bytes | None = None) -> dict:
+    """cvtool's metadata from a .onnx file (or its bytes, `data`, already read); a WeightsError naming
+    the file when it is missing or not ONNX."""
     import onnx
 
-    from cvtool.export import FORMAT, FORMAT_VERSION
-
     path = Path(path)
-    if not path.is_file():
-        raise WeightsError("no such file" if not path.exists() else "is a directory, not an ONNX file", path)
+    if data is None:
+        if not path.is_file():
+            raise WeightsError("no such file" if not path.exists() else "is a directory, not an ONNX file", path)
+        data = path.read_bytes()
     try:
-        proto = onnx.load(str(path), load_external_data=False)
+        proto = onnx.load_from_string(data)
     except Exception:  # noqa: BLE001 - protobuf's decode errors
         raise WeightsError("not an ONNX file (unrecognised content)", path) from None
     props = {p.key: p.value for p in proto.metadata_props}
     try:
-        meta = json.loads(props["cvtool"])
+        meta = json.loads(props[METADATA_KEY])
     except (KeyError, ValueError):
         raise WeightsError("an ONNX file without cvtool's metadata; make it with `cvtool export`", path) from None
-    if meta.get("format") != FORMAT or not isinstance(meta.get("format_version"), int):
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("format_version"), int):
         raise WeightsError("an ONNX file without cvtool's metadata; make it with `cvtool export`", path)
     if meta["format_version"] > FORMAT_VERSION:
         raise WeightsError(f"cvtool ONNX format {meta['format_version']} is newer than this cvtool understands", path)
     return meta
 
 
-def open_onnx(path: str | Path, *, task: str | None, device=None, weights_sha256: str | None = None):
-    """A LoadedModel whose module is an onnxruntime session on `path` (a file from `cvtool export`)."""
+def open_onnx(path: str | Path, *, task: str | None, device=None, weights_sha256: str | None = None,
+              data: bytes | None = None):
+    """A LoadedModel whose module is an onnxruntime session on `path` (a file from `cvtool export`).
+
+    `data`: the file's bytes, already read (and checked) by the caller; the session is made from them."""
     import torch
 
-    from cvtool.export import make_session
     from cvtool.models.loading import LoadedModel
-    from cvtool.models.weights import sha256_file
+    from cvtool.models.registry import get_entry
     from cvtool.ops.preprocess import Preprocess
 
-    meta = read_metadata(path)
+    if data is None:
+        if not Path(path).is_file():
+            read_metadata(path)  # the one-line reason: missing, or a directory
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise WeightsError(f"cannot read it ({exc.strerror or exc})", path) from None
+    meta = read_metadata(path, data)
     if task is not None and meta["task"] != task:
         raise UsageError(f"{path}: an ONNX {meta['task']} model, not a {task} model")
-    session = make_session(Path(path), device=device, source=str(path))
-    network = (OnnxYolo if meta["task"] == "detect" else OnnxNetwork)(session, meta, str(path))
+    entry = get_entry(meta["arch"], meta["task"])
+    session = make_session(data, device=device, source=str(path))
     return LoadedModel(
         name=meta["arch"],
         task=meta["task"],
-        module=network,
+        module=OnnxNetwork(session, meta, str(path)),
         preprocess=Preprocess.from_dict(meta["preprocess"]),
         classes=list(meta["classes"]),
         weights_path=str(path),
-        weights_sha256=weights_sha256 or sha256_file(path),
+        weights_sha256=weights_sha256 or hashlib.sha256(data).hexdigest(),
         device=torch.device("cpu"),  # onnxruntime moves data itself: the pipelines hand it CPU tensors
+        entry=entry,
+        backend="onnxruntime",
     )
 
 
@@ -125,7 +125,7 @@ def cached_export_path(loaded, *, img_size: int | None = None) -> tuple[Path, ob
     import torch
 
     from cvtool import __version__
-    from cvtool.export import FORMAT_VERSION, graph_for
+    from cvtool.models.onnx_export import graph_for
 
     graph = graph_for(loaded, img_size)
     shape = "x".join(["b", str(graph.channels), *(map(str, graph.size) if graph.size else ["h", "w"])])
@@ -137,19 +137,28 @@ def cached_export_path(loaded, *, img_size: int | None = None) -> tuple[Path, ob
 
 def to_onnxruntime(loaded, *, device=None, img_size: int | None = None, on_export=None):
     """`loaded` (a PyTorch model on the CPU) with its network swapped for onnxruntime, exporting into the cache
-    when needed (always with a dynamic batch) and reusing the cached file afterwards."""
-    from cvtool.export import export_model
+    when needed (always with a dynamic batch) and reusing the cached file afterwards.
+
+    The cached file is used only when its bytes hash to what was recorded beside it when it was written
+    (and the source weights file still hashes as it did): anything else is exported again over it."""
+    from cvtool.models.onnx_export import export_checked
 
     path, _ = cached_export_path(loaded, img_size=img_size)
-    if path.is_file():
+    source = loaded.weights_path if Path(loaded.weights_path).is_file() else None
+    data = load_verified(path, source)
+    if data is not None:
         try:
-            return open_onnx(path, task=loaded.task, device=device, weights_sha256=loaded.weights_sha256)
+            return open_onnx(path, task=loaded.task, device=device, weights_sha256=loaded.weights_sha256, data=data)
         except WeightsError:
-            pass  # an unreadable cache file (a disk fault, a foreign file): export it again over it
+            pass  # verified bytes this onnxruntime cannot load (another version wrote them): export again
     if on_export is not None:
         on_export(path)
-    export_model(loaded, path, img_size=img_size, dynamic_batch=True)
-    return open_onnx(path, task=loaded.task, device=device, weights_sha256=loaded.weights_sha256)
+    data = export_checked(loaded, img_size=img_size, dynamic_batch=True).data
+    try:
+        write_verified(path, data, source)
+    except OSError:
+        pass  # a read-only cache costs a re-export next time, not this run
+    return open_onnx(path, task=loaded.task, device=device, weights_sha256=loaded.weights_sha256, data=data)
 
 
 def load(name: str | None, *, task: str, weights: str | Path | None, device, backend: str, default: str | None = None,

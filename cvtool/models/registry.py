@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Protocol
 
 from cvtool.errors import UsageError
+from cvtool.models import contract
 
 if TYPE_CHECKING:
     import torch.nn as nn
@@ -76,7 +77,9 @@ class PackagedWeights:
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """A named model: builder + default weights + preprocessing + labels + task + licence."""
+    """A named model: builder + default weights + preprocessing + labels + task + licence, and its contract:
+    how it is fed, run and exported (see cvtool/models/contract.py). Callers read these fields; nothing
+    probes a module for attributes or branches on its task to find out."""
 
     name: str
     task: str
@@ -92,6 +95,25 @@ class ModelEntry:
     # The last linear / 1x1-conv layer's outputs are the classes (true for classifiers and segmenters,
     # not for detectors, whose heads also regress boxes): lets a plain state_dict say its class count.
     head_is_classes: bool = True
+    # -- the contract --
+    input_kind: str = "image"  # one of contract.INPUT_KINDS
+    # inputs must be a multiple of this on each side: an int, or a function of the built module (a U-Net's depth)
+    size_multiple: int | Callable[["nn.Module"], int] = 1
+    default_conf: float | None = None  # detectors: the score threshold their scores are made for
+    forward: Callable = contract.call  # (module, inputs) -> the pipeline's outputs, PyTorch
+    graph_forward: Callable = contract.call  # (onnx network, inputs) -> the same from the exported graph
+    export: Callable | None = None  # (loaded, img_size) -> contract.ExportGraph; None: not exportable
+    export_refusal: str = ""  # why not, when export is None
+    # the plain conv/ReLU/pool stack perceptual losses read named layers from (Gatys stylize): VGGs; None: none
+    feature_stack: Callable[["nn.Module"], "nn.Module"] | None = None
+
+    def __post_init__(self):
+        if self.input_kind not in contract.INPUT_KINDS:
+            raise ValueError(f"{self.name}: unknown input_kind {self.input_kind!r}")
+
+    def size_multiple_of(self, module) -> int:
+        """The size multiple of a built module of this entry."""
+        return int(self.size_multiple(module) if callable(self.size_multiple) else self.size_multiple)
 
     def build(self, num_classes: int | None = None, **overrides) -> "nn.Module":
         """`overrides`: architecture options a checkpoint recorded (e.g. a U-Net's width and depth)."""

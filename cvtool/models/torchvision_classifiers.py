@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import partial
 
+from cvtool.models import contract
 from cvtool.models.registry import DownloadedWeights, ModelEntry, register
 from cvtool.ops.preprocess import Preprocess
 
@@ -66,6 +67,11 @@ def _weights_source(name: str) -> DownloadedWeights:
     return DownloadedWeights(url=weights.url, size_mb=weights.meta.get("_file_size"))
 
 
+def _features(net):
+    """VGG's and AlexNet's convolutional stack: plain conv / ReLU / max-pool layers, named as the papers do."""
+    return net.features
+
+
 def _register_all() -> None:
     for name, (family, build_kwargs) in CLASSIFIERS.items():
         meta = _default_weights(name).meta
@@ -82,6 +88,9 @@ def _register_all() -> None:
                 description=f"torchvision {name}, ImageNet top-1 {meta['_metrics']['ImageNet-1K']['acc@1']:.1f}%",
                 num_params=meta["num_params"],
                 build_kwargs=build_kwargs,
+                input_kind="image",
+                export=contract.fixed_size_graph("logits"),
+                feature_stack=_features if family in ("vgg", "alexnet") else None,
             )
         )
 

@@ -58,6 +58,10 @@ def _register_all() -> None:
                 num_params=weights.meta["num_params"],
                 build_kwargs=build_kwargs,
                 head_is_classes=False,
+                input_kind="raw_images",  # a list of [0, 1] tensors; forward: the module's own call
+                default_conf=0.25,
+                export_refusal="only cvtool's YOLO detector exports to ONNX; torchvision's detectors do not "
+                               "(their resizing and NMS are data-dependent Python)",
             )
         )
 

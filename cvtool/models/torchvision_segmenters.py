@@ -1,6 +1,6 @@
 """torchvision's semantic segmenters, registered with their DEFAULT weights (the 21 Pascal VOC
 classes, trained on a COCO subset). Metadata is read from torchvision's weights enums. Their
-forward returns {"out": logits, "aux": ...}; `segmentation_logits` in the pipeline unwraps it."""
+forward returns {"out": logits, "aux": ...}; the entry's forward (contract.output_out) unwraps it."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from functools import partial
 
 from torch import nn
 
+from cvtool.models import contract
 from cvtool.models.registry import DownloadedWeights, ModelEntry, register
 from cvtool.ops.preprocess import Preprocess
 
@@ -56,6 +57,9 @@ def _register_all() -> None:
                 description=f"torchvision {name}, VOC classes, mIoU {metrics['miou']:.1f}",
                 num_params=weights.meta["num_params"],
                 build_kwargs=build_kwargs,
+                input_kind="any_size",
+                forward=contract.output_out,  # {"out": logits, "aux": ...}
+                export=contract.any_size_graph("logits"),
             )
         )
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cvtool.models import contract
 from cvtool.models.registry import ModelEntry, register
 from cvtool.ops.preprocess import Preprocess
 
@@ -47,8 +48,6 @@ class TransformerNet(nn.Module):
             ConvNormAct(w, 3, 9, norm=False, act=False),
         )
 
-    size_multiple = 4  # two stride-2 convolutions
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
@@ -69,5 +68,8 @@ register(
         licence="MIT (cvtool)",
         description="Johnson et al. feed-forward stylisation network; train one with `cvtool train style`",
         num_params=1_679_235,
+        input_kind="any_size",
+        size_multiple=4,  # two stride-2 convolutions
+        export=contract.any_size_graph("image"),
     )
 )

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from cvtool.models.layers import DoubleConv
+from cvtool.models import contract
 from cvtool.models.registry import ModelEntry, register
 from cvtool.ops.preprocess import Preprocess
 
@@ -30,11 +31,6 @@ class UNet(nn.Module):
                                 for i in reversed(range(depth)))
         self.merge = nn.ModuleList(DoubleConv(2 * widths[i], widths[i]) for i in reversed(range(depth)))
         self.head = nn.Conv2d(widths[0], num_classes, kernel_size=1)
-
-    @property
-    def size_multiple(self) -> int:
-        """Inputs must be a multiple of this on each side (one halving per level)."""
-        return 2**self.depth
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips = []
@@ -63,5 +59,8 @@ register(
         licence="MIT (cvtool)",
         description="U-Net, written here; no default weights: train one with `cvtool train segment`",
         num_params=None,
+        input_kind="any_size",
+        size_multiple=lambda net: 2**net.depth,  # one halving per level
+        export=contract.any_size_graph("logits"),
     )
 )

@@ -1,8 +1,8 @@
 """A YOLO-style anchor-box detector, written here from the algorithm (YOLOv2's grid and anchors,
 with the later versions' training ideas: CSP blocks, a stride-32 context branch, IoU losses).
 
-The image (letterboxed to a square) is divided into an S x S grid (one cell per 16 pixels). Each
-cell predicts, for each of A anchor shapes, (tx, ty, tw, th, to, class logits):
+The image (letterboxed to a square, its side a multiple of SIZE_MULTIPLE = 32) is divided into an
+S x S grid (one cell per 16 pixels). Each cell predicts, for each of A anchor shapes, (tx, ty, tw, th, to, class logits):
   bx = (2 sigmoid(tx) - 0.5 + cell_x) * 16,  by likewise  (the centre may reach half a cell beyond
   bw = anchor_w * exp(tw),  bh = anchor_h * exp(th)        its own, so neighbours can share a box)
   Pc = sigmoid(to) (objectness);  score = Pc * sigmoid(class logit)
@@ -18,11 +18,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cvtool.errors import UsageError
+from cvtool.models import contract
 from cvtool.models.layers import ConvBnAct
 from cvtool.models.registry import ModelEntry, register
 from cvtool.ops.preprocess import Preprocess
 
 STRIDE = 16
+SIZE_MULTIPLE = 32  # input sides: the context branch runs at stride 32 and is upsampled onto the stride-16 grid
 # torchvision classifiers usable as the backbone: (feature split at stride 16, channels at 16 and 32)
 TORCHVISION_BACKBONES = {"resnet18": (256, 512), "mobilenet_v3_small": (48, 576)}
 BACKBONES = ("csp", *TORCHVISION_BACKBONES)
@@ -341,6 +344,25 @@ def yolo_loss(raw: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, anch
 YOLO_PREPROCESS = Preprocess(crop_size=None, resize_size=None, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
                              resize_mode="none")
 
+
+def export_graph(loaded, img_size: int | None) -> contract.ExportGraph:
+    """The registry's export hook: head + decoding at one letterbox size (boxes in letterboxed pixels,
+    objectness, class probabilities); thresholds and NMS stay in the pipeline."""
+    net = loaded.module
+    size = img_size or int(net.img_size)
+    if size % SIZE_MULTIPLE:
+        raise UsageError(f"--img-size must be a multiple of {SIZE_MULTIPLE} for {loaded.name}")
+    decoded = contract.adapted(net, lambda module, x: decode(module(x), module.anchors))
+    return contract.ExportGraph(decoded, contract.input_channels(net, loaded.preprocess), (size, size), 1,
+                                ["boxes", "objectness", "class_probs"], loaded.preprocess, {"img_size": size})
+
+
+def run_exported(network, images: list[torch.Tensor]) -> list[dict]:
+    """The registry's graph_forward: letterbox here, head + decoding in the exported graph, NMS in the pipeline."""
+    batch, letterboxes = letterbox_batch(images, int(network.meta["img_size"]))
+    return detections_in_original_pixels(*network(batch), letterboxes)
+
+
 register(
     ModelEntry(
         name="yolo",
@@ -353,5 +375,11 @@ register(
         licence="MIT (cvtool)",
         description="YOLO-style anchor-box detector, written here; train one with `cvtool train detect`",
         head_is_classes=False,
+        input_kind="raw_images",
+        size_multiple=SIZE_MULTIPLE,
+        default_conf=0.25,
+        forward=contract.detect_images,
+        graph_forward=run_exported,
+        export=export_graph,
     )
 )

@@ -66,10 +66,8 @@ class DetectPipeline:
 
         from cvtool.ops.boxes import filter_detections
 
-        module = self.model.module
-        run = getattr(module, "detect_images", module)  # our YOLO letterboxes itself; torchvision's resize
-        with torch.inference_mode():
-            outputs = run([s.tensor.to(self.model.device) for s in samples])
+        with torch.inference_mode():  # the entry's forward: our YOLO letterboxes itself; torchvision's resize
+            outputs = self.model.forward([s.tensor.to(self.model.device) for s in samples])
         results = []
         for sample, out in zip(samples, outputs):
             order, mask = filter_detections(out["boxes"], out["scores"], out["labels"], conf=self.conf, iou=self.iou,

@@ -43,7 +43,7 @@ class SegmentPipeline:
         self.alpha, self.save_mask, self.max_pixels = alpha, save_mask, max_pixels
         self.tile, self.overlap, self.tile_batch = tile, overlap, tile_batch
         self.keep = self._class_filter(classes)
-        self.size_multiple = getattr(model.module, "size_multiple", 1)
+        self.size_multiple = model.size_multiple
         self.output_name = OutputNamer(out_dir, MASK_SUFFIX) if out_dir is not None else None
         self.video_name = OutputNamer(out_dir, ".segment.mp4") if out_dir is not None else None
         self.palette = class_palette()
@@ -93,7 +93,7 @@ class SegmentPipeline:
         return [self._summary(sample.labels) for sample in samples]
 
     def _forward(self, batch):
-        return segmentation_logits(self.model.module(batch.to(self.model.device)))
+        return self.model.forward(batch.to(self.model.device))  # logits: the entry's forward unwraps torchvision's dict
 
     def _whole(self, tensor):
         from cvtool.ops.tiling import run_padded

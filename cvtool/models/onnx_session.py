@@ -1,0 +1,46 @@
+"""onnxruntime at the lowest level: sessions and the format constants of cvtool's ONNX files.
+
+Everything that runs an ONNX graph (the exporter's check, `--backend onnxruntime`, `cvtool bench`)
+makes its session here, so models/ never needs the export command to run a file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cvtool.errors import UsageError, WeightsError
+
+FORMAT = "cvtool-onnx"  # the "format" field of the metadata cvtool writes into every .onnx file
+FORMAT_VERSION = 1
+METADATA_KEY = "cvtool"  # the metadata_props key holding that JSON
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception as one short line (onnxruntime's and the exporters' messages run to pages)."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
+
+
+def make_session(model: bytes | str | Path, *, device=None, threads: int | None = None, source: str | None = None,
+                 spin: bool = True):
+    """An onnxruntime session on the CPU, or on CUDA when asked and this onnxruntime has it.
+
+    `spin=False` stops its threads busy-waiting between runs (fairer when timing against PyTorch)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: its warnings would land on our stderr
+    if threads:
+        options.intra_op_num_threads = threads
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    providers = ["CPUExecutionProvider"]
+    if device is not None and getattr(device, "type", str(device)) == "cuda":
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise UsageError("--device cuda with onnxruntime needs the onnxruntime-gpu package (this onnxruntime has "
+                             f"{', '.join(ort.get_available_providers())})")
+        providers = [("CUDAExecutionProvider", {"device_id": getattr(device, "index", None) or 0}), "CPUExecutionProvider"]
+    try:
+        return ort.InferenceSession(str(model) if isinstance(model, Path) else model, options, providers=providers)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime's many failure types, one line each
+        raise WeightsError(f"onnxruntime cannot load it ({first_line(exc)})", source) from None
