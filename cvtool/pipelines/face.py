@@ -18,16 +18,32 @@ from typing import Callable
 import numpy as np
 
 from cvtool.errors import InputError, UsageError
-from cvtool.io.image import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, read_image, write_image
+from cvtool.io.image import ARRAY_NAME, BYTES_NAME, DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, load_image, write_image
 from cvtool.io.outputs import OutputNamer
 from cvtool.models.loading import LoadedModel
 
 TASK = "verify-face"
 DEFAULT_EMBEDDER = "dlib_face_resnet"
 DLIB_THRESHOLD = 0.6  # the dist_thresh dlib's metric loss was trained with (stored in the model file)
-AMBIGUOUS_AREA_RATIO = 0.5  # a second face at least this large (by area) makes "the face" ambiguous
+COMPARABLE = 0.8  # a second face at least this prominent (size x centrality) makes "the face" ambiguous
+CENTRE_WEIGHT = 0.5  # prominence = side x (1 - CENTRE_WEIGHT x distance from the centre / half-diagonal)
 MOSTLY_VISIBLE = 2 / 3  # faces cut more than this by the frame are chosen only when no whole face exists
 UNKNOWN = "unknown"
+DEFAULT_MIN_FACE = 40  # px: the smallest face the default (auto) detection looks for
+# Sanity on the models' outputs: a landmark this many box sizes outside its box, or a descriptor whose
+# length lies outside the embedder's known range, is a failure for that input, never a verdict.
+LANDMARK_SLACK = 1.0
+UNIT_NORM = (0.99, 1.01)  # embedders written here output unit vectors
+DESCRIPTOR_NORMS = {"dlib_face_resnet": (1.0, 2.0), "face_embed_small": UNIT_NORM}  # dlib: 1.31-1.63 on 75 real faces
+
+
+def source_name(source) -> str:
+    """How errors and records name an image: its path, or <bytes> / <array> for what has none."""
+    if isinstance(source, (str, os.PathLike)):
+        return str(source)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return BYTES_NAME
+    return ARRAY_NAME
 
 
 @dataclass
@@ -37,11 +53,28 @@ class Face:
     landmarks: np.ndarray  # 5 x 2, image pixels
     descriptor: np.ndarray | None = None
     visible: float = 1.0  # the fraction of the box inside the image
+    image_size: tuple[int, int] | None = None  # (height, width) of the image it was found in
+    index: int | None = None  # its number in the image, left to right
+    why: str | None = None  # how choose_face picked it
 
     @property
     def area(self) -> float:
         left, top, right, bottom = self.box
         return max(0.0, right - left) * max(0.0, bottom - top)
+
+    @property
+    def centrality(self) -> float:
+        """1 at the image centre, falling to 1 - CENTRE_WEIGHT at a corner (1 when the image is unknown)."""
+        if self.image_size is None:
+            return 1.0
+        h, w = self.image_size
+        left, top, right, bottom = self.box
+        dx, dy = (left + right) / 2 - w / 2, (top + bottom) / 2 - h / 2
+        return 1.0 - CENTRE_WEIGHT * min(1.0, float(np.hypot(dx, dy) / max(1e-9, np.hypot(w / 2, h / 2))))
+
+    @property
+    def prominence(self) -> float:
+        return float(np.sqrt(self.area)) * self.centrality
 
     def to_record(self) -> dict:
         return {"box": [round(float(v), 1) for v in self.box], "score": round(float(self.score), 4),
@@ -51,40 +84,39 @@ class Face:
 # -- detectors: name -> factory(device) -> object with .detect(list of RGB uint8) -> [[(l, t, r, b, score)]]
 
 class _AutoUpsampleMmod:
-    """dlib's CNN finds faces from about 80 px (40 px upsampled once): small images are enlarged once by
-    default, and very large ones are searched at a reduced size (faces there are big), boxes mapped back."""
+    """dlib's CNN finds faces from about 80 px. By default (upsample None: auto) each image is searched at
+    the scale that makes `min_face` px faces 80 px (doubled once for the default 40 px), within a pixel
+    budget (`detect_pixels`, so a large photo is searched at a reduced size: faces there are big); boxes
+    are mapped back. An explicit `upsample` N doubles every image N times, as dlib does."""
 
-    SMALL_SIDE = 1000
-    LARGE_SIDE = 2000
-
-    def __init__(self, device, upsample: int | None):
-        from cvtool.models.face_mmod import MmodFaceDetector
+    def __init__(self, device, upsample: int | None, min_face: float = DEFAULT_MIN_FACE,
+                 detect_pixels: int | None = None):
+        from cvtool.models.face_mmod import DEFAULT_DETECT_PIXELS, MmodFaceDetector
 
         self.detector = MmodFaceDetector.pretrained(device)
         self.upsample = upsample
+        self.min_face = min_face
+        self.detect_pixels = detect_pixels or DEFAULT_DETECT_PIXELS
+
+    def scale(self, height: int, width: int) -> float:
+        from cvtool.models.face_mmod import detection_scale
+
+        if self.upsample is not None:
+            return float(2**self.upsample)
+        return detection_scale(height, width, self.min_face, self.detect_pixels)
 
     def detect(self, images: list[np.ndarray]) -> list[list[tuple]]:
-        import cv2
+        from cvtool.models.face_mmod import detect_scaled
 
-        found = []
-        for rgb in images:  # sizes differ per photo, so each is its own canvas anyway
-            side = max(rgb.shape[:2])
-            scale = 1.0
-            if self.upsample is None and side > self.LARGE_SIDE:
-                scale = self.LARGE_SIDE / side
-                rgb = cv2.resize(rgb, (round(rgb.shape[1] * scale), round(rgb.shape[0] * scale)),
-                                 interpolation=cv2.INTER_AREA)
-            upsample = self.upsample if self.upsample is not None else int(side <= self.SMALL_SIDE)
-            boxes = self.detector.detect([rgb], upsample=upsample)[0]
-            found.append([(l / scale, t / scale, r / scale, b / scale, score) for l, t, r, b, score in boxes])
-        return found
+        # sizes differ per photo, so each is its own canvas anyway
+        return [detect_scaled(self.detector, rgb, self.scale(*rgb.shape[:2])) for rgb in images]
 
 
-def _mmod(device, upsample):
-    return _AutoUpsampleMmod(device, upsample)
+def _mmod(device, upsample, **options):
+    return _AutoUpsampleMmod(device, upsample, **options)
 
 
-def _haar(device, upsample):
+def _haar(device, upsample, **options):
     from cvtool.models.face_haar import HaarFaceDetector
 
     return HaarFaceDetector()
@@ -97,14 +129,18 @@ class FaceEngine:
     """The chain shared by verify, identify and calibrate; batched over all faces of a batch of images."""
 
     def __init__(self, embedder: LoadedModel, *, detector: str = "mmod", upsample: int | None = None,
-                 threshold: float | None = None, max_pixels: int = DEFAULT_MAX_PIXELS):
+                 threshold: float | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 min_face: float = DEFAULT_MIN_FACE, detect_pixels: int | None = None):
         from cvtool.models.dlib.shape_predictor import load_shape_predictor
 
         if detector not in FACE_DETECTORS:
             raise UsageError(f"--detector {detector!r}: choose one of {', '.join(FACE_DETECTORS)}")
         self.embedder = embedder
         self.detector_name = detector
-        self.detector = FACE_DETECTORS[detector](embedder.device, upsample)
+        if min_face <= 0:
+            raise UsageError(f"--min-face {min_face}: must be a positive size in pixels")
+        self.detector = FACE_DETECTORS[detector](embedder.device, upsample, min_face=min_face,
+                                                 detect_pixels=detect_pixels)
         self.landmarks = load_shape_predictor("5")
         self.threshold = threshold if threshold is not None else embedder_threshold(embedder)
         self.max_pixels = max_pixels
@@ -117,25 +153,35 @@ class FaceEngine:
     def weights_sha256(self) -> str:
         return self.embedder.weights_sha256
 
-    def read(self, path: str | Path) -> np.ndarray:
-        return read_image(path, max_pixels=self.max_pixels)
+    def read(self, source) -> np.ndarray:
+        """A path, encoded bytes, an RGB uint8 array or a PIL image -> HxWx3 uint8 RGB (or InputError)."""
+        return load_image(source, max_pixels=self.max_pixels)
 
-    def find(self, images: list[np.ndarray]) -> list[list[Face]]:
-        """Faces per image, left to right (the numbering --face-index uses)."""
+    def find(self, images: list[np.ndarray], names: list[str] | None = None) -> list[list[Face]]:
+        """Faces per image, left to right (the numbering --face-index uses). A face whose landmarks are
+        not finite or lie far outside its box raises InputError naming the image (`names`)."""
         found = []
-        for rgb, boxes in zip(images, self.detector.detect(images)):
+        for k, (rgb, boxes) in enumerate(zip(images, self.detector.detect(images))):
             if not boxes:
                 found.append([])
                 continue
             rects = np.array([b[:4] for b in boxes], dtype=np.float64)
             points = self.landmarks.predict(rgb, rects)
             faces = [Face(tuple(float(v) for v in b[:4]), float(b[4]), np.asarray(p, dtype=np.float64),
-                          visible=_visible_fraction(b[:4], rgb.shape)) for b, p in zip(boxes, points)]
-            found.append(sorted(faces, key=lambda f: (f.box[0], f.box[1])))
+                          visible=_visible_fraction(b[:4], rgb.shape), image_size=tuple(rgb.shape[:2]))
+                     for b, p in zip(boxes, points)]
+            faces.sort(key=lambda f: (f.box[0], f.box[1]))
+            for i, face in enumerate(faces):
+                face.index = i
+                problem = landmark_problem(face)
+                if problem:
+                    raise InputError(problem, names[k] if names else None)
+            found.append(faces)
         return found
 
-    def describe(self, images: list[np.ndarray], faces: list[list[Face]]) -> None:
-        """Fill every face's descriptor, one forward pass for all of them."""
+    def describe(self, images: list[np.ndarray], faces: list[list[Face]], names: list[str] | None = None) -> None:
+        """Fill every face's descriptor, one forward pass for all of them. A descriptor that is not finite,
+        or whose length is outside what the embedder produces, raises InputError naming the image."""
         import torch
 
         from cvtool.ops.face_align import chip_details, extract_chip
@@ -152,11 +198,51 @@ class FaceEngine:
             out = self.embedder.module(batch).float().cpu().numpy()
         for face, descriptor in zip(owners, out):
             face.descriptor = descriptor
+        for k, image_faces in enumerate(faces):
+            for face in image_faces:
+                problem = descriptor_problem(face, self.descriptor_norms)
+                if problem:
+                    raise InputError(problem, names[k] if names else None)
 
-    def analyse(self, images: list[np.ndarray]) -> list[list[Face]]:
-        faces = self.find(images)
-        self.describe(images, faces)
+    @property
+    def descriptor_norms(self) -> tuple[float, float] | None:
+        return DESCRIPTOR_NORMS.get(self.embedder.name)
+
+    def analyse(self, images: list[np.ndarray], names: list[str] | None = None) -> list[list[Face]]:
+        faces = self.find(images, names)
+        self.describe(images, faces, names)
         return faces
+
+
+def _where(face: Face) -> str:
+    return f"face {face.index} at {[int(round(v)) for v in face.box]}" if face.index is not None else "a face"
+
+
+def landmark_problem(face: Face) -> str | None:
+    """Why a face's landmarks cannot be trusted (not finite, or far outside its box), or None."""
+    points = np.asarray(face.landmarks, dtype=np.float64)
+    if not np.isfinite(points).all():
+        return f"the landmark model gave non-finite points for {_where(face)}"
+    left, top, right, bottom = face.box
+    slack = LANDMARK_SLACK * max(right - left, bottom - top, 1.0)
+    outside = ((points[:, 0] < left - slack) | (points[:, 0] > right + slack) | (points[:, 1] < top - slack)
+               | (points[:, 1] > bottom + slack))
+    if outside.any():
+        x, y = points[int(np.argmax(outside))]
+        return f"the landmark model put a point at ({x:.0f}, {y:.0f}), far outside {_where(face)}"
+    return None
+
+
+def descriptor_problem(face: Face, norms: tuple[float, float] | None) -> str | None:
+    """Why a face's descriptor cannot be compared (not finite, or a length the embedder never gives), or None."""
+    descriptor = np.asarray(face.descriptor, dtype=np.float64)
+    if not np.isfinite(descriptor).all():
+        return f"the embedder gave a non-finite descriptor for {_where(face)} (broken weights?)"
+    length = float(np.linalg.norm(descriptor))
+    if norms is not None and not norms[0] <= length <= norms[1]:
+        return (f"the embedder gave a descriptor of length {length:.3g} for {_where(face)}, outside its normal "
+                f"{norms[0]:g}-{norms[1]:g} (broken weights?)")
+    return None
 
 
 def _visible_fraction(box, shape) -> float:
@@ -175,23 +261,43 @@ def embedder_threshold(embedder: LoadedModel) -> float:
 
 
 def choose_face(faces: list[Face], index: int | None, path: str) -> Face:
-    """The face to compare: --face-index, else the clearly largest one; ambiguity is an error, not a guess.
-
-    A face mostly cut off by the frame (a bystander at the edge) is passed over when a whole one exists.
-    """
+    """The face to compare: --face-index, else the most prominent one (size x centrality, so the subject
+    of a portrait wins over a smaller passer-by near the edge); two comparable faces are an error, not a
+    guess. A face mostly cut off by the frame is passed over when a whole one exists. The chosen face's
+    `why` says how it was picked."""
     if not faces:
         raise InputError("no face found", path)
     if index is not None:
         if not 0 <= index < len(faces):
             raise InputError(f"--face-index {index}: only {len(faces)} face(s) found (numbered from 0, left to right)",
                              path)
-        return faces[index]
+        return _chosen(faces[index], index, "--face-index")
+    if len(faces) == 1:
+        return _chosen(faces[0], 0, "the only face")
     whole = [f for f in faces if f.visible >= MOSTLY_VISIBLE]
-    by_area = sorted(whole or faces, key=lambda f: f.area, reverse=True)
-    if len(by_area) > 1 and by_area[1].area >= AMBIGUOUS_AREA_RATIO * by_area[0].area:
-        boxes = "; ".join(f"{i}: {[int(v) for v in f.box]}" for i, f in enumerate(faces) if f in by_area)
-        raise InputError(f"{len(by_area)} faces of similar size ({boxes}); choose one with --face-index N", path)
-    return by_area[0]
+    ranked = sorted(whole or faces, key=lambda f: f.prominence, reverse=True)
+    number = {id(f): i for i, f in enumerate(faces)}
+    if len(ranked) > 1 and ranked[1].prominence >= COMPARABLE * ranked[0].prominence:
+        ranked_ids = {id(f) for f in ranked}
+        rivals = [f for f in faces if id(f) in ranked_ids and f.prominence >= COMPARABLE * ranked[0].prominence]
+        boxes = "; ".join(f"{number[id(f)]}: {[int(v) for v in f.box]}" for f in rivals)
+        raise InputError(f"{len(rivals)} faces of similar size ({boxes}); choose one with --face-index N", path)
+    best = ranked[0]
+    ratio = ranked[1].prominence / best.prominence if len(ranked) > 1 else 0.0
+    cut = len(faces) - len(whole) if whole else 0
+    why = (f"the most prominent of {len(faces)} faces (size x centrality; the next is {ratio:.2f} as prominent"
+           + (f"; {cut} cut off by the frame passed over" if cut else "") + ")")
+    return _chosen(best, number[id(best)], why)
+
+
+def _chosen(face: Face, index: int, why: str) -> Face:
+    face.index, face.why = index, why
+    return face
+
+
+def chosen_record(face: Face) -> dict:
+    """The face a verdict used: its record, its number (left to right) and why it was the one."""
+    return {**face.to_record(), "index": face.index, "chosen": face.why}
 
 
 def distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -200,23 +306,27 @@ def distance(a: np.ndarray, b: np.ndarray) -> float:
 
 # -- verify: two images, one verdict
 
-def verify(engine: FaceEngine, path_a: str, path_b: str, *, index_a: int | None = None,
-           index_b: int | None = None) -> dict:
-    """One record: the distance, the threshold and the verdict, with the faces used (raises InputError)."""
+def verify(engine: FaceEngine, a, b, *, index_a: int | None = None, index_b: int | None = None) -> dict:
+    """One record: the distance, the threshold and the verdict, with the faces used and why (raises InputError).
+
+    `a` and `b` are any image source engine.read takes: paths, encoded bytes, RGB arrays, PIL images;
+    the record names those without a path <bytes> / <array>."""
     start = time.perf_counter()
-    images = [engine.read(path_a), engine.read(path_b)]
-    faces = engine.find(images)
-    chosen = [choose_face(faces[0], index_a, path_a), choose_face(faces[1], index_b, path_b)]
-    engine.describe(images, [[chosen[0]], [chosen[1]]])
+    names = [source_name(a), source_name(b)]
+    images = [engine.read(a), engine.read(b)]
+    faces = [engine.find([image], [name])[0] for image, name in zip(images, names)]
+    chosen = [choose_face(faces[0], index_a, names[0]), choose_face(faces[1], index_b, names[1])]
+    for image, face, name in zip(images, chosen, names):
+        engine.describe([image], [[face]], [name])
     dist = distance(chosen[0].descriptor, chosen[1].descriptor)
     return {
-        "path": path_a, "task": TASK, "model": engine.model_name,
+        "path": names[0], "task": TASK, "model": engine.model_name,
         "weights_sha256": engine.weights_sha256, "ms": round((time.perf_counter() - start) * 1000, 1),
         "result": {
-            "path_b": path_b, "same": dist < engine.threshold, "distance": round(dist, 4),
+            "path_b": names[1], "same": dist < engine.threshold, "distance": round(dist, 4),
             "threshold": engine.threshold, "detector": engine.detector_name, "model": engine.model_name,
             "faces_found": [len(faces[0]), len(faces[1])],
-            "face_a": chosen[0].to_record(), "face_b": chosen[1].to_record(),
+            "face_a": chosen_record(chosen[0]), "face_b": chosen_record(chosen[1]),
         },
     }
 
@@ -229,8 +339,11 @@ def verify_rows(result: dict) -> list[list]:
              result["model"]]]
 
 
-def save_pair(record: dict, engine: FaceEngine, out_dir: Path) -> list[str]:
-    """Both images side by side at one height, the compared faces boxed, the verdict written across."""
+def save_pair(record: dict, engine: FaceEngine, out_dir: Path, images: list | None = None) -> list[str]:
+    """Both images side by side at one height, the compared faces boxed, the verdict written across.
+
+    `images` (the two sources verify was given) is needed when they have no path; by default the
+    record's paths are read again."""
     import cv2
 
     from cvtool.io.render import draw_detections
@@ -239,8 +352,9 @@ def save_pair(record: dict, engine: FaceEngine, out_dir: Path) -> list[str]:
     verdict = "same person" if result["same"] else "different people"
     text = f"{verdict}: d={result['distance']:.3f} (threshold {result['threshold']:.3f})"
     panels = []
-    for path, face in ((record["path"], result["face_a"]), (result["path_b"], result["face_b"])):
-        rgb = engine.read(path)
+    sources = images if images is not None else [record["path"], result["path_b"]]
+    for source, face in zip(sources, (result["face_a"], result["face_b"])):
+        rgb = engine.read(source)
         det = {"label": "face", "index": 1 if result["same"] else 2, "score": face["score"], "box": face["box"],
                "keypoints": [[x, y, 1] for x, y in face["landmarks"]]}
         drawn = draw_detections(rgb, [det])
@@ -249,7 +363,9 @@ def save_pair(record: dict, engine: FaceEngine, out_dir: Path) -> list[str]:
     sheet = np.concatenate(panels, axis=1)
     banner = np.full((40, sheet.shape[1], 3), 255, np.uint8)
     cv2.putText(banner, text, (8, 27), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (0, 0, 0), 2, cv2.LINE_AA)
-    target = OutputNamer(out_dir, f".vs.{Path(result['path_b']).stem}.jpg")(record["path"])
+    stem_b = Path(result["path_b"]).stem if result["path_b"] not in (ARRAY_NAME, BYTES_NAME) else "image_b"
+    target = OutputNamer(out_dir, f".vs.{stem_b}.jpg")(record["path"] if record["path"] not in (ARRAY_NAME, BYTES_NAME)
+                                                         else "image_a")
     write_image(target, np.concatenate([banner, sheet], axis=0))
     return [str(target)]
 
@@ -257,74 +373,76 @@ def save_pair(record: dict, engine: FaceEngine, out_dir: Path) -> list[str]:
 # -- calibrate: fit the threshold on the user's own labelled pairs
 
 def read_pairs(path: str | Path) -> list[tuple[str, str, bool]]:
-    """`path_a,path_b,same` rows (a header row is allowed; same: 1/0, true/false or yes/no)."""
+    """`path_a,path_b,same` rows (a header row is allowed; same: 1/0, true/false or yes/no).
+
+    A file that cannot be read or has a malformed line stops the command: UsageError naming the file
+    and the line (exit 2), as for any bad option."""
     import csv
 
     truthy, falsy = {"1", "true", "yes", "y"}, {"0", "false", "no", "n"}
     base = Path(path).parent
     pairs = []
+    lineno = 0
     try:
         with open(path, newline="", encoding="utf-8") as handle:
             for lineno, row in enumerate(csv.reader(handle), 1):
                 if not row or row[0].strip().startswith("#"):
                     continue
                 if len(row) != 3:
-                    raise InputError(f"line {lineno}: expected path_a,path_b,same; got {len(row)} field(s)", path)
+                    raise UsageError(f"line {lineno}: expected path_a,path_b,same; got {len(row)} field(s)", path)
                 a, b, same = (c.strip() for c in row)
                 if same.lower() not in truthy | falsy:
                     if lineno == 1:
                         continue  # a header
-                    raise InputError(f"line {lineno}: same must be 1/0, true/false or yes/no, not {same!r}", path)
+                    raise UsageError(f"line {lineno}: same must be 1/0, true/false or yes/no, not {same!r}", path)
                 resolve = (lambda p: p if os.path.isabs(p) or os.path.exists(p) else str(base / p))
                 pairs.append((resolve(a), resolve(b), same.lower() in truthy))
     except OSError as exc:
-        raise InputError(f"cannot read pairs file ({exc.strerror or exc})", path) from None
+        raise UsageError(f"cannot read pairs file ({exc.strerror or exc})", path) from None
     except UnicodeDecodeError:
-        raise InputError("not a text CSV file", path) from None
+        raise UsageError("not a text CSV file", path) from None
+    except csv.Error as exc:
+        raise UsageError(f"line {lineno + 1}: not valid CSV ({exc})", path) from None
     if not pairs:
-        raise InputError("no pairs in the file", path)
+        raise UsageError("no pairs in the file", path)
     return pairs
 
 
 def fit_threshold(distances: np.ndarray, same: np.ndarray) -> dict:
-    """The threshold maximising accuracy (midway between neighbouring distances), with ROC AUC."""
-    from sklearn.metrics import roc_auc_score
+    """cvtool.ops.verification's fit, figures rounded to 4 places for the report."""
+    from cvtool.ops.verification import fit_threshold as fit
 
-    distances, same = np.asarray(distances, dtype=np.float64), np.asarray(same, dtype=bool)
-    values = np.unique(distances)
-    candidates = np.concatenate([[values[0] - 1e-6], (values[:-1] + values[1:]) / 2, [values[-1] + 1e-6]])
-    accuracy = np.array([np.mean((distances < t) == same) for t in candidates])
-    best = int(np.argmax(accuracy))
-    both = same.any() and (~same).any()
-    return {
-        "threshold": round(float(candidates[best]), 4),
-        "accuracy": round(float(accuracy[best]), 4),
-        "roc_auc": round(float(roc_auc_score(same, -distances)), 4) if both else None,
-    }
+    fitted = fit(distances, same)
+    return {**fitted, **{k: round(fitted[k], 4) for k in ("threshold", "accuracy", "roc_auc") if fitted[k] is not None}}
 
 
-def calibrate(engine: FaceEngine, pairs: list[tuple[str, str, bool]], on_pair: Callable[[], None] | None = None) -> dict:
-    """Distances for every readable pair, the accuracy-maximising threshold and the current one's accuracy."""
-    cache: dict[str, np.ndarray | str] = {}
+def calibrate(engine: FaceEngine, pairs: list[tuple], on_pair: Callable[[], None] | None = None) -> dict:
+    """Distances for every readable pair, the accuracy-maximising threshold and the current one's accuracy.
 
-    def descriptor(path: str):
-        if path not in cache:
+    Pairs of one kind only (all same, or all different) fit nothing: the result's `fitted` is false,
+    `threshold` is None and `warnings` says why; the current threshold's accuracy is still measured."""
+    cache: dict = {}
+
+    def descriptor(source):
+        name = source_name(source)
+        key = name if name not in (ARRAY_NAME, BYTES_NAME) else ("id", id(source))
+        if key not in cache:
             try:
-                image = engine.read(path)
-                faces = engine.find([image])[0]
-                face = choose_face(faces, None, path)
-                engine.describe([image], [[face]])
-                cache[path] = face.descriptor
+                image = engine.read(source)
+                faces = engine.find([image], [name])[0]
+                face = choose_face(faces, None, name)
+                engine.describe([image], [[face]], [name])
+                cache[key] = face.descriptor
             except InputError as exc:
-                cache[path] = str(exc)
-        return cache[path]
+                cache[key] = str(exc)
+        return cache[key]
 
     rows, failed = [], []
     for a, b, same in pairs:
         da, db = descriptor(a), descriptor(b)
         bad = [d for d in (da, db) if isinstance(d, str)]
         if bad:
-            failed.append({"path": a, "path_b": b, "error": bad[0]})
+            failed.append({"path": source_name(a), "path_b": source_name(b), "error": bad[0]})
         else:
             rows.append((distance(da, db), same))
         if on_pair:
@@ -334,8 +452,11 @@ def calibrate(engine: FaceEngine, pairs: list[tuple[str, str, bool]], on_pair: C
     distances = np.array([r[0] for r in rows])
     same = np.array([r[1] for r in rows])
     fitted = fit_threshold(distances, same)
+    warning = fitted.pop("warning")
     return {
         "task": TASK, "model": engine.model_name, "weights_sha256": engine.weights_sha256,
+        "warnings": [f"{warning}; keep the current threshold ({engine.threshold}) or add pairs of the other kind"]
+        if warning else [],
         "result": {
             **fitted, "pairs": len(rows), "pairs_failed": len(failed), "detector": engine.detector_name,
             "current_threshold": engine.threshold,
@@ -392,9 +513,9 @@ def load_gallery(engine: FaceEngine, root: str | Path, *, cache_dir: Path | None
         else:
             try:
                 image = engine.read(path)
-                faces = engine.find([image])[0]
+                faces = engine.find([image], [str(path)])[0]
                 face = choose_face(faces, None, str(path))
-                engine.describe([image], [[face]])
+                engine.describe([image], [[face]], [str(path)])
                 descriptor = face.descriptor
             except InputError as exc:
                 if warn:
@@ -476,8 +597,21 @@ class IdentifyPipeline:
 
     def predict(self, samples: list[_Sample]) -> list[dict]:
         images = [s.rgb for s in samples]
+        try:
+            analysed: list = self.engine.analyse(images)
+        except InputError:  # a model gave nonsense for some face: find which image, and fail only that one
+            analysed = []
+            for rgb in images:
+                try:
+                    analysed.append(self.engine.analyse([rgb])[0])
+                except InputError as exc:
+                    analysed.append(exc.reason)
         results = []
-        for rgb, faces in zip(images, self.engine.analyse(images)):
+        for rgb, faces in zip(images, analysed):
+            if isinstance(faces, str):
+                results.append({"size": list(rgb.shape[:2]), "threshold": self.engine.threshold,
+                                "detector": self.engine.detector_name, "faces": [], "error": faces})
+                continue
             records = []
             for face in faces:
                 name, dist = self.gallery.match(face.descriptor, self.engine.threshold)
