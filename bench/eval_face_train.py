@@ -44,8 +44,9 @@ def verification_of(checkpoint: Path) -> dict:
     from cvtool.models.checkpoint import load_weights_file
     from cvtool.models.loading import load_model
     from cvtool.train.datasets import ClassificationDataset, decode_all
-    from cvtool.train.face_embedding import (accuracy_at, best_threshold, embed_all, open_identity_folders, pair_distances,
-                                   subset_identities, verification_report)
+    from cvtool.ops.verification import accuracy_at, fit_threshold
+    from cvtool.train.face_embedding import (embed_all, open_identity_folders, pair_distances, subset_identities,
+                                             verification_report)
 
     meta = load_weights_file(checkpoint).meta
     loaded = load_model(None, task="face-embed", weights=checkpoint)
@@ -56,7 +57,7 @@ def verification_of(checkpoint: Path) -> dict:
         people = subset_identities(data, [data.classes.index(n) for n in meta[f"{side}_identities"]])
         emb = embed_all(loaded.module, ClassificationDataset(people, loaded.preprocess), torch.device("cpu"))
         figures[side] = pair_distances(emb, people.labels)
-    train_threshold, _ = best_threshold(*figures["train"])
+    train_threshold = fit_threshold(*figures["train"])["threshold"]
     val_d, val_same = figures["val"]
     report = verification_report(val_d, val_same)
     return {
@@ -65,7 +66,7 @@ def verification_of(checkpoint: Path) -> dict:
         "train_threshold": round(train_threshold, 4),
         "held_out_accuracy_at_best_threshold": round(report["accuracy"], 4),
         "held_out_best_threshold": round(report["threshold"], 4),
-        "held_out_roc_auc": round(report["auc"], 4),
+        "held_out_roc_auc": round(report["roc_auc"], 4),
         "held_out_same_pairs": report["same_pairs"], "held_out_different_pairs": report["different_pairs"],
         "threshold_stored_in_checkpoint": round(float(meta["threshold"]), 4),
     }
@@ -102,7 +103,7 @@ def main() -> None:
             "target_accuracy": 0.95,
             "train_wall_s": round(wall, 1),
             "train_images_per_s_median_epoch": round(statistics.median(float(r["train_images_per_s"]) for r in rows), 1),
-            "val_auc_per_epoch": [round(float(r["val_auc"]), 4) for r in rows],
+            "val_roc_auc_per_epoch": [round(float(r["val_roc_auc"]), 4) for r in rows],
             "train_command": "cvtool " + " ".join(train_args),
         }
     write_results("eval_face_train", figures)

@@ -20,6 +20,35 @@ BOXES = [(175, 76, 265, 166), (168, 60, 280, 172), (185, 90, 255, 160), (-40, -3
          (400, 420, 600, 640), (450, 100, 560, 210), (-300, -300, -200, -200), (20, 300, 60, 340)]
 
 
+def parse_shape_predictor_slow(path) -> sp.ShapePredictor:
+    """The same parse, one integer at a time with DlibReader: the reference the fast parser is tested against."""
+    from cvtool.models.dlib.serialize import DlibReader
+
+    r = DlibReader.open(path)
+    r.expect_int(1, "shape_predictor version")
+    initial = r.matrix().reshape(-1)
+    forests = []
+    for _ in range(r.int()):
+        trees = []
+        for _ in range(r.int()):
+            splits = [(r.int(), r.int(), r.real()) for _ in range(r.int())]
+            leaves = [r.matrix().reshape(-1) for _ in range(r.int())]
+            trees.append((splits, leaves))
+        forests.append(trees)
+    anchors = [[r.int() for _ in range(r.int())] for _ in range(r.int())]
+    deltas = [[(r.real(), r.real()) for _ in range(r.int())] for _ in range(r.int())]
+    r.expect_end()
+    return sp.ShapePredictor(
+        initial_shape=initial.astype(np.float32).reshape(-1, 2),
+        split_idx=np.array([[[(a, b) for a, b, _ in sp] for sp, _ in f] for f in forests], np.int64),
+        split_thresh=np.array([[[t for _, _, t in sp] for sp, _ in f] for f in forests], np.float32),
+        leaves=np.array([[lv for _, lv in f] for f in forests], np.float32),
+        anchors=np.array(anchors, np.int64),
+        deltas=np.array(deltas, np.float32),
+        source=str(path),
+    )
+
+
 @pytest.fixture(scope="session")
 def astronaut() -> np.ndarray:
     skimage_data = pytest.importorskip("skimage.data")
@@ -43,7 +72,7 @@ def test_parser_reads_every_byte_of_both_files(predictors):
         # the mean shape sits in (about) the box's unit square; the 68-point chin hangs a little below it
         assert 0 < model.initial_shape.min() and model.initial_shape.max() < 1.1
     # The one-integer-at-a-time reader (which ends with expect_end) agrees array for array.
-    slow = sp.parse_shape_predictor_slow(MODELS / FILES["5"])
+    slow = parse_shape_predictor_slow(MODELS / FILES["5"])
     for field in ("initial_shape", "split_idx", "split_thresh", "leaves", "anchors", "deltas"):
         np.testing.assert_array_equal(getattr(predictors["5"], field), getattr(slow, field), err_msg=field)
 

@@ -310,7 +310,7 @@ def test_face_embed_small_matches_its_registry_entry_and_outputs_unit_vectors():
     size = entry.preprocess().crop_size
     out = model(torch.randn(3, 3, size, size))
     assert out.shape == (3, 128) and torch.allclose(out.norm(dim=1), torch.ones(3), atol=1e-5)
-    assert entry.build(pair_head=True).pair_logit(out[:2], out[1:]).shape == (2,)
+    assert entry.build(pair_head=True).pair_head((out[:2] - out[1:]).abs()).squeeze(-1).shape == (2,)
 
 
 def test_a_collapsed_embedding_is_said_in_the_summary_and_to_the_caller(people_folder, tmp_path):

@@ -41,12 +41,6 @@ class FaceEmbedder(nn.Module):
         """Unit-length embeddings, N x embedding_dim."""
         return nn.functional.normalize(self.embed(self.pool(self.features(x)).flatten(1)).float(), dim=1)
 
-    def pair_logit(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """The binary variant's logit of 'same person' for embeddings a and b (row by row)."""
-        if self.pair_head is None:
-            raise RuntimeError("this embedder was built without pair_head")
-        return self.pair_head((a - b).abs()).squeeze(-1)
-
 
 # RGB (grey photos are decoded to three equal channels), shorter side to 96 px, centre crop, [-1, 1].
 FACE_EMBED_PREPROCESS = Preprocess(crop_size=96, resize_size=96, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))

@@ -307,33 +307,6 @@ def parse_shape_predictor(path: str | Path) -> ShapePredictor:
     )
 
 
-def parse_shape_predictor_slow(path: str | Path) -> ShapePredictor:
-    """The same parse, one integer at a time with DlibReader: the reference the fast parser is tested against."""
-    r = DlibReader.open(path)
-    r.expect_int(1, "shape_predictor version")
-    initial = r.matrix().reshape(-1)
-    forests = []
-    for _ in range(r.int()):
-        trees = []
-        for _ in range(r.int()):
-            splits = [(r.int(), r.int(), r.real()) for _ in range(r.int())]
-            leaves = [r.matrix().reshape(-1) for _ in range(r.int())]
-            trees.append((splits, leaves))
-        forests.append(trees)
-    anchors = [[r.int() for _ in range(r.int())] for _ in range(r.int())]
-    deltas = [[(r.real(), r.real()) for _ in range(r.int())] for _ in range(r.int())]
-    r.expect_end()
-    return ShapePredictor(
-        initial_shape=initial.astype(np.float32).reshape(-1, 2),
-        split_idx=np.array([[[(a, b) for a, b, _ in sp] for sp, _ in f] for f in forests], np.int64),
-        split_thresh=np.array([[[t for _, _, t in sp] for sp, _ in f] for f in forests], np.float32),
-        leaves=np.array([[lv for _, lv in f] for f in forests], np.float32),
-        anchors=np.array(anchors, np.int64),
-        deltas=np.array(deltas, np.float32),
-        source=str(path),
-    )
-
-
 # ------------------------------------------------------------------------------------------- loading
 
 _memo: dict[tuple, ShapePredictor] = {}
