@@ -1,0 +1,324 @@
+"""`cvtool serve` as a real server process on a free port, spoken to over HTTP (urllib), and the CLI as its
+thin client (CVTOOL_SERVER): records equal the CLI's, the token, path confinement, size limits, bad images,
+concurrency, SIGTERM draining, and no torch in the client."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, SAMPLES, jsonl, run_cli
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+
+DIGITS = SAMPLES / "digits"
+ASTRONAUT = SAMPLES / "photos" / "astronaut.jpg"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    def __init__(self, *args: str, env: dict):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(Path(env["TMPDIR_SERVE"]) / f"serve-{self.port}.log", "w+")
+        self.proc = subprocess.Popen([sys.executable, "-m", "cvtool", "serve", "--port", str(self.port), *args],
+                                     stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited {self.proc.returncode}: {self.text()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/healthz", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError(f"server not up in 60 s: {self.text()}")
+
+    def text(self) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.log.close()
+
+
+def request(url: str, data: bytes | None = None, *, headers: dict | None = None, method: str | None = None):
+    """(status, parsed JSON or bytes) for any answer."""
+    req = urllib.request.Request(url, data=data, headers=headers or {}, method=method or ("POST" if data is not None
+                                                                                           else "GET"))
+    try:
+        with urllib.request.urlopen(req, timeout=120) as response:
+            status, body, kind = response.status, response.read(), response.headers.get("content-type", "")
+    except urllib.error.HTTPError as exc:
+        status, body, kind = exc.code, exc.read(), exc.headers.get("content-type", "")
+    return status, (json.loads(body) if "json" in kind else body)
+
+
+def without_ms(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k != "ms"}
+
+
+@pytest.fixture(scope="module")
+def serve_env(tmp_path_factory, _converted_models_cache) -> dict:
+    home = tmp_path_factory.mktemp("serve_torch_home")
+    env = {**os.environ, "TORCH_HOME": str(home), "CVTOOL_CACHE": str(_converted_models_cache),
+           "CVTOOL_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1", "TMPDIR_SERVE": str(tmp_path_factory.mktemp("logs"))}
+    for name in ("CVTOOL_OFFLINE", "CVTOOL_SERVER", "CVTOOL_TOKEN", "CVTOOL_WEIGHTS_MIRROR"):
+        env.pop(name, None)
+    return env
+
+
+@pytest.fixture(scope="module")
+def allowed(tmp_path_factory) -> Path:
+    """The --allow-paths directory: a digit, a link to a digit inside, and a link pointing out of it."""
+    root = tmp_path_factory.mktemp("allowed")
+    (root / "digits").mkdir()
+    (root / "digits" / "d3.png").write_bytes((DIGITS / "digit_3.png").read_bytes())
+    (root / "inside.png").symlink_to(root / "digits" / "d3.png")
+    outside = tmp_path_factory.mktemp("outside") / "secret.png"
+    outside.write_bytes((DIGITS / "digit_4.png").read_bytes())
+    (root / "escape.png").symlink_to(outside)
+    (root / "escape_dir").symlink_to(outside.parent)
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(serve_env, allowed):
+    srv = Server("--preload", "classify:lenet5_digits", "--allow-paths", str(allowed), "--max-bytes", "300KB",
+                 env=serve_env)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def bad_image(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("bad") / "bad.png"
+    path.write_bytes(b"this is not a png")
+    return path
+
+
+@pytest.fixture(scope="module")
+def local_records(serve_env, bad_image) -> list[dict]:
+    """What the local CLI prints for the digits and one bad file (the reference for every comparison)."""
+    result = subprocess.run([sys.executable, "-m", "cvtool", "classify", str(DIGITS), str(bad_image), "--model",
+                             "lenet5_digits", "-k", "3", "-f", "jsonl"], capture_output=True, text=True, env=serve_env,
+                            cwd=ROOT, timeout=300)
+    assert result.returncode == 1, result.stderr  # the bad file fails, the batch goes on
+    return jsonl(result.stdout)
+
+
+def upload(url: str, path: Path, name: str | None = None, headers: dict | None = None):
+    return request(f"{url}&name={name or path}" if "?" in url else f"{url}?name={name or path}", path.read_bytes(),
+                   headers={"Content-Type": "application/octet-stream", **(headers or {})})
+
+
+def test_classify_records_equal_the_cli(server, local_records, bad_image):
+    remote = []
+    for record in local_records:
+        status, answer = upload(f"{server.url}/classify?model=lenet5_digits&top_k=3", Path(record["path"]),
+                                record["path"])
+        remote.append(answer)
+        assert status == (422 if "error" in record else 200)
+    assert [without_ms(r) for r in remote] == [without_ms(r) for r in local_records]
+    assert remote[-1] == {"path": str(bad_image), "error": "not an image (unrecognised format)"}
+    assert "POST /classify 422" in server.text()  # one log line per request on stderr
+
+
+def test_thin_client_prints_the_cli_records_without_torch(server, serve_env, local_records, bad_image):
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "cvtool", "classify", str(DIGITS),
+                             str(bad_image), "--model", "lenet5_digits", "-k", "3", "-f", "jsonl"],
+                            capture_output=True, text=True, env={**serve_env, "CVTOOL_SERVER": server.url}, cwd=ROOT,
+                            timeout=120)
+    assert result.returncode == 1  # as locally: one input failed
+    assert [without_ms(r) for r in jsonl(result.stdout)] == [without_ms(r) for r in local_records]
+    assert f"cvtool: {bad_image}: not an image (unrecognised format)" in result.stderr.splitlines()
+    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time")}
+    assert "cvtool.serve.client" in imported
+    assert not {m for m in imported if m == "torch" or m.startswith(("torch.", "torchvision", "fastapi"))}
+
+
+def test_unreachable_server_is_one_line_and_exit_2(serve_env):
+    result = subprocess.run([sys.executable, "-m", "cvtool", "verify-face", str(ASTRONAUT), str(ASTRONAUT)],
+                            capture_output=True, text=True, cwd=ROOT, timeout=60,
+                            env={**serve_env, "CVTOOL_SERVER": f"http://127.0.0.1:{free_port()}"})
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cvtool: cannot reach the cvtool server at http://127.0.0.1:")
+
+
+def test_server_paths_are_confined_to_allow_paths(server, allowed):
+    url = f"{server.url}/classify?model=lenet5_digits&top_k=1&path="
+    status, record = request(url + "digits/d3.png", b"")
+    assert status == 200 and record["path"] == "digits/d3.png" and record["result"]["top_k"][0]["label"] == "3"
+    status, record = request(url + "inside.png", b"")  # a link that stays inside is fine
+    assert status == 200 and record["result"]["top_k"][0]["label"] == "3"
+    refused = {
+        "/etc/passwd": "outside --allow-paths",
+        "../outside/secret.png": "'..' is not allowed in a server path",
+        "digits/../../x.png": "'..' is not allowed in a server path",
+        "escape.png": "outside --allow-paths",
+        "escape_dir/secret.png": "outside --allow-paths",
+    }
+    for path, reason in refused.items():
+        status, answer = request(url + path, b"")
+        assert status == 403, path
+        assert answer["path"] == path and answer["error"].startswith(reason), answer
+    status, answer = request(f"{server.url}/classify?model=lenet5_digits&weights=/etc/passwd", b"x")
+    assert status == 403 and answer["path"] == "/etc/passwd" and "outside --allow-paths" in answer["error"]
+
+
+def test_oversized_upload_is_413_and_bad_requests_are_one_line(server):
+    status, answer = request(f"{server.url}/classify?model=lenet5_digits", b"\0" * 400_000,
+                             headers={"Content-Type": "application/octet-stream"})
+    assert status == 413
+    assert answer["error"] == "request body over the server's limit of 307200 bytes (--max-bytes)"
+    status, answer = request(f"{server.url}/classify?model=no_such_model", (DIGITS / "digit_1.png").read_bytes())
+    assert status == 400 and answer["error"].startswith("unknown model 'no_such_model'")
+    status, answer = request(f"{server.url}/classify?top_k=0", b"x")
+    assert status == 400 and answer == {"path": None, "error": "top_k: Input should be greater than or equal to 1"}
+    status, answer = request(f"{server.url}/classify?model=lenet5_digits", b"")
+    assert status == 400 and answer["error"].startswith("no image in the request")
+    assert "Traceback" not in server.text()
+
+
+def test_concurrent_requests_give_the_sequential_records(server):
+    files = sorted(DIGITS.glob("*.png"))
+
+    def one(path: Path) -> dict:
+        status, record = upload(f"{server.url}/classify?model=lenet5_digits&top_k=2", path)
+        assert status == 200
+        return without_ms(record)
+
+    sequential = [one(p) for p in files]
+    with ThreadPoolExecutor(8) as pool:
+        concurrent = list(pool.map(one, files * 4))
+    assert concurrent == sequential * 4
+    status, models = request(f"{server.url}/models")
+    loaded = [m for m in models["loaded"] if m["task"] == "classify"]
+    assert len(loaded) == 1 and loaded[0]["model"] == "lenet5_digits" and loaded[0]["bytes"] > 0
+    assert "loaded classify lenet5_digits" in server.text() and server.text().count("loaded classify") == 1
+
+
+def test_verify_face_records_equal_the_cli(server, serve_env, tmp_path):
+    import cv2
+
+    mirrored = tmp_path / "mirrored.jpg"
+    cv2.imwrite(str(mirrored), cv2.imread(str(ASTRONAUT))[:, ::-1])
+    args = ["verify-face", str(ASTRONAUT), str(mirrored), "-f", "jsonl"]
+    local = subprocess.run([sys.executable, "-m", "cvtool", *args], capture_output=True, text=True, env=serve_env,
+                           cwd=ROOT, timeout=300)
+    remote = subprocess.run([sys.executable, "-m", "cvtool", *args], capture_output=True, text=True,
+                            env={**serve_env, "CVTOOL_SERVER": server.url}, cwd=ROOT, timeout=300)
+    assert local.returncode == remote.returncode == 0, (local.stderr, remote.stderr)
+    [mine], [theirs] = jsonl(local.stdout), jsonl(remote.stdout)
+    assert without_ms(theirs) == without_ms(mine)
+    assert theirs["result"]["same"] is True and theirs["result"]["path_b"] == str(mirrored)
+    # a face that cannot be had: the same line and exit 2 as locally, naming the right image
+    remote = subprocess.run([sys.executable, "-m", "cvtool", "verify-face", str(ASTRONAUT), str(DIGITS / "digit_1.png")],
+                            capture_output=True, text=True, env={**serve_env, "CVTOOL_SERVER": server.url}, cwd=ROOT,
+                            timeout=120)
+    assert remote.returncode == 2
+    assert remote.stderr.strip() == f"cvtool: {DIGITS / 'digit_1.png'}: no face found"
+
+
+def test_token_is_required_and_sigterm_drains(serve_env):
+    srv = Server("--token", "s3cret", env=serve_env)
+    try:
+        digit = (DIGITS / "digit_7.png").read_bytes()
+        url = f"{srv.url}/classify?model=lenet5_digits&top_k=1"
+        assert request(url, digit)[0] == 401
+        assert request(url, digit, headers={"Authorization": "Bearer wrong"})[0] == 401
+        assert request(f"{srv.url}/healthz")[0] == 200
+        status, record = request(url, digit, headers={"Authorization": "Bearer s3cret"})
+        assert status == 200 and record["result"]["top_k"][0]["label"] == "7"
+        # the thin client sends CVTOOL_TOKEN
+        result = run_cli("classify", str(DIGITS / "digit_7.png"), "--model", "lenet5_digits", "-f", "jsonl",
+                         env={**serve_env, "CVTOOL_SERVER": srv.url, "CVTOOL_TOKEN": "s3cret"})
+        assert result.returncode == 0 and jsonl(result.stdout)[0]["result"]["top_k"][0]["label"] == "7"
+        result = run_cli("classify", str(DIGITS / "digit_7.png"), "--model", "lenet5_digits",
+                         env={**serve_env, "CVTOOL_SERVER": srv.url, "CVTOOL_TOKEN": ""})
+        assert result.returncode == 2 and "missing or wrong token" in result.stderr
+
+        # SIGTERM while a request is half sent: the server stops taking new ones but answers it, then exits
+        path = "/classify?model=lenet5_digits&top_k=1&name=slow.png"
+        head = (f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\n"
+                f"Content-Type: application/octet-stream\r\nContent-Length: {len(digit)}\r\n\r\n").encode()
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=30) as sock:
+            sock.sendall(head + digit[:100])
+            time.sleep(0.5)
+            srv.proc.send_signal(signal.SIGTERM)
+            time.sleep(1.0)
+            assert srv.proc.poll() is None  # still draining
+            sock.sendall(digit[100:])
+            answer = b""
+            while b"\r\n\r\n" not in answer or len(answer.split(b"\r\n\r\n", 1)[1]) < 50:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+        assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["path"] == "slow.png"
+        # uvicorn re-raises the signal once drained: the process ends as SIGTERM ends it (143 in a shell)
+        assert srv.proc.wait(30) in (0, -signal.SIGTERM)
+        assert "Traceback" not in srv.text()
+    finally:
+        srv.stop()
+
+
+def test_non_loopback_bind_needs_a_token(serve_env):
+    result = subprocess.run([sys.executable, "-m", "cvtool", "serve", "--host", "0.0.0.0", "--port", str(free_port())],
+                            capture_output=True, text=True, env=serve_env, cwd=ROOT, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("cvtool: --host 0.0.0.0 is reachable from other machines: give --token")
+
+
+def test_registry_loads_a_key_once_and_keeps_to_its_budget():
+    import torch
+
+    from cvtool.serve.registry import Registry
+
+    builds = []
+
+    def build(n):
+        def make():
+            builds.append(n)
+            time.sleep(0.2)
+            return torch.nn.Linear(n, 1000)  # n * 1000 + 1000 float32 parameters
+        return make
+
+    registry = Registry(budget_bytes=500_000)
+    with ThreadPoolExecutor(4) as pool:
+        entries = list(pool.map(lambda _: registry.get(("classify", "a", None, "torch"), build(100)), range(4)))
+    assert builds == [100] and all(e.obj is entries[0].obj for e in entries)
+    assert entries[0].bytes == (100 * 1000 + 1000) * 4
+    registry.get(("classify", "b", None, "torch"), build(100))  # 808 KB in all, over the budget: the older, "a" goes
+    assert [m["model"] for m in registry.describe()] == ["b"]
+    registry.get(("classify", "a", None, "torch"), build(10))
+    assert builds == [100, 100, 10]
