@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test bench bench-startup bench-throughput bench-bad-inputs bench-segment bench-detect bench-video bench-onnx eval-train eval-face-train eval-segment eval-style eval-detect eval-face-port eval-face-landmarks eval-face sample-images lenet-digits clean
+.PHONY: install demo test bench bench-startup bench-throughput bench-bad-inputs bench-segment bench-detect bench-video bench-onnx bench-serve eval-train eval-face-train eval-segment eval-style eval-detect eval-face-port eval-face-landmarks eval-face sample-images lenet-digits clean
 
 ## install: a virtual environment in .venv with cvtool (editable) and the dev tools
 install:
@@ -43,6 +43,10 @@ bench-video:
 ## bench-onnx: onnxruntime vs PyTorch eager on the CPU, batch 1 and 8 (a few minutes)
 bench-onnx:
 	$(BIN)/python bench/onnx_speed.py
+
+## bench-serve: verify-face in a shell loop with and without `cvtool serve`; /detect with 8 clients vs 1; RSS (a few minutes)
+bench-serve:
+	$(BIN)/python bench/serve_loop.py
 
 ## eval-style: style-transfer speed, and a contact sheet from ../shared/datasets/style (a few minutes)
 eval-style:
