@@ -515,7 +515,7 @@ def export_cmd(
         from cvtool.api import export_onnx
 
         report = export_onnx(target, out, weights=weights, img_size=img_size, dynamic_batch=dynamic_batch,
-                             opset=opset, tolerance=tolerance)
+                             opset=opset, tolerance=tolerance, on_start=info)
         typer.echo(f"{report['path']}: onnxruntime matches PyTorch, max abs diff {report['max_abs_diff']:.3g} "
                    f"({report['relative']:.3g} of the output scale; tolerance {tolerance:g}); opset {report['opset']}, "
                    f"{report['exporter']} exporter, {report['bytes'] / 1e6:.1f} MB")

@@ -1,7 +1,13 @@
 """Turning what the user typed (files, folders, globs, `-`) into a lazy stream of image paths.
 
 Lazy so that `find ... | cvtool classify -` starts working on the first path at once; problems with
-a spec (nothing matches, no such file) become error items so the batch reports them and goes on.
+a spec (nothing matches, no such file, a FIFO or device rather than a file) become error items so the
+batch reports them and goes on. Only regular files and cameras (`cam:N`) are inputs: a FIFO would block
+the batch forever, a device never ends.
+
+With an --out directory, files named like cvtool outputs lying in it (cvtool.io.outputs.is_previous_output)
+are outputs of an earlier run, not inputs, when a directory, glob or stdin lists them; a file named
+explicitly on the command line is always an input, and is protected from being overwritten.
 """
 
 from __future__ import annotations
@@ -11,9 +17,11 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, TextIO
+from typing import Callable, Iterable, Iterator, TextIO
 
+from cvtool.io.files import not_regular_reason
 from cvtool.io.image import IMAGE_SUFFIXES
+from cvtool.io.outputs import is_previous_output, start_batch
 from cvtool.io.video import VIDEO_SUFFIXES
 
 MEDIA_SUFFIXES = IMAGE_SUFFIXES | VIDEO_SUFFIXES  # what a directory holds for the commands that take videos
@@ -28,16 +36,29 @@ class InputItem:
     error: str | None = None
 
 
+class _Skipped:
+    def __init__(self):
+        self.previous_outputs = 0
+
+
 def iter_inputs(
     specs: Iterable[str],
     *,
     recursive: bool = False,
     stdin: TextIO | None = None,
     suffixes: frozenset[str] = IMAGE_SUFFIXES,
+    out_dir: str | Path | None = None,
+    skipped: _Skipped | None = None,
 ) -> Iterator[InputItem]:
+    """The inputs, each once; with `out_dir`, previous cvtool outputs in it listed by a directory, glob or
+    stdin are left out (counted in `skipped`)."""
     seen: set[str] = set()
+    skipped = skipped if skipped is not None else _Skipped()
     for spec in specs:
-        expanded = _from_stdin(stdin, recursive, suffixes) if spec == "-" else _expand(spec, recursive, suffixes)
+        if spec == "-":
+            expanded = _from_stdin(stdin, recursive, suffixes, out_dir, skipped)
+        else:
+            expanded = _expand(spec, recursive, suffixes, out_dir, skipped, explicit=True)
         for item in expanded:
             key = item.path if item.error else os.path.realpath(item.path)
             if key in seen:
@@ -46,47 +67,114 @@ def iter_inputs(
             yield item
 
 
-def _from_stdin(stdin: TextIO | None, recursive: bool, suffixes) -> Iterator[InputItem]:
+def expand_inputs(
+    specs: list[str],
+    *,
+    recursive: bool = False,
+    stdin: TextIO | None = None,
+    out_dir: str | Path | None = None,
+    suffixes: frozenset[str] = MEDIA_SUFFIXES,
+    on_previous_outputs: Callable[[int], None] | None = None,
+) -> tuple[Iterator[InputItem], int | None]:
+    """A batch's inputs, protected from being overwritten, and their count when known up front (for a
+    progress bar: None when paths come from stdin or a video or camera makes the frame count unknown).
+
+    The batch starts here (cvtool.io.outputs.start_batch): every input, from the command line at once and
+    from stdin as it is read, is an input no output may be written onto. `on_previous_outputs(n)` is told,
+    once the inputs are all listed, how many previous cvtool outputs in `out_dir` were not taken as inputs.
+    """
+    from cvtool.errors import UsageError
+    from cvtool.io.video import is_stream
+
+    if specs.count("-") > 1:
+        raise UsageError("'-' (read paths from stdin) may be given once")
+    guard = start_batch(spec for spec in specs if spec != "-" and os.path.lexists(spec))
+    skipped = _Skipped()
+
+    def guarded(items: Iterable[InputItem]) -> Iterator[InputItem]:
+        for item in items:
+            if item.error is None:
+                guard.add(item.path)
+            yield item
+        if skipped.previous_outputs and on_previous_outputs is not None:
+            on_previous_outputs(skipped.previous_outputs)
+
+    items = guarded(iter_inputs(specs, recursive=recursive, stdin=stdin, suffixes=suffixes, out_dir=out_dir,
+                                skipped=skipped))
+    if "-" in specs:
+        return items, None
+    listed = list(items)
+    unknown = any(i.error is None and is_stream(i.path) for i in listed)  # frames: unknown
+    return iter(listed), None if unknown else len(listed)
+
+
+def _from_stdin(stdin: TextIO | None, recursive: bool, suffixes, out_dir, skipped) -> Iterator[InputItem]:
     if stdin is None:
         return
     for line in stdin:
         spec = line.strip()
         if spec and not spec.startswith("#"):
-            yield from _expand(spec, recursive, suffixes)
+            yield from _expand(spec, recursive, suffixes, out_dir, skipped, explicit=False)
 
 
-def _expand(spec: str, recursive: bool, suffixes) -> Iterator[InputItem]:
+def _expand(spec: str, recursive: bool, suffixes, out_dir, skipped, *, explicit: bool) -> Iterator[InputItem]:
     path = Path(spec)
     if path.is_dir():
-        yield from _directory(spec, recursive, suffixes)
+        yield from _directory(spec, recursive, suffixes, out_dir, skipped)
     elif _CAMERA.fullmatch(spec):  # camera N (cvtool.io.video), never a file of that name
         yield InputItem(spec)
     elif path.exists() or path.is_symlink():
-        yield InputItem(spec)
+        if not explicit and is_previous_output(spec, out_dir):
+            skipped.previous_outputs += 1
+        else:
+            yield _file_item(spec)
     elif _GLOB_CHARS & set(spec):
         matches = sorted(glob.glob(spec, recursive=True))
         if not matches:
             yield InputItem(spec, "no files match this pattern")
+        previous = 0
         for match in matches:
-            if Path(match).is_file():
-                yield InputItem(match)
+            if os.path.isdir(match) or not os.path.lexists(match):
+                continue
+            if is_previous_output(match, out_dir):
+                previous += 1
+                continue
+            yield _file_item(match)
+        skipped.previous_outputs += previous
+        if previous and all(os.path.isdir(m) or is_previous_output(m, out_dir) for m in matches):
+            yield InputItem(spec, f"only previous cvtool outputs in --out match this pattern ({previous}); "
+                                  "they are not inputs")
     else:
         yield InputItem(spec, "no such file or directory")
 
 
-def _directory(spec: str, recursive: bool, suffixes) -> Iterator[InputItem]:
+def _file_item(path: str) -> InputItem:
+    """A regular file (or a dangling link, reported when read); a FIFO, socket or device is an error item."""
+    reason = not_regular_reason(path)
+    return InputItem(path, reason) if reason else InputItem(path)
+
+
+def _directory(spec: str, recursive: bool, suffixes, out_dir, skipped) -> Iterator[InputItem]:
     found = False
     has_subdirs = False
+    previous = 0
     for root, dirs, files in os.walk(spec):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         has_subdirs = has_subdirs or bool(dirs)
         for name in sorted(files):
             if not name.startswith(".") and Path(name).suffix.lower() in suffixes:
+                path = os.path.join(root, name)
+                if is_previous_output(path, out_dir):
+                    previous += 1
+                    continue
                 found = True
-                yield InputItem(os.path.join(root, name))
+                yield _file_item(path)
         if not recursive:
             break
+    skipped.previous_outputs += previous
     if not found:
         hint = " (it has subdirectories: add --recursive)" if has_subdirs and not recursive else ""
         what = "image or video" if suffixes & VIDEO_SUFFIXES else "image"
+        if previous:
+            hint += f" ({previous} previous cvtool output(s) in --out are not inputs)"
         yield InputItem(spec, f"no {what} files in directory{hint}")

@@ -1,11 +1,102 @@
-"""Predictable output file names inside --out, that never land on an input."""
+"""Predictable output file names inside --out, that never land on an input.
+
+Two rules keep inputs safe whatever --out says (the README's "Outputs" section states them for users):
+
+1. Files named like cvtool outputs (`is_output_name`) that lie directly in the --out directory are
+   previous outputs, not inputs, when they come from a directory, a glob or stdin
+   (`cvtool.io.inputs.expand_inputs` leaves them out), so a re-run never makes `photo.detect.detect.jpg`.
+2. Every input of the running batch is protected (`InputGuard`): no output is ever written onto one
+   (`check_not_input`, called by `OutputNamer`, `refuse_overwriting_input` and every atomic write); that
+   input fails with one error line and the batch goes on.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
+import re
+import tempfile
+import threading
 from pathlib import Path
+from typing import Iterable, Iterator
 
-from cvtool.errors import InputError
+from cvtool.errors import InputError, UsageError
+
+# Every name a command writes into --out, as `<stem><one of these>` (stem may carry `-<8 hex>`):
+# classify .json/.classify.mp4; detect .detect.jpg/.detect.mp4 and crops .cropNNN-LABEL.jpg; segment .mask.png,
+# .overlay.(png|jpg|jpeg), .mask-LABEL.png, .segment.mp4; verify-face .faces.jpg/.faces.mp4, .vs.OTHER.jpg;
+# stylize .stylized.png/.stylized.mp4, .stepNNNN.png. A new kind of output must be added here (OutputNamer checks).
+_OUTPUT_NAME = re.compile(
+    r".+(\.json|\.classify\.mp4|\.detect\.jpg|\.detect\.mp4|\.crop\d{3}-[\w-]*\.jpg|\.mask\.png|\.mask-[\w-]*\.png"
+    r"|\.overlay\.(png|jpe?g)|\.segment\.mp4|\.faces\.jpg|\.faces\.mp4|\.vs\..+\.jpg|\.stylized\.png|\.stylized\.mp4"
+    r"|\.step\d{4}\.png)"
+)
+
+
+def is_output_name(name: str) -> bool:
+    """Whether a file name is one cvtool writes into --out (`photo.detect.jpg`, `photo-1a2b3c4d.mask.png`, ...)."""
+    return _OUTPUT_NAME.fullmatch(name) is not None
+
+
+def is_previous_output(path: str | Path, out_dir: str | Path | None) -> bool:
+    """A file named like a cvtool output lying directly in `out_dir`: an output of an earlier run."""
+    if out_dir is None:
+        return False
+    path = Path(path)
+    return is_output_name(path.name) and os.path.realpath(path.parent) == os.path.realpath(out_dir)
+
+
+class InputGuard:
+    """The real paths of a batch's inputs, which no output may be written onto."""
+
+    def __init__(self, paths: Iterable[str | Path] = ()):
+        self._paths: set[str] = set()
+        self._lock = threading.Lock()
+        for path in paths:
+            self.add(path)
+
+    def add(self, path: str | Path) -> None:
+        key = os.path.realpath(path)
+        with self._lock:
+            self._paths.add(key)
+
+    def __contains__(self, path: str | Path) -> bool:
+        return os.path.realpath(path) in self._paths
+
+
+_current = InputGuard()
+
+
+def start_batch(paths: Iterable[str | Path] = ()) -> InputGuard:
+    """A new batch begins: its inputs (these, and those added to the returned guard) are protected until
+    the next batch starts. The CLI runs one batch per process; a library caller may prefer `protecting`."""
+    global _current
+    _current = InputGuard(paths)
+    return _current
+
+
+@contextlib.contextmanager
+def protecting(paths: Iterable[str | Path] = ()) -> Iterator[InputGuard]:
+    """Protect these inputs (and those added to the guard) for the duration of the block."""
+    global _current
+    previous, _current = _current, InputGuard(paths)
+    try:
+        yield _current
+    finally:
+        _current = previous
+
+
+def protect(path: str | Path) -> None:
+    """Add one more input to the running batch (e.g. a style image read beside the contents)."""
+    _current.add(path)
+
+
+def check_not_input(target: str | Path, input_path: str | None = None) -> None:
+    """Refuse to write `target` when it is an input of the running batch (symlinks resolved)."""
+    if target in _current:
+        raise InputError(f"output {target} would overwrite an input of this batch; choose another --out",
+                         input_path or target)
 
 
 class OutputNamer:
@@ -13,6 +104,9 @@ class OutputNamer:
     `OUT/photo-<8 hex of its absolute path><suffix>`, so names are stable across re-runs of the same batch."""
 
     def __init__(self, out_dir: str | Path, suffix: str):
+        if not is_output_name(f"x{suffix}"):
+            raise ValueError(f"output suffix {suffix!r} is not in cvtool.io.outputs._OUTPUT_NAME; add it there, "
+                             "or a re-run would take these outputs as inputs")
         self.out_dir = Path(out_dir)
         self.suffix = suffix
         self._by_input: dict[str, Path] = {}
@@ -40,9 +134,40 @@ class OutputNamer:
 
 
 def refuse_overwriting_input(target: str | Path, input_path: str) -> None:
-    """Inputs are never overwritten, whatever --out says."""
-    if Path(target).resolve() == Path(input_path).resolve():
+    """Inputs are never overwritten, whatever --out says: neither this output's own input nor any other
+    input of the running batch."""
+    if os.path.realpath(target) == os.path.realpath(input_path):
         raise InputError(f"output {target} would overwrite the input; choose another --out", input_path)
+    check_not_input(target, input_path)
+
+
+def check_out_dir(out: Path | None, *, skip_existing: bool = False) -> None:
+    """Before any work: --out is a directory we can write into (created if missing), or a UsageError."""
+    if skip_existing and out is None:
+        raise UsageError("--skip-existing needs --out DIR")
+    if out is None:
+        return
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} exists and is not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise UsageError(f"--out {out}: cannot create it (a part of the path is a file)") from None
+    except OSError as exc:
+        raise UsageError(f"--out {out}: cannot create it ({_reason(exc)})") from None
+    try:  # the real test: os.access says yes to root on a read-only mount, and no to nothing else reliably
+        fd, probe = tempfile.mkstemp(prefix=".cvtool-write-test.", dir=out)
+    except OSError as exc:
+        raise UsageError(f"--out {out}: not writable ({_reason(exc)})") from None
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(probe)
+
+
+def _reason(exc: OSError) -> str:
+    text = exc.strerror or type(exc).__name__
+    return text[0].lower() + text[1:]
 
 
 def safe_name(label: str) -> str:

@@ -17,7 +17,9 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from cvtool.errors import InputError  # noqa: E402
-from cvtool.io.atomic import _UMASK  # noqa: E402
+from cvtool.io.atomic import _UMASK, WriteError  # noqa: E402
+from cvtool.io.files import not_regular_reason  # noqa: E402
+from cvtool.io.outputs import check_not_input  # noqa: E402
 
 if hasattr(cv2, "utils") and hasattr(cv2.utils, "logging"):
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # e.g. V4L2's "can't open camera by index"
@@ -43,8 +45,11 @@ def is_stream(spec: str | Path) -> bool:
 
 def open_video(path: str | Path) -> tuple[cv2.VideoCapture, float, int]:
     """(capture, fps, frame count); InputError when OpenCV cannot read it."""
-    if not Path(path).is_file():
+    if not Path(path).exists():
         raise InputError("no such file", path)
+    reason = not_regular_reason(path)  # a FIFO would block FFmpeg (and the batch) forever
+    if reason is not None:
+        raise InputError(reason, path)
     capture = cv2.VideoCapture(str(path))
     if not capture.isOpened():
         raise InputError("not a video OpenCV can read", path)
@@ -86,8 +91,13 @@ class AtomicVideoWriter:
 
     def __init__(self, path: str | Path, fps: float, size: tuple[int, int]):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self.tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=self.path.suffix, dir=self.path.parent)
+        check_not_input(self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, self.tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=self.path.suffix,
+                                            dir=self.path.parent)
+        except OSError as exc:  # read-only or full --out: this input's error line, not a crash
+            raise WriteError(self.path, exc) from exc
         os.close(fd)
         fourcc = cv2.VideoWriter_fourcc(*("mp4v" if self.path.suffix.lower() in (".mp4", ".m4v", ".mov") else "MJPG"))
         self.writer = cv2.VideoWriter(self.tmp, fourcc, fps, size)
