@@ -375,6 +375,13 @@ def test_broken_embedder_weights_give_an_error_not_a_verdict(engine):
         face.verify(broken, FACES / "obama" / "obama1.jpg", FACES / "obama" / "obama2.jpg")
     assert str(caught.value) == (f"{FACES / 'obama' / 'obama1.jpg'}: the embedder gave a non-finite descriptor for "
                                  f"face 0 at {caught.value.reason.split(' at ')[1].split(' (')[0]} (broken weights?)")
+    # Identification: that image's record carries the error and names nobody; the batch is not stopped.
+    gallery = face.Gallery(["obama"], np.ones((1, 128), np.float32))
+    pipeline = face.IdentifyPipeline(broken, gallery)
+    blank = pipeline.prepare_array(np.full((100, 100, 3), 128, np.uint8))
+    results = pipeline.predict([pipeline.prepare(str(FACES / "obama" / "obama1.jpg")), blank])
+    assert results[0]["faces"] == [] and results[0]["error"].startswith("the embedder gave a non-finite descriptor")
+    assert results[1]["faces"] == [] and "error" not in results[1]
 
 
 @needs_faces
