@@ -198,9 +198,7 @@ def _load(model: str | None, *, task: str, weights, device: str, backend: str, d
 
 def describe_loaded(loaded) -> str:
     """`resnet18 on cpu, weights resnet18-f37072fd.pth (sha256 f37072fd4e0b)`: the line the CLI logs."""
-    from cvtool.models import onnx_backend
-
-    where = "onnxruntime" if isinstance(loaded.module, onnx_backend.OnnxNetwork) else loaded.device
+    where = "onnxruntime" if loaded.backend == "onnxruntime" else loaded.device
     return f"{loaded.name} on {where}, weights {Path(loaded.weights_path).name} (sha256 {loaded.weights_sha256[:12]})"
 
 
@@ -440,11 +438,8 @@ class Detector(_Task):
 
 
 def default_conf(loaded) -> float:
-    """The confidence threshold a model's scores call for (declared by the model; 0.25 otherwise)."""
-    contract = getattr(loaded, "contract", None)
-    if contract is not None and getattr(contract, "default_conf", None) is not None:
-        return float(contract.default_conf)
-    return float(getattr(loaded.module, "default_conf", 0.25))
+    """The confidence threshold a model's scores call for (declared on its registry entry; 0.25 otherwise)."""
+    return float(loaded.default_conf) if loaded.default_conf is not None else 0.25
 
 
 class Segmenter(_Task):
@@ -534,11 +529,9 @@ class Stylizer(_Task):
             raise UsageError(f"unknown style setting: {exc}") from None
         loaded = _load(vgg, task="classify", weights=weights, device=device, backend="torch", default=vgg,
                        progress=progress, on_export=None)
-        import torch
-
-        features = getattr(loaded.module, "features", None)  # torchvision's VGGs keep their conv stack there
-        if not isinstance(features, torch.nn.Sequential):
+        if loaded.contract.feature_stack is None:
             raise UsageError(f"{loaded.name} has no VGG-style feature stack; use --vgg vgg19 or vgg16")
+        features = loaded.contract.feature_stack(loaded.module)
         self.stylizer = task.Stylizer(features, loaded.preprocess.mean, loaded.preprocess.std, self.settings,
                                       loaded.device)
         self.stylizer.set_styles([load_image(s, max_pixels=max_pixels) for s in styles])
@@ -750,12 +743,14 @@ def list_models(task: str | None = None) -> list[dict]:
 
 def export_onnx(target: str | Path, out: str | Path | None = None, *, weights: str | Path | None = None,
            img_size: int | None = None, dynamic_batch: bool = False, opset: int | None = None,
-           tolerance: float = 1e-4) -> dict:
+           tolerance: float = 1e-4, on_start: Callable[[str], None] | None = None) -> dict:
     """Export a model name (its default weights, or `weights`) or a checkpoint to ONNX, checked against
     PyTorch with onnxruntime before anything is written. Returns the report (path, max_abs_diff, ...)."""
     from cvtool import export as exporter
 
     loaded = exporter.load_target(str(target), Path(weights) if weights is not None else None)
     target_path = Path(out) if out is not None else exporter.default_out(str(target), loaded)
+    if on_start is not None:
+        on_start(f"exporting {loaded.name} (weights sha256 {loaded.weights_sha256[:12]}) to {target_path}")
     return exporter.export_model(loaded, target_path, img_size=img_size, dynamic_batch=dynamic_batch,
                                  opset=opset, tolerance=tolerance)

@@ -132,7 +132,8 @@ def test_stylize_by_optimisation_names_the_sizes_vgg_cannot_take(images, tmp_pat
     torch.manual_seed(0)
     torch.save(TinyVGG().state_dict(), tmp_path / "vgg.pt")
     register(ModelEntry(name="test_sizes_vgg", task="classify", family="vgg", builder=TinyVGG,
-                        preprocess=lambda: Preprocess(crop_size=32, resize_size=32), classes=lambda: None))
+                        preprocess=lambda: Preprocess(crop_size=32, resize_size=32), classes=lambda: None,
+                        feature_stack=lambda m: m.features))
     try:
         result = CliRunner().invoke(app, [
             "stylize", *images, "--style", str(SAMPLES / "photos" / "coffee.jpg"), "--vgg", "test_sizes_vgg",

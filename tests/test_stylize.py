@@ -47,7 +47,7 @@ def tiny_vgg(tmp_path):
     torch.save(TinyVGG().state_dict(), path)
     register(ModelEntry(name="test_tinyvgg", task="classify", family="vgg", builder=TinyVGG,
                         preprocess=lambda: Preprocess(crop_size=32, resize_size=32),
-                        classes=lambda: [str(i) for i in range(10)]))
+                        classes=lambda: [str(i) for i in range(10)], feature_stack=lambda m: m.features))
     yield path
     unregister("test_tinyvgg")
 

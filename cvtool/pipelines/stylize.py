@@ -65,7 +65,7 @@ def fit_size(rgb: np.ndarray, size: int) -> np.ndarray:
 
 
 def to_tensor(rgb: np.ndarray, device) -> torch.Tensor:
-    return torch.from_numpy(rgb).permute(2, 0, 1).float().div(255).unsqueeze(0).contiguous().to(device)
+    return torch.from_numpy(np.require(rgb, requirements="W")).permute(2, 0, 1).float().div(255).unsqueeze(0).contiguous().to(device)
 
 
 def to_rgb(tensor: torch.Tensor) -> np.ndarray:
@@ -323,7 +323,7 @@ class FastStylePipeline(_OneImageOut):
 
         tensor = to_tensor(rgb, "cpu")[0]
         forward = lambda b: self.model.module(b.to(self.model.device))  # noqa: E731
-        multiple = self.model.module.size_multiple
+        multiple = self.model.size_multiple
         if self.tile:
             if self.tile % multiple:
                 raise UsageError(f"--tile must be a multiple of {multiple} for {self.model_name}")
