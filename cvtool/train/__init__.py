@@ -44,21 +44,35 @@ class Run:
 def _start(task: str, arch: str, recipe, *, data, out, resume, epochs, device: str, make) -> tuple[Run, Any, Any]:
     """The new-run / resume scaffolding every task shares: (run, args, cfg)."""
     from cvtool.device import resolve_device
+    from cvtool.train import distributed
     from cvtool.train.engine import new_run_dir
 
-    torch_device = resolve_device(device)
+    torch_device = distributed.init(resolve_device(device))  # under torchrun: joins the group, cuda:LOCAL_RANK
     if resume is not None:
         args, cfg = recipe.resumed_arguments(Path(resume), epochs)
         return Run(Path(resume), torch_device, True, getattr(args, "arch", arch)), args, cfg
     args, cfg = make()
-    return Run(new_run_dir(Path(out) if out is not None else None, task, arch), torch_device, False, arch), args, cfg
+    # rank 0 names the run (a default name holds the time) and every rank uses that name
+    run_dir = distributed.broadcast_object(str(new_run_dir(Path(out) if out is not None else None, task, arch)))
+    return Run(Path(run_dir), torch_device, False, arch), args, cfg
 
 
-def _fit(recipe, run: Run, args, cfg, callbacks, on_skip, **options) -> dict:
+def _fit(recipe, run: Run, args, cfg, callbacks, on_skip, sync_bn: bool = False, **options) -> dict:
+    from dataclasses import replace
+
+    from cvtool.train import distributed
+
+    if not distributed.is_main():  # progress and skipped-file lines are rank 0's to report
+        callbacks, on_skip = None, None
     if callbacks is not None:
         callbacks.on_train_start(run)
-    summary = recipe.run_training(args, cfg, run.run_dir, run.device, resume=run.resumed, callbacks=callbacks,
-                                  on_skip=on_skip, **options)
+    if sync_bn:
+        cfg = replace(cfg, sync_bn=True)
+    try:
+        summary = recipe.run_training(args, cfg, run.run_dir, run.device, resume=run.resumed, callbacks=callbacks,
+                                      on_skip=on_skip, **options)
+    finally:
+        distributed.cleanup()
     summary.setdefault("run_dir", str(run.run_dir))
     return summary
 
@@ -74,7 +88,8 @@ def classify(data: str | Path | None = None, *, arch: str = "resnet18", epochs: 
              img_size: int | None = None, val: str | Path | None = None, val_split: float = 0.1,
              pretrained: bool = False, hflip: bool = False, out: str | Path | None = None,
              resume: str | Path | None = None, device: str = "auto", seed: int = 0, workers: int = 0,
-             callbacks=None, on_skip: Callable[[str], None] | None = None, progress: bool = False) -> dict:
+             callbacks=None, on_skip: Callable[[str], None] | None = None, progress: bool = False,
+             sync_bn: bool = False) -> dict:
     """Train a classifier on an ImageFolder tree, a CSV of path,label, or MNIST IDX files."""
     from cvtool.train import classification as recipe
     from cvtool.train.engine import TrainConfig
@@ -88,7 +103,7 @@ def classify(data: str | Path | None = None, *, arch: str = "resnet18", epochs: 
 
     run, args, cfg = _start("classify", arch, recipe, data=data, out=out, resume=resume, epochs=epochs, device=device,
                             make=make)
-    return _fit(recipe, run, args, cfg, callbacks, on_skip, progress=progress)
+    return _fit(recipe, run, args, cfg, callbacks, on_skip, progress=progress, sync_bn=sync_bn)
 
 
 def evaluate_classifier(weights: str | Path, data: str | Path, *, device: str = "auto",
@@ -101,11 +116,12 @@ def evaluate_classifier(weights: str | Path, data: str | Path, *, device: str = 
 
 
 def detect(data: str | Path | None = None, *, arch: str = "yolo", epochs: int | None = None, batch_size: int = 8,
-           lr: float = 5e-3, weight_decay: float = 5e-4, img_size: int = 320, anchors: int = 3, width: int = 16,
+           lr: float = 5e-3, weight_decay: float = 5e-4, optimizer: str = "adamw", img_size: int = 320, anchors: int = 3, width: int = 16,
            hflip: bool = True, backbone: str = "csp", pretrained: bool = False, mosaic: float = 0.5,
            val: str | Path | None = None, val_split: float = 0.2, out: str | Path | None = None,
            resume: str | Path | None = None, device: str = "auto", seed: int = 0, workers: int = 0,
-           callbacks=None, on_skip: Callable[[str], None] | None = None, progress: bool = False) -> dict:
+           callbacks=None, on_skip: Callable[[str], None] | None = None, progress: bool = False,
+             sync_bn: bool = False) -> dict:
     """Train the YOLO-style detector on VOC XML, YOLO txt or COCO JSON data; best.pt by mAP@0.5:0.95."""
     from cvtool.train import detection as recipe
     from cvtool.train.engine import TrainConfig
@@ -123,11 +139,11 @@ def detect(data: str | Path | None = None, *, arch: str = "yolo", epochs: int | 
         args = recipe.DetectTrainArgs(str(data), arch, str(val) if val else None, val_split, img_size, anchors, width,
                                       hflip, backbone, pretrained, mosaic)
         return args, TrainConfig(epochs=epochs or 50, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                                 seed=seed, workers=workers, monitor="val_map50_95", warmup_epochs=1)
+                                 optimizer=optimizer, seed=seed, workers=workers, monitor="val_map50_95", warmup_epochs=1)
 
     run, args, cfg = _start("detect", arch, recipe, data=data, out=out, resume=resume, epochs=epochs, device=device,
                             make=make)
-    return _fit(recipe, run, args, cfg, callbacks, on_skip, progress=progress)
+    return _fit(recipe, run, args, cfg, callbacks, on_skip, progress=progress, sync_bn=sync_bn)
 
 
 def segment(data: str | Path | None = None, *, arch: str = "unet", epochs: int | None = None, batch_size: int = 4,
@@ -135,7 +151,8 @@ def segment(data: str | Path | None = None, *, arch: str = "unet", epochs: int |
             loss: str = "ce+dice", width: int = 32, depth: int = 4, in_channels: int = 1,
             class_names: list[str] | None = None, val: str | Path | None = None, val_split: float = 0.2,
             out: str | Path | None = None, resume: str | Path | None = None, device: str = "auto", seed: int = 0,
-            workers: int = 0, callbacks=None, on_skip: Callable[[str], None] | None = None) -> dict:
+            workers: int = 0, callbacks=None, on_skip: Callable[[str], None] | None = None,
+            sync_bn: bool = False) -> dict:
     """Train a U-Net (or a torchvision segmenter) on images/ + masks/ folder pairs; best.pt by mIoU."""
     from cvtool.train import segmentation as recipe
     from cvtool.train.engine import TrainConfig
@@ -152,7 +169,7 @@ def segment(data: str | Path | None = None, *, arch: str = "unet", epochs: int |
 
     run, args, cfg = _start("segment", arch, recipe, data=data, out=out, resume=resume, epochs=epochs, device=device,
                             make=make)
-    return _fit(recipe, run, args, cfg, callbacks, on_skip)
+    return _fit(recipe, run, args, cfg, callbacks, on_skip, sync_bn=sync_bn)
 
 
 def style(style_image: str | Path | None = None, *, data: str | Path | None = None, epochs: int | None = None,
@@ -175,7 +192,7 @@ def style(style_image: str | Path | None = None, *, data: str | Path | None = No
 
     run, args, cfg = _start("stylize", "fast_style", recipe, data=data, out=out, resume=resume, epochs=epochs,
                             device=device, make=make)
-    return _fit(recipe, run, args, cfg, callbacks, on_skip, progress=progress)
+    return _fit(recipe, run, args, cfg, callbacks, on_skip, progress=progress, sync_bn=sync_bn)
 
 
 def face(data: str | Path | None = None, *, arch: str = "face_embed_small", loss: str = "triplet",
@@ -198,4 +215,4 @@ def face(data: str | Path | None = None, *, arch: str = "face_embed_small", loss
 
     run, args, cfg = _start("face", arch, recipe, data=data, out=out, resume=resume, epochs=epochs, device=device,
                             make=make)
-    return _fit(recipe, run, args, cfg, callbacks, on_skip, progress=progress)
+    return _fit(recipe, run, args, cfg, callbacks, on_skip, progress=progress, sync_bn=sync_bn)

@@ -210,6 +210,8 @@ def run_training(
     if resume:
         trainer.resume(run_dir / "last.pt")
     state = trainer.fit()
+    if not trainer.is_main:  # rank 0 scores, plots and writes the summary; the others get it
+        return trainer.share_summary(None)
 
     best = trainer.load_best_into(run_dir / "best.pt")
     report = evaluate_model(trainer.model, trainer.val_loader, classes, device)
@@ -228,8 +230,9 @@ def run_training(
         "seconds": round(time.perf_counter() - start, 2),
         "checkpoints": {"best": str(run_dir / "best.pt"), "last": str(run_dir / "last.pt")},
     }
+    summary["data_parallel"] = trainer.parallel_summary()
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    return summary
+    return trainer.share_summary(summary)
 
 
 @torch.inference_mode()

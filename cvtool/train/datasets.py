@@ -33,14 +33,24 @@ class LabelledImages:
     classes: list[str]
     origin: str
     skipped: list[str] = field(default_factory=list)  # "path: reason" for files left out
+    size: int | None = None  # files are shrunk to this shorter side when read (decode_all's size)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def subset(self, indices) -> "LabelledImages":
         return LabelledImages(
-            [self.sources[i] for i in indices], [self.labels[i] for i in indices], self.classes, self.origin
+            [self.sources[i] for i in indices], [self.labels[i] for i in indices], self.classes, self.origin,
+            size=self.size,
         )
+
+    def image(self, index: int) -> np.ndarray:
+        """The pixels of sample `index`: kept in memory, or read from disk now (the lazy path), the same either way."""
+        source = self.sources[index]
+        if isinstance(source, np.ndarray):
+            return source
+        image = read_image(source)
+        return _shrink(image, self.size) if self.size else image
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -154,10 +164,21 @@ def open_classification_data(spec: str | Path) -> LabelledImages:
     return data
 
 
+def in_memory_budget() -> int:
+    """Bytes of decoded training pixels kept in memory; above it training reads from disk in the
+    DataLoader workers (CVTOOL_TRAIN_IN_MEMORY_MB overrides; 0 = always from disk)."""
+    import os
+
+    return int(float(os.environ.get("CVTOOL_TRAIN_IN_MEMORY_MB", "1024")) * 2**20)
+
+
 def decode_all(data: LabelledImages, size: int | None, on_skip: Callable[[str], None] | None = None) -> LabelledImages:
-    """Decode every file once before training: bad files are dropped with a warning (not a crash mid-epoch),
-    and the pixels, shrunk to `size` on the shorter side, are kept in memory for every epoch."""
-    sources, labels, skipped = [], [], list(data.skipped)
+    """Decode every file once before training: bad files are dropped with a warning (not a crash mid-epoch).
+    The pixels, shrunk to `size` on the shorter side, are kept in memory for every epoch while they fit
+    in `in_memory_budget()`; a larger data set keeps only the paths, and each epoch decodes (and shrinks)
+    them again, lazily, in the DataLoader workers: the same pixels, in memory that does not grow with the data."""
+    sources, origins, labels, skipped = [], [], [], list(data.skipped)
+    budget, held = in_memory_budget(), 0
     for source, label in zip(data.sources, data.labels):
         try:
             image = source if isinstance(source, np.ndarray) else read_image(source)
@@ -166,14 +187,20 @@ def decode_all(data: LabelledImages, size: int | None, on_skip: Callable[[str], 
             if on_skip:
                 on_skip(str(exc))
             continue
-        sources.append(_shrink(image, size) if size else image)
+        if not isinstance(source, np.ndarray):
+            image = _shrink(image, size) if size else image
+            held += image.nbytes
+        sources.append(image if held <= budget else None)  # pixels are dropped once over the budget
+        origins.append(source)
         labels.append(label)
+    if held > budget:  # too large to hold: every file is read from disk when it is needed
+        sources = origins
     if not sources:
         raise DataError("none of the images could be read", data.origin)
     missing = sorted(set(range(len(data.classes))) - set(labels))
     if missing:
         raise DataError(f"no readable images left for class(es) {', '.join(data.classes[i] for i in missing[:5])}", data.origin)
-    return LabelledImages(sources, labels, data.classes, data.origin, skipped)
+    return LabelledImages(sources, labels, data.classes, data.origin, skipped, size=size)
 
 
 def _shrink(image: np.ndarray, size: int) -> np.ndarray:
@@ -216,8 +243,27 @@ class Augment:
         return np.ascontiguousarray(out)
 
 
+def sample_index(item) -> tuple[int, int | None]:
+    """A dataset's __getitem__ argument: (index, augmentation seed) from the engine's training batches
+    (cvtool.train.engine.EpochBatches), or a bare index (validation, or a caller indexing the dataset
+    itself: the seed is then drawn from torch's RNG)."""
+    if isinstance(item, tuple):
+        return int(item[0]), int(item[1])
+    return int(item), None
+
+
+def augmentation_rng(seed: int | None) -> np.random.Generator:
+    if seed is None:
+        import torch
+
+        seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
+    return np.random.default_rng(seed)
+
+
 class ClassificationDataset:
     """Decoded images -> (preprocessed tensor, label), with augmentation for training."""
+
+    takes_augmentation_seeds = True  # __getitem__((index, seed)): see cvtool.train.engine.EpochBatches
 
     def __init__(self, data: LabelledImages, preprocess: Preprocess, augment: Augment | None = None):
         self.data, self.preprocess, self.augment = data, preprocess, augment
@@ -225,14 +271,11 @@ class ClassificationDataset:
     def __len__(self) -> int:
         return len(self.data)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, item):
         import torch
 
-        image = self.data.sources[index]
-        if not isinstance(image, np.ndarray):
-            image = read_image(image)
+        index, seed = sample_index(item)
+        image = self.data.image(index)
         if self.augment is not None:
-            # drawn from torch's RNG so DataLoader seeding (and resume) governs it
-            seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
-            image = self.augment(image, np.random.default_rng(seed))
+            image = self.augment(image, augmentation_rng(seed))
         return torch.from_numpy(self.preprocess(image)), self.data.labels[index]

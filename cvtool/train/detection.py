@@ -37,9 +37,25 @@ class DetectTrainArgs:
     mosaic: float = 0.0
 
 
+@dataclass(frozen=True)
+class OnDisk:
+    """An image read (and letterboxed) when a DataLoader worker needs it: the lazy path for data sets
+    larger than cvtool.train.datasets.in_memory_budget()."""
+
+    path: Path
+    size: int
+
+    def load(self) -> np.ndarray:
+        return letterbox(read_image(self.path), self.size)[0]
+
+
 def letterboxed(data: BoxedImages, size: int, on_skip=None):
-    """Decode every image once, letterboxed to size x size, with its boxes moved along."""
+    """Decode every image once, letterboxed to size x size, with its boxes moved along; the pixels are
+    kept while they fit in the in-memory budget, else (for every image) read again when needed."""
+    from cvtool.train.datasets import in_memory_budget
+
     images, boxes, labels, kept = [], [], [], []
+    budget, held = in_memory_budget(), 0
     for i, (path, image_boxes, image_labels) in enumerate(zip(data.paths, data.boxes, data.labels)):
         try:
             boxed, box = letterbox(read_image(path), size)
@@ -47,16 +63,21 @@ def letterboxed(data: BoxedImages, size: int, on_skip=None):
             if on_skip:
                 on_skip(str(exc))
             continue
-        images.append(boxed)
+        held += boxed.nbytes
+        images.append(boxed if held <= budget else None)
         boxes.append(box.to_letterboxed(image_boxes).astype(np.float32) if len(image_boxes) else image_boxes)
         labels.append(image_labels)
         kept.append(i)
+    if held > budget:
+        images = [OnDisk(Path(data.paths[i]), size) for i in kept]
     return images, boxes, labels, kept
 
 
 class DetectionDataset:
     """Letterboxed images and boxes; training adds mosaics (with probability `mosaic`), flips,
     scale/shift jitter and colour jitter, all keeping the boxes right."""
+
+    takes_augmentation_seeds = True  # __getitem__((index, seed)): see cvtool.train.engine.EpochBatches
 
     def __init__(self, images, boxes, labels, *, train: bool, hflip: bool = True, mosaic: float = 0.0):
         self.images, self.boxes, self.labels, self.train, self.hflip = images, boxes, labels, train, hflip
@@ -65,28 +86,36 @@ class DetectionDataset:
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int):
-        image, boxes = self.images[index], self.boxes[index].copy()
+    def _image(self, index: int) -> np.ndarray:
+        image = self.images[index]
+        return image if isinstance(image, np.ndarray) else image.load()
+
+    def __getitem__(self, item):
+        from cvtool.train.datasets import augmentation_rng, sample_index
+
+        index, seed = sample_index(item)
+        image, boxes = self._image(index), self.boxes[index].copy()
         labels = self.labels[index]
         if self.train:
-            rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,)).item()))
+            rng = augmentation_rng(seed)
             if self.mosaic and rng.random() < self.mosaic:
-                image, boxes, labels = self._mosaic(index, rng)
+                image, boxes, labels = self._mosaic(index, image, rng)
             image, boxes, labels = self._augment(image, boxes, labels, rng)
         tensor = torch.from_numpy(image).permute(2, 0, 1).float().div(255).contiguous()
         return tensor, {"boxes": torch.from_numpy(boxes).float().reshape(-1, 4), "labels": torch.from_numpy(labels)}
 
-    def _mosaic(self, index: int, rng):
+    def _mosaic(self, index: int, first: np.ndarray, rng):
         """Four training images (this one and three others) tiled 2 x 2 at half size, then a random
         window of 0.5-1x the tiling's side scaled back: more objects and contexts per step."""
-        size = self.images[index].shape[0]
+        size = first.shape[0]
         half = size // 2
         picks = [index, *rng.integers(0, len(self.images), size=3).tolist()]
         canvas = np.empty((2 * half, 2 * half, 3), np.uint8)
         all_boxes, all_labels = [], []
         for k, i in enumerate(picks):
             ox, oy = (k % 2) * half, (k // 2) * half
-            canvas[oy:oy + half, ox:ox + half] = cv2.resize(self.images[i], (half, half), interpolation=cv2.INTER_AREA)
+            tile = first if k == 0 else self._image(i)
+            canvas[oy:oy + half, ox:ox + half] = cv2.resize(tile, (half, half), interpolation=cv2.INTER_AREA)
             if len(self.boxes[i]):
                 all_boxes.append(self.boxes[i] * (half / size) + np.array([ox, oy, ox, oy], np.float32))
                 all_labels.append(self.labels[i])
@@ -283,6 +312,8 @@ def run_training(args: DetectTrainArgs, cfg, run_dir: Path, device, *, resume=Fa
     if resume:
         trainer.resume(run_dir / "last.pt")
     state = trainer.fit()
+    if not trainer.is_main:  # rank 0 scores, plots and writes the summary; the others get it
+        return trainer.share_summary(None)
     best_epoch = trainer.load_best_into(run_dir / "best.pt")
     report = trainer.evaluate(trainer.val_loader)
     scores = task.last_scores
@@ -295,8 +326,9 @@ def run_training(args: DetectTrainArgs, cfg, run_dir: Path, device, *, resume=Fa
         "best_epoch": best_epoch, "val": {**report, "ap50_per_class": scores["ap50_per_class"]},
         "seconds": round(time.perf_counter() - start, 2),
     }
+    summary["data_parallel"] = trainer.parallel_summary()
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    return summary
+    return trainer.share_summary(summary)
 
 
 def resumed_arguments(run_dir: Path, epochs: int | None):

@@ -25,6 +25,7 @@ from torch import nn
 from cvtool.errors import UsageError
 from cvtool.io.atomic import atomic_write_text
 from cvtool.models.checkpoint import load_weights_file, save_checkpoint
+from cvtool.train import distributed
 
 
 @dataclass
@@ -42,6 +43,7 @@ class TrainConfig:
     monitor: str = "val_accuracy"  # the metric that picks best.pt; higher is better, ties go to lower val_loss
     amp: bool = True  # only takes effect on CUDA
     channels_last: bool = True  # only takes effect on CUDA
+    sync_bn: bool = False  # data-parallel on CUDA: batch-norm statistics over the global batch
 
 
 class TrainTask(Protocol):
@@ -116,6 +118,47 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+class EpochBatches:
+    """One epoch's batches as lists of (index, augmentation seed), this process's share of each.
+
+    The global batches are those of a single process: a permutation of the data (or the task's own
+    batch structure, e.g. faces' P x K) drawn from `generator`, which the engine seeds per epoch, cut
+    into `batch_size` pieces. Each sample's augmentation seed is drawn with it from a second generator
+    seeded by the same epoch, so a sample is augmented the same way whichever process, worker or
+    resumed run decodes it. With N processes, rank r takes groups r, r+N, ... of every global batch
+    (a group is one sample, or one identity's K images for P x K batches); a last batch with fewer
+    groups than processes is padded from its start, so every rank takes the same number of steps."""
+
+    def __init__(self, n: int, batch_size: int, *, shuffle: bool, generator: torch.Generator, seed_generator,
+                 rank: int = 0, world: int = 1, batches=None, group: int = 1, with_seeds: bool = True):
+        self.with_seeds = with_seeds  # False: bare indices, for datasets that take nothing else
+        self.n, self.batch_size, self.shuffle, self.generator = n, batch_size, shuffle, generator
+        self.seed_generator, self.rank, self.world, self.batches, self.group = seed_generator, rank, world, batches, group
+
+    def __len__(self) -> int:
+        return len(self.batches) if self.batches is not None else math.ceil(self.n / self.batch_size)
+
+    def _global(self):
+        if self.batches is not None:
+            yield from self.batches
+            return
+        order = torch.randperm(self.n, generator=self.generator).tolist() if self.shuffle else list(range(self.n))
+        for start in range(0, self.n, self.batch_size):
+            yield order[start : start + self.batch_size]
+
+    def __iter__(self):
+        for batch in self._global():
+            seeds = torch.randint(0, 2**31 - 1, (len(batch),), generator=self.seed_generator).tolist()
+            items = list(zip(batch, seeds)) if self.with_seeds else list(batch)
+            if self.world == 1:
+                yield items
+                continue
+            groups = [items[i : i + self.group] for i in range(0, len(items), self.group)]
+            while len(groups) < self.world:
+                groups += groups[: self.world - len(groups)]
+            yield [item for g in groups[self.rank :: self.world] for item in g]
+
+
 class Trainer:
     def __init__(
         self,
@@ -132,8 +175,12 @@ class Trainer:
         collate_fn=None,
         train_batches=None,
     ):
-        self.task, self.cfg, self.run_dir, self.device = task, cfg, Path(run_dir), device
-        self.callbacks = callbacks or Callbacks()
+        self.task, self.cfg, self.run_dir = task, cfg, Path(run_dir)
+        self.device = device = distributed.init(device)  # joins the process group under torchrun
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+        self.is_main = self.rank == 0
+        # progress is rank 0's to show
+        self.callbacks = (callbacks or Callbacks()) if self.is_main else Callbacks()
         self.args = args or {}  # what the user asked for, kept in checkpoints so --resume needs nothing else
         self.extra_fields = extra_fields or {}  # e.g. arch_kwargs, so --weights FILE can rebuild the network
         seed_everything(cfg.seed)
@@ -141,7 +188,9 @@ class Trainer:
         self.on_cuda = device.type == "cuda"
         if self.on_cuda and cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self._train_model = self._wrap(self.model)  # the DDP wrapper under torchrun; self.model stays the module
         self._shuffle_generator = torch.Generator()
+        self._seed_generator = torch.Generator()
         self._collate = collate_fn  # e.g. detection: images stacked, per-image box lists kept apart
         # train_batches(dataset, generator) -> a batch sampler, for tasks whose batches have a structure
         # (faces: P people x K photos each); the default is shuffled batches of cfg.batch_size
@@ -156,18 +205,49 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.on_cuda and cfg.amp)
         self.state = RunState()
 
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        if self.world == 1:
+            return model
+        if self.cfg.sync_bn:
+            if not self.on_cuda:
+                raise UsageError("--sync-bn needs CUDA devices (PyTorch's SyncBatchNorm runs on GPUs only)")
+            self.model = model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        return nn.parallel.DistributedDataParallel(model, device_ids=[self.device.index] if self.on_cuda else None)
+
     def _loader(self, dataset, *, shuffle: bool, batch_size: int):
         common = dict(num_workers=self.cfg.workers, pin_memory=self.on_cuda, persistent_workers=self.cfg.workers > 0,
                       collate_fn=self._collate)
-        if shuffle and self._train_batches is not None:
-            sampler = self._train_batches(dataset, self._shuffle_generator)
-            return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, generator=self._shuffle_generator,
-                                               **common)
-        return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=False,
-                                           generator=self._shuffle_generator if shuffle else None, **common)
+        if not shuffle:  # validation: rank 0 alone goes through all of it
+            return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, **common)
+        structured = self._train_batches(dataset, self._shuffle_generator) if self._train_batches is not None else None
+        group = getattr(structured, "k", 1) if structured is not None else 1
+        global_batch = getattr(structured, "p", 0) * group if structured is not None else batch_size
+        if (global_batch // group) % self.world:
+            what = "identities per batch (-P)" if structured is not None else "--batch-size"
+            raise UsageError(f"{what} {global_batch // group} is split over {self.world} processes: "
+                             f"give a multiple of {self.world}")
+        sampler = EpochBatches(len(dataset), batch_size, shuffle=True, generator=self._shuffle_generator,
+                               seed_generator=self._seed_generator, rank=self.rank, world=self.world,
+                               batches=structured, group=group,
+                               with_seeds=getattr(dataset, "takes_augmentation_seeds", False))
+        return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, generator=self._shuffle_generator, **common)
+
+    def parallel_summary(self) -> dict:
+        """How the run was spread: processes, the global and per-process batch, the learning rate."""
+        sampler = self.train_loader.batch_sampler
+        global_batch = (sampler.batches.p * sampler.group) if sampler.batches is not None else self.cfg.batch_size
+        return {"processes": self.world, "backend": distributed.dist.get_backend() if self.world > 1 else None,
+                "global_batch_size": global_batch, "per_process_batch_size": global_batch // self.world,
+                "lr": self.cfg.lr, "sync_bn": bool(self.cfg.sync_bn and self.world > 1)}
+
+    def share_summary(self, summary: dict | None) -> dict:
+        """Rank 0's summary on every rank (it alone scores and writes after training)."""
+        return distributed.broadcast_object(summary)
 
     # -- checkpoints -------------------------------------------------------------------------
-    def _save(self, name: str) -> Path:
+    def _save(self, name: str) -> Path | None:
+        if not self.is_main:
+            return None
         path = self.run_dir / name
         fields = self.task.checkpoint_fields()
         save_checkpoint(
@@ -218,7 +298,9 @@ class Trainer:
         bit-for-bit the uninterrupted run's.
         """
         created = not self.run_dir.exists()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        distributed.barrier()  # every rank has looked before rank 0 makes it
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         try:
             while self.state.epoch < self.cfg.epochs:
                 row = self._run_epoch(self.state.epoch + 1)
@@ -230,24 +312,27 @@ class Trainer:
                     self.state.best = score
                     self._save("best.pt")
                 self._save("last.pt")
-                self._write_metrics()
+                if self.is_main:
+                    self._write_metrics()
                 self.callbacks.on_epoch_end(row)
         except BaseException:
-            if created and not (self.run_dir / "last.pt").exists():  # no half-made run left behind
+            if self.is_main and created and not (self.run_dir / "last.pt").exists():  # no half-made run left behind
                 shutil.rmtree(self.run_dir, ignore_errors=True)
             raise
+        distributed.barrier()  # best.pt and last.pt are written before any rank reads them
         return self.state
 
     def _run_epoch(self, epoch: int) -> dict:
         # Shuffling depends only on (seed, epoch), so a resumed run sees the same batches.
         self._shuffle_generator.manual_seed(self.cfg.seed * 1_000_003 + epoch)
+        self._seed_generator.manual_seed(self.cfg.seed * 1_000_003 + epoch + 500_009)
         self.model.train()
         self.callbacks.on_epoch_start(epoch, self.cfg.epochs, len(self.train_loader))
         start, seen, loss_sum = time.perf_counter(), 0, 0.0
         for batch_index, (inputs, targets) in enumerate(self.train_loader):
             inputs, targets = self._to_device(inputs), self._to_device(targets)
             with torch.autocast(device_type="cuda", enabled=self.scaler.is_enabled()):
-                loss = self.task.loss(self.model(inputs), targets)
+                loss = self.task.loss(self._train_model(inputs), targets)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
@@ -256,7 +341,11 @@ class Trainer:
             n = _batch_len(targets)
             seen += n
             loss_sum += loss.item() * n
-            self.callbacks.on_batch(epoch, batch_index + 1, loss.item(), seen / (time.perf_counter() - start))
+            self.callbacks.on_batch(epoch, batch_index + 1, loss.item(),
+                                    seen * self.world / (time.perf_counter() - start))
+        totals = distributed.all_reduce_sum(torch.tensor([loss_sum, float(seen)], dtype=torch.float64,
+                                                         device=self.device if self.world > 1 else "cpu"))
+        loss_sum, seen = float(totals[0]), int(totals[1])
         train_seconds = time.perf_counter() - start
         row = {
             "epoch": epoch,
@@ -265,9 +354,9 @@ class Trainer:
             "train_seconds": round(train_seconds, 3),
             "train_images_per_s": round(seen / train_seconds, 2),
         }
-        if self.val_loader is not None:
+        if self.val_loader is not None and self.is_main:  # rank 0 scores the whole validation set
             row.update({f"val_{k}": v for k, v in self.evaluate(self.val_loader).items()})
-        return row
+        return distributed.broadcast_object(row)  # every rank keeps the same history and best
 
     @torch.inference_mode()
     def evaluate(self, loader) -> dict[str, float]:

@@ -394,6 +394,8 @@ def run_training(args: FaceTrainArgs, cfg, run_dir: Path, device, *, resume: boo
     if resume:
         trainer.resume(run_dir / "last.pt")
     state = trainer.fit()
+    if not trainer.is_main:  # rank 0 scores, plots and writes the summary; the others get it
+        return trainer.share_summary(None)
 
     best_epoch = trainer.load_best_into(run_dir / "best.pt")
     val_d, val_same = pair_distances(embed_all(trainer.model, val_set, device), val_data.labels)
@@ -421,5 +423,6 @@ def run_training(args: FaceTrainArgs, cfg, run_dir: Path, device, *, resume: boo
         "seconds": round(time.perf_counter() - start, 2),
         "checkpoints": {"best": str(run_dir / "best.pt"), "last": str(run_dir / "last.pt")},
     }
+    summary["data_parallel"] = trainer.parallel_summary()
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    return summary
+    return trainer.share_summary(summary)

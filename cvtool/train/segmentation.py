@@ -101,22 +101,28 @@ def open_segmentation_data(root: str | Path, class_names: list[str] | None = Non
 class SegmentationDataset:
     """Random crops and flips applied identically to image and mask (training); whole images otherwise."""
 
+    takes_augmentation_seeds = True  # __getitem__((index, seed)): see cvtool.train.engine.EpochBatches
+
     def __init__(self, data: MaskedImages, preprocess: Preprocess, *, crop: int | None, multiple: int, train: bool):
         self.data, self.preprocess, self.crop, self.multiple, self.train = data, preprocess, crop, multiple, train
 
     def __len__(self) -> int:
         return len(self.data.images)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, item):
+        from cvtool.train.datasets import sample_index
+
+        index, seed = sample_index(item)
         image, mask = self.data.images[index], self.data.masks[index]
         if self.train:
-            image, mask = self._augment(image, mask)
+            image, mask = self._augment(image, mask, seed)
         image, mask = self._pad(image, mask)
         return torch.from_numpy(self.preprocess(image)), torch.from_numpy(mask.astype(np.int64))
 
-    def _augment(self, image, mask):
-        seed = int(torch.randint(0, 2**31 - 1, (1,)).item())  # torch's RNG: governed by seeding and resume
-        rng = np.random.default_rng(seed)
+    def _augment(self, image, mask, seed=None):
+        from cvtool.train.datasets import augmentation_rng
+
+        rng = augmentation_rng(seed)  # the engine's per-sample seed: governed by seeding and resume
         h, w = mask.shape
         if self.crop and (h > self.crop or w > self.crop):
             top, left = rng.integers(0, max(1, h - self.crop + 1)), rng.integers(0, max(1, w - self.crop + 1))
@@ -273,6 +279,8 @@ def run_training(args: SegmentTrainArgs, cfg, run_dir: Path, device, *, resume=F
     if resume:
         trainer.resume(run_dir / "last.pt")
     state = trainer.fit()
+    if not trainer.is_main:  # rank 0 scores, plots and writes the summary; the others get it
+        return trainer.share_summary(None)
     best_epoch = trainer.load_best_into(run_dir / "best.pt")
     report = trainer.evaluate(trainer.val_loader)
     plots.save_curves(state.history, run_dir / "curves.png")
@@ -282,8 +290,9 @@ def run_training(args: SegmentTrainArgs, cfg, run_dir: Path, device, *, resume=F
         "val_images": len(val_data.images), "val_names": val_data.names, "skipped_files": len(data.skipped),
         "epochs": state.epoch, "best_epoch": best_epoch, "val": report, "seconds": round(time.perf_counter() - start, 2),
     }
+    summary["data_parallel"] = trainer.parallel_summary()
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    return summary
+    return trainer.share_summary(summary)
 
 
 @torch.inference_mode()

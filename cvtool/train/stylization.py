@@ -56,18 +56,23 @@ def content_images(folder: str, on_skip=None) -> list[np.ndarray]:
 class ContentCrops:
     """Random square crops (scaled to img_size) of the content photos, as [0, 1] tensors; the target is the input."""
 
+    takes_augmentation_seeds = True  # __getitem__((index, seed)): see cvtool.train.engine.EpochBatches
+
     def __init__(self, images: list[np.ndarray], size: int, train: bool):
         self.images, self.size, self.train = images, size, train
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, item):
+        from cvtool.train.datasets import augmentation_rng, sample_index
+
+        index, seed = sample_index(item)
         image = self.images[index]
         h, w = image.shape[:2]
         side = min(h, w)
         if self.train:
-            rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,)).item()))
+            rng = augmentation_rng(seed)
             side = int(side * rng.uniform(0.6, 1.0))
             top, left = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
         else:
@@ -151,12 +156,15 @@ def run_training(args: StyleTrainArgs, cfg, run_dir: Path, device, *, resume=Fal
     if resume:
         trainer.resume(run_dir / "last.pt")
     state = trainer.fit()
+    if not trainer.is_main:  # rank 0 scores, plots and writes the summary; the others get it
+        return trainer.share_summary(None)
     plots.save_curves(state.history, run_dir / "curves.png")
     summary = {"task": "stylize", "arch": "fast_style", "style": args.style, "train_images": len(train),
                "val_images": len(val), "epochs": state.epoch, "val": state.history[-1],
                "seconds": round(time.perf_counter() - start, 2)}
+    summary["data_parallel"] = trainer.parallel_summary()
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    return summary
+    return trainer.share_summary(summary)
 
 
 def resumed_arguments(run_dir: Path, epochs: int | None):
