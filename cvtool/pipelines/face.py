@@ -46,6 +46,11 @@ def source_name(source) -> str:
     return ARRAY_NAME
 
 
+def record_path(source) -> str | None:
+    """A record's `path`/`path_b`: the path, or None for an image that has none (the API's convention)."""
+    return str(source) if isinstance(source, (str, os.PathLike)) else None
+
+
 @dataclass
 class Face:
     box: tuple[float, float, float, float]  # left, top, right, bottom in image pixels
@@ -310,7 +315,7 @@ def verify(engine: FaceEngine, a, b, *, index_a: int | None = None, index_b: int
     """One record: the distance, the threshold and the verdict, with the faces used and why (raises InputError).
 
     `a` and `b` are any image source engine.read takes: paths, encoded bytes, RGB arrays, PIL images;
-    the record names those without a path <bytes> / <array>."""
+    for those without a path the record's path is None and errors name them <bytes> / <array>."""
     start = time.perf_counter()
     names = [source_name(a), source_name(b)]
     images = [engine.read(a), engine.read(b)]
@@ -320,10 +325,10 @@ def verify(engine: FaceEngine, a, b, *, index_a: int | None = None, index_b: int
         engine.describe([image], [[face]], [name])
     dist = distance(chosen[0].descriptor, chosen[1].descriptor)
     return {
-        "path": names[0], "task": TASK, "model": engine.model_name,
+        "path": record_path(a), "task": TASK, "model": engine.model_name,
         "weights_sha256": engine.weights_sha256, "ms": round((time.perf_counter() - start) * 1000, 1),
         "result": {
-            "path_b": names[1], "same": dist < engine.threshold, "distance": round(dist, 4),
+            "path_b": record_path(b), "same": dist < engine.threshold, "distance": round(dist, 4),
             "threshold": engine.threshold, "detector": engine.detector_name, "model": engine.model_name,
             "faces_found": [len(faces[0]), len(faces[1])],
             "face_a": chosen_record(chosen[0]), "face_b": chosen_record(chosen[1]),
@@ -363,9 +368,8 @@ def save_pair(record: dict, engine: FaceEngine, out_dir: Path, images: list | No
     sheet = np.concatenate(panels, axis=1)
     banner = np.full((40, sheet.shape[1], 3), 255, np.uint8)
     cv2.putText(banner, text, (8, 27), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (0, 0, 0), 2, cv2.LINE_AA)
-    stem_b = Path(result["path_b"]).stem if result["path_b"] not in (ARRAY_NAME, BYTES_NAME) else "image_b"
-    target = OutputNamer(out_dir, f".vs.{stem_b}.jpg")(record["path"] if record["path"] not in (ARRAY_NAME, BYTES_NAME)
-                                                         else "image_a")
+    stem_b = Path(result["path_b"]).stem if result["path_b"] else "image_b"
+    target = OutputNamer(out_dir, f".vs.{stem_b}.jpg")(record["path"] or "image_a")
     write_image(target, np.concatenate([banner, sheet], axis=0))
     return [str(target)]
 
@@ -442,7 +446,7 @@ def calibrate(engine: FaceEngine, pairs: list[tuple], on_pair: Callable[[], None
         da, db = descriptor(a), descriptor(b)
         bad = [d for d in (da, db) if isinstance(d, str)]
         if bad:
-            failed.append({"path": source_name(a), "path_b": source_name(b), "error": bad[0]})
+            failed.append({"path": record_path(a), "path_b": record_path(b), "error": bad[0]})
         else:
             rows.append((distance(da, db), same))
         if on_pair:
