@@ -45,6 +45,20 @@ def run_cli(*args: str, stdin: str | None = None, env: dict | None = None, cwd: 
     )
 
 
+def invoke_cli(*args: str, stdin: str | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The same command in this process (typer's CliRunner): returns what run_cli returns, without the
+    ~3 s of importing torch per call. For tests where the separate process adds nothing; an exception
+    that escapes the command is raised here rather than read as exit status 1."""
+    from typer.testing import CliRunner
+
+    from cvtool.cli import app
+
+    result = CliRunner().invoke(app, list(args), input=stdin, env=env)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return subprocess.CompletedProcess(["cvtool", *args], result.exit_code, result.stdout, result.stderr)
+
+
 def jsonl(text: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 

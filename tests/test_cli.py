@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-from conftest import run_cli
+from conftest import invoke_cli, run_cli
 
 from cvtool import __version__
 
@@ -27,7 +27,7 @@ def test_help_lists_only_working_commands_and_does_not_import_torch():
 def test_every_subcommand_help_has_an_example():
     for args in (["classify"], ["detect"], ["segment"], ["stylize"], ["models"], ["models", "pull"], ["models", "verify"], ["train"],
                  ["train", "classify"], ["train", "segment"], ["train", "style"]):
-        result = run_cli(*args, "--help")
+        result = invoke_cli(*args, "--help")  # in-process: the help text is the same
         assert result.returncode == 0, result.stderr
         assert "Example: cvtool" in result.stdout, args
 
@@ -49,7 +49,7 @@ def test_unknown_option_is_a_usage_error_exit_2():
 def test_models_lists_every_model_with_source_licence_and_cache_state():
     import json
 
-    result = run_cli("models", "-f", "json")
+    result = invoke_cli("models", "-f", "json")
     assert result.returncode == 0, result.stderr
     rows = {row["name"]: row for row in json.loads(result.stdout)}
     assert rows["lenet5_digits"]["on_disk"] is True and rows["lenet5_digits"]["source"] == "packaged"
@@ -58,5 +58,5 @@ def test_models_lists_every_model_with_source_licence_and_cache_state():
     assert rows["unet"]["task"] == "segment" and rows["unet"]["weights"] is None
     assert {"deeplabv3_resnet50", "lraspp_mobilenet_v3_large", "fcn_resnet50"} <= set(rows)
     assert all(row["licence"] for row in rows.values())
-    only = json.loads(run_cli("models", "--task", "segment", "-f", "json").stdout)
+    only = json.loads(invoke_cli("models", "--task", "segment", "-f", "json").stdout)
     assert {row["task"] for row in only} == {"segment"}
