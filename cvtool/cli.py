@@ -335,6 +335,8 @@ def stylize(
     skip_existing: bool = typer.Option(False, "--skip-existing", help="Skip contents whose output already exists."),
 ) -> None:
     """Neural style transfer (Gatys et al.): optimise an image to keep the content and take on the style."""
+    if _server():
+        _remote("stylize", images, options={})
     with exits_cleanly():
         from cvtool.api import Stylizer
 
@@ -584,12 +586,16 @@ def train_classify(
     eval_only: bool = typer.Option(False, "--eval-only", help="Only evaluate --weights on DATA."),
     weights: Optional[Path] = WEIGHTS_OPT,
     device: str = DEVICE_OPT,
+    devices: int = typer.Option(1, "--devices", min=1, help="Data-parallel: launch N processes on this machine "
+                                "(torchrun; --batch-size is the global batch). Under torchrun, leave it out."),
+    sync_bn: bool = typer.Option(False, "--sync-bn", help="Data-parallel on CUDA: batch-norm statistics over the global batch."),
     seed: int = typer.Option(0, "--seed", help="Seeds shuffling, augmentation and initialisation."),
     workers: int = typer.Option(0, "--workers", min=0, help="DataLoader worker processes."),
     fmt: Optional[ListFormat] = typer.Option(None, "--format", "-f", help="Final report: table or json."),
 ) -> None:
     """Train a classifier; writes best.pt, last.pt, metrics.csv, curves.png, confusion.png, summary.json."""
     with exits_cleanly():
+        _relaunch(devices)
         from cvtool import train
 
         if eval_only:
@@ -601,7 +607,7 @@ def train_classify(
         summary = _fit(train.classify, data, arch=arch, epochs=epochs, batch_size=batch_size, lr=lr,
                        weight_decay=weight_decay, optimizer=optimizer, img_size=img_size, val=val, val_split=val_split,
                        pretrained=pretrained, hflip=hflip, out=out, resume=resume, device=device, seed=seed,
-                       workers=workers, progress=not SETTINGS.quiet)
+                       workers=workers, progress=not SETTINGS.quiet, sync_bn=sync_bn)
         info(f"best val accuracy {summary['best_val_accuracy']:.4f} (epoch {summary['best_epoch']}); "
              f"{summary['skipped_files']} file(s) skipped; {summary['run_dir']}/best.pt")
         print_report(summary["val_report"], as_json=_wants_json(fmt))
@@ -618,6 +624,7 @@ def train_detect(
     batch_size: int = typer.Option(8, "--batch-size", "-b", min=1),
     lr: float = typer.Option(5e-3, "--lr"),
     weight_decay: float = typer.Option(5e-4, "--weight-decay"),
+    optimizer: str = typer.Option("adamw", "--optimizer", help="adamw, adam or sgd."),
     img_size: int = typer.Option(320, "--img-size", min=64, help="Letterboxed training size (a multiple of 32)."),
     anchors: int = typer.Option(3, "--anchors", min=1, max=9, help="Anchor shapes, chosen by k-means on the boxes."),
     width: int = typer.Option(16, "--width", min=4, help="Channels of the first layer (doubled per stage)."),
@@ -631,17 +638,21 @@ def train_detect(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/detect-yolo-TIME)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory from last.pt."),
     device: str = DEVICE_OPT,
+    devices: int = typer.Option(1, "--devices", min=1, help="Data-parallel: launch N processes on this machine "
+                                "(torchrun; --batch-size is the global batch). Under torchrun, leave it out."),
+    sync_bn: bool = typer.Option(False, "--sync-bn", help="Data-parallel on CUDA: batch-norm statistics over the global batch."),
     seed: int = typer.Option(0, "--seed"),
     workers: int = typer.Option(0, "--workers", min=0),
 ) -> None:
     """Train the YOLO-style detector; writes best.pt (by mAP@0.5:0.95), last.pt, metrics.csv, curves.png, pr_curve.png."""
     with exits_cleanly():
+        _relaunch(devices)
         from cvtool import train
 
         summary = _fit(train.detect, data, arch=arch, epochs=epochs, batch_size=batch_size, lr=lr,
-                       weight_decay=weight_decay, img_size=img_size, anchors=anchors, width=width, hflip=hflip,
+                       weight_decay=weight_decay, optimizer=optimizer, img_size=img_size, anchors=anchors, width=width, hflip=hflip,
                        backbone=backbone, pretrained=pretrained, mosaic=mosaic, val=val, val_split=val_split, out=out,
-                       resume=resume, device=device, seed=seed, workers=workers, progress=not SETTINGS.quiet)
+                       resume=resume, device=device, seed=seed, workers=workers, progress=not SETTINGS.quiet, sync_bn=sync_bn)
         val_metrics = summary["val"]
         info(f"val mAP@0.5 {val_metrics['map50']:.4f}, mAP@0.5:0.95 {val_metrics['map50_95']:.4f} (best epoch "
              f"{summary['best_epoch']}); {summary['run_dir']}/best.pt")
@@ -671,17 +682,21 @@ def train_segment(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/segment-ARCH-TIME)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory from last.pt."),
     device: str = DEVICE_OPT,
+    devices: int = typer.Option(1, "--devices", min=1, help="Data-parallel: launch N processes on this machine "
+                                "(torchrun; --batch-size is the global batch). Under torchrun, leave it out."),
+    sync_bn: bool = typer.Option(False, "--sync-bn", help="Data-parallel on CUDA: batch-norm statistics over the global batch."),
     seed: int = typer.Option(0, "--seed"),
     workers: int = typer.Option(0, "--workers", min=0, help="DataLoader worker processes."),
 ) -> None:
     """Train a segmenter; writes best.pt, last.pt, metrics.csv, curves.png, examples.png, summary.json."""
     with exits_cleanly():
+        _relaunch(devices)
         from cvtool import train
 
         summary = _fit(train.segment, data, arch=arch, epochs=epochs, batch_size=batch_size, lr=lr,
                        weight_decay=weight_decay, optimizer=optimizer, crop=crop, loss=loss, width=width, depth=depth,
                        in_channels=in_channels, class_names=_csv(class_names) if class_names else None, val=val,
-                       val_split=val_split, out=out, resume=resume, device=device, seed=seed, workers=workers)
+                       val_split=val_split, out=out, resume=resume, device=device, seed=seed, workers=workers, sync_bn=sync_bn)
         val_metrics = summary["val"]
         info(f"val mIoU {val_metrics['miou']:.4f}, pixel accuracy {val_metrics['pixel_accuracy']:.4f} (best epoch "
              f"{summary['best_epoch']}); {summary['run_dir']}/best.pt")
@@ -708,16 +723,20 @@ def train_style(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/stylize-fast_style-TIME)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory from last.pt."),
     device: str = DEVICE_OPT,
+    devices: int = typer.Option(1, "--devices", min=1, help="Data-parallel: launch N processes on this machine "
+                                "(torchrun; --batch-size is the global batch). Under torchrun, leave it out."),
+    sync_bn: bool = typer.Option(False, "--sync-bn", help="Data-parallel on CUDA: batch-norm statistics over the global batch."),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Train a feed-forward style network (Johnson et al.); `cvtool stylize IMG --model RUN/best.pt` applies it."""
     with exits_cleanly():
+        _relaunch(devices)
         from cvtool import train
 
         summary = _fit(train.style, style_image, data=data, epochs=epochs, batch_size=batch_size, lr=lr,
                        img_size=img_size, content_weight=content_weight, style_weight=style_weight,
                        tv_weight=tv_weight, width=width, vgg=vgg, vgg_weights=vgg_weights, out=out, resume=resume,
-                       device=device, seed=seed, progress=not SETTINGS.quiet)
+                       device=device, seed=seed, progress=not SETTINGS.quiet, sync_bn=sync_bn)
         info(f"best epoch {summary.get('best_epoch')}; {summary['run_dir']}/best.pt")
         typer.echo(json.dumps(summary, indent=2))
 
@@ -744,24 +763,38 @@ def train_face(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/face-ARCH-TIME)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory from last.pt."),
     device: str = DEVICE_OPT,
+    devices: int = typer.Option(1, "--devices", min=1, help="Data-parallel: launch N processes on this machine "
+                                "(torchrun; --batch-size is the global batch). Under torchrun, leave it out."),
+    sync_bn: bool = typer.Option(False, "--sync-bn", help="Data-parallel on CUDA: batch-norm statistics over the global batch."),
     seed: int = typer.Option(0, "--seed", help="Seeds the identity split, batches, augmentation and initialisation."),
     workers: int = typer.Option(0, "--workers", min=0, help="DataLoader worker processes."),
 ) -> None:
     """Train a face embedder (triplet or Siamese binary loss); writes best.pt (with its verification threshold),
     last.pt, metrics.csv, curves.png, roc.png, summary.json."""
     with exits_cleanly():
+        _relaunch(devices)
         from cvtool import train
 
         summary = _fit(train.face, data, arch=arch, loss=loss, margin=margin, mining=mining,
                        identities_per_batch=identities_per_batch, images_per_identity=images_per_identity,
                        epochs=epochs, lr=lr, weight_decay=weight_decay, img_size=img_size, val_split=val_split,
                        hflip=hflip, out=out, resume=resume, device=device, seed=seed, workers=workers,
-                       progress=not SETTINGS.quiet)
+                       progress=not SETTINGS.quiet, sync_bn=sync_bn)
         val_metrics = summary["val"]
         auc = val_metrics.get("roc_auc", val_metrics.get("auc"))
         info(f"held-out people: ROC AUC {auc:.4f}, verification accuracy {val_metrics['accuracy']:.4f} at distance "
              f"< {val_metrics['threshold']:.3f} (best epoch {summary['best_epoch']}); {summary['run_dir']}/best.pt")
         typer.echo(json.dumps(summary, indent=2))
+
+
+def _relaunch(devices: int) -> None:
+    """--devices N: this same command as N data-parallel processes (torchrun), then exit with their code."""
+    if devices > 1:
+        from cvtool.train import distributed
+
+        if distributed.under_torchrun():
+            raise UsageError("--devices launches torchrun itself; under torchrun, leave it out")
+        raise typer.Exit(distributed.launch(distributed.without_devices(sys.argv[1:]), devices))
 
 
 def _skipping(message: str) -> None:

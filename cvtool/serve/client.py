@@ -237,6 +237,8 @@ def run_remote(task: str, images: list[str], *, fmt=None, out=None, recursive: b
     """What cli.py calls when CVTOOL_SERVER is set: the command's exit code."""
     url = server_url()
     fmt = getattr(fmt, "value", fmt)
+    if task == "stylize":  # its output is an image written here: not done through the server yet
+        raise UsageError(f"stylize is not sent to the server (POST /stylize answers the image); {LOCAL_ONLY}")
     if out is not None:
         raise UsageError(f"--out writes files on this machine, and only records come back from the server; {LOCAL_ONLY}")
     if calibrate is not None:
