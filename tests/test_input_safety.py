@@ -1,0 +1,233 @@
+"""Input/output safety through the real CLI: --out equal to the input folder never overwrites an input nor
+takes earlier outputs as inputs; a FIFO (or device) among the inputs is one error line, never a hang; an
+--out that cannot be written is one usage line before any work; a failed write is that input's error line."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from conftest import SAMPLES, jsonl, run_cli
+from typer.testing import CliRunner
+
+from cvtool.cli import app
+
+DIGIT = SAMPLES / "digits" / "digit_4.png"
+CLASSIFY = ["classify", "-m", "lenet5_digits"]
+
+
+class _Result:
+    def __init__(self, result):
+        self.returncode, self.stdout, self.stderr = result.exit_code, result.stdout, result.stderr
+
+
+def cli(*args: str) -> _Result:
+    """The CLI in this process (no torch import per call); the FIFO tests use a real subprocess with a timeout."""
+    return _Result(CliRunner().invoke(app, list(args)))
+
+
+def checksums(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def image(path: Path, seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    cv2.imwrite(str(path), rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))
+    return path
+
+
+def error_lines(stderr: str) -> list[str]:
+    """The per-input error lines (model, summary and note lines left out)."""
+    return [line for line in stderr.splitlines()
+            if line.startswith("cvtool: ") and " ok, " not in line and "(sha256 " not in line and "previous" not in line]
+
+
+@pytest.fixture(scope="module")
+def yolo_checkpoint(tmp_path_factory):
+    """Our YOLO-style detector with random weights, as a cvtool checkpoint (a subprocess can load it)."""
+    from cvtool.models.checkpoint import save_checkpoint
+    from cvtool.models.yolo import YOLO_PREPROCESS, YoloDetector
+
+    torch.manual_seed(0)
+    model = YoloDetector(num_classes=2, width=4, img_size=64)
+    with torch.no_grad():  # random weights with the rare-object prior undone: some boxes, so crops are written
+        model.head.bias.zero_()
+    path = tmp_path_factory.mktemp("yolo") / "yolo.pt"
+    save_checkpoint(path, arch="yolo", task="detect", state_dict=model.state_dict(), classes=["square", "disk"],
+                    preprocess=YOLO_PREPROCESS.to_dict(),
+                    extra={"arch_kwargs": {"anchors": model.anchors.tolist(), "width": 4, "img_size": 64}})
+    return path
+
+
+@pytest.fixture(scope="module")
+def unet_checkpoint(tmp_path_factory):
+    from cvtool.models.checkpoint import save_checkpoint
+    from cvtool.models.unet import UNET_PREPROCESS, UNet
+
+    torch.manual_seed(0)
+    model = UNet(num_classes=2, in_channels=1, width=4, depth=2)
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.copy_(torch.tensor([0.0, 1.0]))  # "shape" everywhere: --save-mask writes a class mask
+    path = tmp_path_factory.mktemp("unet") / "unet.pt"
+    save_checkpoint(path, arch="unet", task="segment", state_dict=model.state_dict(), classes=["background", "shape"],
+                    preprocess=UNET_PREPROCESS.to_dict(), extra={"arch_kwargs": {"width": 4, "depth": 2, "in_channels": 1}})
+    return path
+
+
+# -- --out is the input folder
+
+@pytest.mark.parametrize("task", ["classify", "detect", "segment"])
+def test_out_in_the_input_folder_leaves_inputs_alone_and_a_rerun_takes_no_outputs_as_inputs(
+        task, tmp_path, yolo_checkpoint, unet_checkpoint):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    image(folder / "foo.png", 1)
+    image(folder / "bar.jpg", 2)
+    command = {"classify": CLASSIFY,
+               "detect": ["detect", "--weights", str(yolo_checkpoint), "--conf", "0", "--save-crops"],
+               "segment": ["segment", "--weights", str(unet_checkpoint), "--save-mask"]}[task]
+    inputs = checksums(folder)
+
+    first = cli(*command, str(folder), "--out", str(folder), "-f", "jsonl")
+    assert first.returncode == 0, first.stderr
+    assert sorted(r["path"] for r in jsonl(first.stdout)) == [str(folder / "bar.jpg"), str(folder / "foo.png")]
+    written = sorted(set(os.listdir(folder)) - set(inputs))
+    assert written, "the first run wrote its outputs beside the inputs"
+    if task == "detect":
+        assert "foo.detect.jpg" in written and any(".crop000-" in name for name in written)
+    if task == "segment":
+        assert {"foo.mask.png", "foo.overlay.png", "foo.mask-shape.png", "bar.overlay.jpg"} <= set(written)
+
+    second = cli(*command, str(folder), "--out", str(folder), "-f", "jsonl")
+    assert second.returncode == 0, second.stderr
+    assert sorted(r["path"] for r in jsonl(second.stdout)) == [str(folder / "bar.jpg"), str(folder / "foo.png")]
+    assert sorted(set(os.listdir(folder)) - set(inputs)) == written  # no foo.detect.detect.jpg, no foo.mask.mask.png
+    images_written = [n for n in written if not n.endswith(".json")]
+    if images_written:
+        assert f"cvtool: {len(images_written)} previous cvtool output(s) in --out not taken as inputs" in second.stderr
+    assert {name: digest for name, digest in checksums(folder).items() if name in inputs} == inputs
+
+
+@pytest.mark.parametrize("task, other", [
+    ("classify", "foo.json"),  # an image named like classify's output for foo.png
+    ("detect", "foo.detect.jpg"),
+    ("segment", "foo.mask.png"),
+    ("segment", "foo.overlay.png"),
+])
+def test_an_input_named_like_another_inputs_output_is_never_overwritten(task, other, tmp_path, yolo_checkpoint,
+                                                                        unet_checkpoint):
+    """Named on the command line, `foo.detect.jpg` is an input: foo.png's output may not replace it."""
+    image(tmp_path / "foo.png", 1)
+    image(tmp_path / "keep.png", 3)
+    (tmp_path / other).write_bytes((tmp_path / "keep.png").read_bytes())
+    (tmp_path / "keep.png").unlink()
+    command = {"classify": CLASSIFY, "detect": ["detect", "--weights", str(yolo_checkpoint)],
+               "segment": ["segment", "--weights", str(unet_checkpoint)]}[task]
+    before = checksums(tmp_path)
+
+    result = cli(*command, str(tmp_path / "foo.png"), str(tmp_path / other), "--out", str(tmp_path), "-f", "jsonl")
+    assert result.returncode == 1
+    records = {r["path"]: r for r in jsonl(result.stdout)}
+    target = tmp_path / other
+    assert records[str(tmp_path / "foo.png")]["error"] == (
+        f"output {target} would overwrite an input of this batch; choose another --out")
+    assert error_lines(result.stderr)[0] == (
+        f"cvtool: {tmp_path / 'foo.png'}: output {target} would overwrite an input of this batch; choose another --out")
+    assert {n: d for n, d in checksums(tmp_path).items() if n in before} == before
+
+
+# -- FIFOs and devices
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo") or not os.path.exists("/dev/zero"), reason="no FIFOs or /dev/zero")
+def test_fifos_and_devices_among_the_inputs_are_one_error_line_each_not_a_hang(tmp_path):
+    """A FIFO named on the command line, one in a directory, one named like a video (FFmpeg would block on it),
+    one read from stdin, and a device that never ends: each one line, the good image still classified."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    good = folder / "digit.png"
+    good.write_bytes(DIGIT.read_bytes())
+    fifos = [tmp_path / "named.png", folder / "pipe.png", folder / "clip.mp4", tmp_path / "listed.png"]
+    for fifo in fifos:
+        os.mkfifo(fifo)
+    # a real subprocess with a short timeout: a FIFO that gets opened blocks for ever, and must fail the test
+    result = subprocess.run([sys.executable, "-m", "cvtool", *CLASSIFY, str(fifos[0]), str(folder), "/dev/zero", "-",
+                             "-f", "jsonl"], capture_output=True, text=True, timeout=120, input=f"{fifos[3]}\n")
+    assert result.returncode == 1, result.stderr
+    assert error_lines(result.stderr) == [
+        f"cvtool: {fifos[0]}: not a regular file (a FIFO)",
+        f"cvtool: {fifos[2]}: not a regular file (a FIFO)",
+        f"cvtool: {fifos[1]}: not a regular file (a FIFO)",
+        "cvtool: /dev/zero: not a regular file (a character device)",
+        f"cvtool: {fifos[3]}: not a regular file (a FIFO)",
+    ]
+    assert [r["path"] for r in jsonl(result.stdout) if "error" not in r] == [str(good)]
+
+
+# -- --out that cannot be written
+
+def _unwritable_dirs(tmp_path: Path) -> list[Path]:
+    """Directories this process really cannot create a file in. As root, permission bits are ignored, so a
+    chmod-ed folder is writable after all; sysfs (/sys) refuses new files even to root."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    found = []
+    for folder in (locked, Path("/sys")):
+        try:
+            fd, probe = tempfile.mkstemp(dir=folder)
+        except OSError:
+            found.append(folder)
+            continue
+        os.close(fd)
+        os.unlink(probe)
+    return found
+
+
+def test_an_unwritable_out_is_one_usage_line_before_any_work(tmp_path):
+    folders = _unwritable_dirs(tmp_path)
+    if not folders:
+        pytest.skip("no directory here refuses this user a new file (root without /sys)")
+    for folder in folders:
+        result = run_cli(*CLASSIFY, str(DIGIT), "--out", str(folder))
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.splitlines() == [f"cvtool: --out {folder}: not writable (permission denied)"]
+        assert result.stdout == ""
+    (tmp_path / "locked").chmod(0o755)
+
+
+def test_an_out_that_cannot_be_created_is_one_usage_line(tmp_path):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    result = run_cli(*CLASSIFY, str(DIGIT), "--out", str(blocker / "sub"))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [f"cvtool: --out {blocker / 'sub'}: cannot create it (a part of the path is a file)"]
+
+
+def test_a_missing_out_is_created_up_front(tmp_path):
+    out = tmp_path / "new" / "deeper"
+    result = cli(*CLASSIFY, str(tmp_path / "nothing.png"), "--out", str(out))
+    assert result.returncode == 1 and out.is_dir()  # created before the (failing) batch ran
+
+
+def test_a_write_that_fails_mid_batch_is_that_inputs_error_line(tmp_path):
+    """Any user can make a write fail, root included: the output's name is taken by a directory."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a.png", "b.png"):
+        (folder / name).write_bytes(DIGIT.read_bytes())
+    out = tmp_path / "out"
+    (out / "a.json").mkdir(parents=True)
+    result = cli(*CLASSIFY, str(folder), "--out", str(out), "-f", "jsonl")
+    assert result.returncode == 1, result.stderr
+    assert error_lines(result.stderr) == [f"cvtool: {folder / 'a.png'}: cannot write {out / 'a.json'} (is a directory)"]
+    assert (out / "b.json").is_file() and "Traceback" not in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["a.json", "b.json"]  # no temp file left behind
