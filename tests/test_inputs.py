@@ -61,3 +61,104 @@ def test_same_file_twice_is_processed_once(tmp_path):
     root = _tree(tmp_path)
     assert paths(iter_inputs([str(root / "a.jpg"), str(root / "." / "a.jpg"), str(root)])) == [
         str(root / "a.jpg"), str(root / "B.PNG")]
+
+
+def test_previous_outputs_in_out_are_not_inputs_unless_named_on_the_command_line(tmp_path):
+    from cvtool.io.inputs import expand_inputs
+
+    for name in ("foo.jpg", "foo.detect.jpg", "foo.crop000-person.jpg", "foo.mask.png", "foo.mask-traffic_light.png",
+                 "foo.overlay.jpeg", "foo-1a2b3c4d.faces.jpg", "foo.vs.bar.jpg", "foo.stylized.png", "foo.step0010.png",
+                 "foo.detect.mp4"):
+        (tmp_path / name).write_bytes(b"x")
+    told = []
+    items, total = expand_inputs([str(tmp_path)], out_dir=tmp_path, on_previous_outputs=told.append)
+    assert paths(items) == [str(tmp_path / "foo.jpg")] and total == 1 and told == [10]
+    # the same files are inputs when --out is elsewhere, or when named explicitly
+    assert len(paths(expand_inputs([str(tmp_path)], out_dir=tmp_path / "elsewhere")[0])) == 11
+    assert paths(expand_inputs([str(tmp_path / "foo.detect.jpg")], out_dir=tmp_path)[0]) == [str(tmp_path / "foo.detect.jpg")]
+    # globs and stdin list them as a directory does
+    assert paths(expand_inputs([str(tmp_path / "foo*.jpg")], out_dir=tmp_path)[0]) == [str(tmp_path / "foo.jpg")]
+    stdin = io.StringIO(f"{tmp_path / 'foo.detect.jpg'}\n{tmp_path / 'foo.jpg'}\n")
+    assert paths(expand_inputs(["-"], stdin=stdin, out_dir=tmp_path)[0]) == [str(tmp_path / "foo.jpg")]
+
+
+def test_a_folder_of_only_previous_outputs_says_so(tmp_path):
+    (tmp_path / "a.detect.jpg").write_bytes(b"x")
+    item = list(iter_inputs([str(tmp_path)], out_dir=tmp_path))[0]
+    assert item.error == "no image files in directory (1 previous cvtool output(s) in --out are not inputs)"
+    glob_item = list(iter_inputs([str(tmp_path / "*.jpg")], out_dir=tmp_path))[0]
+    assert glob_item.error == "only previous cvtool outputs in --out match this pattern (1); they are not inputs"
+
+
+def test_expanded_inputs_are_protected_from_every_write(tmp_path):
+    import pytest
+
+    from cvtool.errors import InputError
+    from cvtool.io.atomic import atomic_write_bytes
+    from cvtool.io.inputs import expand_inputs
+
+    (tmp_path / "a.jpg").write_bytes(b"input")
+    (tmp_path / "link.jpg").symlink_to(tmp_path / "a.jpg")
+    items, _ = expand_inputs([str(tmp_path / "a.jpg")])
+    list(items)
+    for target in (tmp_path / "a.jpg", tmp_path / "link.jpg", tmp_path / "." / "a.jpg"):
+        with pytest.raises(InputError, match="would overwrite an input of this batch"):
+            atomic_write_bytes(target, b"output")
+    assert (tmp_path / "a.jpg").read_bytes() == b"input"
+    expand_inputs([str(tmp_path / "link.jpg")])  # a new batch: a.jpg is protected through its link only
+    atomic_write_bytes(tmp_path / "b.jpg", b"output")
+
+
+def test_fifos_sockets_and_devices_are_error_items_never_opened(tmp_path):
+    import os
+    import socket
+
+    import pytest
+
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no FIFOs here")
+    os.mkfifo(tmp_path / "pipe.jpg")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(tmp_path / "sock.png"))
+    (tmp_path / "ok.jpg").write_bytes(b"x")
+    items = list(iter_inputs([str(tmp_path), "/dev/null"]))
+    sock.close()
+    assert [(i.path, i.error) for i in items] == [
+        (str(tmp_path / "ok.jpg"), None),
+        (str(tmp_path / "pipe.jpg"), "not a regular file (a FIFO)"),
+        (str(tmp_path / "sock.png"), "not a regular file (a socket)"),
+        ("/dev/null", "not a regular file (a character device)"),
+    ]
+
+
+def test_reading_a_fifo_directly_fails_at_once(tmp_path):
+    """The guard in the readers themselves (a library caller hands read_image or open_video a FIFO)."""
+    import os
+    import threading
+
+    import pytest
+
+    from cvtool.errors import InputError
+    from cvtool.io.image import read_image
+    from cvtool.io.video import open_video
+
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no FIFOs here")
+    fifo = tmp_path / "pipe.mp4"
+    os.mkfifo(fifo)
+    errors = []
+
+    def read_both():
+        for reader in (read_image, open_video):
+            try:
+                reader(fifo)
+            except InputError as exc:
+                errors.append(str(exc))
+
+    worker = threading.Thread(target=read_both, daemon=True)
+    worker.start()
+    worker.join(20)
+    if worker.is_alive():  # blocked in open(): give it a writer so the thread ends, then fail
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("reading a FIFO blocked")
+    assert errors == [f"{fifo}: not a regular file (a FIFO)"] * 2

@@ -42,3 +42,53 @@ def test_atomic_outputs_get_the_usual_permissions_not_mkstemps_0600(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert target.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_every_output_name_a_command_writes_is_recognised_and_an_unknown_suffix_is_refused(tmp_path):
+    from cvtool.io.outputs import is_output_name
+
+    written = ["a.json", "a.classify.mp4", "a.detect.jpg", "a.detect.mp4", "a.crop012-traffic_light.jpg",
+               "a.mask.png", "a.mask-person.png", "a.overlay.png", "a.overlay.jpg", "a.overlay.jpeg", "a.segment.mp4",
+               "a-0123abcd.faces.jpg", "a.faces.mp4", "a.vs.b.jpg", "a.stylized.png", "a.stylized.mp4", "a.step0100.png"]
+    assert [n for n in written if not is_output_name(n)] == []
+    assert [n for n in ("a.jpg", "a.png", "mask.png", "a.detect.png", "a.crop1-x.jpg", "a.mp4") if is_output_name(n)] == []
+    with pytest.raises(ValueError, match="not in cvtool.io.outputs"):
+        OutputNamer(tmp_path, ".new-kind.png")
+
+
+def test_outputs_never_land_on_any_input_of_the_batch(tmp_path):
+    from cvtool.io.outputs import protecting
+
+    (tmp_path / "photo.detect.jpg").write_bytes(b"an input")
+    with protecting([tmp_path / "photo.jpg", tmp_path / "photo.detect.jpg"]):
+        with pytest.raises(InputError, match="would overwrite an input of this batch") as raised:
+            OutputNamer(tmp_path, ".detect.jpg")("photo.jpg")
+        assert raised.value.path == "photo.jpg"  # the error belongs to the input whose output it is
+        with pytest.raises(InputError, match="would overwrite an input of this batch"):
+            atomic_write_text(tmp_path / "photo.detect.jpg", "x")
+    atomic_write_text(tmp_path / "elsewhere.txt", "x")  # outside the block nothing is protected
+    assert (tmp_path / "photo.detect.jpg").read_bytes() == b"an input"
+
+
+def test_a_failed_write_is_an_input_error_and_still_an_oserror(tmp_path):
+    from cvtool.io.atomic import WriteError
+
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(WriteError) as raised:
+        atomic_write_text(tmp_path / "taken", "x")
+    assert isinstance(raised.value, InputError) and isinstance(raised.value, OSError)
+    assert raised.value.reason == f"cannot write {tmp_path / 'taken'} (is a directory)"
+    assert [p.name for p in tmp_path.iterdir()] == ["taken"]  # the temp file is gone
+
+
+def test_check_out_dir_creates_and_probes_the_folder(tmp_path):
+    from cvtool.errors import UsageError
+    from cvtool.io.outputs import check_out_dir
+
+    check_out_dir(tmp_path / "a" / "b")
+    assert (tmp_path / "a" / "b").is_dir() and list((tmp_path / "a" / "b").iterdir()) == []  # probe removed
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(UsageError, match="exists and is not a directory"):
+        check_out_dir(tmp_path / "f")
+    with pytest.raises(UsageError, match=r"--skip-existing needs --out DIR"):
+        check_out_dir(None, skip_existing=True)
