@@ -183,9 +183,7 @@ class Stylizer:
         generated = self._initial(content_rgb, previous).clone().requires_grad_(True)
         state = {"record": True, "losses": {}}
 
-        def closure():
-            with torch.no_grad():  # keep pixels valid where every evaluation sees them (L-BFGS evaluates
-                generated.clamp_(0, 1)  # several points per step)
+        def closure():  # a smooth cost for L-BFGS's line search; pixels are clamped when the image is read out
             optimizer.zero_grad(set_to_none=True)
             parts = self.losses(generated, content_target, grams)
             parts["total"].backward()
@@ -196,13 +194,18 @@ class Stylizer:
 
         if s.optimizer == "lbfgs":
             # no early stop: with small, well-scaled costs L-BFGS's default tolerances end it too soon
-            optimizer = torch.optim.LBFGS([generated], lr=1.0, max_iter=1, history_size=50,
-                                          tolerance_grad=0.0, tolerance_change=0.0)
+            # with a strong-Wolfe line search (about 2 cost evaluations a step): a fixed unit step overshot
+            # and the style cost swung by 10x from step to step
+            optimizer = torch.optim.LBFGS([generated], lr=1.0, max_iter=1, max_eval=10, history_size=50,
+                                          tolerance_grad=0.0, tolerance_change=0.0, line_search_fn="strong_wolfe")
         else:
             optimizer = torch.optim.Adam([generated], lr=s.lr)
         for step in range(steps):
             state["record"] = True
             optimizer.step(closure)
+            if s.optimizer != "lbfgs":  # Adam: project back to valid pixels after each step
+                with torch.no_grad():
+                    generated.clamp_(0, 1)
             if on_step is not None:
                 on_step(StepReport(offset + step + 1, total_steps, state["losses"], lambda: to_rgb(generated)))
         with torch.no_grad():
