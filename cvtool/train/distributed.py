@@ -128,12 +128,34 @@ def launch(argv: list[str], nproc: int, *, log_dir: Path | None = None) -> int:
         "-m", "cvtool", *argv,
     ])
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    _quiet_agent()
     try:
         run(args)
     except ChildFailedError as exc:
-        sys.stderr.write(f"cvtool: {failure_line(exc, log_dir)}\n")
+        _, first = _first_failure(exc)
+        if not (first.local_rank == 0 and first.exitcode > 0):  # rank 0 has said why itself, on this console
+            sys.stderr.write(f"cvtool: {failure_line(exc, log_dir)}\n")
         return _exit_code(exc)
     return 0
+
+
+def _quiet_agent() -> None:
+    """torchrun's agent logs each start and failure; cvtool says what matters in its own one line."""
+    import logging
+
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("torch.distributed"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+    logging.getLogger("torch.distributed").setLevel(logging.CRITICAL)
+
+
+def _first_failure(exc):
+    """(rank, failure) of the rank that failed first: not one the agent stopped (SIGTERM) because another had."""
+    import signal
+
+    items = sorted(exc.failures.items())
+    own = [(r, f) for r, f in items if f.exitcode != -signal.SIGTERM]
+    return (own or items)[0]
 
 
 def _exit_code(exc) -> int:
@@ -146,7 +168,7 @@ def failure_line(exc, log_dir: Path) -> str:
     """'rank 1 (pid 123) was killed by SIGKILL; its last line: ...; run logs in DIR'."""
     import signal
 
-    global_rank, failure = min(exc.failures.items())
+    global_rank, failure = _first_failure(exc)
     if failure.exitcode < 0:
         try:
             how = f"was killed by {signal.Signals(-failure.exitcode).name}"

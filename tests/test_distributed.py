@@ -1,0 +1,219 @@
+"""Data-parallel training under a real torchrun (2 processes, gloo on the CPU) against the single process.
+
+With --batch-size the global batch, the engine gives rank r groups r, r+2, ... of every global batch
+and each sample its own augmentation seed, so 2 processes of 4 take the very step 1 process of 8
+takes: the parameters must agree to float rounding. The same run directory then resumes on 1 process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import cvtool.train
+from cvtool.train import distributed
+
+SHAPES = ("circle", "bar", "cross")
+
+
+def _draw(shape: str, rng) -> np.ndarray:
+    image = np.full((32, 32, 3), 255, np.uint8)
+    cx, cy = (int(v) for v in rng.integers(11, 21, size=2))
+    r = int(rng.integers(6, 10))
+    if shape == "circle":
+        cv2.circle(image, (cx, cy), r, (0, 0, 0), 2)
+    elif shape == "bar":
+        cv2.rectangle(image, (cx - r, cy - 2), (cx + r, cy + 2), (0, 0, 0), -1)
+    else:
+        cv2.line(image, (cx - r, cy - r), (cx + r, cy + r), (0, 0, 0), 2)
+    return image
+
+
+def _folder(root: Path, per_class: dict[str, int], seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    for shape, n in per_class.items():
+        (root / shape).mkdir(parents=True)
+        for i in range(n):
+            cv2.imwrite(str(root / shape / f"{i:02d}.png"), _draw(shape, rng))
+    return root
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(*args: str, nproc: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`python -m torch.distributed.run --nproc_per_node N --master_port FREE -m cvtool ARGS`, one thread per rank."""
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
+         str(_free_port()), "-m", "cvtool", *args],
+        capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "CVTOOL_NO_PROGRESS": "1"},
+    )
+
+
+def _params(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+def _assert_close(a: dict, b: dict, init: dict | None = None, rel: float = 1e-5) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        x, y = a[key].double(), b[key].double()
+        assert torch.linalg.norm(x - y) <= rel * max(torch.linalg.norm(x), 1e-12), key
+        if init is not None and key in init:  # the step itself agrees, not just the (much larger) weights
+            step = torch.linalg.norm(x - init[key].double())
+            assert step > 0, key
+            assert torch.linalg.norm(x - y) <= 1e-3 * step, key
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ddp")
+    # 8 training images: one global batch of 8 is one optimiser step
+    return (_folder(root / "train", {"circle": 3, "bar": 3, "cross": 2}, 0),
+            _folder(root / "val", {"circle": 1, "bar": 1, "cross": 1}, 1))
+
+
+ARGS = dict(arch="lenet5", batch_size=8, lr=0.5, optimizer="sgd", weight_decay=0.0, device="cpu", seed=0)
+
+
+@pytest.fixture(scope="module")
+def two_process_run(shapes, tmp_path_factory):
+    train, val = shapes
+    out = tmp_path_factory.mktemp("runs") / "ddp"
+    result = torchrun("train", "classify", str(train), "--val", str(val), "--arch", "lenet5", "--epochs", "1",
+                      "--batch-size", "8", "--lr", "0.5", "--optimizer", "sgd", "--weight-decay", "0",
+                      "--device", "cpu", "--out", str(out), "-f", "json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result
+
+
+def test_two_processes_take_the_single_process_step(shapes, two_process_run, tmp_path):
+    train, val = shapes
+    out, result = two_process_run
+    single = cvtool.train.classify(train, val=val, epochs=1, out=tmp_path / "single", **ARGS)
+    from cvtool.models.registry import get_entry
+    from cvtool.train.engine import seed_everything
+
+    seed_everything(0)
+    init = get_entry("lenet5", "classify").build(num_classes=3).state_dict()
+    _assert_close(_params(out / "last.pt"), _params(tmp_path / "single" / "last.pt"), init)
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["data_parallel"] == {"processes": 2, "backend": "gloo", "global_batch_size": 8,
+                                        "per_process_batch_size": 4, "lr": 0.5, "sync_bn": False}
+    assert single["data_parallel"]["processes"] == 1
+    assert json.loads(result.stdout)["images"] == 3  # rank 0 alone printed the report, over the whole val set
+    assert result.stdout.count('"accuracy"') == 1
+
+
+def test_a_two_process_checkpoint_resumes_on_one_process(shapes, two_process_run, tmp_path):
+    """Epoch 1 on 2 processes, then epoch 2 on 1 process = both epochs on 1 process (stopped and resumed
+    the same way, so the learning-rate schedule, which --epochs changes, is the same)."""
+    import shutil
+
+    train, val = shapes
+    out, _ = two_process_run
+    resumed = tmp_path / "resumed"
+    shutil.copytree(out, resumed)
+    summary = cvtool.train.classify(resume=resumed, epochs=2, device="cpu")
+    assert summary["epochs"] == 2 and summary["data_parallel"]["processes"] == 1
+    cvtool.train.classify(train, val=val, epochs=1, out=tmp_path / "single", **ARGS)
+    cvtool.train.classify(resume=tmp_path / "single", epochs=2, device="cpu")
+    _assert_close(_params(resumed / "last.pt"), _params(tmp_path / "single" / "last.pt"))
+
+
+@pytest.mark.slow
+def test_devices_launches_torchrun_and_an_uneven_batch_is_refused(shapes, tmp_path):
+    from conftest import run_cli
+
+    train, val = shapes
+    result = run_cli("train", "classify", str(train), "--val", str(val), "--arch", "lenet5", "--epochs", "1",
+                     "--batch-size", "7", "--device", "cpu", "--out", str(tmp_path / "odd"), "--devices", "2",
+                     env={"OMP_NUM_THREADS": "1"})
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == \
+        "cvtool: --batch-size 7 is split over 2 processes: give a multiple of 2"
+    assert not (tmp_path / "odd").exists()
+
+
+def _rank_pid(launcher: int, rank: int) -> int | None:
+    """The worker of `launcher` (a cvtool --devices process) whose RANK is `rank`."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == launcher and f"RANK={rank}".encode() in environ:
+            return int(proc.name)
+    return None
+
+
+@pytest.mark.slow
+def test_a_killed_rank_ends_the_job_with_one_line_and_last_pt_intact(tmp_path):
+    import signal
+    import time
+
+    train = _folder(tmp_path / "train", {"circle": 40, "bar": 40, "cross": 40}, 0)
+    out = tmp_path / "run"
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "cvtool", "train", "classify", str(train), "--arch", "lenet5", "--epochs", "200",
+         "--batch-size", "8", "--device", "cpu", "--out", str(out), "--devices", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "CVTOOL_NO_PROGRESS": "1"})
+    deadline = time.time() + 240
+    while not (out / "last.pt").exists() and time.time() < deadline:
+        time.sleep(0.5)
+    pid = _rank_pid(launcher.pid, 1)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    _, stderr = launcher.communicate(timeout=120)
+    assert launcher.returncode != 0
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith(f"cvtool: data-parallel training stopped: rank 1 (pid {pid}) was killed by SIGKILL"), last
+    assert "last.pt in the run directory holds the last completed epoch (continue with --resume)" in last
+    state = torch.load(out / "last.pt", weights_only=True)  # whole, loadable, and resumable
+    assert state["epoch"] >= 1 and "optimizer" in state
+
+
+def test_sampler_splits_every_global_batch_by_rank():
+    from cvtool.train.engine import EpochBatches
+
+    def epoch(rank, world, batch=4):
+        g, s = torch.Generator().manual_seed(3), torch.Generator().manual_seed(4)
+        return list(EpochBatches(10, batch, shuffle=True, generator=g, seed_generator=s, rank=rank, world=world))
+
+    single = epoch(0, 1)
+    ranks = [epoch(r, 2, 4) for r in range(2)]
+    assert len(ranks[0]) == len(ranks[1]) == len(single) == 3
+    for step, whole in enumerate(single[:2]):  # full batches: the two halves make the single process's batch
+        assert sorted(ranks[0][step] + ranks[1][step]) == sorted(whole)
+        assert ranks[0][step] == whole[0::2] and ranks[1][step] == whole[1::2]
+    assert ranks[0][2] + ranks[1][2] == single[2]  # the last batch of 2: one each, same seeds
+    faces = [list(EpochBatches(0, 0, shuffle=True, generator=torch.Generator(), seed_generator=torch.Generator()
+                               .manual_seed(0), rank=r, world=2, batches=[[0, 1, 2, 3, 4, 5]], group=2))
+             for r in range(2)]
+    assert [i for i, _ in faces[0][0]] == [0, 1, 4, 5] and [i for i, _ in faces[1][0]] == [2, 3]
+
+
+def test_devices_option_is_refused_under_torchrun(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    assert distributed.under_torchrun()
+    assert distributed.without_devices(["train", "classify", "d", "--devices", "2", "--devices=3", "-e", "1"]) == \
+        ["train", "classify", "d", "-e", "1"]
