@@ -231,3 +231,29 @@ def test_a_write_that_fails_mid_batch_is_that_inputs_error_line(tmp_path):
     assert error_lines(result.stderr) == [f"cvtool: {folder / 'a.png'}: cannot write {out / 'a.json'} (is a directory)"]
     assert (out / "b.json").is_file() and "Traceback" not in result.stderr
     assert sorted(p.name for p in out.iterdir()) == ["a.json", "b.json"]  # no temp file left behind
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
+def test_a_fifo_as_the_pairs_csv_is_a_usage_error_at_once(tmp_path):
+    import threading
+
+    from cvtool.errors import UsageError
+    from cvtool.pipelines.face import read_pairs
+
+    fifo = tmp_path / "pairs.csv"
+    os.mkfifo(fifo)
+    errors = []
+
+    def read():
+        try:
+            read_pairs(fifo)
+        except UsageError as exc:
+            errors.append(str(exc))
+
+    worker = threading.Thread(target=read, daemon=True)
+    worker.start()
+    worker.join(20)
+    if worker.is_alive():  # blocked in open(): give it a writer so the thread ends, then fail
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("reading the pairs FIFO blocked")
+    assert errors == [f"{fifo}: cannot read pairs file (not a regular file (a FIFO))"]

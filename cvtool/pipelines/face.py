@@ -383,12 +383,14 @@ def read_pairs(path: str | Path) -> list[tuple[str, str, bool]]:
     and the line (exit 2), as for any bad option."""
     import csv
 
+    from cvtool.io.files import open_regular
+
     truthy, falsy = {"1", "true", "yes", "y"}, {"0", "false", "no", "n"}
     base = Path(path).parent
     pairs = []
     lineno = 0
     try:
-        with open(path, newline="", encoding="utf-8") as handle:
+        with open_regular(path, "r", newline="", encoding="utf-8") as handle:  # a FIFO would block
             for lineno, row in enumerate(csv.reader(handle), 1):
                 if not row or row[0].strip().startswith("#"):
                     continue
