@@ -24,15 +24,28 @@ _MASK_DIRS = ("masks", "mask", "labels", "label", "annotations")
 
 @dataclass
 class MaskedImages:
-    images: list[np.ndarray]  # H x W x 3 uint8 RGB
-    masks: list[np.ndarray]  # H x W uint8 class ids (IGNORE_INDEX = not scored)
+    images: list  # H x W x 3 uint8 RGB, or the image's path (read when needed: data larger than memory)
+    masks: list  # H x W uint8 class ids (IGNORE_INDEX = not scored), or the mask's path
     classes: list[str]
     names: list[str]
     skipped: list[str]
+    binary: bool = False  # masks stored as 0/255: class = value > 127
 
     def subset(self, indices) -> "MaskedImages":
         pick = lambda xs: [xs[i] for i in indices]  # noqa: E731
-        return MaskedImages(pick(self.images), pick(self.masks), self.classes, pick(self.names), [])
+        return MaskedImages(pick(self.images), pick(self.masks), self.classes, pick(self.names), [], self.binary)
+
+    def image(self, index: int) -> np.ndarray:
+        image = self.images[index]
+        return image if isinstance(image, np.ndarray) else read_image(image)
+
+    def mask(self, index: int) -> np.ndarray:
+        mask = self.masks[index]
+        return mask if isinstance(mask, np.ndarray) else _class_ids(read_mask(mask), self.binary)
+
+
+def _class_ids(mask: np.ndarray, binary: bool) -> np.ndarray:
+    return (mask > 127).astype(np.uint8) if binary else mask.astype(np.uint8)
 
 
 def _find_dir(root: Path, names: tuple[str, ...], what: str) -> Path:
@@ -64,8 +77,11 @@ def open_segmentation_data(root: str | Path, class_names: list[str] | None = Non
     if not root.is_dir():
         raise DataError("no such directory", root)
     image_dir, mask_dir = _find_dir(root, _IMAGE_DIRS, "images"), _find_dir(root, _MASK_DIRS, "masks")
+    from cvtool.train.datasets import in_memory_budget
+
     masks_by_stem = {p.stem: p for p in mask_dir.iterdir() if p.is_file()}
-    images, masks, names, skipped = [], [], [], []
+    images, masks, names, skipped, paths = [], [], [], [], []
+    budget, held, values = in_memory_budget(), 0, set()
     for path in sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
         mask_path = masks_by_stem.get(path.stem)
         try:
@@ -79,23 +95,30 @@ def open_segmentation_data(root: str | Path, class_names: list[str] | None = Non
             if on_skip:
                 on_skip(str(exc))
             continue
-        images.append(image)
-        masks.append(mask)
+        values.update(np.unique(mask).tolist())
+        held += image.nbytes + mask.shape[0] * mask.shape[1]  # masks are held as uint8
+        # pixels are kept while they fit in the in-memory budget, else read again when needed
+        images.append(image if held <= budget else None)
+        masks.append(mask if held <= budget else None)
         names.append(path.name)
+        paths.append((path, mask_path))
     if not images:
         raise DataError("no usable image/mask pairs", root)
-    values = np.unique(np.concatenate([np.unique(m) for m in masks]))
-    if set(values.tolist()) <= {0, 255}:
-        masks = [(m > 127).astype(np.uint8) for m in masks]
+    values = np.array(sorted(values))
+    binary = set(values.tolist()) <= {0, 255}
+    if binary:
         default_names = ["background", "foreground"]
     else:
         if values[values != IGNORE_INDEX].max() >= IGNORE_INDEX:
             raise DataError(f"mask values go up to {values.max()}; class ids must be below {IGNORE_INDEX}", root)
-        masks = [m.astype(np.uint8) for m in masks]
         default_names = [f"class_{i}" for i in range(int(values[values != IGNORE_INDEX].max()) + 1)]
+    if held > budget:
+        images, masks = [image for image, _ in paths], [mask for _, mask in paths]
+    else:
+        masks = [_class_ids(m, binary) for m in masks]
     if class_names and len(class_names) != len(default_names):
         raise UsageError(f"--class-names gives {len(class_names)} names but the masks hold {len(default_names)} classes")
-    return MaskedImages(images, masks, class_names or default_names, names, skipped)
+    return MaskedImages(images, masks, class_names or default_names, names, skipped, binary)
 
 
 class SegmentationDataset:
@@ -113,7 +136,7 @@ class SegmentationDataset:
         from cvtool.train.datasets import sample_index
 
         index, seed = sample_index(item)
-        image, mask = self.data.images[index], self.data.masks[index]
+        image, mask = self.data.image(index), self.data.mask(index)
         if self.train:
             image, mask = self._augment(image, mask, seed)
         image, mask = self._pad(image, mask)
@@ -311,9 +334,10 @@ def save_examples(model, data: MaskedImages, loader, path: Path, device, limit: 
         if i >= limit:
             break
         predicted = segmentation_logits(model(inputs.to(device))).argmax(1)[0].cpu().numpy()
-        h, w = data.masks[i].shape
-        image = data.images[i]
-        truth = palette[np.where(data.masks[i] == IGNORE_INDEX, 0, data.masks[i])]
+        mask = data.mask(i)
+        h, w = mask.shape
+        image = data.image(i)
+        truth = palette[np.where(mask == IGNORE_INDEX, 0, mask)]
         rows.append(np.hstack([image, truth, palette[predicted[:h, :w]]]))
     grid = np.vstack([cv2.resize(r, (768, round(768 * r.shape[0] / r.shape[1]))) for r in rows])
     ok, encoded = cv2.imencode(".png", cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
