@@ -105,7 +105,9 @@ def test_expanded_inputs_are_protected_from_every_write(tmp_path):
         with pytest.raises(InputError, match="would overwrite an input of this batch"):
             atomic_write_bytes(target, b"output")
     assert (tmp_path / "a.jpg").read_bytes() == b"input"
-    expand_inputs([str(tmp_path / "link.jpg")])  # a new batch: a.jpg is protected through its link only
+    expand_inputs([str(tmp_path / "link.jpg")], also_protect=[tmp_path / "style.jpg"])  # a new batch
+    with pytest.raises(InputError, match="would overwrite an input of this batch"):
+        atomic_write_bytes(tmp_path / "style.jpg", b"output")
     atomic_write_bytes(tmp_path / "b.jpg", b"output")
 
 
