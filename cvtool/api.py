@@ -334,21 +334,28 @@ class _Task:
                           on_skip=on_skip, lock=self._lock)
 
 
-def _input_items(inputs, recursive: bool):
-    """Paths, directories and globs expanded as the CLI expands them; `InputItem`s pass through."""
-    from cvtool.io.inputs import MEDIA_SUFFIXES, InputItem, iter_inputs
+def _input_items(inputs, recursive: bool, out_dir: Path | None, guard, also_protect=()) -> Iterator:
+    """Paths, directories and globs expanded as the CLI expands them (previous outputs in `out_dir` are
+    not inputs; every input is protected by `guard`); `InputItem`s (already expanded) pass through."""
+    from cvtool.io.inputs import InputItem, expand_inputs
 
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
+    for path in also_protect:
+        guard.add(path)
     for spec in inputs:
         if isinstance(spec, InputItem):
+            if spec.error is None:
+                guard.add(spec.path)
             yield spec
         else:
-            yield from iter_inputs([str(spec)], recursive=recursive, suffixes=MEDIA_SUFFIXES)
+            items, _ = expand_inputs([str(spec)], recursive=recursive, out_dir=out_dir, guard=guard)
+            yield from items
 
 
 def _run_batch(pipeline, inputs, result_type, *, recursive, out_dir, batch_size, workers, skip_existing, vid_stride,
-               on_skip, lock) -> Iterator[Result]:
+               on_skip, lock, also_protect=()) -> Iterator[Result]:
+    from cvtool.io.outputs import protecting
     from cvtool.pipelines.runner import already_done, run
 
     def skip(path: str) -> bool:
@@ -357,13 +364,14 @@ def _run_batch(pipeline, inputs, result_type, *, recursive, out_dir, batch_size,
             on_skip(path)
         return done
 
-    records = run(pipeline, _input_items(inputs, recursive), batch_size=batch_size, workers=workers, out_dir=out_dir,
-                  skip=skip, vid_stride=vid_stride, lock=lock)
-    try:
-        for record in records:
-            yield result_type(record)
-    finally:
-        records.close()
+    with protecting() as guard:  # no output of this batch lands on one of its inputs (or another batch's)
+        records = run(pipeline, _input_items(inputs, recursive, out_dir, guard, also_protect), batch_size=batch_size,
+                      workers=workers, out_dir=out_dir, skip=skip, vid_stride=vid_stride, lock=lock)
+        try:
+            for record in records:
+                yield result_type(record)
+        finally:
+            records.close()
 
 
 class Classifier(_Task):
@@ -508,6 +516,7 @@ class Stylizer(_Task):
 
         self.size, self.tile, self.overlap, self.on_step = size, tile, overlap, on_step
         self.feed_forward = model is not None
+        self._style_paths: list[str] = []
         if self.feed_forward:
             if style is not None:
                 raise UsageError("a feed-forward --model carries its style; drop the style images")
@@ -535,6 +544,7 @@ class Stylizer(_Task):
         self.stylizer = task.Stylizer(features, loaded.preprocess.mean, loaded.preprocess.std, self.settings,
                                       loaded.device)
         self.stylizer.set_styles([load_image(s, max_pixels=max_pixels) for s in styles])
+        self._style_paths = [name for name in map(_name_of, styles) if name is not None]  # never overwritten
         self.columns = task.COLUMNS
         super().__init__(loaded, max_pixels=max_pixels)
 
@@ -599,16 +609,20 @@ class Stylizer(_Task):
         out = Path(out)
         single_file = is_single_file(out)
         if single_file:
-            items = list(_input_items(inputs, recursive))
+            from cvtool.io.inputs import InputItem, expand_inputs
+
+            specs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+            items = [i for spec in specs for i in ([spec] if isinstance(spec, InputItem)
+                                                  else expand_inputs([str(spec)], recursive=recursive)[0])]
             if len(items) > 1:
                 raise UsageError(f"--out {out} is a file but {len(items)} inputs were given; pass a directory")
             inputs = items
         else:
             check_out_dir(out)
         pipeline = self._make_pipeline(out, single_file=single_file, save_every=save_every)
-        return _run_batch(pipeline, inputs, StylizeResult, recursive=recursive, out_dir=out, batch_size=batch_size,
-                          workers=workers, skip_existing=skip_existing, vid_stride=vid_stride, on_skip=on_skip,
-                          lock=self._lock)
+        return _run_batch(pipeline, inputs, StylizeResult, recursive=recursive, out_dir=out,
+                          batch_size=batch_size, workers=workers, skip_existing=skip_existing, vid_stride=vid_stride,
+                          on_skip=on_skip, lock=self._lock, also_protect=self._style_paths)
 
 
 class FaceVerifier:

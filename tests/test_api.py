@@ -340,3 +340,20 @@ def test_cli_coco_lists_every_category_of_the_model(yolo_checkpoint, tmp_path):
     assert document["annotations"] == []  # nothing passes --conf 0.99 on a blank image
     assert document["categories"] == [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}]
     assert document["images"] == [{"id": 1, "file_name": str(blank), "width": 60, "height": 40}]
+
+
+def test_run_never_writes_onto_an_input_or_a_style_image(tmp_path, style_checkpoint):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("a.png", "a.stylized.png"):  # the second is named like the first one's output
+        cv2.imwrite(str(folder / name), np.full((20, 30, 3), 90, np.uint8))
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    sty = cvtool.Stylizer(style_checkpoint, device="cpu")
+    results = list(sty.run([folder / "a.png", folder / "a.stylized.png"], out=folder))
+    assert results[0].error == f"output {folder / 'a.stylized.png'} would overwrite an input of this batch; choose another --out"
+    assert results[1].ok and {p.name: p.read_bytes() for p in folder.iterdir() if p.name in before} == before
+    # a directory input: the earlier output in --out is not taken as an input
+    rerun = list(sty.run(folder, out=folder))
+    assert [r.path for r in rerun] == [str(folder / "a.png")]
+    assert rerun[0].ok and rerun[0].record["outputs"] == [str(folder / "a.stylized.png")]  # the old output, replaced
+    assert (folder / "a.png").read_bytes() == before["a.png"]

@@ -76,6 +76,7 @@ def expand_inputs(
     suffixes: frozenset[str] = MEDIA_SUFFIXES,
     on_previous_outputs: Callable[[int], None] | None = None,
     also_protect: Iterable[str | Path] = (),
+    guard=None,
 ) -> tuple[Iterator[InputItem], int | None]:
     """A batch's inputs, protected from being overwritten, and their count when known up front (for a
     progress bar: None when paths come from stdin or a video or camera makes the frame count unknown).
@@ -84,13 +85,20 @@ def expand_inputs(
     from stdin as it is read, is an input no output may be written onto. `on_previous_outputs(n)` is told,
     once the inputs are all listed, how many previous cvtool outputs in `out_dir` were not taken as inputs.
     `also_protect`: files the batch reads beside its inputs (stylize's style images), protected as well.
+    `guard`: the batch's InputGuard when the caller holds one (`cvtool.io.outputs.protecting`); by default
+    the inputs stay protected for the rest of the process.
     """
     from cvtool.errors import UsageError
     from cvtool.io.video import is_stream
 
     if specs.count("-") > 1:
         raise UsageError("'-' (read paths from stdin) may be given once")
-    guard = start_batch([*(spec for spec in specs if spec != "-" and os.path.lexists(spec)), *also_protect])
+    named = [*(spec for spec in specs if spec != "-" and os.path.lexists(spec)), *also_protect]
+    if guard is None:
+        guard = start_batch(named)
+    else:
+        for path in named:
+            guard.add(path)
     skipped = _Skipped()
 
     def guarded(items: Iterable[InputItem]) -> Iterator[InputItem]:

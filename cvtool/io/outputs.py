@@ -65,36 +65,44 @@ class InputGuard:
         return os.path.realpath(path) in self._paths
 
 
-_current = InputGuard()
+# Every batch running in this process has a guard; an output may land on no input of any of them, so
+# concurrent batches (the Python API from several threads, a server) protect each other's inputs too.
+_active: list[InputGuard] = []
+_active_lock = threading.Lock()
 
 
 def start_batch(paths: Iterable[str | Path] = ()) -> InputGuard:
-    """A new batch begins: its inputs (these, and those added to the returned guard) are protected until
-    the next batch starts. The CLI runs one batch per process; a library caller may prefer `protecting`."""
-    global _current
-    _current = InputGuard(paths)
-    return _current
+    """A new batch begins: its inputs (these, and those added to the returned guard) stay protected for the
+    rest of the process (the CLI runs one batch per process; a library caller uses `protecting`)."""
+    guard = InputGuard(paths)
+    with _active_lock:
+        _active.append(guard)
+    return guard
 
 
 @contextlib.contextmanager
 def protecting(paths: Iterable[str | Path] = ()) -> Iterator[InputGuard]:
     """Protect these inputs (and those added to the guard) for the duration of the block."""
-    global _current
-    previous, _current = _current, InputGuard(paths)
+    guard = start_batch(paths)
     try:
-        yield _current
+        yield guard
     finally:
-        _current = previous
+        with _active_lock:
+            _active.remove(guard)
 
 
 def protect(path: str | Path) -> None:
-    """Add one more input to the running batch (e.g. a style image read beside the contents)."""
-    _current.add(path)
+    """Add one more input to the latest batch (e.g. a style image read beside the contents)."""
+    with _active_lock:
+        guard = _active[-1] if _active else None
+    (guard or start_batch()).add(path)
 
 
 def check_not_input(target: str | Path, input_path: str | None = None) -> None:
-    """Refuse to write `target` when it is an input of the running batch (symlinks resolved)."""
-    if target in _current:
+    """Refuse to write `target` when it is an input of a running batch (symlinks resolved)."""
+    with _active_lock:
+        guards = list(_active)
+    if any(target in guard for guard in guards):
         raise InputError(f"output {target} would overwrite an input of this batch; choose another --out",
                          input_path or target)
 
