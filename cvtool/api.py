@@ -414,13 +414,14 @@ class Detector(_Task):
 
     def __init__(self, model: str | None = None, *, weights: str | Path | None = None, conf: float | None = None,
                  iou: float = 0.45, classes: Sequence[str] | None = None, max_det: int = 300,
-                 keypoints: bool = False, save_crops: bool = False, device: str = "auto", backend: str = "torch",
-                 max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = False,
+                 keypoints: bool = False, save_crops: bool = False, save_txt: bool = False, device: str = "auto",
+                 backend: str = "torch", max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = False,
                  on_export: Callable[[Path], None] | None = None):
         loaded = _load(model, task="detect", weights=weights, device=device, backend=backend,
                        default="fasterrcnn_resnet50_fpn_v2", progress=progress, on_export=on_export)
         self.conf = conf if conf is not None else default_conf(loaded)
         self.iou, self.max_det, self.keypoints, self.save_crops = iou, max_det, keypoints, save_crops
+        self.save_txt = save_txt  # with `out`: OUT/labels/NAME.txt (YOLO) and OUT/classes.txt
         self.keep_classes = list(classes) if classes else None
         super().__init__(loaded, max_pixels=max_pixels)
 
@@ -429,7 +430,7 @@ class Detector(_Task):
 
         return DetectPipeline(self.loaded, conf=self.conf, iou=self.iou, max_det=self.max_det,
                               classes=self.keep_classes, keypoints=self.keypoints, save_crops=self.save_crops,
-                              max_pixels=self.max_pixels, out_dir=out_dir)
+                              save_txt=self.save_txt, max_pixels=self.max_pixels, out_dir=out_dir)
 
     @staticmethod
     def rows(result: dict) -> list[list]:

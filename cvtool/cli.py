@@ -217,7 +217,10 @@ def detect(
     max_det: int = typer.Option(300, "--max-det", min=1, help="At most this many boxes per image."),
     keypoints: bool = typer.Option(False, "--keypoints", help="Keypoint models: write and draw the landmarks "
                                    "(17 body points, or 68 face points with --model face)."),
-    save_crops: bool = typer.Option(False, "--save-crops", help="With --out: also one JPEG per box."),
+    save_crops: bool = typer.Option(False, "--save-crops", help="With --out: also one JPEG per box (per video frame: "
+                                    "NAME.fNNNNNN.cropNNN-LABEL.jpg)."),
+    save_txt: bool = typer.Option(False, "--save-txt", help="With --out: OUT/labels/NAME.txt per image (YOLO: class cx cy "
+                                  "w h score, fractions) and OUT/classes.txt, the layout `cvtool train detect` reads."),
     out: Optional[Path] = OUT_OPT,
     fmt: Optional[DetectFormat] = typer.Option(None, "--format", "-f", help="table, json, jsonl, csv, coco or yolo."),
     batch_size: int = typer.Option(4, "--batch-size", "-b", min=1, help="Images per forward pass."),
@@ -238,11 +241,14 @@ def detect(
     with exits_cleanly():
         if save_crops and out is None:
             raise UsageError("--save-crops needs --out DIR")
+        if save_txt and out is None:
+            raise UsageError("--save-txt needs --out DIR")
         check_out_dir(out, skip_existing=skip_existing)
         from cvtool.api import Detector
 
         task = Detector(model, weights=weights, conf=conf, iou=iou, classes=_csv(classes or "") or None,
-                        max_det=max_det, keypoints=keypoints, save_crops=save_crops, device=device, backend=backend,
+                        max_det=max_det, keypoints=keypoints, save_crops=save_crops, save_txt=save_txt, device=device,
+                        backend=backend,
                         max_pixels=max_pixels, **_loading())
         info(task.describe())
         code = _run_batch(task, images, recursive=recursive, out=out, skip_existing=skip_existing,
@@ -261,7 +267,8 @@ def segment(
     out: Optional[Path] = OUT_OPT,
     alpha: float = typer.Option(0.5, "--alpha", min=0.0, max=1.0, help="Overlay opacity of the class colours."),
     classes: Optional[str] = typer.Option(None, "--classes", help="Comma-separated classes to keep; others become background."),
-    save_mask: bool = typer.Option(False, "--save-mask", help="With --out: also one black/white PNG per class found."),
+    save_mask: bool = typer.Option(False, "--save-mask", help="With --out: also one black/white PNG per class found "
+                                   "(per video frame: NAME.fNNNNNN.mask-LABEL.png)."),
     tile: Optional[int] = typer.Option(None, "--tile", min=16, help="Run in TILE x TILE tiles (large images, bounded memory)."),
     overlap: int = typer.Option(32, "--overlap", min=0, help="Overlap between tiles, blended linearly."),
     batch_size: int = typer.Option(4, "--batch-size", "-b", min=1, help="Tiles per forward pass (with --tile); "

@@ -155,3 +155,66 @@ def test_a_real_torchvision_detector_end_to_end(tmp_path):
     none = run_cli("detect", str(photo), "-m", "ssdlite320_mobilenet_v3_large", "--weights", str(weights),
                    "--conf", "1", "-f", "jsonl")
     assert jsonl(none.stdout)[0]["result"]["detections"] == []
+
+
+def test_save_txt_writes_yolo_labels_that_train_detect_reads_back(fixed_detector, tmp_path):
+    """The label -> train -> predict loop: `detect --save-txt --out DATA` on DATA/images writes DATA/labels/*.txt
+    and DATA/classes.txt; `open_detection_data` (what train detect reads) gives back the same boxes, and a
+    one-epoch `train detect` on them runs."""
+    from cvtool.train.detection_data import open_detection_data
+
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    sizes = {"wide": (120, 200), "tall": (160, 96), "small": (64, 64)}
+    for name, (h, w) in sizes.items():
+        cv2.imwrite(str(data / "images" / f"{name}.png"), np.full((h, w, 3), 90, np.uint8))
+    base = ["detect", str(data / "images"), "-m", "test_fixed", "--weights", str(fixed_detector), "-f", "jsonl"]
+    assert "--save-txt needs --out DIR" in CliRunner().invoke(app, [*base, "--save-txt"]).stderr
+    result = CliRunner().invoke(app, [*base, "--save-txt", "--out", str(data)])
+    assert result.exit_code == 0, result.output
+    records = {r["path"]: r for r in jsonl(result.stdout)}
+    assert (data / "classes.txt").read_text() == "__background__\nsquare\nbar\n"
+    assert (data / "labels" / "wide.txt").read_text() == (
+        "1 0.500000 0.500000 0.500000 0.500000 0.9000\n2 0.500000 0.125000 1.000000 0.250000 0.6000\n")
+    assert str(data / "labels" / "wide.txt") in records[str(data / "images" / "wide.png")]["outputs"]
+
+    read_back = open_detection_data(data)
+    assert read_back.classes == ["__background__", "square", "bar"]
+    for path, boxes, labels in zip(read_back.paths, read_back.boxes, read_back.labels):
+        detections = records[str(path)]["result"]["detections"]
+        assert labels.tolist() == [d["index"] for d in detections]
+        np.testing.assert_allclose(boxes, [d["box"] for d in detections], atol=1e-3)
+
+    trained = CliRunner().invoke(app, ["train", "detect", str(data), "--epochs", "1", "--img-size", "64", "--width", "4",
+                                       "--batch-size", "2", "--val", str(data), "--out", str(tmp_path / "run")])
+    assert trained.exit_code == 0, trained.output
+    assert (tmp_path / "run" / "best.pt").exists()
+
+
+def test_video_frames_get_crops_labels_and_frame_numbers_in_csv_and_coco(fixed_detector, tmp_path):
+    import csv
+    import io
+
+    video = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10, (80, 48))
+    for i in range(4):
+        writer.write(np.full((48, 80, 3), 40 * i, np.uint8))
+    writer.release()
+    out = tmp_path / "out"
+    base = ["detect", str(video), "-m", "test_fixed", "--weights", str(fixed_detector), "--vid-stride", "2"]
+    result = CliRunner().invoke(app, [*base, "--out", str(out), "--save-crops", "--save-txt", "-f", "jsonl"])
+    assert result.exit_code == 0, result.output
+    records = jsonl(result.stdout)
+    assert [r["frame"] for r in records] == [0, 2]
+    assert records[1]["outputs"] == [str(out / "clip.detect.mp4"), str(out / "clip.f000002.crop000-square.jpg"),
+                                     str(out / "clip.f000002.crop001-bar.jpg"), str(out / "labels" / "clip.f000002.txt")]
+    assert cv2.imread(str(out / "clip.f000000.crop000-square.jpg")).shape == (24, 40, 3)
+    assert (out / "labels" / "clip.f000000.txt").read_text().startswith("1 0.500000 0.500000 0.500000 0.500000 0.9000\n")
+
+    rows = list(csv.DictReader(io.StringIO(CliRunner().invoke(app, [*base, "-f", "csv"]).stdout)))
+    assert [(r["path"], r["frame"], r["label"]) for r in rows] == [
+        (str(video), "0", "square"), (str(video), "0", "bar"), (str(video), "2", "square"), (str(video), "2", "bar")]
+    coco = json.loads(CliRunner().invoke(app, [*base, "-f", "coco"]).stdout)
+    assert [(i["id"], i["file_name"], i["frame"]) for i in coco["images"]] == [(1, str(video), 0), (2, str(video), 2)]
+    assert coco["images"][1]["time_s"] == pytest.approx(0.2)
+    assert [a["image_id"] for a in coco["annotations"]] == [1, 1, 2, 2]

@@ -30,10 +30,10 @@ def test_json_is_one_array():
 def test_csv_flattens_top_k_and_puts_errors_in_their_column():
     table = list(csv.reader(io.StringIO(written("csv"))))
     assert table == [
-        ["path", "rank", "label", "prob", "error"],
-        ["a.jpg", "1", "cat", "0.75", ""],
-        ["a.jpg", "2", "dog", "0.25", ""],
-        ["b.jpg", "", "", "", "empty file (0 bytes)"],
+        ["path", "frame", "rank", "label", "prob", "error"],
+        ["a.jpg", "", "1", "cat", "0.75", ""],
+        ["a.jpg", "", "2", "dog", "0.25", ""],
+        ["b.jpg", "", "", "", "", "empty file (0 bytes)"],
     ]
 
 

@@ -44,20 +44,22 @@ class JsonWriter:
 
 
 class CsvWriter:
-    """A header, then one row per flattened result (e.g. per top-k label); errors in their own column."""
+    """A header, then one row per flattened result (e.g. per top-k label); errors in their own column.
+    `frame` is a video frame's index (the record's `frame`), empty for an image."""
 
     def __init__(self, stream: TextIO, columns: list[str], rows: RowsFn):
         self.columns, self.rows = columns, rows
         self.writer = csv.writer(stream, lineterminator="\n")
-        self.writer.writerow(["path", *columns, "error"])
+        self.writer.writerow(["path", "frame", *columns, "error"])
         self.stream = stream
 
     def write(self, record: dict) -> None:
         if "error" in record:
-            self.writer.writerow([record["path"], *([""] * len(self.columns)), record["error"]])
+            self.writer.writerow([record["path"], "", *([""] * len(self.columns)), record["error"]])
         else:
+            frame = record.get("frame", "")
             for row in self.rows(record["result"]):
-                self.writer.writerow([record["path"], *row, ""])
+                self.writer.writerow([record["path"], frame, *row, ""])
         self.stream.flush()
 
     def close(self) -> None:

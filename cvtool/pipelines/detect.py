@@ -27,12 +27,14 @@ class DetectPipeline:
 
     def __init__(self, model: LoadedModel, *, conf: float = 0.25, iou: float = 0.45, max_det: int = 300,
                  classes: list[str] | None = None, keypoints: bool = False, save_crops: bool = False,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, out_dir=None):
+                 save_txt: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS, out_dir=None):
         import torch
 
         self.model, self.model_name, self.weights_sha256 = model, model.name, model.weights_sha256
         self.conf, self.iou, self.max_det, self.max_pixels = conf, iou, max_det, max_pixels
-        self.keypoints, self.save_crops = keypoints, save_crops
+        self.keypoints, self.save_crops, self.save_txt = keypoints, save_crops, save_txt
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self._classes_written = False
         self.keep = None
         if classes:
             unknown = [c for c in classes if c not in model.classes]
@@ -89,17 +91,52 @@ class DetectPipeline:
     def save(self, path: str, sample: Sample, result: dict, out_dir: Path) -> list[str]:
         target = self.output_name(path)
         write_image(target, draw_detections(sample.rgb, result["detections"]))
+        base = str(target)[: -len(".detect.jpg")]
         written = [str(target)]
         if self.save_crops:
-            base = str(target)[: -len(".detect.jpg")]
-            for i, det in enumerate(result["detections"]):
-                x1, y1, x2, y2 = (int(round(v)) for v in det["box"])
-                crop = sample.rgb[max(0, y1) : max(y1 + 1, y2), max(0, x1) : max(x1 + 1, x2)]
-                crop_path = Path(f"{base}.crop{i:03d}-{safe_name(det['label'])}.jpg")
-                refuse_overwriting_input(crop_path, path)
-                write_image(crop_path, crop)
-                written.append(str(crop_path))
+            written += self._write_crops(base, sample.rgb, result["detections"], path)
+        if self.save_txt:
+            written += self._write_labels(Path(base).name, result, path)
         return written
+
+    def save_frame(self, path: str, index: int, rgb: np.ndarray, sample: Sample, result: dict) -> list[str]:
+        """A video's kept frame (with --out): its crops `NAME.fNNNNNN.cropNNN-LABEL.jpg` and its label file
+        `labels/NAME.fNNNNNN.txt`, NNNNNN the frame's index in the video (as the record's `frame`)."""
+        stem = f"{str(self.video_name(path))[: -len('.detect.mp4')]}.f{index:06d}"
+        written = self._write_crops(stem, rgb, result["detections"], path) if self.save_crops else []
+        if self.save_txt:
+            written += self._write_labels(Path(stem).name, result, path)
+        return written
+
+    def _write_crops(self, base: str, rgb: np.ndarray, detections: list[dict], path: str) -> list[str]:
+        written = []
+        for i, det in enumerate(detections):
+            x1, y1, x2, y2 = (int(round(v)) for v in det["box"])
+            crop = rgb[max(0, y1) : max(y1 + 1, y2), max(0, x1) : max(x1 + 1, x2)]
+            crop_path = Path(f"{base}.crop{i:03d}-{safe_name(det['label'])}.jpg")
+            refuse_overwriting_input(crop_path, path)
+            write_image(crop_path, crop)
+            written.append(str(crop_path))
+        return written
+
+    def _write_labels(self, stem: str, result: dict, path: str) -> list[str]:
+        """--save-txt: `OUT/labels/STEM.txt` in YOLO's layout (`class cx cy w h score`, fractions of the
+        image; empty when nothing was found) and `OUT/classes.txt`, the layout `cvtool train detect` reads
+        with OUT/images/ beside them (so `--out` the folder above images/ makes a training set)."""
+        from cvtool.io.atomic import atomic_write_text
+
+        written = []
+        if not self._classes_written:
+            classes_path = self.out_dir / "classes.txt"
+            refuse_overwriting_input(classes_path, path)
+            atomic_write_text(classes_path, "".join(f"{name}\n" for name in self.model.classes))
+            self._classes_written = True
+            written.append(str(classes_path))
+        label_path = self.out_dir / "labels" / f"{stem}.txt"
+        refuse_overwriting_input(label_path, path)
+        label_path.parent.mkdir(exist_ok=True)
+        atomic_write_text(label_path, "".join(f"{line}\n" for line in yolo_lines(result)))
+        return [*written, str(label_path)]
 
     def already_done(self, path: str) -> bool:
         return self.output_name is not None and self.output_name.exists(path)
@@ -151,7 +188,10 @@ class CocoWriter:
             return
         image_id = len(self.images) + 1
         h, w = record["result"]["size"]
-        self.images.append({"id": image_id, "file_name": record["path"], "width": w, "height": h})
+        image = {"id": image_id, "file_name": record["path"], "width": w, "height": h}
+        if "frame" in record:  # a video's frame: the video's path, the frame's index and time
+            image.update(frame=record["frame"], time_s=record.get("time_s"))
+        self.images.append(image)
         for det in record["result"]["detections"]:
             x1, y1, x2, y2 = det["box"]
             category = self.categories.get(det["index"])
@@ -167,6 +207,17 @@ class CocoWriter:
         self.stream.write("\n")
 
 
+def yolo_lines(result: dict) -> list[str]:
+    """YOLO's label lines of one result: `class cx cy w h score`, the box as fractions of the image."""
+    h, w = result["size"]
+    lines = []
+    for det in result["detections"]:
+        x1, y1, x2, y2 = det["box"]
+        cx, cy, bw, bh = (x1 + x2) / 2 / w, (y1 + y2) / 2 / h, (x2 - x1) / w, (y2 - y1) / h
+        lines.append(f"{det['index']} {cx:.6f} {cy:.6f} {bw:.6f} {bh:.6f} {det['score']:.4f}")
+    return lines
+
+
 class YoloWriter:
     """YOLO's text format, one line per box: `path class cx cy w h score`, coordinates as fractions."""
 
@@ -176,11 +227,8 @@ class YoloWriter:
     def write(self, record: dict) -> None:
         if "error" in record:
             return
-        h, w = record["result"]["size"]
-        for det in record["result"]["detections"]:
-            x1, y1, x2, y2 = det["box"]
-            cx, cy, bw, bh = (x1 + x2) / 2 / w, (y1 + y2) / 2 / h, (x2 - x1) / w, (y2 - y1) / h
-            self.stream.write(f"{record['path']} {det['index']} {cx:.6f} {cy:.6f} {bw:.6f} {bh:.6f} {det['score']:.4f}\n")
+        for line in yolo_lines(record["result"]):
+            self.stream.write(f"{record['path']} {line}\n")
         self.stream.flush()
 
     def close(self) -> None:

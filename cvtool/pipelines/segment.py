@@ -137,11 +137,26 @@ class SegmentPipeline:
         write_image(overlay_path, overlay(sample.rgb, sample.labels, self.alpha, self.palette))
         written = [str(mask_path), str(overlay_path)]
         if self.save_mask:
-            for entry in result["classes"]:
-                binary = np.where(sample.labels == entry["index"], 255, 0).astype(np.uint8)
-                target = Path(f"{base}.mask-{safe_name(entry['label'])}.png")
-                write_image(target, binary)
-                written.append(str(target))
+            written += self._write_class_masks(base, sample.labels, result, path)
+        return written
+
+    def save_frame(self, path: str, index: int, rgb: np.ndarray, sample: Sample, result: dict) -> list[str]:
+        """A video's kept frame (with --out --save-mask): `NAME.fNNNNNN.mask-LABEL.png` per class found,
+        NNNNNN the frame's index in the video (as the record's `frame`)."""
+        if not self.save_mask:
+            return []
+        base = f"{str(self.video_name(path))[: -len('.segment.mp4')]}.f{index:06d}"
+        return self._write_class_masks(base, sample.labels, result, path)
+
+    @staticmethod
+    def _write_class_masks(base: str, labels: np.ndarray, result: dict, path: str) -> list[str]:
+        written = []
+        for entry in result["classes"]:
+            binary = np.where(labels == entry["index"], 255, 0).astype(np.uint8)
+            target = Path(f"{base}.mask-{safe_name(entry['label'])}.png")
+            refuse_overwriting_input(target, path)
+            write_image(target, binary)
+            written.append(str(target))
         return written
 
     def already_done(self, path: str) -> bool:

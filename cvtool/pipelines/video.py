@@ -145,6 +145,9 @@ def run_video(pipeline: Pipeline, path: str, *, batch_size: int = 16, stride: in
                         writer = AtomicVideoWriter(target, fps / stride, (rendered.shape[1], rendered.shape[0]))
                     writer.write(rendered)
                     record["outputs"] = [str(target)]
+                    save_frame = getattr(pipeline, "save_frame", None)  # per-frame files: crops, masks, labels
+                    if save_frame is not None:
+                        record["outputs"] += save_frame(path, frame.index, frame.rgb, frame.sample, result)
                 frames += 1
                 yield emit(record, frame, result)
     except CvtoolError as exc:
