@@ -29,18 +29,23 @@ class JsonLinesWriter:
 
 
 class JsonWriter:
-    """One JSON array, written at the end (a valid document even when the batch is empty)."""
+    """One JSON array, streamed: each record is written (and flushed) as it comes, so memory stays flat
+    however long the batch; the document is the same bytes `json.dump(records, indent=2)` would write,
+    and valid even when the batch is empty."""
 
     def __init__(self, stream: TextIO, columns: list[str], rows: RowsFn):
         self.stream = stream
-        self.records: list[dict] = []
+        self.count = 0
 
     def write(self, record: dict) -> None:
-        self.records.append(record)
+        item = json.dumps(record, ensure_ascii=False, indent=2).replace("\n", "\n  ")
+        self.stream.write(("[\n  " if self.count == 0 else ",\n  ") + item)
+        self.stream.flush()
+        self.count += 1
 
     def close(self) -> None:
-        json.dump(self.records, self.stream, ensure_ascii=False, indent=2)
-        self.stream.write("\n")
+        self.stream.write("\n]\n" if self.count else "[]\n")
+        self.stream.flush()
 
 
 class CsvWriter:

@@ -177,34 +177,55 @@ class CocoWriter:
 
     `categories` (class index -> {"id", "name"}, see `coco_categories`) lists all of the model's classes
     even when nothing is found; the pipeline's `extra_formats` passes it. Without it, the categories are
-    those detected, with ids index + 1."""
+    those detected, with ids index + 1.
+
+    Streamed, in bounded memory: each image entry is written to the stream as it comes, the annotations
+    wait in a temporary file until the images are all out; the document is the same bytes `json.dump`
+    of the whole would write."""
 
     def __init__(self, stream, columns, rows_fn, categories: dict[int, dict] | None = None):
-        self.stream, self.images, self.annotations = stream, [], []
+        self.stream, self.images, self.annotations = stream, 0, 0  # counts written
         self.categories = dict(categories or {})
+        self._spool = None  # the annotations so far, as JSON text
 
     def write(self, record: dict) -> None:
         if "error" in record:
             return
-        image_id = len(self.images) + 1
+        image_id = self.images + 1
         h, w = record["result"]["size"]
         image = {"id": image_id, "file_name": record["path"], "width": w, "height": h}
         if "frame" in record:  # a video's frame: the video's path, the frame's index and time
             image.update(frame=record["frame"], time_s=record.get("time_s"))
-        self.images.append(image)
+        self.stream.write(('{"images": [' if self.images == 0 else ", ") + json.dumps(image))
+        self.stream.flush()
+        self.images += 1
         for det in record["result"]["detections"]:
             x1, y1, x2, y2 = det["box"]
             category = self.categories.get(det["index"])
             if category is None:
                 category = self.categories[det["index"]] = {"id": det["index"] + 1, "name": det["label"]}
-            self.annotations.append({"id": len(self.annotations) + 1, "image_id": image_id, "category_id": category["id"],
-                                     "bbox": [x1, y1, round(x2 - x1, 2), round(y2 - y1, 2)],
-                                     "area": round((x2 - x1) * (y2 - y1), 2), "score": det["score"], "iscrowd": 0})
+            annotation = {"id": self.annotations + 1, "image_id": image_id, "category_id": category["id"],
+                          "bbox": [x1, y1, round(x2 - x1, 2), round(y2 - y1, 2)],
+                          "area": round((x2 - x1) * (y2 - y1), 2), "score": det["score"], "iscrowd": 0}
+            if self._spool is None:
+                import tempfile
+
+                self._spool = tempfile.TemporaryFile("w+", encoding="utf-8")
+            self._spool.write((", " if self.annotations else "") + json.dumps(annotation))
+            self.annotations += 1
 
     def close(self) -> None:
+        import shutil
+
         categories = sorted(({"id": c["id"], "name": c["name"]} for c in self.categories.values()), key=lambda c: c["id"])
-        json.dump({"images": self.images, "annotations": self.annotations, "categories": categories}, self.stream)
-        self.stream.write("\n")
+        self.stream.write(('{"images": [' if self.images == 0 else "") + '], "annotations": [')
+        if self._spool is not None:
+            self._spool.seek(0)
+            shutil.copyfileobj(self._spool, self.stream)
+            self._spool.close()
+            self._spool = None
+        self.stream.write('], "categories": ' + json.dumps(categories) + "}\n")
+        self.stream.flush()
 
 
 def yolo_lines(result: dict) -> list[str]:
