@@ -27,3 +27,56 @@ def resolve_device(spec: str = "auto"):
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise UsageError("device 'mps' asked for, but MPS is not available on this machine")
     return device
+
+
+# -- threads: N cvtool processes on one machine share its cores -----------------------------------
+
+_THREADS: int | None = None  # set by set_threads; onnxruntime sessions made afterwards take it too
+
+
+def cpu_count() -> int:
+    """The cores this process may run on (its affinity mask, e.g. under taskset or a container's cpuset)."""
+    import os
+
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def default_threads(threads: int | None = None, shard: tuple[int, int] | None = None) -> int | None:
+    """The compute threads a process should use: `threads` when given (0: the libraries' own default, as
+    before `--threads` existed); else, when it is one of N shards, its share of the cores (cores // N, at
+    least 1); else None (the libraries' own default, which honours OMP_NUM_THREADS)."""
+    if threads is not None:
+        if threads < 0:
+            raise UsageError(f"--threads {threads}: give a number of threads (0 for the libraries' default)")
+        return threads or None
+    if shard is not None and shard[1] > 1:
+        return max(1, cpu_count() // shard[1])
+    return None
+
+
+def set_threads(threads: int | None) -> None:
+    """Use `threads` compute threads in this process: PyTorch's intra-op pool, OpenCV's, and onnxruntime's
+    for sessions made from now on. None leaves every library at its default. Process-wide."""
+    global _THREADS
+    if not threads:
+        return
+    if threads < 0:
+        raise UsageError(f"--threads {threads}: give a number of threads (0 for the libraries' default)")
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        import cv2
+
+        cv2.setNumThreads(threads)
+    except ImportError:  # pragma: no cover - OpenCV is a dependency
+        pass
+    _THREADS = threads
+
+
+def configured_threads() -> int | None:
+    """The thread count set_threads chose (None: libraries' defaults)."""
+    return _THREADS

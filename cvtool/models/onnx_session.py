@@ -30,6 +30,10 @@ def make_session(model: bytes | str | Path, *, device=None, threads: int | None 
 
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: its warnings would land on our stderr
+    if not threads:
+        from cvtool.device import configured_threads
+
+        threads = configured_threads()  # --threads / the process's share when sharded
     if threads:
         options.intra_op_num_threads = threads
     if not spin:
