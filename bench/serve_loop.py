@@ -1,0 +1,225 @@
+"""`cvtool serve` against the shell loop it is for, and under concurrent load.
+
+    python bench/serve_loop.py [--calls 20] [--requests 2000] [--clients 8]
+
+1. verify-face in a loop: N `cvtool verify-face A B -f jsonl` processes on real photos
+   (../shared/datasets/faces if present, else the sample astronaut against a mirrored copy), each pair run
+   once without the server and once with CVTOOL_SERVER set, alternately (so other load on the machine
+   falls on both alike): seconds per call (median and mean), the speedup, and whether every verdict
+   (same, distance, or the error) is identical.
+2. /detect throughput: a random-weight YOLO checkpoint (speed does not depend on the values) on 320 px
+   letterboxes of 640x480 JPEGs, from 1 client and from `--clients` concurrent clients (keep-alive-free
+   urllib, as the thin client sends): images/s.
+3. Memory: the server's RSS after warm-up and after `--requests` more /detect requests (from the clients).
+
+Talks to 127.0.0.1 only; bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _results import write_results  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+FACES = ROOT.parent / "shared" / "datasets" / "faces"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(args: list[str], env: dict, log: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-m", "cvtool", "serve", "--port", str(port), *args],
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited {proc.returncode}: {log.read_text()}")
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=2):
+                return proc, url
+        except OSError:
+            time.sleep(0.3)
+    proc.kill()
+    raise SystemExit("server did not come up in 300 s")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def face_pairs(n: int, tmp: Path, photos_from: str) -> tuple[list[tuple[str, str]], str]:
+    photos = sorted(str(p) for p in FACES.glob("*/*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if len(photos) >= 2 and photos_from == "faces":
+        # neighbours in sorted order: mostly the same person, with a change of person at each folder boundary
+        return [(photos[i % len(photos)], photos[(i + 1) % len(photos)]) for i in range(n)], str(FACES)
+    import cv2
+
+    astronaut = ROOT / "sample_images" / "photos" / "astronaut.jpg"
+    mirrored = tmp / "astronaut_mirrored.jpg"
+    cv2.imwrite(str(mirrored), cv2.imread(str(astronaut))[:, ::-1])
+    return [(str(astronaut), str(mirrored))] * n, "sample_images/photos/astronaut.jpg vs a mirrored copy"
+
+
+def verdict(stdout: str, code: int):
+    lines = [json.loads(line) for line in stdout.splitlines() if line.strip()]
+    if not lines:
+        return ("no record", code)
+    record = lines[0]
+    if "error" in record:
+        return ("error", record["path"], record["error"], code)
+    return ("same" if record["result"]["same"] else "different", record["result"]["distance"], code)
+
+
+def verify_loop(n: int, env: dict, tmp: Path, photos_from: str) -> dict:
+    pairs, source = face_pairs(n, tmp, photos_from)
+    proc, url = start_server(["--preload", "verify-face"], env, tmp / "serve-verify.log")
+    try:
+        local_s, remote_s, local_v, remote_v = [], [], [], []
+        for a, b in pairs:
+            for times, verdicts, extra in ((local_s, local_v, {}), (remote_s, remote_v, {"CVTOOL_SERVER": url})):
+                start = time.perf_counter()
+                done = subprocess.run([sys.executable, "-m", "cvtool", "verify-face", a, b, "-f", "jsonl"],
+                                      capture_output=True, text=True, env={**env, **extra}, cwd=ROOT)
+                times.append(time.perf_counter() - start)
+                verdicts.append(verdict(done.stdout, done.returncode))
+        server_rss = rss_mb(proc.pid)
+    finally:
+        stop(proc)
+    mismatches = [(p, lv, rv) for p, lv, rv in zip(pairs, local_v, remote_v) if lv != rv]
+    return {
+        "photos": source, "calls": n,
+        "local_s_per_call": {"median": round(statistics.median(local_s), 3), "mean": round(statistics.mean(local_s), 3)},
+        "server_s_per_call": {"median": round(statistics.median(remote_s), 3),
+                              "mean": round(statistics.mean(remote_s), 3)},
+        "speedup_median": round(statistics.median(local_s) / statistics.median(remote_s), 1),
+        "speedup_mean": round(statistics.mean(local_s) / statistics.mean(remote_s), 1),
+        "verdicts_identical": not mismatches, "mismatches": [list(map(str, m)) for m in mismatches[:5]],
+        "verdict_counts": {k: sum(v[0] == k for v in local_v) for k in ("same", "different", "error")},
+        "server_rss_mb": round(server_rss, 1),
+    }
+
+
+def yolo_checkpoint(tmp: Path) -> Path:
+    from cvtool.models.checkpoint import save_checkpoint
+    from cvtool.models.yolo import YOLO_PREPROCESS, YoloDetector
+
+    net = YoloDetector(num_classes=2, img_size=320)
+    path = tmp / "yolo-random.pt"
+    save_checkpoint(path, arch="yolo", task="detect", state_dict=net.state_dict(), classes=["a", "b"],
+                    preprocess=YOLO_PREPROCESS.to_dict(),
+                    extra={"arch_kwargs": {"anchors": net.anchors.tolist(), "img_size": 320}})
+    return path
+
+
+def jpegs(count: int) -> list[bytes]:
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    out = []
+    for _ in range(count):
+        image = cv2.GaussianBlur(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8), (0, 0), 3)
+        out.append(cv2.imencode(".jpg", image)[1].tobytes())
+    return out
+
+
+def detect_load(env: dict, tmp: Path, clients: int, requests: int, seconds: float) -> dict:
+    weights = yolo_checkpoint(tmp)
+    proc, url = start_server(["--preload", f"detect:{weights}", "--device", "cpu"], env,
+                             tmp / "serve-detect.log")
+    images = jpegs(16)
+    endpoint = f"{url}/detect?weights={weights}&name=frame.jpg"
+
+    def one(i: int) -> None:
+        req = urllib.request.Request(endpoint, data=images[i % len(images)], method="POST",
+                                     headers={"Content-Type": "application/octet-stream"})
+        with urllib.request.urlopen(req, timeout=120) as response:
+            assert response.status == 200
+            response.read()
+
+    def throughput(workers: int) -> float:
+        count, start = 0, time.perf_counter()
+        with ThreadPoolExecutor(workers) as pool:
+            while time.perf_counter() - start < seconds:
+                list(pool.map(one, range(count, count + 4 * workers)))
+                count += 4 * workers
+        return count / (time.perf_counter() - start)
+
+    try:
+        for i in range(32):  # warm-up: first passes
+            one(i)
+        single = throughput(1)
+        multi = throughput(clients)  # also warms every server thread (each grows its own allocator arena)
+        rss = [rss_mb(proc.pid)]
+        start = time.perf_counter()
+        with ThreadPoolExecutor(clients) as pool:
+            for quarter in range(4):
+                list(pool.map(one, range(quarter * requests // 4, (quarter + 1) * requests // 4)))
+                rss.append(rss_mb(proc.pid))
+        load_s = time.perf_counter() - start
+    finally:
+        stop(proc)
+    return {
+        "model": "yolo (random weights), 320 px letterbox of 640x480 JPEGs, device cpu",
+        "images_per_s_1_client": round(single, 1), f"images_per_s_{clients}_clients": round(multi, 1),
+        "concurrency_gain": round(multi / single, 2),
+        "rss_mb_after_warmup_then_each_quarter": [round(r, 1) for r in rss],
+        "rss_growth_mb": round(rss[-1] - rss[0], 1), "requests": requests,
+        "requests_per_s_under_load": round(requests / load_s, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calls", type=int, default=20, help="verify-face calls each way (the issue: 50)")
+    parser.add_argument("--requests", type=int, default=2000, help="/detect requests for the memory figure")
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=15, help="per throughput measurement")
+    parser.add_argument("--photos", default="faces,sample", help="faces (../shared/datasets/faces), sample "
+                        "(the astronaut vs a mirrored copy), or both")
+    parser.add_argument("--skip-verify", action="store_true")
+    parser.add_argument("--skip-detect", action="store_true")
+    args = parser.parse_args()
+    env = {**os.environ, "CVTOOL_NO_PROGRESS": "1"}
+    env.pop("CVTOOL_SERVER", None)
+    figures: dict = {"cpus": os.cpu_count()}
+    with tempfile.TemporaryDirectory() as tmp:
+        for photos in ([] if args.skip_verify else args.photos.split(",")):
+            figures[f"verify_face_loop_{photos}"] = verify_loop(args.calls, env, Path(tmp), photos)
+            print(json.dumps(figures[f"verify_face_loop_{photos}"]), file=sys.stderr)
+        if not args.skip_detect:
+            figures["detect_load"] = detect_load(env, Path(tmp), args.clients, args.requests, args.seconds)
+    write_results("serve_loop", figures)
+
+
+if __name__ == "__main__":
+    main()
