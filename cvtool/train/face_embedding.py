@@ -413,7 +413,7 @@ def run_training(args: FaceTrainArgs, cfg, run_dir: Path, device, *, resume: boo
     summary = {
         "task": TASK, "arch": entry.name, "loss": args.loss, "mining": args.mining if args.loss == "triplet" else None,
         "margin": args.margin if args.loss == "triplet" else None,
-        "batch": {"identities": trainer.train_loader.batch_sampler.p, "images_per_identity": args.images_per_identity},
+        "batch": {"identities": trainer.train_loader.batch_sampler.batches.p, "images_per_identity": args.images_per_identity},
         "train_identities": len(extra["train_identities"]), "val_identities": extra["val_identities"],
         "train_images": len(train_data), "val_images": len(val_data), "skipped_files": len(skipped),
         "epochs": state.epoch, "best_epoch": best_epoch,
