@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test bench bench-startup bench-throughput bench-bad-inputs bench-segment bench-detect bench-video bench-onnx bench-serve eval-train eval-face-train eval-segment eval-style eval-detect eval-face-port eval-face-landmarks eval-face sample-images lenet-digits clean
+.PHONY: install demo test bench bench-startup bench-throughput bench-bad-inputs bench-segment bench-detect bench-video bench-onnx bench-serve bench-ddp eval-train eval-face-train eval-segment eval-style eval-detect eval-face-port eval-face-landmarks eval-face sample-images lenet-digits clean
 
 ## install: a virtual environment in .venv with cvtool (editable) and the dev tools
 install:
@@ -39,6 +39,10 @@ bench-detect:
 ## bench-video: a generated 1-minute 720p video through detect and segment: frames/s and RSS, start vs end (a few minutes)
 bench-video:
 	$(BIN)/python bench/video_run.py
+
+## bench-ddp: train classify on 1 vs 2 processes (images/s), and peak RSS on 2,000 vs 20,000 images, lazy and in memory (several minutes)
+bench-ddp:
+	$(BIN)/python bench/ddp.py
 
 ## bench-onnx: onnxruntime vs PyTorch eager on the CPU, batch 1 and 8 (a few minutes)
 bench-onnx:
