@@ -13,6 +13,9 @@ Images given as arrays are **RGB**, dtype uint8, shape H x W x 3 (see `cvtool.io
 Nothing here prints; every failure a user can cause is a `cvtool.CvtoolError` (an `InputError` for a
 bad image) carrying the one-line message the CLI shows. A loaded model may be called from several
 threads at once: preprocessing runs in the caller's thread, the forward pass is serialised by a lock.
+`threads=N` on any task object sets this process's compute threads (PyTorch, OpenCV, onnxruntime;
+process-wide, see `cvtool.device.set_threads`); `run(..., shard=(K, N), records="done.jsonl")` splits a
+batch between processes and makes it resumable (README, "Batch jobs at scale").
 The CLI (`cvtool.cli`) is a thin adapter over these objects.
 """
 
@@ -188,9 +191,11 @@ def _as_list(sources) -> tuple[list, bool]:
 
 
 def _load(model: str | None, *, task: str, weights, device: str, backend: str, default: str,
-          progress: bool, on_export: Callable[[Path], None] | None):
-    from cvtool.device import resolve_device
+          progress: bool, on_export: Callable[[Path], None] | None, threads: int | None = None):
+    from cvtool.device import resolve_device, set_threads
     from cvtool.models import onnx_backend
+
+    set_threads(threads)  # before any session is made: onnxruntime fixes its pool then
 
     return onnx_backend.load(model, task=task, weights=weights, device=resolve_device(device), backend=backend,
                              progress=progress, default=default, on_export=on_export)
@@ -276,7 +281,7 @@ class _Task:
         return _name_of(source), rgb, sample, (time.perf_counter() - start) * 1000
 
     def _predict_prepared(self, prepared: list) -> list[Result]:
-        from cvtool.pipelines.runner import result_record
+        from cvtool.pipelines.base import result_record
 
         if not prepared:
             return []
@@ -319,19 +324,24 @@ class _Task:
 
     def run(self, inputs: str | Path | Iterable, *, out: str | Path | None = None, recursive: bool = False,
             batch_size: int = 16, workers: int = 2, skip_existing: bool = False, vid_stride: int = 1,
-            on_skip: Callable[[str], None] | None = None) -> Iterator[Result]:
+            on_skip: Callable[[str], None] | None = None, shard: tuple[int, int] | None = None,
+            records: str | Path | Any = None) -> Iterator[Result]:
         """A batch as the CLI runs it: files, directories, globs (or `InputItem`s), images and videos.
 
         Yields one Result per input (per kept frame of a video), in input order; a bad input yields a
         Result whose `error` says why and the batch goes on. With `out`, each input's outputs are written
-        there atomically (`record["outputs"]`); `skip_existing` skips inputs whose output exists."""
+        there atomically (`record["outputs"]`); `skip_existing` skips inputs whose output exists.
+        `shard=(K, N)`: only shard K of N of the inputs (cvtool.io.shards: N processes split any input list
+        with no coordination). `records`: a JSON Lines journal (a path, or an open `cvtool.io.journal.Journal`)
+        every record is appended to as it is produced; inputs it already records as done are skipped
+        (`on_skip` is told), whatever `out` is."""
         from cvtool.io.outputs import check_out_dir
 
         out_dir = Path(out) if out is not None else None
         check_out_dir(out_dir, skip_existing=skip_existing)
         return _run_batch(self._make_pipeline(out_dir), inputs, self.result_type, recursive=recursive, out_dir=out_dir,
                           batch_size=batch_size, workers=workers, skip_existing=skip_existing, vid_stride=vid_stride,
-                          on_skip=on_skip, lock=self._lock)
+                          on_skip=on_skip, lock=self._lock, shard=shard, records=records)
 
 
 def _input_items(inputs, recursive: bool, out_dir: Path | None, guard, also_protect=()) -> Iterator:
@@ -354,24 +364,47 @@ def _input_items(inputs, recursive: bool, out_dir: Path | None, guard, also_prot
 
 
 def _run_batch(pipeline, inputs, result_type, *, recursive, out_dir, batch_size, workers, skip_existing, vid_stride,
-               on_skip, lock, also_protect=()) -> Iterator[Result]:
+               on_skip, lock, also_protect=(), shard=None, records=None) -> Iterator[Result]:
+    """Check `shard` and open the `records` journal now (a bad one is a UsageError at the call), then
+    the batch, lazily."""
+    from cvtool.io.journal import Journal
+    from cvtool.io.shards import check_shard
+
+    if shard is not None:
+        shard = check_shard(shard)
+    journal = records if records is None or isinstance(records, Journal) else Journal(records)
+    return _batch(pipeline, inputs, result_type, recursive=recursive, out_dir=out_dir, batch_size=batch_size,
+                  workers=workers, skip_existing=skip_existing, vid_stride=vid_stride, on_skip=on_skip, lock=lock,
+                  also_protect=also_protect, shard=shard, journal=journal, own_journal=journal is not records)
+
+
+def _batch(pipeline, inputs, result_type, *, recursive, out_dir, batch_size, workers, skip_existing, vid_stride,
+           on_skip, lock, also_protect, shard, journal, own_journal) -> Iterator[Result]:
     from cvtool.io.outputs import protecting
+    from cvtool.io.shards import select
     from cvtool.pipelines.runner import already_done, run
 
     def skip(path: str) -> bool:
-        done = skip_existing and already_done(pipeline, path)
+        done = (journal is not None and journal.done(path)) or (skip_existing and already_done(pipeline, path))
         if done and on_skip is not None:
             on_skip(path)
         return done
 
-    with protecting() as guard:  # no output of this batch lands on one of its inputs (or another batch's)
-        records = run(pipeline, _input_items(inputs, recursive, out_dir, guard, also_protect), batch_size=batch_size,
-                      workers=workers, out_dir=out_dir, skip=skip, vid_stride=vid_stride, lock=lock)
-        try:
-            for record in records:
-                yield result_type(record)
-        finally:
-            records.close()
+    try:
+        with protecting() as guard:  # no output of this batch lands on one of its inputs (or another batch's)
+            items = select(_input_items(inputs, recursive, out_dir, guard, also_protect), shard)
+            records = run(pipeline, items, batch_size=batch_size, workers=workers, out_dir=out_dir, skip=skip,
+                          vid_stride=vid_stride, lock=lock)
+            stream = journal.track(records) if journal is not None else records
+            try:
+                for record in stream:
+                    yield result_type(record)
+            finally:
+                stream.close()
+                records.close()
+    finally:
+        if own_journal and journal is not None:
+            journal.close()
 
 
 class Classifier(_Task):
@@ -385,10 +418,10 @@ class Classifier(_Task):
 
     def __init__(self, model: str | None = None, *, weights: str | Path | None = None, top_k: int = 5,
                  device: str = "auto", backend: str = "torch", max_pixels: int = DEFAULT_MAX_PIXELS,
-                 progress: bool = False, on_export: Callable[[Path], None] | None = None):
+                 progress: bool = False, on_export: Callable[[Path], None] | None = None, threads: int | None = None):
         self.top_k = top_k
         loaded = _load(model, task="classify", weights=weights, device=device, backend=backend, default="resnet18",
-                       progress=progress, on_export=on_export)
+                       progress=progress, on_export=on_export, threads=threads)
         super().__init__(loaded, max_pixels=max_pixels)
 
     def _make_pipeline(self, out_dir):
@@ -416,9 +449,9 @@ class Detector(_Task):
                  iou: float = 0.45, classes: Sequence[str] | None = None, max_det: int = 300,
                  keypoints: bool = False, save_crops: bool = False, save_txt: bool = False, device: str = "auto",
                  backend: str = "torch", max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = False,
-                 on_export: Callable[[Path], None] | None = None):
+                 on_export: Callable[[Path], None] | None = None, threads: int | None = None):
         loaded = _load(model, task="detect", weights=weights, device=device, backend=backend,
-                       default="fasterrcnn_resnet50_fpn_v2", progress=progress, on_export=on_export)
+                       default="fasterrcnn_resnet50_fpn_v2", progress=progress, on_export=on_export, threads=threads)
         self.conf = conf if conf is not None else default_conf(loaded)
         self.iou, self.max_det, self.keypoints, self.save_crops = iou, max_det, keypoints, save_crops
         self.save_txt = save_txt  # with `out`: OUT/labels/NAME.txt (YOLO) and OUT/classes.txt
@@ -462,9 +495,9 @@ class Segmenter(_Task):
                  classes: Sequence[str] | None = None, save_mask: bool = False, tile: int | None = None,
                  overlap: int = 32, tile_batch: int = 4, device: str = "auto", backend: str = "torch",
                  max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = False,
-                 on_export: Callable[[Path], None] | None = None):
+                 on_export: Callable[[Path], None] | None = None, threads: int | None = None):
         loaded = _load(model, task="segment", weights=weights, device=device, backend=backend,
-                       default="deeplabv3_resnet50", progress=progress, on_export=on_export)
+                       default="deeplabv3_resnet50", progress=progress, on_export=on_export, threads=threads)
         self.alpha, self.keep_classes, self.save_mask = alpha, list(classes) if classes else None, save_mask
         self.tile, self.overlap, self.tile_batch = tile, overlap, tile_batch
         super().__init__(loaded, max_pixels=max_pixels)
@@ -512,7 +545,7 @@ class Stylizer(_Task):
                  vgg: str = "vgg19", weights: str | Path | None = None, size: int | None = None,
                  tile: int | None = None, overlap: int = 32, device: str = "auto", backend: str = "torch",
                  max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = False, on_step=None,
-                 on_export: Callable[[Path], None] | None = None, **settings):
+                 on_export: Callable[[Path], None] | None = None, threads: int | None = None, **settings):
         from cvtool.pipelines import stylize as task
 
         self.size, self.tile, self.overlap, self.on_step = size, tile, overlap, on_step
@@ -524,7 +557,7 @@ class Stylizer(_Task):
             if settings:
                 raise UsageError(f"{', '.join(sorted(settings))}: optimisation settings, not for a --model network")
             loaded = _load(None, task="stylize", weights=model, device=device, backend=backend, default="fast_style",
-                           progress=progress, on_export=on_export)
+                           progress=progress, on_export=on_export, threads=threads)
             self.columns = task.FAST_COLUMNS
             super().__init__(loaded, max_pixels=max_pixels)
             return
@@ -538,7 +571,7 @@ class Stylizer(_Task):
         except TypeError as exc:
             raise UsageError(f"unknown style setting: {exc}") from None
         loaded = _load(vgg, task="classify", weights=weights, device=device, backend="torch", default=vgg,
-                       progress=progress, on_export=None)
+                       progress=progress, on_export=None, threads=threads)
         if loaded.contract.feature_stack is None:
             raise UsageError(f"{loaded.name} has no VGG-style feature stack; use --vgg vgg19 or vgg16")
         features = loaded.contract.feature_stack(loaded.module)
@@ -581,7 +614,7 @@ class Stylizer(_Task):
     def _predict_prepared(self, prepared: list) -> list[Result]:
         if self.feed_forward:
             return super()._predict_prepared(prepared)
-        from cvtool.pipelines.runner import result_record
+        from cvtool.pipelines.base import result_record
 
         results = []
         for name, rgb, sample, ms in prepared:  # one optimisation per content image
@@ -602,7 +635,8 @@ class Stylizer(_Task):
 
     def run(self, inputs, *, out: str | Path = "stylized", recursive: bool = False, batch_size: int = 1,
             workers: int = 1, skip_existing: bool = False, vid_stride: int = 1, save_every: int | None = None,
-            on_skip: Callable[[str], None] | None = None) -> Iterator[Result]:
+            on_skip: Callable[[str], None] | None = None, shard: tuple[int, int] | None = None,
+            records: str | Path | Any = None) -> Iterator[Result]:
         """Stylise each content image (or video, feed-forward only) into `out`: a file name for one input
         (`result.png`, `clip.mp4`), else a directory (`NAME.stylized.png`)."""
         from cvtool.io.outputs import check_out_dir
@@ -623,7 +657,8 @@ class Stylizer(_Task):
         pipeline = self._make_pipeline(out, single_file=single_file, save_every=save_every)
         return _run_batch(pipeline, inputs, StylizeResult, recursive=recursive, out_dir=out,
                           batch_size=batch_size, workers=workers, skip_existing=skip_existing, vid_stride=vid_stride,
-                          on_skip=on_skip, lock=self._lock, also_protect=self._style_paths)
+                          on_skip=on_skip, lock=self._lock, also_protect=self._style_paths, shard=shard,
+                          records=records)
 
 
 class FaceVerifier:
@@ -643,11 +678,11 @@ class FaceVerifier:
     def __init__(self, model: str | None = None, *, weights: str | Path | None = None, detector: str = "mmod",
                  upsample: int | None = None, threshold: float | None = None, device: str = "auto",
                  backend: str = "torch", max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = False,
-                 on_export: Callable[[Path], None] | None = None):
+                 on_export: Callable[[Path], None] | None = None, threads: int | None = None):
         from cvtool.pipelines import face as task
 
         self.loaded = _load(model, task="face-embed", weights=weights, device=device, backend=backend,
-                            default=task.DEFAULT_EMBEDDER, progress=progress, on_export=on_export)
+                            default=task.DEFAULT_EMBEDDER, progress=progress, on_export=on_export, threads=threads)
         self.engine = task.FaceEngine(self.loaded, detector=detector, upsample=upsample, threshold=threshold,
                                       max_pixels=max_pixels)
         self._lock = threading.Lock()
@@ -698,7 +733,7 @@ class FaceVerifier:
     def identify(self, image: ImageSource, gallery) -> Result:
         """Every face in `image` named after the nearest known person within the threshold, or "unknown"."""
         from cvtool.pipelines.face import IdentifyPipeline
-        from cvtool.pipelines.runner import result_record
+        from cvtool.pipelines.base import result_record
 
         pipeline = IdentifyPipeline(self.engine, gallery)
         start = time.perf_counter()
@@ -726,8 +761,10 @@ class FaceVerifier:
 
     def run(self, inputs, gallery, *, out: str | Path | None = None, recursive: bool = False, batch_size: int = 4,
             workers: int = 2, skip_existing: bool = False, vid_stride: int = 1,
-            on_skip: Callable[[str], None] | None = None) -> Iterator[Result]:
-        """Identify every face in a batch of images/videos against `gallery`, as `verify-face --gallery` does."""
+            on_skip: Callable[[str], None] | None = None, shard: tuple[int, int] | None = None,
+            records: str | Path | Any = None) -> Iterator[Result]:
+        """Identify every face in a batch of images/videos against `gallery`, as `verify-face --gallery` does
+        (`shard`, `records`: as in `Classifier.run`)."""
         from cvtool.io.outputs import check_out_dir
         from cvtool.pipelines.face import IdentifyPipeline
 
@@ -735,7 +772,7 @@ class FaceVerifier:
         check_out_dir(out_dir, skip_existing=skip_existing)
         return _run_batch(IdentifyPipeline(self.engine, gallery, out_dir=out_dir), inputs, Result, recursive=recursive,
                           out_dir=out_dir, batch_size=batch_size, workers=workers, skip_existing=skip_existing,
-                          vid_stride=vid_stride, on_skip=on_skip, lock=self._lock)
+                          vid_stride=vid_stride, on_skip=on_skip, lock=self._lock, shard=shard, records=records)
 
     columns = ["name", "distance", "x1", "y1", "x2", "y2"]
     extra_formats = None

@@ -39,6 +39,10 @@ _MAX_PICKLES = 5  # a legacy torch.save file is a few pickles in a row (magic, v
 _STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING", "BINSTRING", "STRING"}
 
 
+# A checkpoint's list of COCO category ids, one per class (`train detect` on COCO JSON stores its file's ids).
+COCO_IDS_FIELD = "coco_category_ids"
+
+
 def save_checkpoint(
     path: str | Path,
     *,

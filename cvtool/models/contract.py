@@ -53,6 +53,12 @@ def output_out(module, inputs):
     return module(inputs)["out"]
 
 
+def segmentation_logits(output):
+    """A segmenter's raw output as logits: torchvision's are {"out": logits, "aux": ...}, our U-Net's are the
+    logits (training sees both kinds of output)."""
+    return output["out"] if isinstance(output, dict) else output
+
+
 def detect_images(module, images):
     """Our detectors letterbox (or pyramid) the images themselves: `module.detect_images`."""
     return module.detect_images(images)

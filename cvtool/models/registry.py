@@ -54,7 +54,11 @@ class DownloadedWeights:
     def local_path(self, *, offline: bool | None = None, progress: bool = True) -> Path:
         from cvtool.models import weights
 
-        return weights.fetch(self.url, sha256=self.sha256, offline=offline, progress=progress)
+        try:
+            return weights.fetch(self.url, sha256=self.sha256, offline=offline, progress=progress)
+        except weights.CorruptWeightsError as exc:  # the fix names the model these weights belong to
+            model = next((e.name for e in _REGISTRY.values() if e.weights is self), None)
+            raise (exc.for_model(model) if model else exc) from None
 
 
 @dataclass(frozen=True)

@@ -25,11 +25,14 @@ from urllib.parse import urlparse
 from cvtool.cache import file_sha256, remember_sha256
 from cvtool.cache import sha256_file as sha256_file  # re-exported: always re-reads the file
 from cvtool.errors import WeightsError
+from cvtool.io import remote
 from cvtool.io.atomic import atomic_open
 
 # torch.hub's convention: `name-<hex>.ext`, the hex being a prefix of the file's SHA-256.
 HASH_REGEX = re.compile(r"-([a-f0-9]*)\.")
-DOWNLOAD_TIMEOUT_S = 30.0  # per blocking socket operation, not for the whole file
+DOWNLOAD_TIMEOUT_S = 30.0  # each wait for data (CVTOOL_READ_TIMEOUT overrides), not for the whole file
+# The DNS lookup and the connection are bounded apart (CVTOOL_CONNECT_TIMEOUT, default 5 s: cvtool.io.remote),
+# so a machine whose DNS never answers hears "cannot download" within seconds, not after the resolver gives up.
 _CHUNK = 1 << 20
 _TRUE = {"1", "true", "yes", "on"}
 # What a failing host, network or URL raises; disk errors (e.g. a full cache) are not among them.
@@ -99,23 +102,20 @@ def check_cached(path: Path, url: str, sha256: str | None = None) -> None:
     except OSError as exc:
         raise WeightsError(f"cannot read ({exc.strerror or exc})", path) from None
     if not actual.startswith(expected):
-        model = _model_for(url)
+        raise CorruptWeightsError(path, actual, expected)
+
+
+class CorruptWeightsError(WeightsError):
+    """A cached weights file whose hash is not the published one; `for_model` names the fix's model."""
+
+    def __init__(self, path: Path, actual: str, expected: str, model: str | None = None):
         fix = f"run `cvtool models pull {model}`" if model else "the next run downloads it again"
-        raise WeightsError(
-            f"corrupt: sha256 {actual[:12]}… does not match the published {expected[:12]}…; delete it and {fix} "
-            "(or pass --weights FILE)",
-            path,
-        )
+        super().__init__(f"corrupt: sha256 {actual[:12]}… does not match the published {expected[:12]}…; delete it "
+                         f"and {fix} (or pass --weights FILE)", path)
+        self.file, self.actual, self.expected = path, actual, expected
 
-
-def _model_for(url: str) -> str | None:
-    """The registry name whose default weights are `url` (for the error line), if any."""
-    try:
-        from cvtool.models.registry import list_entries
-
-        return next((e.name for e in list_entries() if getattr(e.weights, "url", None) == url), None)
-    except Exception:  # only wording is at stake here; never hide the corrupt-file error behind another
-        return None
+    def for_model(self, model: str) -> "CorruptWeightsError":
+        return CorruptWeightsError(self.file, self.actual, self.expected, model)
 
 
 def fetch(url: str, *, sha256: str | None = None, offline: bool | None = None, progress: bool = True) -> Path:
@@ -150,9 +150,10 @@ def fetch(url: str, *, sha256: str | None = None, offline: bool | None = None, p
 def _download(source: str, handle: IO[bytes], name: str, progress: bool) -> str:
     """Stream `source` into `handle` and return its SHA-256; a one-line WeightsError on any network failure."""
     digest, received = hashlib.sha256(), 0
+    read_s = remote.read_timeout(DOWNLOAD_TIMEOUT_S)
     try:
         request = urllib.request.Request(source, headers={"User-Agent": "cvtool"})
-        with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as response:
+        with remote.open_url(request, read_s=read_s) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
             with _progress_bar(name, total, enabled=progress) as advance:
                 while chunk := response.read(_CHUNK):
@@ -161,7 +162,7 @@ def _download(source: str, handle: IO[bytes], name: str, progress: bool) -> str:
                     received += len(chunk)
                     advance(len(chunk))
     except _NETWORK_ERRORS as exc:
-        raise _cannot_download(name, source, _network_reason(exc)) from None
+        raise _cannot_download(name, source, _network_reason(exc, read_s)) from None
     if total is not None and received != total:  # http.client does not flag a connection closed early
         raise _cannot_download(name, source, f"connection closed after {received} of {total} bytes")
     return digest.hexdigest()
@@ -174,13 +175,10 @@ def _cannot_download(name: str, source: str, reason: str) -> WeightsError:
     )
 
 
-def _network_reason(exc: Exception) -> str:
-    """A few words for the error line: `HTTP 404 Not Found`, `Connection refused`, `timed out`."""
-    if isinstance(exc, urllib.error.HTTPError):
-        return f"HTTP {exc.code} {exc.reason}"
-    reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-    text = getattr(reason, "strerror", None) or str(reason) or type(reason).__name__
-    return text.strip().splitlines()[0][:100]
+def _network_reason(exc: Exception, read_s: float = DOWNLOAD_TIMEOUT_S) -> str:
+    """A few words for the error line: `HTTP 404 Not Found`, `Connection refused`, `DNS lookup of HOST timed
+    out after 5 s`, `timed out after 30 s waiting for the server`."""
+    return remote.network_reason(exc, read_s)
 
 
 @contextlib.contextmanager

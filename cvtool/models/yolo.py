@@ -182,12 +182,12 @@ def letterbox_batch(images: list[torch.Tensor], img_size: int):
     import numpy as np
 
     from cvtool.ops.letterbox import letterbox
+    from cvtool.ops.tensors import image_to_tensor, tensor_to_image
 
     batch, letterboxes = [], []
     for image in images:
-        rgb = (image.permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8)
-        boxed, box = letterbox(rgb, img_size)
-        batch.append(torch.from_numpy(boxed).permute(2, 0, 1).float().div(255))
+        boxed, box = letterbox(tensor_to_image(image), img_size)
+        batch.append(image_to_tensor(boxed))
         letterboxes.append(box)
     return torch.stack(batch), letterboxes
 

@@ -54,11 +54,9 @@ class DetectPipeline:
         return self.prepare_array(read_image(path, max_pixels=self.max_pixels))
 
     def prepare_array(self, rgb: np.ndarray) -> Sample:
-        import torch
+        from cvtool.ops.tensors import image_to_tensor
 
-        # a float copy made in NumPy: torch.from_numpy on a read-only array (a PIL image's) would warn
-        chw = np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32)
-        return Sample(rgb, torch.from_numpy(chw).div_(255))
+        return Sample(rgb, image_to_tensor(rgb))
 
     def render(self, rgb: np.ndarray, sample: Sample, result: dict) -> np.ndarray:
         return draw_detections(rgb, result["detections"])
@@ -149,8 +147,7 @@ def rows(result: dict) -> list[list]:
     return [[d["label"], d["score"], *d["box"]] for d in result["detections"]]
 
 
-# A checkpoint's list of COCO category ids, one per class (`train detect` on COCO JSON stores its file's ids).
-COCO_IDS_FIELD = "coco_category_ids"
+from cvtool.models.checkpoint import COCO_IDS_FIELD  # noqa: E402 - a checkpoint field, read here
 _PLACEHOLDERS = ("__background__", "N/A")  # torchvision's COCO class lists: index 0, and ids COCO never used
 
 

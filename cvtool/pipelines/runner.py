@@ -15,25 +15,12 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Iterable, Iterator, Protocol
+from typing import Any, Callable, ContextManager, Iterable, Iterator
 
 from cvtool.errors import CvtoolError, UsageError, WeightsError
 from cvtool.io.inputs import InputItem
-
-
-class Pipeline(Protocol):
-    task: str
-    model_name: str
-    weights_sha256: str | None
-
-    def prepare(self, path: str) -> Any:
-        """Decode and preprocess one input (runs in a worker thread); raise InputError when it is bad."""
-
-    def predict(self, samples: list[Any]) -> list[dict]:
-        """Run the model on a batch of prepared samples; one result dict per sample."""
-
-    def save(self, path: str, sample: Any, result: dict, out_dir: Path) -> list[str]:
-        """Write this input's outputs into `out_dir` atomically; return the files written."""
+from cvtool.pipelines.base import Pipeline, error_record, result_record
+from cvtool.pipelines.video import run_video
 
 
 @dataclass
@@ -50,16 +37,6 @@ class _Prepared:
     error: str | None = None
     ms: float = 0.0
     result: dict | None = None  # filled in by predict
-
-
-def error_record(path: str, reason: str) -> dict:
-    return {"path": path, "error": reason}
-
-
-def result_record(pipeline: Pipeline, path: str, ms: float, result: dict, **fields) -> dict:
-    """The record of one input (or one video frame: `fields` are then `frame` and `time_s`)."""
-    return {"path": path, "task": pipeline.task, "model": pipeline.model_name,
-            "weights_sha256": pipeline.weights_sha256, **fields, "ms": round(ms, 3), "result": result}
 
 
 def already_done(pipeline: Pipeline, path: str) -> bool:
@@ -97,8 +74,6 @@ def run(
             yield from _run_images(pipeline, group, batch_size=batch_size, workers=workers, out_dir=out_dir, skip=skip,
                                    lock=lock)
             continue
-        from cvtool.pipelines.video import run_video
-
         for item in group:
             if skip is None or not skip(item.path):
                 yield from run_video(pipeline, item.path, batch_size=batch_size, stride=vid_stride, out_dir=out_dir,

@@ -19,11 +19,6 @@ MASK_SUFFIX = ".mask.png"
 MAX_ASPECT = 4  # thinner images are padded before a shorter-side resize (see SegmentPipeline.prepare_array)
 
 
-def segmentation_logits(output):
-    """torchvision's segmenters return {"out": logits, "aux": ...}; our U-Net returns the logits."""
-    return output["out"] if isinstance(output, dict) else output
-
-
 @dataclass
 class Sample:
     rgb: np.ndarray  # the decoded input, for the overlay

@@ -16,6 +16,7 @@ from cvtool.io.image import DEFAULT_MAX_PIXELS, read_image, write_image
 from cvtool.io.outputs import OutputNamer, refuse_overwriting_input
 from cvtool.models.vgg_features import VGGFeatures
 from cvtool.ops.style import content_cost, gram_matrix, style_cost, total_variation
+from cvtool.ops.tensors import image_to_tensor, tensor_to_image
 
 DEFAULT_STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 
@@ -65,11 +66,13 @@ def fit_size(rgb: np.ndarray, size: int) -> np.ndarray:
 
 
 def to_tensor(rgb: np.ndarray, device) -> torch.Tensor:
-    return torch.from_numpy(np.require(rgb, requirements="W")).permute(2, 0, 1).float().div(255).unsqueeze(0).contiguous().to(device)
+    """A batch of one: 1 x 3 x H x W in [0, 1] on `device`."""
+    return image_to_tensor(rgb)[None].to(device)
 
 
 def to_rgb(tensor: torch.Tensor) -> np.ndarray:
-    return (tensor.detach()[0].clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+    """The first image of a batch as uint8 RGB."""
+    return tensor_to_image(tensor[0])
 
 
 def keep_content_colours(stylized: np.ndarray, content: np.ndarray) -> np.ndarray:

@@ -21,7 +21,7 @@ import numpy as np
 
 from cvtool.errors import CvtoolError, InputError
 from cvtool.io.video import AtomicVideoWriter, camera_index, iter_frames, open_camera, open_video
-from cvtool.pipelines.runner import Pipeline, error_record, result_record
+from cvtool.pipelines.base import Pipeline, error_record, result_record
 
 
 @dataclass

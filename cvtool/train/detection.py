@@ -18,7 +18,8 @@ from cvtool.io.image import read_image
 from cvtool.models.yolo import YoloDetector, assign_targets, decode, yolo_loss
 from cvtool.ops.anchors import best_possible_recall, kmeans_anchors
 from cvtool.ops.letterbox import letterbox
-from cvtool.pipelines.detect import COCO_IDS_FIELD
+from cvtool.ops.tensors import image_to_tensor
+from cvtool.models.checkpoint import COCO_IDS_FIELD
 from cvtool.train.detection_data import BoxedImages, open_detection_data
 
 
@@ -101,7 +102,7 @@ class DetectionDataset:
             if self.mosaic and rng.random() < self.mosaic:
                 image, boxes, labels = self._mosaic(index, image, rng)
             image, boxes, labels = self._augment(image, boxes, labels, rng)
-        tensor = torch.from_numpy(image).permute(2, 0, 1).float().div(255).contiguous()
+        tensor = image_to_tensor(image)
         return tensor, {"boxes": torch.from_numpy(boxes).float().reshape(-1, 4), "labels": torch.from_numpy(labels)}
 
     def _mosaic(self, index: int, first: np.ndarray, rng):

@@ -209,7 +209,7 @@ class SegmentationTask:
         return self.entry.build(num_classes=len(self.classes), **self.arch_kwargs)
 
     def loss(self, outputs, targets):
-        from cvtool.pipelines.segment import segmentation_logits
+        from cvtool.models.contract import segmentation_logits
 
         loss = self._loss(segmentation_logits(outputs), targets)
         if isinstance(outputs, dict) and outputs.get("aux") is not None:
@@ -220,7 +220,7 @@ class SegmentationTask:
         return np.zeros((len(self.classes), len(self.classes)), dtype=np.int64)
 
     def update_metrics(self, matrix: np.ndarray, outputs, targets) -> None:
-        from cvtool.pipelines.segment import segmentation_logits
+        from cvtool.models.contract import segmentation_logits
 
         predicted = segmentation_logits(outputs).argmax(1).cpu().numpy().reshape(-1)
         truth = targets.cpu().numpy().reshape(-1)
@@ -323,7 +323,7 @@ def save_examples(model, data: MaskedImages, loader, path: Path, device, limit: 
     """A PNG grid, one row per validation image: the image, the true mask, the predicted mask."""
     from cvtool.io.atomic import atomic_write_bytes
     from cvtool.io.render import class_palette
-    from cvtool.pipelines.segment import segmentation_logits
+    from cvtool.models.contract import segmentation_logits
     import cv2
 
     palette = class_palette()

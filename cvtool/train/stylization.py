@@ -17,6 +17,7 @@ from cvtool.io.image import read_image
 from cvtool.io.inputs import iter_inputs
 from cvtool.models.vgg_features import VGGFeatures
 from cvtool.ops.style import content_cost, gram_matrix, style_layer_cost, total_variation
+from cvtool.ops.tensors import image_to_tensor
 from cvtool.train.datasets import DataError
 
 # Johnson et al.'s taps on VGG-16; the same names exist in VGG-19.
@@ -78,7 +79,7 @@ class ContentCrops:
         else:
             top, left = (h - side) // 2, (w - side) // 2
         crop = cv2.resize(image[top : top + side, left : left + side], (self.size, self.size), interpolation=cv2.INTER_AREA)
-        tensor = torch.from_numpy(crop).permute(2, 0, 1).float().div(255).contiguous()
+        tensor = image_to_tensor(crop)
         return tensor, tensor
 
 
@@ -92,7 +93,7 @@ class FastStyleTask:
         self.std = torch.tensor(std, device=device).view(1, 3, 1, 1)
         style = cv2.resize(style, (args.img_size, args.img_size), interpolation=cv2.INTER_AREA)
         with torch.no_grad():
-            feats = self._features(torch.from_numpy(style).permute(2, 0, 1).float().div(255)[None].to(device))
+            feats = self._features(image_to_tensor(style)[None].to(device))
             self.grams = {name: gram_matrix(feats[name]) for name in FAST_STYLE_LAYERS}
 
     def _features(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
