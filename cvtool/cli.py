@@ -117,6 +117,12 @@ MAX_PIXELS_OPT = typer.Option(100_000_000, "--max-pixels", min=1, help="Refuse l
 BACKEND_OPT = typer.Option("torch", "--backend", help="torch, or onnxruntime (exported on the fly into the cache; a "
                            ".onnx file from `cvtool export` as the weights always runs on onnxruntime).")
 VID_STRIDE_OPT = typer.Option(1, "--vid-stride", min=1, help="Videos and cameras: process every Nth frame.")
+SHARD_OPT = typer.Option(None, "--shard", metavar="K/N", help="Only shard K of N of the inputs (a hash of each path): "
+                         "N processes or machines split one input list, disjointly and completely, with no coordination.")
+RECORDS_OPT = typer.Option(None, "--records", metavar="FILE", help="Append each record to this JSON Lines journal as "
+                           "it is produced; a rerun skips the inputs it records as done (errors are retried).")
+THREADS_OPT = typer.Option(None, "--threads", min=0, metavar="N", help="Compute threads (PyTorch, OpenCV, onnxruntime). Default: "
+                           "cores / N with --shard K/N, else the libraries' own; 0: the libraries' own.")
 
 
 def _input_items(images: list[str], recursive: bool, out: Optional[Path] = None):
@@ -145,8 +151,12 @@ def classify(
     max_pixels: int = MAX_PIXELS_OPT,
     vid_stride: int = VID_STRIDE_OPT,
     backend: str = BACKEND_OPT,
+    shard: Optional[str] = SHARD_OPT,
+    records: Optional[Path] = RECORDS_OPT,
+    threads: Optional[int] = THREADS_OPT,
 ) -> None:
     """Classify images: top-k labels with probabilities, one record per image (per frame of a video)."""
+    shard_of = _scale(shard, records, threads)
     if _server():
         _remote("classify", images, fmt=fmt, out=out, recursive=recursive, options=dict(
             model=model, weights=weights, top_k=top_k, backend=backend, max_pixels=max_pixels))
@@ -158,7 +168,8 @@ def classify(
                           **_loading())
         info(task.describe())
         code = _run_batch(task, images, recursive=recursive, out=out, skip_existing=skip_existing,
-                          batch_size=batch_size, workers=workers, fmt=fmt, vid_stride=vid_stride)
+                          batch_size=batch_size, workers=workers, fmt=fmt, vid_stride=vid_stride, shard=shard_of,
+                          records=records)
     raise typer.Exit(code)
 
 
@@ -182,24 +193,61 @@ def _loading() -> dict:
 
 
 def _run_batch(task, images, *, recursive, out, skip_existing, batch_size, workers, fmt, vid_stride=1,
-               **run_options) -> int:
+               shard=None, records=None, **run_options) -> int:
     """Stream inputs through an API object's `run` into the chosen writer; the exit code for the batch."""
+    from cvtool.io.journal import Journal
     from cvtool.io.records import make_writer
+    from cvtool.io.shards import select
 
     items, total = _input_items(images, recursive, out)
+    if shard is not None:  # only this shard's inputs (counted for the progress bar when the list is known)
+        items = select(items, shard)
+        if total is not None:
+            items = list(items)
+            total = len(items)
+    journal = Journal(records) if records is not None else None
     summary = BatchSummary()
+    recorded = 0
 
     def skipped(path: str) -> None:
-        summary.skipped += 1
+        nonlocal recorded
+        if journal is not None and journal.done(path):
+            recorded += 1
+        else:
+            summary.skipped += 1
 
-    results = task.run(items, out=out, batch_size=batch_size, workers=workers, skip_existing=skip_existing,
-                       vid_stride=vid_stride, on_skip=skipped, **run_options)
-    writer = make_writer(fmt.value if fmt else None, task.columns, task.rows, extra_formats=task.extra_formats)
     try:
-        drive((result.record for result in results), writer, total=total, summary=summary)
-    finally:  # on Ctrl-C or a closed stdout, close the pipeline now: a half-written video is removed, not kept
-        results.close()
+        results = task.run(items, out=out, batch_size=batch_size, workers=workers, skip_existing=skip_existing,
+                           vid_stride=vid_stride, on_skip=skipped, records=journal, **run_options)
+        writer = make_writer(fmt.value if fmt else None, task.columns, task.rows, extra_formats=task.extra_formats)
+        try:
+            drive((result.record for result in results), writer, total=total, summary=summary)
+        finally:  # on Ctrl-C or a closed stdout, close the pipeline now: a half-written video is removed, not kept
+            results.close()
+    finally:
+        if journal is not None:
+            journal.close()
+    if recorded:
+        info(f"{recorded} skipped (done in {records})")
     return summary.exit_code
+
+
+def _scale(shard: Optional[str], records: Optional[Path], threads: Optional[int]):
+    """--shard K/N parsed, and this process's compute threads set (--threads, or its share of the cores when
+    sharded), before anything loads. Returns (K, N) or None."""
+    with exits_cleanly():
+        from cvtool.io.shards import parse_shard
+
+        parsed = parse_shard(shard) if shard is not None else None
+        if _server():
+            if parsed is not None or records is not None:
+                raise UsageError("--shard and --records run the batch on this machine; they are not sent to a cvtool "
+                                 "serve (drop --server / CVTOOL_SERVER)")
+            return parsed
+        from cvtool.device import default_threads, set_threads
+
+        set_threads(default_threads(threads, parsed))
+    return parsed
 
 
 @app.command(
@@ -231,9 +279,13 @@ def detect(
     max_pixels: int = MAX_PIXELS_OPT,
     vid_stride: int = VID_STRIDE_OPT,
     backend: str = BACKEND_OPT,
+    shard: Optional[str] = SHARD_OPT,
+    records: Optional[Path] = RECORDS_OPT,
+    threads: Optional[int] = THREADS_OPT,
 ) -> None:
     """Detect objects: boxes in the input's own pixel coordinates, labels and scores; annotated images (or
     videos) with --out."""
+    shard_of = _scale(shard, records, threads)
     if _server():
         _remote("detect", images, fmt=fmt, out=out, recursive=recursive, options=dict(
             model=model, weights=weights, conf=conf, iou=iou, classes=classes, max_det=max_det, keypoints=keypoints,
@@ -252,7 +304,8 @@ def detect(
                         max_pixels=max_pixels, **_loading())
         info(task.describe())
         code = _run_batch(task, images, recursive=recursive, out=out, skip_existing=skip_existing,
-                          batch_size=batch_size, workers=workers, fmt=fmt, vid_stride=vid_stride)
+                          batch_size=batch_size, workers=workers, fmt=fmt, vid_stride=vid_stride, shard=shard_of,
+                          records=records)
     raise typer.Exit(code)
 
 
@@ -281,9 +334,13 @@ def segment(
     max_pixels: int = MAX_PIXELS_OPT,
     vid_stride: int = VID_STRIDE_OPT,
     backend: str = BACKEND_OPT,
+    shard: Optional[str] = SHARD_OPT,
+    records: Optional[Path] = RECORDS_OPT,
+    threads: Optional[int] = THREADS_OPT,
 ) -> None:
     """Segment images: a class per pixel; with --out an indexed mask PNG and a colour overlay per image (an
     overlaid video per video)."""
+    shard_of = _scale(shard, records, threads)
     if _server():
         _remote("segment", images, fmt=fmt, out=out, recursive=recursive, options=dict(
             model=model, weights=weights, alpha=alpha, classes=classes, tile=tile, overlap=overlap,
@@ -299,7 +356,8 @@ def segment(
                          max_pixels=max_pixels, **_loading())
         info(task.describe())
         code = _run_batch(task, images, recursive=recursive, out=out, skip_existing=skip_existing,
-                          batch_size=batch_size, workers=workers, fmt=fmt, vid_stride=vid_stride)
+                          batch_size=batch_size, workers=workers, fmt=fmt, vid_stride=vid_stride, shard=shard_of,
+                          records=records)
     raise typer.Exit(code)
 
 
@@ -340,8 +398,12 @@ def stylize(
     device: str = DEVICE_OPT,
     fmt: Optional[OutputFormat] = FORMAT_OPT,
     skip_existing: bool = typer.Option(False, "--skip-existing", help="Skip contents whose output already exists."),
+    shard: Optional[str] = SHARD_OPT,
+    records: Optional[Path] = RECORDS_OPT,
+    threads: Optional[int] = THREADS_OPT,
 ) -> None:
     """Neural style transfer (Gatys et al.): optimise an image to keep the content and take on the style."""
+    shard_of = _scale(shard, records, threads)
     if _server():
         _remote("stylize", images, options={})
     with exits_cleanly():
@@ -352,7 +414,7 @@ def stylize(
                             **_loading())
             info(task.describe())
             code = _run_batch(task, images, recursive=False, out=out, skip_existing=skip_existing, batch_size=1,
-                              workers=1, fmt=fmt, vid_stride=vid_stride)
+                              workers=1, fmt=fmt, vid_stride=vid_stride, shard=shard_of, records=records)
             raise typer.Exit(code)
         contents, styles = (images, [str(p) for p in style]) if style else (images[:1], images[1:])
         if not styles:
@@ -368,7 +430,7 @@ def stylize(
             )
             info(task.describe())
             code = _run_batch(task, contents, recursive=False, out=out, skip_existing=skip_existing, batch_size=1,
-                              workers=1, fmt=fmt, save_every=save_every)
+                              workers=1, fmt=fmt, save_every=save_every, shard=shard_of, records=records)
     raise typer.Exit(code)
 
 
@@ -402,10 +464,14 @@ def verify_face(
     skip_existing: bool = SKIP_OPT,
     workers: int = WORKERS_OPT,
     max_pixels: int = MAX_PIXELS_OPT,
+    shard: Optional[str] = SHARD_OPT,
+    records: Optional[Path] = RECORDS_OPT,
+    threads: Optional[int] = THREADS_OPT,
 ) -> None:
     """Face verification (are A and B the same person?), one-shot identification against a gallery, and
     threshold calibration; each verdict shows the distance, the threshold, the detector and the model."""
     images = images or []
+    shard_of = _scale(shard, records, threads)
     if _server():
         _remote("verify-face", images, fmt=fmt, out=out, recursive=recursive, gallery=gallery, calibrate=calibrate,
                 options=dict(model=model, weights=weights, threshold=threshold, detector=detector, upsample=upsample,
@@ -420,6 +486,8 @@ def verify_face(
             raise UsageError(f"give two images to compare (got {len(images)}), or --gallery KNOWN IMAGES...")
         if gallery is not None and not images:
             raise UsageError("--gallery needs images whose faces to name")
+        if gallery is None and (shard_of is not None or records is not None):
+            raise UsageError("--shard and --records are for --gallery batches")
         check_out_dir(out, skip_existing=skip_existing)
         indices = _face_indices(face_index)
         from cvtool.api import FaceVerifier
@@ -440,7 +508,8 @@ def verify_face(
             info(f"gallery: {len(known.names)} photo(s) of {len(set(known.names))} people, threshold "
                  f"{verifier.threshold}")
             code = _run_batch(verifier, images, recursive=recursive, out=out, skip_existing=skip_existing,
-                              batch_size=batch_size, workers=workers, fmt=fmt, vid_stride=vid_stride, gallery=known)
+                              batch_size=batch_size, workers=workers, fmt=fmt, vid_stride=vid_stride, gallery=known,
+                              shard=shard_of, records=records)
             raise typer.Exit(code)
         code = _verify_pair(verifier, images, indices, out, fmt)
     raise typer.Exit(code)

@@ -93,10 +93,15 @@ class Journal:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        from cvtool.io.inputs import MEDIA_SUFFIXES
+
+        if self.path.suffix.lower() in MEDIA_SUFFIXES:  # a slip of the shell; never append to an input
+            raise UsageError("--records names an image or video file; give a journal file, e.g. records.jsonl",
+                             self.path)
         if self.path.is_dir():
             raise UsageError("--records names a directory; give a file, e.g. records.jsonl", self.path)
         if not self.path.parent.is_dir():
-            raise UsageError(f"--records: directory {self.path.parent} does not exist", self.path)
+            raise UsageError(f"cannot be created as a --records journal (no directory {self.path.parent})", self.path)
         try:
             self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         except OSError as exc:
@@ -108,7 +113,6 @@ class Journal:
         except BaseException:
             os.close(self._fd)
             raise
-        self.skipped = 0  # inputs skipped because they are done (counted by `done`)
 
     def _lock(self) -> None:
         try:
@@ -142,13 +146,10 @@ class Journal:
         return len(self._done)
 
     def done(self, path: str) -> bool:
-        """Whether `path` is done; counts it in `skipped` if so. Cameras never are."""
+        """Whether the journal records `path` as done (cameras never are)."""
         from cvtool.io.video import camera_index
 
-        if _key(path) in self._done and camera_index(path) is None:
-            self.skipped += 1
-            return True
-        return False
+        return _key(path) in self._done and camera_index(path) is None
 
     def append(self, record: dict) -> None:
         """One record as one line, in one write (handed to the OS at once: a killed process keeps it)."""
