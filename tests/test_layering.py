@@ -21,6 +21,9 @@ FORBIDDEN = {
            "cvtool.bench", "cvtool.train"],
     "ops": ["cvtool.models", "cvtool.pipelines", "cvtool.export", "cvtool.console", "cvtool.cli", "cvtool.api",
             "cvtool.bench", "cvtool.train"],
+    # the training recipes and the inference pipelines are siblings over models/, io/ and ops/
+    "train": ["cvtool.pipelines", "cvtool.export", "cvtool.console", "cvtool.cli", "cvtool.api", "cvtool.serve"],
+    "pipelines": ["cvtool.train", "cvtool.export", "cvtool.console", "cvtool.cli", "cvtool.api", "cvtool.serve"],
 }
 
 
@@ -72,3 +75,63 @@ def test_importing_the_cli_and_the_registry_loads_no_torch():
             "print(sorted(m for m in ('torch', 'onnxruntime', 'onnx') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """cvtool module -> the cvtool modules it imports (function-level imports included). `from pkg import
+    submodule` counts as importing the submodule only: importing a package's __init__ first is Python's way,
+    not a dependency."""
+    modules = {}
+    for path in PACKAGE.rglob("*.py"):
+        name = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        modules[name.removesuffix(".__init__")] = path
+    graph = {}
+    for name, path in modules.items():
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("cvtool") and not node.level:
+                subs = {f"{node.module}.{a.name}" for a in node.names} & modules.keys()
+                targets |= subs if len(subs) == len(node.names) else subs | {node.module}
+            elif isinstance(node, ast.Import):
+                targets |= {a.name for a in node.names if a.name in modules}
+        graph[name] = {t for t in targets if t in modules and t not in (name, "cvtool")}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in graph[node]:
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_no_import_cycles_between_cvtool_modules():
+    assert _cycles(_module_graph()) == []
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
