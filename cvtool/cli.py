@@ -983,5 +983,100 @@ def serve_cmd(
         serve(settings, workers=workers)
 
 
+val_app = typer.Typer(
+    help="Score a model on a labelled set (the layouts `cvtool train` reads), without training: a JSON summary on "
+    "stdout, plots in --out.",
+    epilog="Example: cvtool val detect raccoon_val/ --weights runs/raccoon/best.pt --out val/",
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(val_app, name="val")
+VAL_WEIGHTS_OPT = typer.Option(None, "--weights", "-w", help="A checkpoint from `cvtool train`.")
+VAL_OUT_OPT = typer.Option(None, "--out", "-o", help="Folder for the plots (none without it).")
+
+
+def _print_val(summary: dict) -> None:
+    typer.echo(json.dumps(summary, indent=2))
+
+
+@val_app.command("classify", epilog="Example: cvtool val classify digits_test/ --weights runs/digits/best.pt --out val/")
+def val_classify(
+    data: str = typer.Argument(..., help="ImageFolder tree, a path,label CSV, or MNIST IDX files."),
+    weights: Optional[Path] = VAL_WEIGHTS_OPT,
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="A classifier by name (its default weights)."),
+    batch_size: int = typer.Option(64, "--batch-size", "-b", min=1),
+    device: str = DEVICE_OPT,
+    out: Optional[Path] = VAL_OUT_OPT,
+) -> None:
+    """Accuracy, per-class precision/recall/F1 and the confusion matrix (confusion.png)."""
+    with exits_cleanly():
+        from cvtool import val
+
+        _print_val(val.classify(data, weights=weights, model=model, device=device, batch_size=batch_size, out=out,
+                                on_skip=_skipping))
+
+
+@val_app.command("detect", epilog="Example: cvtool val detect raccoon/ --weights runs/raccoon/best.pt --out val/")
+def val_detect(
+    data: str = typer.Argument(..., help="images/ + annotations/ (VOC XML) or labels/ (YOLO), or a COCO .json."),
+    weights: Optional[Path] = VAL_WEIGHTS_OPT,
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="A detector by name (its default weights)."),
+    conf: float = typer.Option(0.001, "--conf", min=0.0, max=1.0, help="Lowest score kept (low: the PR curve needs "
+                               "the whole range)."),
+    iou: float = typer.Option(0.6, "--iou", min=0.0, max=1.0, help="Per-class non-max suppression IoU threshold."),
+    max_det: int = typer.Option(100, "--max-det", min=1, help="Boxes per image (COCO scores at most 100)."),
+    batch_size: int = typer.Option(8, "--batch-size", "-b", min=1),
+    device: str = DEVICE_OPT,
+    out: Optional[Path] = VAL_OUT_OPT,
+) -> None:
+    """pycocotools mAP@0.5 and mAP@0.5:0.95, per-class AP@0.5 and the PR curve (pr_curve.png), of the boxes
+    `cvtool detect --conf CONF --iou IOU` finds."""
+    with exits_cleanly():
+        from cvtool import val
+
+        _print_val(val.detect(data, weights=weights, model=model, device=device, conf=conf, iou=iou, max_det=max_det,
+                              batch_size=batch_size, out=out))
+
+
+@val_app.command("segment", epilog="Example: cvtool val segment membrane_test/ --weights runs/membrane/best.pt")
+def val_segment(
+    data: str = typer.Argument(..., help="Folder with images/ and masks/ (same file stems)."),
+    weights: Optional[Path] = VAL_WEIGHTS_OPT,
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="A segmenter by name (its default weights)."),
+    tile: Optional[int] = typer.Option(None, "--tile", min=16, help="Run in TILE x TILE tiles, as `cvtool segment --tile`."),
+    rand: Optional[bool] = typer.Option(None, "--rand/--no-rand", help="ISBI 2012's foreground-restricted Rand score "
+                                        "(default: for two-class models)."),
+    device: str = DEVICE_OPT,
+    out: Optional[Path] = VAL_OUT_OPT,
+) -> None:
+    """Per-class IoU and Dice, mIoU, pixel accuracy; for two-class (membrane) data the adapted Rand error."""
+    with exits_cleanly():
+        from cvtool import val
+
+        _print_val(val.segment(data, weights=weights, model=model, device=device, tile=tile, rand=rand, out=out,
+                               on_skip=_skipping))
+
+
+@val_app.command("face", epilog="Example: cvtool val face pairs.csv")
+def val_face(
+    pairs: Path = typer.Argument(..., help="CSV of path_a,path_b,same (1 same person, 0 not)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Face embedder (default dlib_face_resnet)."),
+    weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="An embedder checkpoint from `cvtool train face`."),
+    detector: str = typer.Option("mmod", "--detector", help="mmod or haar."),
+    device: str = DEVICE_OPT,
+) -> None:
+    """Same as `cvtool verify-face --calibrate PAIRS.csv -f json`: accuracy and ROC AUC over the pairs, the best
+    threshold."""
+    with exits_cleanly():
+        from cvtool.api import FaceVerifier
+
+        verifier = FaceVerifier(model, weights=weights, detector=detector, device=device, **_loading())
+        info(verifier.describe())
+        report = verifier.calibrate(pairs)
+        for failed in report["failed"]:
+            error_line(f"{failed['error']} (pair skipped)")
+        _print_calibration(report, as_json=True)
+
+
 def main() -> None:
     app()

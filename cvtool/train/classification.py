@@ -245,12 +245,14 @@ def evaluate_model(model: nn.Module, loader, classes: list[str], device: torch.d
     return per_class_report(matrix, classes)
 
 
-def evaluate_checkpoint(weights: Path, data: str, device: torch.device, *, batch_size: int = 64, on_skip=None) -> dict:
-    """`--eval-only`: a trained checkpoint against a labelled data set; class names matched by name."""
+def evaluate_checkpoint(weights: Path | None, data: str, device: torch.device, *, model: str | None = None,
+                        batch_size: int = 64, on_skip=None) -> dict:
+    """`--eval-only` and `cvtool val classify`: a trained checkpoint (or a model name) against a labelled data
+    set; class names matched by name."""
     from cvtool.models.loading import load_model
     from cvtool.train.datasets import ClassificationDataset, DataError, decode_all, open_classification_data
 
-    loaded = load_model(None, task="classify", weights=weights, device=device)
+    loaded = load_model(model, task="classify", weights=weights, device=device)
     data = decode_all(open_classification_data(data), loaded.preprocess.resize_size, on_skip)
     unknown = [c for c in data.classes if c not in loaded.classes]
     if unknown:

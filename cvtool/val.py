@@ -1,0 +1,194 @@
+"""`cvtool val`: a trained (or pretrained) model scored on a labelled set, without training.
+
+The data layouts are those `cvtool train` reads; the scores are the training recipes' own code (one
+home per metric): classification's `evaluate_checkpoint`/`per_class_report`, detection's `coco_map`
+(pycocotools), segmentation's `scores_from_confusion`. Detection and segmentation run the images
+through the same objects as `cvtool detect` / `cvtool segment` (cvtool.api), so a score here is the
+score of what those commands print. Each entry returns a JSON-ready summary; plots go to `out`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from cvtool.errors import UsageError
+
+# Detection is scored as COCO and Ultralytics' val do: nearly every box (the PR curve needs the low scores).
+DETECT_CONF, DETECT_IOU, DETECT_MAX_DET = 0.001, 0.6, 100
+
+
+def _out_dir(out) -> Path | None:
+    from cvtool.io.outputs import check_out_dir
+
+    if out is None:
+        return None
+    check_out_dir(Path(out))
+    return Path(out)
+
+
+def classify(data: str | Path, *, weights: str | Path | None = None, model: str | None = None, device: str = "auto",
+             batch_size: int = 64, out: str | Path | None = None,
+             on_skip: Callable[[str], None] | None = None) -> dict:
+    """Accuracy, per-class precision/recall/F1 and the confusion matrix (confusion.png in `out`) of a
+    classifier on an ImageFolder tree, a `path,label` CSV or MNIST IDX files (classes matched by name)."""
+    from cvtool.device import resolve_device
+    from cvtool.train import plots
+    from cvtool.train.classification import evaluate_checkpoint
+
+    _need_model(weights, model)
+    out_dir = _out_dir(out)
+    report = evaluate_checkpoint(Path(weights) if weights is not None else None, str(data), resolve_device(device),
+                                 model=model, batch_size=batch_size, on_skip=on_skip)
+    summary = {"task": "classify", "data": str(data), **report, "plots": []}
+    if out_dir is not None:  # per_class lists the model's classes in its order
+        summary["plots"].append(plots.save_confusion(np.array(report["confusion_matrix"]), list(report["per_class"]),
+                                                     out_dir / "confusion.png"))
+    return summary
+
+
+def detect(data: str | Path, *, weights: str | Path | None = None, model: str | None = None, device: str = "auto",
+           conf: float = DETECT_CONF, iou: float = DETECT_IOU, max_det: int = DETECT_MAX_DET, batch_size: int = 8,
+           out: str | Path | None = None) -> dict:
+    """pycocotools mAP@0.5 and mAP@0.5:0.95, per-class AP@0.5 and the PR curve (pr_curve.png in `out`) of a
+    detector on VOC / YOLO / COCO data, its boxes found as `cvtool detect --conf CONF --iou IOU` finds them."""
+    import torch
+
+    from cvtool.api import Detector
+    from cvtool.train.detection import coco_map, save_pr_curve
+    from cvtool.train.detection_data import open_detection_data
+
+    _need_model(weights, model)
+    out_dir = _out_dir(out)
+    boxed = open_detection_data(data)
+    detector = Detector(model, weights=weights, conf=conf, iou=iou, max_det=max_det, device=device)
+    remap = _class_map(boxed.classes, detector.classes, data)
+    results = detector([str(p) for p in boxed.paths], batch_size=batch_size)
+    truth, found = [], []
+    for boxes, labels, result in zip(boxed.boxes, boxed.labels, results):
+        truth.append({"boxes": torch.from_numpy(boxes).float().reshape(-1, 4),
+                      "labels": torch.tensor([remap[int(c)] for c in labels], dtype=torch.int64)})
+        dets = result.result["detections"]
+        found.append((torch.tensor([d["box"] for d in dets], dtype=torch.float32).reshape(-1, 4),
+                      torch.tensor([d["score"] for d in dets], dtype=torch.float32),
+                      torch.tensor([d["index"] for d in dets], dtype=torch.int64)))
+    present = sorted({remap[int(c)] for labels in boxed.labels for c in labels})
+    scored_classes = [detector.classes[i] for i in present]
+    # only the classes of the data are scored (a COCO detector's other 79 classes have no ground truth)
+    index = {model_index: k for k, model_index in enumerate(present)}
+    truth = [{"boxes": t["boxes"], "labels": torch.tensor([index[int(c)] for c in t["labels"]], dtype=torch.int64)}
+             for t in truth]
+    kept = []
+    for boxes, scores, labels in found:
+        keep = torch.tensor([int(c) in index for c in labels], dtype=torch.bool)
+        kept.append((boxes[keep], scores[keep], torch.tensor([index[int(c)] for c in labels[keep]], dtype=torch.int64)))
+    scores = coco_map(truth, kept, scored_classes)
+    summary = {"task": "detect", "data": str(data), "model": detector.loaded.name,
+               "weights_sha256": detector.weights_sha256, "images": len(boxed.paths),
+               "boxes": int(sum(len(b) for b in boxed.boxes)), "conf": conf, "iou": iou, "max_det": max_det,
+               "map50": round(scores["map50"], 4), "map50_95": round(scores["map50_95"], 4),
+               "ap50_per_class": {k: round(v, 4) for k, v in scores["ap50_per_class"].items()}, "plots": []}
+    if out_dir is not None:
+        summary["plots"].append(save_pr_curve(scores["pr_curve"], out_dir / "pr_curve.png"))
+    return summary
+
+
+def segment(data: str | Path, *, weights: str | Path | None = None, model: str | None = None, device: str = "auto",
+            tile: int | None = None, out: str | Path | None = None, rand: bool | None = None,
+            on_skip: Callable[[str], None] | None = None) -> dict:
+    """Per-class IoU and Dice, mIoU and pixel accuracy of a segmenter on images/ + masks/ (as `cvtool train
+    segment` reads them; 255 is ignored), each image segmented as `cvtool segment` does. For two-class data
+    (`rand`: None = whenever there are two classes) also ISBI 2012's foreground-restricted Rand score:
+    the connected regions of class 1 (cells, between membranes) in truth and prediction compared by
+    scikit-image's `adapted_rand_error`, truth's class-0 pixels ignored. Example masks in `out`."""
+    from cvtool.api import Segmenter
+    from cvtool.train.segmentation import IGNORE_INDEX, open_segmentation_data, scores_from_confusion
+
+    _need_model(weights, model)
+    out_dir = _out_dir(out)
+    masked = open_segmentation_data(data, on_skip=on_skip)
+    segmenter = Segmenter(model, weights=weights, tile=tile, device=device)
+    classes = segmenter.classes
+    n = len(classes)
+    rand = n == 2 if rand is None else rand
+    if rand and n != 2:
+        raise UsageError(f"the Rand score is for two-class (membrane/cell) data; {segmenter.loaded.name} has {n} classes")
+    matrix = np.zeros((n, n), dtype=np.int64)
+    rand_errors, examples = [], []
+    for i in range(len(masked.images)):
+        truth = masked.mask(i).astype(np.int64)
+        valid = truth != IGNORE_INDEX
+        if truth[valid].size and truth[valid].max() >= n:
+            raise UsageError(f"{masked.names[i]}: mask class id {int(truth[valid].max())} but {segmenter.loaded.name} "
+                             f"has {n} classes")
+        predicted = segmenter(masked.image(i)).mask.astype(np.int64)
+        matrix += np.bincount(truth[valid] * n + predicted[valid], minlength=n * n).reshape(n, n)
+        if rand:
+            rand_errors.append(foreground_rand_error(truth, predicted))
+        if len(examples) < 4:
+            examples.append((masked.image(i), truth, predicted))
+    scores = scores_from_confusion(matrix)
+    summary = {"task": "segment", "data": str(data), "model": segmenter.loaded.name,
+               "weights_sha256": segmenter.weights_sha256, "images": len(masked.images),
+               "skipped_files": len(masked.skipped), "classes": classes,
+               "pixel_accuracy": round(scores["pixel_accuracy"], 4), "miou": round(scores["miou"], 4),
+               "mdice": round(scores["mdice"], 4),
+               "iou": {c: _round(v) for c, v in zip(classes, scores["iou"])},
+               "dice": {c: _round(v) for c, v in zip(classes, scores["dice"])},
+               "confusion_matrix": matrix.tolist(), "plots": []}
+    if rand:
+        errors = np.array(rand_errors)
+        summary["rand"] = {"adapted_rand_error": round(float(errors.mean()), 4),
+                           "foreground_rand_score": round(float(1 - errors.mean()), 4),
+                           "per_image_error": [round(float(e), 4) for e in errors]}
+    if out_dir is not None:
+        summary["plots"].append(_save_examples(examples, out_dir / "examples.png"))
+    return summary
+
+
+def foreground_rand_error(truth: np.ndarray, predicted: np.ndarray) -> float:
+    """ISBI 2012's foreground-restricted Rand error of one image: the connected regions of class 1 (the
+    cells) in each are the segments; pixels that are class 0 (membrane) in the truth are ignored."""
+    from skimage.measure import label
+    from skimage.metrics import adapted_rand_error
+
+    true_regions = label(truth == 1, connectivity=1)
+    predicted_regions = label(predicted == 1, connectivity=1)
+    error, _, _ = adapted_rand_error(true_regions, predicted_regions, ignore_labels=(0,))
+    return float(error)
+
+
+def _round(value: float):
+    return None if value is None or np.isnan(value) else round(float(value), 4)
+
+
+def _need_model(weights, model) -> None:
+    if weights is None and model is None:
+        raise UsageError("give --weights FILE (a checkpoint from `cvtool train`) or --model NAME")
+
+
+def _class_map(data_classes: list[str], model_classes: list[str], data) -> list[int]:
+    """The data's class index -> the model's, by name (YOLO data without classes.txt: by index)."""
+    if all(name in model_classes for name in data_classes):
+        return [model_classes.index(name) for name in data_classes]
+    if all(name == f"class_{i}" for i, name in enumerate(data_classes)) and len(data_classes) <= len(model_classes):
+        return list(range(len(data_classes)))
+    unknown = [name for name in data_classes if name not in model_classes]
+    raise UsageError(f"{data}: classes not known to the model: {', '.join(unknown[:5])}")
+
+
+def _save_examples(examples, path: Path) -> str:
+    from cvtool.io.render import class_palette
+    from cvtool.train.plots import pyplot, save_figure
+
+    plt = pyplot()
+    palette = class_palette()
+    fig, axes = plt.subplots(len(examples), 3, figsize=(9, 3 * len(examples)), squeeze=False)
+    for row, (image, truth, predicted) in zip(axes, examples):
+        for ax, picture, title in zip(row, (image, palette[truth % len(palette)], palette[predicted % len(palette)]),
+                                      ("image", "truth", "predicted")):
+            ax.imshow(picture)
+            ax.set(title=title, xticks=[], yticks=[])
+    return save_figure(fig, path)
