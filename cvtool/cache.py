@@ -30,12 +30,14 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 def cache_root() -> Path:
-    """$CVTOOL_CACHE, else $XDG_CACHE_HOME/cvtool, else ~/.cache/cvtool."""
+    """$CVTOOL_CACHE, else the platform's user cache folder (platformdirs): ~/.cache/cvtool on Linux
+    ($XDG_CACHE_HOME honoured), ~/Library/Caches/cvtool on macOS, %LOCALAPPDATA%\\cvtool\\Cache on Windows."""
     explicit = os.environ.get("CVTOOL_CACHE", "").strip()
     if explicit:
         return Path(explicit).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "cvtool"
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("cvtool", appauthor=False))
 
 
 def sha256_file(path: str | Path) -> str:

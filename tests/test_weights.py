@@ -234,7 +234,7 @@ def test_a_silent_host_times_out(cache, monkeypatch):
         url = f"http://127.0.0.1:{silent.getsockname()[1]}/slow-0123abcd.pth"
         with pytest.raises(WeightsError) as info:
             weights.fetch(url, progress=False)
-    assert "(timed out)" in _one_line(info)
+    assert "(timed out after 0.3 s waiting for the server)" in _one_line(info)
     assert _contents(cache) == []
 
 

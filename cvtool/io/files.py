@@ -75,3 +75,20 @@ class NotRegularFileError(OSError):
 
     def __str__(self) -> str:
         return self.reason
+
+
+# An image piped on stdin (`cat a.jpg | cvtool detect -`): its bytes, read once by cvtool.io.inputs, are
+# what reading the input "-" returns (cvtool.io.image._read_bytes). "-" is never a file name there:
+# a file called "-" is `./-`.
+STDIN_NAME = "-"
+_stdin_image: bytes | None = None
+
+
+def set_stdin_image(data: bytes | None) -> None:
+    global _stdin_image
+    _stdin_image = data
+
+
+def stdin_image() -> bytes | None:
+    """The image read from stdin, if one was (None otherwise)."""
+    return _stdin_image

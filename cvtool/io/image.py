@@ -122,9 +122,19 @@ class _Header:
 
 
 def _read_bytes(path: str | Path) -> bytes:
-    """The file's bytes; a FIFO, socket or device is refused at once, never waited on."""
-    from cvtool.io.files import NotRegularFileError, open_regular
+    """The file's bytes; a FIFO, socket or device is refused at once, never waited on. An http(s) URL is
+    downloaded (cvtool.io.remote: bounded waits and size, checked as an image first); "-" is the image
+    piped on stdin (cvtool.io.inputs read it)."""
+    from cvtool.io.files import STDIN_NAME, NotRegularFileError, open_regular, stdin_image
+    from cvtool.io.remote import fetch_bytes, is_url
 
+    if isinstance(path, str) and is_url(path):
+        return fetch_bytes(path, kind="image")
+    if isinstance(path, str) and path == STDIN_NAME:
+        data = stdin_image()
+        if data is None:
+            raise InputError("no image was piped on stdin", path)
+        return data
     path = Path(path)
     try:
         with open_regular(path, "rb") as handle:

@@ -8,6 +8,18 @@ the batch forever, a device never ends.
 With an --out directory, files named like cvtool outputs lying in it (cvtool.io.outputs.is_previous_output)
 are outputs of an earlier run, not inputs, when a directory, glob or stdin lists them; a file named
 explicitly on the command line is always an input, and is protected from being overwritten.
+
+URLs (`http(s)://`, `rtsp://`, `rtmp://`; cvtool.io.remote) pass through as inputs, named by the URL; they
+are fetched when read, not here (offline, they are refused here, at once).
+
+`-` reads stdin, which holds either one image or a list of paths. The rule, decided on the first bytes,
+never by the file name or a guess about the text:
+1. stdin starting with an image's magic number (JPEG, PNG, GIF, WebP, TIFF, BMP, JPEG 2000;
+   cvtool.io.remote.image_kind) is one image, the input named `-`;
+2. otherwise it must be UTF-8 text, one path, URL, directory or glob per line (`#` starts a comment); paths
+   cannot contain NUL bytes, so no list of paths starts like one of those images;
+3. anything else (NUL bytes, invalid UTF-8: a video, an archive, a PNM) is one error line for `-`, and
+   stdin is read no further.
 """
 
 from __future__ import annotations
@@ -19,7 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, TextIO
 
-from cvtool.io.files import not_regular_reason
+from cvtool.io import remote
+from cvtool.io.files import STDIN_NAME, not_regular_reason, set_stdin_image
 from cvtool.io.image import IMAGE_SUFFIXES
 from cvtool.io.outputs import is_previous_output, start_batch
 from cvtool.io.video import VIDEO_SUFFIXES
@@ -60,7 +73,8 @@ def iter_inputs(
         else:
             expanded = _expand(spec, recursive, suffixes, out_dir, skipped, explicit=True)
         for item in expanded:
-            key = item.path if item.error else os.path.realpath(item.path)
+            named = item.error or item.path == STDIN_NAME or remote.is_url(item.path)
+            key = item.path if named else os.path.realpath(item.path)
             if key in seen:
                 continue
             seen.add(key)
@@ -103,7 +117,7 @@ def expand_inputs(
 
     def guarded(items: Iterable[InputItem]) -> Iterator[InputItem]:
         for item in items:
-            if item.error is None:
+            if item.error is None and item.path != STDIN_NAME and not remote.is_url(item.path):
                 guard.add(item.path)
             yield item
         if skipped.previous_outputs and on_previous_outputs is not None:
@@ -118,16 +132,83 @@ def expand_inputs(
     return iter(listed), None if unknown else len(listed)
 
 
+_NEITHER = ("stdin is neither an image (JPEG, PNG, GIF, WebP, TIFF, BMP, JPEG 2000) nor UTF-8 text with one path "
+            "per line")
+
+
 def _from_stdin(stdin: TextIO | None, recursive: bool, suffixes, out_dir, skipped) -> Iterator[InputItem]:
+    """One image, or paths one per line, or one error: the rule in this module's docstring."""
     if stdin is None:
         return
-    for line in stdin:
-        spec = line.strip()
-        if spec and not spec.startswith("#"):
-            yield from _expand(spec, recursive, suffixes, out_dir, skipped, explicit=False)
+    buffer = getattr(stdin, "buffer", None)
+    if buffer is None:  # a text stream (io.StringIO from the Python API): paths
+        lines: Iterable[str] = stdin
+    else:
+        head = _head(buffer)
+        if remote.image_kind(head) is not None:
+            yield _stdin_image(head, buffer)
+            return
+        lines = _text_lines(head, buffer)
+    try:
+        for line in lines:
+            spec = line.strip()
+            if spec and not spec.startswith("#"):
+                yield from _expand(spec, recursive, suffixes, out_dir, skipped, explicit=False)
+    except UnicodeDecodeError:
+        yield InputItem(STDIN_NAME, _NEITHER)
+
+
+def _head(buffer) -> bytes:
+    """stdin's first bytes: enough to see an image's magic number, without waiting for more than a line
+    of text (`find ... | cvtool classify -` must start on the first path at once)."""
+    head = b""
+    while len(head) < 16 and (b"\n" not in head or remote.could_be_image(head)):
+        chunk = buffer.read1(16 - len(head)) if hasattr(buffer, "read1") else buffer.read(16 - len(head))
+        if not chunk:
+            break
+        head += chunk
+        if remote.image_kind(head) is not None:
+            break
+    return head
+
+
+def _stdin_image(head: bytes, buffer) -> InputItem:
+    limit = remote.max_bytes()
+    data = head + buffer.read(limit + 1 - len(head))
+    if len(data) > limit:
+        return InputItem(STDIN_NAME, remote.too_large(limit))
+    set_stdin_image(data)
+    return InputItem(STDIN_NAME)
+
+
+def _text_lines(head: bytes, buffer) -> Iterator[str]:
+    """stdin's lines as text, lazily; UnicodeDecodeError on a NUL byte or invalid UTF-8."""
+    pending = head
+    while True:
+        newline = pending.find(b"\n")
+        if newline < 0:
+            more = buffer.readline()
+            if more:
+                pending += more
+                continue
+            if not pending:
+                return
+            line, pending = pending, b""
+        else:
+            line, pending = pending[:newline + 1], pending[newline + 1:]
+        if b"\0" in line:
+            raise UnicodeDecodeError("utf-8", line, line.index(b"\0"), line.index(b"\0") + 1, "NUL byte")
+        yield line.decode("utf-8")
 
 
 def _expand(spec: str, recursive: bool, suffixes, out_dir, skipped, *, explicit: bool) -> Iterator[InputItem]:
+    if remote.is_url(spec):  # fetched when read (cvtool.io.image, cvtool.io.video), never a file name
+        yield InputItem(spec, remote.OFFLINE_REASON if remote.is_offline() else None)
+        return
+    unsupported = remote.unsupported_scheme(spec)
+    if unsupported is not None and not os.path.lexists(spec):
+        yield InputItem(spec, unsupported)
+        return
     path = Path(spec)
     if path.is_dir():
         yield from _directory(spec, recursive, suffixes, out_dir, skipped)
