@@ -34,7 +34,7 @@ app = typer.Typer(
     help="Computer vision from the command line: classify, detect, segment, verify faces and stylize images with "
     "pretrained or your own models, and train those models. Results on stdout, progress and errors on stderr.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     context_settings={"help_option_names": ["-h", "--help"]},
     rich_markup_mode=None,
     pretty_exceptions_enable=False,
