@@ -138,6 +138,8 @@ def cached_mobilenet(tmp_path, monkeypatch):
     path = weights.cached_path(get_entry("mobilenet_v3_small", "classify").weights.url)
     path.parent.mkdir(parents=True)
     torch.save(state, path)
+    # stand-in weights cannot carry the published hash that cached files are checked against
+    monkeypatch.setattr(weights, "_expected_hash", lambda url, sha256=None: None)
     return state
 
 
