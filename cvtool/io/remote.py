@@ -320,15 +320,22 @@ def _stream(url: str, sink, *, kind: str, limit: int | None) -> int:
             if not head:
                 raise InputError("empty download (0 bytes)", url)
             if not (_looks_like_image(head) if kind == "image" else _looks_like_video(head)):
-                sent = f"the server sent {content_type}" if content_type else "unrecognised content, no Content-Type"
-                raise InputError(f"not {'an image' if kind == 'image' else 'a video'} ({sent})", url)
-            sink(head)
+                what = "an image" if kind == "image" else "a video"
+                if content_type is None:
+                    sent = "unrecognised content, no Content-Type"
+                elif content_type.lower().startswith(f"{kind}/"):
+                    sent = f"the server says {content_type}, but the first bytes are no {kind} format"
+                else:
+                    sent = f"the server sent {content_type}"
+                raise InputError(f"not {what} ({sent})", url)
             received = len(head)
-            while chunk := response.read(_CHUNK):
-                received += len(chunk)
+            chunk = head
+            while chunk:
                 if received > limit:
                     raise InputError(too_large(limit), url)
                 sink(chunk)
+                chunk = response.read(_CHUNK)
+                received += len(chunk)
     except InputError:
         raise
     except NETWORK_ERRORS as exc:
