@@ -795,9 +795,13 @@ def list_models(task: str | None = None) -> list[dict]:
 
 def export_onnx(target: str | Path, out: str | Path | None = None, *, weights: str | Path | None = None,
            img_size: int | None = None, dynamic_batch: bool = False, opset: int | None = None,
-           tolerance: float = 1e-4, on_start: Callable[[str], None] | None = None) -> dict:
+           tolerance: float = 1e-4, half: bool = False, int8: bool = False, calibration: str | Path | None = None,
+           on_start: Callable[[str], None] | None = None) -> dict:
     """Export a model name (its default weights, or `weights`) or a checkpoint to ONNX, checked against
-    PyTorch with onnxruntime before anything is written. Returns the report (path, max_abs_diff, ...)."""
+    PyTorch with onnxruntime before anything is written. Returns the report (path, max_abs_diff, ...).
+
+    `half` (fp16) or `int8` (static quantisation calibrated on the images in `calibration`): checked by the
+    task's agreement with PyTorch (top-1, pixels, box IoU, embedding distance) and refused below its bar."""
     from cvtool import export as exporter
 
     loaded = exporter.load_target(str(target), Path(weights) if weights is not None else None)
@@ -805,4 +809,4 @@ def export_onnx(target: str | Path, out: str | Path | None = None, *, weights: s
     if on_start is not None:
         on_start(f"exporting {loaded.name} (weights sha256 {loaded.weights_sha256[:12]}) to {target_path}")
     return exporter.export_model(loaded, target_path, img_size=img_size, dynamic_batch=dynamic_batch,
-                                 opset=opset, tolerance=tolerance)
+                                 opset=opset, tolerance=tolerance, half=half, int8=int8, calibration=calibration)

@@ -585,15 +585,30 @@ def export_cmd(
                                     "allowed, as a fraction of the output's scale."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="The .onnx file (default: beside the checkpoint, "
                                        "or NAME.onnx here)."),
+    half: bool = typer.Option(False, "--half", help="fp16 weights and activations (float32 in and out); refused "
+                              "below the task's agreement bar with PyTorch."),
+    int8: bool = typer.Option(False, "--int8", help="INT8 (onnxruntime static quantisation) calibrated on "
+                              "--calibration; refused below the task's agreement bar with PyTorch."),
+    calibration: Optional[Path] = typer.Option(None, "--calibration", metavar="DIR", help="Images to calibrate "
+                                               "--int8 on (up to 64) and to check --half/--int8 against PyTorch."),
 ) -> None:
-    """Export a model to ONNX, checked on the spot: onnxruntime must reproduce PyTorch within --tolerance."""
+    """Export a model to ONNX, checked on the spot: onnxruntime must reproduce PyTorch within --tolerance
+    (--half/--int8: agree with it by the task's measure: classify top-1 >= 0.95, segment pixels >= 0.95, detect
+    box IoU >= 0.80, face embedding distance <= 0.06)."""
     with exits_cleanly():
         if fmt != "onnx":
             raise UsageError(f"unknown --format {fmt!r}; onnx is the only export format")
         from cvtool.api import export_onnx
 
         report = export_onnx(target, out, weights=weights, img_size=img_size, dynamic_batch=dynamic_batch,
-                             opset=opset, tolerance=tolerance, on_start=info)
+                             opset=opset, tolerance=tolerance, half=half, int8=int8, calibration=calibration,
+                             on_start=info)
+        if "agreement" in report:
+            a = report["agreement"]
+            typer.echo(f"{report['path']}: {report['precision']} {a['measure']} with PyTorch {a['value']:.4f} on "
+                       f"{a['inputs']} inputs (bar {a['bar']:g}); {report['bytes'] / 1e6:.2f} MB "
+                       f"(fp32 {report['fp32_bytes'] / 1e6:.2f} MB)")
+            return
         typer.echo(f"{report['path']}: onnxruntime matches PyTorch, max abs diff {report['max_abs_diff']:.3g} "
                    f"({report['relative']:.3g} of the output scale; tolerance {tolerance:g}); opset {report['opset']}, "
                    f"{report['exporter']} exporter, {report['bytes'] / 1e6:.1f} MB")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import cv2
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -203,3 +204,69 @@ def test_a_cached_export_is_checked_against_its_recorded_hash_and_rebuilt_on_a_m
     sidecar_path(cached).unlink()  # no record of what it should be: rebuilt too
     load()
     assert len(exports) == 3 and sidecar_path(cached).is_file()
+
+
+@pytest.fixture
+def digit_images(tmp_path):
+    """scikit-learn's real handwritten digits as PNGs: calibration and check images for the digits model."""
+    from sklearn.datasets import load_digits
+
+    folder = tmp_path / "digits"
+    folder.mkdir()
+    digits = load_digits()
+    for i in range(40):
+        cv2.imwrite(str(folder / f"{i:02d}.png"), (digits.images[i] * 16).clip(0, 255).astype(np.uint8))
+    return folder
+
+
+def test_int8_export_is_calibrated_checked_by_top1_agreement_and_runs(tmp_path, digit_images):
+    out = tmp_path / "digits_int8.onnx"
+    result = export("lenet5_digits", "--int8", "--calibration", digit_images, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith(f"{out}: int8 top-1 agreement with PyTorch ") and "on 40 inputs (bar 0.95)" in result.stdout
+    agreement = float(result.stdout.split("PyTorch ")[1].split()[0])
+    assert 0.95 <= agreement <= 1.0
+    assert metadata(out)["precision"] == "int8"
+    ops = {node.op_type for node in onnx.load(str(out)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # really quantised (QDQ)
+    # the file as written agrees with PyTorch on the digits as the report says
+    from cvtool.export import calibration_inputs, load_target
+    from cvtool.models.onnx_export import graph_for
+
+    loaded = load_target("lenet5_digits")
+    graph = graph_for(loaded)
+    inputs = np.concatenate(calibration_inputs(graph, "classify", digit_images))
+    run = session(out)
+    onnx_top1 = np.concatenate([run.run(None, {run.get_inputs()[0].name: x[None]})[0] for x in inputs]).argmax(1)
+    with torch.inference_mode():
+        torch_top1 = graph.module(torch.from_numpy(inputs)).argmax(1).numpy()
+    assert np.mean(onnx_top1 == torch_top1) == pytest.approx(agreement, abs=1e-4)
+
+
+def test_half_export_of_a_unet_is_checked_by_pixel_agreement(tmp_path):
+    checkpoint = make_checkpoint(tmp_path / "unet.pt", "unet", classes=["bg", "cell"], width=4, depth=2)
+    result = export(checkpoint, "--half", "--out", tmp_path / "unet16.onnx")
+    assert result.exit_code == 0, result.output
+    assert "fp16 pixel agreement with PyTorch" in result.stdout and "(bar 0.95)" in result.stdout
+    model = onnx.load(str(tmp_path / "unet16.onnx"))
+    assert any(init.data_type == onnx.TensorProto.FLOAT16 for init in model.graph.initializer)
+    assert metadata(tmp_path / "unet16.onnx")["precision"] == "fp16"
+    x = np.random.default_rng(0).standard_normal((1, 1, 64, 64)).astype(np.float32)  # float32 in and out
+    assert session(tmp_path / "unet16.onnx").run(None, {"input": x})[0].dtype == np.float32
+
+
+def test_reduced_precision_below_the_bar_is_refused_in_one_line_and_writes_nothing(tmp_path, digit_images, monkeypatch):
+    from cvtool.models import onnx_export
+
+    monkeypatch.setitem(onnx_export.AGREEMENT_BARS, "classify", (1.01, "top-1 agreement"))  # unreachable
+    out = tmp_path / "never.onnx"
+    result = export("lenet5_digits", "--int8", "--calibration", digit_images, "--out", out)
+    assert result.exit_code == 1 and not out.exists()
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("cvtool: ") and "top-1 agreement with PyTorch is " in lines[-1]
+    assert lines[-1].endswith("on 40 inputs, below the bar 1.01; nothing written")
+    usage = export("lenet5_digits", "--int8", "--out", out)
+    assert usage.exit_code == 2 and usage.stderr.strip().splitlines()[-1] == (
+        "cvtool: --int8 needs --calibration DIR: images like those the model will see (a few dozen)")
+    both = export("lenet5_digits", "--int8", "--half", "--calibration", digit_images, "--out", out)
+    assert both.exit_code == 2 and "--half and --int8 are separate precisions; choose one" in both.stderr

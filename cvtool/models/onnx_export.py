@@ -194,3 +194,123 @@ def export_checked(loaded, *, img_size: int | None = None, dynamic_batch: bool =
     report = check(graph, session, dynamic_batch=dynamic_batch, tolerance=tolerance)
     report.update(exporter=exporter, opset=opset_of(proto), bytes=len(data))
     return Exported(data, session, graph, report)
+
+
+# -- reduced precision: fp16 and INT8, checked by the agreement that matters for the task ---------------------
+
+# The least agreement with PyTorch (fp32) a reduced-precision export must reach, per task, and what it measures.
+AGREEMENT_BARS = {
+    "classify": (0.95, "top-1 agreement"),  # fraction of inputs with the same top class
+    "segment": (0.95, "pixel agreement"),  # fraction of pixels with the same class
+    "detect": (0.80, "box IoU"),  # mean IoU of the 100 best-scored boxes with the same anchors' boxes
+    "face-embed": (0.06, "largest embedding distance"),  # at most a tenth of dlib's 0.6 threshold (lower is better)
+}
+
+
+def agreement(task: str, expected: list, got: list) -> float:
+    """How well reduced-precision outputs agree with PyTorch's, in the measure of AGREEMENT_BARS[task]."""
+    import numpy as np
+
+    if task == "classify":
+        return float(np.mean(expected[0].argmax(1) == got[0].argmax(1)))
+    if task == "segment":
+        return float(np.mean(expected[0].argmax(1) == got[0].argmax(1)))
+    if task == "face-embed":
+        return float(np.max(np.linalg.norm(expected[0].reshape(len(expected[0]), -1)
+                                           - got[0].reshape(len(got[0]), -1).astype(np.float32), axis=1)))
+    if task == "detect":  # boxes B x N x 4, objectness B x N, class probabilities B x N x C: the same anchors
+        boxes, objectness, probs = expected
+        scores = objectness * probs.max(-1)
+        ious = []
+        for b in range(len(boxes)):
+            top = np.argsort(-scores[b])[:100]
+            ious.append(_paired_iou(boxes[b][top], got[0][b][top].astype(np.float32)))
+        return float(np.mean(np.concatenate(ious)))
+    raise UsageError(f"--half/--int8: no agreement check for {task} models yet")
+
+
+def _paired_iou(a, b):
+    import numpy as np
+
+    x1, y1 = np.maximum(a[:, 0], b[:, 0]), np.maximum(a[:, 1], b[:, 1])
+    x2, y2 = np.minimum(a[:, 2], b[:, 2]), np.minimum(a[:, 3], b[:, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area = lambda z: np.clip(z[:, 2] - z[:, 0], 0, None) * np.clip(z[:, 3] - z[:, 1], 0, None)  # noqa: E731
+    return inter / np.maximum(area(a) + area(b) - inter, 1e-9)
+
+
+def _passes(task: str, value: float) -> bool:
+    bar, _ = AGREEMENT_BARS[task]
+    return value <= bar if task == "face-embed" else value >= bar
+
+
+def reduce_precision(exported: Exported, task: str, *, precision: str, inputs: list, threads: int | None = None) -> Exported:
+    """The checked fp32 export as fp16 (weights and activations; float32 input and outputs kept) or INT8
+    (onnxruntime's static QDQ quantisation, activations calibrated on `inputs`), then checked against PyTorch
+    on `inputs` (1 x C x H x W arrays) by the task's agreement; below its bar: ExportCheckError, nothing written."""
+    import os
+    import tempfile
+
+    import numpy as np
+    import onnx
+    import torch
+
+    if task not in AGREEMENT_BARS:
+        raise UsageError(f"--{'half' if precision == 'fp16' else 'int8'}: no agreement check for {task} models yet "
+                         f"({', '.join(AGREEMENT_BARS)} only)")
+    if not inputs:
+        raise UsageError("no check inputs (give --calibration DIR with images)")
+    proto = onnx.load_from_string(exported.data)
+    with _quiet():
+        if precision == "fp16":
+            from onnxruntime.transformers.float16 import convert_float_to_float16
+
+            reduced = convert_float_to_float16(proto, keep_io_types=True)
+        else:
+            from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+            input_name = proto.graph.input[0].name
+
+            class Reader(CalibrationDataReader):
+                def __init__(self):
+                    self.items = iter(inputs)
+
+                def get_next(self):
+                    item = next(self.items, None)
+                    return None if item is None else {input_name: item}
+
+            with tempfile.TemporaryDirectory(prefix="cvtool-int8-") as tmp:
+                source, target = os.path.join(tmp, "fp32.onnx"), os.path.join(tmp, "int8.onnx")
+                onnx.save(proto, source)
+                try:
+                    quantize_static(source, target, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                except Exception as exc:  # noqa: BLE001
+                    raise ExportCheckError(f"onnxruntime cannot quantise it to INT8 ({first_line(exc)})") from None
+                reduced = onnx.load(target)
+    meta = json.loads(next(p.value for p in proto.metadata_props if p.key == METADATA_KEY))
+    meta["precision"] = precision
+    del reduced.metadata_props[:]
+    entry = reduced.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(meta)
+    data = reduced.SerializeToString()
+    try:
+        session = make_session(data, threads=threads)
+    except Exception as exc:  # noqa: BLE001
+        raise ExportCheckError(f"onnxruntime cannot run the {precision} model ({first_line(exc)})") from None
+    name = session.get_inputs()[0].name
+    expected, got = [], []
+    for x in inputs:
+        with torch.inference_mode():
+            want = exported.graph.module(torch.from_numpy(x))
+        expected.append([t.numpy() for t in (want if isinstance(want, (tuple, list)) else (want,))])
+        got.append(session.run(None, {name: x}))
+    stack = lambda outs: [np.concatenate([o[k] for o in outs]) for k in range(len(outs[0]))]  # noqa: E731
+    value = agreement(task, stack(expected), stack(got))
+    bar, measure = AGREEMENT_BARS[task]
+    if not np.isfinite(value) or not _passes(task, value):
+        raise ExportCheckError(f"the {precision} model's {measure} with PyTorch is {value:.4f} on {len(inputs)} inputs, "
+                               f"{'above' if task == 'face-embed' else 'below'} the bar {bar:g}; nothing written")
+    report = {**exported.report, "precision": precision, "bytes": len(data), "fp32_bytes": len(exported.data),
+              "agreement": {"measure": measure, "value": round(value, 4), "bar": bar, "inputs": len(inputs)}}
+    return Exported(data, session, exported.graph, report)
