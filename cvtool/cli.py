@@ -950,6 +950,45 @@ def models_verify(names: Optional[List[str]] = typer.Argument(None, help="Models
 
 
 @app.command(
+    "ray",
+    epilog="Example: cvtool ray classify photos/ --model resnet50 --set top_k=3 --workers 8 > labels.jsonl  "
+           "(RAY_ADDRESS=... for a cluster)",
+)
+def ray_cmd(
+    task: str = typer.Argument(..., metavar="TASK", help="classify, detect, segment, stylize (--model NETWORK) or "
+                               "verify-face (--set gallery=DIR)."),
+    images: List[str] = IMAGES_ARG,
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name (or stylize's network file)."),
+    weights: Optional[Path] = WEIGHTS_OPT,
+    settings: Optional[List[str]] = typer.Option(None, "--set", metavar="KEY=VALUE", help="Another option of the "
+                                                 "task's API class, e.g. top_k=3, conf=0.5, gallery=known/ (repeatable)."),
+    workers: int = typer.Option(2, "--workers", min=1, help="Ray actors, each loading the model once."),
+    cpus: float = typer.Option(1, "--cpus-per-worker", min=0, help="CPUs per actor (also its compute threads)."),
+    gpus: float = typer.Option(0, "--gpus-per-worker", min=0, help="GPUs per actor (1: each actor on its own GPU)."),
+    batch_size: int = BATCH_OPT,
+    out: Optional[Path] = OUT_OPT,
+    recursive: bool = RECURSIVE_OPT,
+) -> None:
+    """Run a task over many inputs on Ray Data (local, or the cluster RAY_ADDRESS names): JSON Lines records on
+    stdout, in input order, the same records `cvtool TASK` prints. Needs `pip install 'cvtool[ray]'`."""
+    with exits_cleanly():
+        from cvtool.scale import ray_run
+
+        options = {"model": model, "weights": weights} if weights is not None else {"model": model}
+        for item in settings or []:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise UsageError(f"--set {item!r}: expected KEY=VALUE")
+            try:
+                options[key] = json.loads(value)
+            except ValueError:
+                options[key] = value
+        failed = ray_run(task, images, num_workers=workers, num_cpus=cpus, num_gpus=gpus, batch_size=batch_size,
+                         out=out, recursive=recursive, **options)
+    raise typer.Exit(1 if failed else 0)
+
+
+@app.command(
     "serve",
     epilog="Example: cvtool serve --preload verify-face --preload detect:yolo --port 8000 & "
            "CVTOOL_SERVER=http://127.0.0.1:8000 cvtool verify-face id.jpg selfie.jpg",
