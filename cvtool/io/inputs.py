@@ -16,8 +16,10 @@ are fetched when read, not here (offline, they are refused here, at once).
 never by the file name or a guess about the text:
 1. stdin starting with an image's magic number (JPEG, PNG, GIF, WebP, TIFF, BMP, JPEG 2000;
    cvtool.io.remote.image_kind) is one image, the input named `-`;
-2. otherwise it must be UTF-8 text, one path, URL, directory or glob per line (`#` starts a comment); paths
-   cannot contain NUL bytes, so no list of paths starts like one of those images;
+2. otherwise it must be UTF-8 text, one path, URL, directory or glob per line (`#` starts a comment). No list
+   of paths starts like one of those images: each magic number has a byte no line of text has (invalid
+   UTF-8 in JPEG and PNG, NUL in TIFF, BMP and JPEG 2000, a control byte in GIF's screen descriptor,
+   RIFF's binary size before WEBP), so `GIF89a.png` or `BMW.jpg` on the first line is still a path;
 3. anything else (NUL bytes, invalid UTF-8: a video, an archive, a PNM) is one error line for `-`, and
    stdin is read no further.
 """

@@ -242,8 +242,9 @@ def image_kind(head: bytes) -> str | None:
     for magic, name in _IMAGE_MAGIC:
         if head.startswith(magic):
             return name
-    if head[:6] in (b"GIF87a", b"GIF89a") and any(b < 0x20 or b >= 0x80 for b in head[6:13]) and len(head) >= 13:
-        return "GIF"  # its binary screen descriptor: no text line starts like this
+    if (head[:6] in (b"GIF87a", b"GIF89a") and len(head) >= 13
+            and any((b < 0x20 and b not in b"\t\n\r") or b >= 0x80 for b in head[6:13])):
+        return "GIF"  # its binary screen descriptor: no line of text starts like this
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "WebP"
     if head[:2] == b"BM" and len(head) >= 10 and head[6:10] == b"\x00\x00\x00\x00":
