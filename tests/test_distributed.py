@@ -308,3 +308,13 @@ def test_two_process_lenet5_on_the_digits_matches_the_single_process_accuracy(tm
     assert one["best_val_accuracy"] > 0.9
     assert abs(two["best_val_accuracy"] - one["best_val_accuracy"]) <= 0.005, (two["best_val_accuracy"],
                                                                               one["best_val_accuracy"])
+
+
+def test_every_train_entry_takes_sync_bn_and_the_cli_offers_devices():
+    import inspect
+
+    from conftest import run_cli
+
+    for name in ("classify", "detect", "segment", "style", "face"):
+        assert "sync_bn" in inspect.signature(getattr(cvtool.train, name)).parameters, name
+    assert "--devices" in run_cli("train", "style", "--help", env={"COLUMNS": "200"}).stdout

@@ -45,7 +45,7 @@ def test_lazy_classification_is_the_in_memory_run(shapes, tmp_path, monkeypatch)
     for i in range(len(held)):
         assert np.array_equal(held.image(i), lazy.image(i))
 
-    options = dict(arch="lenet5", epochs=2, batch_size=8, val_split=0.25, device="cpu", workers=0)
+    options = dict(arch="lenet5", epochs=1, batch_size=8, val_split=0.25, device="cpu", workers=0)
     monkeypatch.delenv("CVTOOL_TRAIN_IN_MEMORY_MB")
     cvtool.train.classify(shapes, out=tmp_path / "held", **options)
     monkeypatch.setenv("CVTOOL_TRAIN_IN_MEMORY_MB", "0")

@@ -177,7 +177,7 @@ def style(style_image: str | Path | None = None, *, data: str | Path | None = No
           style_weight: float = 1e5, tv_weight: float = 1e-6, width: int = 32, vgg: str = "vgg16",
           vgg_weights: str | Path | None = None, out: str | Path | None = None, resume: str | Path | None = None,
           device: str = "auto", seed: int = 0, callbacks=None, on_skip: Callable[[str], None] | None = None,
-          progress: bool = False) -> dict:
+          progress: bool = False, sync_bn: bool = False) -> dict:
     """Train a feed-forward style network (Johnson et al.) for one style image on a folder of photos."""
     from cvtool.train import stylization as recipe
     from cvtool.train.engine import TrainConfig
@@ -200,7 +200,7 @@ def face(data: str | Path | None = None, *, arch: str = "face_embed_small", loss
          epochs: int | None = None, lr: float | None = None, weight_decay: float = 0.05, img_size: int | None = None,
          val_split: float = 0.25, hflip: bool = True, out: str | Path | None = None, resume: str | Path | None = None,
          device: str = "auto", seed: int = 0, workers: int = 0, callbacks=None,
-         on_skip: Callable[[str], None] | None = None, progress: bool = False) -> dict:
+         on_skip: Callable[[str], None] | None = None, progress: bool = False, sync_bn: bool = False) -> dict:
     """Train a face embedder (triplet or Siamese binary loss) on one folder of photos per person."""
     from cvtool.train import face_embedding as recipe
     from cvtool.train.engine import TrainConfig
