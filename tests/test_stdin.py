@@ -104,15 +104,16 @@ def test_every_sniffed_format_is_one_image_even_through_a_pipe_giving_one_byte_a
 
 def test_a_path_list_is_never_mistaken_for_an_image(tmp_path, monkeypatch):
     """Text that starts like the text-ish magic numbers (GIF, BMP, RIFF, TIFF letters) is still paths."""
-    names = ["GIF89a.png", "BMW_photo.png", "RIFF0000WEBP.png", "II_and_MM.png"]
+    names = ["GIF89a.png", "BMW_photo.png", "RIFF0000WEBPVP8.png", "II_and_MM.png", "P6.png"]
     for name in names:
         (tmp_path / name).write_bytes(DIGIT.read_bytes())
     listing = "".join(f"{tmp_path / name}\n" for name in names)
     monkeypatch.chdir(tmp_path)
-    relative = "".join(f"{name}\n" for name in names)  # relative: the first bytes are the magic-like names
-    for text in (listing, relative):
-        items = _items(text.encode(), chunk=3)
-        assert [os.path.basename(i.path) for i in items] == names and all(i.error is None for i in items)
+    assert [i.path for i in _items(listing.encode(), chunk=3)] == [str(tmp_path / name) for name in names]
+    for first in range(len(names)):  # relative: each magic-like name in turn is stdin's first bytes
+        order = names[first:] + names[:first]
+        items = _items("".join(f"{name}\n" for name in order).encode(), chunk=3)
+        assert items == [InputItem(name) for name in order]
 
 
 def test_the_first_path_is_taken_before_stdin_ends():

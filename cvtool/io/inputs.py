@@ -19,7 +19,7 @@ never by the file name or a guess about the text:
 2. otherwise it must be UTF-8 text, one path, URL, directory or glob per line (`#` starts a comment). No list
    of paths starts like one of those images: each magic number has a byte no line of text has (invalid
    UTF-8 in JPEG and PNG, NUL in TIFF, BMP and JPEG 2000, a control byte in GIF's screen descriptor,
-   RIFF's binary size before WEBP), so `GIF89a.png` or `BMW.jpg` on the first line is still a path;
+   the top byte of WebP's RIFF size), so `GIF89a.png` or `BMW.jpg` on the first line is still a path;
 3. anything else (NUL bytes, invalid UTF-8: a video, an archive, a PNM) is one error line for `-`, and
    stdin is read no further.
 """

@@ -245,8 +245,8 @@ def image_kind(head: bytes) -> str | None:
     if (head[:6] in (b"GIF87a", b"GIF89a") and len(head) >= 13
             and any((b < 0x20 and b not in b"\t\n\r") or b >= 0x80 for b in head[6:13])):
         return "GIF"  # its binary screen descriptor: no line of text starts like this
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "WebP"
+    if head[:4] == b"RIFF" and head[8:15] == b"WEBPVP8" and head[7] < 0x20:
+        return "WebP"  # the size's top byte: under 0x20 for any file below 536 MB, never in a path
     if head[:2] == b"BM" and len(head) >= 10 and head[6:10] == b"\x00\x00\x00\x00":
         return "BMP"
     return None
