@@ -3,7 +3,9 @@ process on one input, so the two numbers can be compared directly.
 
 Weights are random: a forward pass costs the same whatever the values, and no download is needed.
 Only the network is timed (the same call the pipelines make, YOLO's box decoding included), not
-image decoding or post-processing. The backends' passes alternate (torch, onnxruntime, torch, ...)
+image decoding or post-processing. A model with no ONNX form that takes raw images (torchvision's
+detectors) is timed through its registry entry's forward on a list of square random images at the
+size it resizes to itself, its NMS included; its onnxruntime row is an error row giving the reason. The backends' passes alternate (torch, onnxruntime, torch, ...)
 so that load from other processes on a shared machine falls on both alike, and onnxruntime's
 threads do not spin between its runs (they would steal the CPU from PyTorch's turn). Each figure is
 the median over `iters` timed passes after `warmup` untimed ones, with the interquartile range.
@@ -28,6 +30,8 @@ TASK_MODELS = {"classify": "resnet18", "detect": "yolo", "segment": "unet", "sty
 ANY_SIZE_DEFAULT = 256  # input side for networks that take any size (U-Net, segmenters, style networks)
 BACKENDS = ("torch", "onnxruntime")
 WEIGHTS_NOTE = "random weights: a forward pass costs the same whatever the values"
+DETECTOR_NOTE = ("the model's own call on a list of images: its resizing and box post-processing (NMS) included; "
+                 "random weights propose more boxes than trained ones, so that part may cost more")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 _STATUS = Path("/proc/self/status")
 
@@ -103,8 +107,49 @@ class PeakMemory:
         return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: kilobytes
 
 
-def time_interleaved(calls: dict[str, Callable[[], object]], *, iters: int, sync: Callable[[], None]) -> dict[str, list[float]]:
-    """Seconds per call for each of `calls`, taking turns: iteration i times every call once."""
+# -- timing: the one way cvtool's benchmarks (and bench/ scripts) time things -----------------------------
+
+class Stopwatch:
+    """Wall-clock seconds of one phase (perf_counter): `with timed() as t: ...` then `t.seconds`;
+    `t.elapsed` reads it while it runs (timestamps of events within the phase)."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.stopped: float | None = None
+
+    @property
+    def elapsed(self) -> float:
+        return (time.perf_counter() if self.stopped is None else self.stopped) - self.started
+
+    seconds = elapsed
+
+    def stop(self) -> float:
+        if self.stopped is None:
+            self.stopped = time.perf_counter()
+        return self.seconds
+
+    def __enter__(self) -> "Stopwatch":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def timed() -> Stopwatch:
+    """A started stopwatch, for one-off phases ("training took"): `with timed() as t: train(); t.seconds`."""
+    return Stopwatch()
+
+
+def time_calls(calls: dict[str, Callable[[], object]], *, iters: int, warmup: int = 0,
+               sync: Callable[[], None] | None = None) -> dict[str, list[float]]:
+    """Seconds of each timed call of each of `calls`, taking turns (iteration i runs every call once), so that
+    load from other processes falls on all of them alike. `warmup` untimed turns first; `sync` (e.g.
+    torch.cuda.synchronize) is called before and after every timed call, so the time covers queued device work."""
+    sync = sync or (lambda: None)
+    for _ in range(warmup):
+        for fn in calls.values():
+            fn()
+    sync()
     times: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(iters):
         for name, fn in calls.items():
@@ -116,6 +161,29 @@ def time_interleaved(calls: dict[str, Callable[[], object]], *, iters: int, sync
     return times
 
 
+def time_interleaved(calls: dict[str, Callable[[], object]], *, iters: int, sync: Callable[[], None]) -> dict[str, list[float]]:
+    """`time_calls` without warm-up (the older name)."""
+    return time_calls(calls, iters=iters, sync=sync)
+
+
+def time_commands(commands: dict[str, list[str]], *, repeats: int, warmup: int = 0, env: dict | None = None,
+                  cwd=None) -> dict[str, list[float]]:
+    """Wall seconds of whole processes (interpreter start-up included), the commands taking turns like
+    `time_calls`; their output is discarded. A command that fails raises RuntimeError naming it."""
+    import shlex
+    import subprocess
+
+    def runner(argv: list[str]) -> Callable[[], None]:
+        def run() -> None:
+            done = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=cwd)
+            if done.returncode != 0:
+                reason = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no message"]
+                raise RuntimeError(f"{shlex.join(argv)} exited with {done.returncode}: {reason[0]}")
+        return run
+
+    return time_calls({name: runner(argv) for name, argv in commands.items()}, iters=repeats, warmup=warmup)
+
+
 def summarise(times: list[float], batch: int) -> dict:
     per_image = sorted(t * 1000 / batch for t in times)
     median = statistics.median(per_image)
@@ -125,57 +193,123 @@ def summarise(times: list[float], batch: int) -> dict:
             "images_per_s": round(1000 / median, 2) if median > 0 else None}
 
 
+def _detector_side(module, img_size: int | None) -> int:
+    """The side of the square images a detector that resizes for itself is fed: --img-size, else the size its own
+    transform resizes to (torchvision's GeneralizedRCNNTransform: min_size, so its resize is a no-op), else 256."""
+    if img_size:
+        return img_size
+    transform = getattr(module, "transform", None)  # torchvision's detectors; nothing in the contract says it
+    fixed = getattr(transform, "fixed_size", None)
+    if fixed:
+        return int(fixed[0])
+    min_size = getattr(transform, "min_size", None)
+    if min_size:
+        return int(min_size[0] if isinstance(min_size, (tuple, list)) else min_size)
+    return ANY_SIZE_DEFAULT
+
+
+class _Subject:
+    """What the torch backend runs in a bench: the exported graph's module on a B x C x H x W tensor (so both
+    backends run the same computation), or, for a model with no ONNX form, the registry entry's forward on its
+    own input kind (torchvision's detectors: a list of [0, 1] RGB images)."""
+
+    def __init__(self, loaded, img_size: int | None):
+        from cvtool.models.onnx_export import graph_for
+
+        self.name, self.loaded = loaded.name, loaded
+        try:
+            graph = graph_for(loaded, img_size)
+            self.refusal = None
+        except UsageError as exc:
+            if loaded.contract.export is not None or loaded.contract.input_kind != "raw_images":
+                raise  # an export hook refusing these settings (--img-size), or a kind we cannot feed here
+            graph, self.refusal = None, str(exc)
+        self.graph = graph
+        if graph is not None:
+            self.module, self.channels = graph.module, graph.channels
+            self.h, self.w = graph.size or (img_size or ANY_SIZE_DEFAULT,) * 2
+            if graph.size is None and (self.h % graph.multiple or self.w % graph.multiple):
+                raise UsageError(f"--img-size must be a multiple of {graph.multiple} for {loaded.name}")
+        else:
+            self.module, self.channels = loaded.module, 3
+            self.h = self.w = _detector_side(loaded.module, img_size)
+
+    def shape(self, batch: int) -> list[int]:
+        return [batch, self.channels, self.h, self.w]
+
+    def torch_call(self, batch: int, device) -> Callable[[], object]:
+        import torch
+
+        generator = torch.Generator().manual_seed(batch)
+        if self.graph is not None:
+            x = torch.randn(*self.shape(batch), generator=generator).to(device)
+
+            def call():
+                with torch.inference_mode():
+                    return self.module(x)
+            return call
+        images = [torch.rand(self.channels, self.h, self.w, generator=generator).to(device) for _ in range(batch)]
+        forward = self.loaded.contract.forward
+
+        def call_images():
+            with torch.inference_mode():
+                return forward(self.module, images)
+        return call_images
+
+    def feed(self, session, batch: int) -> dict:
+        import torch
+
+        x = torch.randn(*self.shape(batch), generator=torch.Generator().manual_seed(batch))
+        return {session.get_inputs()[0].name: x.numpy()}
+
+
 def bench_model(name: str, *, backends=BACKENDS, batch_sizes=(1,), img_size: int | None = None, device="cpu",
                 iters: int = 20, warmup: int = 3, on_case: Callable[[str], None] | None = None) -> list[dict]:
-    """One row per (batch size, backend) for one model; a backend that cannot run it gives a row with "error".
+    """One row per (batch size, backend) for one model; a backend that cannot run it gives a row with "error"
+    (onnxruntime for a model that does not export, e.g. torchvision's detectors: the reason why).
 
     Both backends use torch.get_num_threads() threads (set it, e.g. with `cvtool bench --threads`)."""
     import torch
 
     from cvtool.device import resolve_device
-    from cvtool.models.onnx_export import export_checked, graph_for
+    from cvtool.models.onnx_export import export_checked
     from cvtool.models.onnx_session import make_session
 
     device = resolve_device(device) if isinstance(device, str) else device
     loaded = random_model(name)
-    graph = graph_for(loaded, img_size)  # raises UsageError for what cannot be benched (torchvision detectors)
-    h, w = graph.size or (img_size or ANY_SIZE_DEFAULT,) * 2
-    if graph.size is None and (h % graph.multiple or w % graph.multiple):
-        raise UsageError(f"--img-size must be a multiple of {graph.multiple} for {name}")
+    subject = _Subject(loaded, img_size)
     threads = torch.get_num_threads()
-    session, ort_error, export_info = None, None, {}
-    if "onnxruntime" in backends:
+    session, ort_error, export_info = None, subject.refusal, {}
+    if "onnxruntime" in backends and subject.refusal is None:
         try:
-            start = time.perf_counter()
-            exported = export_checked(loaded, img_size=img_size, dynamic_batch=True, threads=threads)
-            export_info = {"export_s": round(time.perf_counter() - start, 2),
+            with timed() as clock:
+                exported = export_checked(loaded, img_size=img_size, dynamic_batch=True, threads=threads)
+            export_info = {"export_s": round(clock.seconds, 2),
                            "max_abs_diff_vs_torch": exported.report["max_abs_diff"],
                            "relative_diff_vs_torch": exported.report["relative"]}
             session = make_session(exported.data, device=device, threads=threads, spin=False)
             del exported  # its checking session's threads would otherwise linger
         except CvtoolError as exc:
             ort_error = str(exc)
-    graph.module.to(device)
+    subject.module.to(device)
     memory = PeakMemory(device)
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     rows = []
     for batch in batch_sizes:
-        x = torch.randn(batch, graph.channels, h, w, generator=torch.Generator().manual_seed(batch))
         calls, results = {}, {}
         for backend in backends:
             row = {"model": name, "task": loaded.task, "backend": backend, "device": str(device), "batch_size": batch,
-                   "input": [batch, graph.channels, h, w], "iters": iters, "warmup": warmup}
+                   "input": subject.shape(batch), "iters": iters, "warmup": warmup}
+            if subject.graph is None:
+                row["input_kind"] = loaded.contract.input_kind  # a list of `batch` images of 3 x H x W
+                row["note"] = DETECTOR_NOTE
             if backend == "torch":
-                x_dev = x.to(device)
-
-                def call(x_dev=x_dev):
-                    with torch.inference_mode():
-                        return graph.module(x_dev)
+                call = subject.torch_call(batch, device)
             elif session is None:
                 results[backend] = {**row, "error": ort_error or "onnxruntime was not asked for"}
                 continue
             else:
-                feed = {session.get_inputs()[0].name: x.numpy()}
+                feed = subject.feed(session, batch)
 
                 def call(feed=feed):
                     return session.run(None, feed)
@@ -190,7 +324,7 @@ def bench_model(name: str, *, backends=BACKENDS, batch_sizes=(1,), img_size: int
             sync()
             results[backend] = {**row, "peak_memory_mb": memory.peak_mb(backend)}
             calls[backend] = call
-        times = time_interleaved(calls, iters=iters, sync=sync)
+        times = time_calls(calls, iters=iters, sync=sync)
         for backend in backends:
             row = results[backend]
             if backend in times:
@@ -260,14 +394,26 @@ def print_table(report: dict, console=None) -> None:
     for column in ("model", "input", "backend", "ms/img", "IQR", "img/s", "peak MB", "vs torch"):
         table.add_column(column, no_wrap=column in ("model", "backend"),
                          justify="right" if column not in ("model", "input", "backend") else "left")
+    footnotes: list[str] = []  # errors and notes, numbered once each, under the table
+
+    def mark(text: str) -> str:
+        if text not in footnotes:
+            footnotes.append(text)
+        return f"[{footnotes.index(text) + 1}]"
+
     for row in report["results"]:
-        shape = "x".join(map(str, row["input"]))
+        shape = "x".join(map(str, row["input"])) + (" list" if row.get("input_kind") == "raw_images" else "")
+        shape += f" {mark(row['note'])}" if row.get("note") else ""
+        model = row["model"]
         if "error" in row:
-            table.add_row(row["model"], shape, row["backend"], f"error: {row['error']}", "", "", "", "")
+            table.add_row(model, shape, row["backend"], f"error {mark(row['error'])}", "", "", "", "")
             continue
         ms = row["ms_per_image"]
         speed = ratio.get((row["model"], row["batch_size"])) if row["backend"] == "onnxruntime" else None
-        table.add_row(row["model"], shape, row["backend"], f"{ms['median']:.2f}", f"{ms['iqr']:.2f}",
+        table.add_row(model, shape, row["backend"], f"{ms['median']:.2f}", f"{ms['iqr']:.2f}",
                       f"{row['images_per_s']:.1f}", "—" if row["peak_memory_mb"] is None else f"{row['peak_memory_mb']:.0f}",
                       f"{speed:.2f}x" if speed else "")
-    (console or Console()).print(table)
+    console = console or Console()
+    console.print(table)
+    for i, text in enumerate(footnotes, 1):
+        console.print(f"[{i}] {text}", markup=False, highlight=False)

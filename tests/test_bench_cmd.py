@@ -140,3 +140,41 @@ def test_gatys_and_unknown_backends_are_refused(tmp_path):
     assert gatys.exit_code == 2 and "--backend onnxruntime needs --model" in gatys.stderr
     unknown = runner.invoke(app, ["classify", DIGITS[0], "--model", "lenet5_digits", "--backend", "tvm"])
     assert unknown.exit_code == 2 and "unknown backend 'tvm'" in unknown.stderr
+
+
+def test_bench_times_a_torchvision_detector_and_says_why_onnxruntime_cannot():
+    result = runner.invoke(app, ["bench", "ssdlite320_mobilenet_v3_large", "--iters", "1", "--warmup", "0",
+                                 "--threads", "1", "-f", "json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    torch_row, ort_row = report["results"]
+    assert torch_row["backend"] == "torch" and torch_row["model"] == "ssdlite320_mobilenet_v3_large"
+    assert torch_row["input"] == [1, 3, 320, 320] and torch_row["input_kind"] == "raw_images"  # its own size
+    assert torch_row["ms_per_image"]["median"] > 0 and "error" not in torch_row and "NMS" in torch_row["note"]
+    assert ort_row["backend"] == "onnxruntime" and "ms_per_image" not in ort_row
+    assert ort_row["error"] == ("ssdlite320_mobilenet_v3_large: only cvtool's YOLO detector exports to ONNX; "
+                                "torchvision's detectors do not (their resizing and NMS are data-dependent Python)")
+    assert report["speedups"] == []
+    table = runner.invoke(app, ["bench", "ssdlite320_mobilenet_v3_large", "--iters", "1", "--warmup", "0",
+                                "--batch-size", "2", "--img-size", "64", "--backend", "torch", "-f", "table"],
+                          env={"COLUMNS": "200"})
+    assert table.exit_code == 0, table.output
+    assert "2x3x64x64 list" in table.stdout and "error" not in table.stdout
+
+
+def test_time_calls_takes_turns_after_the_warm_up():
+    from cvtool.bench import time_calls, time_commands, timed
+
+    order = []
+    times = time_calls({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, iters=2, warmup=1)
+    assert order == ["a", "b"] * 3 and {k: len(v) for k, v in times.items()} == {"a": 2, "b": 2}
+    with timed() as clock:
+        slept = time_calls({"sleep": lambda: __import__("time").sleep(0.02)}, iters=2)["sleep"]
+    assert all(0.02 <= s < 1 for s in slept) and clock.seconds >= sum(slept) and clock.seconds == clock.elapsed
+    import sys
+
+    ran = time_commands({"pass": [sys.executable, "-c", "pass"]}, repeats=1)
+    assert len(ran["pass"]) == 1 and ran["pass"][0] > 0
+    with pytest.raises(RuntimeError, match=r"exited with 3: boom$"):
+        time_commands({"fail": [sys.executable, "-c", "import sys; sys.exit('boom') if 0 else (print('boom', "
+                                                      "file=sys.stderr), sys.exit(3))"]}, repeats=1)
