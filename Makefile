@@ -44,6 +44,11 @@ bench-video:
 bench-ddp:
 	$(BIN)/python bench/ddp.py
 
+## bench-shards: 2 concurrent classify shards, new thread defaults vs today's (wall time); Ray 1 vs 2 actors (several minutes)
+.PHONY: bench-shards
+bench-shards:
+	$(BIN)/python bench/shards.py
+
 ## bench-onnx: onnxruntime vs PyTorch eager on the CPU, batch 1 and 8 (a few minutes)
 bench-onnx:
 	$(BIN)/python bench/onnx_speed.py

@@ -11,6 +11,7 @@ ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install '
 pytest.importorskip("ray.data", reason="Ray Data is an optional extra: pip install 'cvtool[ray]'")
 
 DIGITS = SAMPLES / "digits"
+pytestmark = pytest.mark.slow  # a Ray instance and two actors take ~60 s on a 2-core machine
 
 
 @pytest.fixture(scope="module")
