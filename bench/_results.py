@@ -1,4 +1,8 @@
-"""Where every bench script writes its figures: bench/results/<name>.json, with the command that made them."""
+"""Where every bench script writes its figures: bench/results/<name>.json, with the command that made them.
+
+CVTOOL_BENCH_RESULTS=DIR writes them to DIR instead (a trial run that must not replace the recorded figures).
+Every script times with cvtool.bench's helpers: time_calls (interleaved, warm-up first), timed() (one phase),
+time_commands (whole processes)."""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(os.environ.get("CVTOOL_BENCH_RESULTS") or Path(__file__).parent / "results")
 
 
 def machine() -> dict:

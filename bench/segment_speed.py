@@ -4,7 +4,7 @@
 
 1. images/s at 512x512, batch 1, CPU, random weights (speed does not depend on the values): our
    U-Net (width 32 and the paper's 64) and torchvision's lraspp / deeplabv3 segmenters, each as a
-   pure forward pass.
+   pure forward pass: 5 timed passes after a warm-up, the models taking turns (cvtool.bench.time_calls).
 2. Peak memory (max RSS of the whole `cvtool segment` process) on a 6000x4000 photo with a U-Net
    (width 16, grey), untiled against `--tile 512 --overlap 32`, and the wall time of each.
 """
@@ -14,7 +14,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import cv2
@@ -24,6 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _results import write_results  # noqa: E402
 
+from cvtool.bench import time_calls, timed  # noqa: E402
 from cvtool.models.checkpoint import save_checkpoint  # noqa: E402
 from cvtool.models.registry import get_entry  # noqa: E402
 from cvtool.models.unet import UNET_PREPROCESS  # noqa: E402
@@ -43,22 +43,23 @@ finally:
 """
 
 
-def forward_speed(name: str, kwargs: dict, runs: int = 5) -> float:
-    model = get_entry(name).build(**kwargs).eval()
+def forward_speeds(runs: int = 5) -> dict[str, float]:
+    """Images/s of each of MODELS: `runs` timed passes (after a warm-up) over their total time."""
     x = torch.randn(1, 3, 512, 512)
+    calls = {}
+    for name, kwargs in MODELS:
+        model = get_entry(name).build(**kwargs).eval()
+        calls[f"{name}{'_w' + str(kwargs['width']) if 'width' in kwargs else ''}"] = lambda model=model: model(x)
     with torch.inference_mode():
-        model(x)
-        start = time.perf_counter()
-        for _ in range(runs):
-            model(x)
-    return runs / (time.perf_counter() - start)
+        times = time_calls(calls, iters=runs, warmup=1)
+    return {key: round(runs / sum(seconds), 3) for key, seconds in times.items()}
 
 
 def segment_peak(image: Path, weights: Path, *extra: str) -> tuple[float, float]:
-    start = time.perf_counter()
-    result = subprocess.run([sys.executable, "-c", MEASURE, "-q", "segment", str(image), "--weights", str(weights),
-                             "-f", "jsonl", *extra], capture_output=True, text=True)
-    seconds = time.perf_counter() - start
+    with timed() as clock:
+        result = subprocess.run([sys.executable, "-c", MEASURE, "-q", "segment", str(image), "--weights", str(weights),
+                                 "-f", "jsonl", *extra], capture_output=True, text=True)
+    seconds = clock.seconds
     if result.returncode != 0:
         raise SystemExit(result.stderr)
     kb = int(result.stderr.split("MAXRSS_KB")[1].split()[0])
@@ -67,8 +68,7 @@ def segment_peak(image: Path, weights: Path, *extra: str) -> tuple[float, float]
 
 def main() -> None:
     torch.manual_seed(0)
-    speeds = {f"{name}{'_w' + str(kw['width']) if 'width' in kw else ''}": round(forward_speed(name, kw), 3)
-              for name, kw in MODELS}
+    speeds = forward_speeds()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         rng = np.random.default_rng(0)

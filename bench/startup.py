@@ -1,6 +1,8 @@
 """Start-up cost of `cvtool --help`, against `python -c pass` in the same run (median of N).
 
     python bench/startup.py [--runs 10]
+
+The three commands take turns (cvtool.bench.time_commands), after two untimed rounds that warm the file cache.
 """
 
 from __future__ import annotations
@@ -9,20 +11,12 @@ import argparse
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _results import write_results  # noqa: E402
 
-
-def median_seconds(argv: list[str], runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from cvtool.bench import time_commands  # noqa: E402
 
 
 def main() -> None:
@@ -30,10 +24,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=10)
     args = parser.parse_args()
     python = sys.executable
-    median_seconds([python, "-m", "cvtool", "--help"], 2)  # warm the file cache
-    baseline = median_seconds([python, "-c", "pass"], args.runs)
-    help_s = median_seconds([python, "-m", "cvtool", "--help"], args.runs)
-    classify_help_s = median_seconds([python, "-m", "cvtool", "classify", "--help"], args.runs)
+    times = time_commands({"python": [python, "-c", "pass"], "help": [python, "-m", "cvtool", "--help"],
+                           "classify_help": [python, "-m", "cvtool", "classify", "--help"]},
+                          repeats=args.runs, warmup=2)
+    baseline, help_s, classify_help_s = (statistics.median(times[k]) for k in ("python", "help", "classify_help"))
     imports_torch = subprocess.run(
         [python, "-c", "import sys, cvtool.cli; print('torch' in sys.modules)"], capture_output=True, text=True
     ).stdout.strip()

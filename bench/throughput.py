@@ -9,16 +9,16 @@ values). Three figures, all on the same images and machine:
                  infer, format records;
   cli            the whole `cvtool classify ...` command in a subprocess, interpreter start-up and
                  `import torch` included (what a shell script pays per call).
+Each figure is the best of --repeats runs (the CLI: one run); forward_only and pipeline take turns after a
+warm-up of each (cvtool.bench.time_calls).
 """
 
 from __future__ import annotations
 
 import argparse
 import io
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import cv2
@@ -28,6 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _results import write_results  # noqa: E402
 
+from cvtool.bench import time_calls, time_commands  # noqa: E402
 from cvtool.io.inputs import iter_inputs  # noqa: E402
 from cvtool.io.records import JsonLinesWriter  # noqa: E402
 from cvtool.models.loading import load_model  # noqa: E402
@@ -53,15 +54,6 @@ def make_images(directory: Path, count: int) -> list[Path]:
         cv2.imwrite(str(path), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
         paths.append(path)
     return paths
-
-
-def images_per_second(fn, count: int, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return count / best
 
 
 def main() -> None:
@@ -98,17 +90,13 @@ def main() -> None:
                 assert "error" not in record, record
                 writer.write(record)
 
-        forward_only()  # warm-up: first-call allocations and kernel selection
-        forward_ips = images_per_second(forward_only, len(paths), args.repeats)
-        pipeline_ips = images_per_second(pipeline, len(paths), args.repeats)
+        # the warm-up: first-call allocations and kernel selection
+        times = time_calls({"forward_only": forward_only, "pipeline": pipeline}, iters=args.repeats, warmup=1)
+        forward_ips, pipeline_ips = (len(paths) / min(times[k]) for k in ("forward_only", "pipeline"))
 
         cli = [sys.executable, "-m", "cvtool", "-q", "classify", str(tmp), "--weights", str(weights),
                "--model", args.model, "--batch-size", str(args.batch_size), "--format", "jsonl"]
-
-        def cli_run() -> None:
-            subprocess.run(cli, check=True, stdout=subprocess.DEVNULL)
-
-        cli_ips = images_per_second(cli_run, len(paths), 1)
+        cli_ips = len(paths) / min(time_commands({"cli": cli}, repeats=1)["cli"])
 
     write_results(
         f"throughput_{args.model}",
