@@ -40,6 +40,11 @@ bench-detect:
 bench-video:
 	$(BIN)/python bench/video_run.py
 
+## bench-video-codecs: annotated-video writers on a generated 720p clip: H.264 (PyAV) vs mp4v (OpenCV), size, ms/frame, read back by two readers
+.PHONY: bench-video-codecs
+bench-video-codecs:
+	$(BIN)/python bench/video_codecs.py
+
 ## bench-ddp: train classify on 1 vs 2 processes (images/s), and peak RSS on 2,000 vs 20,000 images, lazy and in memory (several minutes)
 bench-ddp:
 	$(BIN)/python bench/ddp.py
