@@ -63,3 +63,68 @@ def make_bad_corpus(directory: Path) -> dict[str, str]:
         if reason is not None:
             expected[name] = reason
     return expected
+
+
+# -- awkward sizes, special files, tampering (bench/bad_inputs.py's wider sweep) --------------------------
+
+# width x height: one pixel, very thin, very wide, tiny odd sizes (no model may crash on them)
+AWKWARD_SIZES = [(1, 1), (2, 2), (3, 7), (7, 3), (1, 500), (500, 1), (2000, 1), (1, 2000), (5, 600)]
+
+
+def make_awkward_sizes(directory: Path) -> dict[str, str]:
+    """One PNG per AWKWARD_SIZES entry (`size_WxH.png`); return {name: ""}: each must give a result or one
+    error line for that image, never a crash of the batch."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    names = {}
+    for width, height in AWKWARD_SIZES:
+        name = f"size_{width}x{height}.png"
+        (directory / name).write_bytes(_png_bytes((rng.random((height, width, 3)) * 255).astype(np.uint8)))
+        names[name] = ""
+    return names
+
+
+def make_fifo(path: Path) -> Path:
+    """A named pipe with an image's name: opening it for reading blocks until someone writes."""
+    import os
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(path)
+    return path
+
+
+def flip_bytes_in_place(path: Path, at: float = 0.6, count: int = 64) -> None:
+    """Change bytes without changing the size or the mtime (what bit rot or a careful attacker does)."""
+    import os
+
+    path = Path(path)
+    stat = path.stat()
+    with open(path, "r+b") as handle:
+        handle.seek(int(stat.st_size * at))
+        chunk = handle.read(count)
+        handle.seek(int(stat.st_size * at))
+        handle.write(bytes(b ^ 0x5A for b in chunk))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+class _RunsCode:
+    """Unpickling this runs `touch MARKER`: what a malicious "weights" file does."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def write_pickled_code(path: Path, marker: Path) -> Path:
+    """A .pt file (torch.save's zip layout) whose unpickling would create `marker`."""
+    import torch
+
+    path = Path(path)
+    torch.save({"state_dict": _RunsCode(str(marker))}, path)
+    return path
