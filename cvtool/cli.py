@@ -102,7 +102,8 @@ def main_options(
 
 # Options shared by every batch command.
 IMAGES_ARG = typer.Argument(..., metavar="IMAGES...", show_default=False, help="Image or video files, directories, "
-                            "glob patterns, cam:N (camera N), or - to read paths from stdin.")
+                            "glob patterns, http(s):// URLs, rtsp:// streams, cam:N (camera N), or - for stdin (one "
+                            "piped image, or paths one per line).")
 WEIGHTS_OPT = typer.Option(
     None, "--weights", "-w", help="A weights file: a cvtool checkpoint or a plain state_dict (then --model names it)."
 )
