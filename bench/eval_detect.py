@@ -19,7 +19,6 @@ import resource
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +26,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))
 from _results import write_results  # noqa: E402
+
+from cvtool.bench import timed  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "datasets" / "raccoon"
 DUPLICATES = [{52, 74}, {65, 98}, {11, 116}, {83, 120}, {45, 21}]  # from the data set's PROVENANCE.md
@@ -84,11 +85,11 @@ def main() -> None:
         run_dir = args.out or tmp / "run"
         load_before = os.getloadavg()
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        start = time.perf_counter()
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
-        result = subprocess.run([sys.executable, "-m", "cvtool", "-q", *command, "--out", str(run_dir)],
-                                capture_output=True, text=True, env=env)
-        wall = time.perf_counter() - start
+        with timed() as clock:
+            result = subprocess.run([sys.executable, "-m", "cvtool", "-q", *command, "--out", str(run_dir)],
+                                    capture_output=True, text=True, env=env)
+        wall = clock.seconds
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         load_after = os.getloadavg()

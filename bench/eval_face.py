@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +33,7 @@ def main() -> None:
     if not (DATA / "faces").is_dir():
         sys.exit(f"{DATA / 'faces'} is not here: the shared face photos sit beside the project root")
 
+    from cvtool.bench import timed
     from cvtool.errors import InputError
     from cvtool.models.loading import load_model
     from cvtool.pipelines import face
@@ -42,15 +42,15 @@ def main() -> None:
     photos = sorted(p for p in (DATA / "faces").glob("*/*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     embedded, problems, seconds = {}, {}, []
     for path in photos:
-        start = time.perf_counter()
-        try:
-            image = engine.read(path)
-            chosen = face.choose_face(engine.find([image])[0], None, str(path))
-            engine.describe([image], [[chosen]])
-            embedded[path] = chosen.descriptor
-        except InputError as exc:
-            problems[str(path.relative_to(DATA))] = exc.reason
-        seconds.append(time.perf_counter() - start)
+        with timed() as clock:
+            try:
+                image = engine.read(path)
+                chosen = face.choose_face(engine.find([image])[0], None, str(path))
+                engine.describe([image], [[chosen]])
+                embedded[path] = chosen.descriptor
+            except InputError as exc:
+                problems[str(path.relative_to(DATA))] = exc.reason
+        seconds.append(clock.seconds)
         print(f"{path.relative_to(DATA)}: {'ok' if path in embedded else problems[str(path.relative_to(DATA))]}",
               file=sys.stderr)
 

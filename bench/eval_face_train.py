@@ -20,12 +20,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))
 from _results import write_results  # noqa: E402
+
+from cvtool.bench import timed  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "datasets" / "orl_faces"
 
@@ -88,9 +89,9 @@ def main() -> None:
         train_args = ["train", "face", str(DATA), "--epochs", str(args.epochs), "--img-size", str(args.img_size),
                       "--mining", args.mining, "--margin", str(args.margin), "--weight-decay", str(args.weight_decay), "--val-split", "0.25", "--seed", "0",
                       "-P", "8", "-K", "4"]
-        start = time.perf_counter()
-        summary = json.loads(cvtool(*train_args, "--out", str(run)).stdout)
-        wall = time.perf_counter() - start
+        with timed() as clock:
+            summary = json.loads(cvtool(*train_args, "--out", str(run)).stdout)
+        wall = clock.seconds
         rows = list(csv.DictReader(open(run / "metrics.csv")))
         figures = {
             "data": f"ORL faces, {len(subjects)} subjects x 10 grey photos; {len(summary['val_identities'])} whole "

@@ -15,12 +15,13 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))
 from _results import write_results  # noqa: E402
+
+from cvtool.bench import timed  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "datasets" / "membrane"
 
@@ -37,10 +38,10 @@ def main() -> None:
         command = ["train", "segment", str(DATA), "--arch", "unet", "--epochs", str(args.epochs), "--width", "32",
                    "--depth", "4", "--crop", "256", "--batch-size", "4", "--lr", "1e-3", "--val-split", "0.2",
                    "--class-names", "membrane,cell", "--seed", "0"]
-        start = time.perf_counter()
-        result = subprocess.run([sys.executable, "-m", "cvtool", "-q", *command, "--out", str(run)],
-                                capture_output=True, text=True)
-        wall = time.perf_counter() - start
+        with timed() as clock:
+            result = subprocess.run([sys.executable, "-m", "cvtool", "-q", *command, "--out", str(run)],
+                                    capture_output=True, text=True)
+        wall = clock.seconds
         if result.returncode != 0:
             sys.exit(f"training failed: {result.stderr.strip()}")
         summary = json.loads(result.stdout)

@@ -13,8 +13,9 @@ bench/results/face_landmarks.json.
 4. parse time of the .dat files (fast parser, and the cached load);
 5. Haar boxes (if this OpenCV has them): how far the landmarks move against dlib HOG boxes.
 
-Timings are medians over --repeats calls on whatever else the machine is doing: the load average at
-start and end is recorded beside them.
+Timings are medians over --repeats calls after a warm-up, ours and dlib's taking turns
+(cvtool.bench.time_calls), on whatever else the machine is doing: the load average at start and end is
+recorded beside them.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import cv2
@@ -32,20 +32,16 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from _results import write_results  # noqa: E402
 
+from cvtool.bench import time_calls, timed  # noqa: E402
 from cvtool.errors import WeightsError  # noqa: E402
 from cvtool.models.dlib import shape_predictor as sp  # noqa: E402
 from cvtool.models.dlib.convert import face_model_path  # noqa: E402
 from cvtool.ops import face_align  # noqa: E402
 
 
-def best_time(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+def median_ms(calls: dict, repeats: int) -> dict[str, float]:
+    """Median milliseconds of each call, the calls taking turns after one warm-up each."""
+    return {name: 1000 * float(np.median(times)) for name, times in time_calls(calls, iters=repeats, warmup=1).items()}
 
 
 def main() -> None:
@@ -85,14 +81,14 @@ def main() -> None:
         os.environ["CVTOOL_CACHE"] = cache
         for name in ("5", "68"):
             path = face_model_path(sp.PACKAGED[name])
-            start = time.perf_counter()
-            model = sp.parse_shape_predictor(path)
-            parse_s = time.perf_counter() - start
+            with timed() as parse:
+                model = sp.parse_shape_predictor(path)
+            parse_s = parse.seconds
             sp.load_shape_predictor(name)  # parse + write the cache
             sp._memo.clear()
-            start = time.perf_counter()
-            sp.load_shape_predictor(name)
-            cached_s = time.perf_counter() - start
+            with timed() as cached:
+                sp.load_shape_predictor(name)
+            cached_s = cached.seconds
             reference = dlib.shape_predictor(str(path))
 
             points = differing = 0
@@ -123,21 +119,20 @@ def main() -> None:
             batch = (face_boxes["astronaut"] * 16)[:16]
             pts = sp.predict(model, image, [face])[0]
             shape = reference(image, dlib.rectangle(*face))
-            timing = {
-                "ours_ms_per_face_batch1": 1000 * best_time(lambda: sp.predict(model, image, [face]), args.repeats),
-                "ours_ms_per_face_batch16": 1000 * best_time(lambda: sp.predict(model, image, batch), args.repeats) / 16,
-                "dlib_ms_per_face": 1000 * best_time(lambda: reference(image, dlib.rectangle(*face)), args.repeats),
-                "ours_chip_ms": 1000 * best_time(lambda: face_align.face_chip(image, pts), args.repeats),
-                "dlib_chip_ms": 1000 * best_time(lambda: dlib.get_face_chip(image, shape, size=150, padding=0.25),
-                                                 args.repeats),
-            }
             big = images["astronaut_3x"]
             big_face = face_boxes["astronaut_3x"][0]
             big_pts = sp.predict(model, big, [big_face])[0]
             big_shape = reference(big, dlib.rectangle(*big_face))
-            timing["ours_chip_ms_3x_pyramid"] = 1000 * best_time(lambda: face_align.face_chip(big, big_pts), args.repeats)
-            timing["dlib_chip_ms_3x_pyramid"] = 1000 * best_time(
-                lambda: dlib.get_face_chip(big, big_shape, size=150, padding=0.25), args.repeats)
+            timing = median_ms({
+                "ours_ms_per_face_batch1": lambda: sp.predict(model, image, [face]),
+                "ours_ms_per_face_batch16": lambda: sp.predict(model, image, batch),
+                "dlib_ms_per_face": lambda: reference(image, dlib.rectangle(*face)),
+                "ours_chip_ms": lambda: face_align.face_chip(image, pts),
+                "dlib_chip_ms": lambda: dlib.get_face_chip(image, shape, size=150, padding=0.25),
+                "ours_chip_ms_3x_pyramid": lambda: face_align.face_chip(big, big_pts),
+                "dlib_chip_ms_3x_pyramid": lambda: dlib.get_face_chip(big, big_shape, size=150, padding=0.25),
+            }, args.repeats)
+            timing["ours_ms_per_face_batch16"] /= 16
             figures[f"{name}_point"] = {
                 "parse_s": round(parse_s, 3),
                 "cached_load_s": round(cached_s, 3),
@@ -187,7 +182,7 @@ def haar_figures(images, dlib, hog, repeats) -> dict:
     return {
         "available": True,
         "opencv": cv2.__version__,
-        "ms_512px": round(1000 * best_time(lambda: detector.detect_one(image), repeats), 2),
+        "ms_512px": round(median_ms({"haar": lambda: detector.detect_one(image)}, repeats)["haar"], 2),
         "hog_faces_matched": len(shifts),
         "max_5pt_shift_over_eye_distance": [round(s, 4) for s in shifts],
         "haar_width_over_hog_width": [round(s[0], 3) for s in sizes],

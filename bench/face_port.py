@@ -9,7 +9,8 @@ Same machine, same images, CPU. Images: skimage's astronaut (512 x 512), its mir
 a side-by-side pair, a half-size copy (upsample 1), and up to 6 photos from ../shared/datasets/faces
 (scaled so the longer side is at most 800 px), when that folder is there.
 - Detector: boxes and confidences of `MmodFaceDetector` vs `dlib.cnn_face_detection_model_v1`, and the
-  time per image of each (ours: median of 3 after a warm-up; dlib: one run, it is slow).
+  time per image of each (ours: median of 3 after a warm-up; dlib: one run, it is slow). Timed with
+  cvtool.bench (time_calls, timed).
 - ResNet: chips cut by dlib's own 5-point landmarks + `dlib.get_face_chip` from dlib's boxes (plus random
   chips), descriptors of `FaceResNet` vs `compute_face_descriptor`; time per chip at batch 1 and 32.
 - pyramid_up: our plain float32 resize vs dlib's `resize_image` to (2h+1) x (2w+2).
@@ -21,7 +22,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _results import write_results  # noqa: E402
 
+from cvtool.bench import time_calls, timed  # noqa: E402
 from cvtool.models.dlib.convert import face_models_dir  # noqa: E402
 from cvtool.models.face_mmod import MMOD_FILE, MmodFaceDetector, load_mmod_net, pyramid_up  # noqa: E402
 from cvtool.models.face_resnet import RESNET_FILE, load_face_resnet  # noqa: E402
@@ -40,13 +41,7 @@ SHARED_PICKS = ["obama/obama1.jpg", "obama/obama2.jpg", "biden/biden1.jpg", "dee
 
 
 def _median_time(fn, repeats: int = 3) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(time_calls({"fn": fn}, iters=repeats, warmup=1)["fn"])
 
 
 def test_images() -> list[tuple[str, np.ndarray, int]]:
@@ -96,9 +91,9 @@ def main() -> None:
     for name, image, upsample in test_images():
         ours = detector.detect([image], upsample=upsample)[0]
         ours_s = _median_time(lambda: detector.detect([image], upsample=upsample))
-        start = time.perf_counter()
-        theirs = dlib_detector(image, upsample)
-        dlib_s = time.perf_counter() - start
+        with timed() as clock:
+            theirs = dlib_detector(image, upsample)
+        dlib_s = clock.seconds
         theirs_t = [(d.rect.left(), d.rect.top(), d.rect.right(), d.rect.bottom(), d.confidence) for d in theirs]
         same = [o for o in ours if any(o[:4] == t[:4] for t in theirs_t)]
         box_total += max(len(ours), len(theirs_t))
