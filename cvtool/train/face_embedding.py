@@ -375,6 +375,9 @@ def run_training(args: FaceTrainArgs, cfg, run_dir: Path, device, *, resume: boo
         raise UsageError(f"unknown --mining {args.mining!r}; choose from {', '.join(MINING)}")
     if args.loss not in LOSSES:
         raise UsageError(f"unknown --loss {args.loss!r}; choose from {', '.join(LOSSES)}")
+    if cfg.sync_bn:  # its validation recomputes batch-norm statistics on rank 0 alone, which SyncBatchNorm cannot
+        raise UsageError("--sync-bn is not available for train face (rank 0 alone recomputes its batch-norm "
+                         "statistics before each validation)")
     entry = get_entry(args.arch, TASK)
     preprocess = _preprocess(entry, args.img_size)
     arch_kwargs = _arch_kwargs(entry, args.loss)
