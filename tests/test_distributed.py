@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 
+import cvtool.errors
 import cvtool.train
 from cvtool.train import distributed
 
@@ -318,3 +319,15 @@ def test_every_train_entry_takes_sync_bn_and_the_cli_offers_devices():
     for name in ("classify", "detect", "segment", "style", "face"):
         assert "sync_bn" in inspect.signature(getattr(cvtool.train, name)).parameters, name
     assert "--devices" in run_cli("train", "style", "--help", env={"COLUMNS": "200"}).stdout
+
+
+@pytest.mark.slow
+def test_the_python_api_launches_devices_itself(shapes, tmp_path):
+    train, val = shapes
+    summary = cvtool.train.classify(train, val=val, epochs=1, out=tmp_path / "api", devices=2, **ARGS)
+    assert summary["data_parallel"]["processes"] == 2 and summary["run_dir"] == str(tmp_path / "api")
+    single = cvtool.train.classify(train, val=val, epochs=1, out=tmp_path / "single", **ARGS)
+    _assert_close(_params(tmp_path / "api" / "last.pt"), _params(tmp_path / "single" / "last.pt"))
+    with pytest.raises(cvtool.errors.UsageError, match="callbacks and on_skip cannot reach"):
+        cvtool.train.classify(train, val=val, epochs=1, out=tmp_path / "cb", devices=2, on_skip=print, **ARGS)
+    assert single["data_parallel"]["processes"] == 1

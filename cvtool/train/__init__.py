@@ -5,7 +5,9 @@
     cvtool.train.classify(resume="runs/digits", epochs=40)          # carry on, bit-for-bit on CPU
     cvtool.train.detect("raccoon/", epochs=150, img_size=256, callbacks=my_progress)
 
-`callbacks` is a `cvtool.train.Callbacks` subclass overriding the hooks it wants (`on_train_start(run)`,
+`devices=N` runs the call as N data-parallel processes on this machine (torchrun; see
+cvtool.train.distributed); a script started by torchrun itself needs nothing: every entry then trains
+data-parallel. `callbacks` is a `cvtool.train.Callbacks` subclass overriding the hooks it wants (`on_train_start(run)`,
 `on_epoch_start`, `on_batch`, `on_epoch_end`), called as training goes; `on_skip(message)` hears about unreadable files. A new run
 goes to `out` (default `runs/TASK-ARCH-TIME`); `resume=RUN_DIR` continues it from its last.pt, where
 only `epochs` may change. The recipes themselves are the modules beside this one (classification,
@@ -77,6 +79,34 @@ def _fit(recipe, run: Run, args, cfg, callbacks, on_skip, sync_bn: bool = False,
     return summary
 
 
+def _launch(task: str, devices: int, options: dict) -> dict | None:
+    """devices=N > 1: this same call as N data-parallel processes on this machine (torchrun); rank 0's
+    summary. None when the call should simply run here."""
+    if devices <= 1:
+        return None
+    import json
+
+    from cvtool.train import distributed
+    from cvtool.train.engine import new_run_dir
+
+    if distributed.under_torchrun():
+        raise UsageError("devices= launches torchrun itself; under torchrun, leave it out")
+    if options.pop("callbacks", None) is not None or options.pop("on_skip", None) is not None:
+        raise UsageError("callbacks and on_skip cannot reach the processes devices= launches; run your script "
+                         "under torchrun instead (rank 0 calls them)")
+    options = {k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()}
+    if options.get("resume") is None:
+        options["out"] = str(new_run_dir(Path(options["out"]) if options.get("out") else None,
+                                         "stylize" if task == "style" else task, options.get("arch", "fast_style")))
+    run_dir = Path(options.get("resume") or options["out"])
+    code = distributed.launch([task, json.dumps(options)], devices, module="cvtool.train._launched")
+    if code:
+        raise UsageError(f"data-parallel training on {devices} processes failed (exit {code}); see the lines above")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary.setdefault("run_dir", str(run_dir))
+    return summary
+
+
 def _need(value, message: str):
     if value is None:
         raise UsageError(message)
@@ -89,8 +119,11 @@ def classify(data: str | Path | None = None, *, arch: str = "resnet18", epochs: 
              pretrained: bool = False, hflip: bool = False, out: str | Path | None = None,
              resume: str | Path | None = None, device: str = "auto", seed: int = 0, workers: int = 0,
              callbacks=None, on_skip: Callable[[str], None] | None = None, progress: bool = False,
-             sync_bn: bool = False) -> dict:
+             sync_bn: bool = False, devices: int = 1) -> dict:
     """Train a classifier on an ImageFolder tree, a CSV of path,label, or MNIST IDX files."""
+    launched = _launch('classify', devices, {k: v for k, v in locals().items() if k != 'devices'})
+    if launched is not None:
+        return launched
     from cvtool.train import classification as recipe
     from cvtool.train.engine import TrainConfig
 
@@ -121,8 +154,11 @@ def detect(data: str | Path | None = None, *, arch: str = "yolo", epochs: int | 
            val: str | Path | None = None, val_split: float = 0.2, out: str | Path | None = None,
            resume: str | Path | None = None, device: str = "auto", seed: int = 0, workers: int = 0,
            callbacks=None, on_skip: Callable[[str], None] | None = None, progress: bool = False,
-             sync_bn: bool = False) -> dict:
+             sync_bn: bool = False, devices: int = 1) -> dict:
     """Train the YOLO-style detector on VOC XML, YOLO txt or COCO JSON data; best.pt by mAP@0.5:0.95."""
+    launched = _launch('detect', devices, {k: v for k, v in locals().items() if k != 'devices'})
+    if launched is not None:
+        return launched
     from cvtool.train import detection as recipe
     from cvtool.train.engine import TrainConfig
 
@@ -152,8 +188,11 @@ def segment(data: str | Path | None = None, *, arch: str = "unet", epochs: int |
             class_names: list[str] | None = None, val: str | Path | None = None, val_split: float = 0.2,
             out: str | Path | None = None, resume: str | Path | None = None, device: str = "auto", seed: int = 0,
             workers: int = 0, callbacks=None, on_skip: Callable[[str], None] | None = None,
-            sync_bn: bool = False) -> dict:
+            sync_bn: bool = False, devices: int = 1) -> dict:
     """Train a U-Net (or a torchvision segmenter) on images/ + masks/ folder pairs; best.pt by mIoU."""
+    launched = _launch('segment', devices, {k: v for k, v in locals().items() if k != 'devices'})
+    if launched is not None:
+        return launched
     from cvtool.train import segmentation as recipe
     from cvtool.train.engine import TrainConfig
 
@@ -177,8 +216,11 @@ def style(style_image: str | Path | None = None, *, data: str | Path | None = No
           style_weight: float = 1e5, tv_weight: float = 1e-6, width: int = 32, vgg: str = "vgg16",
           vgg_weights: str | Path | None = None, out: str | Path | None = None, resume: str | Path | None = None,
           device: str = "auto", seed: int = 0, callbacks=None, on_skip: Callable[[str], None] | None = None,
-          progress: bool = False, sync_bn: bool = False) -> dict:
+          progress: bool = False, sync_bn: bool = False, devices: int = 1) -> dict:
     """Train a feed-forward style network (Johnson et al.) for one style image on a folder of photos."""
+    launched = _launch('style', devices, {k: v for k, v in locals().items() if k != 'devices'})
+    if launched is not None:
+        return launched
     from cvtool.train import stylization as recipe
     from cvtool.train.engine import TrainConfig
 
@@ -200,8 +242,12 @@ def face(data: str | Path | None = None, *, arch: str = "face_embed_small", loss
          epochs: int | None = None, lr: float | None = None, weight_decay: float = 0.05, img_size: int | None = None,
          val_split: float = 0.25, hflip: bool = True, out: str | Path | None = None, resume: str | Path | None = None,
          device: str = "auto", seed: int = 0, workers: int = 0, callbacks=None,
-         on_skip: Callable[[str], None] | None = None, progress: bool = False, sync_bn: bool = False) -> dict:
+         on_skip: Callable[[str], None] | None = None, progress: bool = False, sync_bn: bool = False,
+         devices: int = 1) -> dict:
     """Train a face embedder (triplet or Siamese binary loss) on one folder of photos per person."""
+    launched = _launch('face', devices, {k: v for k, v in locals().items() if k != 'devices'})
+    if launched is not None:
+        return launched
     from cvtool.train import face_embedding as recipe
     from cvtool.train.engine import TrainConfig
 

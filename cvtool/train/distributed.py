@@ -107,8 +107,8 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 # -- launching ------------------------------------------------------------------------------------
 
-def launch(argv: list[str], nproc: int, *, log_dir: Path | None = None) -> int:
-    """Run `cvtool ARGV` as `nproc` data-parallel processes on this machine (torchrun --standalone);
+def launch(argv: list[str], nproc: int, *, log_dir: Path | None = None, module: str = "cvtool") -> int:
+    """Run `python -m MODULE ARGV` (`cvtool ARGV`) as `nproc` data-parallel processes on this machine (torchrun --standalone);
     return the exit code. Only rank 0's output reaches the console; the other ranks' output is kept
     under `log_dir`. When a rank dies, say which, how, and its last words, in one line."""
     import tempfile
@@ -125,7 +125,7 @@ def launch(argv: list[str], nproc: int, *, log_dir: Path | None = None) -> int:
     args = get_args_parser().parse_args([
         "--standalone", "--nnodes", "1", "--nproc-per-node", str(nproc), "--max-restarts", "0",
         "--log-dir", str(log_dir), *(["--redirects", others] if others else []),
-        "-m", "cvtool", *argv,
+        "-m", module, *argv,
     ])
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     _quiet_agent()
