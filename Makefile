@@ -45,6 +45,11 @@ bench-video:
 bench-video-codecs:
 	$(BIN)/python bench/video_codecs.py
 
+## bench-int8: INT8 vs fp32 onnxruntime, CPU, 1 thread: speed and accuracy/agreement (resnet18, YOLO, U-Net, lenet5_digits)
+.PHONY: bench-int8
+bench-int8:
+	OMP_NUM_THREADS=1 $(BIN)/python bench/int8.py
+
 ## bench-ddp: train classify on 1 vs 2 processes (images/s), and peak RSS on 2,000 vs 20,000 images, lazy and in memory (several minutes)
 bench-ddp:
 	$(BIN)/python bench/ddp.py
