@@ -27,6 +27,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import write_results  # noqa: E402
 
+from cvtool.bench import timed  # noqa: E402
+
 
 def make_video(path: Path, seconds: float, fps: float, size=(1280, 720)) -> int:
     """Moving squares, discs and a sweeping bar over a gradient; returns the frame count."""
@@ -80,7 +82,7 @@ def _rss_mb(pid: int) -> tuple[float, float] | None:
 
 def run(command: list[str], window: float) -> dict:
     """Run `command` (a cvtool call printing JSON Lines), sampling its RSS; figures for both ends of the run."""
-    start = time.monotonic()
+    clock = timed()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env={**os.environ, "CVTOOL_NO_PROGRESS": "1"})
     samples: list[tuple[float, float]] = []
@@ -90,7 +92,7 @@ def run(command: list[str], window: float) -> dict:
         while process.poll() is None:
             got = _rss_mb(process.pid)
             if got:
-                samples.append((time.monotonic() - start, got[0]))
+                samples.append((clock.elapsed, got[0]))
                 hwm[0] = max(hwm[0], got[1])
             time.sleep(0.1)
 
@@ -102,7 +104,7 @@ def run(command: list[str], window: float) -> dict:
         if "error" in record:
             errors.append(record)
             continue
-        arrivals.append(time.monotonic() - start)
+        arrivals.append(clock.elapsed)
         frames.append(record["frame"])
     stderr = process.stderr.read()
     process.wait()
@@ -121,7 +123,7 @@ def run(command: list[str], window: float) -> dict:
         "command": " ".join(command[command.index("cvtool"):]),
         "records": len(arrivals),
         "frame_indices_ok": frames == sorted(frames) and len(set(frames)) == len(frames),
-        "wall_s": round(time.monotonic() - start, 1),
+        "wall_s": round(clock.elapsed, 1),
         "first_record_at_s": round(first, 1),  # interpreter start, imports, model load
         "frames_per_s_overall": round((len(arrivals) - 1) / (last - first), 2) if last > first else None,
         "first_10s": window_figures(first - 1e-9, first + window),
@@ -163,9 +165,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="cvtool-video-bench-") as tmp:
         root = Path(tmp)
         video = root / "shapes_720p.mp4"
-        t0 = time.monotonic()
-        frames = make_video(video, args.seconds, args.fps)
-        generated_s = time.monotonic() - t0
+        with timed() as generating:
+            frames = make_video(video, args.seconds, args.fps)
+        generated_s = generating.seconds
         weights = checkpoints(root, args.unet_width)
         figures = {"video": {"size": [720, 1280], "fps": args.fps, "frames": frames, "seconds": args.seconds,
                              "generate_s": round(generated_s, 1)},
