@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import cv2
@@ -30,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))
 from _results import RESULTS, write_results  # noqa: E402
 
+from cvtool.bench import time_calls, timed  # noqa: E402
 from cvtool.io.image import read_image, write_image  # noqa: E402
 from cvtool.models.loading import load_model  # noqa: E402
 from cvtool.models.transformer_net import TransformerNet  # noqa: E402
@@ -44,9 +44,9 @@ def seconds_per_step(vgg, content, style, size: int, optimizer: str, steps: int 
     stylizer.set_styles([style])
     stylizer.stylize(content)  # warm-up, and the style Grams for this size
     stylizer.settings.steps = steps
-    start = time.perf_counter()
-    stylizer.stylize(content)
-    return (time.perf_counter() - start) / steps
+    with timed() as clock:
+        stylizer.stylize(content)
+    return clock.seconds / steps
 
 
 def label(image: np.ndarray, text: str) -> np.ndarray:
@@ -82,11 +82,7 @@ def main() -> None:
     net = TransformerNet().eval()
     x = torch.rand(1, 3, 512, 512)
     with torch.inference_mode():
-        net(x)
-        start = time.perf_counter()
-        for _ in range(3):
-            net(x)
-    feed_forward = 3 / (time.perf_counter() - start)
+        feed_forward = 3 / sum(time_calls({"feed_forward": lambda: net(x)}, iters=3, warmup=1)["feed_forward"])
 
     figures = {"feature_network": "VGG-19, random weights (seed 0) — ImageNet weights are not downloadable here",
                "optimisation_speed_cpu": speeds, "feed_forward_512px_images_per_s_cpu": round(feed_forward, 2)}
@@ -106,7 +102,8 @@ def main() -> None:
             cells.append(label(result, f"beta {weight:g}: style cost x{ratio:.4f}"))
         write_image(args.sheet, np.hstack(cells))
         figures.update({"content": "tubingen.jpg", "style": "starry_night.jpg", "size": size, "steps": args.steps,
-                        "style_cost_result_over_content": distances, "contact_sheet": str(args.sheet.relative_to(ROOT))})
+                        "style_cost_result_over_content": distances, "contact_sheet": str(sheet.relative_to(ROOT) if (sheet := args.sheet.resolve()).is_relative_to(ROOT)
+                                             else args.sheet)})
     write_results("eval_style", figures)
 
 

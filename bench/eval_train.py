@@ -20,7 +20,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import cv2
@@ -29,6 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(ROOT / "scripts"))
 from _results import write_results  # noqa: E402
+
+from cvtool.bench import timed  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "datasets"
 
@@ -72,9 +73,9 @@ def eval_digits(args) -> None:
         train_args = ["train", "classify", str(tmp / "train"), "--arch", "lenet5", "--epochs", str(epochs),
                       "--batch-size", "64", "--optimizer", "sgd", "--lr", "0.05", "--weight-decay", "5e-4",
                       "--val-split", "0.1", "--seed", "0"]
-        start = time.perf_counter()
-        cvtool(*train_args, "--out", str(tmp / "run"), "-f", "json")
-        wall = time.perf_counter() - start
+        with timed() as clock:
+            cvtool(*train_args, "--out", str(tmp / "run"), "-f", "json")
+        wall = clock.seconds
         report = json.loads(cvtool("train", "classify", str(tmp / "test"), "--eval-only",
                                    "--weights", str(tmp / "run" / "best.pt"), "-f", "json").stdout)
         speeds = epoch_speeds(tmp / "run")
@@ -104,9 +105,9 @@ def eval_orl(args) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         train_args = ["train", "classify", str(data), "--arch", "resnet18", "--epochs", str(epochs), "--img-size", "112",
                       "--batch-size", "32", "--lr", "2e-3", "--val-split", "0.2", "--seed", "0"]
-        start = time.perf_counter()
-        summary = json.loads(cvtool(*train_args, "--out", f"{tmp}/run", "-f", "json").stdout)
-        wall = time.perf_counter() - start
+        with timed() as clock:
+            summary = json.loads(cvtool(*train_args, "--out", f"{tmp}/run", "-f", "json").stdout)
+        wall = clock.seconds
         speeds = epoch_speeds(Path(tmp) / "run")
         last_epoch = list(csv.DictReader(open(Path(tmp) / "run" / "metrics.csv")))[-1]
     figures = {
@@ -150,14 +151,15 @@ def eval_overhead(args) -> None:
         speeds = []
         for _ in range(cfg.epochs):
             model.train()
-            start, seen = time.perf_counter(), 0
-            for inputs, targets in loader:
-                loss = classification_loss(model(inputs), targets)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                seen += len(targets)
-            speeds.append(seen / (time.perf_counter() - start))
+            seen = 0
+            with timed() as clock:
+                for inputs, targets in loader:
+                    loss = classification_loss(model(inputs), targets)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    seen += len(targets)
+            speeds.append(seen / clock.seconds)
         return speeds
 
     def engine() -> list[float]:

@@ -30,8 +30,8 @@ TASK_MODELS = {"classify": "resnet18", "detect": "yolo", "segment": "unet", "sty
 ANY_SIZE_DEFAULT = 256  # input side for networks that take any size (U-Net, segmenters, style networks)
 BACKENDS = ("torch", "onnxruntime")
 WEIGHTS_NOTE = "random weights: a forward pass costs the same whatever the values"
-DETECTOR_NOTE = ("the model's own call on a list of images: its resizing and box post-processing (NMS) included; "
-                 "random weights propose more boxes than trained ones, so that part may cost more")
+DETECTOR_NOTE = ("the model's own call on a list of images: all it does inside (resizing, box post-processing, NMS) "
+                 "included; random weights may propose more boxes than trained ones, so that part may cost more")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 _STATUS = Path("/proc/self/status")
 
