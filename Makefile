@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test bench bench-startup bench-throughput bench-bad-inputs bench-segment bench-detect bench-video bench-onnx bench-serve bench-ddp eval-train eval-face-train eval-segment eval-style eval-detect eval-face-port eval-face-landmarks eval-face sample-images lenet-digits clean
+.PHONY: install demo test test-slow bench-test-time bench bench-startup bench-throughput bench-bad-inputs bench-segment bench-detect bench-video bench-onnx bench-serve bench-ddp eval-train eval-face-train eval-segment eval-style eval-detect eval-face-port eval-face-landmarks eval-face sample-images lenet-digits clean
 
 ## install: a virtual environment in .venv with cvtool (editable) and the dev tools
 install:
@@ -14,9 +14,17 @@ install:
 demo:
 	$(BIN)/cvtool classify sample_images/digits --model lenet5_digits --top-k 1
 
-## test: the default test run (under 15 minutes on 2 cores)
+## test: the default test run: 857 CPU-s (486 tests; 46 min wall at load average 8-12 on 2 cores, make bench-test-time)
 test:
 	$(BIN)/python -m pytest -q -m "not slow"
+
+## test-slow: the longer tests the default run leaves out (full-size photos, longer training); each has a fast variant in `make test`
+test-slow:
+	$(BIN)/python -m pytest -q -m slow
+
+## bench-test-time: time the default test run: wall, CPU and load average (bench/results/test_time.json)
+bench-test-time:
+	$(BIN)/python bench/test_time.py
 
 ## bench: every measured figure quoted in the README, written to bench/results/
 bench: bench-startup bench-throughput bench-bad-inputs bench-segment bench-detect bench-video bench-onnx
