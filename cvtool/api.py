@@ -191,14 +191,21 @@ def _as_list(sources) -> tuple[list, bool]:
 
 
 def _load(model: str | None, *, task: str, weights, device: str, backend: str, default: str,
-          progress: bool, on_export: Callable[[Path], None] | None, threads: int | None = None):
-    from cvtool.device import resolve_device, set_threads
+          progress: bool, on_export: Callable[[Path], None] | None, threads: int | None = None, half: bool = False):
+    from cvtool.device import half_dtype, resolve_device, set_threads
     from cvtool.models import onnx_backend
 
     set_threads(threads)  # before any session is made: onnxruntime fixes its pool then
-
-    return onnx_backend.load(model, task=task, weights=weights, device=resolve_device(device), backend=backend,
-                             progress=progress, default=default, on_export=on_export)
+    where = resolve_device(device)
+    if half and backend != "torch":
+        raise UsageError("--half is for --backend torch; for onnxruntime export a half model: cvtool export --half")
+    dtype = half_dtype(where) if half else None
+    # onnxruntime with `auto`: its CUDA provider when it has one, else the CPU's (never a failure)
+    spec = "auto" if backend == "onnxruntime" and device.strip().lower() == "auto" and where.type == "cuda" else where
+    loaded = onnx_backend.load(model, task=task, weights=weights, device=spec, backend=backend,
+                               progress=progress, default=default, on_export=on_export)
+    loaded.half = dtype
+    return loaded
 
 
 def describe_loaded(loaded) -> str:
@@ -418,10 +425,11 @@ class Classifier(_Task):
 
     def __init__(self, model: str | None = None, *, weights: str | Path | None = None, top_k: int = 5,
                  device: str = "auto", backend: str = "torch", max_pixels: int = DEFAULT_MAX_PIXELS,
-                 progress: bool = False, on_export: Callable[[Path], None] | None = None, threads: int | None = None):
+                 progress: bool = False, on_export: Callable[[Path], None] | None = None, threads: int | None = None,
+                 half: bool = False):
         self.top_k = top_k
         loaded = _load(model, task="classify", weights=weights, device=device, backend=backend, default="resnet18",
-                       progress=progress, on_export=on_export, threads=threads)
+                       progress=progress, on_export=on_export, threads=threads, half=half)
         super().__init__(loaded, max_pixels=max_pixels)
 
     def _make_pipeline(self, out_dir):
@@ -449,9 +457,10 @@ class Detector(_Task):
                  iou: float = 0.45, classes: Sequence[str] | None = None, max_det: int = 300,
                  keypoints: bool = False, save_crops: bool = False, save_txt: bool = False, device: str = "auto",
                  backend: str = "torch", max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = False,
-                 on_export: Callable[[Path], None] | None = None, threads: int | None = None):
+                 on_export: Callable[[Path], None] | None = None, threads: int | None = None, half: bool = False):
         loaded = _load(model, task="detect", weights=weights, device=device, backend=backend,
-                       default="fasterrcnn_resnet50_fpn_v2", progress=progress, on_export=on_export, threads=threads)
+                       default="fasterrcnn_resnet50_fpn_v2", progress=progress, on_export=on_export, threads=threads,
+                       half=half)
         self.conf = conf if conf is not None else default_conf(loaded)
         self.iou, self.max_det, self.keypoints, self.save_crops = iou, max_det, keypoints, save_crops
         self.save_txt = save_txt  # with `out`: OUT/labels/NAME.txt (YOLO) and OUT/classes.txt
@@ -495,9 +504,10 @@ class Segmenter(_Task):
                  classes: Sequence[str] | None = None, save_mask: bool = False, tile: int | None = None,
                  overlap: int = 32, tile_batch: int = 4, device: str = "auto", backend: str = "torch",
                  max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = False,
-                 on_export: Callable[[Path], None] | None = None, threads: int | None = None):
+                 on_export: Callable[[Path], None] | None = None, threads: int | None = None, half: bool = False):
         loaded = _load(model, task="segment", weights=weights, device=device, backend=backend,
-                       default="deeplabv3_resnet50", progress=progress, on_export=on_export, threads=threads)
+                       default="deeplabv3_resnet50", progress=progress, on_export=on_export, threads=threads,
+                       half=half)
         self.alpha, self.keep_classes, self.save_mask = alpha, list(classes) if classes else None, save_mask
         self.tile, self.overlap, self.tile_batch = tile, overlap, tile_batch
         super().__init__(loaded, max_pixels=max_pixels)
@@ -545,7 +555,8 @@ class Stylizer(_Task):
                  vgg: str = "vgg19", weights: str | Path | None = None, size: int | None = None,
                  tile: int | None = None, overlap: int = 32, device: str = "auto", backend: str = "torch",
                  max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = False, on_step=None,
-                 on_export: Callable[[Path], None] | None = None, threads: int | None = None, **settings):
+                 on_export: Callable[[Path], None] | None = None, threads: int | None = None, half: bool = False,
+                 **settings):
         from cvtool.pipelines import stylize as task
 
         self.size, self.tile, self.overlap, self.on_step = size, tile, overlap, on_step
@@ -557,7 +568,7 @@ class Stylizer(_Task):
             if settings:
                 raise UsageError(f"{', '.join(sorted(settings))}: optimisation settings, not for a --model network")
             loaded = _load(None, task="stylize", weights=model, device=device, backend=backend, default="fast_style",
-                           progress=progress, on_export=on_export, threads=threads)
+                           progress=progress, on_export=on_export, threads=threads, half=half)
             self.columns = task.FAST_COLUMNS
             super().__init__(loaded, max_pixels=max_pixels)
             return
@@ -676,15 +687,16 @@ class FaceVerifier:
     task = "verify-face"
 
     def __init__(self, model: str | None = None, *, weights: str | Path | None = None, detector: str = "mmod",
-                 upsample: int | None = None, threshold: float | None = None, device: str = "auto",
+                 upsample: int | None = None, min_face: float = 40, threshold: float | None = None, device: str = "auto",
                  backend: str = "torch", max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = False,
-                 on_export: Callable[[Path], None] | None = None, threads: int | None = None):
+                 on_export: Callable[[Path], None] | None = None, threads: int | None = None, half: bool = False):
         from cvtool.pipelines import face as task
 
         self.loaded = _load(model, task="face-embed", weights=weights, device=device, backend=backend,
-                            default=task.DEFAULT_EMBEDDER, progress=progress, on_export=on_export, threads=threads)
+                            default=task.DEFAULT_EMBEDDER, progress=progress, on_export=on_export, threads=threads,
+                            half=half)
         self.engine = task.FaceEngine(self.loaded, detector=detector, upsample=upsample, threshold=threshold,
-                                      max_pixels=max_pixels)
+                                      max_pixels=max_pixels, min_face=min_face)
         self._lock = threading.Lock()
 
     @property
@@ -803,9 +815,14 @@ def export_onnx(target: str | Path, out: str | Path | None = None, *, weights: s
     `half` (fp16) or `int8` (static quantisation calibrated on the images in `calibration`): checked by the
     task's agreement with PyTorch (top-1, pixels, box IoU, embedding distance) and refused below its bar."""
     from cvtool import export as exporter
+    from cvtool.io.outputs import check_writable
 
+    if out is not None:  # before the minutes an export can take
+        check_writable(out, f"--out {out}")
     loaded = exporter.load_target(str(target), Path(weights) if weights is not None else None)
     target_path = Path(out) if out is not None else exporter.default_out(str(target), loaded)
+    if out is None:
+        check_writable(target_path, f"{target_path}")
     if on_start is not None:
         on_start(f"exporting {loaded.name} (weights sha256 {loaded.weights_sha256[:12]}) to {target_path}")
     return exporter.export_model(loaded, target_path, img_size=img_size, dynamic_batch=dynamic_batch,

@@ -10,23 +10,91 @@ _DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 
 
 def resolve_device(spec: str = "auto"):
-    """`auto` takes CUDA when present; an explicit device that is not there is a usage error, not a silent CPU run."""
+    """`auto` takes CUDA when present, else Apple's MPS when present, else the CPU; an explicit device that
+    is not there is a usage error, not a silent CPU run."""
     import torch
 
     spec = spec.strip().lower()
     if not _DEVICE_PATTERN.match(spec):
         raise UsageError(f"unknown device {spec!r}; use auto, cpu, cuda or cuda:N")
     if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if _mps_available() else "cpu")
     device = torch.device(spec)
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise UsageError(f"device {spec!r} asked for, but CUDA is not available on this machine")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise UsageError(f"device {spec!r} asked for, but only {torch.cuda.device_count()} CUDA device(s) exist")
-    if device.type == "mps" and not torch.backends.mps.is_available():
+    if device.type == "mps" and not _mps_available():
         raise UsageError("device 'mps' asked for, but MPS is not available on this machine")
     return device
+
+
+def _mps_available() -> bool:
+    import torch
+
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+# -- precision and transfers on accelerators ------------------------------------------------------
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU runs bfloat16 natively (AVX512-BF16 or AMX); without it CPU bf16 is emulated and slow."""
+    import torch
+
+    cpu = getattr(torch, "cpu", None)
+    checks = [getattr(cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(check() for check in checks if check is not None)
+
+
+def half_dtype(device):
+    """The reduced precision `--half` runs at on `device`: float16 on CUDA and MPS (tensor cores; every CUDA
+    GPU has it); bfloat16 on a CPU with native bf16 instructions. Elsewhere a one-line usage error."""
+    import torch
+
+    kind = getattr(device, "type", str(device))
+    if kind in ("cuda", "mps"):
+        return torch.float16
+    if kind == "cpu" and cpu_has_bf16():
+        return torch.bfloat16
+    raise UsageError("--half needs a CUDA or MPS device, or a CPU with bfloat16 instructions (AVX512-BF16 or AMX); "
+                     "this CPU has none: drop --half")
+
+
+def autocast(device, dtype):
+    """A context running the forward pass at `dtype` (autocast keeps precision-sensitive ops in float32);
+    nothing when `dtype` is None."""
+    import contextlib
+
+    import torch
+
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=getattr(device, "type", str(device)), dtype=dtype)
+
+
+def to_device(array, device):
+    """A NumPy array (typically uint8 pixels: 4x fewer bytes than float32) -> a tensor on `device`, same
+    dtype. On CUDA it is copied from page-locked memory, so the copy is asynchronous to the host."""
+    import numpy as np
+    import torch
+
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    if getattr(device, "type", str(device)) == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
+def tune_for_fixed_sizes(device) -> None:
+    """cuDNN benchmarks its convolution algorithms once per input shape and keeps the fastest: a win when
+    batches keep one size (classification crops, letterboxed detection); process-wide."""
+    import torch
+
+    if getattr(device, "type", str(device)) == "cuda":
+        torch.backends.cudnn.benchmark = True
 
 
 # -- threads: N cvtool processes on one machine share its cores -----------------------------------

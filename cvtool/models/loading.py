@@ -23,6 +23,7 @@ class LoadedModel:
     meta: dict = field(default_factory=dict)  # a checkpoint's other fields (e.g. a face embedder's threshold)
     entry: ModelEntry | None = None  # the registry entry (looked up by `name` when not given)
     backend: str = "torch"  # "torch": `module` is the nn.Module; "onnxruntime": an onnx_backend.OnnxNetwork
+    half: object = None  # --half: the torch dtype forward() autocasts to (cvtool.device.half_dtype); None: float32
 
     @property
     def contract(self) -> ModelEntry:
@@ -33,8 +34,12 @@ class LoadedModel:
 
     def forward(self, inputs):
         """What the pipelines call: the entry's forward adapter on this backend's network."""
-        adapter = self.contract.forward if self.backend == "torch" else self.contract.graph_forward
-        return adapter(self.module, inputs)
+        if self.backend != "torch":
+            return self.contract.graph_forward(self.module, inputs)
+        from cvtool.device import autocast
+
+        with autocast(self.device, self.half):
+            return self.contract.forward(self.module, inputs)
 
     @property
     def size_multiple(self) -> int:

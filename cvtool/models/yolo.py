@@ -177,10 +177,17 @@ class YoloDetector(nn.Module):
         return detections_in_original_pixels(*decoded, letterboxes)
 
 
-def letterbox_batch(images: list[torch.Tensor], img_size: int):
-    """[0, 1] RGB tensors of any size -> one letterboxed batch, and each image's letterbox (to map boxes back)."""
-    import numpy as np
+def letterbox_batch(images: list[torch.Tensor], img_size: int, *, on_device: bool | None = None):
+    """[0, 1] RGB tensors of any size -> one letterboxed batch, and each image's letterbox (to map boxes back).
 
+    Tensors on the CPU go through OpenCV (cvtool.ops.letterbox, on uint8 pixels); tensors on an accelerator
+    (or with `on_device=True`) are letterboxed where they are, with torch ops, so nothing returns to the
+    host: the same sizes, padding and grey, the resize area-averaged when shrinking and bilinear when
+    enlarging, as OpenCV's. The two differ only by OpenCV's rounding to uint8 (boxes within a pixel)."""
+    if on_device is None:
+        on_device = bool(images) and images[0].device.type != "cpu"
+    if on_device:
+        return _letterbox_on_device(images, img_size)
     from cvtool.ops.letterbox import letterbox
     from cvtool.ops.tensors import image_to_tensor, tensor_to_image
 
@@ -190,6 +197,28 @@ def letterbox_batch(images: list[torch.Tensor], img_size: int):
         batch.append(image_to_tensor(boxed))
         letterboxes.append(box)
     return torch.stack(batch), letterboxes
+
+
+def _letterbox_on_device(images: list[torch.Tensor], img_size: int, fill: int = 114):
+    from cvtool.ops.letterbox import Letterbox
+
+    functional = nn.functional
+    batch = images[0].new_full((len(images), 3, img_size, img_size), fill / 255)
+    letterboxes = []
+    for i, image in enumerate(images):
+        h, w = image.shape[-2:]
+        scale = img_size / max(h, w)
+        new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
+        if (new_h, new_w) == (h, w):
+            resized = image
+        elif scale < 1:  # OpenCV's INTER_AREA when shrinking
+            resized = functional.interpolate(image[None], size=(new_h, new_w), mode="area")[0]
+        else:  # OpenCV's INTER_LINEAR: half-pixel centres, no antialiasing
+            resized = functional.interpolate(image[None], size=(new_h, new_w), mode="bilinear", align_corners=False)[0]
+        pad_x, pad_y = (img_size - new_w) // 2, (img_size - new_h) // 2
+        batch[i, :, pad_y : pad_y + new_h, pad_x : pad_x + new_w] = resized.clamp(0, 1)
+        letterboxes.append(Letterbox(scale_x=new_w / w, scale_y=new_h / h, pad_x=pad_x, pad_y=pad_y, width=w, height=h))
+    return batch, letterboxes
 
 
 def detections_in_original_pixels(boxes, objectness, class_probs, letterboxes) -> list[dict]:

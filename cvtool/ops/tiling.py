@@ -64,7 +64,8 @@ def tiled_logits(
     batch_size: int = 4,
     multiple: int = 1,
 ) -> torch.Tensor:
-    """`image` is C x H x W (already preprocessed); returns num_classes x H x W blended logits on the CPU.
+    """`image` is C x H x W (already preprocessed); returns num_classes x H x W blended logits, float32, on the
+    device `forward` returns them on (tiles are blended there: nothing is copied back tile by tile).
     `tile` is a multiple of `multiple`; an image narrower than a tile is padded (see `padded_size`)."""
     if overlap * 2 >= tile:
         raise ValueError(f"--overlap {overlap} must be less than half of --tile {tile}")
@@ -76,13 +77,15 @@ def tiled_logits(
     tile_h, tile_w = min(tile, height), min(tile, width)
     stride = tile - overlap
     boxes = [(y, x) for y in _starts(height, tile_h, stride) for x in _starts(width, tile_w, stride)]
-    window = _blend_window(tile_h, tile_w, overlap)
-    total = torch.zeros(num_classes, height, width)
-    weight = torch.zeros(1, height, width)
+    window = total = weight = None
     for i in range(0, len(boxes), batch_size):
         chunk = boxes[i : i + batch_size]
         batch = torch.stack([image[:, y : y + tile_h, x : x + tile_w] for y, x in chunk])
-        logits = forward(batch).float().cpu()
+        logits = forward(batch).float()
+        if total is None:
+            window = _blend_window(tile_h, tile_w, overlap).to(logits.device)
+            total = torch.zeros(num_classes, height, width, device=logits.device)
+            weight = torch.zeros(1, height, width, device=logits.device)
         for (y, x), tile_logits in zip(chunk, logits):
             total[:, y : y + tile_h, x : x + tile_w] += tile_logits * window
             weight[:, y : y + tile_h, x : x + tile_w] += window

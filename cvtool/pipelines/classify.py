@@ -17,8 +17,17 @@ from cvtool.models.loading import LoadedModel
 class ClassifyPipeline:
     task = "classify"
 
-    def __init__(self, model: LoadedModel, *, top_k: int = 5, max_pixels: int = DEFAULT_MAX_PIXELS, out_dir=None):
+    def __init__(self, model: LoadedModel, *, top_k: int = 5, max_pixels: int = DEFAULT_MAX_PIXELS, out_dir=None,
+                 normalise_on_device: bool | None = None):
+        from cvtool.device import tune_for_fixed_sizes
+
         self.model = model
+        # On CUDA the workers hand over resized uint8 pixels (4x fewer bytes to copy than float32) and the
+        # device normalises them; elsewhere the workers normalise (bit-for-bit the documented CPU path).
+        on_cuda = getattr(model.device, "type", None) == "cuda" and model.backend == "torch"
+        self.normalise_on_device = on_cuda if normalise_on_device is None else normalise_on_device
+        if on_cuda and model.preprocess.crop_size is not None:
+            tune_for_fixed_sizes(model.device)  # every batch has the crop's size
         self.model_name = model.name
         self.weights_sha256 = model.weights_sha256
         self.top_k = max(1, min(top_k, len(model.classes)))
@@ -30,14 +39,20 @@ class ClassifyPipeline:
         return self.prepare_array(read_image(path, max_pixels=self.max_pixels))
 
     def prepare_array(self, rgb: np.ndarray) -> np.ndarray:
+        if self.normalise_on_device:
+            return resized_pixels(self.model.preprocess, rgb)
         return self.model.preprocess(rgb)
 
     def predict(self, samples: list[np.ndarray]) -> list[dict]:
         import torch
 
-        batch = torch.from_numpy(np.stack(samples)).to(self.model.device, non_blocking=True)
+        from cvtool.device import to_device
+
         with torch.inference_mode():
-            logits = self.model.module(batch)
+            batch = to_device(np.stack(samples), self.model.device)
+            if batch.dtype == torch.uint8:
+                batch = normalise(batch, self.model.preprocess)
+            logits = self.model.forward(batch)
             probs, indices = torch.softmax(logits.float(), dim=1).topk(self.top_k, dim=1)
         probs, indices = probs.cpu().tolist(), indices.cpu().tolist()
         return [
@@ -58,6 +73,28 @@ class ClassifyPipeline:
 
     def already_done(self, path: str) -> bool:
         return self.output_name is not None and self.output_name.exists(path)
+
+
+def resized_pixels(pre, rgb: np.ndarray) -> np.ndarray:
+    """Preprocess's resize and crop without the normalisation: H x W x C uint8 (see `normalise`)."""
+    import cv2
+
+    from cvtool.ops.preprocess import _center_crop
+
+    image = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)[..., None] if pre.grayscale else rgb
+    image = pre._resize(image)
+    if pre.crop_size is not None:
+        image = _center_crop(image, pre.crop_size)
+    return np.ascontiguousarray(image)
+
+
+def normalise(batch, pre):
+    """B x H x W x C uint8 (on any device) -> B x C x H x W float32 normalised there, with Preprocess's formula."""
+    import torch
+
+    mean = torch.tensor(pre.mean, dtype=torch.float32, device=batch.device) * 255.0
+    inv_std = 1.0 / (torch.tensor(pre.std, dtype=torch.float32, device=batch.device) * 255.0)
+    return ((batch.float() - mean) * inv_std).permute(0, 3, 1, 2).contiguous()
 
 
 COLUMNS = ["rank", "label", "prob"]

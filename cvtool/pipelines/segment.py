@@ -77,23 +77,38 @@ class SegmentPipeline:
         import torch
 
         with torch.inference_mode():
-            for sample in samples:  # sizes differ from image to image, so one at a time
-                tensor = torch.from_numpy(sample.tensor)
-                logits = self._tiled(tensor) if self.tile else self._whole(tensor)
-                labels = logits.argmax(0).to(torch.uint8 if logits.shape[0] <= 256 else torch.int32).cpu().numpy()
+            if self.tile:  # tiles of one image at a time, `tile_batch` tiles per forward pass
+                logits = [self._tiled(torch.from_numpy(sample.tensor)) for sample in samples]
+            else:  # whole images: those of one size go through the network together (--batch-size)
+                logits = self._whole_batched([sample.tensor for sample in samples])
+            for sample, image_logits in zip(samples, logits):
+                labels = image_logits.argmax(0).to(torch.uint8 if image_logits.shape[0] <= 256 else torch.int32)
+                labels = labels.cpu().numpy()
                 if sample.valid != (1.0, 1.0):  # cut off the labels of the padding (see prepare_array)
                     labels = labels[: max(1, round(labels.shape[0] * sample.valid[0])),
                                     : max(1, round(labels.shape[1] * sample.valid[1]))]
                 sample.labels = self._to_input_size(labels, sample.rgb.shape[:2])
         return [self._summary(sample.labels) for sample in samples]
 
+    def _whole_batched(self, tensors: list[np.ndarray]) -> list:
+        """Each C x h x w input's logits (on the model's device), one forward pass per group of equal size."""
+        from cvtool.device import to_device
+        from cvtool.ops.tiling import pad_bottom_right, padded_size
+
+        groups: dict[tuple, list[int]] = {}
+        for i, tensor in enumerate(tensors):
+            groups.setdefault(tensor.shape, []).append(i)
+        out: list = [None] * len(tensors)
+        for shape, members in groups.items():
+            h, w = shape[-2:]
+            batch = to_device(np.stack([tensors[i] for i in members]), self.model.device)
+            logits = self._forward(pad_bottom_right(batch, *padded_size(h, w, self.size_multiple)))[:, :, :h, :w]
+            for i, image_logits in zip(members, logits):
+                out[i] = image_logits
+        return out
+
     def _forward(self, batch):
         return self.model.forward(batch.to(self.model.device))  # logits: the entry's forward unwraps torchvision's dict
-
-    def _whole(self, tensor):
-        from cvtool.ops.tiling import run_padded
-
-        return run_padded(self._forward, tensor, self.size_multiple)
 
     def _tiled(self, tensor):
         from cvtool.ops.tiling import tiled_logits
