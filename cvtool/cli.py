@@ -450,8 +450,10 @@ def verify_face(
     face_index: Optional[str] = typer.Option(None, "--face-index", help="Which face when several: N for both images, "
                                              "or N,M; numbered from 0, left to right."),
     detector: str = typer.Option("mmod", "--detector", help="mmod (dlib's CNN, accurate) or haar (OpenCV, fast)."),
-    upsample: Optional[int] = typer.Option(None, "--upsample", min=0, max=3, help="mmod: enlarge images N times to "
-                                           "find small faces (default: once for images under 1000 px, else none)."),
+    upsample: Optional[int] = typer.Option(None, "--upsample", min=0, max=3, help="mmod: enlarge images N times "
+                                           "(default: as --min-face asks, within a pixel budget)."),
+    min_face: float = typer.Option(40, "--min-face", min=8, help="mmod: the smallest face to find, in pixels of the "
+                                   "photo (the image is scaled so it reaches the detector's ~80 px)."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Face embedder (default dlib_face_resnet)."),
     weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="An embedder checkpoint from `cvtool train face`."),
     out: Optional[Path] = OUT_OPT,
@@ -493,14 +495,15 @@ def verify_face(
         indices = _face_indices(face_index)
         from cvtool.api import FaceVerifier
 
-        verifier = FaceVerifier(model, weights=weights, detector=detector, upsample=upsample, threshold=threshold,
+        verifier = FaceVerifier(model, weights=weights, detector=detector, upsample=upsample, min_face=min_face,
+                                threshold=threshold,
                                 device=device, backend=backend, max_pixels=max_pixels, **_loading())
         info(verifier.describe())
         if calibrate is not None:
             report = verifier.calibrate(calibrate)
             for failed in report["failed"]:
                 error_line(f"{failed['error']} (pair skipped)")
-            for warning in report.get("warnings", []):
+            for warning in report["warnings"]:
                 error_line(f"warning: {warning}")
             _print_calibration(report, as_json=fmt is not None and fmt.value in ("json", "jsonl"))
             raise typer.Exit(0)
@@ -557,9 +560,11 @@ def _print_calibration(report: dict, *, as_json: bool) -> None:
     r = report["result"]
     auc = "n/a (needs same and different pairs)" if r["roc_auc"] is None else f"{r['roc_auc']:.4f}"
     print(f"pairs measured: {r['pairs']} (skipped {r['pairs_failed']}); detector {r['detector']}, model {report['model']}")
-    print(f"best threshold: {r['threshold']:.4f}  accuracy {r['accuracy']:.2%}  ROC AUC {auc}")
+    if r["threshold"] is not None:
+        print(f"best threshold: {r['threshold']:.4f}  accuracy {r['accuracy']:.2%}  ROC AUC {auc}")
     print(f"current threshold {r['current_threshold']:.4f}: accuracy {r['current_accuracy']:.2%}")
-    print(f"use it: cvtool verify-face A B --threshold {r['threshold']:.4f}")
+    if r["threshold"] is not None:
+        print(f"use it: cvtool verify-face A B --threshold {r['threshold']:.4f}")
 
 
 
@@ -867,7 +872,7 @@ def train_face(
         _relaunch(devices)
         from cvtool import train
 
-        summary = _fit(train.face, data, arch=arch, loss=loss, margin=margin, mining=mining,
+        summary = _fit(train.face, data, on_warning=lambda message: info(f"warning: {message}"), arch=arch, loss=loss, margin=margin, mining=mining,
                        identities_per_batch=identities_per_batch, images_per_identity=images_per_identity,
                        epochs=epochs, lr=lr, weight_decay=weight_decay, img_size=img_size, val_split=val_split,
                        hflip=hflip, out=out, resume=resume, device=device, seed=seed, workers=workers,

@@ -75,7 +75,7 @@ def test_out_dir_gets_one_json_per_image_and_skip_existing_resumes(tmp_path):
     first = invoke_cli("classify", str(DIGITS / "digit_0.png"), str(DIGITS / "digit_1.png"), "-m", "lenet5_digits",
                     "--out", str(out), "-f", "jsonl")
     assert first.returncode == 0, first.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["digit_0.json", "digit_1.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".cvtool-outputs", "digit_0.json", "digit_1.json"]
     saved = json.loads((out / "digit_0.json").read_text())
     assert saved["result"]["top_k"][0]["label"] == "0"
     assert jsonl(first.stdout)[0]["outputs"] == [str(out / "digit_0.json")]

@@ -82,7 +82,7 @@ def test_boxes_are_in_the_original_images_pixels_and_outputs_are_written(fixed_d
     assert record["result"] == {"size": [120, 200], "detections": [
         {"label": "square", "index": 1, "score": 0.9, "box": [50.0, 30.0, 150.0, 90.0]},
         {"label": "bar", "index": 2, "score": 0.6, "box": [0.0, 0.0, 200.0, 30.0]}]}
-    assert sorted(p.name for p in out.iterdir()) == ["scene.crop000-square.jpg", "scene.crop001-bar.jpg", "scene.detect.jpg"]
+    assert sorted(p.name for p in out.iterdir()) == [".cvtool-outputs", "scene.crop000-square.jpg", "scene.crop001-bar.jpg", "scene.detect.jpg"]
     assert cv2.imread(str(out / "scene.crop000-square.jpg")).shape == (60, 100, 3)
 
     conf = json.loads(runner.invoke(app, [*base, "--conf", "0.7", "-f", "jsonl"]).stdout)

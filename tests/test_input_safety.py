@@ -35,7 +35,9 @@ def cli(*args: str) -> _Result:
 
 
 def checksums(folder: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+    """Every file's sha256, cvtool's own manifest of outputs (.cvtool-outputs) aside."""
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())
+            if p.is_file() and p.name != ".cvtool-outputs"}
 
 
 def image(path: Path, seed: int) -> Path:
@@ -100,7 +102,7 @@ def test_out_in_the_input_folder_leaves_inputs_alone_and_a_rerun_takes_no_output
     first = cli(*command, str(folder), "--out", str(folder), "-f", "jsonl")
     assert first.returncode == 0, first.stderr
     assert sorted(r["path"] for r in jsonl(first.stdout)) == [str(folder / "bar.jpg"), str(folder / "foo.png")]
-    written = sorted(set(os.listdir(folder)) - set(inputs))
+    written = sorted(set(checksums(folder)) - set(inputs))
     assert written, "the first run wrote its outputs beside the inputs"
     if task == "detect":
         assert "foo.detect.jpg" in written and any(".crop000-" in name for name in written)
@@ -110,7 +112,7 @@ def test_out_in_the_input_folder_leaves_inputs_alone_and_a_rerun_takes_no_output
     second = cli(*command, str(folder), "--out", str(folder), "-f", "jsonl")
     assert second.returncode == 0, second.stderr
     assert sorted(r["path"] for r in jsonl(second.stdout)) == [str(folder / "bar.jpg"), str(folder / "foo.png")]
-    assert sorted(set(os.listdir(folder)) - set(inputs)) == written  # no foo.detect.detect.jpg, no foo.mask.mask.png
+    assert sorted(set(checksums(folder)) - set(inputs)) == written  # no foo.detect.detect.jpg, no foo.mask.mask.png
     images_written = [n for n in written if not n.endswith(".json")]
     if images_written:
         assert f"cvtool: {len(images_written)} previous cvtool output(s) in --out not taken as inputs" in second.stderr
@@ -143,6 +145,43 @@ def test_an_input_named_like_another_inputs_output_is_never_overwritten(task, ot
     assert error_lines(result.stderr)[0] == (
         f"cvtool: {tmp_path / 'foo.png'}: output {target} would overwrite an input of this batch; choose another --out")
     assert {n: d for n, d in checksums(tmp_path).items() if n in before} == before
+
+
+@pytest.mark.parametrize("task, lookalike", [("detect", "foo.detect.jpg"), ("segment", "foo.mask.png")])
+def test_a_users_file_that_looks_like_an_output_is_an_input_never_overwritten(task, lookalike, tmp_path,
+                                                                             yolo_checkpoint, unet_checkpoint):
+    """The issue's case: `foo.jpg` and the user's own `foo.detect.jpg` in a folder, `--out` that folder. cvtool did
+    not write foo.detect.jpg (it is not in the folder's .cvtool-outputs manifest), so it is an input like any
+    other, and foo.jpg's output may not replace it: one error line, exit 1, the file untouched."""
+    image(tmp_path / "foo.png", 1)
+    image(tmp_path / lookalike, 3)
+    before = checksums(tmp_path)
+    command = {"detect": ["detect", "--weights", str(yolo_checkpoint)],
+               "segment": ["segment", "--weights", str(unet_checkpoint)]}[task]
+    for _ in range(2):  # the rerun meets the same refusal, and takes its own outputs of the first run as no inputs
+        result = cli(*command, str(tmp_path), "--out", str(tmp_path), "-f", "jsonl")
+        assert result.returncode == 1, result.stderr
+        records = {r["path"]: r for r in jsonl(result.stdout)}
+        assert sorted(records) == [str(tmp_path / lookalike), str(tmp_path / "foo.png")]
+        assert records[str(tmp_path / "foo.png")]["error"] == (
+            f"output {tmp_path / lookalike} would overwrite an input of this batch; choose another --out")
+        assert "error" not in records[str(tmp_path / lookalike)]
+        assert {n: d for n, d in checksums(tmp_path).items() if n in before} == before
+
+
+def test_an_output_is_never_written_over_a_file_cvtool_did_not_write(tmp_path):
+    """`--out` elsewhere holding a user's `digit_3.json`: not ours, so it is kept and that input fails in one line."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "digit_3.json").write_text("my notes\n")
+    result = cli(*CLASSIFY, str(SAMPLES / "digits" / "digit_3.png"), str(SAMPLES / "digits" / "digit_4.png"),
+                 "--out", str(out), "-f", "jsonl")
+    assert result.returncode == 1
+    assert (out / "digit_3.json").read_text() == "my notes\n"
+    assert error_lines(result.stderr) == [f"cvtool: {SAMPLES / 'digits' / 'digit_3.png'}: output {out / 'digit_3.json'} "
+                                          "exists and was not written by cvtool; move it away or choose another --out"]
+    rerun = cli(*CLASSIFY, str(SAMPLES / "digits" / "digit_4.png"), "--out", str(out), "-f", "jsonl")
+    assert rerun.returncode == 0, rerun.stderr  # its own earlier output is replaced without a word
 
 
 # -- FIFOs and devices
@@ -219,18 +258,32 @@ def test_a_missing_out_is_created_up_front(tmp_path):
 
 
 def test_a_write_that_fails_mid_batch_is_that_inputs_error_line(tmp_path):
-    """Any user can make a write fail, root included: the output's name is taken by a directory."""
+    """Any user can make a write fail, root included: a file-size limit (RLIMIT_FSIZE) below the size of a record.
+    Every write fails; each input gets its own one error line and the batch goes on to the end."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
     folder = tmp_path / "in"
     folder.mkdir()
     for name in ("a.png", "b.png"):
         (folder / name).write_bytes(DIGIT.read_bytes())
     out = tmp_path / "out"
-    (out / "a.json").mkdir(parents=True)
-    result = cli(*CLASSIFY, str(folder), "--out", str(out), "-f", "jsonl")
-    assert result.returncode == 1, result.stderr
-    assert error_lines(result.stderr) == [f"cvtool: {folder / 'a.png'}: cannot write {out / 'a.json'} (is a directory)"]
-    assert (out / "b.json").is_file() and "Traceback" not in result.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["a.json", "b.json"]  # no temp file left behind
+    out.mkdir()
+
+    def small_files():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100, 100))
+
+    done = subprocess.run([sys.executable, "-m", "cvtool", *CLASSIFY, str(folder), "--out", str(out), "-f", "jsonl"],
+                          capture_output=True, text=True, timeout=300, preexec_fn=small_files,
+                          env={**os.environ, "CVTOOL_NO_PROGRESS": "1"})
+    assert done.returncode == 1, done.stderr
+    assert error_lines(done.stderr) == [f"cvtool: {folder / n}.png: cannot write {out / n}.json (file too large)"
+                                        for n in "ab"]
+    assert "Traceback" not in done.stderr
+    assert sorted(p.name for p in out.iterdir()) == []  # no partial output, no temp file left behind
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")

@@ -63,13 +63,23 @@ def test_same_file_twice_is_processed_once(tmp_path):
         str(root / "a.jpg"), str(root / "B.PNG")]
 
 
+def _as_output(path) -> None:
+    """Write `path` the way a command writes an output (so it is listed in the folder's .cvtool-outputs)."""
+    from cvtool.io.atomic import atomic_write_bytes
+    from cvtool.io.outputs import claim_output
+
+    claim_output(path)
+    atomic_write_bytes(path, b"x")
+
+
 def test_previous_outputs_in_out_are_not_inputs_unless_named_on_the_command_line(tmp_path):
     from cvtool.io.inputs import expand_inputs
 
-    for name in ("foo.jpg", "foo.detect.jpg", "foo.crop000-person.jpg", "foo.mask.png", "foo.mask-traffic_light.png",
+    (tmp_path / "foo.jpg").write_bytes(b"x")
+    for name in ("foo.detect.jpg", "foo.crop000-person.jpg", "foo.mask.png", "foo.mask-traffic_light.png",
                  "foo.overlay.jpeg", "foo-1a2b3c4d.faces.jpg", "foo.vs.bar.jpg", "foo.stylized.png", "foo.step0010.png",
                  "foo.detect.mp4"):
-        (tmp_path / name).write_bytes(b"x")
+        _as_output(tmp_path / name)
     told = []
     items, total = expand_inputs([str(tmp_path)], out_dir=tmp_path, on_previous_outputs=told.append)
     assert paths(items) == [str(tmp_path / "foo.jpg")] and total == 1 and told == [10]
@@ -82,8 +92,19 @@ def test_previous_outputs_in_out_are_not_inputs_unless_named_on_the_command_line
     assert paths(expand_inputs(["-"], stdin=stdin, out_dir=tmp_path)[0]) == [str(tmp_path / "foo.jpg")]
 
 
+def test_a_look_alike_cvtool_did_not_write_is_an_input(tmp_path):
+    from cvtool.io.inputs import expand_inputs
+
+    (tmp_path / "mine.detect.jpg").write_bytes(b"x")  # the user's own file, named like an output
+    _as_output(tmp_path / "ours.detect.jpg")
+    _as_output(tmp_path / "ours2.detect.jpg")
+    (tmp_path / "ours2.detect.jpg").write_bytes(b"changed by hand")  # edited since: the user's now
+    assert paths(expand_inputs([str(tmp_path)], out_dir=tmp_path)[0]) == [
+        str(tmp_path / "mine.detect.jpg"), str(tmp_path / "ours2.detect.jpg")]
+
+
 def test_a_folder_of_only_previous_outputs_says_so(tmp_path):
-    (tmp_path / "a.detect.jpg").write_bytes(b"x")
+    _as_output(tmp_path / "a.detect.jpg")
     item = list(iter_inputs([str(tmp_path)], out_dir=tmp_path))[0]
     assert item.error == "no image files in directory (1 previous cvtool output(s) in --out are not inputs)"
     glob_item = list(iter_inputs([str(tmp_path / "*.jpg")], out_dir=tmp_path))[0]

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from cvtool.errors import InputError
@@ -92,3 +94,27 @@ def test_check_out_dir_creates_and_probes_the_folder(tmp_path):
         check_out_dir(tmp_path / "f")
     with pytest.raises(UsageError, match=r"--skip-existing needs --out DIR"):
         check_out_dir(None, skip_existing=True)
+
+
+def test_a_temp_file_left_by_a_killed_run_is_removed_by_the_next_one(tmp_path):
+    """SIGKILL leaves an atomic write's temp file behind; the next run's --out check removes it, and only it."""
+    import subprocess
+    import sys
+
+    from cvtool.io.atomic import atomic_open
+    from cvtool.io.outputs import check_out_dir
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)  # a process that has ended
+    stale = tmp_path / f".a.detect.jpg.cvtool-{pid}-x1y2.tmp"
+    stale.write_bytes(b"half an image")
+    mine = tmp_path / f".b.detect.jpg.cvtool-{os.getpid()}-z3.tmp"  # a live writer's: kept
+    mine.write_bytes(b"being written")
+    user = tmp_path / ".hidden.tmp"
+    user.write_bytes(b"not ours")
+    check_out_dir(tmp_path)
+    assert not stale.exists() and mine.exists() and user.exists()
+    with atomic_open(tmp_path / "c.json", "w") as handle:  # and atomic writes name their temp files that way
+        names = [p.name for p in tmp_path.iterdir() if p.name.startswith(".c.json.")]
+        handle.write("{}")
+    assert len(names) == 1 and names[0].startswith(f".c.json.cvtool-{os.getpid()}-")

@@ -114,7 +114,7 @@ def test_segment_writes_exact_mask_overlay_counts_and_class_masks(threshold_mode
     shown = cv2.cvtColor(cv2.imread(str(out / "square.overlay.png")), cv2.COLOR_BGR2RGB)
     assert shown[0, 0].tolist() == [0, 0, 0] and shown[20, 30].tolist() == [192, 128, 128]  # 255*.5 + 128*.5
     assert np.array_equal(cv2.imread(str(out / "square.mask-bright.png"), cv2.IMREAD_GRAYSCALE), expected * 255)
-    assert sorted(p.name for p in out.iterdir()) == [
+    assert sorted(p.name for p in out.iterdir()) == [".cvtool-outputs",  # the manifest of what cvtool wrote
         "square.mask-bright.png", "square.mask-dark.png", "square.mask.png", "square.overlay.png"]
 
 

@@ -139,7 +139,7 @@ def test_cli_needs_a_style_and_reuses_styles_for_many_contents(tiny_vgg, tmp_pat
         "--size", "32", "--steps", "2", "--content-layer", "relu2_1", "--style-layers", "relu1_1",
         "--out", str(tmp_path / "styled"), "-f", "jsonl"])
     assert many.exit_code == 0, many.output
-    assert sorted(p.name for p in (tmp_path / "styled").iterdir()) == ["astronaut.stylized.png", "chelsea.stylized.png"]
+    assert sorted(p.name for p in (tmp_path / "styled").iterdir()) == [".cvtool-outputs", "astronaut.stylized.png", "chelsea.stylized.png"]
 
 
 def _tiny_video(path, frames=5, size=(48, 32), fps=10.0):

@@ -143,6 +143,7 @@ def test_a_file_without_a_face_exits_2_with_one_line(tmp_path):
     assert [json.loads(line) for line in result.stdout.splitlines()] == [{"path": str(blank), "error": "no face found"}]
 
 
+@pytest.mark.slow  # 3 runs on a 2000 px photo; fast: the choose_face tests above
 @needs_faces
 def test_several_faces_need_a_choice_and_face_index_gives_it():
     group = MULTI / "obama_and_biden.jpg"
@@ -169,11 +170,12 @@ def test_gallery_names_every_face_and_writes_annotated_images(tmp_path):
     records = [json.loads(line) for line in result.stdout.splitlines()]
     names = [[f["name"] for f in r["result"]["faces"]] for r in records]
     assert names == [["obama"], ["biden"], ["unknown"]]
-    assert sorted(p.name for p in out.iterdir()) == ["biden2.faces.jpg", "img1.faces.jpg", "obama3.faces.jpg"]
+    assert sorted(p.name for p in out.iterdir()) == [".cvtool-outputs", "biden2.faces.jpg", "img1.faces.jpg", "obama3.faces.jpg"]
     again = run_cli("verify-face", "--gallery", str(known), inputs[0], "--format", "jsonl")  # from the cache
     assert [f["name"] for f in json.loads(again.stdout)["result"]["faces"]] == ["obama"]
 
 
+@pytest.mark.slow  # 10 full-size photos through the detector; fast: the fit_threshold and read_pairs tests
 @needs_faces
 def test_calibrate_fits_a_threshold_on_labelled_pairs(tmp_path):
     o, b = FACES / "obama", FACES / "biden"

@@ -127,7 +127,7 @@ def test_detect_streams_frames_with_stride_and_writes_the_annotated_video(clips,
         drawn = draw_detections(frame, record["result"]["detections"]).astype(int)
         if record["result"]["detections"]:
             assert np.abs(shown - drawn).mean() < np.abs(shown - frame.astype(int)).mean()
-    assert sorted(p.name for p in out.iterdir()) == ["shapes.detect.mp4", "still.detect.jpg"]
+    assert sorted(p.name for p in out.iterdir()) == [".cvtool-outputs", "shapes.detect.mp4", "still.detect.jpg"]
 
     again = CliRunner().invoke(app, [*args[:-2], "--skip-existing", "-f", "jsonl"])
     assert again.exit_code == 1 and "2 skipped (output exists)" in again.stderr  # the image and the video

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import IO, Iterator
 
 from cvtool.errors import InputError
-from cvtool.io.outputs import check_not_input
+from cvtool.io.files import temp_prefix
+from cvtool.io.outputs import check_not_input, record_output
 
 # mkstemp creates files 0600; outputs should get the user's usual permissions. Read once, at import,
 # because os.umask can only be read by setting it.
@@ -42,22 +43,31 @@ def atomic_open(path: str | Path, mode: str = "wb", **kwargs) -> Iterator[IO]:
     check_not_input(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent)
     except OSError as exc:
         raise WriteError(path, exc) from exc
     try:
-        with os.fdopen(fd, mode, **kwargs) as handle:
+        handle = os.fdopen(fd, mode, **kwargs)
+        try:
             yield handle  # what the caller's own code raises in here passes through unchanged
-            try:
-                handle.flush()
-                os.fsync(handle.fileno())
-            except OSError as exc:
-                raise WriteError(path, exc) from exc
+        except BaseException:
+            with contextlib.suppress(OSError):
+                handle.close()
+            raise
+        try:  # buffered data reaches the disk here (a full disk or a size limit shows up now, or at close)
+            handle.flush()
+            os.fsync(handle.fileno())
+            handle.close()
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                handle.close()
+            raise WriteError(path, exc) from exc
         try:
             os.chmod(tmp, 0o666 & ~_UMASK)
             os.replace(tmp, path)
         except OSError as exc:
             raise WriteError(path, exc) from exc
+        record_output(path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

@@ -8,6 +8,7 @@ opened by index, never as files): everything else is one clear error naming its 
 from __future__ import annotations
 
 import os
+import re
 import stat
 from pathlib import Path
 from typing import IO
@@ -92,3 +93,42 @@ def set_stdin_image(data: bytes | None) -> None:
 def stdin_image() -> bytes | None:
     """The image read from stdin, if one was (None otherwise)."""
     return _stdin_image
+
+
+# Temp files of atomic writes carry the writer's pid, so a later run can tell one left by a killed process
+# (SIGKILL leaves no chance to clean up) from one a running process is still writing.
+_TEMP = re.compile(r"^\..+\.cvtool-(\d+)-[^/]*$")
+
+
+def temp_prefix(path: Path) -> str:
+    """mkstemp's prefix for an atomic write of `path`: hidden, named after it, with this process's pid."""
+    return f".{path.name}.cvtool-{os.getpid()}-"
+
+
+def remove_stale_temp_files(folder: str | Path) -> int:
+    """Delete temp files that a killed cvtool process left in `folder` (their pid no longer runs)."""
+    removed = 0
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return 0
+    for name in names:
+        match = _TEMP.match(name)
+        if match is None or _alive(int(match.group(1))):
+            continue
+        try:
+            os.unlink(os.path.join(folder, name))
+            removed += 1
+        except OSError:
+            pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True

@@ -1,19 +1,24 @@
 """Predictable output file names inside --out, that never land on an input.
 
-Two rules keep inputs safe whatever --out says (the README's "Outputs" section states them for users):
+Three rules keep inputs safe whatever --out says (the README's "Outputs" section states them for users):
 
-1. Files named like cvtool outputs (`is_output_name`) that lie directly in the --out directory are
-   previous outputs, not inputs, when they come from a directory, a glob or stdin
-   (`cvtool.io.inputs.expand_inputs` leaves them out), so a re-run never makes `photo.detect.detect.jpg`.
+1. cvtool knows its own outputs: each one written into a directory is listed, with its size and mtime, in
+   that directory's `.cvtool-outputs` manifest (`written_by_cvtool`). Such a file, unchanged since, lying
+   in the --out directory, is a previous output, not an input, when it comes from a directory, a glob or
+   stdin (`cvtool.io.inputs.expand_inputs` leaves it out), so a re-run never makes
+   `photo.detect.detect.jpg`.
 2. Every input of the running batch is protected (`InputGuard`): no output is ever written onto one
    (`check_not_input`, called by `OutputNamer`, `refuse_overwriting_input` and every atomic write); that
    input fails with one error line and the batch goes on.
+3. An output is never written over a file cvtool did not write there (a user's `photo.detect.jpg` that
+   merely looks like an output): that input fails with one line saying so.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import re
 import tempfile
@@ -22,6 +27,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from cvtool.errors import InputError, UsageError
+from cvtool.io.files import remove_stale_temp_files
 
 # Every name a command writes into --out, as `<stem><one of these>` (stem may carry `-<8 hex>`):
 # classify .json/.classify.mp4; detect .detect.jpg/.detect.mp4 and crops .cropNNN-LABEL.jpg; segment .mask.png,
@@ -39,12 +45,86 @@ def is_output_name(name: str) -> bool:
     return _OUTPUT_NAME.fullmatch(name) is not None
 
 
+MANIFEST = ".cvtool-outputs"  # JSON lines {"name", "size", "mtime_ns"}: the outputs cvtool wrote in this folder
+_manifest_lock = threading.Lock()
+_manifests: dict[str, tuple[tuple[int, int], dict[str, tuple[int, int]]]] = {}  # folder -> (its stat, entries)
+_claimed: set[str] = set()  # real paths this process names as outputs (recorded in the manifest once written)
+
+
+def _manifest_entries(folder: str) -> dict[str, tuple[int, int]]:
+    path = os.path.join(folder, MANIFEST)
+    try:
+        st = os.stat(path)
+    except OSError:
+        return {}
+    key = (st.st_size, st.st_mtime_ns)
+    with _manifest_lock:
+        cached = _manifests.get(folder)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+    entries: dict[str, tuple[int, int]] = {}
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for line in handle:
+                try:
+                    item = json.loads(line)
+                    entries[str(item["name"])] = (int(item["size"]), int(item["mtime_ns"]))
+                except (ValueError, KeyError, TypeError):
+                    continue  # a torn last line (a killed process): that output is simply not known
+    except OSError:
+        return {}
+    with _manifest_lock:
+        _manifests[folder] = (key, entries)
+    return entries
+
+
+def written_by_cvtool(path: str | Path) -> bool:
+    """Whether `path` is an output cvtool wrote, unchanged since (its size and mtime as recorded)."""
+    real = os.path.realpath(path)
+    try:
+        st = os.stat(real)
+    except OSError:
+        return False
+    return _manifest_entries(os.path.dirname(real)).get(os.path.basename(real)) == (st.st_size, st.st_mtime_ns)
+
+
+def claim_output(target: str | Path, input_path: str | None = None) -> None:
+    """`target` is about to be written as an output: refuse when a file is there that cvtool did not write
+    (rule 3), and remember to list it in its folder's manifest once written (`record_output`)."""
+    real = os.path.realpath(target)
+    if os.path.lexists(real) and not written_by_cvtool(real):
+        raise InputError(f"output {target} exists and was not written by cvtool; move it away or choose another "
+                         "--out", input_path or target)
+    with _manifest_lock:
+        _claimed.add(real)
+
+
+def record_output(path: str | Path) -> None:
+    """After an atomic write: list a claimed output in its folder's manifest (one appended line)."""
+    real = os.path.realpath(path)
+    with _manifest_lock:
+        if real not in _claimed:
+            return
+    try:
+        st = os.stat(real)
+        line = json.dumps({"name": os.path.basename(real), "size": st.st_size, "mtime_ns": st.st_mtime_ns}) + "\n"
+        fd = os.open(os.path.join(os.path.dirname(real), MANIFEST), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line.encode())  # one small O_APPEND write: whole lines even with concurrent writers
+        finally:
+            os.close(fd)
+    except OSError:
+        pass  # the output is written; unlisted, a re-run treats it as a foreign file and says so
+
+
 def is_previous_output(path: str | Path, out_dir: str | Path | None) -> bool:
-    """A file named like a cvtool output lying directly in `out_dir`: an output of an earlier run."""
+    """An output of an earlier run: a file named like a cvtool output, lying directly in `out_dir`, that
+    cvtool wrote there (listed in the manifest, unchanged since)."""
     if out_dir is None:
         return False
     path = Path(path)
-    return is_output_name(path.name) and os.path.realpath(path.parent) == os.path.realpath(out_dir)
+    return (is_output_name(path.name) and os.path.realpath(path.parent) == os.path.realpath(out_dir)
+            and written_by_cvtool(path))
 
 
 class InputGuard:
@@ -121,6 +201,11 @@ class OutputNamer:
         self._taken: set[Path] = set()
 
     def __call__(self, input_path: str) -> Path:
+        candidate = self._name(input_path)
+        refuse_overwriting_input(candidate, input_path)
+        return candidate
+
+    def _name(self, input_path: str) -> Path:
         if input_path in self._by_input:
             return self._by_input[input_path]
         source = Path(input_path)
@@ -128,15 +213,15 @@ class OutputNamer:
         if candidate in self._taken:
             digest = hashlib.sha1(str(source.resolve()).encode()).hexdigest()[:8]
             candidate = self.out_dir / f"{source.stem}-{digest}{self.suffix}"
-        refuse_overwriting_input(candidate, input_path)
         self._taken.add(candidate)
         self._by_input[input_path] = candidate
         return candidate
 
     def exists(self, input_path: str) -> bool:
-        """For --skip-existing; an unusable output name is not "done": writing it reports the problem."""
+        """For --skip-existing: this input's output is there, written by cvtool (anything else is not "done":
+        writing it reports the problem)."""
         try:
-            return self(input_path).exists()
+            return written_by_cvtool(self._name(input_path))
         except InputError:
             return False
 
@@ -147,6 +232,7 @@ def refuse_overwriting_input(target: str | Path, input_path: str) -> None:
     if os.path.realpath(target) == os.path.realpath(input_path):
         raise InputError(f"output {target} would overwrite the input; choose another --out", input_path)
     check_not_input(target, input_path)
+    claim_output(target, input_path)
 
 
 def check_out_dir(out: Path | None, *, skip_existing: bool = False) -> None:
@@ -164,10 +250,28 @@ def check_out_dir(out: Path | None, *, skip_existing: bool = False) -> None:
         raise UsageError(f"--out {out}: cannot create it (a part of the path is a file)") from None
     except OSError as exc:
         raise UsageError(f"--out {out}: cannot create it ({_reason(exc)})") from None
+    remove_stale_temp_files(out)  # what a killed earlier run (SIGKILL) was writing when it died
     try:  # the real test: os.access says yes to root on a read-only mount, and no to nothing else reliably
         fd, probe = tempfile.mkstemp(prefix=".cvtool-write-test.", dir=out)
     except OSError as exc:
         raise UsageError(f"--out {out}: not writable ({_reason(exc)})") from None
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(probe)
+
+
+def check_writable(target: str | Path, what: str) -> None:
+    """Before any work: `target` (a file or directory to be made) can be created where it is asked for, or a
+    UsageError naming `what` (e.g. "--out x.onnx"). Nothing is created: the nearest existing folder is probed."""
+    folder = Path(os.path.abspath(target)).parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UsageError(f"{what}: cannot create it ({folder} is a file)")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".cvtool-write-test.", dir=folder)
+    except OSError as exc:
+        raise UsageError(f"{what}: not writable ({_reason(exc)} in {folder})") from None
     os.close(fd)
     with contextlib.suppress(OSError):
         os.unlink(probe)

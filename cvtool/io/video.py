@@ -26,8 +26,8 @@ import numpy as np  # noqa: E402
 from cvtool.errors import InputError  # noqa: E402
 from cvtool.io.atomic import _UMASK, WriteError  # noqa: E402
 from cvtool.io import remote  # noqa: E402
-from cvtool.io.files import not_regular_reason  # noqa: E402
-from cvtool.io.outputs import check_not_input  # noqa: E402
+from cvtool.io.files import not_regular_reason, temp_prefix  # noqa: E402
+from cvtool.io.outputs import check_not_input, claim_output, record_output  # noqa: E402
 
 if hasattr(cv2, "utils") and hasattr(cv2.utils, "logging"):
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # e.g. V4L2's "can't open camera by index"
@@ -150,13 +150,14 @@ class AtomicVideoWriter:
     def __init__(self, path: str | Path, fps: float, size: tuple[int, int], *, codec: str | None = None):
         self.path = Path(path)
         check_not_input(self.path)
+        claim_output(self.path)  # never over a file cvtool did not write; listed in the manifest once closed
         suffix = self.path.suffix.lower()
         if codec is None:
             codec = ("h264" if h264_available() else "mp4v") if suffix in H264_SUFFIXES else "mjpg"
         self.codec = codec
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, self.tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=self.path.suffix,
+            fd, self.tmp = tempfile.mkstemp(prefix=temp_prefix(self.path), suffix=self.path.suffix,
                                             dir=self.path.parent)
         except OSError as exc:  # read-only or full --out: this input's error line, not a crash
             raise WriteError(self.path, exc) from exc
@@ -188,6 +189,7 @@ class AtomicVideoWriter:
         if ok:
             os.chmod(self.tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 is not what the user's other files get
             os.replace(self.tmp, self.path)
+            record_output(self.path)
         elif os.path.exists(self.tmp):
             os.unlink(self.tmp)
 

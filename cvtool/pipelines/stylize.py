@@ -271,7 +271,9 @@ class StylizePipeline(_OneImageOut):
         def on_step(report: StepReport) -> None:
             if self.save_every and report.step % self.save_every == 0 and report.step < report.steps:
                 target = self.target(path)
-                write_image(target.with_name(f"{target.name.split('.')[0]}.step{report.step:04d}.png"), report.image())
+                step_image = target.with_name(f"{target.name.split('.')[0]}.step{report.step:04d}.png")
+                refuse_overwriting_input(step_image, path)
+                write_image(step_image, report.image())
             if self.on_step is not None:
                 self.on_step(report)
 

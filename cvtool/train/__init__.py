@@ -56,6 +56,10 @@ def _start(task: str, arch: str, recipe, *, data, out, resume, epochs, device: s
     args, cfg = make()
     # rank 0 names the run (a default name holds the time) and every rank uses that name
     run_dir = distributed.broadcast_object(str(new_run_dir(Path(out) if out is not None else None, task, arch)))
+    if not Path(run_dir).is_dir():  # a run directory that cannot be made is one line before any data is read
+        from cvtool.io.outputs import check_writable
+
+        check_writable(run_dir, f"--out {run_dir}")
     return Run(Path(run_dir), torch_device, False, arch), args, cfg
 
 
@@ -242,7 +246,8 @@ def face(data: str | Path | None = None, *, arch: str = "face_embed_small", loss
          epochs: int | None = None, lr: float | None = None, weight_decay: float = 0.05, img_size: int | None = None,
          val_split: float = 0.25, hflip: bool = True, out: str | Path | None = None, resume: str | Path | None = None,
          device: str = "auto", seed: int = 0, workers: int = 0, callbacks=None,
-         on_skip: Callable[[str], None] | None = None, progress: bool = False, sync_bn: bool = False,
+         on_skip: Callable[[str], None] | None = None, on_warning: Callable[[str], None] | None = None,
+         progress: bool = False, sync_bn: bool = False,
          devices: int = 1) -> dict:
     """Train a face embedder (triplet or Siamese binary loss) on one folder of photos per person."""
     launched = _launch('face', devices, {k: v for k, v in locals().items() if k != 'devices'})
@@ -257,8 +262,8 @@ def face(data: str | Path | None = None, *, arch: str = "face_embed_small", loss
                                     img_size, val_split, hflip)
         return args, TrainConfig(epochs=epochs or 30, batch_size=identities_per_batch * images_per_identity,
                                  lr=lr or recipe.default_lr(arch), weight_decay=weight_decay, seed=seed,
-                                 workers=workers, monitor="val_auc", val_batch_size=256)
+                                 workers=workers, monitor="val_roc_auc", val_batch_size=256)
 
     run, args, cfg = _start("face", arch, recipe, data=data, out=out, resume=resume, epochs=epochs, device=device,
                             make=make)
-    return _fit(recipe, run, args, cfg, callbacks, on_skip, progress=progress, sync_bn=sync_bn)
+    return _fit(recipe, run, args, cfg, callbacks, on_skip, progress=progress, sync_bn=sync_bn, on_warning=on_warning)

@@ -218,7 +218,14 @@ def stratified_split(labels: list[int], fraction: float, seed: int) -> tuple[lis
     indices = np.arange(len(labels))
     if not 0 < fraction < 1:
         raise UsageError(f"--val-split must be between 0 and 1, got {fraction}")
-    train, val = train_test_split(indices, test_size=fraction, stratify=labels, random_state=seed)
+    counts = np.bincount(np.asarray(labels, dtype=np.int64))
+    classes = int((counts > 0).sum())
+    if (counts == 1).any():
+        raise DataError(f"{int((counts == 1).sum())} class(es) have a single image: holding out a validation image "
+                        "of every class needs at least 2 each; add images or give --val DATA")
+    # small data: at least one validation image per class (scikit-learn refuses a smaller held-out set)
+    size = fraction if fraction * len(labels) >= classes else classes
+    train, val = train_test_split(indices, test_size=size, stratify=labels, random_state=seed)
     return sorted(train.tolist()), sorted(val.tolist())
 
 
