@@ -223,6 +223,7 @@ def test_training_learns_and_the_checkpoint_carries_its_threshold(people_folder,
     assert accuracy_at(d, same, checkpoint["threshold"]) == pytest.approx(checkpoint["verification"]["accuracy"])
 
 
+@pytest.mark.slow  # two training processes; fast: test_binary_pair_loss_by_hand, test_training_learns_*
 def test_cli_binary_loss_then_resume(people_folder, tmp_path):
     run = tmp_path / "cli"
     common = ["--img-size", "32", "-P", "6", "-K", "3"]
