@@ -30,8 +30,8 @@ def choose_providers(device, available: list[str]) -> list:
     spec = "cpu" if device is None else str(device).strip().lower()
     wants_cuda = spec == "auto" or spec.startswith("cuda")
     if wants_cuda and "CUDAExecutionProvider" in available:
-        index = getattr(device, "index", None)
-        if not isinstance(index, int) and ":" in spec:
+        index = None if isinstance(device, str) else getattr(device, "index", None)
+        if index is None and ":" in spec:
             index = int(spec.split(":", 1)[1])
         return [("CUDAExecutionProvider", {"device_id": index or 0}), "CPUExecutionProvider"]
     if spec.startswith("cuda"):

@@ -38,10 +38,14 @@ class TrainConfig:
     scheduler: str = "cosine"
     warmup_epochs: int = 0
     seed: int = 0
-    workers: int = 0
+    workers: int | None = None  # DataLoader worker processes; None: min(4, cores) on CUDA, 0 elsewhere
     val_batch_size: int | None = None  # None: batch_size; 1 for whole images of different sizes
     monitor: str = "val_accuracy"  # the metric that picks best.pt; higher is better, ties go to lower val_loss
-    amp: bool = True  # only takes effect on CUDA
+    amp: bool = True  # mixed precision on CUDA: bf16 where the GPU has it, else fp16 with gradient scaling
+    cpu_bf16: bool = False  # mixed precision on the CPU too (bf16 autocast); off by default: it changes CPU results
+    grad_clip: float | None = None  # clip the gradients' global norm to this (after unscaling); None: no clipping
+    log_every: int | None = None  # steps between progress callbacks (on an accelerator each one is a host sync);
+    # None: every step on the CPU (reading a loss there costs nothing), every 10th on an accelerator
     channels_last: bool = True  # only takes effect on CUDA
     sync_bn: bool = False  # data-parallel on CUDA: batch-norm statistics over the global batch
 
@@ -202,7 +206,12 @@ class Trainer:
             raise UsageError(f"unknown optimizer {cfg.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
         self.optimizer = OPTIMIZERS[cfg.optimizer]([p for p in self.model.parameters() if p.requires_grad], cfg)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(cfg, len(self.train_loader)))
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.on_cuda and cfg.amp)
+        self._sum_dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+        self._log_every = max(1, cfg.log_every or (1 if device.type == "cpu" else 10))
+        self.amp_dtype = amp_dtype(device, cfg)  # None: float32 throughout
+        # gradient scaling is for fp16 only (bf16 has float32's range)
+        self.scaler = torch.amp.GradScaler(device.type if self.on_cuda else "cpu",
+                                           enabled=self.amp_dtype == torch.float16)
         self.state = RunState()
 
     def _wrap(self, model: nn.Module) -> nn.Module:
@@ -215,7 +224,8 @@ class Trainer:
         return nn.parallel.DistributedDataParallel(model, device_ids=[self.device.index] if self.on_cuda else None)
 
     def _loader(self, dataset, *, shuffle: bool, batch_size: int):
-        common = dict(num_workers=self.cfg.workers, pin_memory=self.on_cuda, persistent_workers=self.cfg.workers > 0,
+        workers = default_workers(self.device, self.cfg.workers)
+        common = dict(num_workers=workers, pin_memory=self.on_cuda, persistent_workers=workers > 0,
                       collate_fn=self._collate)
         if not shuffle:  # validation: rank 0 alone goes through all of it
             return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, **common)
@@ -263,6 +273,7 @@ class Trainer:
                 "config": asdict(self.cfg),
                 "args": self.args,
                 "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                 **self.extra_fields,
             },
             **fields,
@@ -282,6 +293,9 @@ class Trainer:
             self.scaler.load_state_dict(meta["scaler"])
         self.state = RunState(epoch=int(meta["epoch"]), best=tuple(meta["best"]), history=list(meta["history"]))
         torch.set_rng_state(meta["torch_rng"])
+        cuda_rng = meta.get("cuda_rng")
+        if cuda_rng and torch.cuda.is_available() and len(cuda_rng) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_rng)
 
     def load_best_into(self, path: Path) -> int:
         """Put best.pt's weights into the model (for the final report); return its epoch."""
@@ -328,21 +342,28 @@ class Trainer:
         self._seed_generator.manual_seed(self.cfg.seed * 1_000_003 + epoch + 500_009)
         self.model.train()
         self.callbacks.on_epoch_start(epoch, self.cfg.epochs, len(self.train_loader))
-        start, seen, loss_sum = time.perf_counter(), 0, 0.0
+        start, seen = time.perf_counter(), 0
+        loss_sum = torch.zeros((), dtype=self._sum_dtype, device=self.device)  # summed on the device: no per-step sync
         for batch_index, (inputs, targets) in enumerate(self.train_loader):
             inputs, targets = self._to_device(inputs), self._to_device(targets)
-            with torch.autocast(device_type="cuda", enabled=self.scaler.is_enabled()):
+            with self._autocast():
                 loss = self.task.loss(self._train_model(inputs), targets)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
+            if self.cfg.grad_clip:
+                self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
             n = _batch_len(targets)
             seen += n
-            loss_sum += loss.item() * n
-            self.callbacks.on_batch(epoch, batch_index + 1, loss.item(),
-                                    seen * self.world / (time.perf_counter() - start))
+            loss_sum += loss.detach().to(self._sum_dtype) * n
+            step = batch_index + 1
+            if step % self._log_every == 0 or step == len(self.train_loader):
+                self.callbacks.on_batch(epoch, step, loss.item(),  # the one host sync per logging interval
+                                        seen * self.world / (time.perf_counter() - start))
+        loss_sum = float(loss_sum)
         totals = distributed.all_reduce_sum(torch.tensor([loss_sum, float(seen)], dtype=torch.float64,
                                                          device=self.device if self.world > 1 else "cpu"))
         loss_sum, seen = float(totals[0]), int(totals[1])
@@ -362,17 +383,21 @@ class Trainer:
     def evaluate(self, loader) -> dict[str, float]:
         self.model.eval()
         state = self.task.start_metrics()
-        loss_sum, seen = 0.0, 0
+        loss_sum, seen = torch.zeros((), dtype=self._sum_dtype, device=self.device), 0
         for inputs, targets in loader:
             inputs, targets = self._to_device(inputs), self._to_device(targets)
-            with torch.autocast(device_type="cuda", enabled=self.scaler.is_enabled()):
+            with self._autocast():
                 outputs = self.model(inputs)
                 loss = self.task.loss(outputs, targets)
             n = _batch_len(targets)
-            loss_sum += loss.item() * n
+            loss_sum += loss.detach().to(self._sum_dtype) * n
             seen += n
             self.task.update_metrics(state, outputs, targets)
-        return {"loss": loss_sum / max(1, seen), **self.task.finish_metrics(state)}
+        return {"loss": float(loss_sum) / max(1, seen), **self.task.finish_metrics(state)}
+
+    def _autocast(self):
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype or torch.float32,
+                              enabled=self.amp_dtype is not None)
 
     def _to_device(self, value):
         if isinstance(value, torch.Tensor):
@@ -394,6 +419,28 @@ class Trainer:
         writer.writeheader()
         writer.writerows(self.state.history)
         atomic_write_text(self.run_dir / "metrics.csv", buffer.getvalue())
+
+
+def amp_dtype(device: torch.device, cfg: TrainConfig):
+    """The autocast dtype training runs at: on CUDA (cfg.amp) bf16 where the GPU has it, else fp16; on the
+    CPU bf16 only with cfg.cpu_bf16; None (float32) otherwise."""
+    if device.type == "cuda" and cfg.amp:
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and cfg.cpu_bf16:
+        return torch.bfloat16
+    return None
+
+
+def default_workers(device: torch.device, workers: int | None) -> int:
+    """`workers` when given; else on CUDA min(4, this process's cores - 1) (a GPU starves on one decoding
+    thread), elsewhere 0 (decoding in the training process: no worker start-up, deterministic, light)."""
+    if workers is not None:
+        return workers
+    if device.type != "cuda":
+        return 0
+    from cvtool.device import cpu_count
+
+    return max(0, min(4, cpu_count() - 1))
 
 
 def _batch_len(targets) -> int:
