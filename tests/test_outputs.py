@@ -118,3 +118,15 @@ def test_a_temp_file_left_by_a_killed_run_is_removed_by_the_next_one(tmp_path):
         names = [p.name for p in tmp_path.iterdir() if p.name.startswith(".c.json.")]
         handle.write("{}")
     assert len(names) == 1 and names[0].startswith(f".c.json.cvtool-{os.getpid()}-")
+
+
+@pytest.mark.parametrize("source, name", [
+    ("photos/cat.jpg", "cat.detect.jpg"),
+    ("https://example.com/img/cat.jpg?size=2&x=/y", "cat.detect.jpg"),
+    ("https://example.com/", "download.detect.jpg"),
+    ("-", "stdin.detect.jpg"),
+])
+def test_output_names_for_files_urls_and_stdin(tmp_path, source, name):
+    from cvtool.io.outputs import OutputNamer
+
+    assert OutputNamer(tmp_path, ".detect.jpg")(source) == tmp_path / name

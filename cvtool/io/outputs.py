@@ -187,6 +187,19 @@ def check_not_input(target: str | Path, input_path: str | None = None) -> None:
                          input_path or target)
 
 
+def output_stem(input_path: str) -> str:
+    """The name an input's outputs start with: the file's stem; for a URL, the stem of its last path part
+    (`https://host/img/cat.jpg?size=2` -> `cat`, `download` when there is none); `stdin` for `-`."""
+    if input_path == "-":
+        return "stdin"
+    if "://" in input_path:
+        from urllib.parse import urlsplit
+
+        stem = Path(urlsplit(input_path).path).stem
+        return safe_name(stem) if stem else "download"
+    return Path(input_path).stem
+
+
 class OutputNamer:
     """`photo.jpg` -> `OUT/photo<suffix>`; a later input with the same stem from another folder gets
     `OUT/photo-<8 hex of its absolute path><suffix>`, so names are stable across re-runs of the same batch."""
@@ -208,11 +221,12 @@ class OutputNamer:
     def _name(self, input_path: str) -> Path:
         if input_path in self._by_input:
             return self._by_input[input_path]
-        source = Path(input_path)
-        candidate = self.out_dir / f"{source.stem}{self.suffix}"
+        stem = output_stem(input_path)
+        candidate = self.out_dir / f"{stem}{self.suffix}"
         if candidate in self._taken:
-            digest = hashlib.sha1(str(source.resolve()).encode()).hexdigest()[:8]
-            candidate = self.out_dir / f"{source.stem}-{digest}{self.suffix}"
+            where = input_path if "://" in input_path else str(Path(input_path).resolve())
+            digest = hashlib.sha1(where.encode()).hexdigest()[:8]
+            candidate = self.out_dir / f"{stem}-{digest}{self.suffix}"
         self._taken.add(candidate)
         self._by_input[input_path] = candidate
         return candidate

@@ -43,6 +43,11 @@ def is_video(path: str | Path) -> bool:
     return Path(path).suffix.lower() in VIDEO_SUFFIXES
 
 
+def is_live(spec: str) -> bool:
+    """A camera (`cam:N`) or a live network stream (RTSP, RTMP, HLS): no end, no "already done"."""
+    return camera_index(spec) is not None or remote.is_live_url(spec)
+
+
 def camera_index(spec: str) -> int | None:
     """`cam:0` -> 0; anything else -> None (a bare `0` is a file name, never a camera)."""
     match = _CAMERA.fullmatch(str(spec))

@@ -40,12 +40,19 @@ class _Prepared:
 
 
 def already_done(pipeline: Pipeline, path: str) -> bool:
-    """For --skip-existing: the input's output exists (for a video, its annotated video; a camera never is)."""
-    from cvtool.io.video import camera_index, is_stream
+    """For --skip-existing: the input's output is there, written by cvtool (for a video, its annotated video;
+    a camera or a live stream never is done)."""
+    from cvtool.io.outputs import written_by_cvtool
+    from cvtool.io.video import is_live, is_stream
 
     if is_stream(path):
-        name = getattr(pipeline, "video_name", None)
-        return camera_index(path) is None and name is not None and name(path).exists()
+        name = getattr(pipeline, "video_name", None)  # None without --out
+        if name is None or is_live(path):
+            return False
+        try:
+            return written_by_cvtool(name(path))
+        except CvtoolError:  # an unusable name is not "done": writing it reports the problem
+            return False
     return pipeline.already_done(path)
 
 

@@ -242,7 +242,12 @@ class _OneImageOut:
         return [str(target)]
 
     def already_done(self, path: str) -> bool:
-        return self.target(path).exists()
+        from cvtool.io.outputs import written_by_cvtool
+
+        try:
+            return written_by_cvtool(self.target(path))
+        except InputError:  # an unusable name is not "done": writing it reports the problem
+            return False
 
 
 class StylizePipeline(_OneImageOut):

@@ -20,7 +20,7 @@ from typing import Any, ContextManager, Iterator
 import numpy as np
 
 from cvtool.errors import CvtoolError, InputError
-from cvtool.io.video import AtomicVideoWriter, camera_index, iter_frames, open_camera, open_video
+from cvtool.io.video import AtomicVideoWriter, camera_index, is_live, iter_frames, open_camera, open_video
 from cvtool.pipelines.base import Pipeline, error_record, result_record
 
 
@@ -115,9 +115,9 @@ def run_video(pipeline: Pipeline, path: str, *, batch_size: int = 16, stride: in
     if not supports_video(pipeline):
         yield emit(error_record(path, getattr(pipeline, "no_video_reason", f"{pipeline.task} does not take videos")))
         return
-    live = camera_index(path) is not None
+    live = is_live(path)  # a camera or a network stream: timestamps from the clock, and Ctrl-C keeps the video
     try:
-        capture, fps = open_camera(path) if live else open_video(path)[:2]
+        capture, fps = open_camera(path) if camera_index(path) is not None else open_video(path)[:2]
     except CvtoolError as exc:
         yield emit(error_record(path, exc.reason))
         return
