@@ -122,6 +122,8 @@ SHARD_OPT = typer.Option(None, "--shard", metavar="K/N", help="Only shard K of N
                          "N processes or machines split one input list, disjointly and completely, with no coordination.")
 RECORDS_OPT = typer.Option(None, "--records", metavar="FILE", help="Append each record to this JSON Lines journal as "
                            "it is produced; a rerun skips the inputs it records as done (errors are retried).")
+HALF_OPT = typer.Option(False, "--half", help="Half precision (autocast): fp16 on CUDA and MPS, bf16 on a CPU with "
+                        "bfloat16 instructions (refused on other CPUs). Agreement with fp32: README, GPUs.")
 THREADS_OPT = typer.Option(None, "--threads", min=0, metavar="N", help="Compute threads (PyTorch, OpenCV, onnxruntime). Default: "
                            "cores / N with --shard K/N, else the libraries' own; 0: the libraries' own.")
 
@@ -155,6 +157,7 @@ def classify(
     shard: Optional[str] = SHARD_OPT,
     records: Optional[Path] = RECORDS_OPT,
     threads: Optional[int] = THREADS_OPT,
+    half: bool = HALF_OPT,
 ) -> None:
     """Classify images: top-k labels with probabilities, one record per image (per frame of a video)."""
     shard_of = _scale(shard, records, threads)
@@ -166,7 +169,7 @@ def classify(
         from cvtool.api import Classifier
 
         task = Classifier(model, weights=weights, top_k=top_k, device=device, backend=backend, max_pixels=max_pixels,
-                          **_loading())
+                          half=half, **_loading())
         info(task.describe())
         code = _run_batch(task, images, recursive=recursive, out=out, skip_existing=skip_existing,
                           batch_size=batch_size, workers=workers, fmt=fmt, vid_stride=vid_stride, shard=shard_of,
@@ -283,6 +286,7 @@ def detect(
     shard: Optional[str] = SHARD_OPT,
     records: Optional[Path] = RECORDS_OPT,
     threads: Optional[int] = THREADS_OPT,
+    half: bool = HALF_OPT,
 ) -> None:
     """Detect objects: boxes in the input's own pixel coordinates, labels and scores; annotated images (or
     videos) with --out."""
@@ -302,7 +306,7 @@ def detect(
         task = Detector(model, weights=weights, conf=conf, iou=iou, classes=_csv(classes or "") or None,
                         max_det=max_det, keypoints=keypoints, save_crops=save_crops, save_txt=save_txt, device=device,
                         backend=backend,
-                        max_pixels=max_pixels, **_loading())
+                        max_pixels=max_pixels, half=half, **_loading())
         info(task.describe())
         code = _run_batch(task, images, recursive=recursive, out=out, skip_existing=skip_existing,
                           batch_size=batch_size, workers=workers, fmt=fmt, vid_stride=vid_stride, shard=shard_of,
@@ -338,6 +342,7 @@ def segment(
     shard: Optional[str] = SHARD_OPT,
     records: Optional[Path] = RECORDS_OPT,
     threads: Optional[int] = THREADS_OPT,
+    half: bool = HALF_OPT,
 ) -> None:
     """Segment images: a class per pixel; with --out an indexed mask PNG and a colour overlay per image (an
     overlaid video per video)."""
@@ -354,7 +359,7 @@ def segment(
 
         task = Segmenter(model, weights=weights, alpha=alpha, classes=_csv(classes or "") or None, save_mask=save_mask,
                          tile=tile, overlap=overlap, tile_batch=batch_size, device=device, backend=backend,
-                         max_pixels=max_pixels, **_loading())
+                         max_pixels=max_pixels, half=half, **_loading())
         info(task.describe())
         code = _run_batch(task, images, recursive=recursive, out=out, skip_existing=skip_existing,
                           batch_size=batch_size, workers=workers, fmt=fmt, vid_stride=vid_stride, shard=shard_of,
@@ -402,6 +407,7 @@ def stylize(
     shard: Optional[str] = SHARD_OPT,
     records: Optional[Path] = RECORDS_OPT,
     threads: Optional[int] = THREADS_OPT,
+    half: bool = HALF_OPT,
 ) -> None:
     """Neural style transfer (Gatys et al.): optimise an image to keep the content and take on the style."""
     shard_of = _scale(shard, records, threads)
@@ -412,7 +418,7 @@ def stylize(
 
         if model is not None:  # feed-forward: every positional is a content image or video
             task = Stylizer(model, size=size, tile=tile, overlap=overlap, device=device, backend=backend,
-                            **_loading())
+                            half=half, **_loading())
             info(task.describe())
             code = _run_batch(task, images, recursive=False, out=out, skip_existing=skip_existing, batch_size=1,
                               workers=1, fmt=fmt, vid_stride=vid_stride, shard=shard_of, records=records)
@@ -427,7 +433,7 @@ def stylize(
                 content_layer=content_layer, style_layers=tuple(_csv(style_layers)), init=init, optimizer=optimizer,
                 style_layer_weights=tuple(map(float, _csv(style_layer_weights))) if style_layer_weights else None,
                 lr=lr, pool=pool, preserve_color=preserve_color, scales=scales, seed=seed,
-                style_blend=tuple(map(float, _csv(style_blend))) if style_blend else None, **_loading(),
+                style_blend=tuple(map(float, _csv(style_blend))) if style_blend else None, half=half, **_loading(),
             )
             info(task.describe())
             code = _run_batch(task, contents, recursive=False, out=out, skip_existing=skip_existing, batch_size=1,
@@ -470,6 +476,7 @@ def verify_face(
     shard: Optional[str] = SHARD_OPT,
     records: Optional[Path] = RECORDS_OPT,
     threads: Optional[int] = THREADS_OPT,
+    half: bool = HALF_OPT,
 ) -> None:
     """Face verification (are A and B the same person?), one-shot identification against a gallery, and
     threshold calibration; each verdict shows the distance, the threshold, the detector and the model."""
@@ -497,7 +504,7 @@ def verify_face(
 
         verifier = FaceVerifier(model, weights=weights, detector=detector, upsample=upsample, min_face=min_face,
                                 threshold=threshold,
-                                device=device, backend=backend, max_pixels=max_pixels, **_loading())
+                                device=device, backend=backend, max_pixels=max_pixels, half=half, **_loading())
         info(verifier.describe())
         if calibrate is not None:
             report = verifier.calibrate(calibrate)
