@@ -196,6 +196,12 @@ def _load(model: str | None, *, task: str, weights, device: str, backend: str, d
     from cvtool.models import onnx_backend
 
     set_threads(threads)  # before any session is made: onnxruntime fixes its pool then
+    if backend == "auto":  # the cached ONNX export, found without importing torch; else what auto means here
+        cached, backend = (None, "torch") if half else onnx_backend.resolve_auto(
+            model, task=task, weights=weights, device=device, default=default)
+        if cached is not None:
+            cached.half = None
+            return cached
     where = resolve_device(device)
     if half and backend != "torch":
         raise UsageError("--half is for --backend torch; for onnxruntime export a half model: cvtool export --half")
@@ -211,6 +217,8 @@ def _load(model: str | None, *, task: str, weights, device: str, backend: str, d
 def describe_loaded(loaded) -> str:
     """`resnet18 on cpu, weights resnet18-f37072fd.pth (sha256 f37072fd4e0b)`: the line the CLI logs."""
     where = "onnxruntime" if loaded.backend == "onnxruntime" else loaded.device
+    if loaded.meta.get("backend_choice"):  # `--backend auto` took the cached export
+        where = f"{where} ({loaded.meta['backend_choice']})"
     return f"{loaded.name} on {where}, weights {Path(loaded.weights_path).name} (sha256 {loaded.weights_sha256[:12]})"
 
 
@@ -690,7 +698,7 @@ class FaceVerifier:
 
     def __init__(self, model: str | None = None, *, weights: str | Path | None = None, detector: str = "mmod",
                  upsample: int | None = None, min_face: float = 40, threshold: float | None = None, device: str = "auto",
-                 backend: str = "torch", max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = False,
+                 backend: str = "auto", max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = False,
                  on_export: Callable[[Path], None] | None = None, threads: int | None = None, half: bool = False):
         from cvtool.pipelines import face as task
 
@@ -698,7 +706,7 @@ class FaceVerifier:
                             default=task.DEFAULT_EMBEDDER, progress=progress, on_export=on_export, threads=threads,
                             half=half)
         self.engine = task.FaceEngine(self.loaded, detector=detector, upsample=upsample, threshold=threshold,
-                                      max_pixels=max_pixels, min_face=min_face)
+                                      max_pixels=max_pixels, min_face=min_face, on_export=on_export)
         self._lock = threading.Lock()
 
     @property

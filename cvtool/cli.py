@@ -466,8 +466,8 @@ def verify_face(
     fmt: Optional[OutputFormat] = FORMAT_OPT,
     batch_size: int = typer.Option(4, "--batch-size", "-b", min=1, help="Images per pass (with --gallery)."),
     device: str = DEVICE_OPT,
-    backend: str = typer.Option("torch", "--backend", help="The embedder on torch, or onnxruntime (exported once into "
-                                "the cache; the detector stays on torch)."),
+    backend: str = typer.Option("auto", "--backend", help="auto (the ONNX exports an earlier run cached, no torch; "
+                                "else exported now), onnxruntime (detector CNN and embedder), or torch."),
     vid_stride: int = VID_STRIDE_OPT,
     recursive: bool = RECURSIVE_OPT,
     skip_existing: bool = SKIP_OPT,

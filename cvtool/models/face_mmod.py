@@ -12,7 +12,6 @@ Layout and measurements: ../shared/specs/dlib-model-formats.md section 4.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -22,20 +21,35 @@ from torch import nn
 
 from cvtool.errors import InputError, WeightsError
 from cvtool.models import contract
+from cvtool.models.dlib.mmod import (  # noqa: F401 - the torch-free half, shared with onnxruntime
+    CONVS as _CONVS,
+    DEFAULT_DETECT_PIXELS,
+    DEFAULT_MIN_FACE,
+    DLIB_MEAN_RGB,
+    MIN_LEVEL_HEIGHT,
+    MMOD_FILE,
+    NATIVE_MIN_FACE,
+    NMS_IOU,
+    OUTER_PADDING,
+    PYRAMID_PADDING,
+    PYRAMID_RATE,
+    WINDOW,
+    _overlaps,
+    cell_to_canvas,
+    cells_to_boxes,
+    decode,
+    detect_scaled,
+    detection_scale,
+    lround as _lround,
+    mmod_nms,
+    output_size,
+    pyramid_rects,
+    split_scale,
+)
 from cvtool.models.registry import ModelEntry, register
 from cvtool.ops.preprocess import Preprocess
 
-MMOD_FILE = "mmod_human_face_detector.dat"
 ARCH_TOKENS = ["con"] + ["relu", "bn", "con"] * 6  # outermost first: the score conv, then 6 x (relu(bn(conv)))
-DLIB_MEAN_RGB = (122.782, 117.001, 104.298)
-WINDOW = (80, 80)  # detector window (width, height) in canvas pixels
-NMS_IOU = 0.3382761351109955  # the file's overlaps_nms; its percent-covered threshold is 1.0 (never fires)
-PYRAMID_PADDING, OUTER_PADDING = 10, 11
-PYRAMID_RATE = 5.0 / 6.0  # pyramid_down<6>
-MIN_LEVEL_HEIGHT = 5
-# (in, out, kernel, stride, padding): three downsampling convs, three 45-channel convs, the 9x9 scorer.
-_CONVS = [(3, 16, 5, 2, 0), (16, 32, 5, 2, 0), (32, 32, 5, 2, 0), (32, 45, 5, 1, 2), (45, 45, 5, 1, 2),
-          (45, 45, 5, 1, 2), (45, 1, 9, 1, 4)]
 NUM_PARAMS = sum(o * i * k * k + o for i, o, k, _, _ in _CONVS)
 
 
@@ -60,16 +74,12 @@ class MmodNet(nn.Module):
         return self.body(canvas.contiguous(memory_format=torch.channels_last))  # faster CPU convs, same values
 
     def output_size(self, n: int) -> int:
-        for _, _, k, s, p in _CONVS:
-            n = (n + 2 * p - k) // s + 1
-        return n
+        return output_size(n)
 
     @staticmethod
     def cell_to_canvas(i: np.ndarray) -> np.ndarray:
         """Score-map index -> canvas pixel at the centre of its receptive field (8 i + 14 for this net)."""
-        for _, _, k, s, p in reversed(_CONVS):
-            i = i * s - p + k // 2
-        return i
+        return cell_to_canvas(i)
 
 
 def mmod_state_dict_from_dlib(path: str | Path) -> dict[str, torch.Tensor]:
@@ -108,46 +118,6 @@ def mmod_state_dict_from_dlib(path: str | Path) -> dict[str, torch.Tensor]:
 # --- the tiled image pyramid ----------------------------------------------------------------------------
 
 
-def pyramid_rects(height: int, width: int, pad: int = PYRAMID_PADDING, outer: int = OUTER_PADDING):
-    """dlib's tiled pyramid layout: canvas (rows, cols) and one inclusive (l, t, r, b) rect per level."""
-    sizes = []
-    h, w = height, width
-    while h * w > 0:
-        sizes.append((h, w))
-        h, w = math.floor(PYRAMID_RATE * h), math.floor(PYRAMID_RATE * w)
-        if h < MIN_LEVEL_HEIGHT:
-            break
-    if not sizes:
-        return (0, 0), []
-    h0, w0 = sizes[0]
-    total_h = sum(h + pad for h, _ in sizes) - 2 * pad
-    canvas_h, prev_w = 0, 0
-    for h, w in sizes:  # the first column holds levels until the rest fit beside them
-        if w <= w0 - prev_w - pad and (canvas_h - h0) * 2 >= total_h - h0:
-            break
-        canvas_h += h + pad
-        prev_w = w
-    canvas_h -= pad
-    rects = []
-    y, i = outer, 0
-    while y < canvas_h + outer and i < len(sizes):
-        h, w = sizes[i]
-        rects.append((outer, y, outer + w - 1, y + h - 1))
-        y += h + pad
-        i += 1
-    y -= pad
-    first = rects[0]
-    while i < len(sizes):  # second column: right-aligned, stacked upwards from the bottom
-        h, w = sizes[i]
-        rect = (outer + w0 - w, y - h, outer + w0 - 1, y - 1)
-        if rect[0] <= first[2] and first[0] <= rect[2] and rect[1] <= first[3] and first[1] <= rect[3]:
-            break
-        rects.append(rect)
-        y -= h + pad
-        i += 1
-    return (canvas_h + 2 * outer, w0 + 2 * outer), rects
-
-
 def build_canvas(image: torch.Tensor, mean: torch.Tensor, shape, rects) -> torch.Tensor:
     """3 x H x W uint8/float image -> normalised 3 x rows x cols canvas; level i is level i-1 resized (bilinear,
     align-corners, as dlib does in tensor space)."""
@@ -172,56 +142,6 @@ def pyramid_up(image: torch.Tensor) -> torch.Tensor:
 
 
 # --- boxes --------------------------------------------------------------------------------------------------
-
-
-def _lround(x: np.ndarray) -> np.ndarray:
-    return (np.sign(x) * np.floor(np.abs(x) + 0.5)).astype(np.int64)
-
-
-def cells_to_boxes(rows: np.ndarray, cols: np.ndarray, rects) -> np.ndarray:
-    """Score-map cells -> real-valued (l, t, r, b) windows in the pyramid's level-0 (input image) pixels."""
-    x = MmodNet.cell_to_canvas(cols.astype(np.int64))
-    y = MmodNet.cell_to_canvas(rows.astype(np.int64))
-    half_w, half_h = (WINDOW[0] - 1) / 2, (WINDOW[1] - 1) / 2
-    boxes = np.stack([x - half_w, y - half_h, x + half_w, y + half_h], axis=1).astype(np.float64)
-    r = np.asarray(rects, dtype=np.int64)  # (L, 4)
-    px, py = x[:, None], y[:, None]  # window centres are whole pixels already
-    inside = (px >= r[:, 0]) & (px <= r[:, 2]) & (py >= r[:, 1]) & (py <= r[:, 3])
-    dx = np.maximum(np.maximum(r[:, 0] - px, px - r[:, 2]), 0)
-    dy = np.maximum(np.maximum(r[:, 1] - py, py - r[:, 3]), 0)
-    nearest = np.argmin(dx.astype(np.float64) ** 2 + dy**2, axis=1)  # first rect wins ties
-    level = np.where(inside.any(axis=1), inside.argmax(axis=1), nearest)
-    boxes -= np.tile(r[level, :2], 2)  # (left, top, left, top) of the level's rect
-    for step in range(int(level.max(initial=0))):  # pyramid_down<6>::point_up once per level
-        up = level > step
-        boxes[up] = boxes[up] * (6.0 / 5.0) + 0.3
-    return boxes
-
-
-def _overlaps(box: np.ndarray, kept: np.ndarray, iou: float) -> bool:
-    """dlib's test_box_overlap on inclusive integer boxes: intersection / bounding box of both > iou."""
-    if not len(kept):
-        return False
-    iw = np.minimum(box[2], kept[:, 2]) - np.maximum(box[0], kept[:, 0]) + 1
-    ih = np.minimum(box[3], kept[:, 3]) - np.maximum(box[1], kept[:, 1]) + 1
-    inner = np.where((iw > 0) & (ih > 0), iw * ih, 0)
-    ow = np.maximum(box[2], kept[:, 2]) - np.minimum(box[0], kept[:, 0]) + 1
-    oh = np.maximum(box[3], kept[:, 3]) - np.minimum(box[1], kept[:, 1]) + 1
-    area_a = (box[2] - box[0] + 1) * (box[3] - box[1] + 1)
-    area_b = (kept[:, 2] - kept[:, 0] + 1) * (kept[:, 3] - kept[:, 1] + 1)
-    hit = (inner > 0) & ((inner / (ow * oh) > iou) | (inner / area_a > 1.0) | (inner / area_b > 1.0))
-    return bool(hit.any())
-
-
-def mmod_nms(boxes: np.ndarray, scores: np.ndarray, iou: float = NMS_IOU) -> tuple[np.ndarray, np.ndarray]:
-    """Greedy, highest score first; boxes are rounded (lround) before the test and kept as integers."""
-    order = np.argsort(-scores, kind="stable")
-    rounded = _lround(boxes[order])
-    kept: list[int] = []
-    for j in range(len(order)):
-        if not _overlaps(rounded[j], rounded[kept], iou):
-            kept.append(j)
-    return rounded[kept], scores[order][kept]
 
 
 # --- the detector -----------------------------------------------------------------------------------------
@@ -286,58 +206,7 @@ class MmodFaceDetector:
         return tensor, shape, rects
 
     def _decode(self, score_map: torch.Tensor, rects, upsample: int, threshold: float) -> list[tuple]:
-        hits = torch.nonzero(score_map > threshold)
-        if not len(hits):
-            return []
-        scores = score_map[hits[:, 0], hits[:, 1]].double().cpu().numpy()
-        hits = hits.cpu().numpy()
-        boxes, scores = mmod_nms(cells_to_boxes(hits[:, 0], hits[:, 1], rects), scores)
-        for _ in range(upsample):  # pyramid_down<2>::rect_down back to the caller's pixels
-            boxes = _lround(boxes / 2.0 - np.array([1.25, 0.75, 1.25, 0.75]))
-        return [(int(l), int(t), int(r), int(b), float(s)) for (l, t, r, b), s in zip(boxes, scores)]
-
-
-NATIVE_MIN_FACE = 80  # px: the detector window; smaller faces are found only in an enlarged image
-DEFAULT_MIN_FACE = 40  # px: what `auto` upsampling aims to find (dlib's own default: upsample once)
-DEFAULT_DETECT_PIXELS = 9_000_000  # the enlarged image's pixel budget (a 1920x1080 photo doubled: 8.3 M)
-
-
-def detection_scale(height: int, width: int, min_face: float = DEFAULT_MIN_FACE,
-                    max_pixels: int = DEFAULT_DETECT_PIXELS) -> float:
-    """The factor to resize an image by so that faces of `min_face` px become the detector's native 80 px,
-    capped so that the resized image holds at most `max_pixels` (then smaller faces are missed: the cap
-    wins over min_face). Below 1 the image is reduced (its smallest wanted faces are larger than 80 px)."""
-    if min_face <= 0:
-        raise ValueError("min_face must be positive")
-    wanted = NATIVE_MIN_FACE / float(min_face)
-    budget = math.sqrt(max_pixels / max(1, height * width))
-    return min(wanted, budget)
-
-
-def split_scale(scale: float, max_doublings: int = 3) -> tuple[float, int]:
-    """scale = resize * 2**doublings with resize in [1, 2) (or < 1 when shrinking): dlib's exact pyramid_up
-    does the doublings and a plain resize the rest; a resize within 2% of 1 is skipped."""
-    doublings = 0
-    while doublings < max_doublings and scale / 2 ** (doublings + 1) >= 1 - 1e-9:
-        doublings += 1
-    resize = scale / 2**doublings
-    return (1.0 if abs(resize - 1) <= 0.02 else resize), doublings
-
-
-def detect_scaled(detector: "MmodFaceDetector", image: np.ndarray, scale: float,
-                  threshold: float = 0.0) -> list[tuple]:
-    """Faces in one RGB image searched at `scale` (see split_scale), as (l, t, r, b, score) in its own pixels."""
-    import cv2
-
-    resize, doublings = split_scale(scale)
-    if resize != 1.0:
-        h, w = image.shape[:2]
-        size = (max(1, round(w * resize)), max(1, round(h * resize)))
-        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA if resize < 1 else cv2.INTER_LINEAR)
-    boxes = detector.detect([image], upsample=doublings, threshold=threshold)[0]
-    if resize == 1.0:
-        return boxes
-    return [(l / resize, t / resize, r / resize, b / resize, score) for l, t, r, b, score in boxes]
+        return decode(score_map.float().cpu().numpy(), rects, upsample, threshold)
 
 
 def load_mmod_net(device: torch.device | str | None = None) -> MmodNet:

@@ -19,6 +19,8 @@ from cvtool.cache import cache_root, load_verified, write_verified
 from cvtool.errors import UsageError, WeightsError
 from cvtool.models.onnx_session import FORMAT, FORMAT_VERSION, METADATA_KEY, make_session
 
+BACKENDS = ("auto", "torch", "onnxruntime")
+
 
 class OnnxNetwork:
     """An onnxruntime session with the call the pipelines make on an nn.Module: a float batch in, tensor(s) out.
@@ -36,18 +38,23 @@ class OnnxNetwork:
         self.size_multiple = int(meta["input"].get("multiple") or 1)
 
     def __call__(self, batch):
-        import numpy as np
         import torch
 
         if self.fixed_size is not None and tuple(batch.shape[-2:]) != self.fixed_size:
             h, w = self.fixed_size
             raise UsageError(f"{self.source}: this ONNX file takes {h}x{w} inputs only, not "
                              f"{batch.shape[-2]}x{batch.shape[-1]}; export it without --img-size, or use --tile {h}")
-        array = batch.detach().to("cpu", torch.float32).contiguous().numpy()
+        outputs = [torch.from_numpy(out) for out in self.run(batch.detach().to("cpu", torch.float32).contiguous().numpy())]
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+    def run(self, array) -> list:
+        """A float32 NumPy batch in, the graph's outputs as NumPy arrays (no torch: the face chain's call)."""
+        import numpy as np
+
+        array = np.ascontiguousarray(array, dtype=np.float32)
         step = self.fixed_batch or len(array)
         chunks = [self.session.run(None, {self.input_name: array[i : i + step]}) for i in range(0, len(array), step)]
-        outputs = [torch.from_numpy(np.concatenate(parts)) for parts in zip(*chunks)]
-        return outputs[0] if len(outputs) == 1 else tuple(outputs)
+        return [np.concatenate(parts) for parts in zip(*chunks)]
 
     def eval(self):
         return self
@@ -70,7 +77,12 @@ def read_metadata(path: str | Path, data: bytes | None = None) -> dict:
         proto = onnx.load_from_string(data)
     except Exception:  # noqa: BLE001 - protobuf's decode errors
         raise WeightsError("not an ONNX file (unrecognised content)", path) from None
-    props = {p.key: p.value for p in proto.metadata_props}
+    return check_metadata({p.key: p.value for p in proto.metadata_props}, path)
+
+
+def check_metadata(props: dict, path) -> dict:
+    """cvtool's metadata from a file's metadata_props (onnx's or an onnxruntime session's): a WeightsError
+    naming the file when it has none, or a format this cvtool does not understand."""
     try:
         meta = json.loads(props[METADATA_KEY])
     except (KeyError, ValueError):
@@ -148,9 +160,13 @@ def to_onnxruntime(loaded, *, device=None, img_size: int | None = None, on_expor
     data = load_verified(path, source)
     if data is not None:
         try:
-            return open_onnx(path, task=loaded.task, device=device, weights_sha256=loaded.weights_sha256, data=data)
+            opened = open_onnx(path, task=loaded.task, device=device, weights_sha256=loaded.weights_sha256, data=data)
         except WeightsError:
             pass  # verified bytes this onnxruntime cannot load (another version wrote them): export again
+        else:
+            if img_size is None and source is not None:
+                _write_pointer(source, loaded.task, path, loaded.weights_sha256)
+            return opened
     if on_export is not None:
         on_export(path)
     data = export_checked(loaded, img_size=img_size, dynamic_batch=True).data
@@ -158,7 +174,133 @@ def to_onnxruntime(loaded, *, device=None, img_size: int | None = None, on_expor
         write_verified(path, data, source)
     except OSError:
         pass  # a read-only cache costs a re-export next time, not this run
-    return open_onnx(path, task=loaded.task, device=device, weights_sha256=loaded.weights_sha256, data=data)
+    opened = open_onnx(path, task=loaded.task, device=device, weights_sha256=loaded.weights_sha256, data=data)
+    if img_size is None and source is not None:
+        _write_pointer(source, loaded.task, path, loaded.weights_sha256)
+    return opened
+
+
+# -- finding a cached export without PyTorch ------------------------------------------------------------------
+# to_onnxruntime leaves a pointer beside its export, keyed by the weights file and task, so that a later run
+# can find the export knowing only the weights file (no registry, no torch): `cached_onnx`.
+
+
+def _pointer_path(weights_path: str | Path, task: str) -> Path:
+    key = json.dumps([str(Path(weights_path).resolve()), task])
+    return cache_root() / "onnx" / "by-weights" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+
+
+def _versions() -> dict:
+    import onnxruntime
+
+    from cvtool import __version__
+
+    return {"cvtool": __version__, "onnxruntime": onnxruntime.__version__, "format_version": FORMAT_VERSION}
+
+
+def _write_pointer(weights_path, task: str, export: Path, weights_sha256: str) -> None:
+    record = {"export": export.name, "weights_sha256": weights_sha256, **_versions()}
+    try:
+        write_verified(_pointer_path(weights_path, task), json.dumps(record).encode())
+    except OSError:
+        pass  # a read-only cache: the next run converts again
+
+
+def cached_export(weights_path: str | Path, task: str) -> tuple[Path, bytes, str] | None:
+    """(export path, its verified bytes, the weights' sha256) of the cached export of `weights_path` for
+    `task`, when to_onnxruntime made one with this cvtool and onnxruntime, it still hashes as written and
+    the weights file still hashes as it did then; else None. Imports no torch."""
+    weights_path = Path(weights_path)
+    if not weights_path.is_file():
+        return None
+    raw = load_verified(_pointer_path(weights_path, task))
+    try:
+        record = json.loads(raw) if raw is not None else None
+    except ValueError:
+        record = None
+    if not isinstance(record, dict) or any(record.get(k) != v for k, v in _versions().items()):
+        return None
+    path = cache_root() / "onnx" / Path(str(record.get("export", ""))).name
+    data = load_verified(path, weights_path)
+    if data is None:
+        return None
+    return path, data, str(record.get("weights_sha256"))
+
+
+def cached_onnx(weights_path: str | Path, task: str, *, device=None):
+    """A LoadedModel on onnxruntime from the cached export of `weights_path` (see cached_export), made without
+    importing torch (its entry is looked up only if a caller asks for its contract); None when there is none."""
+    found = cached_export(weights_path, task)
+    if found is None:
+        return None
+    path, data, sha = found
+    try:
+        return open_onnx_array(path, data, task=task, device=device, weights_sha256=sha,
+                               choice="cached export")
+    except WeightsError:
+        return None  # verified bytes this onnxruntime cannot load: the caller converts again
+
+
+def open_onnx_array(path: str | Path, data: bytes, *, task: str | None, device=None, weights_sha256: str | None = None,
+                    choice: str | None = None):
+    """open_onnx without torch: metadata read from the session, the device the string "cpu", the entry
+    looked up lazily. For callers that run the network on NumPy arrays (`module.run`): the face chain."""
+    from cvtool.models.loading import LoadedModel
+    from cvtool.ops.preprocess import Preprocess
+
+    session = make_session(data, device=device, source=str(path))
+    meta = check_metadata(session.get_modelmeta().custom_metadata_map, path)
+    if task is not None and meta["task"] != task:
+        raise UsageError(f"{path}: an ONNX {meta['task']} model, not a {task} model")
+    return LoadedModel(
+        name=meta["arch"],
+        task=meta["task"],
+        module=OnnxNetwork(session, meta, str(path)),
+        preprocess=Preprocess.from_dict(meta["preprocess"]),
+        classes=list(meta["classes"]),
+        weights_path=str(path),
+        weights_sha256=weights_sha256 or hashlib.sha256(data).hexdigest(),
+        device="cpu",
+        meta={"backend_choice": choice} if choice else {},
+        backend="onnxruntime",
+    )
+
+
+def cuda_visible() -> bool:
+    """Whether this machine shows an NVIDIA GPU (without importing torch): `--backend auto` leaves such
+    machines to PyTorch, whose CUDA path the ONNX cache does not cover."""
+    import os
+
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    try:
+        return any(Path("/proc/driver/nvidia/gpus").iterdir())
+    except OSError:
+        return False
+
+
+# Tasks whose whole chain runs on NumPy arrays, so that onnxruntime spares them importing torch: `--backend
+# auto` runs them from the cached export (converting and exporting on first use); everything else stays on torch.
+TORCH_FREE_TASKS = ("face-embed",)
+
+
+def resolve_auto(name: str | None, *, task: str, weights: str | Path | None, device: str, default: str | None):
+    """`--backend auto` before anything imports torch: (a LoadedModel from the cached export, or None; the
+    backend to load with otherwise). The cached export is used when it exists and is hash-valid for these
+    weights, on the CPU (device cpu, or auto on a machine without an NVIDIA GPU)."""
+    if task not in TORCH_FREE_TASKS or str(device) not in ("cpu", "auto") or (device == "auto" and cuda_visible()):
+        return None, "torch"
+    if weights is not None and Path(weights).suffix.lower() == ".onnx":
+        return None, "onnxruntime"  # the file itself, opened by load()
+    if weights is None:
+        from cvtool.models.dlib.convert import converted_path
+
+        path = converted_path(name or default)
+        if path is None:
+            return None, "torch"
+    else:
+        path = Path(weights)
+    return cached_onnx(path, task), "onnxruntime"
 
 
 def load(name: str | None, *, task: str, weights: str | Path | None, device, backend: str, default: str | None = None,
@@ -171,13 +313,15 @@ def load(name: str | None, *, task: str, weights: str | Path | None, device, bac
 
     from cvtool.models.loading import load_model
 
-    if backend not in ("torch", "onnxruntime"):
-        raise UsageError(f"unknown backend {backend!r}; use torch or onnxruntime")
+    if backend not in BACKENDS:
+        raise UsageError(f"unknown backend {backend!r}; use auto, torch or onnxruntime")
     if weights is not None and Path(weights).suffix.lower() == ".onnx":
         loaded = open_onnx(weights, task=task, device=device)
         if name and name != loaded.name:
             raise UsageError(f"{weights}: exported from {loaded.name!r}, not {name!r}; drop --model")
         return loaded
+    if backend == "auto":
+        backend = resolve_auto(name, task=task, weights=weights, device="cpu", default=default)[1]
     if backend == "torch":
         return load_model(name, task=task, weights=weights, device=device, progress=progress, default=default)
     loaded = load_model(name, task=task, weights=weights, device=torch.device("cpu"), progress=progress, default=default)

@@ -92,29 +92,54 @@ class _AutoUpsampleMmod:
     """dlib's CNN finds faces from about 80 px. By default (upsample None: auto) each image is searched at
     the scale that makes `min_face` px faces 80 px (doubled once for the default 40 px), within a pixel
     budget (`detect_pixels`, so a large photo is searched at a reduced size: faces there are big); boxes
-    are mapped back. An explicit `upsample` N doubles every image N times, as dlib does."""
+    are mapped back. An explicit `upsample` N doubles every image N times, as dlib does.
+
+    backend "onnxruntime": the network is the export cached by cvtool (made on first use), the pyramid and
+    NMS the same NumPy as PyTorch's detector (cvtool/models/dlib/mmod.py): no torch is imported."""
 
     def __init__(self, device, upsample: int | None, min_face: float = DEFAULT_MIN_FACE,
-                 detect_pixels: int | None = None):
-        from cvtool.models.face_mmod import DEFAULT_DETECT_PIXELS, MmodFaceDetector
+                 detect_pixels: int | None = None, backend: str = "torch", on_export=None):
+        from cvtool.models.dlib.mmod import DEFAULT_DETECT_PIXELS
 
-        self.detector = MmodFaceDetector.pretrained(device)
+        if backend == "onnxruntime":
+            self.detector = _mmod_onnx(on_export)
+        else:
+            from cvtool.models.face_mmod import MmodFaceDetector
+
+            self.detector = MmodFaceDetector.pretrained(device)
         self.upsample = upsample
         self.min_face = min_face
         self.detect_pixels = detect_pixels or DEFAULT_DETECT_PIXELS
 
     def scale(self, height: int, width: int) -> float:
-        from cvtool.models.face_mmod import detection_scale
+        from cvtool.models.dlib.mmod import detection_scale
 
         if self.upsample is not None:
             return float(2**self.upsample)
         return detection_scale(height, width, self.min_face, self.detect_pixels)
 
     def detect(self, images: list[np.ndarray]) -> list[list[tuple]]:
-        from cvtool.models.face_mmod import detect_scaled
+        from cvtool.models.dlib.mmod import detect_scaled
 
         # sizes differ per photo, so each is its own canvas anyway
         return [detect_scaled(self.detector, rgb, self.scale(*rgb.shape[:2])) for rgb in images]
+
+
+def _mmod_onnx(on_export=None):
+    """dlib's detector on onnxruntime: the cached export of its network (no torch), else exported now."""
+    from cvtool.models.dlib.convert import converted_path
+    from cvtool.models.dlib.mmod import MmodArrayDetector
+    from cvtool.models.onnx_backend import cached_onnx
+
+    path = converted_path("dlib_mmod_face")
+    net = cached_onnx(path, "face-detect") if path is not None else None
+    if net is None:
+        from cvtool.models.loading import load_model
+        from cvtool.models.onnx_backend import to_onnxruntime
+
+        net = to_onnxruntime(load_model("dlib_mmod_face", task="face-detect", progress=False), on_export=on_export)
+    run = net.module.run
+    return MmodArrayDetector(lambda canvases: run(canvases)[0])
 
 
 def _mmod(device, upsample, **options):
@@ -135,7 +160,7 @@ class FaceEngine:
 
     def __init__(self, embedder: LoadedModel, *, detector: str = "mmod", upsample: int | None = None,
                  threshold: float | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 min_face: float = DEFAULT_MIN_FACE, detect_pixels: int | None = None):
+                 min_face: float = DEFAULT_MIN_FACE, detect_pixels: int | None = None, on_export=None):
         from cvtool.models.dlib.shape_predictor import load_shape_predictor
 
         if detector not in FACE_DETECTORS:
@@ -144,8 +169,10 @@ class FaceEngine:
         self.detector_name = detector
         if min_face <= 0:
             raise UsageError(f"--min-face {min_face}: must be a positive size in pixels")
+        # the detector runs where the embedder does: onnxruntime keeps the whole chain free of torch
         self.detector = FACE_DETECTORS[detector](embedder.device, upsample, min_face=min_face,
-                                                 detect_pixels=detect_pixels)
+                                                 detect_pixels=detect_pixels, backend=embedder.backend,
+                                                 on_export=on_export)
         self.landmarks = load_shape_predictor("5")
         self.threshold = threshold if threshold is not None else embedder_threshold(embedder)
         self.max_pixels = max_pixels
@@ -187,8 +214,6 @@ class FaceEngine:
     def describe(self, images: list[np.ndarray], faces: list[list[Face]], names: list[str] | None = None) -> None:
         """Fill every face's descriptor, one forward pass for all of them. A descriptor that is not finite,
         or whose length is outside what the embedder produces, raises InputError naming the image."""
-        import torch
-
         from cvtool.ops.face_align import chip_details, extract_chip
 
         chips, owners = [], []
@@ -198,9 +223,14 @@ class FaceEngine:
                 owners.append(face)
         if not chips:
             return
-        with torch.inference_mode():
-            batch = torch.from_numpy(np.stack(chips)).to(self.embedder.device)
-            out = self.embedder.module(batch).float().cpu().numpy()
+        if self.embedder.backend == "onnxruntime":
+            out = self.embedder.module.run(np.stack(chips))[0].astype(np.float32, copy=False)
+        else:
+            import torch
+
+            with torch.inference_mode():
+                batch = torch.from_numpy(np.stack(chips)).to(self.embedder.device)
+                out = self.embedder.module(batch).float().cpu().numpy()
         for face, descriptor in zip(owners, out):
             face.descriptor = descriptor
         for k, image_faces in enumerate(faces):

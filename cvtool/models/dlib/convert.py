@@ -107,6 +107,83 @@ def converted_state_dict(dat_path: str | Path, converter: Callable[[Path], dict]
     return cached if cached is not None else _convert_and_save(dat_path, converter, target, required=False)
 
 
+def converted_arrays(dat_path: str | Path, converter: Callable[[Path], dict], name: str) -> dict:
+    """converted_state_dict as NumPy arrays, read from the verified cache file without importing torch (the
+    landmark predictor runs on NumPy); converted (with torch) only when the cache lacks a good copy."""
+    dat_path = Path(dat_path)
+    data = load_verified(cache_path_for(dat_path, name), dat_path)
+    if data is not None:
+        try:
+            return read_tensor_arrays(data)
+        except Exception:  # noqa: BLE001 - not the plain dict of tensors cvtool writes: converted again below
+            pass
+    return {k: v.numpy() for k, v in converted_state_dict(dat_path, converter, name).items()}
+
+
+_STORAGE_DTYPES = {"FloatStorage": "<f4", "DoubleStorage": "<f8", "LongStorage": "<i8", "IntStorage": "<i4",
+                   "ShortStorage": "<i2", "ByteStorage": "u1", "CharStorage": "i1", "BoolStorage": "?",
+                   "HalfStorage": "<f2"}
+
+
+def read_tensor_arrays(data: bytes) -> dict:
+    """A torch.save'd flat dict of tensors (the format this module writes) as NumPy arrays, without torch.
+    Like torch.load(weights_only=True) it resolves nothing but tensors, dicts and storages: any other
+    global in the pickle raises."""
+    import collections
+    import pickle
+    import zipfile
+
+    import numpy as np
+
+    archive = zipfile.ZipFile(io.BytesIO(data))
+    (pickled,) = [n for n in archive.namelist() if n.endswith("/data.pkl")]
+    prefix = pickled[: -len("data.pkl")]
+
+    def rebuild(storage, offset, size, stride, *_):
+        item = storage.itemsize
+        view = np.lib.stride_tricks.as_strided(storage[offset:], tuple(size), tuple(s * item for s in stride))
+        return np.array(view)
+
+    class Reader(pickle.Unpickler):
+        def find_class(self, module, name):
+            if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+                return rebuild
+            if (module, name) == ("collections", "OrderedDict"):
+                return collections.OrderedDict
+            if module == "torch" and name in _STORAGE_DTYPES:
+                return _STORAGE_DTYPES[name]
+            raise pickle.UnpicklingError(f"unexpected global {module}.{name}")
+
+        def persistent_load(self, pid):
+            kind, dtype, key = pid[0], pid[1], pid[2]
+            if kind != "storage" or not isinstance(dtype, str):
+                raise pickle.UnpicklingError("unexpected persistent id")
+            return np.frombuffer(archive.read(f"{prefix}data/{key}"), dtype=dtype)
+
+    state = Reader(io.BytesIO(archive.read(pickled))).load()
+    if not isinstance(state, dict) or not all(isinstance(v, np.ndarray) for v in state.values()):
+        raise ValueError("not a flat dict of tensors")
+    return dict(state)
+
+
+# The registry's "package" weights by model name, known here without importing the models (or torch).
+PACKAGE_FILES = {"dlib_face_resnet": "dlib_face_recognition_resnet_model_v1.dat",
+                 "dlib_mmod_face": "mmod_human_face_detector.dat"}
+
+
+def converted_path(name: str | None) -> Path | None:
+    """Where model `name`'s converted weights live (existing or not), for the models in PACKAGE_FILES; None
+    for any other name or when face_recognition_models is not installed."""
+    filename = PACKAGE_FILES.get(name or "")
+    folder = face_models_dir()
+    if filename is None or folder is None or not (folder / filename).is_file():
+        return None
+    try:
+        return cache_path_for(folder / filename, name)
+    except WeightsError:
+        return None
+
+
 @dataclass(frozen=True)
 class PackageModelWeights:
     """Weights source kind "package": a file installed by face_recognition_models, converted and cached here."""

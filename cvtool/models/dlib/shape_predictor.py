@@ -54,7 +54,8 @@ class ShapePredictor:
 
     @classmethod
     def from_state_dict(cls, state: dict, source: str = "") -> "ShapePredictor":
-        arrays = {name: state[name].numpy() for name in _FIELDS}
+        arrays = {name: np.asarray(state[name]) if isinstance(state[name], np.ndarray) else state[name].numpy()
+                  for name in _FIELDS}
         return cls(**arrays, source=source)
 
     def predict(self, image: np.ndarray, boxes) -> np.ndarray:
@@ -326,7 +327,7 @@ def resolve_path(path_or_name: str | Path) -> Path:
 def load_shape_predictor(path_or_name: str | Path = "68") -> ShapePredictor:
     """The parsed predictor, from this process's memo, the user cache, or a fresh parse (then cached)."""
     from cvtool.errors import WeightsError
-    from cvtool.models.dlib.convert import converted_state_dict
+    from cvtool.models.dlib.convert import converted_arrays
 
     path = resolve_path(path_or_name)
     try:
@@ -337,7 +338,8 @@ def load_shape_predictor(path_or_name: str | Path = "68") -> ShapePredictor:
     with _memo_lock:
         if key in _memo:
             return _memo[key]
-    state = converted_state_dict(path, lambda p: parse_shape_predictor(p).state_dict(), _cache_name(path))
+    # NumPy arrays read without torch from the verified cache (torch only to convert on a first run)
+    state = converted_arrays(path, lambda p: parse_shape_predictor(p).state_dict(), _cache_name(path))
     try:
         model = ShapePredictor.from_state_dict(state, source=str(path))
     except (KeyError, AttributeError):

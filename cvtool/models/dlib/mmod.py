@@ -1,0 +1,269 @@
+"""dlib's CNN face detector without PyTorch: the tiled image pyramid, cell -> box mapping, dlib's NMS and
+the detection scale, in NumPy. cvtool/models/face_mmod.py runs the network on PyTorch with these same
+functions; `MmodArrayDetector` here runs it on anything that maps a float32 canvas batch to score maps
+(an onnxruntime session of the exported network), so `verify-face` needs no torch once it is exported.
+Layout and measurements: ../shared/specs/dlib-model-formats.md section 4.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+
+from cvtool.errors import InputError
+
+MMOD_FILE = "mmod_human_face_detector.dat"
+DLIB_MEAN_RGB = (122.782, 117.001, 104.298)
+WINDOW = (80, 80)  # detector window (width, height) in canvas pixels
+NMS_IOU = 0.3382761351109955  # the file's overlaps_nms; its percent-covered threshold is 1.0 (never fires)
+PYRAMID_PADDING, OUTER_PADDING = 10, 11
+PYRAMID_RATE = 5.0 / 6.0  # pyramid_down<6>
+MIN_LEVEL_HEIGHT = 5
+# (in, out, kernel, stride, padding): three downsampling convs, three 45-channel convs, the 9x9 scorer.
+CONVS = [(3, 16, 5, 2, 0), (16, 32, 5, 2, 0), (32, 32, 5, 2, 0), (32, 45, 5, 1, 2), (45, 45, 5, 1, 2),
+         (45, 45, 5, 1, 2), (45, 1, 9, 1, 4)]
+NATIVE_MIN_FACE = 80  # px: the detector window; smaller faces are found only in an enlarged image
+DEFAULT_MIN_FACE = 40  # px: what `auto` upsampling aims to find (dlib's own default: upsample once)
+DEFAULT_DETECT_PIXELS = 9_000_000  # the enlarged image's pixel budget (a 1920x1080 photo doubled: 8.3 M)
+
+
+def output_size(n: int) -> int:
+    """Canvas side -> score-map side."""
+    for _, _, k, s, p in CONVS:
+        n = (n + 2 * p - k) // s + 1
+    return n
+
+
+def cell_to_canvas(i: np.ndarray) -> np.ndarray:
+    """Score-map index -> canvas pixel at the centre of its receptive field (8 i + 14 for this net)."""
+    for _, _, k, s, p in reversed(CONVS):
+        i = i * s - p + k // 2
+    return i
+
+
+# --- the tiled image pyramid ----------------------------------------------------------------------------
+
+
+def pyramid_rects(height: int, width: int, pad: int = PYRAMID_PADDING, outer: int = OUTER_PADDING):
+    """dlib's tiled pyramid layout: canvas (rows, cols) and one inclusive (l, t, r, b) rect per level."""
+    sizes = []
+    h, w = height, width
+    while h * w > 0:
+        sizes.append((h, w))
+        h, w = math.floor(PYRAMID_RATE * h), math.floor(PYRAMID_RATE * w)
+        if h < MIN_LEVEL_HEIGHT:
+            break
+    if not sizes:
+        return (0, 0), []
+    h0, w0 = sizes[0]
+    total_h = sum(h + pad for h, _ in sizes) - 2 * pad
+    canvas_h, prev_w = 0, 0
+    for h, w in sizes:  # the first column holds levels until the rest fit beside them
+        if w <= w0 - prev_w - pad and (canvas_h - h0) * 2 >= total_h - h0:
+            break
+        canvas_h += h + pad
+        prev_w = w
+    canvas_h -= pad
+    rects = []
+    y, i = outer, 0
+    while y < canvas_h + outer and i < len(sizes):
+        h, w = sizes[i]
+        rects.append((outer, y, outer + w - 1, y + h - 1))
+        y += h + pad
+        i += 1
+    y -= pad
+    first = rects[0]
+    while i < len(sizes):  # second column: right-aligned, stacked upwards from the bottom
+        h, w = sizes[i]
+        rect = (outer + w0 - w, y - h, outer + w0 - 1, y - 1)
+        if rect[0] <= first[2] and first[0] <= rect[2] and rect[1] <= first[3] and first[1] <= rect[3]:
+            break
+        rects.append(rect)
+        y -= h + pad
+        i += 1
+    return (canvas_h + 2 * outer, w0 + 2 * outer), rects
+
+
+def _axis_weights(n_in: int, n_out: int):
+    """Bilinear align-corners sampling along one axis, as PyTorch computes it in float32."""
+    scale = np.float32(n_in - 1) / np.float32(n_out - 1) if n_out > 1 else np.float32(0)
+    src = np.arange(n_out, dtype=np.float32) * scale
+    i0 = np.minimum(src.astype(np.int64), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    w1 = (src - i0.astype(np.float32)).astype(np.float32)
+    return i0, i1, (np.float32(1) - w1), w1
+
+
+def resize_align_corners(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """H x W x C float32 -> height x width x C, bilinear with aligned corners (F.interpolate's
+    align_corners=True), the resize dlib's pyramid uses."""
+    r0, r1, rw0, rw1 = _axis_weights(image.shape[0], height)
+    c0, c1, cw0, cw1 = _axis_weights(image.shape[1], width)
+    cols = image[:, c0] * cw0[None, :, None] + image[:, c1] * cw1[None, :, None]
+    return (cols[r0] * rw0[:, None, None] + cols[r1] * rw1[:, None, None]).astype(np.float32, copy=False)
+
+
+def build_canvas(image: np.ndarray, mean, shape, rects) -> np.ndarray:
+    """H x W x 3 uint8/float image -> normalised 3 x rows x cols float32 canvas; level i is level i-1
+    resized (bilinear, align-corners, as dlib does in tensor space)."""
+    canvas = np.zeros((*shape, 3), dtype=np.float32)
+    level = (image.astype(np.float32) - np.asarray(mean, dtype=np.float32)) * np.float32(1.0 / 256.0)
+    for i, (left, top, right, bottom) in enumerate(rects):
+        if i:
+            level = resize_align_corners(level, bottom - top + 1, right - left + 1)
+        canvas[top : bottom + 1, left : right + 1] = level
+    return np.ascontiguousarray(canvas.transpose(2, 0, 1))
+
+
+def pyramid_up(image: np.ndarray) -> np.ndarray:
+    """dlib's pyramid_up for pyramid_down<2>: h x w x 3 uint8 -> (2h+1) x (2w+2) x 3, bilinear align-corners,
+    truncated to uint8 (face_mmod.pyramid_up is the same on tensors)."""
+    h, w = image.shape[:2]
+    up = resize_align_corners(image.astype(np.float32), 2 * h + 1, 2 * w + 2)
+    return np.clip(np.floor(up), 0, 255).astype(np.uint8)
+
+
+def as_rgb(image: np.ndarray) -> np.ndarray:
+    """An RGB or grey uint8 image as H x W x 3 (InputError otherwise)."""
+    array = np.asarray(image)
+    if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3)):
+        raise InputError(f"expected an RGB or grey uint8 image, got {array.dtype} of shape {array.shape}")
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.shape[2] == 1:
+        array = np.broadcast_to(array, (*array.shape[:2], 3))
+    return array
+
+
+# --- boxes --------------------------------------------------------------------------------------------------
+
+
+def lround(x: np.ndarray) -> np.ndarray:
+    return (np.sign(x) * np.floor(np.abs(x) + 0.5)).astype(np.int64)
+
+
+def cells_to_boxes(rows: np.ndarray, cols: np.ndarray, rects) -> np.ndarray:
+    """Score-map cells -> real-valued (l, t, r, b) windows in the pyramid's level-0 (input image) pixels."""
+    x = cell_to_canvas(cols.astype(np.int64))
+    y = cell_to_canvas(rows.astype(np.int64))
+    half_w, half_h = (WINDOW[0] - 1) / 2, (WINDOW[1] - 1) / 2
+    boxes = np.stack([x - half_w, y - half_h, x + half_w, y + half_h], axis=1).astype(np.float64)
+    r = np.asarray(rects, dtype=np.int64)  # (L, 4)
+    px, py = x[:, None], y[:, None]  # window centres are whole pixels already
+    inside = (px >= r[:, 0]) & (px <= r[:, 2]) & (py >= r[:, 1]) & (py <= r[:, 3])
+    dx = np.maximum(np.maximum(r[:, 0] - px, px - r[:, 2]), 0)
+    dy = np.maximum(np.maximum(r[:, 1] - py, py - r[:, 3]), 0)
+    nearest = np.argmin(dx.astype(np.float64) ** 2 + dy**2, axis=1)  # first rect wins ties
+    level = np.where(inside.any(axis=1), inside.argmax(axis=1), nearest)
+    boxes -= np.tile(r[level, :2], 2)  # (left, top, left, top) of the level's rect
+    for step in range(int(level.max(initial=0))):  # pyramid_down<6>::point_up once per level
+        up = level > step
+        boxes[up] = boxes[up] * (6.0 / 5.0) + 0.3
+    return boxes
+
+
+def _overlaps(box: np.ndarray, kept: np.ndarray, iou: float) -> bool:
+    """dlib's test_box_overlap on inclusive integer boxes: intersection / bounding box of both > iou."""
+    if not len(kept):
+        return False
+    iw = np.minimum(box[2], kept[:, 2]) - np.maximum(box[0], kept[:, 0]) + 1
+    ih = np.minimum(box[3], kept[:, 3]) - np.maximum(box[1], kept[:, 1]) + 1
+    inner = np.where((iw > 0) & (ih > 0), iw * ih, 0)
+    ow = np.maximum(box[2], kept[:, 2]) - np.minimum(box[0], kept[:, 0]) + 1
+    oh = np.maximum(box[3], kept[:, 3]) - np.minimum(box[1], kept[:, 1]) + 1
+    area_a = (box[2] - box[0] + 1) * (box[3] - box[1] + 1)
+    area_b = (kept[:, 2] - kept[:, 0] + 1) * (kept[:, 3] - kept[:, 1] + 1)
+    hit = (inner > 0) & ((inner / (ow * oh) > iou) | (inner / area_a > 1.0) | (inner / area_b > 1.0))
+    return bool(hit.any())
+
+
+def mmod_nms(boxes: np.ndarray, scores: np.ndarray, iou: float = NMS_IOU) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy, highest score first; boxes are rounded (lround) before the test and kept as integers."""
+    order = np.argsort(-scores, kind="stable")
+    rounded = lround(boxes[order])
+    kept: list[int] = []
+    for j in range(len(order)):
+        if not _overlaps(rounded[j], rounded[kept], iou):
+            kept.append(j)
+    return rounded[kept], scores[order][kept]
+
+
+def decode(score_map: np.ndarray, rects, upsample: int, threshold: float) -> list[tuple]:
+    """One h x w score map -> (left, top, right, bottom, score) faces in the caller's pixels, after NMS."""
+    rows, cols = np.nonzero(score_map > threshold)
+    if not len(rows):
+        return []
+    scores = score_map[rows, cols].astype(np.float64)
+    boxes, scores = mmod_nms(cells_to_boxes(rows, cols, rects), scores)
+    for _ in range(upsample):  # pyramid_down<2>::rect_down back to the caller's pixels
+        boxes = lround(boxes / 2.0 - np.array([1.25, 0.75, 1.25, 0.75]))
+    return [(int(l), int(t), int(r), int(b), float(s)) for (l, t, r, b), s in zip(boxes, scores)]
+
+
+# --- the scale to search at ---------------------------------------------------------------------------------
+
+
+def detection_scale(height: int, width: int, min_face: float = DEFAULT_MIN_FACE,
+                    max_pixels: int = DEFAULT_DETECT_PIXELS) -> float:
+    """The factor to resize an image by so that faces of `min_face` px become the detector's native 80 px,
+    capped so that the resized image holds at most `max_pixels` (then smaller faces are missed: the cap
+    wins over min_face). Below 1 the image is reduced (its smallest wanted faces are larger than 80 px)."""
+    if min_face <= 0:
+        raise ValueError("min_face must be positive")
+    wanted = NATIVE_MIN_FACE / float(min_face)
+    budget = math.sqrt(max_pixels / max(1, height * width))
+    return min(wanted, budget)
+
+
+def split_scale(scale: float, max_doublings: int = 3) -> tuple[float, int]:
+    """scale = resize * 2**doublings with resize in [1, 2) (or < 1 when shrinking): dlib's exact pyramid_up
+    does the doublings and a plain resize the rest; a resize within 2% of 1 is skipped."""
+    doublings = 0
+    while doublings < max_doublings and scale / 2 ** (doublings + 1) >= 1 - 1e-9:
+        doublings += 1
+    resize = scale / 2**doublings
+    return (1.0 if abs(resize - 1) <= 0.02 else resize), doublings
+
+
+def detect_scaled(detector, image: np.ndarray, scale: float, threshold: float = 0.0) -> list[tuple]:
+    """Faces in one RGB image searched at `scale` (see split_scale), as (l, t, r, b, score) in its own pixels.
+    `detector`: anything with .detect(images, upsample, threshold) (the PyTorch or the array detector)."""
+    import cv2
+
+    resize, doublings = split_scale(scale)
+    if resize != 1.0:
+        h, w = image.shape[:2]
+        size = (max(1, round(w * resize)), max(1, round(h * resize)))
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA if resize < 1 else cv2.INTER_LINEAR)
+    boxes = detector.detect([image], upsample=doublings, threshold=threshold)[0]
+    if resize == 1.0:
+        return boxes
+    return [(l / resize, t / resize, r / resize, b / resize, score) for l, t, r, b, score in boxes]
+
+
+class MmodArrayDetector:
+    """The detector with its network as a function of float32 canvases N x 3 x H x W -> score maps
+    N x 1 x h x w (an onnxruntime session of the exported MmodNet); the pyramid, decoding and NMS are the
+    ones the PyTorch detector uses. One canvas per run: image sizes differ, so canvases do too."""
+
+    def __init__(self, run: Callable[[np.ndarray], np.ndarray], mean=DLIB_MEAN_RGB):
+        self.run = run
+        self.mean = np.asarray(mean, dtype=np.float32)
+
+    def detect(self, images: list[np.ndarray], upsample: int = 0, threshold: float = 0.0) -> list[list[tuple]]:
+        if upsample < 0:
+            raise ValueError("upsample must be 0 or more")
+        results = []
+        for image in images:
+            rgb = as_rgb(image)
+            for _ in range(upsample):
+                rgb = pyramid_up(rgb)
+            shape, rects = pyramid_rects(*rgb.shape[:2])
+            if not rects or min(output_size(n) for n in shape) <= 0:
+                results.append([])
+                continue
+            scores = self.run(build_canvas(rgb, self.mean, shape, rects)[None])
+            results.append(decode(np.asarray(scores)[0, 0], rects, upsample, threshold))
+        return results
