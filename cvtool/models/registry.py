@@ -137,12 +137,12 @@ _BUILTIN_MODULES = [
     "cvtool.models.face_embedder",
     "cvtool.models.transformer_net",
     "cvtool.models.yolo",
+    "cvtool.models.face_resnet",  # torch only: before torchvision's, so the face path never imports torchvision
+    "cvtool.models.face_mmod",
+    "cvtool.models.face_landmarks",
     "cvtool.models.torchvision_classifiers",
     "cvtool.models.torchvision_segmenters",
     "cvtool.models.torchvision_detectors",
-    "cvtool.models.face_resnet",
-    "cvtool.models.face_mmod",
-    "cvtool.models.face_landmarks",
 ]
 _loaded_modules: set[str] = set()
 
