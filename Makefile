@@ -58,6 +58,10 @@ bench-video-codecs:
 bench-int8:
 	OMP_NUM_THREADS=1 $(BIN)/python bench/int8.py
 
+## bench-oneshot: whole-process cvtool verify-face (torch vs the cached-ONNX default, mmod and haar) and classify vs python -c pass
+bench-oneshot:
+	OMP_NUM_THREADS=1 $(BIN)/python bench/oneshot.py
+
 ## bench-ddp: train classify on 1 vs 2 processes (images/s), and peak RSS on 2,000 vs 20,000 images, lazy and in memory (several minutes)
 bench-ddp:
 	$(BIN)/python bench/ddp.py
