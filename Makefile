@@ -62,6 +62,11 @@ bench-int8:
 bench-oneshot:
 	OMP_NUM_THREADS=1 $(BIN)/python bench/oneshot.py
 
+## gpu-check: every command and train task on CUDA vs the CPU, fp32 and --half (bench/results/gpu_check.json); skips without CUDA
+.PHONY: gpu-check
+gpu-check:
+	$(BIN)/python bench/gpu_check.py
+
 ## bench-ddp: train classify on 1 vs 2 processes (images/s), and peak RSS on 2,000 vs 20,000 images, lazy and in memory (several minutes)
 bench-ddp:
 	$(BIN)/python bench/ddp.py

@@ -1,0 +1,409 @@
+"""The GPU check: every inference command and every train task on CUDA, against the CPU, fp32 and --half.
+
+    make gpu-check            # or: python bench/gpu_check.py
+
+Offline and installing nothing: the packaged lenet5_digits, random-weight checkpoints built here (our YOLO,
+U-Net, feed-forward style net; torchvision's resnet50, efficientnet_b0, fasterrcnn_resnet50_fpn_v2,
+deeplabv3_resnet50 and VGG19 with random weights, saved as cvtool checkpoints), the default face models,
+and sample_images/. Each check runs the same API call (what the CLI runs) on the GPU and on the CPU and
+compares: classification top-1 identical; boxes within 1 px; masks >= 99.9 % identical pixels; face
+distances within 1e-3; stylised pixels within 2/255 on average. fp32 checks gate the exit status; --half
+checks state their agreement and gate (at looser bars) only where `gate=True`: random-weight detectors'
+scores are nearly all equal, so half precision legitimately picks other boxes there. Training: each task runs briefly
+on CUDA (mixed precision) and on the CPU; the GPU run must finish with a finite loss no worse than 1.5x
+the CPU's. Figures: images/s for both devices (and forward-only images/s on the GPU at batch 32 for the
+classifiers, the ratio showing a host-starved GPU), written to bench/results/gpu_check.json.
+
+Without a CUDA device it prints one line and exits 0. GPU_CHECK_DEVICE=cpu runs the whole check with
+the CPU standing in for the GPU (to test this script on a machine without one).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+
+
+def main() -> int:
+    import torch
+
+    stand_in = os.environ.get("GPU_CHECK_DEVICE")
+    if not torch.cuda.is_available() and not stand_in:
+        print("no CUDA device: nothing to check")
+        return 0
+    gpu = stand_in or "cuda"
+    quick = bool(stand_in)  # the stand-in run: fewer, smaller cases
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="cvtool-gpu-check-") as tmp:
+        tmp = Path(tmp)
+        checks: list[dict] = []
+        for check in inference_checks(tmp, gpu, quick) + training_checks(tmp, gpu, quick):
+            name = check.__name__ if hasattr(check, "__name__") else str(check)
+            try:
+                checks += check()
+            except Exception as exc:  # noqa: BLE001 - one failed check must not hide the others
+                checks.append({"check": name, "passed": False, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"})
+                traceback.print_exc(limit=3, file=sys.stderr)
+    failed = [c for c in checks if not c["passed"]]
+    summary = {"gpu": torch.cuda.get_device_name(0) if gpu.startswith("cuda") else f"stand-in: {gpu}",
+               "seconds": round(time.perf_counter() - started, 1), "checks": checks, "failed": len(failed)}
+    from _results import write_results
+
+    write_results("gpu_check", summary)
+    print_table(checks)
+    print(f"{len(checks) - len(failed)} of {len(checks)} checks passed in {summary['seconds']} s"
+          + (f"; FAILED: {', '.join(c['check'] for c in failed)}" if failed else ""), file=sys.stderr)
+    return 1 if failed else 0
+
+
+def print_table(checks: list[dict]) -> None:
+    print(f"{'check':44} {'ok':4} {'agreement':34} {'gpu img/s':>10} {'cpu img/s':>10}", file=sys.stderr)
+    for c in checks:
+        print(f"{c['check'][:44]:44} {'yes' if c['passed'] else 'NO':4} {str(c.get('agreement', c.get('error', '')))[:34]:34} "
+              f"{c.get('gpu_images_per_s', ''):>10} {c.get('cpu_images_per_s', ''):>10}", file=sys.stderr)
+
+
+# -- helpers ------------------------------------------------------------------------------------------
+
+def timed(fn):
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    out = fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return out, time.perf_counter() - start
+
+
+def photos(n: int | None = None) -> list[Path]:
+    found = sorted((ROOT / "sample_images" / "photos").glob("*.jpg"))
+    return found[:n] if n else found
+
+
+def digits() -> list[Path]:
+    return sorted((ROOT / "sample_images" / "digits").glob("*.png"))
+
+
+def random_checkpoint(tmp: Path, arch: str, task: str, module, classes, preprocess, **arch_kwargs) -> Path:
+    from cvtool.models.checkpoint import save_checkpoint
+
+    path = tmp / f"{arch}-random.pt"
+    extra = {"arch_kwargs": arch_kwargs} if arch_kwargs else None
+    save_checkpoint(path, arch=arch, task=task, state_dict=module.state_dict(), classes=classes,
+                    preprocess=preprocess.to_dict() if preprocess is not None else None, extra=extra)
+    return path
+
+
+def torchvision_random(tmp: Path, name: str, task: str) -> Path:
+    """A torchvision architecture with random weights, as a cvtool checkpoint (no download)."""
+    import torch
+
+    from cvtool.models.registry import get_entry
+
+    torch.manual_seed(0)
+    entry = get_entry(name)
+    classes = entry.classes()
+    module = entry.build(num_classes=len(classes))
+    return random_checkpoint(tmp, name, task, module, classes, entry.preprocess())
+
+
+def compare_runs(label: str, make, images, gpu: str, agree, gate: bool, batch: int = 8) -> dict:
+    """make(device, half) -> an API task; run `images` on the GPU and the CPU; agree(gpu_results, cpu_results)
+    -> (passed, words)."""
+    cpu_task = make("cpu", False)
+    cpu_results, cpu_s = timed(lambda: cpu_task(images, batch_size=batch))
+    del cpu_task
+    rows = []
+    for half in (False, True):
+        task = make(gpu, half)
+        task(images[:1])  # warm-up: cuDNN's benchmark, allocator
+        results, seconds = timed(lambda: task(images, batch_size=batch))
+        passed, words = agree(results, cpu_results, half)
+        rows.append({"check": f"{label}{' --half' if half else ''}", "passed": bool(passed or (half and not gate)),
+                     "agreement": words, "gated": bool(gate or not half),
+                     "gpu_images_per_s": round(len(images) / seconds, 1),
+                     "cpu_images_per_s": round(len(images) / cpu_s, 1)})
+        del task
+    return rows
+
+
+def forward_only(label: str, make, gpu: str, size: int, batch: int = 32) -> dict:
+    """The bare forward pass of the loaded network at `batch` (the ceiling the pipeline is held to)."""
+    import torch
+
+    task = make(gpu, False)
+    module = task.loaded.module
+    x = torch.randn(batch, 3, size, size, device=task.loaded.device)
+    with torch.inference_mode():
+        module(x)
+        _, seconds = timed(lambda: [module(x) for _ in range(3)])
+    return {"check": f"{label} forward-only b{batch}", "passed": True, "agreement": "-",
+            "gpu_images_per_s": round(3 * batch / seconds, 1)}
+
+
+# -- inference ------------------------------------------------------------------------------------------
+
+def inference_checks(tmp: Path, gpu: str, quick: bool):
+    import cvtool
+
+    def top1(results, reference, half):
+        same = sum(a.label == b.label for a, b in zip(results, reference))
+        return same == len(reference), f"top-1 {same}/{len(reference)} identical"
+
+    def classify_lenet():
+        make = lambda d, h: cvtool.Classifier("lenet5_digits", device=d, half=h)  # noqa: E731
+        return compare_runs("classify lenet5_digits", make, digits(), gpu, top1, gate=True)
+
+    def classify_torchvision():
+        rows = []
+        for name in (["resnet50", "efficientnet_b0"] if not quick else ["efficientnet_b0"]):
+            weights = torchvision_random(tmp, name, "classify")
+            make = lambda d, h, w=weights: cvtool.Classifier(weights=str(w), device=d, half=h)  # noqa: E731
+            images = photos() * (4 if not quick else 1)
+            rows += compare_runs(f"classify {name} (random weights)", make, images, gpu, top1, gate=False, batch=32)
+            if not quick:
+                pipeline = rows[-2]["gpu_images_per_s"]
+                bare = forward_only(f"classify {name}", make, gpu, 224)
+                bare["agreement"] = f"pipeline/forward = {pipeline / bare['gpu_images_per_s']:.2f}"
+                rows.append(bare)
+        return rows
+
+    def boxes_agree(limit_fp32=1.0, limit_half=2.0):
+        def agree(results, reference, half):
+            worst, count_same = 0.0, True
+            for a, b in zip(results, reference):
+                if len(a.boxes) != len(b.boxes):
+                    count_same = False
+                    continue
+                if len(a.boxes):  # each box against its nearest on the other side (near-equal scores may swap order)
+                    import numpy as np
+
+                    x, y = np.asarray(a.boxes, float), np.asarray(b.boxes, float)
+                    gap = np.abs(x[:, None, :] - y[None, :, :]).max(-1)
+                    worst = max(worst, float(gap.min(1).max()), float(gap.min(0).max()))
+            limit = limit_half if half else limit_fp32
+            return count_same and worst <= limit, f"{'same' if count_same else 'DIFFERENT'} counts, max {worst:.3f} px"
+        return agree
+
+    def detect_yolo():
+        import torch
+
+        from cvtool.models.yolo import YOLO_PREPROCESS, YoloDetector
+
+        torch.manual_seed(0)
+        size = 640 if not quick else 160
+        weights = random_checkpoint(tmp, "yolo", "detect", YoloDetector(num_classes=3, width=16, img_size=size),
+                                    ["a", "b", "c"], YOLO_PREPROCESS, width=16, img_size=size)
+        make = lambda d, h: cvtool.Detector(weights=str(weights), device=d, half=h, conf=0.002, max_det=20)  # noqa: E731
+        return compare_runs(f"detect yolo {size} (random weights)", make, photos() * 2, gpu, boxes_agree(), gate=False)
+
+    def detect_fasterrcnn():
+        weights = torchvision_random(tmp, "fasterrcnn_resnet50_fpn_v2", "detect")
+        make = lambda d, h: cvtool.Detector(weights=str(weights), device=d, half=h, conf=0.05)  # noqa: E731
+        return compare_runs("detect fasterrcnn_resnet50_fpn_v2 (random)", make, photos(), gpu, boxes_agree(), gate=False)
+
+    def masks_agree(results, reference, half):
+        import numpy as np
+
+        same = sum(int((a.mask == b.mask).sum()) for a, b in zip(results, reference))
+        total = sum(b.mask.size for b in reference)
+        share = same / total
+        return share >= (0.99 if half else 0.999), f"{100 * share:.3f}% identical pixels"
+
+    def segment_unet():
+        import torch
+
+        from cvtool.models.unet import UNET_PREPROCESS, UNet
+
+        torch.manual_seed(0)
+        weights = random_checkpoint(tmp, "unet", "segment", UNet(num_classes=3, width=16, depth=4), ["a", "b", "c"],
+                                    UNET_PREPROCESS, width=16, depth=4)
+        rows = []
+        for tile in (None, 256):
+            make = lambda d, h, t=tile: cvtool.Segmenter(weights=str(weights), device=d, half=h, tile=t)  # noqa: E731
+            rows += compare_runs(f"segment unet{' tiled 256' if tile else ''} (random)", make, photos(), gpu,
+                                 masks_agree, gate=True)
+        return rows
+
+    def segment_deeplab():
+        weights = torchvision_random(tmp, "deeplabv3_resnet50", "segment")
+        make = lambda d, h: cvtool.Segmenter(weights=str(weights), device=d, half=h)  # noqa: E731
+        return compare_runs("segment deeplabv3_resnet50 (random)", make, photos(), gpu, masks_agree, gate=False)
+
+    def pixels_agree(results, reference, half):
+        import numpy as np
+
+        diff = max(float(np.abs(a.image.astype(float) - b.image.astype(float)).mean()) for a, b in zip(results, reference))
+        return diff <= (2.0 if not half else 4.0), f"mean |diff| {diff:.2f}/255"
+
+    def stylize_fast():
+        import torch
+
+        from cvtool.models.transformer_net import TransformerNet
+
+        torch.manual_seed(0)
+        weights = random_checkpoint(tmp, "fast_style", "stylize", TransformerNet(width=32), None, None)
+        make = lambda d, h: cvtool.Stylizer(str(weights), device=d, half=h)  # noqa: E731
+        return compare_runs("stylize feed-forward (random)", make, photos(), gpu, pixels_agree, gate=True)
+
+    def stylize_gatys():
+        import numpy as np
+
+        weights = torchvision_random(tmp, "vgg19", "classify")
+        style = photos()[1]
+        size, steps = (256, 20) if not quick else (64, 3)
+        rows = []
+        outputs = {}
+        for device in ("cpu", gpu):
+            task = cvtool.Stylizer(style=str(style), weights=str(weights), size=size, steps=steps, device=device)
+            result, seconds = timed(lambda: task(str(photos()[0])))
+            outputs[device] = (result.image.astype(float), steps / seconds)
+        diff = float(np.abs(outputs["cpu"][0] - outputs[gpu][0]).mean())
+        rows.append({"check": f"stylize gatys {size}px {steps} steps (random VGG19)", "passed": True,
+                     "agreement": f"mean |diff| {diff:.2f}/255 (not gated: optimisation)",
+                     "gpu_images_per_s": f"{outputs[gpu][1]:.1f} st/s", "cpu_images_per_s": f"{outputs['cpu'][1]:.1f} st/s"})
+        return rows
+
+    def verify_face():
+        def agree(results, reference, half):
+            worst = max(abs(a.distance - b.distance) for a, b in zip(results, reference))
+            return worst <= (1e-2 if half else 1e-3), f"max |distance diff| {worst:.2e}"
+
+        pairs = [(str(photos()[0]), str(photos()[0]))]
+        cpu = cvtool.FaceVerifier(device="cpu")
+        reference, cpu_s = timed(lambda: [cpu.verify(a, b) for a, b in pairs])
+        rows = []
+        for half in (False, True):
+            task = cvtool.FaceVerifier(device=gpu, half=half)
+            results, seconds = timed(lambda: [task.verify(a, b) for a, b in pairs])
+            passed, words = agree(results, reference, half)
+            rows.append({"check": f"verify-face{' --half' if half else ''}", "passed": passed, "agreement": words,
+                         "gpu_images_per_s": round(2 * len(pairs) / seconds, 1),
+                         "cpu_images_per_s": round(2 * len(pairs) / cpu_s, 1)})
+        return rows
+
+    checks = [classify_lenet, classify_torchvision, detect_yolo, segment_unet, stylize_fast, verify_face]
+    if not quick:
+        checks += [detect_fasterrcnn, segment_deeplab, stylize_gatys]
+    return checks
+
+
+# -- training -------------------------------------------------------------------------------------------
+
+def training_checks(tmp: Path, gpu: str, quick: bool):
+    import cvtool
+
+    def compare(label: str, run) -> list[dict]:
+        dirs = {"cpu": tmp / f"{label}-cpu", "gpu": tmp / f"{label}-gpu"}
+        for role, device in (("cpu", "cpu"), ("gpu", gpu)):
+            run(device, dirs[role])
+        loss = {role: last_loss(path) for role, path in dirs.items()}
+        ok = math.isfinite(loss["gpu"]) and loss["gpu"] <= 1.5 * loss["cpu"] + 1e-6
+        return [{"check": f"train {label}", "passed": ok,
+                 "agreement": f"last train loss gpu {loss['gpu']:.4f} cpu {loss['cpu']:.4f}",
+                 "gpu_images_per_s": images_per_s(dirs["gpu"]), "cpu_images_per_s": images_per_s(dirs["cpu"])}]
+
+    def digits_folder() -> Path:
+        import cv2
+        import numpy as np
+
+        root = tmp / "digits-train"
+        if root.exists():
+            return root
+        rng = np.random.default_rng(0)
+        for path in digits():
+            image = cv2.imread(str(path))
+            (root / path.stem).mkdir(parents=True)
+            for i in range(12):
+                shifted = np.roll(image, (int(rng.integers(-2, 3)), int(rng.integers(-2, 3))), (0, 1))
+                cv2.imwrite(str(root / path.stem / f"{i}.png"), shifted)
+        return root
+
+    def classify_lenet():
+        return compare("classify lenet5", lambda d, out: cvtool.train.classify(
+            digits_folder(), arch="lenet5", epochs=2, batch_size=32, device=d, out=out, workers=0))
+
+    def classify_resnet18():
+        return compare("classify resnet18", lambda d, out: cvtool.train.classify(
+            digits_folder(), arch="resnet18", epochs=1, batch_size=32, img_size=64, device=d, out=out, workers=0))
+
+    def detect_yolo():
+        from tests.synthetic_boxes import write_shapes_voc
+
+        data = tmp / "shapes-voc"
+        if not data.exists():
+            write_shapes_voc(data, n=48, size=160)
+        return compare("detect yolo", lambda d, out: cvtool.train.detect(
+            data, epochs=2, batch_size=8, img_size=160, width=8, device=d, out=out, workers=0))
+
+    def segment_unet():
+        from tests.test_segment import _pairs
+
+        data = tmp / "disks"
+        if not data.exists():
+            _pairs(data, n=12, size=64)
+        return compare("segment unet", lambda d, out: cvtool.train.segment(
+            data, epochs=2, batch_size=4, crop=64, width=8, depth=2, device=d, out=out, workers=0))
+
+    def face_embed():
+        people = tmp / "people"
+        if not people.exists():
+            for path in digits():  # ten "people": each a digit, jittered
+                import cv2
+                import numpy as np
+
+                rng = np.random.default_rng(int(path.stem[-1]))
+                image = cv2.resize(cv2.imread(str(path)), (48, 48))
+                (people / path.stem).mkdir(parents=True)
+                for i in range(8):
+                    noisy = np.clip(image + rng.normal(0, 12, image.shape), 0, 255).astype(np.uint8)
+                    cv2.imwrite(str(people / path.stem / f"{i}.png"), noisy)
+        return compare("face embedder", lambda d, out: cvtool.train.face(
+            people, epochs=2, identities_per_batch=4, images_per_identity=4, img_size=32, device=d, out=out, workers=0))
+
+    def style_fast():
+        content = tmp / "content"
+        if not content.exists():
+            import shutil
+
+            content.mkdir()
+            for path in photos():
+                shutil.copy(path, content / path.name)
+        vgg = torchvision_random(tmp, "vgg16", "classify")
+        return compare("style feed-forward", lambda d, out: cvtool.train.style(
+            photos()[1], data=content, epochs=1, batch_size=2, img_size=64, width=8, vgg_weights=vgg, device=d, out=out))
+
+    checks = [classify_lenet, detect_yolo, segment_unet, face_embed, style_fast]
+    if not quick:
+        checks.insert(1, classify_resnet18)
+    return checks
+
+
+def last_loss(run_dir: Path) -> float:
+    import csv
+
+    rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
+    return float(rows[-1]["train_loss"])
+
+
+def images_per_s(run_dir: Path):
+    import csv
+
+    rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
+    return round(float(rows[-1]["train_images_per_s"]), 1) if rows and "train_images_per_s" in rows[-1] else ""
+
+
+if __name__ == "__main__":
+    sys.exit(main())
