@@ -16,7 +16,7 @@ demo:
 
 ## test: the default test run: 857 CPU-s (486 tests; 46 min wall at load average 8-12 on 2 cores, make bench-test-time)
 test:
-	$(BIN)/python -m pytest -q -m "not slow"
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not slow" -n 2
 
 ## test-slow: the longer tests the default run leaves out (full-size photos, longer training); each has a fast variant in `make test`
 test-slow:

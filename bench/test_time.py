@@ -26,13 +26,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slow", action="store_true", help="time the slow tests (-m slow) instead")
     parser.add_argument("--durations", type=int, default=30, help="how many of the slowest tests to record")
+    parser.add_argument("--workers", type=int, default=2, help="pytest-xdist processes, as `make test` runs them")
     args = parser.parse_args()
     marker = "slow" if args.slow else "not slow"
-    command = [sys.executable, "-m", "pytest", "-q", "-m", marker, f"--durations={args.durations}", "-p",
-               "no:cacheprovider"]
+    command = [sys.executable, "-m", "pytest", "-q", "-m", marker, "-n", str(args.workers),
+               f"--durations={args.durations}", "-p", "no:cacheprovider"]
     load_before = os.getloadavg()
     start = time.perf_counter()
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})  # as `make test`: one thread per worker
     wall = time.perf_counter() - start
     load_after = os.getloadavg()
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # pytest and every process it waited for
@@ -40,7 +42,7 @@ def main() -> None:
     summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
     slowest = re.findall(r"^([\d.]+)s (call|setup|teardown)\s+(\S+)$", done.stdout, re.M)
     write_results("test_time_slow" if args.slow else "test_time", {
-        "pytest": f'pytest -q -m "{marker}"',
+        "pytest": f'OMP_NUM_THREADS=1 pytest -q -m "{marker}" -n {args.workers}',
         "exit_status": done.returncode,
         "summary": summary,
         "wall_s": round(wall, 1),

@@ -694,7 +694,8 @@ def train_classify(
                                 "(torchrun; --batch-size is the global batch). Under torchrun, leave it out."),
     sync_bn: bool = typer.Option(False, "--sync-bn", help="Data-parallel on CUDA: batch-norm statistics over the global batch."),
     seed: int = typer.Option(0, "--seed", help="Seeds shuffling, augmentation and initialisation."),
-    workers: int = typer.Option(0, "--workers", min=0, help="DataLoader worker processes."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="DataLoader worker processes "
+                                          "(default: min(4, cores - 1) on CUDA, 0 on the CPU)."),
     fmt: Optional[ListFormat] = typer.Option(None, "--format", "-f", help="Final report: table or json."),
 ) -> None:
     """Train a classifier; writes best.pt, last.pt, metrics.csv, curves.png, confusion.png, summary.json."""
@@ -746,7 +747,8 @@ def train_detect(
                                 "(torchrun; --batch-size is the global batch). Under torchrun, leave it out."),
     sync_bn: bool = typer.Option(False, "--sync-bn", help="Data-parallel on CUDA: batch-norm statistics over the global batch."),
     seed: int = typer.Option(0, "--seed"),
-    workers: int = typer.Option(0, "--workers", min=0),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="DataLoader worker processes "
+                                          "(default: min(4, cores - 1) on CUDA, 0 on the CPU)."),
 ) -> None:
     """Train the YOLO-style detector; writes best.pt (by mAP@0.5:0.95), last.pt, metrics.csv, curves.png, pr_curve.png."""
     with exits_cleanly():
@@ -790,7 +792,8 @@ def train_segment(
                                 "(torchrun; --batch-size is the global batch). Under torchrun, leave it out."),
     sync_bn: bool = typer.Option(False, "--sync-bn", help="Data-parallel on CUDA: batch-norm statistics over the global batch."),
     seed: int = typer.Option(0, "--seed"),
-    workers: int = typer.Option(0, "--workers", min=0, help="DataLoader worker processes."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="DataLoader worker processes "
+                                          "(default: min(4, cores - 1) on CUDA, 0 on the CPU)."),
 ) -> None:
     """Train a segmenter; writes best.pt, last.pt, metrics.csv, curves.png, examples.png, summary.json."""
     with exits_cleanly():
@@ -871,7 +874,8 @@ def train_face(
                                 "(torchrun; --batch-size is the global batch). Under torchrun, leave it out."),
     sync_bn: bool = typer.Option(False, "--sync-bn", help="Data-parallel on CUDA: batch-norm statistics over the global batch."),
     seed: int = typer.Option(0, "--seed", help="Seeds the identity split, batches, augmentation and initialisation."),
-    workers: int = typer.Option(0, "--workers", min=0, help="DataLoader worker processes."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="DataLoader worker processes "
+                                          "(default: min(4, cores - 1) on CUDA, 0 on the CPU)."),
 ) -> None:
     """Train a face embedder (triplet or Siamese binary loss); writes best.pt (with its verification threshold),
     last.pt, metrics.csv, curves.png, roc.png, summary.json."""

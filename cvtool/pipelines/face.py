@@ -230,7 +230,7 @@ class FaceEngine:
 
             with torch.inference_mode():
                 batch = torch.from_numpy(np.stack(chips)).to(self.embedder.device)
-                out = self.embedder.module(batch).float().cpu().numpy()
+                out = self.embedder.forward(batch).float().cpu().numpy()  # the entry's forward, under --half
         for face, descriptor in zip(owners, out):
             face.descriptor = descriptor
         for k, image_faces in enumerate(faces):

@@ -335,7 +335,7 @@ class FastStylePipeline(_OneImageOut):
         from cvtool.ops.tiling import run_padded, tiled_logits
 
         tensor = to_tensor(rgb, "cpu")[0]
-        forward = lambda b: self.model.module(b.to(self.model.device))  # noqa: E731
+        forward = lambda b: self.model.forward(b.to(self.model.device)).float()  # noqa: E731 - --half runs in autocast
         multiple = self.model.size_multiple
         if self.tile:
             if self.tile % multiple:

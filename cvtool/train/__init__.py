@@ -121,7 +121,7 @@ def classify(data: str | Path | None = None, *, arch: str = "resnet18", epochs: 
              batch_size: int = 32, lr: float = 1e-3, weight_decay: float = 1e-4, optimizer: str = "adamw",
              img_size: int | None = None, val: str | Path | None = None, val_split: float = 0.1,
              pretrained: bool = False, hflip: bool = False, out: str | Path | None = None,
-             resume: str | Path | None = None, device: str = "auto", seed: int = 0, workers: int = 0,
+             resume: str | Path | None = None, device: str = "auto", seed: int = 0, workers: int | None = None,
              callbacks=None, on_skip: Callable[[str], None] | None = None, progress: bool = False,
              sync_bn: bool = False, devices: int = 1) -> dict:
     """Train a classifier on an ImageFolder tree, a CSV of path,label, or MNIST IDX files."""
@@ -156,7 +156,7 @@ def detect(data: str | Path | None = None, *, arch: str = "yolo", epochs: int | 
            lr: float = 5e-3, weight_decay: float = 5e-4, optimizer: str = "adamw", img_size: int = 320, anchors: int = 3, width: int = 16,
            hflip: bool = True, backbone: str = "csp", pretrained: bool = False, mosaic: float = 0.5,
            val: str | Path | None = None, val_split: float = 0.2, out: str | Path | None = None,
-           resume: str | Path | None = None, device: str = "auto", seed: int = 0, workers: int = 0,
+           resume: str | Path | None = None, device: str = "auto", seed: int = 0, workers: int | None = None,
            callbacks=None, on_skip: Callable[[str], None] | None = None, progress: bool = False,
              sync_bn: bool = False, devices: int = 1) -> dict:
     """Train the YOLO-style detector on VOC XML, YOLO txt or COCO JSON data; best.pt by mAP@0.5:0.95."""
@@ -191,7 +191,7 @@ def segment(data: str | Path | None = None, *, arch: str = "unet", epochs: int |
             loss: str = "ce+dice", width: int = 32, depth: int = 4, in_channels: int = 1,
             class_names: list[str] | None = None, val: str | Path | None = None, val_split: float = 0.2,
             out: str | Path | None = None, resume: str | Path | None = None, device: str = "auto", seed: int = 0,
-            workers: int = 0, callbacks=None, on_skip: Callable[[str], None] | None = None,
+            workers: int | None = None, callbacks=None, on_skip: Callable[[str], None] | None = None,
             sync_bn: bool = False, devices: int = 1) -> dict:
     """Train a U-Net (or a torchvision segmenter) on images/ + masks/ folder pairs; best.pt by mIoU."""
     launched = _launch('segment', devices, {k: v for k, v in locals().items() if k != 'devices'})
@@ -245,7 +245,7 @@ def face(data: str | Path | None = None, *, arch: str = "face_embed_small", loss
          margin: float = 0.2, mining: str = "semi-hard", identities_per_batch: int = 8, images_per_identity: int = 4,
          epochs: int | None = None, lr: float | None = None, weight_decay: float = 0.05, img_size: int | None = None,
          val_split: float = 0.25, hflip: bool = True, out: str | Path | None = None, resume: str | Path | None = None,
-         device: str = "auto", seed: int = 0, workers: int = 0, callbacks=None,
+         device: str = "auto", seed: int = 0, workers: int | None = None, callbacks=None,
          on_skip: Callable[[str], None] | None = None, on_warning: Callable[[str], None] | None = None,
          progress: bool = False, sync_bn: bool = False,
          devices: int = 1) -> dict:
