@@ -589,7 +589,8 @@ def export_cmd(
     target: str = typer.Argument(..., metavar="MODEL|CHECKPOINT", help="A model name (its default weights, or "
                                  "--weights FILE) or a checkpoint from `cvtool train`."),
     fmt: str = typer.Option("onnx", "--format", "-f", help="onnx (the only format so far)."),
-    weights: Optional[Path] = WEIGHTS_OPT,
+    weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="Weights for MODEL instead of its default "
+                                           "ones: a cvtool checkpoint or a plain state_dict of that architecture."),
     dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="Any batch size (default: batch 1)."),
     opset: Optional[int] = typer.Option(None, "--opset", min=7, help="ONNX opset (default: the exporter's)."),
     img_size: Optional[int] = typer.Option(None, "--img-size", min=8, help="Fixed input size. Default: the model's "
@@ -688,7 +689,7 @@ def train_classify(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/classify-ARCH-TIME)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory from last.pt."),
     eval_only: bool = typer.Option(False, "--eval-only", help="Only evaluate --weights on DATA."),
-    weights: Optional[Path] = WEIGHTS_OPT,
+    weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="With --eval-only: the checkpoint to evaluate."),
     device: str = DEVICE_OPT,
     devices: int = typer.Option(1, "--devices", min=1, help="Data-parallel: launch N processes on this machine "
                                 "(torchrun; --batch-size is the global batch). Under torchrun, leave it out."),

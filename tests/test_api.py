@@ -352,8 +352,10 @@ def test_run_never_writes_onto_an_input_or_a_style_image(tmp_path, style_checkpo
     results = list(sty.run([folder / "a.png", folder / "a.stylized.png"], out=folder))
     assert results[0].error == f"output {folder / 'a.stylized.png'} would overwrite an input of this batch; choose another --out"
     assert results[1].ok and {p.name: p.read_bytes() for p in folder.iterdir() if p.name in before} == before
-    # a directory input: the earlier output in --out is not taken as an input
+    # a directory input: the user's a.stylized.png (not written by cvtool) is an input and stays untouched; the
+    # output cvtool wrote for it in the first run (a.stylized.stylized.png) is not taken as an input
     rerun = list(sty.run(folder, out=folder))
-    assert [r.path for r in rerun] == [str(folder / "a.png")]
-    assert rerun[0].ok and rerun[0].record["outputs"] == [str(folder / "a.stylized.png")]  # the old output, replaced
-    assert (folder / "a.png").read_bytes() == before["a.png"]
+    assert [r.path for r in rerun] == [str(folder / "a.png"), str(folder / "a.stylized.png")]
+    assert "would overwrite an input of this batch" in rerun[0].error
+    assert rerun[1].ok and rerun[1].record["outputs"] == [str(folder / "a.stylized.stylized.png")]
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.name in before} == before

@@ -181,3 +181,14 @@ def test_train_style_then_stylize_images_and_video_in_one_pass(tiny_vgg, tmp_pat
                                 "--tile", "128", "--overlap", "16", "--out", str(tmp_path / "tiled.png"), "-f", "jsonl"])
     assert tiled.exit_code == 0, tiled.output
     assert read_image(tmp_path / "tiled.png").shape == (300, 451, 3)
+
+
+def test_train_style_offline_names_its_own_weights_option(tmp_path):
+    """The loss network's weights are given with --vgg-weights, and the offline message says so (not --weights)."""
+    result = CliRunner().invoke(app, ["--offline", "train", "style", str(SAMPLES / "photos" / "coffee.jpg"), "--data",
+                                      str(SAMPLES / "photos"), "--epochs", "1", "--out", str(tmp_path / "run")],
+                                env={"CVTOOL_OFFLINE": "1"})
+    assert result.exit_code == 2
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("cvtool: weights file vgg16-") and line.endswith("or pass --vgg-weights FILE")
+    assert not (tmp_path / "run").exists()

@@ -196,7 +196,7 @@ class _LocalWeights:
     def is_available(self):
         return True
 
-    def local_path(self, *, offline=None, progress=True):
+    def local_path(self, *, offline=None, progress=True, alternative=None):
         return self.path
 
 

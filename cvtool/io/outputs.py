@@ -265,13 +265,9 @@ def check_out_dir(out: Path | None, *, skip_existing: bool = False) -> None:
     except OSError as exc:
         raise UsageError(f"--out {out}: cannot create it ({_reason(exc)})") from None
     remove_stale_temp_files(out)  # what a killed earlier run (SIGKILL) was writing when it died
-    try:  # the real test: os.access says yes to root on a read-only mount, and no to nothing else reliably
-        fd, probe = tempfile.mkstemp(prefix=".cvtool-write-test.", dir=out)
-    except OSError as exc:
-        raise UsageError(f"--out {out}: not writable ({_reason(exc)})") from None
-    os.close(fd)
-    with contextlib.suppress(OSError):
-        os.unlink(probe)
+    reason = _unwritable(out)
+    if reason:
+        raise UsageError(f"--out {out}: not writable ({reason})")
 
 
 def check_writable(target: str | Path, what: str) -> None:
@@ -282,13 +278,22 @@ def check_writable(target: str | Path, what: str) -> None:
         folder = folder.parent
     if not folder.is_dir():
         raise UsageError(f"{what}: cannot create it ({folder} is a file)")
+    reason = _unwritable(folder)
+    if reason:
+        raise UsageError(f"{what}: not writable ({reason} in {folder})")
+
+
+def _unwritable(folder: Path) -> str | None:
+    """Why no file can be created in `folder`, or None. The real test, a file made and removed: os.access says
+    yes to root on a read-only mount or an immutable folder."""
     try:
         fd, probe = tempfile.mkstemp(prefix=".cvtool-write-test.", dir=folder)
     except OSError as exc:
-        raise UsageError(f"{what}: not writable ({_reason(exc)} in {folder})") from None
+        return _reason(exc)
     os.close(fd)
     with contextlib.suppress(OSError):
         os.unlink(probe)
+    return None
 
 
 def _reason(exc: OSError) -> str:

@@ -63,6 +63,7 @@ def load_model(
     offline: bool | None = None,
     progress: bool = True,
     default: str | None = None,
+    weights_option: str | None = "--weights FILE",
 ) -> LoadedModel:
     """Build `name` and load its weights: `weights` (a file) when given, else the entry's default weights.
 
@@ -85,7 +86,8 @@ def load_model(
         entry = get_entry(name or default, task)
         if entry.weights is None:
             raise WeightsError(f"{entry.name} has no default weights; pass --weights FILE (a checkpoint from `cvtool train`)")
-        loaded = load_weights_file(entry.weights.local_path(offline=offline, progress=progress))
+        loaded = load_weights_file(entry.weights.local_path(offline=offline, progress=progress,
+                                                            alternative=weights_option))
 
     num_classes = len(loaded.classes) if loaded.classes else None
     arch_kwargs = dict(loaded.meta.get("arch_kwargs") or {})

@@ -31,8 +31,10 @@ class WeightsSource(Protocol):
     def is_available(self) -> bool:
         """True when the file is on this machine already (no network needed)."""
 
-    def local_path(self, *, offline: bool | None = None, progress: bool = True) -> Path:
-        """The weights file on disk, fetching it first if needed."""
+    def local_path(self, *, offline: bool | None = None, progress: bool = True,
+                   alternative: str | None = "--weights FILE") -> Path:
+        """The weights file on disk, fetching it first if needed; errors offer `alternative` (the caller's
+        option for giving the file instead, None when there is none)."""
 
 
 @dataclass(frozen=True)
@@ -51,11 +53,13 @@ class DownloadedWeights:
 
         return weights.cached_path(self.url).is_file()
 
-    def local_path(self, *, offline: bool | None = None, progress: bool = True) -> Path:
+    def local_path(self, *, offline: bool | None = None, progress: bool = True,
+                   alternative: str | None = "--weights FILE") -> Path:
         from cvtool.models import weights
 
         try:
-            return weights.fetch(self.url, sha256=self.sha256, offline=offline, progress=progress)
+            return weights.fetch(self.url, sha256=self.sha256, offline=offline, progress=progress,
+                                 alternative=alternative)
         except weights.CorruptWeightsError as exc:  # the fix names the model these weights belong to
             model = next((e.name for e in _REGISTRY.values() if e.weights is self), None)
             raise (exc.for_model(model) if model else exc) from None
@@ -75,7 +79,8 @@ class PackagedWeights:
     def is_available(self) -> bool:
         return self.path.is_file()
 
-    def local_path(self, *, offline: bool | None = None, progress: bool = True) -> Path:
+    def local_path(self, *, offline: bool | None = None, progress: bool = True,
+                   alternative: str | None = "--weights FILE") -> Path:
         return self.path
 
 

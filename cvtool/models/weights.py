@@ -118,13 +118,16 @@ class CorruptWeightsError(WeightsError):
         return CorruptWeightsError(self.file, self.actual, self.expected, model)
 
 
-def fetch(url: str, *, sha256: str | None = None, offline: bool | None = None, progress: bool = True) -> Path:
+def fetch(url: str, *, sha256: str | None = None, offline: bool | None = None, progress: bool = True,
+          alternative: str | None = "--weights FILE") -> Path:
     """The cached file for `url`, downloading it first if it is not there.
 
     A cache hit touches no network and is checked against the published hash (read once per file
     version, see check_cached): a mismatch is a WeightsError, never a silent load.
     Offline (the argument, else CVTOOL_OFFLINE) a miss fails at once, without any network attempt.
+    `alternative`: the caller's own way to give the file instead (`--vgg-weights FILE`), offered in errors.
     """
+    instead = f" or pass {alternative}" if alternative else ""
     target = cached_path(url)
     if target.is_file() and target.stat().st_size > 0:
         check_cached(target, url, sha256)
@@ -133,21 +136,21 @@ def fetch(url: str, *, sha256: str | None = None, offline: bool | None = None, p
     if is_offline() if offline is None else offline:
         raise WeightsError(
             f"weights file {target.name} is not in the cache and cvtool is offline; download {source} and put it in "
-            f"{target.parent}/, or pass --weights FILE"
+            f"{target.parent}/{',' + instead if instead else ''}"
         )
     expected = _expected_hash(url, sha256)
     with atomic_open(target, "wb") as handle:  # an exception below removes the temp file
-        actual = _download(source, handle, target.name, progress)
+        actual = _download(source, handle, target.name, progress, instead)
         if expected and not actual.startswith(expected):
             raise WeightsError(
                 f"downloaded {target.name} is corrupt: sha256 {actual[:12]}… does not match expected {expected[:12]}…; "
-                "try again or pass --weights FILE"
+                f"try again{instead}"
             )
     remember_sha256(target, actual)  # hashed while it streamed in: the first load need not read it again
     return target
 
 
-def _download(source: str, handle: IO[bytes], name: str, progress: bool) -> str:
+def _download(source: str, handle: IO[bytes], name: str, progress: bool, instead: str = "") -> str:
     """Stream `source` into `handle` and return its SHA-256; a one-line WeightsError on any network failure."""
     digest, received = hashlib.sha256(), 0
     read_s = remote.read_timeout(DOWNLOAD_TIMEOUT_S)
@@ -162,15 +165,15 @@ def _download(source: str, handle: IO[bytes], name: str, progress: bool) -> str:
                     received += len(chunk)
                     advance(len(chunk))
     except _NETWORK_ERRORS as exc:
-        raise _cannot_download(name, source, _network_reason(exc, read_s)) from None
+        raise _cannot_download(name, source, _network_reason(exc, read_s), instead) from None
     if total is not None and received != total:  # http.client does not flag a connection closed early
-        raise _cannot_download(name, source, f"connection closed after {received} of {total} bytes")
+        raise _cannot_download(name, source, f"connection closed after {received} of {total} bytes", instead)
     return digest.hexdigest()
 
 
-def _cannot_download(name: str, source: str, reason: str) -> WeightsError:
+def _cannot_download(name: str, source: str, reason: str, instead: str = "") -> WeightsError:
     return WeightsError(
-        f"cannot download {name} from {source} ({reason}); put the file in {cache_dir()}/ or pass --weights FILE "
+        f"cannot download {name} from {source} ({reason}); put the file in {cache_dir()}/{instead} "
         "(set CVTOOL_OFFLINE=1 to never try the network)"
     )
 

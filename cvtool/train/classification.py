@@ -144,7 +144,7 @@ def _pretrained_model(entry: ModelEntry, num_classes: int, *, progress: bool) ->
 
     if entry.weights is None:
         raise WeightsError(f"{entry.name} has no pretrained weights; use --no-pretrained")
-    loaded = load_weights_file(entry.weights.local_path(progress=progress))
+    loaded = load_weights_file(entry.weights.local_path(progress=progress, alternative=None))
     model = entry.build(num_classes=len(loaded.classes) if loaded.classes else None)
     apply_state_dict(model, loaded.state_dict, source=str(loaded.path))
     return replace_head(model, len(loaded.classes or entry.classes() or []), num_classes)

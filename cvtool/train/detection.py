@@ -267,7 +267,7 @@ def load_pretrained_backbone(model: YoloDetector, *, progress: bool = False) -> 
     if model.backbone_name == "csp":
         raise WeightsError("--pretrained needs --backbone resnet18 or mobilenet_v3_small; csp is trained from scratch")
     entry = get_entry(model.backbone_name, "classify")
-    loaded = load_weights_file(entry.weights.local_path(progress=progress))
+    loaded = load_weights_file(entry.weights.local_path(progress=progress, alternative=None))
     load_backbone_weights(model, loaded.state_dict, str(loaded.path))
 
 

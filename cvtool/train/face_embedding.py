@@ -331,7 +331,7 @@ def _build(entry: ModelEntry, arch_kwargs: dict, progress: bool):
         if entry.weights is not None:
             from cvtool.models.checkpoint import apply_state_dict, load_weights_file
 
-            loaded = load_weights_file(entry.weights.local_path(progress=progress))
+            loaded = load_weights_file(entry.weights.local_path(progress=progress, alternative=None))
             apply_state_dict(model, loaded.state_dict, source=str(loaded.path), model_name=entry.name)
         return model
 

@@ -142,7 +142,8 @@ def run_training(args: StyleTrainArgs, cfg, run_dir: Path, device, *, resume=Fal
     from cvtool.train.engine import Trainer
 
     start = time.perf_counter()
-    vgg = load_model(args.vgg, task="classify", weights=args.vgg_weights, device=device, progress=progress)
+    vgg = load_model(args.vgg, task="classify", weights=args.vgg_weights, device=device, progress=progress,
+                     weights_option="--vgg-weights FILE")
     style = read_image(args.style)
     images = content_images(args.data, on_skip)
     order = np.random.default_rng(cfg.seed).permutation(len(images))

@@ -197,7 +197,8 @@ class PackageModelWeights:
         folder = face_models_dir()
         return folder is not None and (folder / self.filename).is_file()
 
-    def local_path(self, *, offline: bool | None = None, progress: bool = True) -> Path:
+    def local_path(self, *, offline: bool | None = None, progress: bool = True,
+                   alternative: str | None = None) -> Path:
         """The converted state_dict file (no network is ever needed: the source is an installed package)."""
         return ensure_converted(face_model_path(self.filename), self.converter, self.name)
 
