@@ -18,8 +18,9 @@ Cases:
 - a FIFO as a file and inside a directory, per command (and as --weights, as the calibration CSV, in
   training data, as the checkpoint to export);
 - --out that cannot be written even by root (an immutable directory, a path under /proc, a path under
-  a regular file): exit 2, one line, no work done; --out equal to the input folder holding earlier outputs
-  (`foo.detect.jpg`, `bar.mask.png`, ...), run twice: no input changed, no `foo.detect.detect.jpg`;
+  a regular file): exit 2, one line, no work done; --out equal to the input folder holding files named like outputs
+  (`foo.detect.jpg`, `bar.mask.png`, ... made here, so the user's: inputs, never overwritten), run twice: no
+  input changed, no output of an output cvtool wrote, the rerun makes no new file;
 - silent wrong answers: flipped bytes in the converted dlib caches and in an ONNX export cache (the answer
   must stay the same, or the command refuse), a random state_dict under resnet18's torch-cache name
   (refuse, exit 2), pickled code as weights (refuse, and the code must not run), malformed pairs CSVs for
@@ -342,7 +343,7 @@ def unwritable_out_cases(models: dict, commands: dict) -> list:
 
 
 def out_is_input_case(command: str, args: list, existing: dict[str, str]) -> dict:
-    """--out equal to the input folder that already holds outputs of an earlier run, run twice."""
+    """--out equal to the input folder that holds the user's files named like outputs, run twice."""
     folder = T / ("same_" + command.replace(" ", "_").replace("-", ""))
     folder.mkdir()
     photo(folder / "foo.jpg", seed=3)
@@ -354,7 +355,9 @@ def out_is_input_case(command: str, args: list, existing: dict[str, str]) -> dic
     after_first = set(os.listdir(folder))
     second = cvtool([*args, folder, "--out", folder], inputs=[folder / n for n in before])
     after_second = set(os.listdir(folder))
-    doubled = sorted(n for n in after_second if sum(n.count(t) for t in OUTPUT_TOKENS) >= 2)
+    # the lookalikes were made here, not by cvtool: they are inputs, and an output of one (foo.detect.detect.jpg)
+    # is right; an output of an output cvtool wrote would carry a third token (or be new in the rerun, below)
+    doubled = sorted(n for n in after_second if sum(n.count(t) for t in OUTPUT_TOKENS) >= 3)
     temps = sorted(n for n in after_second if n.endswith(".tmp"))
     why = []
     if doubled:
@@ -579,7 +582,7 @@ def interrupt_case(sig: signal.Signals, models: dict) -> dict:
     exactly once, every output decodes, no temp file left."""
     name = sig.name
     folder, out = T / f"batch_{name}", T / f"batch_{name}_out"
-    for i in range(80):
+    for i in range(400):  # enough that an idle machine is still busy when the signal comes
         photo(folder / f"img{i:03d}.jpg", 480, 360, seed=i)
     inputs = sorted(str(p) for p in folder.iterdir())
     args = ["detect", "--weights", models["yolo"], "--conf", "0.05", "-f", "jsonl", "--batch-size", "2",
