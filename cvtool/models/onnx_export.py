@@ -220,7 +220,7 @@ def agreement(task: str, expected: list, got: list) -> float:
                                            - got[0].reshape(len(got[0]), -1).astype(np.float32), axis=1)))
     if task == "detect":  # boxes B x N x 4, objectness B x N, class probabilities B x N x C: the same anchors
         boxes, objectness, probs = expected
-        scores = objectness * probs.max(-1)
+        scores = objectness * probs.max(-1)  # yolo.box_scores' rule, on NumPy arrays
         ious = []
         for b in range(len(boxes)):
             top = np.argsort(-scores[b])[:100]

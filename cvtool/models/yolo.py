@@ -231,15 +231,22 @@ def _area_weights(new: int, old: int, like: torch.Tensor) -> torch.Tensor:
     return (overlap / step).to(device=like.device, dtype=like.dtype)
 
 
+def box_scores(objectness, class_probs):
+    """The detector's score of each box and its label: objectness x the best class probability (the one rule
+    training's validation, inference on both backends and the export checks rank boxes by)."""
+    best, labels = class_probs.max(-1)
+    return objectness * best, labels
+
+
 def detections_in_original_pixels(boxes, objectness, class_probs, letterboxes) -> list[dict]:
     """Decoded outputs (letterboxed pixels) -> per image {"boxes", "scores", "labels"} in its own pixels,
     clipped to the image; a box wholly in the padding (nothing left after clipping) is dropped."""
     outputs = []
     for b, o, c, box in zip(boxes, objectness, class_probs, letterboxes):
-        best, labels = c.max(1)
+        scores, labels = box_scores(o, c)
         original = torch.from_numpy(box.to_original(b.cpu().numpy(), clip=True)).float()
         keep = (original[:, 2] > original[:, 0]) & (original[:, 3] > original[:, 1])
-        outputs.append({"boxes": original[keep], "scores": (o * best).cpu()[keep], "labels": labels.cpu()[keep]})
+        outputs.append({"boxes": original[keep], "scores": scores.cpu()[keep], "labels": labels.cpu()[keep]})
     return outputs
 
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from cvtool.io.image import read_image
-from cvtool.models.yolo import YoloDetector, assign_targets, decode, yolo_loss
+from cvtool.models.yolo import YoloDetector, assign_targets, box_scores, decode, yolo_loss
 from cvtool.ops.anchors import best_possible_recall, kmeans_anchors
 from cvtool.ops.letterbox import letterbox
 from cvtool.ops.tensors import image_to_tensor
@@ -169,8 +169,7 @@ def predictions(raw: torch.Tensor, anchors: torch.Tensor, *, conf: float, iou: f
     boxes, objectness, class_probs = decode(raw, anchors)
     out = []
     for b, o, c in zip(boxes, objectness, class_probs):
-        best, label = c.max(1)
-        scores = o * best
+        scores, label = box_scores(o, c)
         order, mask = filter_detections(b, scores, label, conf=conf, iou=iou, max_det=max_det)
         out.append((b[mask][order], scores[mask][order], label[mask][order]))
     return out
