@@ -588,8 +588,10 @@ def interrupt_case(sig: signal.Signals, models: dict) -> dict:
     args = ["detect", "--weights", models["yolo"], "--conf", "0.05", "-f", "jsonl", "--batch-size", "2",
             "--workers", "1", folder, "--out", out]
     before = checksums([folder])
+    # a job started in the background ignores SIGINT and its children inherit that: give the child the default
     process = subprocess.Popen([sys.executable, "-m", "cvtool", *map(str, args)], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env=ENV, cwd=T, start_new_session=True)
+                               stderr=subprocess.PIPE, text=True, env=ENV, cwd=T, start_new_session=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + TIMEOUT
     while time.monotonic() < deadline and process.poll() is None:
         if out.is_dir() and len(list(out.glob("*.detect.jpg"))) >= 3:
