@@ -21,7 +21,6 @@ The CLI (`cvtool.cli`) is a thin adapter over these objects.
 
 from __future__ import annotations
 
-import itertools
 import threading
 import time
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from cvtool.errors import CvtoolError, InputError, UsageError
+from cvtool.errors import InputError, UsageError
 from cvtool.io.image import DEFAULT_MAX_PIXELS, ImageSource, load_image
 
 __all__ = [

@@ -16,11 +16,11 @@ import typer
 
 from cvtool import __version__
 from cvtool.errors import UsageError
+from cvtool.io.outputs import check_out_dir
 from cvtool.console import (
     SETTINGS,
     BatchSummary,
     TrainProgress,
-    check_out_dir,
     drive,
     error_line,
     exits_cleanly,

@@ -10,13 +10,11 @@ import os
 import sys
 import traceback
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterable, Iterator
 
 import typer
 
 from cvtool.errors import EXIT_BROKEN_PIPE, EXIT_INPUT_FAILED, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, CvtoolError
-from cvtool.io.outputs import check_out_dir  # noqa: F401  (lives in the library; cli.py imports it from here)
 
 
 @dataclass

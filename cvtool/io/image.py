@@ -11,13 +11,16 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
 import cv2
 import numpy as np
 
 from cvtool.errors import InputError
 from cvtool.io.atomic import atomic_write_bytes
+
+if TYPE_CHECKING:
+    import PIL.Image
 
 DEFAULT_MAX_PIXELS = 100_000_000
 IMAGE_SUFFIXES = frozenset(

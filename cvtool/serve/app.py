@@ -28,7 +28,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import UploadFile
 
 from cvtool import __version__
-from cvtool.errors import CvtoolError, InputError, UsageError, WeightsError
+from cvtool.errors import CvtoolError, InputError, UsageError
 from cvtool.serve.registry import Registry, with_attributes
 from cvtool.serve.security import Forbidden, TooLarge, confine, token_ok
 
