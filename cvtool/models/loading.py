@@ -48,6 +48,11 @@ class LoadedModel:
             return self.contract.size_multiple_of(self.module)
         return self.module.size_multiple  # the exported graph's own, from its metadata
 
+    def prepare_input(self, rgb):
+        """One decoded image as this model's forward takes it (the entry's hook), or None: no own preparation."""
+        hook = self.contract.prepare_input
+        return None if hook is None else hook(self, rgb)
+
     @property
     def default_conf(self) -> float | None:
         """Detectors: the score threshold the entry declares for its scores (None: the caller's default)."""

@@ -115,6 +115,9 @@ class ModelEntry:
     export_refusal: str = ""  # why not, when export is None
     # the plain conv/ReLU/pool stack perceptual losses read named layers from (Gatys stylize): VGGs; None: none
     feature_stack: Callable[["nn.Module"], "nn.Module"] | None = None
+    # (loaded, rgb uint8) -> what `forward` takes for one image, made in the pipelines' decoding threads (our
+    # YOLO letterboxes there); None: the pipeline's own [0, 1] tensor
+    prepare_input: Callable | None = None
 
     def __post_init__(self):
         if self.input_kind not in contract.INPUT_KINDS:

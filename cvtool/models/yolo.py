@@ -15,6 +15,8 @@ covers them.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -177,13 +179,37 @@ class YoloDetector(nn.Module):
         return detections_in_original_pixels(*decoded, letterboxes)
 
 
-def letterbox_batch(images: list[torch.Tensor], img_size: int, *, on_device: bool | None = None):
+@dataclass
+class Letterboxed:
+    """An image letterboxed to the detector's input size ahead of time (in a pipeline's decoding thread), with
+    its letterbox: `letterbox_batch` then only stacks (what `detect_images` and the exported graph take)."""
+
+    tensor: torch.Tensor  # 3 x S x S, [0, 1]
+    box: object  # cvtool.ops.letterbox.Letterbox
+
+    def to(self, device, **kwargs) -> "Letterboxed":
+        return Letterboxed(self.tensor.to(device, **kwargs), self.box)
+
+
+def prepare_letterboxed(loaded, rgb) -> Letterboxed:
+    """The registry's prepare_input: letterbox one uint8 image to the model's size (torch or exported)."""
+    from cvtool.ops.letterbox import letterbox
+    from cvtool.ops.tensors import image_to_tensor
+
+    size = int(loaded.module.meta["img_size"]) if loaded.backend == "onnxruntime" else int(loaded.module.img_size)
+    boxed, box = letterbox(rgb, size)
+    return Letterboxed(image_to_tensor(boxed), box)
+
+
+def letterbox_batch(images: list, img_size: int, *, on_device: bool | None = None):
     """[0, 1] RGB tensors of any size -> one letterboxed batch, and each image's letterbox (to map boxes back).
 
     Tensors on the CPU go through OpenCV (cvtool.ops.letterbox, on uint8 pixels); tensors on an accelerator
     (or with `on_device=True`) are letterboxed where they are, with torch ops, so nothing returns to the
     host: the same sizes, padding and grey, the resize area-averaged when shrinking and bilinear when
     enlarging, as OpenCV's. The two differ only by OpenCV's rounding to uint8 (boxes within a pixel)."""
+    if images and isinstance(images[0], Letterboxed):  # letterboxed in the decoding threads already
+        return torch.stack([image.tensor for image in images]), [image.box for image in images]
     if on_device is None:
         on_device = bool(images) and images[0].device.type != "cpu"
     if on_device:
@@ -427,5 +453,6 @@ register(
         forward=contract.detect_images,
         graph_forward=run_exported,
         export=export_graph,
+        prepare_input=prepare_letterboxed,
     )
 )

@@ -27,6 +27,8 @@ def _on_device(tensor, device):
     import torch
 
     tensor = tensor.to(device, non_blocking=True)
+    if not isinstance(tensor, torch.Tensor):  # a model's own prepared input (prepare_input), moved as a whole
+        return tensor
     return tensor.float().div_(255) if tensor.dtype == torch.uint8 else tensor
 
 
@@ -71,7 +73,8 @@ class DetectPipeline:
 
         if self.pixels_on_device:
             return Sample(rgb, torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))).pin_memory())
-        return Sample(rgb, image_to_tensor(rgb))
+        prepared = self.model.prepare_input(rgb)  # e.g. our YOLO letterboxes here, in the decoding threads
+        return Sample(rgb, prepared if prepared is not None else image_to_tensor(rgb))
 
     def render(self, rgb: np.ndarray, sample: Sample, result: dict) -> np.ndarray:
         return draw_detections(rgb, result["detections"])
