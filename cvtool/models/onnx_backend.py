@@ -101,9 +101,7 @@ def open_onnx(path: str | Path, *, task: str | None, device=None, weights_sha256
     `data`: the file's bytes, already read (and checked) by the caller; the session is made from them."""
     import torch
 
-    from cvtool.models.loading import LoadedModel
     from cvtool.models.registry import get_entry
-    from cvtool.ops.preprocess import Preprocess
 
     if data is None:
         if not Path(path).is_file():
@@ -117,6 +115,16 @@ def open_onnx(path: str | Path, *, task: str | None, device=None, weights_sha256
         raise UsageError(f"{path}: an ONNX {meta['task']} model, not a {task} model")
     entry = get_entry(meta["arch"], meta["task"])
     session = make_session(data, device=device, source=str(path))
+    # onnxruntime moves data itself: the pipelines hand it CPU tensors
+    return _onnx_model(session, meta, path, data, weights_sha256, device=torch.device("cpu"), entry=entry)
+
+
+def _onnx_model(session, meta: dict, path, data: bytes, weights_sha256: str | None, *, device, entry=None,
+                extra: dict | None = None):
+    """The LoadedModel of an onnxruntime session on a file from `cvtool export` (its metadata `meta`)."""
+    from cvtool.models.loading import LoadedModel
+    from cvtool.ops.preprocess import Preprocess
+
     return LoadedModel(
         name=meta["arch"],
         task=meta["task"],
@@ -125,7 +133,8 @@ def open_onnx(path: str | Path, *, task: str | None, device=None, weights_sha256
         classes=list(meta["classes"]),
         weights_path=str(path),
         weights_sha256=weights_sha256 or hashlib.sha256(data).hexdigest(),
-        device=torch.device("cpu"),  # onnxruntime moves data itself: the pipelines hand it CPU tensors
+        device=device,
+        meta=extra or {},
         entry=entry,
         backend="onnxruntime",
     )
@@ -245,25 +254,12 @@ def open_onnx_array(path: str | Path, data: bytes, *, task: str | None, device=N
                     choice: str | None = None):
     """open_onnx without torch: metadata read from the session, the device the string "cpu", the entry
     looked up lazily. For callers that run the network on NumPy arrays (`module.run`): the face chain."""
-    from cvtool.models.loading import LoadedModel
-    from cvtool.ops.preprocess import Preprocess
-
     session = make_session(data, device=device, source=str(path))
     meta = check_metadata(session.get_modelmeta().custom_metadata_map, path)
     if task is not None and meta["task"] != task:
         raise UsageError(f"{path}: an ONNX {meta['task']} model, not a {task} model")
-    return LoadedModel(
-        name=meta["arch"],
-        task=meta["task"],
-        module=OnnxNetwork(session, meta, str(path)),
-        preprocess=Preprocess.from_dict(meta["preprocess"]),
-        classes=list(meta["classes"]),
-        weights_path=str(path),
-        weights_sha256=weights_sha256 or hashlib.sha256(data).hexdigest(),
-        device="cpu",
-        meta={"backend_choice": choice} if choice else {},
-        backend="onnxruntime",
-    )
+    return _onnx_model(session, meta, path, data, weights_sha256, device="cpu",
+                       extra={"backend_choice": choice} if choice else None)
 
 
 def cuda_visible() -> bool:
