@@ -176,10 +176,8 @@ def run_training(
     progress: bool = True,
 ) -> dict:
     """Train (or resume) a classifier into `run_dir`; return the summary also written to summary.json."""
-    import json
     import time
 
-    from cvtool.io.atomic import atomic_write_text
     from cvtool.models.registry import get_entry
     from cvtool.train.datasets import Augment, ClassificationDataset
     from cvtool.train.engine import Trainer
@@ -230,9 +228,7 @@ def run_training(
         "seconds": round(time.perf_counter() - start, 2),
         "checkpoints": {"best": str(run_dir / "best.pt"), "last": str(run_dir / "last.pt")},
     }
-    summary["data_parallel"] = trainer.parallel_summary()
-    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    return trainer.share_summary(summary)
+    return trainer.finish(summary)
 
 
 @torch.inference_mode()

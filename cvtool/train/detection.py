@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -282,7 +281,6 @@ def save_pr_curve(curve: list[float], path: Path) -> str:
 
 def run_training(args: DetectTrainArgs, cfg, run_dir: Path, device, *, resume=False, callbacks=None, on_skip=None,
                  progress: bool = True) -> dict:
-    from cvtool.io.atomic import atomic_write_text
     from cvtool.train import plots
     from cvtool.train.engine import Trainer
 
@@ -326,9 +324,7 @@ def run_training(args: DetectTrainArgs, cfg, run_dir: Path, device, *, resume=Fa
         "best_epoch": best_epoch, "val": {**report, "ap50_per_class": scores["ap50_per_class"]},
         "seconds": round(time.perf_counter() - start, 2),
     }
-    summary["data_parallel"] = trainer.parallel_summary()
-    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    return trainer.share_summary(summary)
+    return trainer.finish(summary)
 
 
 def resumed_arguments(run_dir: Path, epochs: int | None):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import random
 import shutil
@@ -253,6 +254,13 @@ class Trainer:
     def share_summary(self, summary: dict | None) -> dict:
         """Rank 0's summary on every rank (it alone scores and writes after training)."""
         return distributed.broadcast_object(summary)
+
+    def finish(self, summary: dict) -> dict:
+        """Rank 0, once training is done: the run's summary gains how the run was spread (`data_parallel`), is
+        written to RUN_DIR/summary.json atomically, and is returned on every rank."""
+        summary["data_parallel"] = self.parallel_summary()
+        atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        return self.share_summary(summary)
 
     # -- checkpoints -------------------------------------------------------------------------
     def _save(self, name: str) -> Path | None:

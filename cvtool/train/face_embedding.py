@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -363,7 +362,6 @@ def run_training(args: FaceTrainArgs, cfg, run_dir: Path, device, *, resume: boo
     A collapsed embedding (every face mapped to about one point) is not an error: the run's files are
     written, the summary's `collapsed` is true and `warnings` says so, and `on_warning` (if given) is
     called with that line, so a caller can show it; such a model is useless for verification."""
-    from cvtool.io.atomic import atomic_write_text
     from cvtool.models.registry import get_entry
     from cvtool.train import plots
     from cvtool.train.datasets import Augment, ClassificationDataset
@@ -426,6 +424,4 @@ def run_training(args: FaceTrainArgs, cfg, run_dir: Path, device, *, resume: boo
         "seconds": round(time.perf_counter() - start, 2),
         "checkpoints": {"best": str(run_dir / "best.pt"), "last": str(run_dir / "last.pt")},
     }
-    summary["data_parallel"] = trainer.parallel_summary()
-    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    return trainer.share_summary(summary)
+    return trainer.finish(summary)

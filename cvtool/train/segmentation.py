@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -272,7 +271,6 @@ def _preprocess(entry: ModelEntry, args: SegmentTrainArgs) -> Preprocess:
 
 
 def run_training(args: SegmentTrainArgs, cfg, run_dir: Path, device, *, resume=False, callbacks=None, on_skip=None) -> dict:
-    from cvtool.io.atomic import atomic_write_text
     from cvtool.models.registry import get_entry
     from cvtool.train import plots
     from cvtool.train.engine import Trainer
@@ -313,9 +311,7 @@ def run_training(args: SegmentTrainArgs, cfg, run_dir: Path, device, *, resume=F
         "val_images": len(val_data.images), "val_names": val_data.names, "skipped_files": len(data.skipped),
         "epochs": state.epoch, "best_epoch": best_epoch, "val": report, "seconds": round(time.perf_counter() - start, 2),
     }
-    summary["data_parallel"] = trainer.parallel_summary()
-    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    return trainer.share_summary(summary)
+    return trainer.finish(summary)
 
 
 @torch.inference_mode()

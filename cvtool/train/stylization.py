@@ -3,7 +3,6 @@ perceptual costs as the optimisation method — content at one VGG layer, Gram-m
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,7 +134,6 @@ class FastStyleTask:
 
 def run_training(args: StyleTrainArgs, cfg, run_dir: Path, device, *, resume=False, callbacks=None, on_skip=None,
                  progress: bool = True) -> dict:
-    from cvtool.io.atomic import atomic_write_text
     from cvtool.models.loading import load_model
     from cvtool.models.registry import get_entry
     from cvtool.train import plots
@@ -164,9 +162,7 @@ def run_training(args: StyleTrainArgs, cfg, run_dir: Path, device, *, resume=Fal
     summary = {"task": "stylize", "arch": "fast_style", "style": args.style, "train_images": len(train),
                "val_images": len(val), "epochs": state.epoch, "val": state.history[-1],
                "seconds": round(time.perf_counter() - start, 2)}
-    summary["data_parallel"] = trainer.parallel_summary()
-    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    return trainer.share_summary(summary)
+    return trainer.finish(summary)
 
 
 def resumed_arguments(run_dir: Path, epochs: int | None):
