@@ -74,3 +74,54 @@ def lenet_state_dict_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("weights") / "lenet5_plain.pt"
     torch.save(LeNet5(num_classes=10).state_dict(), path)
     return path
+
+
+def save_random_yolo(path: Path, classes: list[str]) -> Path:
+    """Our YOLO-style detector (width 4, 64 px) with random weights (seed 0) as a cvtool checkpoint, the
+    rare-object prior of its head undone so that random weights give boxes."""
+    import torch
+
+    from cvtool.models.checkpoint import save_checkpoint
+    from cvtool.models.yolo import YOLO_PREPROCESS, YoloDetector
+
+    torch.manual_seed(0)
+    model = YoloDetector(num_classes=len(classes), width=4, img_size=64)
+    with torch.no_grad():
+        model.head.bias.zero_()
+    save_checkpoint(path, arch="yolo", task="detect", state_dict=model.state_dict(), classes=classes,
+                    preprocess=YOLO_PREPROCESS.to_dict(),
+                    extra={"arch_kwargs": {"anchors": model.anchors.tolist(), "width": 4, "img_size": 64}})
+    return path
+
+
+def save_random_unet(path: Path, classes: list[str], *, foreground_everywhere: bool = False) -> Path:
+    """A small grey U-Net (width 4, depth 2, seed 0) as a cvtool checkpoint; `foreground_everywhere`: zero head
+    weights and a bias favouring class 1, so every pixel has that known answer."""
+    import torch
+
+    from cvtool.models.checkpoint import save_checkpoint
+    from cvtool.models.unet import UNET_PREPROCESS, UNet
+
+    torch.manual_seed(0)
+    model = UNet(num_classes=len(classes), in_channels=1, width=4, depth=2)
+    if foreground_everywhere:
+        with torch.no_grad():
+            model.head.weight.zero_()
+            model.head.bias.copy_(torch.tensor([0.0, 1.0]))
+    save_checkpoint(path, arch="unet", task="segment", state_dict=model.state_dict(), classes=classes,
+                    preprocess=UNET_PREPROCESS.to_dict(),
+                    extra={"arch_kwargs": {"width": 4, "depth": 2, "in_channels": 1}})
+    return path
+
+
+@pytest.fixture(scope="session")
+def yolo_checkpoint(tmp_path_factory) -> Path:
+    """A random-weight YOLO detector of two classes, square and disk (the video and input-safety tests')."""
+    return save_random_yolo(tmp_path_factory.mktemp("yolo") / "yolo.pt", ["square", "disk"])
+
+
+@pytest.fixture(scope="session")
+def unet_checkpoint(tmp_path_factory) -> Path:
+    """A U-Net whose answer is "shape" everywhere, so overlays and class masks have a known answer."""
+    return save_random_unet(tmp_path_factory.mktemp("unet") / "unet.pt", ["background", "shape"],
+                            foreground_everywhere=True)

@@ -4,12 +4,10 @@ and the training entries."""
 
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -19,7 +17,7 @@ from typer.testing import CliRunner
 
 import cvtool
 from cvtool.cli import app
-from conftest import SAMPLES, jsonl
+from conftest import SAMPLES, jsonl, save_random_unet, save_random_yolo
 
 DIGITS = sorted((SAMPLES / "digits").glob("*.png"))
 PHOTO = SAMPLES / "photos" / "chelsea.jpg"
@@ -37,32 +35,12 @@ def _cli_records(*args: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def yolo_checkpoint(tmp_path_factory):
-    from cvtool.models.checkpoint import save_checkpoint
-    from cvtool.models.yolo import YOLO_PREPROCESS, YoloDetector
-
-    torch.manual_seed(0)
-    model = YoloDetector(num_classes=2, width=4, img_size=64)
-    with torch.no_grad():  # undo the rare-object prior so random weights give boxes
-        model.head.bias.zero_()
-    path = tmp_path_factory.mktemp("yolo") / "yolo.pt"
-    save_checkpoint(path, arch="yolo", task="detect", state_dict=model.state_dict(), classes=["cat", "dog"],
-                    preprocess=YOLO_PREPROCESS.to_dict(),
-                    extra={"arch_kwargs": {"anchors": model.anchors.tolist(), "width": 4, "img_size": 64}})
-    return path
+    return save_random_yolo(tmp_path_factory.mktemp("yolo") / "yolo.pt", ["cat", "dog"])
 
 
 @pytest.fixture(scope="module")
 def unet_checkpoint(tmp_path_factory):
-    from cvtool.models.checkpoint import save_checkpoint
-    from cvtool.models.unet import UNET_PREPROCESS, UNet
-
-    torch.manual_seed(0)
-    model = UNet(num_classes=2, in_channels=1, width=4, depth=2)
-    path = tmp_path_factory.mktemp("unet") / "unet.pt"
-    save_checkpoint(path, arch="unet", task="segment", state_dict=model.state_dict(), classes=["background", "thing"],
-                    preprocess=UNET_PREPROCESS.to_dict(),
-                    extra={"arch_kwargs": {"width": 4, "depth": 2, "in_channels": 1}})
-    return path
+    return save_random_unet(tmp_path_factory.mktemp("unet") / "unet.pt", ["background", "thing"])
 
 
 @pytest.fixture(scope="module")

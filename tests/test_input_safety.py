@@ -14,7 +14,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 from conftest import SAMPLES, jsonl, run_cli
 from typer.testing import CliRunner
 
@@ -50,39 +49,6 @@ def error_lines(stderr: str) -> list[str]:
     """The per-input error lines (model, summary and note lines left out)."""
     return [line for line in stderr.splitlines()
             if line.startswith("cvtool: ") and " ok, " not in line and "(sha256 " not in line and "previous" not in line]
-
-
-@pytest.fixture(scope="module")
-def yolo_checkpoint(tmp_path_factory):
-    """Our YOLO-style detector with random weights, as a cvtool checkpoint (a subprocess can load it)."""
-    from cvtool.models.checkpoint import save_checkpoint
-    from cvtool.models.yolo import YOLO_PREPROCESS, YoloDetector
-
-    torch.manual_seed(0)
-    model = YoloDetector(num_classes=2, width=4, img_size=64)
-    with torch.no_grad():  # random weights with the rare-object prior undone: some boxes, so crops are written
-        model.head.bias.zero_()
-    path = tmp_path_factory.mktemp("yolo") / "yolo.pt"
-    save_checkpoint(path, arch="yolo", task="detect", state_dict=model.state_dict(), classes=["square", "disk"],
-                    preprocess=YOLO_PREPROCESS.to_dict(),
-                    extra={"arch_kwargs": {"anchors": model.anchors.tolist(), "width": 4, "img_size": 64}})
-    return path
-
-
-@pytest.fixture(scope="module")
-def unet_checkpoint(tmp_path_factory):
-    from cvtool.models.checkpoint import save_checkpoint
-    from cvtool.models.unet import UNET_PREPROCESS, UNet
-
-    torch.manual_seed(0)
-    model = UNet(num_classes=2, in_channels=1, width=4, depth=2)
-    with torch.no_grad():
-        model.head.weight.zero_()
-        model.head.bias.copy_(torch.tensor([0.0, 1.0]))  # "shape" everywhere: --save-mask writes a class mask
-    path = tmp_path_factory.mktemp("unet") / "unet.pt"
-    save_checkpoint(path, arch="unet", task="segment", state_dict=model.state_dict(), classes=["background", "shape"],
-                    preprocess=UNET_PREPROCESS.to_dict(), extra={"arch_kwargs": {"width": 4, "depth": 2, "in_channels": 1}})
-    return path
 
 
 # -- --out is the input folder

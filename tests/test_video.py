@@ -14,7 +14,6 @@ import textwrap
 import cv2
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from cvtool.cli import app
@@ -59,41 +58,6 @@ def clips(tmp_path_factory):
     cv2.imwrite(str(root / "still.png"), np.full((SIZE[1], SIZE[0], 3), 200, np.uint8))
     return {"mp4": make_video(root / "shapes.mp4"), "avi": make_video(root / "shapes.avi", fourcc="MJPG"),
             "bad": root / "bad.mp4", "image": root / "still.png"}
-
-
-@pytest.fixture(scope="module")
-def yolo_checkpoint(tmp_path_factory):
-    """Our YOLO-style detector with random weights (fixed seed), saved as a cvtool checkpoint."""
-    from cvtool.models.checkpoint import save_checkpoint
-    from cvtool.models.yolo import YOLO_PREPROCESS, YoloDetector
-
-    torch.manual_seed(0)
-    model = YoloDetector(num_classes=2, width=4, img_size=64)
-    with torch.no_grad():  # undo the rare-object prior (objectness ~0.01) so random weights give some boxes
-        model.head.bias.zero_()
-    path = tmp_path_factory.mktemp("yolo") / "yolo.pt"
-    save_checkpoint(path, arch="yolo", task="detect", state_dict=model.state_dict(), classes=["square", "disk"],
-                    preprocess=YOLO_PREPROCESS.to_dict(),
-                    extra={"arch_kwargs": {"anchors": model.anchors.tolist(), "width": 4, "img_size": 64}})
-    return path
-
-
-@pytest.fixture(scope="module")
-def unet_checkpoint(tmp_path_factory):
-    """A small U-Net whose head says "foreground" everywhere (zero weights, bias favouring class 1), so
-    the overlay has a known answer."""
-    from cvtool.models.checkpoint import save_checkpoint
-    from cvtool.models.unet import UNET_PREPROCESS, UNet
-
-    torch.manual_seed(0)
-    model = UNet(num_classes=2, in_channels=1, width=4, depth=2)
-    with torch.no_grad():
-        model.head.weight.zero_()
-        model.head.bias.copy_(torch.tensor([0.0, 1.0]))
-    path = tmp_path_factory.mktemp("unet") / "unet.pt"
-    save_checkpoint(path, arch="unet", task="segment", state_dict=model.state_dict(), classes=["background", "shape"],
-                    preprocess=UNET_PREPROCESS.to_dict(), extra={"arch_kwargs": {"width": 4, "depth": 2, "in_channels": 1}})
-    return path
 
 
 def _frame_records(records, path):
