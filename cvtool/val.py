@@ -15,6 +15,7 @@ from typing import Callable
 import numpy as np
 
 from cvtool.errors import UsageError
+from cvtool.ops.regions import foreground_rand_error  # noqa: F401  (segmentation's region measures live there)
 
 # Detection is scored as COCO and Ultralytics' val do: nearly every box (the PR curve needs the low scores).
 DETECT_CONF, DETECT_IOU, DETECT_MAX_DET = 0.001, 0.6, 100
@@ -57,7 +58,7 @@ def detect(data: str | Path, *, weights: str | Path | None = None, model: str | 
     import torch
 
     from cvtool.api import Detector
-    from cvtool.train.detection import coco_map, save_pr_curve
+    from cvtool.train.detection import coco_map, detection_tensors, save_pr_curve
     from cvtool.train.detection_data import open_detection_data
 
     _need_model(weights, model)
@@ -70,10 +71,7 @@ def detect(data: str | Path, *, weights: str | Path | None = None, model: str | 
     for boxes, labels, result in zip(boxed.boxes, boxed.labels, results):
         truth.append({"boxes": torch.from_numpy(boxes).float().reshape(-1, 4),
                       "labels": torch.tensor([remap[int(c)] for c in labels], dtype=torch.int64)})
-        dets = result.result["detections"]
-        found.append((torch.tensor([d["box"] for d in dets], dtype=torch.float32).reshape(-1, 4),
-                      torch.tensor([d["score"] for d in dets], dtype=torch.float32),
-                      torch.tensor([d["index"] for d in dets], dtype=torch.int64)))
+        found.append(detection_tensors(result.result["detections"]))
     present = sorted({remap[int(c)] for labels in boxed.labels for c in labels})
     scored_classes = [detector.classes[i] for i in present]
     # only the classes of the data are scored (a COCO detector's other 79 classes have no ground truth)
@@ -88,7 +86,7 @@ def detect(data: str | Path, *, weights: str | Path | None = None, model: str | 
     summary = {"task": "detect", "data": str(data), "model": detector.loaded.name,
                "weights_sha256": detector.weights_sha256, "images": len(boxed.paths),
                "boxes": int(sum(len(b) for b in boxed.boxes)), "conf": conf, "iou": iou, "max_det": max_det,
-               "map50": round(scores["map50"], 4), "map50_95": round(scores["map50_95"], 4),
+               "map50": scores["map50"], "map50_95": scores["map50_95"],
                "ap50_per_class": {k: round(v, 4) for k, v in scores["ap50_per_class"].items()}, "plots": []}
     if out_dir is not None:
         summary["plots"].append(save_pr_curve(scores["pr_curve"], out_dir / "pr_curve.png"))
@@ -102,7 +100,8 @@ def segment(data: str | Path, *, weights: str | Path | None = None, model: str |
     segment` reads them; 255 is ignored), each image segmented as `cvtool segment` does. For two-class data
     (`rand`: None = whenever there are two classes) also ISBI 2012's foreground-restricted Rand score:
     the connected regions of class 1 (cells, between membranes) in truth and prediction compared by
-    scikit-image's `adapted_rand_error`, truth's class-0 pixels ignored. Example masks in `out`."""
+    scikit-image's `adapted_rand_error`, truth's class-0 pixels ignored, and the variation of information split /
+    merge of the same regions (`variation_of_information`). Example masks in `out`."""
     from cvtool.api import Segmenter
     from cvtool.train.segmentation import IGNORE_INDEX, open_segmentation_data, scores_from_confusion
 
@@ -116,7 +115,7 @@ def segment(data: str | Path, *, weights: str | Path | None = None, model: str |
     if rand and n != 2:
         raise UsageError(f"the Rand score is for two-class (membrane/cell) data; {segmenter.loaded.name} has {n} classes")
     matrix = np.zeros((n, n), dtype=np.int64)
-    rand_errors, examples = [], []
+    region_pairs, examples = [], []
     for i in range(len(masked.images)):
         truth = masked.mask(i).astype(np.int64)
         valid = truth != IGNORE_INDEX
@@ -126,7 +125,7 @@ def segment(data: str | Path, *, weights: str | Path | None = None, model: str |
         predicted = segmenter(masked.image(i)).mask.astype(np.int64)
         matrix += np.bincount(truth[valid] * n + predicted[valid], minlength=n * n).reshape(n, n)
         if rand:
-            rand_errors.append(foreground_rand_error(truth, predicted))
+            region_pairs.append((truth, predicted))
         if len(examples) < 4:
             examples.append((masked.image(i), truth, predicted))
     scores = scores_from_confusion(matrix)
@@ -139,25 +138,16 @@ def segment(data: str | Path, *, weights: str | Path | None = None, model: str |
                "dice": {c: _round(v) for c, v in zip(classes, scores["dice"])},
                "confusion_matrix": matrix.tolist(), "plots": []}
     if rand:
-        errors = np.array(rand_errors)
-        summary["rand"] = {"adapted_rand_error": round(float(errors.mean()), 4),
-                           "foreground_rand_score": round(float(1 - errors.mean()), 4),
-                           "per_image_error": [round(float(e), 4) for e in errors]}
+        from cvtool.ops.regions import region_scores
+
+        regions = region_scores(region_pairs)
+        summary["rand"] = {"adapted_rand_error": round(regions["adapted_rand_error"], 4),
+                           "foreground_rand_score": round(1 - regions["adapted_rand_error"], 4),
+                           "per_image_error": regions["per_image_rand_error"],
+                           "vi_split": round(regions["vi_split"], 4), "vi_merge": round(regions["vi_merge"], 4)}
     if out_dir is not None:
         summary["plots"].append(_save_examples(examples, out_dir / "examples.png"))
     return summary
-
-
-def foreground_rand_error(truth: np.ndarray, predicted: np.ndarray) -> float:
-    """ISBI 2012's foreground-restricted Rand error of one image: the connected regions of class 1 (the
-    cells) in each are the segments; pixels that are class 0 (membrane) in the truth are ignored."""
-    from skimage.measure import label
-    from skimage.metrics import adapted_rand_error
-
-    true_regions = label(truth == 1, connectivity=1)
-    predicted_regions = label(predicted == 1, connectivity=1)
-    error, _, _ = adapted_rand_error(true_regions, predicted_regions, ignore_labels=(0,))
-    return float(error)
 
 
 def _round(value: float):

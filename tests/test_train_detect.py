@@ -60,7 +60,7 @@ def test_voc_yolo_and_coco_layouts_give_the_same_boxes(shapes, tmp_path):
 
 def test_augmentation_keeps_boxes_on_their_objects(shapes):
     data = open_detection_data(shapes)
-    images, boxes, labels, _ = letterboxed(data.subset(range(20)), 160)
+    images, boxes, labels, *_ = letterboxed(data.subset(range(20)), 160)
     dataset = DetectionDataset(images, boxes, labels, train=True)
     torch.manual_seed(0)
     for index in range(20):
@@ -73,7 +73,7 @@ def test_augmentation_keeps_boxes_on_their_objects(shapes):
 
 def test_mosaic_tiles_four_images_and_keeps_boxes_on_their_objects(shapes):
     data = open_detection_data(shapes)
-    images, boxes, labels, _ = letterboxed(data.subset(range(20)), 160)
+    images, boxes, labels, *_ = letterboxed(data.subset(range(20)), 160)
     plain = DetectionDataset(images, boxes, labels, train=True)
     mosaic = DetectionDataset(images, boxes, labels, train=True, mosaic=1.0)
     torch.manual_seed(0)

@@ -82,7 +82,7 @@ class DetectPipeline:
     def predict(self, samples: list[Sample]) -> list[dict]:
         import torch
 
-        from cvtool.ops.boxes import filter_detections
+        from cvtool.ops.boxes import detection_record, filter_detections
 
         with torch.inference_mode():  # the entry's forward: our YOLO letterboxes itself; torchvision's resize
             outputs = self.model.forward([_on_device(s.tensor, self.model.device) for s in samples])
@@ -91,11 +91,8 @@ class DetectPipeline:
             order, mask = filter_detections(out["boxes"], out["scores"], out["labels"], conf=self.conf, iou=self.iou,
                                             max_det=self.max_det, keep_labels=self.keep)
             boxes, scores, labels = out["boxes"][mask][order], out["scores"][mask][order], out["labels"][mask][order]
-            detections = [
-                {"label": self.model.classes[int(label)], "index": int(label), "score": round(float(score), 4),
-                 "box": [round(float(v), 2) for v in box]}
-                for box, score, label in zip(boxes.cpu(), scores.cpu(), labels.cpu())
-            ]
+            detections = [detection_record(box, score, label, self.model.classes[int(label)])
+                          for box, score, label in zip(boxes.cpu(), scores.cpu(), labels.cpu())]
             if self.keypoints and "keypoints" in out:
                 points = out["keypoints"][mask][order].cpu()
                 for det, kp in zip(detections, points):

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from cvtool.io.image import read_image
-from cvtool.models.yolo import YoloDetector, assign_targets, box_scores, decode, yolo_loss
+from cvtool.models.yolo import YoloDetector, assign_targets, decode, yolo_loss
 from cvtool.ops.anchors import best_possible_recall, kmeans_anchors
 from cvtool.ops.letterbox import letterbox
 from cvtool.ops.tensors import image_to_tensor
@@ -51,10 +51,11 @@ class OnDisk:
 
 def letterboxed(data: BoxedImages, size: int, on_skip=None):
     """Decode every image once, letterboxed to size x size, with its boxes moved along; the pixels are
-    kept while they fit in the in-memory budget, else (for every image) read again when needed."""
+    kept while they fit in the in-memory budget, else (for every image) read again when needed.
+    Returns (images, boxes, labels, kept indices, letterboxes): each image's Letterbox maps boxes back."""
     from cvtool.train.datasets import in_memory_budget
 
-    images, boxes, labels, kept = [], [], [], []
+    images, boxes, labels, kept, boxes_of = [], [], [], [], []
     budget, held = in_memory_budget(), 0
     for i, (path, image_boxes, image_labels) in enumerate(zip(data.paths, data.boxes, data.labels)):
         try:
@@ -68,20 +69,25 @@ def letterboxed(data: BoxedImages, size: int, on_skip=None):
         boxes.append(box.to_letterboxed(image_boxes).astype(np.float32) if len(image_boxes) else image_boxes)
         labels.append(image_labels)
         kept.append(i)
+        boxes_of.append(box)
     if held > budget:
         images = [OnDisk(Path(data.paths[i]), size) for i in kept]
-    return images, boxes, labels, kept
+    return images, boxes, labels, kept, boxes_of
 
 
 class DetectionDataset:
     """Letterboxed images and boxes; training adds mosaics (with probability `mosaic`), flips,
-    scale/shift jitter and colour jitter, all keeping the boxes right."""
+    scale/shift jitter and colour jitter, all keeping the boxes right. For validation, with `letterboxes`
+    and `originals` (each image's Letterbox and its boxes in its own pixels), each target also carries
+    those, so the metrics score boxes in the original image's pixels as `cvtool val detect` does."""
 
     takes_augmentation_seeds = True  # __getitem__((index, seed)): see cvtool.train.engine.EpochBatches
 
-    def __init__(self, images, boxes, labels, *, train: bool, hflip: bool = True, mosaic: float = 0.0):
+    def __init__(self, images, boxes, labels, *, train: bool, hflip: bool = True, mosaic: float = 0.0,
+                 letterboxes=None, originals=None):
         self.images, self.boxes, self.labels, self.train, self.hflip = images, boxes, labels, train, hflip
         self.mosaic = mosaic
+        self.letterboxes, self.originals = letterboxes, originals
 
     def __len__(self) -> int:
         return len(self.images)
@@ -102,7 +108,11 @@ class DetectionDataset:
                 image, boxes, labels = self._mosaic(index, image, rng)
             image, boxes, labels = self._augment(image, boxes, labels, rng)
         tensor = image_to_tensor(image)
-        return tensor, {"boxes": torch.from_numpy(boxes).float().reshape(-1, 4), "labels": torch.from_numpy(labels)}
+        target = {"boxes": torch.from_numpy(boxes).float().reshape(-1, 4), "labels": torch.from_numpy(labels)}
+        if not self.train and self.letterboxes is not None:
+            target["letterbox"] = self.letterboxes[index]
+            target["original_boxes"] = torch.from_numpy(np.asarray(self.originals[index], np.float32)).reshape(-1, 4)
+        return tensor, target
 
     def _mosaic(self, index: int, first: np.ndarray, rng):
         """Four training images (this one and three others) tiled 2 x 2 at half size, then a random
@@ -161,17 +171,28 @@ def collate(batch):
     return torch.stack(images), list(targets)
 
 
-def predictions(raw: torch.Tensor, anchors: torch.Tensor, *, conf: float, iou: float, max_det: int = 300):
-    """Per image: (boxes, scores, labels) after the score threshold and per-class NMS."""
-    from cvtool.ops.boxes import filter_detections
+def predictions(raw: torch.Tensor, anchors: torch.Tensor, letterboxes, classes: list[str], *, conf: float, iou: float,
+                max_det: int) -> list[tuple]:
+    """Per image: (boxes in its own pixels, scores, labels), exactly the boxes `cvtool detect --conf --iou
+    --max-det` prints for it: the same steps in the same functions (the detector's decoding and clipping to
+    the image, the pipeline's score threshold and per-class NMS, the records' rounding)."""
+    from cvtool.models.yolo import detections_in_original_pixels
+    from cvtool.ops.boxes import detection_record, filter_detections
 
-    boxes, objectness, class_probs = decode(raw, anchors)
     out = []
-    for b, o, c in zip(boxes, objectness, class_probs):
-        scores, label = box_scores(o, c)
-        order, mask = filter_detections(b, scores, label, conf=conf, iou=iou, max_det=max_det)
-        out.append((b[mask][order], scores[mask][order], label[mask][order]))
+    for found in detections_in_original_pixels(*decode(raw, anchors), letterboxes):
+        order, mask = filter_detections(found["boxes"], found["scores"], found["labels"], conf=conf, iou=iou,
+                                        max_det=max_det)
+        boxes, scores, labels = found["boxes"][mask][order], found["scores"][mask][order], found["labels"][mask][order]
+        out.append(detection_tensors([detection_record(b, s, c, classes[int(c)]) for b, s, c in zip(boxes, scores, labels)]))
     return out
+
+
+def detection_tensors(detections: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Detection records (`cvtool detect`'s) -> (boxes N x 4, scores N, labels N), what `coco_map` scores."""
+    return (torch.tensor([d["box"] for d in detections], dtype=torch.float32).reshape(-1, 4),
+            torch.tensor([d["score"] for d in detections], dtype=torch.float32),
+            torch.tensor([d["index"] for d in detections], dtype=torch.int64))
 
 
 def coco_map(gt: list[dict], detections: list[list], classes: list[str]) -> dict:
@@ -239,9 +260,20 @@ class DetectionTask:
         return {"gt": [], "det": []}
 
     def update_metrics(self, state: dict, raw, targets) -> None:
-        state["det"] += [tuple(t.cpu() for t in p) for p in predictions(raw.float(), self.anchors.to(raw.device),
-                                                                         conf=0.001, iou=0.6, max_det=100)]
-        state["gt"] += [{k: v.cpu() for k, v in t.items()} for t in targets]
+        """Scores what `cvtool val detect` scores for the same checkpoint: its conf, IoU and max_det, boxes
+        in each image's own pixels (clipped to it), ground truth as the annotations give it."""
+        from cvtool.val import DETECT_CONF, DETECT_IOU, DETECT_MAX_DET
+
+        if targets and "letterbox" in targets[0]:
+            letterboxes, truth = [t["letterbox"] for t in targets], [t["original_boxes"] for t in targets]
+        else:  # no letterboxes given: score in the letterboxed square
+            from cvtool.ops.letterbox import Letterbox
+
+            letterboxes = [Letterbox(1.0, 1.0, 0, 0) for _ in targets]
+            truth = [t["boxes"] for t in targets]
+        state["det"] += predictions(raw.float(), self.anchors.to(raw.device), letterboxes, self.classes,
+                                    conf=DETECT_CONF, iou=DETECT_IOU, max_det=DETECT_MAX_DET)
+        state["gt"] += [{"boxes": b.cpu(), "labels": t["labels"].cpu()} for b, t in zip(truth, targets)]
 
     def finish_metrics(self, state: dict) -> dict[str, float]:
         scores = coco_map(state["gt"], state["det"], self.classes)
@@ -300,7 +332,8 @@ def run_training(args: DetectTrainArgs, cfg, run_dir: Path, device, *, resume=Fa
     task.progress = progress
     trainer = Trainer(
         task, DetectionDataset(*train[:3], train=True, hflip=args.hflip, mosaic=args.mosaic),
-        DetectionDataset(*val[:3], train=False), cfg, run_dir, device, callbacks=callbacks, args=vars(args).copy(),
+        DetectionDataset(*val[:3], train=False, letterboxes=val[4], originals=[val_data.boxes[i] for i in val[3]]),
+        cfg, run_dir, device, callbacks=callbacks, args=vars(args).copy(),
         collate_fn=collate,
         extra_fields={"arch_kwargs": {"anchors": anchors.tolist(), "width": args.width, "img_size": args.img_size,
                                       "backbone": args.backbone},
