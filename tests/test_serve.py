@@ -240,6 +240,30 @@ def test_verify_face_records_equal_the_cli(server, serve_env, tmp_path):
     [mine], [theirs] = jsonl(local.stdout), jsonl(remote.stdout)
     assert without_ms(theirs) == without_ms(mine)
     assert theirs["result"]["same"] is True and theirs["result"]["path_b"] == str(mirrored)
+    # the same photos again, under other names: both found in the face cache by their bytes' hash, and the
+    # record is still the local one (names as given); the CSV writer costs the thin client no NumPy/OpenCV
+    before = request(f"{server.url}/models")[1]["face_cache"]
+    renamed = tmp_path / "again.jpg"
+    renamed.write_bytes(ASTRONAUT.read_bytes())
+    again = subprocess.run([sys.executable, "-X", "importtime", "-m", "cvtool", "verify-face", str(renamed),
+                            str(mirrored), "-f", "jsonl"], capture_output=True, text=True,
+                           env={**serve_env, "CVTOOL_SERVER": server.url}, cwd=ROOT, timeout=120)
+    assert again.returncode == 0, again.stderr
+    [cached] = jsonl(again.stdout)
+    assert without_ms(cached) == {**without_ms(mine), "path": str(renamed)}
+    after = request(f"{server.url}/healthz")[1]["face_cache"]
+    assert (after["hits"] - before["hits"], after["misses"] - before["misses"]) == (2, 0)
+    assert after["entries"] == before["entries"]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in again.stderr.splitlines() if line.startswith("import time")}
+    assert "cvtool.serve.client" in imported and not imported & {"numpy", "cv2", "torch"}
+    table = subprocess.run([sys.executable, "-m", "cvtool", "verify-face", *args[1:3], "-f", "csv"],
+                           capture_output=True, text=True, env={**serve_env, "CVTOOL_SERVER": server.url}, cwd=ROOT,
+                           timeout=120)
+    assert table.returncode == 0, table.stderr
+    result = mine["result"]
+    assert table.stdout.splitlines() == [
+        "path,frame,path_b,same,distance,threshold,detector,model,error",
+        f"{ASTRONAUT},,{mirrored},True,{result['distance']},{result['threshold']},mmod,dlib_face_resnet,"]
     # a face that cannot be had: the same line and exit 2 as locally, naming the right image
     remote = subprocess.run([sys.executable, "-m", "cvtool", "verify-face", str(ASTRONAUT), str(DIGITS / "digit_1.png")],
                             capture_output=True, text=True, env={**serve_env, "CVTOOL_SERVER": server.url}, cwd=ROOT,
@@ -322,3 +346,21 @@ def test_registry_loads_a_key_once_and_keeps_to_its_budget():
     assert [m["model"] for m in registry.describe()] == ["b"]
     registry.get(("classify", "a", None, "torch"), build(10))
     assert builds == [100, 100, 10]
+
+
+def test_face_cache_is_a_bounded_lru_and_the_client_columns_are_the_clis():
+    from cvtool.pipelines import face
+    from cvtool.serve import client
+    from cvtool.serve.faces import FaceCache, _Known
+
+    cache = FaceCache(capacity=2)
+    for key in ("a", "b"):
+        cache.put((key,), _Known([]))
+    assert cache.get(("a",)) is not None  # "a" is now the most recent: "b" goes first
+    cache.put(("c",), _Known([]))
+    assert cache.get(("b",)) is None and cache.get(("a",)) is not None and cache.get(("c",)) is not None
+    assert cache.stats() == {"entries": 2, "capacity": 2, "hits": 3, "misses": 1}
+    record = {"path_b": "b.jpg", "same": True, "distance": 0.31, "threshold": 0.6, "detector": "mmod",
+              "model": "dlib_face_resnet", "faces_found": [1, 1]}
+    assert client.VERIFY_COLUMNS == face.VERIFY_COLUMNS
+    assert client.verify_rows(record) == face.verify_rows(record)

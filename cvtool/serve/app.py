@@ -29,6 +29,7 @@ from starlette.datastructures import UploadFile
 
 from cvtool import __version__
 from cvtool.errors import CvtoolError, InputError, UsageError
+from cvtool.serve.faces import FaceCache, Upload
 from cvtool.serve.registry import Registry, with_attributes
 from cvtool.serve.security import Forbidden, TooLarge, confine, token_ok
 
@@ -47,6 +48,7 @@ class Settings:
     memory_budget: int = 4 * 1024**3
     preload: list[str] = field(default_factory=list)  # TASK:MODEL (a model name, or a weights/checkpoint file)
     galleries: dict[str, str] = field(default_factory=dict)  # name -> directory of known people
+    face_cache: int = 4096  # verify-face: photos whose faces and descriptors are remembered (by their bytes' hash)
     log: bool = True
 
     def to_json(self) -> str:
@@ -218,6 +220,7 @@ class Server:
         self.settings = settings
         self.registry = Registry(settings.memory_budget, on_event=log_line if settings.log else None)
         self.galleries: dict[tuple, Any] = {}
+        self.faces = FaceCache(settings.face_cache)
         self._gallery_lock = threading.Lock()
         self.preloaded_weights: set[str] = set()
         self.started = time.time()
@@ -228,7 +231,7 @@ class Server:
         for spec in self.settings.preload:
             self.preload(spec)
         for name, root in self.settings.galleries.items():
-            entry = self.entry("verify-face", None, None, "torch", _face_load_options())
+            entry = self.entry("verify-face", None, None, FACE_BACKEND, _face_load_options())
             known = self.gallery(entry, name)
             log_line(f"gallery {name}: {len(known.names)} photo(s) of {len(set(known.names))} people from {root}")
         self.ready = True
@@ -269,7 +272,10 @@ class Server:
             model, weights = (target, None) if task == "stylize" else (None, target)
         if task == "stylize" and model is None:
             raise UsageError(f"--preload {spec}: stylize needs a network file (stylize:runs/NAME/best.pt)")
-        self.entry(task, model, weights, "torch", _face_load_options() if task == "verify-face" else ())
+        if task == "verify-face":  # the key the CLI's defaults ask for, so that its first call finds it loaded
+            self.entry(task, model, weights, FACE_BACKEND, _face_load_options())
+        else:
+            self.entry(task, model, weights, "torch")
 
     def gallery(self, verifier_entry, name_or_path: str):
         """A gallery by --gallery NAME, or a server directory (confined); loaded once per verifier."""
@@ -285,8 +291,13 @@ class Server:
         return known
 
 
-def _face_load_options(detector: str = "mmod", upsample: int | None = None, threshold: float | None = None) -> tuple:
-    return (("detector", detector), ("upsample", upsample), ("threshold", threshold))
+FACE_BACKEND = "auto"  # `cvtool verify-face --backend` default: the cached ONNX exports, no torch
+DEFAULT_MIN_FACE = 40.0  # `cvtool verify-face --min-face` default (cvtool.pipelines.face.DEFAULT_MIN_FACE)
+
+
+def _face_load_options(detector: str = "mmod", upsample: int | None = None, threshold: float | None = None,
+                       min_face: float = DEFAULT_MIN_FACE) -> tuple:
+    return (("detector", detector), ("upsample", upsample), ("threshold", threshold), ("min_face", float(min_face)))
 
 
 def _csv(text: str | None) -> list[str] | None:
@@ -363,13 +374,14 @@ def create_app(settings: Settings, server: Server | None = None) -> FastAPI:
     async def healthz():
         """Liveness: always 200 while the server runs (no token needed)."""
         return {"status": "ok", "version": __version__, "loaded": len(server.registry.describe()),
-                "uptime_s": round(time.time() - server.started, 1)}
+                "uptime_s": round(time.time() - server.started, 1), "face_cache": server.faces.stats()}
 
     @app.get("/models")
     async def models():
         """The loaded models (LRU order, oldest first), their estimated memory, and the budget."""
         return {"loaded": server.registry.describe(), "used_bytes": server.registry.used_bytes,
-                "budget_bytes": server.registry.budget_bytes, "galleries": sorted(settings.galleries)}
+                "budget_bytes": server.registry.budget_bytes, "galleries": sorted(settings.galleries),
+                "face_cache": server.faces.stats()}
 
     @app.post("/classify")
     async def classify(request: Request, model: Optional[str] = None, weights: Optional[str] = None,
@@ -459,31 +471,27 @@ def create_app(settings: Settings, server: Server | None = None) -> FastAPI:
     @app.post("/verify-face")
     async def verify_face(request: Request, model: Optional[str] = None, weights: Optional[str] = None,
                           threshold: Optional[float] = Query(None, ge=0), detector: str = "mmod",
-                          upsample: Optional[int] = Query(None, ge=0, le=3), face_index: Optional[str] = None,
-                          backend: str = "torch", max_pixels: Optional[int] = Query(None, ge=1),
+                          upsample: Optional[int] = Query(None, ge=0, le=3),
+                          min_face: float = Query(DEFAULT_MIN_FACE, ge=8), face_index: Optional[str] = None,
+                          backend: str = FACE_BACKEND, max_pixels: Optional[int] = Query(None, ge=1),
                           path_a: Optional[str] = None, path_b: Optional[str] = None):
         """Are the faces in A and B the same person? Multipart files `a` and `b` (or server paths `path_a`,
-        `path_b`): the record of `cvtool verify-face A B -f json`."""
+        `path_b`): the record of `cvtool verify-face A B -f json`. The faces found in each photo are
+        remembered by the sha256 of its bytes (see /models `face_cache`), so a reference photo sent again
+        is not searched again."""
         a = await take_image(request, settings, "a", "path_a", raw_ok=False)
         b = await take_image(request, settings, "b", "path_b", raw_ok=False)
         index_a, index_b = _face_indices(face_index)
 
         def work():
-            limit = _limit(server, max_pixels)
+            from cvtool.serve import faces
+
             entry = server.entry("verify-face", model, server.server_file(weights, "weights"), backend,
-                                 _face_load_options(detector, upsample, threshold))
-            rgb_a = decode(a, limit)
-            decode(b, limit)  # b's own errors under its own name, before any model work
-            # A goes in as an array and B as its bytes, so that the record and any error name them apart
-            # (<array> / <bytes>): those placeholders are then replaced by the names the client gave.
-            names = {"<array>": a.name, "<bytes>": b.name}
-            try:
-                record = entry.obj.verify(rgb_a, b.data, index_a=index_a, index_b=index_b).to_dict()
-            except InputError as exc:
-                raise InputError(exc.reason, names.get(exc.path, exc.path)) from None
-            record["path"] = a.name
-            record["result"]["path_b"] = b.name
-            return record
+                                 _face_load_options(detector, upsample, threshold, min_face))
+            # the local CLI's verify over the cache: each image is decoded (a first, then b) only when its
+            # bytes are new, and named in the record and any error as the client named it
+            return faces.verify(entry.obj, server.faces, entry.key, Upload(a.data, a.name), Upload(b.data, b.name),
+                                index_a=index_a, index_b=index_b, max_pixels=_limit(server, max_pixels))
 
         return await answer(work)
 
@@ -492,7 +500,8 @@ def create_app(settings: Settings, server: Server | None = None) -> FastAPI:
                                                               "started with, or a directory under --allow-paths"),
                        model: Optional[str] = None, weights: Optional[str] = None,
                        threshold: Optional[float] = Query(None, ge=0), detector: str = "mmod",
-                       upsample: Optional[int] = Query(None, ge=0, le=3), backend: str = "torch",
+                       upsample: Optional[int] = Query(None, ge=0, le=3),
+                       min_face: float = Query(DEFAULT_MIN_FACE, ge=8), backend: str = FACE_BACKEND,
                        max_pixels: Optional[int] = Query(None, ge=1), name: Optional[str] = None,
                        path: Optional[str] = None):
         """Every face in one image named after the nearest known person, or "unknown": the record of
@@ -501,7 +510,7 @@ def create_app(settings: Settings, server: Server | None = None) -> FastAPI:
 
         def work():
             entry = server.entry("verify-face", model, server.server_file(weights, "weights"), backend,
-                                 _face_load_options(detector, upsample, threshold))
+                                 _face_load_options(detector, upsample, threshold, min_face))
             known = server.gallery(entry, gallery)
             record = entry.obj.identify(decode(image, _limit(server, max_pixels)), known).to_dict()
             record["path"] = image.name

@@ -135,6 +135,15 @@ def raise_for(status: int, body: bytes, client: Client) -> None:
 
 # -- the commands ------------------------------------------------------------------------------------
 
+# verify-face's table/CSV columns, as cvtool.pipelines.face.VERIFY_COLUMNS / verify_rows give them (a test
+# holds the two equal): importing that module costs the client NumPy and OpenCV, ~0.2 s per call.
+VERIFY_COLUMNS = ["path_b", "same", "distance", "threshold", "detector", "model"]
+
+
+def verify_rows(result: dict) -> list[list]:
+    return [[result[column] for column in VERIFY_COLUMNS]]
+
+
 def _writer(task: str, fmt: str | None):
     """The CLI's writer; the columns and row flatteners (cvtool.api, no torch) only for table and CSV."""
     from cvtool.io.records import make_writer
@@ -146,9 +155,7 @@ def _writer(task: str, fmt: str | None):
                          f"jsonl, or {LOCAL_ONLY}")
     if fmt in ("json", "jsonl"):
         return make_writer(fmt, [], lambda result: [])
-    if task == "verify-face":
-        from cvtool.pipelines.face import VERIFY_COLUMNS, verify_rows
-
+    if task == "verify-face":  # the local CLI's columns (cvtool.pipelines.face, which imports NumPy and OpenCV)
         return make_writer(fmt, VERIFY_COLUMNS, verify_rows)
     if task == "stylize":
         from cvtool.pipelines.stylize import FAST_COLUMNS, fast_rows
