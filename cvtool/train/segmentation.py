@@ -1,4 +1,9 @@
-"""`cvtool train segment`: image/mask folder pairs, CE + Dice loss, IoU/Dice/pixel-accuracy metrics."""
+"""`cvtool train segment`: image/mask folder pairs, CE + Dice loss, IoU/Dice/pixel-accuracy metrics.
+
+The U-Net paper's recipe is there by options: elastic deformations (`elastic`), its border-weighted cross-entropy
+(`loss="weighted-ce"`: w0, sigma), mirrored context beyond the image borders (`mirror_pad`), width 64 (`width`).
+For two-class data the summary also scores the connected cell regions: ISBI 2012's adapted Rand error and the
+variation of information (split / merge), for best.pt and for the last epoch's model."""
 
 from __future__ import annotations
 
@@ -121,48 +126,102 @@ def open_segmentation_data(root: str | Path, class_names: list[str] | None = Non
 
 
 class SegmentationDataset:
-    """Random crops and flips applied identically to image and mask (training); whole images otherwise."""
+    """Random crops and flips applied identically to image and mask (training); whole images otherwise.
+
+    Options (training): `elastic` (sigma, grid: see cvtool.ops.elastic) warps image, mask and weights with one
+    displacement field; `mirror_pad` pixels of mirrored image (cv2.BORDER_REFLECT) around each image let crops
+    reach beyond its borders, the mirrored pixels unscored (ignore index, weight 0), as the paper's overlap-tile
+    strategy gives the network context there. `weights` (border weight map options, or None): items are then
+    (image, {"mask", "weight"}); the map is computed once per image on the unwarped mask, cached, and warped
+    with the same field (bilinear) rather than recomputed, which would cost a distance transform per cell per
+    sample; the field is smooth (a 3x3 lattice) so distances change by a few percent at most."""
 
     takes_augmentation_seeds = True  # __getitem__((index, seed)): see cvtool.train.engine.EpochBatches
 
-    def __init__(self, data: MaskedImages, preprocess: Preprocess, *, crop: int | None, multiple: int, train: bool):
+    def __init__(self, data: MaskedImages, preprocess: Preprocess, *, crop: int | None, multiple: int, train: bool,
+                 elastic: dict | None = None, mirror_pad: int = 0, weights: dict | None = None):
         self.data, self.preprocess, self.crop, self.multiple, self.train = data, preprocess, crop, multiple, train
+        self.elastic, self.mirror_pad, self.weights = elastic, mirror_pad, weights
+        self._weight_cache: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
         return len(self.data.images)
+
+    def weight_map(self, index: int) -> np.ndarray:
+        if index not in self._weight_cache:
+            from cvtool.ops.regions import border_weight_map
+
+            self._weight_cache[index] = border_weight_map(self.data.mask(index), num_classes=len(self.data.classes),
+                                                          ignore_index=IGNORE_INDEX, **self.weights)
+        return self._weight_cache[index]
 
     def __getitem__(self, item):
         from cvtool.train.datasets import sample_index
 
         index, seed = sample_index(item)
         image, mask = self.data.image(index), self.data.mask(index)
+        weight = self.weight_map(index) if self.weights is not None else None
         if self.train:
-            image, mask = self._augment(image, mask, seed)
-        image, mask = self._pad(image, mask)
-        return torch.from_numpy(self.preprocess(image)), torch.from_numpy(mask.astype(np.int64))
+            image, mask, weight = self._augment(image, mask, weight, seed)
+        image, mask, weight = self._pad(image, mask, weight)
+        target = torch.from_numpy(mask.astype(np.int64))
+        if weight is not None:
+            target = {"mask": target, "weight": torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float32))}
+        return torch.from_numpy(self.preprocess(image)), target
 
-    def _augment(self, image, mask, seed=None):
+    def _augment(self, image, mask, weight=None, seed=None):
+        import cv2
+
         from cvtool.train.datasets import augmentation_rng
 
         rng = augmentation_rng(seed)  # the engine's per-sample seed: governed by seeding and resume
+        if self.mirror_pad:
+            p = self.mirror_pad
+            image = cv2.copyMakeBorder(np.ascontiguousarray(image), p, p, p, p, cv2.BORDER_REFLECT)
+            mask = cv2.copyMakeBorder(mask, p, p, p, p, cv2.BORDER_CONSTANT, value=IGNORE_INDEX)
+            if weight is not None:
+                weight = cv2.copyMakeBorder(weight, p, p, p, p, cv2.BORDER_CONSTANT, value=0.0)
         h, w = mask.shape
         if self.crop and (h > self.crop or w > self.crop):
             top, left = rng.integers(0, max(1, h - self.crop + 1)), rng.integers(0, max(1, w - self.crop + 1))
-            image = image[top : top + self.crop, left : left + self.crop]
-            mask = mask[top : top + self.crop, left : left + self.crop]
-        if rng.random() < 0.5:
-            image, mask = image[:, ::-1], mask[:, ::-1]
-        if rng.random() < 0.5:
-            image, mask = image[::-1], mask[::-1]
-        return np.ascontiguousarray(image), np.ascontiguousarray(mask)
+            # the elastic field samples up to a few sigma beyond the crop: warp a window with that margin
+            margin = int(4 * self.elastic["sigma"]) if self.elastic else 0
+            y0, y1 = max(0, top - margin), min(h, top + self.crop + margin)
+            x0, x1 = max(0, left - margin), min(w, left + self.crop + margin)
+            image, mask = image[y0:y1, x0:x1], mask[y0:y1, x0:x1]
+            weight = weight[y0:y1, x0:x1] if weight is not None else None
+            inner = (slice(top - y0, top - y0 + self.crop), slice(left - x0, left - x0 + self.crop))
+        else:
+            inner = (slice(None), slice(None))
+        if self.elastic:
+            from cvtool.ops import elastic
 
-    def _pad(self, image, mask):
+            field = elastic.displacement_field(mask.shape, rng, **self.elastic)
+            image = elastic.warp_image(np.ascontiguousarray(image), field)
+            mask = elastic.warp_mask(np.ascontiguousarray(mask), field, fill=IGNORE_INDEX)
+            if weight is not None:  # bilinear at the edge of the scored area: unscored pixels weigh 0 still
+                weight = np.where(mask == IGNORE_INDEX, 0.0, elastic.warp_map(weight, field)).astype(np.float32)
+        image, mask = image[inner], mask[inner]
+        weight = weight[inner] if weight is not None else None
+        flips = []
+        if rng.random() < 0.5:
+            flips.append(lambda a: a[:, ::-1])
+        if rng.random() < 0.5:
+            flips.append(lambda a: a[::-1])
+        for flip in flips:
+            image, mask = flip(image), flip(mask)
+            weight = flip(weight) if weight is not None else None
+        weight = np.ascontiguousarray(weight) if weight is not None else None
+        return np.ascontiguousarray(image), np.ascontiguousarray(mask), weight
+
+    def _pad(self, image, mask, weight=None):
         h, w = mask.shape
         pad_h, pad_w = (-h) % self.multiple, (-w) % self.multiple
         if pad_h or pad_w:
             image = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode="reflect")
             mask = np.pad(mask, ((0, pad_h), (0, pad_w)), constant_values=IGNORE_INDEX)
-        return image, mask
+            weight = np.pad(weight, ((0, pad_h), (0, pad_w))) if weight is not None else None
+        return image, mask, weight
 
 
 def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -175,12 +234,41 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 1 - ((2 * intersection + 1) / (sizes + 1)).mean()
 
 
+def weighted_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Pixel cross-entropy times a per-pixel weight, averaged over the scored (not ignored) pixels: with all
+    weights 1 it is the plain cross-entropy."""
+    per_pixel = nn.functional.cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX, reduction="none")
+    valid = target != IGNORE_INDEX
+    return (per_pixel * weight * valid).sum() / valid.sum().clamp(min=1)
+
+
+def _ce(logits, target, weight=None):
+    return nn.functional.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
+
+
+def _weighted_ce(logits, target, weight=None):
+    if weight is None:  # e.g. a torchvision segmenter's auxiliary head has no map of its own size: same size here
+        return _ce(logits, target)
+    return weighted_cross_entropy(logits, target, weight)
+
+
 LOSSES = {
-    "ce": lambda logits, target: nn.functional.cross_entropy(logits, target, ignore_index=IGNORE_INDEX),
-    "dice": dice_loss,
-    "ce+dice": lambda logits, target: nn.functional.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
+    "ce": _ce,
+    "dice": lambda logits, target, weight=None: dice_loss(logits, target),
+    "ce+dice": lambda logits, target, weight=None: _ce(logits, target) + dice_loss(logits, target),
+    # the U-Net paper's loss: cross-entropy weighted by its border weight map (w0, sigma)
+    "weighted-ce": _weighted_ce,
+    "weighted-ce+dice": lambda logits, target, weight=None: _weighted_ce(logits, target, weight)
     + dice_loss(logits, target),
 }
+WEIGHTED_LOSSES = ("weighted-ce", "weighted-ce+dice")
+
+
+def _split_target(targets):
+    """(class-id mask, per-pixel weights or None) from what SegmentationDataset yields."""
+    if isinstance(targets, dict):
+        return targets["mask"], targets["weight"]
+    return targets, None
 
 
 def scores_from_confusion(matrix: np.ndarray) -> dict[str, float]:
@@ -210,9 +298,10 @@ class SegmentationTask:
     def loss(self, outputs, targets):
         from cvtool.models.contract import segmentation_logits
 
-        loss = self._loss(segmentation_logits(outputs), targets)
+        targets, weight = _split_target(targets)
+        loss = self._loss(segmentation_logits(outputs), targets, weight)
         if isinstance(outputs, dict) and outputs.get("aux") is not None:
-            loss = loss + 0.5 * self._loss(outputs["aux"], targets)
+            loss = loss + 0.5 * self._loss(outputs["aux"], targets, weight)
         return loss
 
     def start_metrics(self) -> np.ndarray:
@@ -222,7 +311,7 @@ class SegmentationTask:
         from cvtool.models.contract import segmentation_logits
 
         predicted = segmentation_logits(outputs).argmax(1).cpu().numpy().reshape(-1)
-        truth = targets.cpu().numpy().reshape(-1)
+        truth = _split_target(targets)[0].cpu().numpy().reshape(-1)
         valid = truth != IGNORE_INDEX
         np.add.at(matrix, (truth[valid], predicted[valid]), 1)
 
@@ -250,6 +339,23 @@ class SegmentTrainArgs:
     depth: int = 4
     in_channels: int = 1
     class_names: list[str] | None = None
+    elastic: bool = False  # the U-Net paper's elastic deformations (image and mask warped alike)
+    elastic_sigma: float = 10.0  # pixels: std of the displacements on the coarse lattice
+    elastic_grid: int = 3  # the lattice: grid x grid points, upsampled bicubically
+    mirror_pad: int = 0  # pixels of mirrored context around each training image (crops may reach into it)
+    border_w0: float = 10.0  # the border weight map's w0 and sigma (pixels), for --loss weighted-ce
+    border_sigma: float = 5.0
+
+
+def dataset_options(args: SegmentTrainArgs) -> dict:
+    """SegmentationDataset's augmentation and weight-map options from the run's arguments."""
+    if args.loss not in LOSSES:
+        raise UsageError(f"unknown --loss {args.loss!r}; choose from {', '.join(LOSSES)}")
+    if args.mirror_pad < 0 or args.elastic_sigma < 0 or args.elastic_grid < 2 or args.border_sigma <= 0:
+        raise UsageError("--mirror-pad and --elastic-sigma must be >= 0, --elastic-grid >= 2, --border-sigma > 0")
+    weights = {"w0": args.border_w0, "sigma": args.border_sigma} if args.loss in WEIGHTED_LOSSES else None
+    elastic = {"sigma": args.elastic_sigma, "grid": args.elastic_grid} if args.elastic else None
+    return {"elastic": elastic, "mirror_pad": args.mirror_pad, "weights": weights}
 
 
 def resumed_arguments(run_dir: Path, epochs: int | None):
@@ -291,10 +397,12 @@ def run_training(args: SegmentTrainArgs, cfg, run_dir: Path, device, *, resume=F
     arch_kwargs = _arch_kwargs(args)
     task = SegmentationTask(entry, data.classes, preprocess, arch_kwargs, args.loss)
     multiple = 2 ** args.depth if args.arch == "unet" else 8
+    options = dataset_options(args)
     trainer = Trainer(
         task,
-        SegmentationDataset(train_data, preprocess, crop=args.crop, multiple=multiple, train=True),
-        SegmentationDataset(val_data, preprocess, crop=None, multiple=multiple, train=False),
+        SegmentationDataset(train_data, preprocess, crop=args.crop, multiple=multiple, train=True, **options),
+        SegmentationDataset(val_data, preprocess, crop=None, multiple=multiple, train=False,
+                            weights=options["weights"]),
         cfg, run_dir, device, callbacks=callbacks, args=vars(args).copy(), extra_fields={"arch_kwargs": arch_kwargs},
     )
     if resume:
@@ -302,16 +410,46 @@ def run_training(args: SegmentTrainArgs, cfg, run_dir: Path, device, *, resume=F
     state = trainer.fit()
     if not trainer.is_main:  # rank 0 scores, plots and writes the summary; the others get it
         return trainer.share_summary(None)
+    two_class = len(data.classes) == 2
+    # the last epoch's model first (the model holds it now), then best.pt: both are reported
+    last_report = trainer.evaluate(trainer.val_loader)
+    if two_class:
+        last_report.update(region_report(trainer.model, trainer.val_loader, device))
     best_epoch = trainer.load_best_into(run_dir / "best.pt")
     report = trainer.evaluate(trainer.val_loader)
+    if two_class:
+        report.update(region_report(trainer.model, trainer.val_loader, device))
     plots.save_curves(state.history, run_dir / "curves.png")
     save_examples(trainer.model, val_data, trainer.val_loader, run_dir / "examples.png", device)
     summary = {
         "task": "segment", "arch": entry.name, "classes": data.classes, "train_images": len(train_data.images),
         "val_images": len(val_data.images), "val_names": val_data.names, "skipped_files": len(data.skipped),
-        "epochs": state.epoch, "best_epoch": best_epoch, "val": report, "seconds": round(time.perf_counter() - start, 2),
+        "epochs": state.epoch, "best_epoch": best_epoch, "val": report, "val_last_epoch": last_report,
+        "seconds": round(time.perf_counter() - start, 2),
     }
     return trainer.finish(summary)
+
+
+@torch.inference_mode()
+def region_report(model, loader, device) -> dict:
+    """The cell regions of each whole validation image (connected class-1 pixels) against the truth's: mean
+    adapted Rand error and VI split / merge (cvtool.ops.regions; ignored and padded pixels left out)."""
+    from cvtool.models.contract import segmentation_logits
+    from cvtool.ops.regions import region_scores
+
+    model.eval()
+    pairs = []
+    for inputs, targets in loader:
+        truth = _split_target(targets)[0].numpy()
+        predicted = segmentation_logits(model(inputs.to(device))).argmax(1).cpu().numpy()
+        for t, p in zip(truth, predicted):
+            rows, cols = np.nonzero((t != IGNORE_INDEX).any(1))[0], np.nonzero((t != IGNORE_INDEX).any(0))[0]
+            if rows.size:  # the padding _pad added is ignored: score the image's own extent
+                t, p = t[: rows[-1] + 1, : cols[-1] + 1], p[: rows[-1] + 1, : cols[-1] + 1]
+            pairs.append((np.where(t == IGNORE_INDEX, 0, t), p))
+    scores = region_scores(pairs)
+    return {"adapted_rand_error": scores["adapted_rand_error"], "vi_split": scores["vi_split"],
+            "vi_merge": scores["vi_merge"]}
 
 
 @torch.inference_mode()

@@ -1,0 +1,119 @@
+"""The U-Net paper's training recipe on the ISBI 2012 membrane set, scored on held-out slices by ISBI's own measure.
+
+    python bench/unet_isbi.py [--epochs 80] [--width 32] [--threads 2] [--name unet_isbi] [--baseline]
+
+Needs ../shared/datasets/membrane (24 512x512 EM slices). The fixed split (numpy default_rng(0).permutation of the
+24 sorted names): the first 5 are held out (4, 12, 7, 18, 19: the slices the README's earlier figures were taken
+on), the next 3 validate (pick best.pt: 10, 8, 14), the other 16 train. Training: cvtool.train.segment (the library
+under `cvtool train segment`) with elastic deformations, the border-weighted cross-entropy (w0 10, sigma 5 px),
+64 px of mirrored context, 256 px crops + flips, AdamW + cosine, in this process with `--threads` torch threads;
+its CPU time (all threads) is recorded against the 60 CPU-minute budget. `--baseline`: the README's earlier
+recipe (CE + Dice, crops + flips only) on the same split, for a comparison within one machine state.
+Scoring: `cvtool val segment`'s code (cvtool.val.segment) on the 5 held-out slices, for best.pt and last.pt:
+adapted Rand error of the cell regions, VI split / merge, pixel accuracy, membrane IoU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).parent))
+from _results import write_results  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "datasets" / "membrane"
+BUDGET_CPU_S = 3600
+
+
+def split(names: list[str]) -> dict[str, list[str]]:
+    import numpy as np
+
+    order = [names[i] for i in np.random.default_rng(0).permutation(len(names))]
+    return {"held_out": order[:5], "val": order[5:8], "train": order[8:]}
+
+
+def link_split(root: Path, picked: list[str]) -> Path:
+    for sub in ("image", "label"):
+        (root / sub).mkdir(parents=True)
+        for name in picked:
+            (root / sub / name).symlink_to(DATA / sub / name)
+    return root
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=80)
+    parser.add_argument("--width", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--loss", default="weighted-ce")
+    parser.add_argument("--mirror-pad", type=int, default=64)
+    parser.add_argument("--no-elastic", action="store_true")
+    parser.add_argument("--baseline", action="store_true", help="the README's earlier recipe on the same split")
+    parser.add_argument("--name", default="unet_isbi")
+    parser.add_argument("--keep", type=Path, help="keep the run directory here")
+    args = parser.parse_args()
+    if not DATA.is_dir():
+        sys.exit(f"skipped: {DATA} is not here (the shared data sets sit beside the project)")
+    import torch
+
+    torch.set_num_threads(args.threads)
+    import cvtool.train
+    import cvtool.val
+
+    names = sorted(p.name for p in (DATA / "image").iterdir())
+    parts = split(names)
+    if args.baseline:
+        recipe = dict(loss="ce+dice", elastic=False, mirror_pad=0)
+    else:
+        recipe = dict(loss=args.loss, elastic=not args.no_elastic, mirror_pad=args.mirror_pad)
+    options = dict(arch="unet", epochs=args.epochs, width=args.width, depth=4, crop=256, batch_size=4, lr=args.lr,
+                   class_names=["membrane", "cell"], seed=0, device="cpu", **recipe)
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        train_dir, val_dir = link_split(tmp / "train", parts["train"]), link_split(tmp / "val", parts["val"])
+        held_dir = link_split(tmp / "held_out", parts["held_out"])
+        run = args.keep or tmp / "run"
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        summary = cvtool.train.segment(str(train_dir), val=str(val_dir), out=str(run), **options)
+        train_cpu, train_wall = time.process_time() - cpu0, time.perf_counter() - wall0
+        load_after = os.getloadavg()
+        scored = {}
+        for which in ("best", "last"):
+            result = cvtool.val.segment(str(held_dir), weights=str(run / f"{which}.pt"), device="cpu")
+            scored[which] = {"adapted_rand_error": result["rand"]["adapted_rand_error"],
+                             "vi_split": result["rand"]["vi_split"], "vi_merge": result["rand"]["vi_merge"],
+                             "pixel_accuracy": result["pixel_accuracy"], "iou_membrane": result["iou"]["membrane"],
+                             "iou_cell": result["iou"]["cell"], "per_image_rand_error": result["rand"]["per_image_error"]}
+    call = "cvtool.train.segment(TRAIN, val=VAL, " + ", ".join(f"{k}={v!r}" for k, v in options.items()) + ")"
+    write_results(args.name, {
+        "data": "ISBI 2012 membrane (../shared/datasets/membrane), 24 slices; split by "
+                "numpy.random.default_rng(0).permutation of the sorted names: 5 held out, 3 validation, 16 train",
+        "split": parts,
+        "recipe": "baseline (README's earlier: CE + Dice, crops + flips)" if args.baseline else
+                  "U-Net paper: elastic deformations (3x3 lattice, sigma 10 px), border-weighted CE (w0 10, sigma 5 "
+                  "px, class-balanced w_c), mirrored context, 256 px crops + flips",
+        "train_call": call,
+        "torch_threads": args.threads,
+        "budget_cpu_s": BUDGET_CPU_S,
+        "train_cpu_s": round(train_cpu, 1), "train_wall_s": round(train_wall, 1),
+        "within_budget": train_cpu <= BUDGET_CPU_S,
+        "loadavg_before": [round(x, 2) for x in load_before], "loadavg_after": [round(x, 2) for x in load_after],
+        "best_epoch": summary["best_epoch"],
+        "val_3_slices": {which: {k: round(summary[key][k], 4) for k in
+                                 ("adapted_rand_error", "vi_split", "vi_merge", "pixel_accuracy", "iou_membrane")}
+                         for which, key in (("best", "val"), ("last", "val_last_epoch"))},
+        "held_out_5_slices": scored,
+        "targets": {"adapted_rand_error": "<= 0.08", "pixel_accuracy": ">= 0.92 (README 0.913)",
+                    "iou_membrane": ">= 0.67"},
+    })
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""The U-Net paper's training recipe in `train segment`: elastic deformations that keep image and mask aligned,
+the border weight map (known numbers), the weighted cross-entropy, and the cell-region scores (adapted Rand
+error, variation of information) of the train summary and of `cvtool val segment`."""
+
+import json
+import math
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from conftest import invoke_cli
+
+from cvtool.errors import UsageError
+from cvtool.ops import elastic
+from cvtool.ops.regions import border_weight_map, class_balance_weights, foreground_variation_of_information
+from cvtool.train.segmentation import IGNORE_INDEX, weighted_cross_entropy
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _cells(h: int = 96, w: int = 96, step: int = 16, membrane: int = 3) -> np.ndarray:
+    """Class ids: a lattice of square cells (1) separated by membrane lines (0)."""
+    mask = np.ones((h, w), np.uint8)
+    for k in range(0, max(h, w), step):
+        mask[k : k + membrane, :] = 0
+        mask[:, k : k + membrane] = 0
+    return mask
+
+
+def test_elastic_warp_keeps_image_and_mask_aligned():
+    labels = (np.arange(96)[:, None] // 12 * 8 + np.arange(96)[None, :] // 12).astype(np.uint8)  # 64 blocks
+    image = np.repeat((labels * 3)[:, :, None], 3, axis=2)  # the image's grey level encodes the block's label
+    field = elastic.displacement_field(labels.shape, np.random.default_rng(1), sigma=10, grid=3)
+    warped_image, warped_labels = elastic.warp_image(image, field), elastic.warp_mask(labels, field, fill=255)
+    kernel = np.ones((3, 3), np.uint8)
+    # away from block edges (where bilinear image sampling mixes two blocks): 3x3 neighbourhoods of one label
+    inside = (cv2.erode(warped_labels, kernel) == cv2.dilate(warped_labels, kernel)) & (warped_labels != 255)
+    assert inside.mean() > 0.5
+    agree = np.abs(warped_image[..., 0].astype(int) - warped_labels.astype(int) * 3)[inside] <= 1
+    assert agree.mean() > 0.99
+    assert (warped_labels != labels).mean() > 0.1  # and the warp did move things
+    # a different field for the mask (what the test is there to catch) breaks the agreement
+    other = elastic.warp_mask(labels, elastic.displacement_field(labels.shape, np.random.default_rng(2)), fill=255)
+    inside = (cv2.erode(other, kernel) == cv2.dilate(other, kernel)) & (other != 255)
+    assert (np.abs(warped_image[..., 0].astype(int) - other.astype(int) * 3)[inside] <= 1).mean() < 0.8
+    assert set(np.unique(warped_labels)) <= set(np.unique(labels)) | {255}  # nearest neighbour: no new ids
+
+
+def test_border_weight_map_is_high_between_touching_cells_and_w_c_far_from_them():
+    mask = np.zeros((40, 120), np.uint8)
+    mask[5:35, 5:30] = 1  # two cells, 2 membrane pixels (columns 30, 31) apart
+    mask[5:35, 32:57] = 1
+    mask[0, 0] = IGNORE_INDEX
+    w_c = class_balance_weights(mask, 2, IGNORE_INDEX)
+    n_valid, n_cell = 40 * 120 - 1, 2 * 30 * 25
+    assert w_c == pytest.approx([n_valid / (2 * (n_valid - n_cell)), n_valid / (2 * n_cell)])
+    weights = border_weight_map(mask, w0=10, sigma=5)
+    # column 30: 1 px from the left cell, 2 from the right one: w_c + 10 exp(-9 / 50)
+    assert weights[20, 30] == pytest.approx(w_c[0] + 10 * math.exp(-9 / 50), rel=1e-5)
+    assert weights[20, 31] == pytest.approx(w_c[0] + 10 * math.exp(-9 / 50), rel=1e-5)
+    assert weights[20, 30] > 9
+    assert weights[20, 119] == pytest.approx(w_c[0], abs=1e-4)  # 62 px from the nearest cell
+    assert weights[20, 15] == pytest.approx(w_c[1])  # inside a cell: its class weight alone
+    assert weights[0, 0] == 0.0  # ignored
+    # one cell alone: no second cell, so no border term anywhere
+    alone = mask.copy()
+    alone[5:35, 32:57] = 0
+    assert border_weight_map(alone)[20, 30] == pytest.approx(class_balance_weights(alone, 2, IGNORE_INDEX)[0])
+
+
+def test_weighted_cross_entropy_is_plain_cross_entropy_with_unit_weights():
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, 8, 8, generator=generator)
+    target = torch.randint(0, 3, (2, 8, 8), generator=generator)
+    target[0, :2] = IGNORE_INDEX
+    plain = torch.nn.functional.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
+    assert weighted_cross_entropy(logits, target, torch.ones(2, 8, 8)).item() == pytest.approx(plain.item(), rel=1e-6)
+    assert weighted_cross_entropy(logits, target, torch.full((2, 8, 8), 3.0)).item() == pytest.approx(
+        3 * plain.item(), rel=1e-6)
+    heavy = torch.ones(2, 8, 8)
+    heavy[1, 4, 4] = 11.0  # one pixel counts 11 times
+    per_pixel = torch.nn.functional.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="none")
+    expected = (per_pixel.sum() + 10 * per_pixel[1, 4, 4]) / (target != IGNORE_INDEX).sum()
+    assert weighted_cross_entropy(logits, target, heavy).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_variation_of_information_split_and_merge_known_answers():
+    truth = np.zeros((10, 21), np.int64)
+    truth[:, :10], truth[:, 11:] = 1, 1  # two equal cells, a membrane column between them
+    merged = np.ones_like(truth)  # the membrane missed: one bit to tell the cells apart again
+    assert foreground_variation_of_information(truth, merged) == pytest.approx((0.0, 1.0))
+    split = truth.copy()
+    split[5, :] = 0  # each cell cut by a membrane row: 50 / 10 (the row, one region: label 0) / 40 pixels
+    entropy = -(0.5 * math.log2(0.5) + 0.1 * math.log2(0.1) + 0.4 * math.log2(0.4))
+    # merge: the row's 20 pixels (label 0, in both cells) cost one bit each
+    assert foreground_variation_of_information(truth, split) == pytest.approx((entropy, 20 / 210 * 1.0 * 210 / 200))
+    assert foreground_variation_of_information(truth, truth) == pytest.approx((0.0, 0.0), abs=1e-9)
+
+
+def _write_cells(root, n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(n):
+        mask = np.roll(_cells(64, 64), tuple(rng.integers(0, 16, 2)), axis=(0, 1))
+        image = np.where(mask == 1, 200, 40).astype(np.uint8) + rng.integers(0, 20, mask.shape).astype(np.uint8)
+        cv2.imwrite(str(root / "images" / f"{i}.png"), image)
+        cv2.imwrite(str(root / "masks" / f"{i}.png"), mask * 255)
+    return root
+
+
+def test_one_epoch_with_the_paper_options_reports_rand_and_vi_for_best_and_last(tmp_path):
+    import cvtool.train
+
+    data = _write_cells(tmp_path / "data", 4, seed=0)
+    summary = cvtool.train.segment(str(data), epochs=1, width=4, depth=2, crop=32, batch_size=2, loss="weighted-ce",
+                                   elastic=True, mirror_pad=8, class_names=["membrane", "cell"], device="cpu",
+                                   out=str(tmp_path / "run"), val_split=0.5)
+    on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())
+    for report in (summary["val"], summary["val_last_epoch"], on_disk["val"], on_disk["val_last_epoch"]):
+        assert {"adapted_rand_error", "vi_split", "vi_merge", "iou_membrane", "pixel_accuracy"} <= set(report)
+        assert 0.0 <= report["adapted_rand_error"] <= 1.0 and report["vi_split"] >= 0 and report["vi_merge"] >= 0
+    stored = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert stored["args"]["elastic"] is True and stored["args"]["loss"] == "weighted-ce"
+    # `cvtool val segment` gives the same cell-region scores for that checkpoint, VI beside the Rand error
+    result = invoke_cli("val", "segment", str(data), "--weights", str(tmp_path / "run" / "last.pt"))
+    assert result.returncode == 0, result.stderr
+    rand = json.loads(result.stdout)["rand"]
+    assert {"adapted_rand_error", "vi_split", "vi_merge", "per_image_error"} <= set(rand)
+    assert len(rand["per_image_error"]) == 4
+
+
+def test_bad_recipe_values_stop_before_a_run_directory_is_made(tmp_path):
+    import cvtool.train
+
+    data = _write_cells(tmp_path / "data", 2, seed=0)
+    with pytest.raises(UsageError) as caught:
+        cvtool.train.segment(str(data), epochs=1, width=4, mirror_pad=-1, out=str(tmp_path / "run"))
+    assert str(caught.value) == "--mirror-pad and --elastic-sigma must be >= 0, --elastic-grid >= 2, --border-sigma > 0"
+    with pytest.raises(UsageError, match="unknown --loss 'weighted'; choose from ce, dice, ce\\+dice, weighted-ce"):
+        cvtool.train.segment(str(data), epochs=1, width=4, loss="weighted", out=str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_weighted_training_items_carry_the_weight_map_warped_with_the_mask(tmp_path):
+    from cvtool.ops.preprocess import Preprocess
+    from cvtool.train.segmentation import SegmentationDataset, open_segmentation_data
+
+    data = open_segmentation_data(_write_cells(tmp_path / "data", 1, seed=3))
+    pre = Preprocess(crop_size=None, resize_size=None, mean=(0.5,), std=(0.5,), grayscale=True, resize_mode="none")
+    dataset = SegmentationDataset(data, pre, crop=48, multiple=4, train=True, elastic={"sigma": 4.0, "grid": 3},
+                                  mirror_pad=16, weights={"w0": 10.0, "sigma": 5.0})
+    image, target = dataset[(0, 123)]
+    mask, weight = target["mask"].numpy(), target["weight"].numpy()
+    assert image.shape == (1, 48, 48) and mask.shape == weight.shape == (48, 48)
+    assert (weight[mask == IGNORE_INDEX] == 0).all()  # mirrored context and warped-in borders are not scored
+    scored = mask != IGNORE_INDEX
+    # the map moved with the mask: membrane pixels carry the border term, cell pixels their class weight
+    assert np.median(weight[scored & (mask == 0)]) > 3 * np.median(weight[scored & (mask == 1)])
+    again_image, again = dataset[(0, 123)]  # the sample's seed fixes its warp
+    assert torch.equal(again_image, image) and torch.equal(again["weight"], target["weight"])
