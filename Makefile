@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test test-slow bench-test-time bench bench-startup bench-throughput bench-bad-inputs bench-segment bench-detect bench-video bench-onnx bench-serve bench-ddp eval-train eval-face-train eval-segment eval-style eval-detect eval-face-port eval-face-landmarks eval-face sample-images lenet-digits clean
+.PHONY: install demo test test-slow bench-test-time bench bench-startup bench-throughput bench-bad-inputs bench-segment bench-detect bench-video bench-onnx bench-serve bench-ddp eval-train eval-face-train eval-segment eval-unet-isbi eval-style eval-detect eval-face-port eval-face-landmarks eval-face sample-images lenet-digits clean
 
 ## install: a virtual environment in .venv with cvtool (editable) and the dev tools
 install:
@@ -100,6 +100,10 @@ eval-detect:
 ## eval-segment: U-Net on the ISBI membrane set (needs ../shared; about 8 minutes)
 eval-segment:
 	$(BIN)/python bench/eval_segment.py
+
+## eval-unet-isbi: the U-Net paper's recipe (elastic, border-weighted CE, mirrored context) on a fixed 16/3/5 split of the ISBI membrane set, held-out adapted Rand error / VI / IoU (needs ../shared; at most 60 CPU-minutes)
+eval-unet-isbi:
+	OMP_NUM_THREADS=2 $(BIN)/python bench/unet_isbi.py
 
 sample-images:
 	$(BIN)/python scripts/make_sample_images.py
