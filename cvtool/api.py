@@ -701,6 +701,7 @@ class FaceVerifier:
                  on_export: Callable[[Path], None] | None = None, threads: int | None = None, half: bool = False):
         from cvtool.pipelines import face as task
 
+        task.face_detector_entry(detector)  # an unknown detector is one line before any model loads
         self.loaded = _load(model, task="face-embed", weights=weights, device=device, backend=backend,
                             default=task.DEFAULT_EMBEDDER, progress=progress, on_export=on_export, threads=threads,
                             half=half)

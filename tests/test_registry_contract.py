@@ -20,7 +20,8 @@ FORWARD_MAX_PARAMS = 6_000_000  # a real CPU forward pass on a small input
 EXPORT_MAX_PARAMS = 2_000_000  # an ONNX export + onnxruntime check too
 
 ENTRIES = {e.name: e for e in list_entries()}
-NETWORKS = sorted(ENTRIES)
+NETWORKS = sorted(n for n, e in ENTRIES.items() if e.builder is not None)
+CLASSICAL = sorted(n for n, e in ENTRIES.items() if e.builder is None)
 
 
 def built(entry, device="cpu"):
@@ -149,3 +150,32 @@ def test_small_models_export_and_run_on_onnxruntime_as_the_pipelines_call_them(n
             assert torch.equal(a["labels"], b["labels"])
     else:
         assert torch.allclose(want, got, rtol=1e-3, atol=1e-4 * float(want.abs().max()))
+
+
+def test_only_classical_detectors_are_not_networks_and_they_say_so_in_one_line():
+    assert CLASSICAL == ["opencv_haar_face"]
+    for name in CLASSICAL:
+        entry = ENTRIES[name]
+        assert entry.input_kind == "classical" and entry.export is None and entry.face_detector is not None
+        with pytest.raises(UsageError) as raised:
+            entry.build()
+        assert str(raised.value) == f"model {name!r}: {entry.export_refusal}"
+
+
+@pytest.mark.parametrize("name", sorted(n for n, e in ENTRIES.items() if e.task == "face-detect"))
+def test_every_face_detector_is_declared_and_finds_the_astronauts_face(name):
+    """Each face-detect entry makes its detector from the registry alone (the CLI's --detector alias included)
+    and finds the one face of scikit-image's astronaut, as an inclusive (l, t, r, b, score) box on her face."""
+    from cvtool.models.face_detectors import FaceDetectorOptions, make_face_detector
+    from cvtool.models.registry import get_entry
+
+    from cvtool.io.image import load_image
+    from conftest import SAMPLES
+
+    entry = ENTRIES[name]
+    photo = load_image(SAMPLES / "photos" / "astronaut.jpg")
+    assert entry.aliases and get_entry(entry.aliases[0], "face-detect") is entry
+    found = make_face_detector(entry, FaceDetectorOptions(device="cpu")).detect([photo])
+    assert len(found) == 1 and len(found[0]) == 1
+    left, top, right, bottom, _score = found[0][0]
+    assert 150 < (left + right) / 2 < 260 and 60 < (top + bottom) / 2 < 160  # her face, in a 512 x 512 photo

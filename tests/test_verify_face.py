@@ -10,7 +10,7 @@ import pytest
 
 from cvtool.errors import InputError, UsageError
 from cvtool.pipelines import face
-from tests.conftest import SHARED, run_cli
+from tests.conftest import SAMPLES, SHARED, invoke_cli, jsonl, run_cli
 
 FACES = SHARED / "faces"
 MULTI = SHARED / "faces_multi"
@@ -198,6 +198,21 @@ def test_haar_detector_is_the_fast_alternative():
                      "--detector", "haar", "--format", "jsonl")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["result"]["detector"] == "haar"
+
+
+def test_an_unknown_detector_is_one_line_naming_the_registered_ones():
+    photo = str(SAMPLES / "photos" / "astronaut.jpg")
+    for name in ("hog", "resnet18"):  # not a model at all; a model, but not a face detector
+        result = invoke_cli("verify-face", photo, photo, "--detector", name)
+        assert result.returncode == 2
+        assert result.stderr.strip().splitlines() == [f"cvtool: --detector {name!r}: choose one of mmod, haar"]
+
+
+def test_a_detector_is_chosen_by_its_registry_name_too_and_records_its_short_name():
+    photo = str(SAMPLES / "photos" / "astronaut.jpg")
+    result = invoke_cli("verify-face", photo, photo, "--detector", "opencv_haar_face", "--format", "jsonl")
+    assert result.returncode == 0, result.stderr
+    assert jsonl(result.stdout)[0]["result"]["detector"] == "haar"
 
 
 @needs_faces

@@ -25,6 +25,7 @@ INPUT_KINDS = {
     "raw_images": "a list of [0, 1] RGB tensors at their own sizes; the model resizes itself (detectors)",
     "face_chip": "a batch of aligned face chips of the preprocessing's size (face embedders)",
     "canvas": "an image pyramid canvas of any size (dlib's CNN face detector)",
+    "classical": "RGB uint8 images as read; not a network (OpenCV's Haar cascade, run by its face_detector)",
 }
 
 

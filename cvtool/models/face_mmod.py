@@ -20,7 +20,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from cvtool.errors import InputError, WeightsError
-from cvtool.models import contract
 from cvtool.models.dlib.mmod import (  # noqa: F401 - the torch-free half, shared with onnxruntime
     CONVS as _CONVS,
     DEFAULT_DETECT_PIXELS,
@@ -29,6 +28,7 @@ from cvtool.models.dlib.mmod import (  # noqa: F401 - the torch-free half, share
     MIN_LEVEL_HEIGHT,
     MMOD_FILE,
     NATIVE_MIN_FACE,
+    NUM_PARAMS,
     NMS_IOU,
     OUTER_PADDING,
     PYRAMID_PADDING,
@@ -46,11 +46,8 @@ from cvtool.models.dlib.mmod import (  # noqa: F401 - the torch-free half, share
     pyramid_rects,
     split_scale,
 )
-from cvtool.models.registry import ModelEntry, register
-from cvtool.ops.preprocess import Preprocess
 
 ARCH_TOKENS = ["con"] + ["relu", "bn", "con"] * 6  # outermost first: the score conv, then 6 x (relu(bn(conv)))
-NUM_PARAMS = sum(o * i * k * k + o for i, o, k, _, _ in _CONVS)
 
 
 class MmodNet(nn.Module):
@@ -214,33 +211,3 @@ def load_mmod_net(device: torch.device | str | None = None) -> MmodNet:
     from cvtool.models.dlib.convert import load_converted_module
 
     return load_converted_module(MmodNet, MMOD_FILE, mmod_state_dict_from_dlib, "dlib_mmod_face", device)
-
-
-# The detector builds its own canvas from raw uint8 images; nothing is resized or scaled beforehand.
-MMOD_PREPROCESS = Preprocess(crop_size=None, resize_size=None, mean=(0.0, 0.0, 0.0), std=(1 / 255, 1 / 255, 1 / 255),
-                             resize_mode="none")
-
-
-def _register() -> None:
-    from cvtool.models.dlib.convert import PackageModelWeights
-
-    register(
-        ModelEntry(
-            name="dlib_mmod_face",
-            task="face-detect",
-            family="dlib",
-            builder=MmodNet,
-            preprocess=lambda: MMOD_PREPROCESS,
-            classes=lambda: ["face"],
-            weights=PackageModelWeights(MMOD_FILE, "dlib_mmod_face", mmod_state_dict_from_dlib),
-            licence="CC0 (face_recognition_models / dlib)",
-            description="dlib's CNN (MMOD) face detector: tiled image pyramid, faces from ~80 px (~40 px upsampled)",
-            num_params=NUM_PARAMS,
-            head_is_classes=False,
-            input_kind="canvas",  # the pyramid and NMS stay outside the network (MmodFaceDetector)
-            export=contract.canvas_graph("scores"),
-        )
-    )
-
-
-_register()

@@ -93,7 +93,7 @@ class ModelEntry:
     name: str
     task: str
     family: str
-    builder: Callable[..., "nn.Module"]
+    builder: Callable[..., "nn.Module"] | None  # None: not a network (a classical detector, run by face_detector)
     preprocess: Callable[[], "Preprocess"]
     classes: Callable[[], list[str] | None]
     weights: WeightsSource | None = None
@@ -118,10 +118,20 @@ class ModelEntry:
     # (loaded, rgb uint8) -> what `forward` takes for one image, made in the pipelines' decoding threads (our
     # YOLO letterboxes there); None: the pipeline's own [0, 1] tensor
     prepare_input: Callable | None = None
+    # task "face-detect": (entry, models.face_detectors.FaceDetectorOptions) -> an object whose detect(list of
+    # RGB uint8) gives per image [(left, top, right, bottom, score)], dlib-style inclusive boxes
+    face_detector: Callable | None = None
+    aliases: tuple[str, ...] = ()  # other names it answers to (`--detector mmod` for dlib_mmod_face)
 
     def __post_init__(self):
         if self.input_kind not in contract.INPUT_KINDS:
             raise ValueError(f"{self.name}: unknown input_kind {self.input_kind!r}")
+
+    def check_network(self) -> None:
+        """UsageError unless this entry is a network cvtool can build, load and export."""
+        if self.builder is None:
+            reason = self.export_refusal or "not a neural network"
+            raise UsageError(f"model {self.name!r}: {reason}")
 
     def size_multiple_of(self, module) -> int:
         """The size multiple of a built module of this entry."""
@@ -129,6 +139,7 @@ class ModelEntry:
 
     def build(self, num_classes: int | None = None, **overrides) -> "nn.Module":
         """`overrides`: architecture options a checkpoint recorded (e.g. a U-Net's width and depth)."""
+        self.check_network()
         kwargs = {**self.build_kwargs, **overrides}
         if num_classes is not None:
             kwargs["num_classes"] = num_classes
@@ -136,17 +147,18 @@ class ModelEntry:
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
+_ALIASES: dict[str, str] = {}  # alias -> name
 
 # Modules whose import registers the built-in models, cheapest first. They are imported on demand,
 # and only as far as a lookup needs: `--help` imports none, a LeNet-5 run never imports torchvision.
 _BUILTIN_MODULES = [
+    "cvtool.models.face_detectors",  # no torch: the cached-ONNX face chain looks its detector up here
     "cvtool.models.lenet",
     "cvtool.models.unet",
     "cvtool.models.face_embedder",
     "cvtool.models.transformer_net",
     "cvtool.models.yolo",
     "cvtool.models.face_resnet",  # torch only: before torchvision's, so the face path never imports torchvision
-    "cvtool.models.face_mmod",
     "cvtool.models.face_landmarks",
     "cvtool.models.torchvision_classifiers",
     "cvtool.models.torchvision_segmenters",
@@ -156,20 +168,24 @@ _loaded_modules: set[str] = set()
 
 
 def register(entry: ModelEntry) -> ModelEntry:
-    if entry.name in _REGISTRY:
-        raise ValueError(f"model {entry.name!r} is registered twice")
+    for name in (entry.name, *entry.aliases):
+        if name in _REGISTRY or name in _ALIASES:
+            raise ValueError(f"model {name!r} is registered twice")
     _REGISTRY[entry.name] = entry
+    _ALIASES.update({alias: entry.name for alias in entry.aliases})
     return entry
 
 
 def unregister(name: str) -> None:
-    _REGISTRY.pop(name, None)
+    entry = _REGISTRY.pop(name, None)
+    for alias in entry.aliases if entry else ():
+        _ALIASES.pop(alias, None)
 
 
 def _load_builtins(until: str | None = None) -> None:
     """Import built-in model modules until `until` is registered (all of them when None)."""
     for module in _BUILTIN_MODULES:
-        if until is not None and until in _REGISTRY:
+        if until is not None and (until in _REGISTRY or until in _ALIASES):
             return
         if module not in _loaded_modules:
             _loaded_modules.add(module)
@@ -178,9 +194,9 @@ def _load_builtins(until: str | None = None) -> None:
 
 def get_entry(name: str, task: str | None = None) -> ModelEntry:
     _load_builtins(until=name)
-    entry = _REGISTRY.get(name)
+    entry = _REGISTRY.get(_ALIASES.get(name, name))
     if entry is None:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
+        close = difflib.get_close_matches(name, [*_REGISTRY, *_ALIASES], n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else "; see `cvtool models`"
         raise UsageError(f"unknown model {name!r}{hint}")
     if task is not None and entry.task != task:

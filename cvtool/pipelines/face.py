@@ -86,73 +86,16 @@ class Face:
                 "landmarks": [[round(float(x), 1), round(float(y), 1)] for x, y in self.landmarks]}
 
 
-# -- detectors: name -> factory(device) -> object with .detect(list of RGB uint8) -> [[(l, t, r, b, score)]]
+def face_detector_entry(name: str):
+    """The registry's face detector called `name` (an entry name or alias: mmod, haar), or a UsageError
+    listing them."""
+    from cvtool.models.registry import get_entry, list_entries
 
-class _AutoUpsampleMmod:
-    """dlib's CNN finds faces from about 80 px. By default (upsample None: auto) each image is searched at
-    the scale that makes `min_face` px faces 80 px (doubled once for the default 40 px), within a pixel
-    budget (`detect_pixels`, so a large photo is searched at a reduced size: faces there are big); boxes
-    are mapped back. An explicit `upsample` N doubles every image N times, as dlib does.
-
-    backend "onnxruntime": the network is the export cached by cvtool (made on first use), the pyramid and
-    NMS the same NumPy as PyTorch's detector (cvtool/models/dlib/mmod.py): no torch is imported."""
-
-    def __init__(self, device, upsample: int | None, min_face: float = DEFAULT_MIN_FACE,
-                 detect_pixels: int | None = None, backend: str = "torch", on_export=None):
-        from cvtool.models.dlib.mmod import DEFAULT_DETECT_PIXELS
-
-        if backend == "onnxruntime":
-            self.detector = _mmod_onnx(on_export)
-        else:
-            from cvtool.models.face_mmod import MmodFaceDetector
-
-            self.detector = MmodFaceDetector.pretrained(device)
-        self.upsample = upsample
-        self.min_face = min_face
-        self.detect_pixels = detect_pixels or DEFAULT_DETECT_PIXELS
-
-    def scale(self, height: int, width: int) -> float:
-        from cvtool.models.dlib.mmod import detection_scale
-
-        if self.upsample is not None:
-            return float(2**self.upsample)
-        return detection_scale(height, width, self.min_face, self.detect_pixels)
-
-    def detect(self, images: list[np.ndarray]) -> list[list[tuple]]:
-        from cvtool.models.dlib.mmod import detect_scaled
-
-        # sizes differ per photo, so each is its own canvas anyway
-        return [detect_scaled(self.detector, rgb, self.scale(*rgb.shape[:2])) for rgb in images]
-
-
-def _mmod_onnx(on_export=None):
-    """dlib's detector on onnxruntime: the cached export of its network (no torch), else exported now."""
-    from cvtool.models.dlib.convert import converted_path
-    from cvtool.models.dlib.mmod import MmodArrayDetector
-    from cvtool.models.onnx_backend import cached_onnx
-
-    path = converted_path("dlib_mmod_face")
-    net = cached_onnx(path, "face-detect") if path is not None else None
-    if net is None:
-        from cvtool.models.loading import load_model
-        from cvtool.models.onnx_backend import to_onnxruntime
-
-        net = to_onnxruntime(load_model("dlib_mmod_face", task="face-detect", progress=False), on_export=on_export)
-    run = net.module.run
-    return MmodArrayDetector(lambda canvases: run(canvases)[0])
-
-
-def _mmod(device, upsample, **options):
-    return _AutoUpsampleMmod(device, upsample, **options)
-
-
-def _haar(device, upsample, **options):
-    from cvtool.models.face_haar import HaarFaceDetector
-
-    return HaarFaceDetector()
-
-
-FACE_DETECTORS: dict[str, Callable] = {"mmod": _mmod, "haar": _haar}
+    try:
+        return get_entry(name, "face-detect")  # imports only as far as the name (no torch for mmod / haar)
+    except UsageError:
+        names = ", ".join(e.aliases[0] if e.aliases else e.name for e in list_entries("face-detect"))
+        raise UsageError(f"--detector {name!r}: choose one of {names}") from None
 
 
 class FaceEngine:
@@ -162,17 +105,17 @@ class FaceEngine:
                  threshold: float | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
                  min_face: float = DEFAULT_MIN_FACE, detect_pixels: int | None = None, on_export=None):
         from cvtool.models.dlib.shape_predictor import load_shape_predictor
+        from cvtool.models.face_detectors import FaceDetectorOptions, make_face_detector
 
-        if detector not in FACE_DETECTORS:
-            raise UsageError(f"--detector {detector!r}: choose one of {', '.join(FACE_DETECTORS)}")
+        entry = face_detector_entry(detector)
         self.embedder = embedder
-        self.detector_name = detector
+        self.detector_name = entry.aliases[0] if entry.aliases else entry.name  # records say mmod / haar
         if min_face <= 0:
             raise UsageError(f"--min-face {min_face}: must be a positive size in pixels")
         # the detector runs where the embedder does: onnxruntime keeps the whole chain free of torch
-        self.detector = FACE_DETECTORS[detector](embedder.device, upsample, min_face=min_face,
-                                                 detect_pixels=detect_pixels, backend=embedder.backend,
-                                                 on_export=on_export)
+        self.detector = make_face_detector(entry, FaceDetectorOptions(
+            device=embedder.device, backend=embedder.backend, upsample=upsample, min_face=min_face,
+            detect_pixels=detect_pixels, on_export=on_export))
         self.landmarks = load_shape_predictor("5")
         self.threshold = threshold if threshold is not None else embedder_threshold(embedder)
         self.max_pixels = max_pixels
