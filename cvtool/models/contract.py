@@ -7,6 +7,8 @@ A `ModelEntry` (cvtool/models/registry.py) names, instead of leaving callers to 
   forward       (module, inputs) -> what the pipeline uses: the PyTorch module's call, adapted
   graph_forward (onnx network, inputs) -> the same, for the graph `export` built, run by onnxruntime
   export        (loaded, img_size) -> ExportGraph, or None with `export_refusal` saying why
+  face_detector task face-detect: (entry, FaceDetectorOptions) -> the detector verify-face runs
+                (cvtool/models/face_detectors.py); entries without a network (builder None) are classical
 
 This module imports nothing heavy at import time (the registry imports it for `--help`).
 """
