@@ -19,7 +19,7 @@ class LoadedModel:
     classes: list[str]
     weights_path: str
     weights_sha256: str
-    device: object  # torch.device
+    device: object  # torch.device; on onnxruntime, the string "cpu" or a torch.device (onnxruntime's own placement)
     meta: dict = field(default_factory=dict)  # a checkpoint's other fields (e.g. a face embedder's threshold)
     entry: ModelEntry | None = None  # the registry entry (looked up by `name` when not given)
     backend: str = "torch"  # "torch": `module` is the nn.Module; "onnxruntime": an onnx_backend.OnnxNetwork
@@ -55,8 +55,19 @@ class LoadedModel:
 
     @property
     def default_conf(self) -> float | None:
-        """Detectors: the score threshold the entry declares for its scores (None: the caller's default)."""
+        """Detectors: the score threshold the entry declares for its scores (None: the caller's default).
+
+        On onnxruntime, what the file's metadata says (`default_conf`), else the entry's when it is known
+        already: an exported model is run without importing its entry's module (and torch with it); the one
+        exported detector, our YOLO, declares the callers' default, 0.25."""
+        if self.backend != "torch" and self.entry is None:
+            return getattr(self.module, "meta", {}).get("default_conf")
         return self.contract.default_conf
+
+    @property
+    def runs_on_arrays(self) -> bool:
+        """onnxruntime: the pipelines feed `module.run` NumPy arrays and post-process NumPy arrays, torch-free."""
+        return self.backend == "onnxruntime"
 
 
 def load_model(
@@ -89,6 +100,7 @@ def load_model(
         entry = get_entry(arch, task)
     else:
         entry = get_entry(name or default, task)
+        entry.check_network()
         if entry.weights is None:
             raise WeightsError(f"{entry.name} has no default weights; pass --weights FILE (a checkpoint from `cvtool train`)")
         loaded = load_weights_file(entry.weights.local_path(offline=offline, progress=progress,

@@ -1,9 +1,11 @@
-"""onnxruntime as a drop-in for the network in every pipeline.
+"""onnxruntime in place of PyTorch for the network of every pipeline.
 
-The pipelines call `model.forward(inputs)` (LoadedModel), which applies the registry entry's
-`graph_forward` to an OnnxNetwork here (the plain call for most, letterbox + graph + box mapping for
-our YOLO), so the rest of each pipeline (preprocessing, tiling, thresholds, NMS, rendering) is
-shared with the PyTorch backend. Models are exported on the fly into the user cache (keyed by
+classify, detect, segment and the face chain run an onnxruntime model on NumPy arrays from end to end
+(`OnnxNetwork.run`): preprocessing, letterboxing, tiling, thresholds, NMS (OpenCV's) and the records are
+the NumPy forms of the same functions the PyTorch backend uses (cvtool/ops), and neither torch nor the
+registry's model modules are imported: what the pipelines need of the model travels in the file's
+metadata. Callers that hand it tensors (stylize, `cvtool bench`) go through the entry's `graph_forward`
+(`model.forward`). Models are exported on the fly into the user cache (keyed by
 model, weights sha256 and input shape; each file checked against the hash recorded beside it when
 it was written, and re-exported on a mismatch), or read from a .onnx file made by `cvtool export`,
 whose embedded metadata replaces the checkpoint's.
@@ -40,17 +42,17 @@ class OnnxNetwork:
     def __call__(self, batch):
         import torch
 
-        if self.fixed_size is not None and tuple(batch.shape[-2:]) != self.fixed_size:
-            h, w = self.fixed_size
-            raise UsageError(f"{self.source}: this ONNX file takes {h}x{w} inputs only, not "
-                             f"{batch.shape[-2]}x{batch.shape[-1]}; export it without --img-size, or use --tile {h}")
         outputs = [torch.from_numpy(out) for out in self.run(batch.detach().to("cpu", torch.float32).contiguous().numpy())]
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
     def run(self, array) -> list:
-        """A float32 NumPy batch in, the graph's outputs as NumPy arrays (no torch: the face chain's call)."""
+        """A float32 NumPy batch in, the graph's outputs as NumPy arrays (no torch: the pipelines' call)."""
         import numpy as np
 
+        if self.fixed_size is not None and tuple(array.shape[-2:]) != self.fixed_size:
+            h, w = self.fixed_size
+            raise UsageError(f"{self.source}: this ONNX file takes {h}x{w} inputs only, not "
+                             f"{array.shape[-2]}x{array.shape[-1]}; export it without --img-size, or use --tile {h}")
         array = np.ascontiguousarray(array, dtype=np.float32)
         step = self.fixed_batch or len(array)
         chunks = [self.session.run(None, {self.input_name: array[i : i + step]}) for i in range(0, len(array), step)]
@@ -156,9 +158,11 @@ def cached_export_path(loaded, *, img_size: int | None = None) -> tuple[Path, ob
     return cache_root() / "onnx" / f"{loaded.name}-{loaded.weights_sha256[:12]}-{shape}-{digest}.onnx", graph
 
 
-def to_onnxruntime(loaded, *, device=None, img_size: int | None = None, on_export=None):
+def to_onnxruntime(loaded, *, device=None, img_size: int | None = None, on_export=None, by_name: str | None = None):
     """`loaded` (a PyTorch model on the CPU) with its network swapped for onnxruntime, exporting into the cache
-    when needed (always with a dynamic batch) and reusing the cached file afterwards.
+    when needed (always with a dynamic batch) and reusing the cached file afterwards. `by_name`: the model name
+    `loaded` was asked for without a weights file (its default weights): a later `--backend auto` run with
+    that name finds the export without PyTorch.
 
     The cached file is used only when its bytes hash to what was recorded beside it when it was written
     (and the source weights file still hashes as it did): anything else is exported again over it."""
@@ -174,7 +178,7 @@ def to_onnxruntime(loaded, *, device=None, img_size: int | None = None, on_expor
             pass  # verified bytes this onnxruntime cannot load (another version wrote them): export again
         else:
             if img_size is None and source is not None:
-                _write_pointer(source, loaded.task, path, loaded.weights_sha256)
+                _write_pointers(source, loaded.task, path, loaded.weights_sha256, by_name)
             return opened
     if on_export is not None:
         on_export(path)
@@ -185,7 +189,7 @@ def to_onnxruntime(loaded, *, device=None, img_size: int | None = None, on_expor
         pass  # a read-only cache costs a re-export next time, not this run
     opened = open_onnx(path, task=loaded.task, device=device, weights_sha256=loaded.weights_sha256, data=data)
     if img_size is None and source is not None:
-        _write_pointer(source, loaded.task, path, loaded.weights_sha256)
+        _write_pointers(source, loaded.task, path, loaded.weights_sha256, by_name)
     return opened
 
 
@@ -194,8 +198,9 @@ def to_onnxruntime(loaded, *, device=None, img_size: int | None = None, on_expor
 # can find the export knowing only the weights file (no registry, no torch): `cached_onnx`.
 
 
-def _pointer_path(weights_path: str | Path, task: str) -> Path:
-    key = json.dumps([str(Path(weights_path).resolve()), task])
+def _pointer_path(key: str, task: str) -> Path:
+    """The pointer of a weights file (`key` its path) or of a model's default weights (`key` "model:NAME")."""
+    key = json.dumps([key if key.startswith("model:") else str(Path(key).resolve()), task])
     return cache_root() / "onnx" / "by-weights" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
 
 
@@ -207,27 +212,33 @@ def _versions() -> dict:
     return {"cvtool": __version__, "onnxruntime": onnxruntime.__version__, "format_version": FORMAT_VERSION}
 
 
-def _write_pointer(weights_path, task: str, export: Path, weights_sha256: str) -> None:
-    record = {"export": export.name, "weights_sha256": weights_sha256, **_versions()}
+def _write_pointers(weights_path, task: str, export: Path, weights_sha256: str, by_name: str | None = None) -> None:
+    record = {"export": export.name, "weights_sha256": weights_sha256, "weights": str(Path(weights_path).resolve()),
+              **_versions()}
     try:
-        write_verified(_pointer_path(weights_path, task), json.dumps(record).encode())
+        write_verified(_pointer_path(str(weights_path), task), json.dumps(record).encode())
+        if by_name:
+            write_verified(_pointer_path(f"model:{by_name}", task), json.dumps(record).encode())
     except OSError:
         pass  # a read-only cache: the next run converts again
 
 
-def cached_export(weights_path: str | Path, task: str) -> tuple[Path, bytes, str] | None:
-    """(export path, its verified bytes, the weights' sha256) of the cached export of `weights_path` for
-    `task`, when to_onnxruntime made one with this cvtool and onnxruntime, it still hashes as written and
-    the weights file still hashes as it did then; else None. Imports no torch."""
-    weights_path = Path(weights_path)
-    if not weights_path.is_file():
+def cached_export(weights_path: str | Path | None, task: str, *, name: str | None = None) -> tuple[Path, bytes, str] | None:
+    """(export path, its verified bytes, the weights' sha256) of the cached export of `weights_path` (or, with
+    `weights_path` None, of model `name`'s default weights) for `task`, when to_onnxruntime made one with this
+    cvtool and onnxruntime, it still hashes as written and the weights file still hashes as it did then; else
+    None. Imports no torch."""
+    if weights_path is None and name is None:
         return None
-    raw = load_verified(_pointer_path(weights_path, task))
+    raw = load_verified(_pointer_path(str(weights_path) if weights_path is not None else f"model:{name}", task))
     try:
         record = json.loads(raw) if raw is not None else None
     except ValueError:
         record = None
     if not isinstance(record, dict) or any(record.get(k) != v for k, v in _versions().items()):
+        return None
+    weights_path = Path(weights_path if weights_path is not None else str(record.get("weights", "")))
+    if not weights_path.is_file():
         return None
     path = cache_root() / "onnx" / Path(str(record.get("export", ""))).name
     data = load_verified(path, weights_path)
@@ -236,10 +247,11 @@ def cached_export(weights_path: str | Path, task: str) -> tuple[Path, bytes, str
     return path, data, str(record.get("weights_sha256"))
 
 
-def cached_onnx(weights_path: str | Path, task: str, *, device=None):
-    """A LoadedModel on onnxruntime from the cached export of `weights_path` (see cached_export), made without
-    importing torch (its entry is looked up only if a caller asks for its contract); None when there is none."""
-    found = cached_export(weights_path, task)
+def cached_onnx(weights_path: str | Path | None, task: str, *, device=None, name: str | None = None):
+    """A LoadedModel on onnxruntime from the cached export of `weights_path` (or of model `name`'s default
+    weights; see cached_export), made without importing torch (its entry is looked up only if a caller asks
+    for its contract); None when there is none."""
+    found = cached_export(weights_path, task, name=name)
     if found is None:
         return None
     path, data, sha = found
@@ -250,16 +262,35 @@ def cached_onnx(weights_path: str | Path, task: str, *, device=None):
         return None  # verified bytes this onnxruntime cannot load: the caller converts again
 
 
-def open_onnx_array(path: str | Path, data: bytes, *, task: str | None, device=None, weights_sha256: str | None = None,
-                    choice: str | None = None):
-    """open_onnx without torch: metadata read from the session, the device the string "cpu", the entry
-    looked up lazily. For callers that run the network on NumPy arrays (`module.run`): the face chain."""
+def open_onnx_array(path: str | Path, data: bytes | None = None, *, task: str | None, device=None,
+                    weights_sha256: str | None = None, choice: str | None = None):
+    """open_onnx without torch: metadata read from the session, the device a string, the entry looked up
+    lazily. Every pipeline runs such a model on NumPy arrays (`module.run`); `data`: the file's bytes, read
+    here when not given."""
+    if data is None:
+        data = _read_onnx(path)
     session = make_session(data, device=device, source=str(path))
     meta = check_metadata(session.get_modelmeta().custom_metadata_map, path)
     if task is not None and meta["task"] != task:
         raise UsageError(f"{path}: an ONNX {meta['task']} model, not a {task} model")
     return _onnx_model(session, meta, path, data, weights_sha256, device="cpu",
                        extra={"backend_choice": choice} if choice else None)
+
+
+def _read_onnx(path: str | Path) -> bytes:
+    """A .onnx file's bytes; a WeightsError naming it when it is missing, a directory or unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError("no such file" if not path.exists() else "is a directory, not an ONNX file", path)
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise WeightsError(f"cannot read it ({exc.strerror or exc})", path) from None
+
+
+def is_onnx_file(weights) -> bool:
+    """Whether `--weights` names an ONNX file (which always runs on onnxruntime, whatever --backend says)."""
+    return weights is not None and Path(weights).suffix.lower() == ".onnx"
 
 
 def cuda_visible() -> bool:
@@ -275,19 +306,29 @@ def cuda_visible() -> bool:
         return False
 
 
-# Tasks whose whole chain runs on NumPy arrays, so that onnxruntime spares them importing torch: `--backend
-# auto` runs them from the cached export (converting and exporting on first use); everything else stays on torch.
-TORCH_FREE_TASKS = ("face-embed",)
+# `--backend auto`, decided before anything imports torch. A .onnx weights file runs on onnxruntime, on NumPy
+# arrays from end to end (no torch). Otherwise, on the CPU: the tasks in CONVERT_ON_FIRST_USE (the face chain)
+# are exported into the cache on first use and run from it afterwards; classify, detect and segment run from a
+# cached export when one exists for these weights (made by an earlier `--backend onnxruntime` run), else on
+# PyTorch as before (so `auto` never exports a model nobody asked to export, and never changes a result by more
+# than the export's checked tolerance).
+CONVERT_ON_FIRST_USE = ("face-embed",)
+CACHED_TASKS = ("classify", "detect", "segment", "face-embed")
 
 
 def resolve_auto(name: str | None, *, task: str, weights: str | Path | None, device: str, default: str | None):
-    """`--backend auto` before anything imports torch: (a LoadedModel from the cached export, or None; the
-    backend to load with otherwise). The cached export is used when it exists and is hash-valid for these
-    weights, on the CPU (device cpu, or auto on a machine without an NVIDIA GPU)."""
-    if task not in TORCH_FREE_TASKS or str(device) not in ("cpu", "auto") or (device == "auto" and cuda_visible()):
+    """`--backend auto` (and any .onnx `weights`) before anything imports torch: (a LoadedModel on
+    onnxruntime, or None; the backend to load with otherwise). The cached export is used when it exists and is
+    hash-valid for these weights, on the CPU (device cpu, or auto on a machine without an NVIDIA GPU)."""
+    if is_onnx_file(weights):
+        loaded = open_onnx_array(weights, task=task, device=device)
+        if name and name != loaded.name:
+            raise UsageError(f"{weights}: exported from {loaded.name!r}, not {name!r}; drop --model")
+        return loaded, "onnxruntime"
+    if task not in CACHED_TASKS or str(device) not in ("cpu", "auto") or (device == "auto" and cuda_visible()):
         return None, "torch"
-    if weights is not None and Path(weights).suffix.lower() == ".onnx":
-        return None, "onnxruntime"  # the file itself, opened by load()
+    if task not in CONVERT_ON_FIRST_USE:
+        return cached_onnx(weights, task, name=None if weights is not None else (name or default)), "torch"
     if weights is None:
         from cvtool.models.dlib.convert import converted_path
 
@@ -303,23 +344,22 @@ def load(name: str | None, *, task: str, weights: str | Path | None, device, bac
          progress: bool = True, on_export=None):
     """What `--backend` and `--weights` ask for: PyTorch, onnxruntime on the fly, or a given .onnx file.
 
-    A .onnx weights file always runs on onnxruntime (PyTorch cannot run it).
+    A .onnx weights file always runs on onnxruntime (PyTorch cannot run it), without importing torch.
     """
+    if backend not in BACKENDS:
+        raise UsageError(f"unknown backend {backend!r}; use auto, torch or onnxruntime")
+    if is_onnx_file(weights):
+        return resolve_auto(name, task=task, weights=weights, device=str(device), default=default)[0]
+    if backend == "auto":
+        cached, backend = resolve_auto(name, task=task, weights=weights, device="cpu", default=default)
+        if cached is not None:
+            return cached
     import torch
 
     from cvtool.models.loading import load_model
 
-    if backend not in BACKENDS:
-        raise UsageError(f"unknown backend {backend!r}; use auto, torch or onnxruntime")
-    if weights is not None and Path(weights).suffix.lower() == ".onnx":
-        loaded = open_onnx(weights, task=task, device=device)
-        if name and name != loaded.name:
-            raise UsageError(f"{weights}: exported from {loaded.name!r}, not {name!r}; drop --model")
-        return loaded
-    if backend == "auto":
-        backend = resolve_auto(name, task=task, weights=weights, device="cpu", default=default)[1]
     if backend == "torch":
         return load_model(name, task=task, weights=weights, device=device, progress=progress, default=default)
     loaded = load_model(name, task=task, weights=weights, device=torch.device("cpu"), progress=progress, default=default)
-    return to_onnxruntime(loaded, device=device, on_export=on_export)
+    return to_onnxruntime(loaded, device=device, on_export=on_export, by_name=(name or default) if weights is None else None)
 

@@ -257,23 +257,10 @@ def _area_weights(new: int, old: int, like: torch.Tensor) -> torch.Tensor:
     return (overlap / step).to(device=like.device, dtype=like.dtype)
 
 
-def box_scores(objectness, class_probs):
-    """The detector's score of each box and its label: objectness x the best class probability (the one rule
-    training's validation, inference on both backends and the export checks rank boxes by)."""
-    best, labels = class_probs.max(-1)
-    return objectness * best, labels
-
-
-def detections_in_original_pixels(boxes, objectness, class_probs, letterboxes) -> list[dict]:
-    """Decoded outputs (letterboxed pixels) -> per image {"boxes", "scores", "labels"} in its own pixels,
-    clipped to the image; a box wholly in the padding (nothing left after clipping) is dropped."""
-    outputs = []
-    for b, o, c, box in zip(boxes, objectness, class_probs, letterboxes):
-        scores, labels = box_scores(o, c)
-        original = torch.from_numpy(box.to_original(b.cpu().numpy(), clip=True)).float()
-        keep = (original[:, 2] > original[:, 0]) & (original[:, 3] > original[:, 1])
-        outputs.append({"boxes": original[keep], "scores": scores.cpu()[keep], "labels": labels.cpu()[keep]})
-    return outputs
+# The box score (objectness x best class) and the mapping back to the image's pixels live in cvtool.ops, in forms
+# for tensors and NumPy arrays alike: the onnxruntime path runs them without torch.
+from cvtool.ops.boxes import box_scores  # noqa: E402,F401
+from cvtool.ops.letterbox import detections_in_original_pixels  # noqa: E402
 
 
 def load_backbone_weights(model: YoloDetector, state_dict: dict, source: str) -> None:

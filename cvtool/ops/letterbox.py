@@ -49,3 +49,28 @@ def letterbox(rgb: np.ndarray, size: int, fill: int = 114) -> tuple[np.ndarray, 
     out = np.full((size, size, 3), fill, np.uint8)
     out[pad_y : pad_y + new_h, pad_x : pad_x + new_w] = resized
     return out, Letterbox(scale_x=new_w / w, scale_y=new_h / h, pad_x=pad_x, pad_y=pad_y, width=w, height=h)
+
+
+def detections_in_original_pixels(boxes, objectness, class_probs, letterboxes) -> list[dict]:
+    """A letterboxing detector's decoded outputs (boxes in letterboxed pixels, objectness, class probabilities;
+    PyTorch tensors or NumPy arrays) -> per image {"boxes", "scores", "labels"} in its own pixels (float32),
+    clipped to the image; a box wholly in the padding (nothing left after clipping) is dropped. Arrays in,
+    arrays out (the onnxruntime path, no torch); tensors in, CPU tensors out."""
+    from cvtool.ops.boxes import box_scores
+
+    on_arrays = isinstance(boxes, np.ndarray) or (isinstance(boxes, (list, tuple)) and boxes
+                                                  and isinstance(boxes[0], np.ndarray))
+    outputs = []
+    for b, o, c, box in zip(boxes, objectness, class_probs, letterboxes):
+        scores, labels = box_scores(o, c)
+        original = box.to_original(b if on_arrays else b.cpu().numpy(), clip=True).astype(np.float32)
+        keep = (original[:, 2] > original[:, 0]) & (original[:, 3] > original[:, 1])
+        if on_arrays:
+            outputs.append({"boxes": original[keep], "scores": scores[keep], "labels": labels[keep]})
+        else:
+            import torch
+
+            keep_t = torch.from_numpy(keep)
+            outputs.append({"boxes": torch.from_numpy(original[keep]), "scores": scores.cpu()[keep_t],
+                            "labels": labels.cpu()[keep_t]})
+    return outputs

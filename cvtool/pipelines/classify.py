@@ -44,17 +44,21 @@ class ClassifyPipeline:
         return self.model.preprocess(rgb)
 
     def predict(self, samples: list[np.ndarray]) -> list[dict]:
-        import torch
+        if self.model.runs_on_arrays:  # onnxruntime: NumPy from end to end, no torch
+            probs, indices = softmax_top_k(self.model.module.run(np.stack(samples))[0], self.top_k)
+        else:
+            import torch
 
-        from cvtool.device import to_device
+            from cvtool.device import to_device
 
-        with torch.inference_mode():
-            batch = to_device(np.stack(samples), self.model.device)
-            if batch.dtype == torch.uint8:
-                batch = normalise(batch, self.model.preprocess)
-            logits = self.model.forward(batch)
-            probs, indices = torch.softmax(logits.float(), dim=1).topk(self.top_k, dim=1)
-        probs, indices = probs.cpu().tolist(), indices.cpu().tolist()
+            with torch.inference_mode():
+                batch = to_device(np.stack(samples), self.model.device)
+                if batch.dtype == torch.uint8:
+                    batch = normalise(batch, self.model.preprocess)
+                logits = self.model.forward(batch)
+                probs, indices = torch.softmax(logits.float(), dim=1).topk(self.top_k, dim=1)
+            probs, indices = probs.cpu(), indices.cpu()
+        probs, indices = probs.tolist(), indices.tolist()
         return [
             {"top_k": [{"label": self.model.classes[i], "index": i, "prob": round(p, 6)} for p, i in zip(ps, ids)]}
             for ps, ids in zip(probs, indices)
@@ -73,6 +77,16 @@ class ClassifyPipeline:
 
     def already_done(self, path: str) -> bool:
         return self.output_name is not None and self.output_name.exists(path)
+
+
+def softmax_top_k(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """B x classes logits (NumPy) -> the k best probabilities and their class indices, best first: what
+    `torch.softmax(...).topk(k)` gives the PyTorch path, in float32 (ties: the lower index first)."""
+    logits = np.asarray(logits, dtype=np.float32)
+    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs = exp / exp.sum(axis=1, keepdims=True)
+    indices = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(probs, indices, axis=1), indices
 
 
 def resized_pixels(pre, rgb: np.ndarray) -> np.ndarray:

@@ -19,7 +19,14 @@ from cvtool.models.loading import LoadedModel
 @dataclass
 class Sample:
     rgb: np.ndarray
-    tensor: object  # 3 x H x W: float in [0, 1], or uint8 0-255 (CUDA: pinned, scaled on the device)
+    # 3 x H x W: float in [0, 1], or uint8 0-255 (CUDA: pinned, scaled on the device); a model's own prepared
+    # input; on onnxruntime (3 x S x S float32 array letterboxed, its Letterbox)
+    tensor: object
+
+
+# What the exported graph of a letterboxing detector (our YOLO) returns: boxes in letterboxed pixels, objectness,
+# class probabilities (cvtool/models/yolo.py export_graph)
+LETTERBOXED_OUTPUTS = ("boxes", "objectness", "class_probs")
 
 
 def _on_device(tensor, device):
@@ -32,14 +39,17 @@ def _on_device(tensor, device):
     return tensor.float().div_(255) if tensor.dtype == torch.uint8 else tensor
 
 
+def _on_host(values):
+    """A NumPy array as it is; a tensor copied to the CPU (once per image, not once per number)."""
+    return values if isinstance(values, np.ndarray) else values.cpu()
+
+
 class DetectPipeline:
     task = "detect"
 
     def __init__(self, model: LoadedModel, *, conf: float = 0.25, iou: float = 0.45, max_det: int = 300,
                  classes: list[str] | None = None, keypoints: bool = False, save_crops: bool = False,
                  save_txt: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS, out_dir=None):
-        import torch
-
         self.model, self.model_name, self.weights_sha256 = model, model.name, model.weights_sha256
         self.conf, self.iou, self.max_det, self.max_pixels = conf, iou, max_det, max_pixels
         self.keypoints, self.save_crops, self.save_txt = keypoints, save_crops, save_txt
@@ -50,13 +60,22 @@ class DetectPipeline:
             unknown = [c for c in classes if c not in model.classes]
             if unknown:
                 raise UsageError(f"--classes: {', '.join(unknown)} not among this model's classes")
-            self.keep = torch.tensor([model.classes.index(c) for c in classes])
+            self.keep = np.array([model.classes.index(c) for c in classes], dtype=np.int64)
         self.output_name = OutputNamer(out_dir, ".detect.jpg") if out_dir is not None else None
         self.video_name = OutputNamer(out_dir, ".detect.mp4") if out_dir is not None else None
         self.categories = coco_categories(model.classes, model.meta.get(COCO_IDS_FIELD))
         # On CUDA the workers hand over uint8 pixels in page-locked memory (4x fewer bytes than float32, an
         # asynchronous copy) and the device scales them; our YOLO then letterboxes on the device too.
         self.pixels_on_device = getattr(model.device, "type", None) == "cuda" and model.backend == "torch"
+        # onnxruntime: NumPy from end to end. The one exported detector graph, our YOLO's, takes images
+        # letterboxed to its `img_size` and returns decoded boxes, objectness and class probabilities.
+        self.letterbox_size = None
+        if model.runs_on_arrays:
+            size = model.module.meta.get("img_size")
+            if size is None or model.module.meta.get("outputs") != list(LETTERBOXED_OUTPUTS):
+                raise UsageError(f"{model.weights_path}: an ONNX detector whose outputs this cvtool cannot read "
+                                 f"({', '.join(model.module.meta.get('outputs') or [])})")
+            self.letterbox_size = int(size)
 
     @property
     def extra_formats(self) -> dict:
@@ -67,6 +86,12 @@ class DetectPipeline:
         return self.prepare_array(read_image(path, max_pixels=self.max_pixels))
 
     def prepare_array(self, rgb: np.ndarray) -> Sample:
+        if self.letterbox_size is not None:  # onnxruntime: the letterboxed [0, 1] pixels as an array, and the box
+            from cvtool.ops.letterbox import letterbox
+            from cvtool.ops.tensors import image_to_array
+
+            boxed, box = letterbox(rgb, self.letterbox_size)
+            return Sample(rgb, (image_to_array(boxed), box))
         import torch
 
         from cvtool.ops.tensors import image_to_tensor
@@ -80,21 +105,27 @@ class DetectPipeline:
         return draw_detections(rgb, result["detections"])
 
     def predict(self, samples: list[Sample]) -> list[dict]:
-        import torch
-
         from cvtool.ops.boxes import detection_record, filter_detections
 
-        with torch.inference_mode():  # the entry's forward: our YOLO letterboxes itself; torchvision's resize
-            outputs = self.model.forward([_on_device(s.tensor, self.model.device) for s in samples])
+        if self.letterbox_size is not None:  # onnxruntime, NumPy only: the graph, then the same mapping and NMS
+            from cvtool.ops.letterbox import detections_in_original_pixels
+
+            decoded = self.model.module.run(np.stack([s.tensor[0] for s in samples]))
+            outputs = detections_in_original_pixels(*decoded, [s.tensor[1] for s in samples])
+        else:
+            import torch
+
+            with torch.inference_mode():  # the entry's forward: our YOLO letterboxes itself; torchvision's resize
+                outputs = self.model.forward([_on_device(s.tensor, self.model.device) for s in samples])
         results = []
         for sample, out in zip(samples, outputs):
             order, mask = filter_detections(out["boxes"], out["scores"], out["labels"], conf=self.conf, iou=self.iou,
                                             max_det=self.max_det, keep_labels=self.keep)
-            boxes, scores, labels = out["boxes"][mask][order], out["scores"][mask][order], out["labels"][mask][order]
+            boxes, scores, labels = (_on_host(out[k][mask][order]) for k in ("boxes", "scores", "labels"))
             detections = [detection_record(box, score, label, self.model.classes[int(label)])
-                          for box, score, label in zip(boxes.cpu(), scores.cpu(), labels.cpu())]
+                          for box, score, label in zip(boxes, scores, labels)]
             if self.keypoints and "keypoints" in out:
-                points = out["keypoints"][mask][order].cpu()
+                points = _on_host(out["keypoints"][mask][order])
                 for det, kp in zip(detections, points):
                     det["keypoints"] = [[round(float(x), 2), round(float(y), 2), int(v > 0)] for x, y, v in kp.tolist()]
             h, w = sample.rgb.shape[:2]

@@ -74,25 +74,42 @@ class SegmentPipeline:
         return overlay(rgb, sample.labels, self.alpha, self.palette)
 
     def predict(self, samples: list[Sample]) -> list[dict]:
-        import torch
+        if self.model.runs_on_arrays:  # onnxruntime: NumPy from end to end, no torch
+            labels = self._labels(samples)
+        else:
+            import torch
 
-        with torch.inference_mode():
-            if self.tile:  # tiles of one image at a time, `tile_batch` tiles per forward pass
-                logits = [self._tiled(torch.from_numpy(sample.tensor)) for sample in samples]
-            else:  # whole images: those of one size go through the network together (--batch-size)
-                logits = self._whole_batched([sample.tensor for sample in samples])
-            for sample, image_logits in zip(samples, logits):
-                labels = image_logits.argmax(0).to(torch.uint8 if image_logits.shape[0] <= 256 else torch.int32)
-                labels = labels.cpu().numpy()
-                if sample.valid != (1.0, 1.0):  # cut off the labels of the padding (see prepare_array)
-                    labels = labels[: max(1, round(labels.shape[0] * sample.valid[0])),
-                                    : max(1, round(labels.shape[1] * sample.valid[1]))]
-                sample.labels = self._to_input_size(labels, sample.rgb.shape[:2])
+            with torch.inference_mode():
+                labels = self._labels(samples)
+        for sample, image_labels in zip(samples, labels):
+            if sample.valid != (1.0, 1.0):  # cut off the labels of the padding (see prepare_array)
+                image_labels = image_labels[: max(1, round(image_labels.shape[0] * sample.valid[0])),
+                                            : max(1, round(image_labels.shape[1] * sample.valid[1]))]
+            sample.labels = self._to_input_size(image_labels, sample.rgb.shape[:2])
         return [self._summary(sample.labels) for sample in samples]
 
+    def _labels(self, samples: list[Sample]) -> list[np.ndarray]:
+        """Each sample's class per pixel of its preprocessed input (NumPy, uint8 for up to 256 classes)."""
+        if self.tile:  # tiles of one image at a time, `tile_batch` tiles per forward pass
+            if self.model.runs_on_arrays:
+                logits = [self._tiled(sample.tensor) for sample in samples]
+            else:
+                import torch
+
+                logits = [self._tiled(torch.from_numpy(sample.tensor)) for sample in samples]
+        else:  # whole images: those of one size go through the network together (--batch-size)
+            logits = self._whole_batched([sample.tensor for sample in samples])
+        dtype = np.uint8 if len(self.model.classes) <= 256 else np.int32
+        if self.model.runs_on_arrays:
+            return [image_logits.argmax(0).astype(dtype) for image_logits in logits]
+        import torch
+
+        return [image_logits.argmax(0).to(torch.uint8 if dtype == np.uint8 else torch.int32).cpu().numpy()
+                for image_logits in logits]
+
     def _whole_batched(self, tensors: list[np.ndarray]) -> list:
-        """Each C x h x w input's logits (on the model's device), one forward pass per group of equal size."""
-        from cvtool.device import to_device
+        """Each C x h x w input's logits (on the model's device; NumPy on onnxruntime), one forward pass per
+        group of equal size."""
         from cvtool.ops.tiling import pad_bottom_right, padded_size
 
         groups: dict[tuple, list[int]] = {}
@@ -101,13 +118,19 @@ class SegmentPipeline:
         out: list = [None] * len(tensors)
         for shape, members in groups.items():
             h, w = shape[-2:]
-            batch = to_device(np.stack([tensors[i] for i in members]), self.model.device)
+            batch = np.stack([tensors[i] for i in members])
+            if not self.model.runs_on_arrays:
+                from cvtool.device import to_device
+
+                batch = to_device(batch, self.model.device)
             logits = self._forward(pad_bottom_right(batch, *padded_size(h, w, self.size_multiple)))[:, :, :h, :w]
             for i, image_logits in zip(members, logits):
                 out[i] = image_logits
         return out
 
     def _forward(self, batch):
+        if self.model.runs_on_arrays:
+            return self.model.module.run(batch)[0]
         return self.model.forward(batch.to(self.model.device))  # logits: the entry's forward unwraps torchvision's dict
 
     def _tiled(self, tensor):
