@@ -97,6 +97,17 @@ eval-face-landmarks:
 eval-detect:
 	$(BIN)/python bench/eval_detect.py
 
+## eval-val: `cvtool val detect` on the raccoon validation photos equals the mAP `train detect` reported for the same best.pt (~3-5 CPU-min)
+.PHONY: eval-val
+eval-val:
+	$(BIN)/python bench/eval_val.py
+
+## bench-yolo11: our detector vs Ultralytics YOLO11n from scratch on the raccoon photos, the same CPU budget each, one thread (BUDGET=600 CPU-s; Ultralytics in a throw-away venv)
+BUDGET ?= 600
+.PHONY: bench-yolo11
+bench-yolo11:
+	$(BIN)/python bench/yolo_vs_yolo11.py --budget $(BUDGET)
+
 ## eval-segment: U-Net on the ISBI membrane set (needs ../shared; about 8 minutes)
 eval-segment:
 	$(BIN)/python bench/eval_segment.py

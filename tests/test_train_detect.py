@@ -197,3 +197,87 @@ def test_coco_training_data_keeps_its_category_ids_for_detect_coco_output(shapes
     loaded = load_model(None, task="detect", weights=tmp_path / "run" / "best.pt")
     assert loaded.meta["coco_category_ids"] == [7, 11] and loaded.classes == ["circle", "square"]
     assert DetectPipeline(loaded).categories == {0: {"id": 7, "name": "circle"}, 1: {"id": 11, "name": "square"}}
+
+
+def test_ema_follows_the_hand_computed_average_and_copies_buffers():
+    from cvtool.train.ema import ModelEma
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    ema = ModelEma(model, decay=0.9, tau=2.0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    expected = model[0].weight.detach().clone()
+    for step in range(1, 4):
+        model(torch.randn(4, 3)).square().sum().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        ema.update(model)
+        d = 0.9 * (1 - np.exp(-step / 2.0))  # the ramp: 0.354, 0.568, 0.699
+        expected = d * expected + (1 - d) * model[0].weight.detach()
+    torch.testing.assert_close(ema.module[0].weight, expected)
+    assert ema.updates == 3 and not torch.equal(ema.module[0].weight, model[0].weight)
+    torch.testing.assert_close(ema.module[1].running_mean, model[1].running_mean)  # copied, not averaged
+    assert ema.module[1].num_batches_tracked == 3 and not ema.module[0].weight.requires_grad
+
+
+def _run(shapes, run_dir, epochs, *, resume=False, **options):
+    from cvtool.train.detection import DetectTrainArgs, run_training
+    from cvtool.train.engine import TrainConfig
+
+    args = DetectTrainArgs(str(shapes), img_size=64, width=4, anchors=1, **options)
+    cfg = TrainConfig(epochs=epochs, batch_size=8, lr=5e-3, monitor="val_map50_95", warmup_epochs=1)
+    return run_training(args, cfg, run_dir, torch.device("cpu"), resume=resume, progress=False)
+
+
+@pytest.fixture(scope="module")
+def small_shapes(tmp_path_factory):
+    return write_shapes_voc(tmp_path_factory.mktemp("small") / "shapes", n=20, size=64)
+
+
+def test_close_mosaic_switches_mosaics_off_for_the_last_epochs(small_shapes, tmp_path, monkeypatch):
+    from cvtool.train import detection
+
+    made, epoch_of = [], {}
+    original_mosaic, original_epoch = DetectionDataset._mosaic, detection.detection_trainer
+
+    def counting(self, *a):  # the real mosaic, counted per epoch
+        made.append(epoch_of["now"])
+        return original_mosaic(self, *a)
+
+    def trainer(*a, **kw):
+        built = original_epoch(*a, **kw)
+        run_epoch = built._run_epoch
+
+        def tracked(epoch):
+            epoch_of["now"] = epoch
+            return run_epoch(epoch)
+
+        built._run_epoch = tracked
+        return built
+
+    monkeypatch.setattr(DetectionDataset, "_mosaic", counting)
+    monkeypatch.setattr(detection, "detection_trainer", trainer)
+    summary = _run(small_shapes, tmp_path / "run", 3, mosaic=1.0, close_mosaic=1)
+    assert summary["close_mosaic"] == 1 and summary["train_images"] == 16
+    assert [made.count(e) for e in (1, 2, 3)] == [16, 16, 0]  # every image a mosaic, then none in the last epoch
+
+
+def test_ema_checkpoints_resume_exactly_and_summary_reports_the_last_epoch(small_shapes, tmp_path):
+    from cvtool.models.checkpoint import load_weights_file
+
+    whole = _run(small_shapes, tmp_path / "whole", 2, ema=0.9)
+    _run(small_shapes, tmp_path / "split", 1, ema=0.9)
+    resumed = _run(small_shapes, tmp_path / "split", 2, ema=0.9, resume=True)
+    a, b = load_weights_file(tmp_path / "whole" / "last.pt"), load_weights_file(tmp_path / "split" / "last.pt")
+    assert a.meta["ema"]["updates"] == b.meta["ema"]["updates"] == 4  # 2 epochs x 2 batches of 8 (16 images)
+    for key, value in a.state_dict.items():  # the average (the checkpoint's weights) and the raw weights
+        torch.testing.assert_close(b.state_dict[key], value, rtol=0, atol=0)
+        torch.testing.assert_close(b.meta["ema"]["train_state_dict"][key], a.meta["ema"]["train_state_dict"][key],
+                                   rtol=0, atol=0)
+    assert not torch.equal(a.state_dict["head.weight"], a.meta["ema"]["train_state_dict"]["head.weight"])
+    assert whole["val"]["map50_95"] == resumed["val"]["map50_95"] and whole["ema"] == 0.9
+    import csv
+
+    last_row = list(csv.DictReader(open(tmp_path / "whole" / "metrics.csv")))[-1]
+    assert whole["last"] == {"epoch": 2, "map50": pytest.approx(float(last_row["val_map50"])),
+                             "map50_95": pytest.approx(float(last_row["val_map50_95"]))}

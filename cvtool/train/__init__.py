@@ -155,7 +155,7 @@ def evaluate_classifier(weights: str | Path, data: str | Path, *, device: str = 
 def detect(data: str | Path | None = None, *, arch: str = "yolo", epochs: int | None = None, batch_size: int = 8,
            lr: float = 5e-3, weight_decay: float = 5e-4, optimizer: str = "adamw", img_size: int = 320, anchors: int = 3, width: int = 16,
            hflip: bool = True, backbone: str = "csp", pretrained: bool = False, mosaic: float = 0.5,
-           val: str | Path | None = None, val_split: float = 0.2, out: str | Path | None = None,
+           close_mosaic: int = 0, ema: float = 0.0, val: str | Path | None = None, val_split: float = 0.2, out: str | Path | None = None,
            resume: str | Path | None = None, device: str = "auto", seed: int = 0, workers: int | None = None,
            callbacks=None, on_skip: Callable[[str], None] | None = None, progress: bool = False,
              sync_bn: bool = False, devices: int = 1) -> dict:
@@ -176,8 +176,10 @@ def detect(data: str | Path | None = None, *, arch: str = "yolo", epochs: int | 
             raise UsageError(f"--img-size {img_size}: must be a multiple of {SIZE_MULTIPLE} (the detector's largest stride)")
         if backbone not in BACKBONES:
             raise UsageError(f"unknown --backbone {backbone!r}; choose from {', '.join(BACKBONES)}")
+        if not 0.0 <= ema < 1.0:
+            raise UsageError(f"--ema {ema}: the decay of the weights' moving average must be in [0, 1) (0: off)")
         args = recipe.DetectTrainArgs(str(data), arch, str(val) if val else None, val_split, img_size, anchors, width,
-                                      hflip, backbone, pretrained, mosaic)
+                                      hflip, backbone, pretrained, mosaic, close_mosaic=close_mosaic, ema=ema)
         return args, TrainConfig(epochs=epochs or 50, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                                  optimizer=optimizer, seed=seed, workers=workers, monitor="val_map50_95", warmup_epochs=1)
 

@@ -35,6 +35,8 @@ class DetectTrainArgs:
     backbone: str = "csp"
     pretrained: bool = False
     mosaic: float = 0.0
+    close_mosaic: int = 0  # the last N epochs train without mosaics (the photos as they are seen at test time)
+    ema: float = 0.0  # > 0: validate and save an exponential moving average of the weights with this decay
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,15 @@ class DetectionDataset:
         self.images, self.boxes, self.labels, self.train, self.hflip = images, boxes, labels, train, hflip
         self.mosaic = mosaic
         self.letterboxes, self.originals = letterboxes, originals
+        # in shared memory, so DataLoader worker processes (persistent ones too) see it switched off
+        self._mosaic_on = torch.ones(1).share_memory_()
+
+    def set_mosaic(self, on: bool) -> None:
+        self._mosaic_on[0] = float(on)
+
+    @property
+    def mosaic_on(self) -> bool:
+        return bool(self.mosaic) and bool(self._mosaic_on[0] > 0)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -104,7 +115,7 @@ class DetectionDataset:
         labels = self.labels[index]
         if self.train:
             rng = augmentation_rng(seed)
-            if self.mosaic and rng.random() < self.mosaic:
+            if self.mosaic_on and rng.random() < self.mosaic:
                 image, boxes, labels = self._mosaic(index, image, rng)
             image, boxes, labels = self._augment(image, boxes, labels, rng)
         tensor = image_to_tensor(image)
@@ -311,10 +322,80 @@ def save_pr_curve(curve: list[float], path: Path) -> str:
     return save_figure(fig, path)
 
 
+def detection_trainer(*args, ema: float = 0.0, close_mosaic: int = 0, **kwargs):
+    """The engine's Trainer with the detector's two training-loop options:
+
+    - `ema` (a decay in (0, 1)): an exponential moving average of the weights (cvtool.train.ema), updated
+      after every optimiser step, is what validation scores and what best.pt / last.pt hold as their
+      weights (so `cvtool detect` and `val detect` use it); last.pt also keeps the raw weights and the
+      average's step count, and --resume restores both.
+    - `close_mosaic` N: the last N epochs train without mosaics (the training set's switch, seen by
+      DataLoader workers too), so the final epochs see whole photos as they come at test time."""
+    from cvtool.models.checkpoint import load_weights_file
+    from cvtool.train.ema import ModelEma
+    from cvtool.train.engine import Trainer
+
+    class DetectionTrainer(Trainer):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            self.ema = ModelEma(self.model, decay=ema) if ema else None
+            self.close_mosaic = close_mosaic
+            if self.ema is not None:  # after every step taken (a step skipped by fp16 scaling is no step)
+                self.optimizer.register_step_post_hook(lambda *_: self.ema.update(self.model))
+
+        def mosaic_epoch(self, epoch: int) -> bool:
+            return not (self.close_mosaic and epoch > self.cfg.epochs - self.close_mosaic)
+
+        def _run_epoch(self, epoch: int) -> dict:
+            dataset = self.train_loader.dataset
+            if hasattr(dataset, "set_mosaic"):
+                dataset.set_mosaic(self.mosaic_epoch(epoch))
+            return super()._run_epoch(epoch)
+
+        def evaluate(self, loader) -> dict:
+            if self.ema is None:
+                return super().evaluate(loader)
+            model, self.model = self.model, self.ema.module
+            try:
+                return super().evaluate(loader)
+            finally:
+                self.model = model
+
+        def _save(self, name: str):
+            if self.ema is None or not self.is_main:
+                return super()._save(name)
+            model, fields = self.model, self.extra_fields
+            self.extra_fields = {**fields, "ema": {**self.ema.state(), "train_state_dict": {
+                k: v.detach().cpu() for k, v in model.state_dict().items()}}}
+            self.model = self.ema.module  # the checkpoint's weights: the average
+            try:
+                return super()._save(name)
+            finally:
+                self.model, self.extra_fields = model, fields
+
+        def resume(self, checkpoint: Path) -> None:
+            super().resume(checkpoint)  # the checkpoint's weights (the average, with EMA) into the model
+            if self.ema is None:
+                return
+            stored = load_weights_file(checkpoint).meta.get("ema")
+            if stored:  # the average from the weights, the training weights from their copy
+                self.ema.module.load_state_dict(self.model.state_dict())
+                self.model.load_state_dict(stored["train_state_dict"])
+                self.ema.updates = int(stored["updates"])
+            else:  # a run saved without EMA: the average starts here
+                self.ema = ModelEma(self.model, decay=self.ema.decay, tau=self.ema.tau)
+
+        def load_best_into(self, path: Path) -> int:
+            loaded = load_weights_file(path)
+            (self.ema.module if self.ema is not None else self.model).load_state_dict(loaded.state_dict)
+            return int(loaded.meta["epoch"])
+
+    return DetectionTrainer(*args, **kwargs)
+
+
 def run_training(args: DetectTrainArgs, cfg, run_dir: Path, device, *, resume=False, callbacks=None, on_skip=None,
                  progress: bool = True) -> dict:
     from cvtool.train import plots
-    from cvtool.train.engine import Trainer
 
     start = time.perf_counter()
     data = open_detection_data(args.data)
@@ -330,7 +411,7 @@ def run_training(args: DetectTrainArgs, cfg, run_dir: Path, device, *, resume=Fa
     anchors = kmeans_anchors(shapes, args.anchors, seed=cfg.seed)
     task = DetectionTask(data.classes, anchors, args)
     task.progress = progress
-    trainer = Trainer(
+    trainer = detection_trainer(
         task, DetectionDataset(*train[:3], train=True, hflip=args.hflip, mosaic=args.mosaic),
         DetectionDataset(*val[:3], train=False, letterboxes=val[4], originals=[val_data.boxes[i] for i in val[3]]),
         cfg, run_dir, device, callbacks=callbacks, args=vars(args).copy(),
@@ -339,12 +420,14 @@ def run_training(args: DetectTrainArgs, cfg, run_dir: Path, device, *, resume=Fa
                                       "backbone": args.backbone},
                       # COCO JSON data: its own category ids, so `detect -f coco` writes the same ids
                       **({COCO_IDS_FIELD: data.category_ids} if data.category_ids is not None else {})},
+        ema=args.ema, close_mosaic=args.close_mosaic,
     )
     if resume:
         trainer.resume(run_dir / "last.pt")
     state = trainer.fit()
     if not trainer.is_main:  # rank 0 scores, plots and writes the summary; the others get it
         return trainer.share_summary(None)
+    last_row = state.history[-1]  # the last epoch's model (last.pt), scored as best.pt is
     best_epoch = trainer.load_best_into(run_dir / "best.pt")
     report = trainer.evaluate(trainer.val_loader)
     scores = task.last_scores
@@ -355,6 +438,8 @@ def run_training(args: DetectTrainArgs, cfg, run_dir: Path, device, *, resume=Fa
         "val_images": len(val[0]), "anchors": anchors.round(1).tolist(),
         "anchor_recall_at_0.5": round(best_possible_recall(shapes, anchors), 4), "epochs": state.epoch,
         "best_epoch": best_epoch, "val": {**report, "ap50_per_class": scores["ap50_per_class"]},
+        "last": {"epoch": last_row["epoch"], "map50": last_row.get("val_map50"), "map50_95": last_row.get("val_map50_95")},
+        "ema": args.ema or None, "close_mosaic": args.close_mosaic,
         "seconds": round(time.perf_counter() - start, 2),
     }
     return trainer.finish(summary)
