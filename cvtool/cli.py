@@ -485,7 +485,7 @@ def verify_face(
     if _server():
         _remote("verify-face", images, fmt=fmt, out=out, recursive=recursive, gallery=gallery, calibrate=calibrate,
                 options=dict(model=model, weights=weights, threshold=threshold, detector=detector, upsample=upsample,
-                             face_index=face_index, backend=backend, max_pixels=max_pixels))
+                             min_face=min_face, face_index=face_index, backend=backend, max_pixels=max_pixels))
     with exits_cleanly():
         modes = sum(x is not None for x in (gallery, calibrate))
         if modes > 1:
@@ -693,7 +693,7 @@ def train_classify(
     device: str = DEVICE_OPT,
     devices: int = typer.Option(1, "--devices", min=1, help="Data-parallel: launch N processes on this machine "
                                 "(torchrun; --batch-size is the global batch). Under torchrun, leave it out."),
-    sync_bn: bool = typer.Option(False, "--sync-bn", help="Data-parallel on CUDA: batch-norm statistics over the global batch."),
+    sync_bn: bool = typer.Option(False, "--sync-bn", help="Data-parallel: batch-norm statistics over the global batch (SyncBatchNorm on CUDA, all-reduced on the CPU)."),
     seed: int = typer.Option(0, "--seed", help="Seeds shuffling, augmentation and initialisation."),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="DataLoader worker processes "
                                           "(default: min(4, cores - 1) on CUDA, 0 on the CPU)."),
@@ -746,7 +746,7 @@ def train_detect(
     device: str = DEVICE_OPT,
     devices: int = typer.Option(1, "--devices", min=1, help="Data-parallel: launch N processes on this machine "
                                 "(torchrun; --batch-size is the global batch). Under torchrun, leave it out."),
-    sync_bn: bool = typer.Option(False, "--sync-bn", help="Data-parallel on CUDA: batch-norm statistics over the global batch."),
+    sync_bn: bool = typer.Option(False, "--sync-bn", help="Data-parallel: batch-norm statistics over the global batch (SyncBatchNorm on CUDA, all-reduced on the CPU)."),
     seed: int = typer.Option(0, "--seed"),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="DataLoader worker processes "
                                           "(default: min(4, cores - 1) on CUDA, 0 on the CPU)."),
@@ -791,7 +791,7 @@ def train_segment(
     device: str = DEVICE_OPT,
     devices: int = typer.Option(1, "--devices", min=1, help="Data-parallel: launch N processes on this machine "
                                 "(torchrun; --batch-size is the global batch). Under torchrun, leave it out."),
-    sync_bn: bool = typer.Option(False, "--sync-bn", help="Data-parallel on CUDA: batch-norm statistics over the global batch."),
+    sync_bn: bool = typer.Option(False, "--sync-bn", help="Data-parallel: batch-norm statistics over the global batch (SyncBatchNorm on CUDA, all-reduced on the CPU)."),
     seed: int = typer.Option(0, "--seed"),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="DataLoader worker processes "
                                           "(default: min(4, cores - 1) on CUDA, 0 on the CPU)."),
@@ -833,7 +833,7 @@ def train_style(
     device: str = DEVICE_OPT,
     devices: int = typer.Option(1, "--devices", min=1, help="Data-parallel: launch N processes on this machine "
                                 "(torchrun; --batch-size is the global batch). Under torchrun, leave it out."),
-    sync_bn: bool = typer.Option(False, "--sync-bn", help="Data-parallel on CUDA: batch-norm statistics over the global batch."),
+    sync_bn: bool = typer.Option(False, "--sync-bn", help="Data-parallel: batch-norm statistics over the global batch (SyncBatchNorm on CUDA, all-reduced on the CPU)."),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Train a feed-forward style network (Johnson et al.); `cvtool stylize IMG --model RUN/best.pt` applies it."""
@@ -873,7 +873,7 @@ def train_face(
     device: str = DEVICE_OPT,
     devices: int = typer.Option(1, "--devices", min=1, help="Data-parallel: launch N processes on this machine "
                                 "(torchrun; --batch-size is the global batch). Under torchrun, leave it out."),
-    sync_bn: bool = typer.Option(False, "--sync-bn", help="Data-parallel on CUDA: batch-norm statistics over the global batch."),
+    sync_bn: bool = typer.Option(False, "--sync-bn", help="Data-parallel: batch-norm statistics over the global batch (SyncBatchNorm on CUDA, all-reduced on the CPU)."),
     seed: int = typer.Option(0, "--seed", help="Seeds the identity split, batches, augmentation and initialisation."),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="DataLoader worker processes "
                                           "(default: min(4, cores - 1) on CUDA, 0 on the CPU)."),

@@ -100,6 +100,59 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
+class GlobalBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
+    """Batch norm whose training statistics are the GLOBAL batch's, over all ranks, on any device gloo
+    serves (the CPU): PyTorch's SyncBatchNorm refuses non-GPU tensors. The mean and then the variance are
+    sums all-reduced through torch.distributed.nn's autograd-aware all_reduce, so the backward pass
+    carries every rank's share of the statistics' gradient, as SyncBatchNorm's does. With equal batch
+    shares, N ranks then take the single-process step on the global batch. Evaluation, and a single
+    process, use plain batch norm; the state_dict is a BatchNorm's, so checkpoints load anywhere."""
+
+    def _check_input_dim(self, input):
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and is_active()):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        dims = [0, *range(2, x.dim())]
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        count = torch.tensor([x.numel() // x.shape[1]], dtype=x.dtype, device=x.device)
+        total = all_reduce(torch.cat([x.sum(dims), count]))
+        n = total[-1]
+        mean = total[:-1] / n
+        centred = x - mean.view(shape)
+        var = all_reduce((centred * centred).sum(dims)) / n  # two passes, as batch norm computes it
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+                self.running_mean.mul_(1 - factor).add_(mean.detach(), alpha=factor)
+                self.running_var.mul_(1 - factor).add_(var.detach() * n / (n - 1).clamp(min=1), alpha=factor)
+        y = centred * torch.rsqrt(var + self.eps).view(shape)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y
+
+
+def sync_batch_norm(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """`model` with every batch norm computing the global batch's statistics: PyTorch's SyncBatchNorm on
+    CUDA (NCCL), GlobalBatchNorm elsewhere (gloo)."""
+    if device.type == "cuda":
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    for name, child in model.named_children():
+        if isinstance(child, torch.nn.modules.batchnorm._BatchNorm) and not isinstance(child, GlobalBatchNorm):
+            synced = GlobalBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
+                                     child.track_running_stats, device=device)
+            synced.load_state_dict(child.state_dict())
+            setattr(model, name, synced.train(child.training))
+        else:
+            sync_batch_norm(child, device)
+    return model
+
+
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The module inside DistributedDataParallel (what checkpoints hold, so they load anywhere)."""
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model

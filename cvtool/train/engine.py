@@ -48,7 +48,7 @@ class TrainConfig:
     log_every: int | None = None  # steps between progress callbacks (on an accelerator each one is a host sync);
     # None: every step on the CPU (reading a loss there costs nothing), every 10th on an accelerator
     channels_last: bool = True  # only takes effect on CUDA
-    sync_bn: bool = False  # data-parallel on CUDA: batch-norm statistics over the global batch
+    sync_bn: bool = False  # data-parallel: batch-norm statistics over the global batch (CUDA and CPU)
 
 
 class TrainTask(Protocol):
@@ -218,10 +218,8 @@ class Trainer:
     def _wrap(self, model: nn.Module) -> nn.Module:
         if self.world == 1:
             return model
-        if self.cfg.sync_bn:
-            if not self.on_cuda:
-                raise UsageError("--sync-bn needs CUDA devices (PyTorch's SyncBatchNorm runs on GPUs only)")
-            self.model = model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if self.cfg.sync_bn:  # SyncBatchNorm on CUDA; our all-reduce batch norm on the CPU (gloo)
+            self.model = model = distributed.sync_batch_norm(model, self.device)
         return nn.parallel.DistributedDataParallel(model, device_ids=[self.device.index] if self.on_cuda else None)
 
     def _loader(self, dataset, *, shuffle: bool, batch_size: int):
