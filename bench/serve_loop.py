@@ -3,10 +3,13 @@
     python bench/serve_loop.py [--calls 20] [--requests 2000] [--clients 8]
 
 1. verify-face in a loop: N `cvtool verify-face A B -f jsonl` processes on real photos
-   (../shared/datasets/faces if present, else the sample astronaut against a mirrored copy), each pair run
-   once without the server and once with CVTOOL_SERVER set, alternately (so other load on the machine
-   falls on both alike): seconds per call (median and mean), the speedup, and whether every verdict
-   (same, distance, or the error) is identical.
+   (../shared/datasets/faces: `--pattern reference`, one reference photo against N others, the loop the
+   server's face cache is for; or `neighbours`, each photo against the next in sorted order), and the
+   sample astronaut against a mirrored copy N times. Each pair is run once without the server and once
+   with CVTOOL_SERVER set, alternately (so other load on the machine falls on both alike); `--passes 2`
+   runs the whole loop again (a script re-run: every photo then in the server's face cache). Per pass:
+   seconds per call (median and mean), the speedup, the face cache's hits and misses, the load average;
+   and whether every record (all but `ms`) and exit code is identical between the two sides.
 2. /detect throughput: a random-weight YOLO checkpoint (speed does not depend on the values) on 320 px
    letterboxes of 640x480 JPEGs, from 1 client and from `--clients` concurrent clients (keep-alive-free
    urllib, as the thin client sends): images/s.
@@ -31,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _results import write_results  # noqa: E402
+from _results import RESULTS, write_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 FACES = ROOT.parent / "shared" / "datasets" / "faces"
@@ -76,11 +79,16 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def face_pairs(n: int, tmp: Path, photos_from: str) -> tuple[list[tuple[str, str]], str]:
+def face_pairs(n: int, tmp: Path, photos_from: str, pattern: str) -> tuple[list[tuple[str, str]], str]:
     photos = sorted(str(p) for p in FACES.glob("*/*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     if len(photos) >= 2 and photos_from == "faces":
+        if pattern == "reference":  # the first photo against each of the others (cycling when N is larger)
+            others = photos[1:]
+            return ([(photos[0], others[i % len(others)]) for i in range(n)],
+                    f"{FACES}: {Path(photos[0]).relative_to(FACES)} against each of the next {min(n, len(others))}")
         # neighbours in sorted order: mostly the same person, with a change of person at each folder boundary
-        return [(photos[i % len(photos)], photos[(i + 1) % len(photos)]) for i in range(n)], str(FACES)
+        return ([(photos[i % len(photos)], photos[(i + 1) % len(photos)]) for i in range(n)],
+                f"{FACES}: each photo against the next in sorted order")
     import cv2
 
     astronaut = ROOT / "sample_images" / "photos" / "astronaut.jpg"
@@ -89,42 +97,67 @@ def face_pairs(n: int, tmp: Path, photos_from: str) -> tuple[list[tuple[str, str
     return [(str(astronaut), str(mirrored))] * n, "sample_images/photos/astronaut.jpg vs a mirrored copy"
 
 
-def verdict(stdout: str, code: int):
+def outcome(stdout: str, code: int):
+    """The record as printed, less its `ms`, and the exit code: what must be identical on both sides."""
     lines = [json.loads(line) for line in stdout.splitlines() if line.strip()]
     if not lines:
         return ("no record", code)
-    record = lines[0]
-    if "error" in record:
-        return ("error", record["path"], record["error"], code)
-    return ("same" if record["result"]["same"] else "different", record["result"]["distance"], code)
+    return ({k: v for k, v in lines[0].items() if k != "ms"}, code)
 
 
-def verify_loop(n: int, env: dict, tmp: Path, photos_from: str) -> dict:
-    pairs, source = face_pairs(n, tmp, photos_from)
+def kind(result) -> str:
+    record = result[0]
+    if not isinstance(record, dict):
+        return "error"
+    return "error" if "error" in record else ("same" if record["result"]["same"] else "different")
+
+
+def per_call(seconds: list[float]) -> dict:
+    return {"median": round(statistics.median(seconds), 3), "mean": round(statistics.mean(seconds), 3)}
+
+
+def face_cache(url: str) -> dict:
+    with urllib.request.urlopen(f"{url}/healthz", timeout=30) as response:
+        return json.loads(response.read())["face_cache"]
+
+
+def verify_loop(n: int, env: dict, tmp: Path, photos_from: str, pattern: str, passes: int) -> dict:
+    pairs, source = face_pairs(n, tmp, photos_from, pattern)
     proc, url = start_server(["--preload", "verify-face"], env, tmp / "serve-verify.log")
+    runs, mismatches, counts = [], [], {"same": 0, "different": 0, "error": 0}
     try:
-        local_s, remote_s, local_v, remote_v = [], [], [], []
-        for a, b in pairs:
-            for times, verdicts, extra in ((local_s, local_v, {}), (remote_s, remote_v, {"CVTOOL_SERVER": url})):
-                start = time.perf_counter()
-                done = subprocess.run([sys.executable, "-m", "cvtool", "verify-face", a, b, "-f", "jsonl"],
-                                      capture_output=True, text=True, env={**env, **extra}, cwd=ROOT)
-                times.append(time.perf_counter() - start)
-                verdicts.append(verdict(done.stdout, done.returncode))
+        for number in range(passes):
+            local_s, remote_s = [], []
+            load_before, cache_before = os.getloadavg(), face_cache(url)
+            for a, b in pairs:
+                results = []
+                for times, extra in ((local_s, {}), (remote_s, {"CVTOOL_SERVER": url})):
+                    start = time.perf_counter()
+                    done = subprocess.run([sys.executable, "-m", "cvtool", "verify-face", a, b, "-f", "jsonl"],
+                                          capture_output=True, text=True, env={**env, **extra}, cwd=ROOT)
+                    times.append(time.perf_counter() - start)
+                    results.append(outcome(done.stdout, done.returncode))
+                if results[0] != results[1]:
+                    mismatches.append([a, b, *map(str, results)])
+                if number == 0:
+                    counts[kind(results[0])] += 1
+            cache = face_cache(url)
+            runs.append({
+                "pass": number + 1, "local_s_per_call": per_call(local_s), "server_s_per_call": per_call(remote_s),
+                "speedup_median": round(statistics.median(local_s) / statistics.median(remote_s), 1),
+                "speedup_mean": round(statistics.mean(local_s) / statistics.mean(remote_s), 1),
+                "face_cache_hits": cache["hits"] - cache_before["hits"],
+                "face_cache_misses": cache["misses"] - cache_before["misses"],
+                "loadavg_1min_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
+            })
+            print(json.dumps(runs[-1]), file=sys.stderr)
         server_rss = rss_mb(proc.pid)
     finally:
         stop(proc)
-    mismatches = [(p, lv, rv) for p, lv, rv in zip(pairs, local_v, remote_v) if lv != rv]
     return {
-        "photos": source, "calls": n,
-        "local_s_per_call": {"median": round(statistics.median(local_s), 3), "mean": round(statistics.mean(local_s), 3)},
-        "server_s_per_call": {"median": round(statistics.median(remote_s), 3),
-                              "mean": round(statistics.mean(remote_s), 3)},
-        "speedup_median": round(statistics.median(local_s) / statistics.median(remote_s), 1),
-        "speedup_mean": round(statistics.mean(local_s) / statistics.mean(remote_s), 1),
-        "verdicts_identical": not mismatches, "mismatches": [list(map(str, m)) for m in mismatches[:5]],
-        "verdict_counts": {k: sum(v[0] == k for v in local_v) for k in ("same", "different", "error")},
-        "server_rss_mb": round(server_rss, 1),
+        "photos": source, "calls_per_pass": n, "passes": runs,
+        "records_identical": not mismatches, "mismatches": mismatches[:5],
+        "verdict_counts": counts, "server_rss_mb": round(server_rss, 1),
     }
 
 
@@ -206,19 +239,40 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15, help="per throughput measurement")
     parser.add_argument("--photos", default="faces,sample", help="faces (../shared/datasets/faces), sample "
                         "(the astronaut vs a mirrored copy), or both")
-    parser.add_argument("--skip-verify", action="store_true")
-    parser.add_argument("--skip-detect", action="store_true")
+    parser.add_argument("--pattern", choices=("reference", "neighbours"), default="reference",
+                        help="the faces loop: one reference photo against N others, or each photo against the next")
+    parser.add_argument("--passes", type=int, default=2, help="times the faces loop is run (2: a re-run, every "
+                        "photo in the face cache)")
+    parser.add_argument("--skip-verify", action="store_true", help="keep the verify-face figures of the last run")
+    parser.add_argument("--skip-detect", action="store_true", help="keep the /detect figures of the last run")
     args = parser.parse_args()
     env = {**os.environ, "CVTOOL_NO_PROGRESS": "1"}
     env.pop("CVTOOL_SERVER", None)
-    figures: dict = {"cpus": os.cpu_count()}
+    figures: dict = {"cpus": os.cpu_count(), "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]}
     with tempfile.TemporaryDirectory() as tmp:
         for photos in ([] if args.skip_verify else args.photos.split(",")):
-            figures[f"verify_face_loop_{photos}"] = verify_loop(args.calls, env, Path(tmp), photos)
+            passes = args.passes if photos == "faces" else 1  # the sample loop repeats one pair anyway
+            figures[f"verify_face_loop_{photos}"] = verify_loop(args.calls, env, Path(tmp), photos, args.pattern,
+                                                                passes)
             print(json.dumps(figures[f"verify_face_loop_{photos}"]), file=sys.stderr)
         if not args.skip_detect:
             figures["detect_load"] = detect_load(env, Path(tmp), args.clients, args.requests, args.seconds)
-    write_results("serve_loop", figures)
+    write_results("serve_loop", {**earlier(figures), **figures})
+
+
+def earlier(figures: dict) -> dict:
+    """The sections of the last recorded run that this one skipped, each marked with that run's date and
+    command (so a re-measurement of one part does not erase the other)."""
+    try:
+        last = json.loads((RESULTS / "serve_loop.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    kept = {}
+    for name, section in last.get("figures", {}).items():
+        if name not in figures and isinstance(section, dict):
+            kept[name] = {**section, "from_earlier_run": section.get("from_earlier_run")
+                          or {"date": last.get("date"), "command": last.get("command")}}
+    return kept
 
 
 if __name__ == "__main__":
