@@ -236,49 +236,30 @@ def _boxes_folder(root: Path, n: int, seed: int) -> Path:
     return root
 
 
-@pytest.mark.slow
-def test_detection_two_processes_take_the_data_parallel_step(tmp_path):
-    """The YOLO detector has batch norm and a loss normalised by its batch's matches, so 2 x 4 images
-    is not the step of 1 x 8 (that needs --sync-bn on CUDA and global normalisers); what DDP must give
-    is the step along the mean of the two ranks' gradients, each on its share of the global batch,
-    with its augmentations: computed here in one process with the engine's own sampler."""
-    from cvtool.ops.anchors import kmeans_anchors
-    from cvtool.train import detection as recipe
-    from cvtool.train.detection_data import open_detection_data
-    from cvtool.train.engine import EpochBatches, seed_everything
-
+def test_detection_two_processes_with_sync_bn_take_the_single_process_step(tmp_path):
+    """The YOLO detector has batch norm and a loss normalised by its batch's matches: with --sync-bn (all-reduced
+    batch statistics on the CPU) and the loss normalised by the global batch's counts, 2 x 4 images take the
+    optimiser step of 1 x 8, augmentations (mosaics, flips, scale, colour) included."""
     train, val = _boxes_folder(tmp_path / "train", 8, 0), _boxes_folder(tmp_path / "val", 2, 1)
-    out = tmp_path / "ddp"
-    result = torchrun("train", "detect", str(train), "--val", str(val), "--epochs", "1", "--batch-size", "8",
-                      "--img-size", "64", "--width", "4", "--anchors", "1", "--mosaic", "0.5", "--optimizer", "sgd",
-                      "--lr", "0.05", "--weight-decay", "0", "--device", "cpu", "--out", str(out))
+    common = ("train", "detect", str(train), "--val", str(val), "--epochs", "1", "--batch-size", "8",
+              "--img-size", "64", "--width", "4", "--anchors", "1", "--mosaic", "0.5", "--optimizer", "sgd",
+              "--lr", "0.05", "--weight-decay", "0", "--device", "cpu", "--sync-bn")
+    result = torchrun(*common, "--out", str(tmp_path / "ddp"))
     assert result.returncode == 0, result.stderr[-3000:]
+    single = subprocess.run([sys.executable, "-m", "cvtool", *common, "--out", str(tmp_path / "single")],
+                            capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "CVTOOL_NO_PROGRESS": "1"})
+    assert single.returncode == 0, single.stderr[-3000:]
 
-    args = recipe.DetectTrainArgs(str(train), val=str(val), img_size=64, anchors=1, width=4, mosaic=0.5)
-    boxed = recipe.letterboxed(open_detection_data(train), 64)
-    shapes = np.concatenate([b[:, 2:] - b[:, :2] for b in boxed[1] if len(b)])
-    task = recipe.DetectionTask(["box"], kmeans_anchors(shapes, 1, seed=0), args)
-    seed_everything(0)
-    model = task.build_model()
-    init = {k: v.clone() for k, v in model.state_dict().items()}
-    dataset = recipe.DetectionDataset(*boxed[:3], train=True, hflip=True, mosaic=0.5)
-    grads = []
-    for rank in range(2):
-        g, s = torch.Generator().manual_seed(1_000_003 * 0 + 1), torch.Generator().manual_seed(1 + 500_009)
-        sampler = EpochBatches(len(dataset), 8, shuffle=True, generator=g, seed_generator=s, rank=rank, world=2)
-        loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, generator=g, collate_fn=recipe.collate)
-        inputs, targets = next(iter(loader))
-        model.zero_grad()
-        task.loss(model(inputs), targets).backward()
-        grads.append([p.grad.clone() for p in model.parameters()])
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.0)
-    for p, g0, g1 in zip(model.parameters(), *grads):
-        p.grad = (g0 + g1) / 2
-    optimizer.step()
-    params = {name for name, _ in model.named_parameters()}
-    expected = {k: v for k, v in model.state_dict().items() if k in params}
-    got = {k: v for k, v in _params(out / "last.pt").items() if k in params}
-    _assert_close(got, expected, init)
+    two, one = _params(tmp_path / "ddp" / "last.pt"), _params(tmp_path / "single" / "last.pt")
+    assert two.keys() == one.keys()
+    floats = [k for k in one if one[k].is_floating_point()]  # weights, biases and running statistics
+    a, b = (torch.cat([d[k].double().flatten() for k in floats]) for d in (two, one))
+    assert torch.linalg.norm(a - b) <= 1e-5 * torch.linalg.norm(b)  # the model, as the issue measures it
+    for k in floats:  # and each tensor, to float32 rounding of its own size (biases that start at 0 are tiny)
+        assert torch.linalg.norm(two[k].double() - one[k].double()) <= 1e-4 * torch.linalg.norm(one[k].double()) + 1e-6, k
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert summary["data_parallel"]["processes"] == 2 and summary["data_parallel"]["sync_bn"] is True
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ covers them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -364,12 +365,17 @@ def target_boxes(targets: torch.Tensor, anchors: torch.Tensor, stride: int = STR
 
 def yolo_loss(raw: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, anchors: torch.Tensor, *,
               stride: int = STRIDE, gt_boxes: list[torch.Tensor] | None = None, box_weight: float = 0.5,
-              obj_weight: float = 1.0, cls_weight: float = 0.5, ignore_iou: float = 0.6) -> torch.Tensor:
+              obj_weight: float = 1.0, cls_weight: float = 0.5, ignore_iou: float = 0.6,
+              global_counts: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """Box: complete-IoU loss (torchvision) of the responsible predictions. Objectness: BCE over
     every prediction, the target being the (detached) IoU of the responsible prediction with its box,
     so confidence ranks by localisation; other predictions whose box already overlaps a ground truth
     (of `gt_boxes`) by more than `ignore_iou` are left out rather than punished as background.
-    Classes: BCE of the responsible predictions. Means, scaled by the batch size."""
+    Classes: BCE of the responsible predictions. Means over the batch, scaled by the batch size.
+
+    `global_counts` (data-parallel training): maps this batch's counts (matches, objectness weight,
+    images) to the global batch's sums over all ranks. The means are then the global batch's, and the
+    loss is this rank's share scaled so that DDP's mean over ranks is the single-process loss."""
     from torchvision.ops import box_iou, complete_box_iou_loss
 
     bce = nn.functional.binary_cross_entropy_with_logits
@@ -386,17 +392,19 @@ def yolo_loss(raw: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, anch
                     best = box_iou(predicted[i].reshape(-1, 4), image_boxes.to(raw.device).float()).amax(1)
                     weight[i] = (best <= ignore_iou).float().view_as(weight[i])
     weight[mask] = 1.0
+    counts = torch.stack([mask.sum().to(weight.dtype), weight.sum(), weight.new_tensor(float(n))]).detach()
+    matches, weight_sum, images = global_counts(counts.clone()) if global_counts is not None else counts
     if mask.any():
         pos, tgt = raw[mask], targets[mask]
         ciou = complete_box_iou_loss(predicted[mask], target_boxes(targets, anchors, stride)[mask], reduction="none")
-        box_loss = ciou.mean()
+        box_loss = ciou.sum() / matches
         with torch.no_grad():
             iou = box_iou(predicted[mask], target_boxes(targets, anchors, stride)[mask]).diagonal()
         obj_target[mask] = iou.clamp(0, 1)
         if pos.shape[1] > 5:
-            cls_loss = bce(pos[:, 5:], tgt[:, 5:])
-    obj_loss = (bce(raw[..., 4], obj_target, reduction="none") * weight).sum() / weight.sum().clamp(min=1)
-    return n * (box_weight * box_loss + obj_weight * obj_loss + cls_weight * cls_loss)
+            cls_loss = bce(pos[:, 5:], tgt[:, 5:], reduction="sum") / (matches * (pos.shape[1] - 5))
+    obj_loss = (bce(raw[..., 4], obj_target, reduction="none") * weight).sum() / weight_sum.clamp(min=1)
+    return images * (images / n) * (box_weight * box_loss + obj_weight * obj_loss + cls_weight * cls_loss)
 
 
 # The detector letterboxes by itself; the pipeline hands it [0, 1] pixels at their own size.

@@ -19,6 +19,7 @@ from cvtool.ops.anchors import best_possible_recall, kmeans_anchors
 from cvtool.ops.letterbox import letterbox
 from cvtool.ops.tensors import image_to_tensor
 from cvtool.models.checkpoint import COCO_IDS_FIELD
+from cvtool.train import distributed
 from cvtool.train.detection_data import BoxedImages, open_detection_data
 
 
@@ -265,7 +266,10 @@ class DetectionTask:
         grid = raw.shape[2:4]
         boxes, labels = [t["boxes"].cpu() for t in targets], [t["labels"].cpu() for t in targets]
         target, mask = assign_targets(boxes, labels, self.anchors, grid, len(self.classes))
-        return yolo_loss(raw, target, mask, self.anchors, gt_boxes=boxes)
+        # a training step under torchrun normalises by the global batch's counts (validation runs on rank 0
+        # alone, without gradients, and by its own batch's)
+        counts = distributed.all_reduce_sum if distributed.is_active() and torch.is_grad_enabled() else None
+        return yolo_loss(raw, target, mask, self.anchors, gt_boxes=boxes, global_counts=counts)
 
     def start_metrics(self) -> dict:
         return {"gt": [], "det": []}
