@@ -281,3 +281,13 @@ def test_ema_checkpoints_resume_exactly_and_summary_reports_the_last_epoch(small
     last_row = list(csv.DictReader(open(tmp_path / "whole" / "metrics.csv")))[-1]
     assert whole["last"] == {"epoch": 2, "map50": pytest.approx(float(last_row["val_map50"])),
                              "map50_95": pytest.approx(float(last_row["val_map50_95"]))}
+
+
+def test_an_ema_decay_outside_0_1_is_refused_in_one_line(small_shapes, tmp_path):
+    from cvtool import train
+    from cvtool.errors import UsageError
+
+    with pytest.raises(UsageError) as refused:
+        train.detect(small_shapes, ema=1.0, epochs=1, img_size=64, width=4, out=tmp_path / "run")
+    assert str(refused.value) == "--ema 1.0: the decay of the weights' moving average must be in [0, 1) (0: off)"
+    assert not (tmp_path / "run").exists()
