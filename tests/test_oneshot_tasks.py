@@ -75,9 +75,10 @@ def test_classify_with_an_onnx_file_imports_no_torch_and_gives_the_torch_records
                                    [t["prob"] for t in b["result"]["top_k"]], atol=1e-4)
 
 
-def test_backend_auto_runs_a_cached_export_by_model_name_without_torch(tmp_path):
+def test_backend_auto_runs_a_cached_export_by_model_name_without_torch(tmp_path, monkeypatch):
     import cvtool
 
+    monkeypatch.setenv("CVTOOL_CACHE", str(tmp_path / "cache"))  # nothing cached by other tests
     digit = DIGITS[0]
     before = cvtool.Classifier("lenet5_digits", device="cpu", backend="auto")  # nothing cached yet: PyTorch
     assert before.loaded.backend == "torch"
