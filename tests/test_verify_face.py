@@ -223,7 +223,8 @@ def test_detect_face_model_gives_68_landmarks_in_their_places(tmp_path):
     detections = json.loads(result.stdout)["result"]["detections"]
     # Biden, Obama, and a girl at the lower right whom the file's provenance does not mention
     assert len(detections) == 3 and {d["label"] for d in detections} == {"face"}
-    assert sorted(round(d["box"][0], -2) for d in detections) == [700, 1100, 1600]
+    lefts = sorted(d["box"][0] for d in detections)  # Obama, Biden, the girl (dlib's boxes move a few px with scale)
+    assert 680 < lefts[0] < 780 and 1100 < lefts[1] < 1200 and 1580 < lefts[2] < 1680
     for det in detections:
         x1, y1, x2, y2 = det["box"]
         points = np.array(det["keypoints"])[:, :2]

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from cvtool.models.dlib.mmod import detect_scaled, detection_scale
 from cvtool.models.face_mmod import MMOD_FILE, NUM_PARAMS, MmodFaceDetector, MmodNet, mmod_state_dict_from_dlib
 from cvtool.models import contract
 from cvtool.models.registry import ModelEntry, register
@@ -25,7 +26,7 @@ LANDMARKS = "68"
 class FaceLandmarkDetector(nn.Module):
     """Holds the MMOD network's weights (the state_dict); the landmark forests load from their own cache."""
 
-    def __init__(self, num_classes: int | None = None, upsample: int = 1):
+    def __init__(self, num_classes: int | None = None, upsample: int | None = None):
         super().__init__()
         self.mmod = MmodNet()
         self.upsample = upsample
@@ -41,8 +42,10 @@ class FaceLandmarkDetector(nn.Module):
         rgbs = [(img.permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy() for img in images]
         outputs = []
         for rgb in rgbs:
-            upsample = self.upsample if max(rgb.shape[:2]) <= 1000 else 0
-            found = detector.detect([rgb], upsample=upsample)[0]
+            # verify-face's rule (upsample None): the scale that makes 40 px faces the CNN's 80 px, within its
+            # pixel budget; N: every image doubled N times, as dlib does
+            scale = detection_scale(*rgb.shape[:2]) if self.upsample is None else 2.0**self.upsample
+            found = detect_scaled(detector, rgb, scale)
             rects = np.array([f[:4] for f in found], dtype=np.float64).reshape(-1, 4)
             points = self._landmarks.predict(rgb, rects) if len(found) else np.zeros((0, 68, 2))
             # dlib's rectangles are inclusive; x2/y2 here are exclusive edges, as torchvision's
