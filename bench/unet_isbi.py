@@ -1,6 +1,6 @@
 """The U-Net paper's training recipe on the ISBI 2012 membrane set, scored on held-out slices by ISBI's own measure.
 
-    python bench/unet_isbi.py [--epochs 80] [--width 32] [--threads 2] [--name unet_isbi] [--baseline]
+    python bench/unet_isbi.py [--epochs 60] [--width 32] [--threads 2] [--name unet_isbi] [--baseline]
 
 Needs ../shared/datasets/membrane (24 512x512 EM slices). The fixed split (numpy default_rng(0).permutation of the
 24 sorted names): the first 5 are held out (4, 12, 7, 18, 19: the slices the README's earlier figures were taken
@@ -47,13 +47,14 @@ def link_split(root: Path, picked: list[str]) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=80)
+    parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--loss", default="weighted-ce")
     parser.add_argument("--mirror-pad", type=int, default=64)
     parser.add_argument("--no-elastic", action="store_true")
+    parser.add_argument("--no-balance", action="store_true", help="border weights with w_c = 1 (no class balancing)")
     parser.add_argument("--baseline", action="store_true", help="the README's earlier recipe on the same split")
     parser.add_argument("--name", default="unet_isbi")
     parser.add_argument("--keep", type=Path, help="keep the run directory here")
@@ -71,7 +72,8 @@ def main() -> None:
     if args.baseline:
         recipe = dict(loss="ce+dice", elastic=False, mirror_pad=0)
     else:
-        recipe = dict(loss=args.loss, elastic=not args.no_elastic, mirror_pad=args.mirror_pad)
+        recipe = dict(loss=args.loss, elastic=not args.no_elastic, mirror_pad=args.mirror_pad,
+                      border_balance=not args.no_balance)
     options = dict(arch="unet", epochs=args.epochs, width=args.width, depth=4, crop=256, batch_size=4, lr=args.lr,
                    class_names=["membrane", "cell"], seed=0, device="cpu", **recipe)
     load_before = os.getloadavg()
@@ -98,7 +100,8 @@ def main() -> None:
         "split": parts,
         "recipe": "baseline (README's earlier: CE + Dice, crops + flips)" if args.baseline else
                   "U-Net paper: elastic deformations (3x3 lattice, sigma 10 px), border-weighted CE (w0 10, sigma 5 "
-                  "px, class-balanced w_c), mirrored context, 256 px crops + flips",
+                  f"px, {'w_c = 1' if args.no_balance else 'class-balanced w_c'}), mirrored context, 256 px crops + "
+                  "flips",
         "train_call": call,
         "torch_threads": args.threads,
         "budget_cpu_s": BUDGET_CPU_S,

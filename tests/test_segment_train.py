@@ -166,3 +166,12 @@ def test_weighted_training_items_carry_the_weight_map_warped_with_the_mask(tmp_p
     assert np.median(weight[scored & (mask == 0)]) > 3 * np.median(weight[scored & (mask == 1)])
     again_image, again = dataset[(0, 123)]  # the sample's seed fixes its warp
     assert torch.equal(again_image, image) and torch.equal(again["weight"], target["weight"])
+
+
+def test_border_weight_map_without_class_balance_is_one_plus_the_border_term():
+    mask = np.zeros((40, 120), np.uint8)
+    mask[5:35, 5:30] = 1
+    mask[5:35, 32:57] = 1
+    weights = border_weight_map(mask, class_balance=False)
+    assert weights[20, 30] == pytest.approx(1 + 10 * math.exp(-9 / 50), rel=1e-5)
+    assert weights[20, 15] == 1.0 and weights[20, 119] == pytest.approx(1.0, abs=1e-4)

@@ -57,18 +57,19 @@ def class_balance_weights(mask: np.ndarray, num_classes: int, ignore_index: int)
 
 
 def border_weight_map(mask: np.ndarray, *, num_classes: int = 2, ignore_index: int = 255, w0: float = 10.0,
-                      sigma: float = 5.0, background: int = 0) -> np.ndarray:
+                      sigma: float = 5.0, background: int = 0, class_balance: bool = True) -> np.ndarray:
     """The U-Net paper's loss weights, float32 of the mask's shape:
     w(x) = w_c(x) + w0 * exp(-(d1(x) + d2(x))^2 / (2 sigma^2)) on background (membrane) pixels, w_c(x) elsewhere;
     d1, d2: Euclidean distances to the nearest and the second-nearest object. The objects are the connected
     regions (4-connectivity) of each class other than `background`. Ignored pixels weigh 0.
 
     One distance transform per object, each on the object's box grown by a margin beyond which the border term
-    is below 1e-4 * w0 (so the result is exact to that)."""
+    is below 1e-4 * w0 (so the result is exact to that). `class_balance=False`: w_c = 1 for every class (the
+    border term alone; class-balancing weighs the thin membranes many times the cells)."""
     from scipy import ndimage
     from skimage.measure import label
 
-    weights = class_balance_weights(mask, num_classes, ignore_index)
+    weights = class_balance_weights(mask, num_classes, ignore_index) if class_balance else np.ones(num_classes)
     valid = mask != ignore_index
     result = np.where(valid, weights[np.where(valid, mask, 0).clip(0, num_classes - 1)], 0.0)
     h, w = mask.shape

@@ -195,7 +195,8 @@ def segment(data: str | Path | None = None, *, arch: str = "unet", epochs: int |
             out: str | Path | None = None, resume: str | Path | None = None, device: str = "auto", seed: int = 0,
             workers: int | None = None, callbacks=None, on_skip: Callable[[str], None] | None = None,
             sync_bn: bool = False, devices: int = 1, elastic: bool = False, elastic_sigma: float = 10.0,
-            mirror_pad: int = 0, border_w0: float = 10.0, border_sigma: float = 5.0) -> dict:
+            mirror_pad: int = 0, border_w0: float = 10.0, border_sigma: float = 5.0,
+            border_balance: bool = True) -> dict:
     """Train a U-Net (or a torchvision segmenter) on images/ + masks/ folder pairs; best.pt by mIoU. The U-Net
     paper's recipe: `elastic=True`, `loss="weighted-ce"` (border weights w0, sigma), `mirror_pad`, `width=64`."""
     launched = _launch('segment', devices, {k: v for k, v in locals().items() if k != 'devices'})
@@ -211,7 +212,8 @@ def segment(data: str | Path | None = None, *, arch: str = "unet", epochs: int |
         args = recipe.SegmentTrainArgs(str(data), arch, str(val) if val else None, val_split, crop, loss, width,
                                        depth, in_channels, list(class_names) if class_names else None,
                                        elastic=elastic, elastic_sigma=elastic_sigma, mirror_pad=mirror_pad,
-                                       border_w0=border_w0, border_sigma=border_sigma)
+                                       border_w0=border_w0, border_sigma=border_sigma,
+                                       border_balance=border_balance)
         recipe.dataset_options(args)  # bad values stop here, before a run directory is made
         return args, TrainConfig(epochs=epochs or 30, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                                  optimizer=optimizer, seed=seed, workers=workers, monitor="val_miou",

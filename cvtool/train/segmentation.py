@@ -345,6 +345,7 @@ class SegmentTrainArgs:
     mirror_pad: int = 0  # pixels of mirrored context around each training image (crops may reach into it)
     border_w0: float = 10.0  # the border weight map's w0 and sigma (pixels), for --loss weighted-ce
     border_sigma: float = 5.0
+    border_balance: bool = True  # w_c balances the class frequencies (the paper); False: w_c = 1
 
 
 def dataset_options(args: SegmentTrainArgs) -> dict:
@@ -353,7 +354,8 @@ def dataset_options(args: SegmentTrainArgs) -> dict:
         raise UsageError(f"unknown --loss {args.loss!r}; choose from {', '.join(LOSSES)}")
     if args.mirror_pad < 0 or args.elastic_sigma < 0 or args.elastic_grid < 2 or args.border_sigma <= 0:
         raise UsageError("--mirror-pad and --elastic-sigma must be >= 0, --elastic-grid >= 2, --border-sigma > 0")
-    weights = {"w0": args.border_w0, "sigma": args.border_sigma} if args.loss in WEIGHTED_LOSSES else None
+    weights = ({"w0": args.border_w0, "sigma": args.border_sigma, "class_balance": args.border_balance}
+               if args.loss in WEIGHTED_LOSSES else None)
     elastic = {"sigma": args.elastic_sigma, "grid": args.elastic_grid} if args.elastic else None
     return {"elastic": elastic, "mirror_pad": args.mirror_pad, "weights": weights}
 
