@@ -364,3 +364,38 @@ def test_face_cache_is_a_bounded_lru_and_the_client_columns_are_the_clis():
               "model": "dlib_face_resnet", "faces_found": [1, 1]}
     assert client.VERIFY_COLUMNS == face.VERIFY_COLUMNS
     assert client.verify_rows(record) == face.verify_rows(record)
+
+
+def test_face_cache_gives_the_local_records_for_every_face_index_and_error(tmp_path):
+    """The server's verify over remembered faces = the local verify, cold and warm, whichever face is asked
+    for (a descriptor not computed yet for a remembered photo is computed then), errors included."""
+    import cv2
+    import numpy as np
+
+    import cvtool.api as api
+    from cvtool.errors import InputError
+    from cvtool.pipelines import face as task
+    from cvtool.serve.faces import FaceCache, Upload, verify
+
+    two = tmp_path / "two.jpg"  # the astronaut and her mirror image side by side: two faces of one size
+    image = cv2.imread(str(ASTRONAUT))
+    cv2.imwrite(str(two), np.concatenate([image, image[:, ::-1]], axis=1))
+    verifier, cache = api.FaceVerifier(), FaceCache(16)
+
+    def outcome(fn):
+        try:
+            return without_ms(fn())
+        except InputError as exc:
+            return str(exc)
+
+    for index_a, index_b in [(None, 0), (None, 1), (0, 1), (None, None)]:
+        local = outcome(lambda: task.verify(verifier.engine, str(ASTRONAUT), str(two), index_a=index_a,
+                                            index_b=index_b))
+        for _ in range(2):
+            served = outcome(lambda: verify(verifier, cache, ("key",), Upload(ASTRONAUT.read_bytes(), str(ASTRONAUT)),
+                                            Upload(two.read_bytes(), str(two)), index_a=index_a, index_b=index_b,
+                                            max_pixels=verifier.engine.max_pixels))
+            assert served == local
+    assert local.endswith("2 faces of similar size (0: [168, 63, 267, 161]; 1: [746, 63, 844, 161]); choose one "
+                          "with --face-index N")
+    assert cache.stats() == {"entries": 2, "capacity": 16, "hits": 14, "misses": 2}
