@@ -129,8 +129,8 @@ def set_threads(threads: int | None) -> None:
     """Use `threads` compute threads in this process: PyTorch's intra-op pool, OpenCV's, and onnxruntime's
     for sessions made from now on. None leaves every library at its default. Process-wide.
 
-    PyTorch is not imported for this: when it is imported already its pool is set now, else when something
-    imports it later (the onnxruntime path never does, and so never pays for importing it)."""
+    PyTorch is not imported for this: when it is imported already its pool is set now, else OMP_NUM_THREADS
+    says the size to the pool it makes when something imports it (the onnxruntime path never does)."""
     global _THREADS
     if not threads:
         return
@@ -143,44 +143,13 @@ def set_threads(threads: int | None) -> None:
         cv2.setNumThreads(threads)
     except ImportError:  # pragma: no cover - OpenCV is a dependency
         pass
+    import os
     import sys
 
     if "torch" in sys.modules and hasattr(sys.modules["torch"], "set_num_threads"):
         sys.modules["torch"].set_num_threads(threads)
-    else:
-        _when_torch_is_imported(_apply_torch_threads)
-
-
-def _apply_torch_threads(torch) -> None:
-    if _THREADS:
-        torch.set_num_threads(_THREADS)
-
-
-def _when_torch_is_imported(callback) -> None:
-    """Call `callback(torch)` once torch has been imported (by anyone, later in this process)."""
-    import importlib.abc
-    import importlib.util
-    import sys
-
-    class AfterTorch(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name != "torch":
-                return None
-            sys.meta_path.remove(self)  # find torch's own spec without this finder, then wrap its loader
-            spec = importlib.util.find_spec(name)
-            if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
-                return spec
-            execute = spec.loader.exec_module
-
-            def exec_module(module):
-                execute(module)
-                callback(module)
-
-            spec.loader.exec_module = exec_module
-            return spec
-
-    if not any(type(finder).__name__ == "AfterTorch" for finder in sys.meta_path):
-        sys.meta_path.insert(0, AfterTorch())
+    else:  # PyTorch sizes its pool from this when (if ever) it is imported, at most one thread per core
+        os.environ["OMP_NUM_THREADS"] = str(threads)
 
 
 def configured_threads() -> int | None:

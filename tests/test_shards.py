@@ -123,6 +123,16 @@ def test_threads_option_sets_torch_opencv_and_onnxruntime_threads(restore_thread
     assert torch.get_num_threads() == 1
 
 
+def test_threads_set_before_torch_is_imported_size_its_pool_when_it_is():
+    """The onnxruntime path sets --threads without importing torch; torch imported afterwards has that pool."""
+    code = ("import sys; from cvtool.device import set_threads; set_threads(1); assert 'torch' not in sys.modules; "
+            "import torch; print(torch.get_num_threads())")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "OMP_NUM_THREADS": "2"})  # --threads wins over the environment
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "1"
+
+
 def test_threads_reach_onnxruntime_sessions(restore_threads, tmp_path):
     pytest.importorskip("onnxruntime")
     import cvtool
