@@ -195,7 +195,7 @@ def _load(model: str | None, *, task: str, weights, device: str, backend: str, d
     from cvtool.models import onnx_backend
 
     set_threads(threads)  # before any session is made: onnxruntime fixes its pool then
-    if backend == "auto":  # the cached ONNX export, found without importing torch; else what auto means here
+    if backend == "auto" or onnx_backend.is_onnx_file(weights):  # torch-free: an .onnx file, or the cached export
         cached, backend = (None, "torch") if half else onnx_backend.resolve_auto(
             model, task=task, weights=weights, device=device, default=default)
         if cached is not None:
@@ -431,7 +431,7 @@ class Classifier(_Task):
     columns = ["rank", "label", "prob"]
 
     def __init__(self, model: str | None = None, *, weights: str | Path | None = None, top_k: int = 5,
-                 device: str = "auto", backend: str = "torch", max_pixels: int = DEFAULT_MAX_PIXELS,
+                 device: str = "auto", backend: str = "auto", max_pixels: int = DEFAULT_MAX_PIXELS,
                  progress: bool = False, on_export: Callable[[Path], None] | None = None, threads: int | None = None,
                  half: bool = False):
         self.top_k = top_k
@@ -463,7 +463,7 @@ class Detector(_Task):
     def __init__(self, model: str | None = None, *, weights: str | Path | None = None, conf: float | None = None,
                  iou: float = 0.45, classes: Sequence[str] | None = None, max_det: int = 300,
                  keypoints: bool = False, save_crops: bool = False, save_txt: bool = False, device: str = "auto",
-                 backend: str = "torch", max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = False,
+                 backend: str = "auto", max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = False,
                  on_export: Callable[[Path], None] | None = None, threads: int | None = None, half: bool = False):
         loaded = _load(model, task="detect", weights=weights, device=device, backend=backend,
                        default="fasterrcnn_resnet50_fpn_v2", progress=progress, on_export=on_export, threads=threads,
@@ -509,7 +509,7 @@ class Segmenter(_Task):
 
     def __init__(self, model: str | None = None, *, weights: str | Path | None = None, alpha: float = 0.5,
                  classes: Sequence[str] | None = None, save_mask: bool = False, tile: int | None = None,
-                 overlap: int = 32, tile_batch: int = 4, device: str = "auto", backend: str = "torch",
+                 overlap: int = 32, tile_batch: int = 4, device: str = "auto", backend: str = "auto",
                  max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = False,
                  on_export: Callable[[Path], None] | None = None, threads: int | None = None, half: bool = False):
         loaded = _load(model, task="segment", weights=weights, device=device, backend=backend,

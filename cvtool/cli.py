@@ -115,8 +115,10 @@ OUT_OPT = typer.Option(None, "--out", "-o", help="Directory for per-image output
 RECURSIVE_OPT = typer.Option(False, "--recursive", "-r", help="Descend into subdirectories of directory inputs.")
 SKIP_OPT = typer.Option(False, "--skip-existing", help="With --out: skip inputs whose output already exists.")
 MAX_PIXELS_OPT = typer.Option(100_000_000, "--max-pixels", min=1, help="Refuse larger images (decompression bombs).")
-BACKEND_OPT = typer.Option("torch", "--backend", help="torch, or onnxruntime (exported on the fly into the cache; a "
-                           ".onnx file from `cvtool export` as the weights always runs on onnxruntime).")
+BACKEND_OPT = typer.Option("auto", "--backend", help="auto (the ONNX export an earlier --backend onnxruntime run "
+                           "cached for these weights, on the CPU, without importing torch; else torch), torch, or "
+                           "onnxruntime (exported on the fly into the cache). A .onnx file from `cvtool export` as "
+                           "the weights always runs on onnxruntime.")
 VID_STRIDE_OPT = typer.Option(1, "--vid-stride", min=1, help="Videos and cameras: process every Nth frame.")
 SHARD_OPT = typer.Option(None, "--shard", metavar="K/N", help="Only shard K of N of the inputs (a hash of each path): "
                          "N processes or machines split one input list, disjointly and completely, with no coordination.")
@@ -739,6 +741,9 @@ def train_detect(
     pretrained: bool = typer.Option(False, "--pretrained/--no-pretrained",
                                     help="Start the torchvision backbone from its ImageNet weights."),
     mosaic: float = typer.Option(0.5, "--mosaic", min=0.0, max=1.0, help="Probability of a 2x2 mosaic per image."),
+    close_mosaic: int = typer.Option(0, "--close-mosaic", min=0, help="Train the last N epochs without mosaics."),
+    ema: float = typer.Option(0.0, "--ema", min=0.0, help="Validate and save a moving average of the weights with "
+                              "this decay (e.g. 0.99; 0: off)."),
     val: Optional[str] = typer.Option(None, "--val", help="Validation data (same layouts)."),
     val_split: float = typer.Option(0.2, "--val-split", help="Without --val: fraction of images held out."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/detect-yolo-TIME)."),
@@ -758,7 +763,8 @@ def train_detect(
 
         summary = _fit(train.detect, data, arch=arch, epochs=epochs, batch_size=batch_size, lr=lr,
                        weight_decay=weight_decay, optimizer=optimizer, img_size=img_size, anchors=anchors, width=width, hflip=hflip,
-                       backbone=backbone, pretrained=pretrained, mosaic=mosaic, val=val, val_split=val_split, out=out,
+                       backbone=backbone, pretrained=pretrained, mosaic=mosaic, close_mosaic=close_mosaic, ema=ema,
+                       val=val, val_split=val_split, out=out,
                        resume=resume, device=device, seed=seed, workers=workers, progress=not SETTINGS.quiet, sync_bn=sync_bn)
         val_metrics = summary["val"]
         info(f"val mAP@0.5 {val_metrics['map50']:.4f}, mAP@0.5:0.95 {val_metrics['map50_95']:.4f} (best epoch "

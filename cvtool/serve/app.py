@@ -231,7 +231,7 @@ class Server:
         for spec in self.settings.preload:
             self.preload(spec)
         for name, root in self.settings.galleries.items():
-            entry = self.entry("verify-face", None, None, FACE_BACKEND, _face_load_options())
+            entry = self.entry("verify-face", None, None, DEFAULT_BACKEND, _face_load_options())
             known = self.gallery(entry, name)
             log_line(f"gallery {name}: {len(known.names)} photo(s) of {len(set(known.names))} people from {root}")
         self.ready = True
@@ -272,10 +272,11 @@ class Server:
             model, weights = (target, None) if task == "stylize" else (None, target)
         if task == "stylize" and model is None:
             raise UsageError(f"--preload {spec}: stylize needs a network file (stylize:runs/NAME/best.pt)")
-        if task == "verify-face":  # the key the CLI's defaults ask for, so that its first call finds it loaded
-            self.entry(task, model, weights, FACE_BACKEND, _face_load_options())
+        # the key the CLI's defaults ask for, so that its first call finds it loaded
+        if task == "verify-face":
+            self.entry(task, model, weights, DEFAULT_BACKEND, _face_load_options())
         else:
-            self.entry(task, model, weights, "torch")
+            self.entry(task, model, weights, STYLIZE_BACKEND if task == "stylize" else DEFAULT_BACKEND)
 
     def gallery(self, verifier_entry, name_or_path: str):
         """A gallery by --gallery NAME, or a server directory (confined); loaded once per verifier."""
@@ -291,7 +292,8 @@ class Server:
         return known
 
 
-FACE_BACKEND = "auto"  # `cvtool verify-face --backend` default: the cached ONNX exports, no torch
+DEFAULT_BACKEND = "auto"  # the CLI's --backend default (classify, detect, segment, verify-face): cached ONNX, else torch
+STYLIZE_BACKEND = "torch"  # stylize's
 DEFAULT_MIN_FACE = 40.0  # `cvtool verify-face --min-face` default (cvtool.pipelines.face.DEFAULT_MIN_FACE)
 
 
@@ -385,7 +387,8 @@ def create_app(settings: Settings, server: Server | None = None) -> FastAPI:
 
     @app.post("/classify")
     async def classify(request: Request, model: Optional[str] = None, weights: Optional[str] = None,
-                       top_k: int = Query(5, ge=1), backend: str = "torch", max_pixels: Optional[int] = Query(None, ge=1),
+                       top_k: int = Query(5, ge=1), backend: str = DEFAULT_BACKEND,
+                       max_pixels: Optional[int] = Query(None, ge=1),
                        name: Optional[str] = None, path: Optional[str] = None):
         """Top-k labels for one image: the record of `cvtool classify IMAGE --top-k K -f json`."""
         image = await take_image(request, settings, "file", "path", raw_ok=True, name=name)
@@ -401,7 +404,7 @@ def create_app(settings: Settings, server: Server | None = None) -> FastAPI:
     async def detect(request: Request, model: Optional[str] = None, weights: Optional[str] = None,
                      conf: Optional[float] = Query(None, ge=0, le=1), iou: float = Query(0.45, ge=0, le=1),
                      classes: Optional[str] = None, max_det: int = Query(300, ge=1), keypoints: bool = False,
-                     backend: str = "torch", max_pixels: Optional[int] = Query(None, ge=1),
+                     backend: str = DEFAULT_BACKEND, max_pixels: Optional[int] = Query(None, ge=1),
                      name: Optional[str] = None, path: Optional[str] = None):
         """Boxes, labels and scores for one image: the record of `cvtool detect IMAGE -f json`."""
         image = await take_image(request, settings, "file", "path", raw_ok=True, name=name)
@@ -421,7 +424,7 @@ def create_app(settings: Settings, server: Server | None = None) -> FastAPI:
     async def segment(request: Request, model: Optional[str] = None, weights: Optional[str] = None,
                       alpha: float = Query(0.5, ge=0, le=1), classes: Optional[str] = None,
                       tile: Optional[int] = Query(None, ge=16), overlap: int = Query(32, ge=0),
-                      batch_size: int = Query(4, ge=1), backend: str = "torch",
+                      batch_size: int = Query(4, ge=1), backend: str = DEFAULT_BACKEND,
                       max_pixels: Optional[int] = Query(None, ge=1), name: Optional[str] = None,
                       path: Optional[str] = None):
         """A class per pixel for one image: the record of `cvtool segment IMAGE -f json` (class pixel counts)."""
@@ -440,7 +443,7 @@ def create_app(settings: Settings, server: Server | None = None) -> FastAPI:
     async def stylize(request: Request, model: str = Query(..., description="A feed-forward network from `cvtool "
                                                              "train style` (preloaded, or a path under --allow-paths)"),
                       size: Optional[int] = Query(None, ge=16), tile: Optional[int] = Query(None, ge=16),
-                      overlap: int = Query(32, ge=0), backend: str = "torch", format: str = "png",
+                      overlap: int = Query(32, ge=0), backend: str = STYLIZE_BACKEND, format: str = "png",
                       max_pixels: Optional[int] = Query(None, ge=1), name: Optional[str] = None,
                       path: Optional[str] = None):
         """The stylised image as PNG, its record in the X-Cvtool-Record header (`format=json`: the record only)."""
@@ -473,7 +476,7 @@ def create_app(settings: Settings, server: Server | None = None) -> FastAPI:
                           threshold: Optional[float] = Query(None, ge=0), detector: str = "mmod",
                           upsample: Optional[int] = Query(None, ge=0, le=3),
                           min_face: float = Query(DEFAULT_MIN_FACE, ge=8), face_index: Optional[str] = None,
-                          backend: str = FACE_BACKEND, max_pixels: Optional[int] = Query(None, ge=1),
+                          backend: str = DEFAULT_BACKEND, max_pixels: Optional[int] = Query(None, ge=1),
                           path_a: Optional[str] = None, path_b: Optional[str] = None):
         """Are the faces in A and B the same person? Multipart files `a` and `b` (or server paths `path_a`,
         `path_b`): the record of `cvtool verify-face A B -f json`. The faces found in each photo are
@@ -501,7 +504,7 @@ def create_app(settings: Settings, server: Server | None = None) -> FastAPI:
                        model: Optional[str] = None, weights: Optional[str] = None,
                        threshold: Optional[float] = Query(None, ge=0), detector: str = "mmod",
                        upsample: Optional[int] = Query(None, ge=0, le=3),
-                       min_face: float = Query(DEFAULT_MIN_FACE, ge=8), backend: str = FACE_BACKEND,
+                       min_face: float = Query(DEFAULT_MIN_FACE, ge=8), backend: str = DEFAULT_BACKEND,
                        max_pixels: Optional[int] = Query(None, ge=1), name: Optional[str] = None,
                        path: Optional[str] = None):
         """Every face in one image named after the nearest known person, or "unknown": the record of
