@@ -15,10 +15,8 @@ from typing import Callable
 import numpy as np
 
 from cvtool.errors import UsageError
+from cvtool.ops.boxes import DETECT_CONF, DETECT_IOU, DETECT_MAX_DET  # training's validation uses the same
 from cvtool.ops.regions import foreground_rand_error  # noqa: F401  (segmentation's region measures live there)
-
-# Detection is scored as COCO and Ultralytics' val do: nearly every box (the PR curve needs the low scores).
-DETECT_CONF, DETECT_IOU, DETECT_MAX_DET = 0.001, 0.6, 100
 
 
 def _out_dir(out) -> Path | None:

@@ -8,6 +8,10 @@ pair whose IoU exceeds the threshold, both list what is kept by decreasing score
 
 from __future__ import annotations
 
+# Detection is validated as COCO and Ultralytics' val do: nearly every box (the PR curve needs the low scores).
+# `cvtool train detect`'s validation and `cvtool val detect` both use these, so they give one checkpoint one mAP.
+DETECT_CONF, DETECT_IOU, DETECT_MAX_DET = 0.001, 0.6, 100
+
 
 def _is_numpy(array) -> bool:
     return type(array).__module__ == "numpy"

@@ -16,6 +16,7 @@ from torch import nn
 from cvtool.io.image import read_image
 from cvtool.models.yolo import YoloDetector, assign_targets, decode, yolo_loss
 from cvtool.ops.anchors import best_possible_recall, kmeans_anchors
+from cvtool.ops.boxes import DETECT_CONF, DETECT_IOU, DETECT_MAX_DET
 from cvtool.ops.letterbox import letterbox
 from cvtool.ops.tensors import image_to_tensor
 from cvtool.models.checkpoint import COCO_IDS_FIELD
@@ -277,8 +278,6 @@ class DetectionTask:
     def update_metrics(self, state: dict, raw, targets) -> None:
         """Scores what `cvtool val detect` scores for the same checkpoint: its conf, IoU and max_det, boxes
         in each image's own pixels (clipped to it), ground truth as the annotations give it."""
-        from cvtool.val import DETECT_CONF, DETECT_IOU, DETECT_MAX_DET
-
         if targets and "letterbox" in targets[0]:
             letterboxes, truth = [t["letterbox"] for t in targets], [t["original_boxes"] for t in targets]
         else:  # no letterboxes given: score in the letterboxed square
