@@ -785,7 +785,18 @@ def train_segment(
     weight_decay: float = typer.Option(1e-4, "--weight-decay"),
     optimizer: str = typer.Option("adamw", "--optimizer", help="adamw, adam or sgd."),
     crop: int = typer.Option(256, "--crop", min=16, help="Random training crops of this size (with flips)."),
-    loss: str = typer.Option("ce+dice", "--loss", help="ce, dice or ce+dice."),
+    loss: str = typer.Option("ce+dice", "--loss", help="ce, dice, ce+dice, weighted-ce or weighted-ce+dice (the U-Net "
+                             "paper's border-weighted cross-entropy)."),
+    elastic: bool = typer.Option(False, "--elastic", help="U-Net paper: elastic deformations (one smooth random field "
+                                 "warps image and mask)."),
+    elastic_sigma: float = typer.Option(10.0, "--elastic-sigma", min=0, help="Pixels: std of the displacements on the "
+                                        "3x3 lattice."),
+    mirror_pad: int = typer.Option(0, "--mirror-pad", min=0, help="Pixels of mirrored context around each training "
+                                   "image (unscored)."),
+    border_w0: float = typer.Option(10.0, "--border-w0", help="--loss weighted-ce: the border weight map's w0."),
+    border_sigma: float = typer.Option(5.0, "--border-sigma", help="--loss weighted-ce: its sigma (pixels)."),
+    border_balance: bool = typer.Option(True, "--border-balance/--no-border-balance", help="w_c balances class "
+                                        "frequencies (paper) or is 1."),
     width: int = typer.Option(32, "--width", min=4, help="U-Net: channels of the first level (doubled per level)."),
     depth: int = typer.Option(4, "--depth", min=1, max=6, help="U-Net: number of poolings."),
     in_channels: int = typer.Option(1, "--in-channels", help="U-Net: 1 (grey) or 3 (colour) input."),
@@ -809,6 +820,8 @@ def train_segment(
 
         summary = _fit(train.segment, data, arch=arch, epochs=epochs, batch_size=batch_size, lr=lr,
                        weight_decay=weight_decay, optimizer=optimizer, crop=crop, loss=loss, width=width, depth=depth,
+                       elastic=elastic, elastic_sigma=elastic_sigma, mirror_pad=mirror_pad, border_w0=border_w0,
+                       border_sigma=border_sigma, border_balance=border_balance,
                        in_channels=in_channels, class_names=_csv(class_names) if class_names else None, val=val,
                        val_split=val_split, out=out, resume=resume, device=device, seed=seed, workers=workers, sync_bn=sync_bn)
         val_metrics = summary["val"]
