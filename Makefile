@@ -102,11 +102,12 @@ eval-detect:
 eval-val:
 	$(BIN)/python bench/eval_val.py
 
-## bench-yolo11: our detector vs Ultralytics YOLO11n from scratch on the raccoon photos, the same CPU budget each, one thread (BUDGET=600 CPU-s; Ultralytics in a throw-away venv)
+## bench-yolo11: our detector vs Ultralytics YOLO11n from scratch on the raccoon photos, the same CPU budget each, one thread (BUDGET=600 CPU-s; OURS: our extra train options as JSON; Ultralytics in a throw-away venv)
 BUDGET ?= 600
+OURS ?= {"ema": 0.99, "close_mosaic": 10}
 .PHONY: bench-yolo11
 bench-yolo11:
-	$(BIN)/python bench/yolo_vs_yolo11.py --budget $(BUDGET)
+	$(BIN)/python bench/yolo_vs_yolo11.py --budget $(BUDGET) --ours '$(OURS)'
 
 ## eval-segment: U-Net on the ISBI membrane set (needs ../shared; about 8 minutes)
 eval-segment:

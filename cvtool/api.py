@@ -195,6 +195,8 @@ def _load(model: str | None, *, task: str, weights, device: str, backend: str, d
     from cvtool.models import onnx_backend
 
     set_threads(threads)  # before any session is made: onnxruntime fixes its pool then
+    if half and (backend == "onnxruntime" or onnx_backend.is_onnx_file(weights)):
+        raise UsageError("--half is for --backend torch; for onnxruntime export a half model: cvtool export --half")
     if backend == "auto" or onnx_backend.is_onnx_file(weights):  # torch-free: an .onnx file, or the cached export
         cached, backend = (None, "torch") if half else onnx_backend.resolve_auto(
             model, task=task, weights=weights, device=device, default=default)
@@ -202,8 +204,6 @@ def _load(model: str | None, *, task: str, weights, device: str, backend: str, d
             cached.half = None
             return cached
     where = resolve_device(device)
-    if half and backend != "torch":
-        raise UsageError("--half is for --backend torch; for onnxruntime export a half model: cvtool export --half")
     dtype = half_dtype(where) if half else None
     # onnxruntime with `auto`: its CUDA provider when it has one, else the CPU's (never a failure)
     spec = "auto" if backend == "onnxruntime" and device.strip().lower() == "auto" and where.type == "cuda" else where

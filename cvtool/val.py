@@ -16,7 +16,6 @@ import numpy as np
 
 from cvtool.errors import UsageError
 from cvtool.ops.boxes import DETECT_CONF, DETECT_IOU, DETECT_MAX_DET  # training's validation uses the same
-from cvtool.ops.regions import foreground_rand_error  # noqa: F401  (segmentation's region measures live there)
 
 
 def _out_dir(out) -> Path | None:
@@ -62,7 +61,8 @@ def detect(data: str | Path, *, weights: str | Path | None = None, model: str | 
     _need_model(weights, model)
     out_dir = _out_dir(out)
     boxed = open_detection_data(data)
-    detector = Detector(model, weights=weights, conf=conf, iou=iou, max_det=max_det, device=device)
+    # PyTorch, as training validates: never a cached ONNX export (`auto`), whose numbers differ by float rounding
+    detector = Detector(model, weights=weights, conf=conf, iou=iou, max_det=max_det, device=device, backend="torch")
     remap = _class_map(boxed.classes, detector.classes, data)
     results = detector([str(p) for p in boxed.paths], batch_size=batch_size)
     truth, found = [], []
@@ -106,7 +106,7 @@ def segment(data: str | Path, *, weights: str | Path | None = None, model: str |
     _need_model(weights, model)
     out_dir = _out_dir(out)
     masked = open_segmentation_data(data, on_skip=on_skip)
-    segmenter = Segmenter(model, weights=weights, tile=tile, device=device)
+    segmenter = Segmenter(model, weights=weights, tile=tile, device=device, backend="torch")  # as training scores
     classes = segmenter.classes
     n = len(classes)
     rand = n == 2 if rand is None else rand

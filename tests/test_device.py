@@ -78,10 +78,12 @@ def test_half_precision_per_device(monkeypatch):
                               "or AMX); this CPU has none: drop --half")
 
 
-def test_half_is_refused_for_onnxruntime():
-    with pytest.raises(UsageError) as err:
-        cvtool.Classifier("lenet5_digits", device="cpu", backend="onnxruntime", half=True)
-    assert str(err.value) == "--half is for --backend torch; for onnxruntime export a half model: cvtool export --half"
+def test_half_is_refused_for_onnxruntime(tmp_path):
+    for options in (dict(backend="onnxruntime"), dict(weights=tmp_path / "model.onnx", backend="auto"),
+                    dict(weights=tmp_path / "model.onnx", backend="torch")):  # an .onnx file always runs on onnxruntime
+        with pytest.raises(UsageError) as err:
+            cvtool.Classifier(None if "weights" in options else "lenet5_digits", device="cpu", half=True, **options)
+        assert str(err.value) == "--half is for --backend torch; for onnxruntime export a half model: cvtool export --half"
 
 
 @pytest.mark.skipif(not __import__("cvtool.device", fromlist=["x"]).cpu_has_bf16(), reason="no bf16 on this CPU")

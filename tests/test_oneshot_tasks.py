@@ -162,6 +162,10 @@ def test_detect_with_an_onnx_file_imports_no_torch_and_gives_the_torch_boxes(tmp
         assert [d["label"] for d in got] == [d["label"] for d in want]
         np.testing.assert_allclose([d["score"] for d in got], [d["score"] for d in want], atol=1e-4)
         np.testing.assert_allclose([d["box"] for d in got], [d["box"] for d in want], atol=1e-3)
+    from cvtool.models.onnx_backend import open_onnx_array
+
+    # the file says the threshold the detector's scores are made for; no registry entry is needed to know it
+    assert open_onnx_array(onnx_file, task="detect", device="cpu").default_conf == 0.25
 
 
 @pytest.mark.parametrize("tile", [None, "32"])

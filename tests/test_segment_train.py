@@ -142,9 +142,11 @@ def test_bad_recipe_values_stop_before_a_run_directory_is_made(tmp_path):
     import cvtool.train
 
     data = _write_cells(tmp_path / "data", 2, seed=0)
-    with pytest.raises(UsageError) as caught:
-        cvtool.train.segment(str(data), epochs=1, width=4, mirror_pad=-1, out=str(tmp_path / "run"))
-    assert str(caught.value) == "--mirror-pad and --elastic-sigma must be >= 0, --elastic-grid >= 2, --border-sigma > 0"
+    for bad in (dict(mirror_pad=-1), dict(border_w0=-10.0)):
+        with pytest.raises(UsageError) as caught:
+            cvtool.train.segment(str(data), epochs=1, width=4, out=str(tmp_path / "run"), **bad)
+        assert str(caught.value) == ("--mirror-pad, --elastic-sigma and --border-w0 must be >= 0, --elastic-grid >= 2, "
+                                     "--border-sigma > 0")
     with pytest.raises(UsageError, match="unknown --loss 'weighted'; choose from ce, dice, ce\\+dice, weighted-ce"):
         cvtool.train.segment(str(data), epochs=1, width=4, loss="weighted", out=str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()

@@ -275,6 +275,8 @@ def test_ema_checkpoints_resume_exactly_and_summary_reports_the_last_epoch(small
         torch.testing.assert_close(b.meta["ema"]["train_state_dict"][key], a.meta["ema"]["train_state_dict"][key],
                                    rtol=0, atol=0)
     assert not torch.equal(a.state_dict["head.weight"], a.meta["ema"]["train_state_dict"]["head.weight"])
+    best = load_weights_file(tmp_path / "whole" / "best.pt")  # for inference: the average alone, not the raw copy
+    assert "train_state_dict" not in best.meta["ema"]
     assert whole["val"]["map50_95"] == resumed["val"]["map50_95"] and whole["ema"] == 0.9
     import csv
 

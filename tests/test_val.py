@@ -108,7 +108,7 @@ def test_val_segment_gives_the_known_iou_dice_and_rand_score(threshold_model, tm
 def test_foreground_rand_error_counts_a_merge():
     from skimage.metrics import adapted_rand_error
 
-    from cvtool.val import foreground_rand_error
+    from cvtool.ops.regions import foreground_rand_error
 
     truth = np.zeros((10, 21), np.int64)
     truth[:, :10], truth[:, 11:] = 1, 1  # two cells, a membrane column between them

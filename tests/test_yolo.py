@@ -164,3 +164,31 @@ def test_boxes_mapped_back_are_clipped_to_the_image_and_padding_only_boxes_dropp
     assert out["scores"].tolist() == pytest.approx([0.9, 0.8]) and out["labels"].tolist() == [0, 0]
     unclipped = box.to_original(np.array([1.0, -30.0, 178.0, 161.0]))
     assert unclipped[1] < 0  # to_original clips only when asked (training maps both ways exactly)
+
+
+def test_loss_split_over_ranks_averages_to_the_whole_batch_loss_even_for_uneven_shares():
+    """Data-parallel: with the global batch's counts, the mean over ranks of each rank's loss (what DDP's gradient
+    averaging optimises) is the one-process loss of the whole batch, also for a 2 + 1 split of 3 images."""
+    anchors = torch.tensor([[30.0, 30.0], [80.0, 50.0]])
+    boxes = [torch.tensor([[10.0, 12.0, 50.0, 44.0]]), torch.tensor([[100.0, 70.0, 190.0, 120.0]]),
+             torch.tensor([[40.0, 30.0, 90.0, 100.0], [150.0, 10.0, 200.0, 60.0]])]
+    labels = [torch.tensor([0]), torch.tensor([1]), torch.tensor([1, 0])]
+    torch.manual_seed(0)
+    raw = torch.randn(3, 2, 4, 8, 7)
+
+    def loss(part, global_counts=None):
+        targets, mask = assign_targets([boxes[i] for i in part], [labels[i] for i in part], anchors, grid=(4, 8),
+                                       num_classes=2, stride=32)
+        return yolo_loss(raw[part], targets, mask, anchors, stride=32, gt_boxes=[boxes[i] for i in part],
+                         global_counts=global_counts)
+
+    shares = [[0, 1], [2]]
+    seen = []
+    for part in shares:  # each rank's own counts, as all_reduce would collect them
+        loss(part, global_counts=lambda c: seen.append(c.clone()) or c)
+    total = sum(seen)
+    ranks = [loss(part, global_counts=lambda c: total.clone()) for part in shares]
+    whole = loss([0, 1, 2])
+    assert torch.allclose(sum(ranks) / len(ranks), whole, rtol=1e-6)
+    naive = [loss(part) for part in shares]  # each rank normalising by its own share: not the same loss
+    assert not torch.allclose(sum(naive) / len(naive), whole, rtol=1e-3)

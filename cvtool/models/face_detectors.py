@@ -112,7 +112,7 @@ def _mmod_state_dict(path: Path) -> dict:
     return mmod_state_dict_from_dlib(path)
 
 
-def _mmod_preprocess():
+def _raw_rgb_preprocess():
     from cvtool.ops.preprocess import Preprocess
 
     # the detector builds its own canvas from raw uint8 images; nothing is resized or scaled beforehand
@@ -161,7 +161,7 @@ def _register() -> None:
             task="face-detect",
             family="dlib",
             builder=_mmod_net,
-            preprocess=_mmod_preprocess,
+            preprocess=_raw_rgb_preprocess,
             classes=lambda: ["face"],
             weights=PackageModelWeights(MMOD_FILE, "dlib_mmod_face", _mmod_state_dict),
             licence="CC0 (face_recognition_models / dlib)",
@@ -180,7 +180,7 @@ def _register() -> None:
             task="face-detect",
             family="opencv",
             builder=None,
-            preprocess=_mmod_preprocess,  # raw uint8 RGB in, as dlib's
+            preprocess=_raw_rgb_preprocess,
             classes=lambda: ["face"],
             weights=OpenCVCascade("haarcascade_frontalface_default.xml"),
             licence="Intel License Agreement (BSD-like; ships with OpenCV)",

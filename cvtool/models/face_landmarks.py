@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from cvtool.models.dlib.mmod import detect_scaled, detection_scale
+from cvtool.models.face_detectors import AutoScaledMmod, FaceDetectorOptions
 from cvtool.models.face_mmod import MMOD_FILE, NUM_PARAMS, MmodFaceDetector, MmodNet, mmod_state_dict_from_dlib
 from cvtool.models import contract
 from cvtool.models.registry import ModelEntry, register
@@ -38,14 +38,13 @@ class FaceLandmarkDetector(nn.Module):
 
         if self._landmarks is None:
             self._landmarks = load_shape_predictor(LANDMARKS)
-        detector = MmodFaceDetector(self.mmod)
+        # verify-face's search (upsample None: the scale that makes 40 px faces the CNN's 80 px, within its
+        # pixel budget; N: every image doubled N times, as dlib does)
+        detector = AutoScaledMmod(MmodFaceDetector(self.mmod), FaceDetectorOptions(upsample=self.upsample))
         rgbs = [(img.permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy() for img in images]
         outputs = []
         for rgb in rgbs:
-            # verify-face's rule (upsample None): the scale that makes 40 px faces the CNN's 80 px, within its
-            # pixel budget; N: every image doubled N times, as dlib does
-            scale = detection_scale(*rgb.shape[:2]) if self.upsample is None else 2.0**self.upsample
-            found = detect_scaled(detector, rgb, scale)
+            found = detector.detect([rgb])[0]
             rects = np.array([f[:4] for f in found], dtype=np.float64).reshape(-1, 4)
             points = self._landmarks.predict(rgb, rects) if len(found) else np.zeros((0, 68, 2))
             # dlib's rectangles are inclusive; x2/y2 here are exclusive edges, as torchvision's

@@ -350,10 +350,6 @@ def load(name: str | None, *, task: str, weights: str | Path | None, device, bac
         raise UsageError(f"unknown backend {backend!r}; use auto, torch or onnxruntime")
     if is_onnx_file(weights):
         return resolve_auto(name, task=task, weights=weights, device=str(device), default=default)[0]
-    if backend == "auto":
-        cached, backend = resolve_auto(name, task=task, weights=weights, device="cpu", default=default)
-        if cached is not None:
-            return cached
     import torch
 
     from cvtool.models.loading import load_model

@@ -176,6 +176,7 @@ def metadata(loaded, graph: ExportGraph, *, dynamic_batch: bool, exporter: str) 
         "input": {"channels": graph.channels, "size": list(graph.size) if graph.size else None,
                   "multiple": graph.multiple, "dynamic_batch": dynamic_batch},
         "outputs": graph.outputs,
+        "default_conf": loaded.default_conf,  # detectors: the score threshold their scores are made for
         "exporter": exporter,
         **graph.extra,
     }

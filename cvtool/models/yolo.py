@@ -374,7 +374,7 @@ def yolo_loss(raw: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, anch
     Classes: BCE of the responsible predictions. Means over the batch, scaled by the batch size.
 
     `global_counts` (data-parallel training): maps this batch's counts (matches, objectness weight,
-    images) to the global batch's sums over all ranks. The means are then the global batch's, and the
+    images, 1 process) to the global batch's sums over all ranks. The means are then the global batch's, and the
     loss is this rank's share scaled so that DDP's mean over ranks is the single-process loss."""
     from torchvision.ops import box_iou, complete_box_iou_loss
 
@@ -392,8 +392,10 @@ def yolo_loss(raw: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, anch
                     best = box_iou(predicted[i].reshape(-1, 4), image_boxes.to(raw.device).float()).amax(1)
                     weight[i] = (best <= ignore_iou).float().view_as(weight[i])
     weight[mask] = 1.0
-    counts = torch.stack([mask.sum().to(weight.dtype), weight.sum(), weight.new_tensor(float(n))]).detach()
-    matches, weight_sum, images = global_counts(counts.clone()) if global_counts is not None else counts
+    # this batch's matches, objectness weight, images and processes (1), or the global batch's sums of them
+    counts = torch.stack([mask.sum().to(weight.dtype), weight.sum(), weight.new_tensor(float(n)),
+                          weight.new_tensor(1.0)]).detach()
+    matches, weight_sum, images, ranks = global_counts(counts.clone()) if global_counts is not None else counts
     if mask.any():
         pos, tgt = raw[mask], targets[mask]
         ciou = complete_box_iou_loss(predicted[mask], target_boxes(targets, anchors, stride)[mask], reduction="none")
@@ -404,7 +406,9 @@ def yolo_loss(raw: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, anch
         if pos.shape[1] > 5:
             cls_loss = bce(pos[:, 5:], tgt[:, 5:], reduction="sum") / (matches * (pos.shape[1] - 5))
     obj_loss = (bce(raw[..., 4], obj_target, reduction="none") * weight).sum() / weight_sum.clamp(min=1)
-    return images * (images / n) * (box_weight * box_loss + obj_weight * obj_loss + cls_weight * cls_loss)
+    # DDP averages the ranks' gradients: each rank's share times the number of ranks sums to the global loss,
+    # whatever the shares (a short last batch splits unevenly)
+    return images * ranks * (box_weight * box_loss + obj_weight * obj_loss + cls_weight * cls_loss)
 
 
 # The detector letterboxes by itself; the pipeline hands it [0, 1] pixels at their own size.

@@ -20,6 +20,7 @@ import numpy as np
 from cvtool.errors import InputError, UsageError
 from cvtool.io.image import ARRAY_NAME, BYTES_NAME, DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, load_image, write_image
 from cvtool.io.outputs import OutputNamer
+from cvtool.models.dlib.mmod import DEFAULT_MIN_FACE  # noqa: F401 - px: the smallest face auto detection seeks
 from cvtool.models.loading import LoadedModel
 
 TASK = "verify-face"
@@ -29,7 +30,6 @@ COMPARABLE = 0.8  # a second face at least this prominent (size x centrality) ma
 CENTRE_WEIGHT = 0.5  # prominence = side x (1 - CENTRE_WEIGHT x distance from the centre / half-diagonal)
 MOSTLY_VISIBLE = 2 / 3  # faces cut more than this by the frame are chosen only when no whole face exists
 UNKNOWN = "unknown"
-DEFAULT_MIN_FACE = 40  # px: the smallest face the default (auto) detection looks for
 # Sanity on the models' outputs: a landmark this many box sizes outside its box, or a descriptor whose
 # length lies outside the embedder's known range, is a failure for that input, never a verdict.
 LANDMARK_SLACK = 1.0

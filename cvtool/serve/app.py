@@ -29,6 +29,7 @@ from starlette.datastructures import UploadFile
 
 from cvtool import __version__
 from cvtool.errors import CvtoolError, InputError, UsageError
+from cvtool.models.dlib.mmod import DEFAULT_MIN_FACE  # `verify-face --min-face`'s default (NumPy only)
 from cvtool.serve.faces import FaceCache, Upload
 from cvtool.serve.registry import Registry, with_attributes
 from cvtool.serve.security import Forbidden, TooLarge, confine, token_ok
@@ -294,7 +295,6 @@ class Server:
 
 DEFAULT_BACKEND = "auto"  # the CLI's --backend default (classify, detect, segment, verify-face): cached ONNX, else torch
 STYLIZE_BACKEND = "torch"  # stylize's
-DEFAULT_MIN_FACE = 40.0  # `cvtool verify-face --min-face` default (cvtool.pipelines.face.DEFAULT_MIN_FACE)
 
 
 def _face_load_options(detector: str = "mmod", upsample: int | None = None, threshold: float | None = None,

@@ -368,8 +368,10 @@ def detection_trainer(*args, ema: float = 0.0, close_mosaic: int = 0, **kwargs):
             if self.ema is None or not self.is_main:
                 return super()._save(name)
             model, fields = self.model, self.extra_fields
-            self.extra_fields = {**fields, "ema": {**self.ema.state(), "train_state_dict": {
-                k: v.detach().cpu() for k, v in model.state_dict().items()}}}
+            ema = self.ema.state()
+            if name == "last.pt":  # what --resume continues from: the raw training weights too
+                ema["train_state_dict"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+            self.extra_fields = {**fields, "ema": ema}
             self.model = self.ema.module  # the checkpoint's weights: the average
             try:
                 return super()._save(name)
@@ -381,7 +383,7 @@ def detection_trainer(*args, ema: float = 0.0, close_mosaic: int = 0, **kwargs):
             if self.ema is None:
                 return
             stored = load_weights_file(checkpoint).meta.get("ema")
-            if stored:  # the average from the weights, the training weights from their copy
+            if stored and "train_state_dict" in stored:  # the average from the weights, training's from their copy
                 self.ema.module.load_state_dict(self.model.state_dict())
                 self.model.load_state_dict(stored["train_state_dict"])
                 self.ema.updates = int(stored["updates"])

@@ -352,8 +352,10 @@ def dataset_options(args: SegmentTrainArgs) -> dict:
     """SegmentationDataset's augmentation and weight-map options from the run's arguments."""
     if args.loss not in LOSSES:
         raise UsageError(f"unknown --loss {args.loss!r}; choose from {', '.join(LOSSES)}")
-    if args.mirror_pad < 0 or args.elastic_sigma < 0 or args.elastic_grid < 2 or args.border_sigma <= 0:
-        raise UsageError("--mirror-pad and --elastic-sigma must be >= 0, --elastic-grid >= 2, --border-sigma > 0")
+    if (args.mirror_pad < 0 or args.elastic_sigma < 0 or args.elastic_grid < 2 or args.border_sigma <= 0
+            or args.border_w0 < 0):
+        raise UsageError("--mirror-pad, --elastic-sigma and --border-w0 must be >= 0, --elastic-grid >= 2, "
+                         "--border-sigma > 0")
     weights = ({"w0": args.border_w0, "sigma": args.border_sigma, "class_balance": args.border_balance}
                if args.loss in WEIGHTED_LOSSES else None)
     elastic = {"sigma": args.elastic_sigma, "grid": args.elastic_grid} if args.elastic else None
