@@ -1170,4 +1170,14 @@ def val_face(
 
 
 def main() -> None:
-    app()
+    if "RANK" not in os.environ:  # the usual case: one process
+        app()
+        return
+    from cvtool.train.distributed import end_rank  # a rank torchrun started: a finished one skips the teardown
+
+    try:
+        app()
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            raise
+    end_rank(0)

@@ -24,4 +24,6 @@ torch.distributed.all_gather(outputs, out.detach())
 if rank == 0:
     torch.save({"grads": {n: p.grad for n, p in model.named_parameters()}, "out": torch.cat(outputs),
                 "state": {k: v for k, v in model.state_dict().items() if "running" in k}}, sys.argv[1])
+distributed.barrier()  # neither rank leaves the group while the other still uses it
 distributed.cleanup()
+distributed.end_rank(0)  # as cvtool's own ranks end (see end_rank)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -48,17 +47,12 @@ def _folder(root: Path, per_class: dict[str, int], seed: int) -> Path:
     return root
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def torchrun(*args: str, nproc: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
-    """`python -m torch.distributed.run --nproc_per_node N --master_port FREE -m cvtool ARGS`, one thread per rank."""
+    """`python -m torch.distributed.run --standalone --nproc_per_node N -m cvtool ARGS` (torchrun picks a free
+    port itself), one thread per rank."""
     return subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
-         str(_free_port()), "-m", "cvtool", *args],
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+         "-m", "cvtool", *args],
         capture_output=True, text=True, timeout=timeout,
         env={**os.environ, "OMP_NUM_THREADS": "1", "CVTOOL_NO_PROGRESS": "1"},
     )

@@ -4,7 +4,6 @@ single-process step on the global batch (PyTorch's own SyncBatchNorm refuses CPU
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,20 +16,15 @@ from tests.sync_bn_model import global_batch, small_net
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_ranks_with_sync_bn_take_the_single_process_step_on_cpu(tmp_path):
     out = tmp_path / "ranks.pt"
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+        # --standalone: torchrun picks a free port itself (no race with another test's launcher)
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          str(ROOT / "tests" / "sync_bn_worker.py"), str(out)],
         capture_output=True, text=True, timeout=180, cwd=ROOT,
         env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, result.stderr[-6000:]
     ranks = torch.load(out, weights_only=True)
 
     model = small_net()  # one process, the whole global batch, plain batch norm

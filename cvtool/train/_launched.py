@@ -22,4 +22,9 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+    from cvtool.train.distributed import end_rank
+
+    code = main(sys.argv[1:])
+    if code:
+        raise SystemExit(code)
+    end_rank(0)  # a finished rank skips the interpreter's teardown (see end_rank)
