@@ -125,3 +125,32 @@ def unet_checkpoint(tmp_path_factory) -> Path:
     """A U-Net whose answer is "shape" everywhere, so overlays and class masks have a known answer."""
     return save_random_unet(tmp_path_factory.mktemp("unet") / "unet.pt", ["background", "shape"],
                             foreground_everywhere=True)
+
+
+# Runs the real CLI in a fresh process (`python -c IMPORT_REPORTER ARGS`), then says on stderr whether torch or
+# torchvision was imported along the way (test_oneshot*.py).
+IMPORT_REPORTER = """
+import sys
+from cvtool.cli import main
+sys.argv = ["cvtool"] + sys.argv[1:]
+try:
+    main()
+except SystemExit as exc:
+    code = exc.code
+else:
+    code = 0
+print("IMPORTED:" + ",".join(m for m in ("torch", "torchvision") if m in sys.modules), file=sys.stderr)
+sys.exit(code)
+"""
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module's tests: on a loaded 2-core machine a second one mostly spins (CPU time,
+    no speed). Modules ask for it with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

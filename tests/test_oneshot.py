@@ -11,24 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import IMPORT_REPORTER
 
 ROOT = Path(__file__).resolve().parents[1]
 ASTRONAUT = ROOT / "sample_images" / "photos" / "astronaut.jpg"
 
-# Runs the real CLI, then says on stderr whether torch or torchvision was imported along the way.
-WRAPPER = """
-import sys
-from cvtool.cli import main
-sys.argv = ["cvtool"] + sys.argv[1:]
-try:
-    main()
-except SystemExit as exc:
-    code = exc.code
-else:
-    code = 0
-print("IMPORTED:" + ",".join(m for m in ("torch", "torchvision") if m in sys.modules), file=sys.stderr)
-sys.exit(code)
-"""
+WRAPPER = IMPORT_REPORTER
 
 
 def run_wrapped(*args: str, cache: Path):

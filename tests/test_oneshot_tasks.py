@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import SAMPLES
+from conftest import IMPORT_REPORTER, SAMPLES
 
 pytest.importorskip("onnxruntime")
 
@@ -21,20 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DIGITS = sorted((SAMPLES / "digits").glob("digit_*.png"))[:4]
 PHOTOS = [SAMPLES / "photos" / "astronaut.jpg", SAMPLES / "photos" / "chelsea.jpg"]
 
-# The real CLI in a fresh process; at exit it says on stderr which of torch / torchvision were imported.
-WRAPPER = """
-import sys
-from cvtool.cli import main
-sys.argv = ["cvtool"] + sys.argv[1:]
-try:
-    main()
-except SystemExit as exc:
-    code = exc.code
-else:
-    code = 0
-print("IMPORTED:" + ",".join(m for m in ("torch", "torchvision") if m in sys.modules), file=sys.stderr)
-sys.exit(code)
-"""
+WRAPPER = IMPORT_REPORTER
 
 
 def run_wrapped(*args: str):

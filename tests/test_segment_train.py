@@ -17,12 +17,7 @@ from cvtool.ops.regions import border_weight_map, class_balance_weights, foregro
 from cvtool.train.segmentation import IGNORE_INDEX, weighted_cross_entropy
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _cells(h: int = 96, w: int = 96, step: int = 16, membrane: int = 3) -> np.ndarray:

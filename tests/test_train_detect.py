@@ -21,13 +21,7 @@ def _train(shapes, run, *extra):
     return json.loads(result.stdout[result.stdout.index("{"):])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: on a loaded 2-core machine a second one mostly spins (CPU time, no speed)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

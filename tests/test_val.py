@@ -15,12 +15,7 @@ from cvtool.models.registry import ModelEntry, register, unregister
 from cvtool.ops.preprocess import Preprocess
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _widen(folder, rows: int) -> None:
