@@ -78,6 +78,7 @@ def _mmod_onnx(on_export=None):
     from cvtool.models.dlib.convert import converted_path
     from cvtool.models.dlib.mmod import MmodArrayDetector
     from cvtool.models.onnx_backend import cached_onnx
+    from cvtool.models.onnx_ops import align_corners_resizer
 
     path = converted_path("dlib_mmod_face")
     net = cached_onnx(path, "face-detect") if path is not None else None
@@ -87,7 +88,7 @@ def _mmod_onnx(on_export=None):
 
         net = to_onnxruntime(load_model("dlib_mmod_face", task="face-detect", progress=False), on_export=on_export)
     run = net.module.run
-    return MmodArrayDetector(lambda canvases: run(canvases)[0])
+    return MmodArrayDetector(lambda canvases: run(canvases)[0], resize=align_corners_resizer())
 
 
 def _mmod_detector(entry: ModelEntry, options: FaceDetectorOptions) -> AutoScaledMmod:

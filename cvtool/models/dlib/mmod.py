@@ -98,32 +98,40 @@ def _axis_weights(n_in: int, n_out: int):
 
 
 def resize_align_corners(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """H x W x C float32 -> height x width x C, bilinear with aligned corners (F.interpolate's
-    align_corners=True), the resize dlib's pyramid uses."""
-    r0, r1, rw0, rw1 = _axis_weights(image.shape[0], height)
-    c0, c1, cw0, cw1 = _axis_weights(image.shape[1], width)
-    cols = image[:, c0] * cw0[None, :, None] + image[:, c1] * cw1[None, :, None]
-    return (cols[r0] * rw0[:, None, None] + cols[r1] * rw1[:, None, None]).astype(np.float32, copy=False)
+    """C x H x W float32 -> C x height x width, bilinear with aligned corners (F.interpolate's
+    align_corners=True, the resize dlib's pyramid uses), in NumPy: rows first, then columns."""
+    r0, r1, rw0, rw1 = _axis_weights(image.shape[1], height)
+    rows = np.take(image, r0, axis=1)
+    rows *= rw0[None, :, None]
+    rows += np.take(image, r1, axis=1) * rw1[None, :, None]
+    c0, c1, cw0, cw1 = _axis_weights(image.shape[2], width)
+    out = np.take(rows, c0, axis=2)
+    out *= cw0
+    out += np.take(rows, c1, axis=2) * cw1
+    return out
 
 
-def build_canvas(image: np.ndarray, mean, shape, rects) -> np.ndarray:
-    """H x W x 3 uint8/float image -> normalised 3 x rows x cols float32 canvas; level i is level i-1
-    resized (bilinear, align-corners, as dlib does in tensor space)."""
-    canvas = np.zeros((*shape, 3), dtype=np.float32)
-    level = (image.astype(np.float32) - np.asarray(mean, dtype=np.float32)) * np.float32(1.0 / 256.0)
+Resize = Callable[[np.ndarray, int, int], np.ndarray]  # (C x H x W float32, height, width) -> C x height x width
+
+
+def build_canvas(image: np.ndarray, mean, shape, rects, resize: Resize = resize_align_corners) -> np.ndarray:
+    """3 x H x W uint8/float image -> normalised 3 x rows x cols float32 canvas; level i is level i-1
+    resized (bilinear, align-corners, as dlib does in tensor space) by `resize`."""
+    canvas = np.zeros((3, *shape), dtype=np.float32)
+    level = (image.astype(np.float32) - np.asarray(mean, dtype=np.float32)[:, None, None]) * np.float32(1.0 / 256.0)
     for i, (left, top, right, bottom) in enumerate(rects):
         if i:
-            level = resize_align_corners(level, bottom - top + 1, right - left + 1)
-        canvas[top : bottom + 1, left : right + 1] = level
-    return np.ascontiguousarray(canvas.transpose(2, 0, 1))
+            level = resize(level, bottom - top + 1, right - left + 1)
+        canvas[:, top : bottom + 1, left : right + 1] = level
+    return canvas
 
 
-def pyramid_up(image: np.ndarray) -> np.ndarray:
-    """dlib's pyramid_up for pyramid_down<2>: h x w x 3 uint8 -> (2h+1) x (2w+2) x 3, bilinear align-corners,
-    truncated to uint8 (face_mmod.pyramid_up is the same on tensors)."""
-    h, w = image.shape[:2]
-    up = resize_align_corners(image.astype(np.float32), 2 * h + 1, 2 * w + 2)
-    return np.clip(np.floor(up), 0, 255).astype(np.uint8)
+def pyramid_up(image: np.ndarray, resize: Resize = resize_align_corners) -> np.ndarray:
+    """dlib's pyramid_up for pyramid_down<2>: 3 x h x w -> 3 x (2h+1) x (2w+2) float32, bilinear
+    align-corners, truncated to whole grey levels in 0..255 (face_mmod.pyramid_up is the same on tensors)."""
+    _, h, w = image.shape
+    up = resize(image.astype(np.float32, copy=False), 2 * h + 1, 2 * w + 2)
+    return np.clip(np.floor(up, out=up), 0, 255, out=up)
 
 
 def as_rgb(image: np.ndarray) -> np.ndarray:
@@ -247,24 +255,27 @@ def detect_scaled(detector, image: np.ndarray, scale: float, threshold: float = 
 class MmodArrayDetector:
     """The detector with its network as a function of float32 canvases N x 3 x H x W -> score maps
     N x 1 x h x w (an onnxruntime session of the exported MmodNet); the pyramid, decoding and NMS are the
-    ones the PyTorch detector uses. One canvas per run: image sizes differ, so canvases do too."""
+    ones the PyTorch detector uses. One canvas per run: image sizes differ, so canvases do too.
+    `resize`: the pyramid's align-corners resize (NumPy's by default; onnxruntime's Resize is ~10x faster)."""
 
-    def __init__(self, run: Callable[[np.ndarray], np.ndarray], mean=DLIB_MEAN_RGB):
+    def __init__(self, run: Callable[[np.ndarray], np.ndarray], mean=DLIB_MEAN_RGB,
+                 resize: Resize = resize_align_corners):
         self.run = run
         self.mean = np.asarray(mean, dtype=np.float32)
+        self.resize = resize
 
     def detect(self, images: list[np.ndarray], upsample: int = 0, threshold: float = 0.0) -> list[list[tuple]]:
         if upsample < 0:
             raise ValueError("upsample must be 0 or more")
         results = []
         for image in images:
-            rgb = as_rgb(image)
+            planes = as_rgb(image).transpose(2, 0, 1)
             for _ in range(upsample):
-                rgb = pyramid_up(rgb)
-            shape, rects = pyramid_rects(*rgb.shape[:2])
+                planes = pyramid_up(planes, self.resize)
+            shape, rects = pyramid_rects(*planes.shape[1:])
             if not rects or min(output_size(n) for n in shape) <= 0:
                 results.append([])
                 continue
-            scores = self.run(build_canvas(rgb, self.mean, shape, rects)[None])
+            scores = self.run(build_canvas(planes, self.mean, shape, rects, self.resize)[None])
             results.append(decode(np.asarray(scores)[0, 0], rects, upsample, threshold))
         return results
