@@ -329,7 +329,12 @@ def create_app(settings: Settings, server: Server | None = None) -> FastAPI:
     app = FastAPI(title="cvtool serve", version=__version__, lifespan=lifespan,
                   description="cvtool's models kept warm. Each endpoint takes one image (a multipart upload, the raw "
                               "request body, or a server path under --allow-paths) and answers the JSON record "
-                              "`cvtool TASK --format json` prints for it.")
+                              "`cvtool TASK --format json` prints for it. Where `--out` needs pixels a record does not "
+                              "hold (/stylize's image, /segment?format=png's class mask), the answer is a lossless PNG "
+                              "of them and the record travels in the `X-Cvtool-Record` header (JSON, ASCII); "
+                              "/detect?with_classes=true adds the model's class list in `X-Cvtool-Classes` (JSON), "
+                              "for `--save-txt`'s classes.txt. The CLI's thin client (CVTOOL_SERVER) writes its "
+                              "--out files from these on its own machine, as a local run writes them.")
     app.state.server = server
 
     @app.exception_handler(CvtoolError)
@@ -405,8 +410,12 @@ def create_app(settings: Settings, server: Server | None = None) -> FastAPI:
                      conf: Optional[float] = Query(None, ge=0, le=1), iou: float = Query(0.45, ge=0, le=1),
                      classes: Optional[str] = None, max_det: int = Query(300, ge=1), keypoints: bool = False,
                      backend: str = DEFAULT_BACKEND, max_pixels: Optional[int] = Query(None, ge=1),
+                     with_classes: bool = Query(False, description="Also the model's class list, in the "
+                                                "X-Cvtool-Classes header (JSON)"),
                      name: Optional[str] = None, path: Optional[str] = None):
-        """Boxes, labels and scores for one image: the record of `cvtool detect IMAGE -f json`."""
+        """Boxes, labels and scores for one image: the record of `cvtool detect IMAGE -f json`. With
+        `with_classes=true` the model's class list (index order) comes in the `X-Cvtool-Classes` header as a
+        JSON list: what `--out DIR --save-txt` writes to DIR/classes.txt."""
         image = await take_image(request, settings, "file", "path", raw_ok=True, name=name)
 
         def work():
@@ -416,18 +425,28 @@ def create_app(settings: Settings, server: Server | None = None) -> FastAPI:
             options = {"conf": conf if conf is not None else default_conf(entry.obj.loaded), "iou": iou,
                        "keep_classes": _csv(classes), "max_det": max_det, "keypoints": keypoints}
             obj = server.registry.variant(entry, options, _same_or(with_attributes))
-            return call(obj, image, _limit(server, max_pixels))
+            return call(obj, image, _limit(server, max_pixels)), list(entry.obj.classes)
 
-        return await answer(work)
+        try:
+            record, class_list = await run_in_threadpool(work)
+        except CvtoolError as exc:
+            return error_response(exc)
+        headers = {"x-cvtool-classes": json.dumps(class_list)} if with_classes else None
+        return JSONResponse(record, headers=headers)
 
     @app.post("/segment")
     async def segment(request: Request, model: Optional[str] = None, weights: Optional[str] = None,
                       alpha: float = Query(0.5, ge=0, le=1), classes: Optional[str] = None,
                       tile: Optional[int] = Query(None, ge=16), overlap: int = Query(32, ge=0),
                       batch_size: int = Query(4, ge=1), backend: str = DEFAULT_BACKEND,
-                      max_pixels: Optional[int] = Query(None, ge=1), name: Optional[str] = None,
-                      path: Optional[str] = None):
-        """A class per pixel for one image: the record of `cvtool segment IMAGE -f json` (class pixel counts)."""
+                      max_pixels: Optional[int] = Query(None, ge=1),
+                      format: str = Query("json", description="json: the record; png: the class mask"),
+                      name: Optional[str] = None, path: Optional[str] = None):
+        """A class per pixel for one image: the record of `cvtool segment IMAGE -f json` (class pixel counts).
+        `format=png`: the class of every pixel as an 8-bit palette PNG (pixel value = class index, the bytes
+        `--out` writes as NAME.mask.png; --classes applied), its record in the `X-Cvtool-Record` header."""
+        if format not in ("png", "json"):
+            raise UsageError(f"format {format!r}: png or json")
         image = await take_image(request, settings, "file", "path", raw_ok=True, name=name)
 
         def work():
@@ -435,9 +454,20 @@ def create_app(settings: Settings, server: Server | None = None) -> FastAPI:
             options = {"alpha": alpha, "keep_classes": _csv(classes), "tile": tile, "overlap": overlap,
                        "tile_batch": batch_size}
             obj = server.registry.variant(entry, options, _same_or(with_attributes))
-            return call(obj, image, _limit(server, max_pixels))
+            result = obj(decode(image, _limit(server, max_pixels)))
+            record = result.to_dict()
+            record["path"] = image.name
+            if format == "json":
+                return record, None
+            from cvtool.io.render import indexed_png
 
-        return await answer(work)
+            return record, indexed_png(result.mask)
+
+        try:
+            record, png = await run_in_threadpool(work)
+        except CvtoolError as exc:
+            return error_response(exc)
+        return _record_answer(record, png)
 
     @app.post("/stylize")
     async def stylize(request: Request, model: str = Query(..., description="A feed-forward network from `cvtool "
@@ -446,7 +476,8 @@ def create_app(settings: Settings, server: Server | None = None) -> FastAPI:
                       overlap: int = Query(32, ge=0), backend: str = STYLIZE_BACKEND, format: str = "png",
                       max_pixels: Optional[int] = Query(None, ge=1), name: Optional[str] = None,
                       path: Optional[str] = None):
-        """The stylised image as PNG, its record in the X-Cvtool-Record header (`format=json`: the record only)."""
+        """The stylised image as a PNG (lossless: the pixels `cvtool stylize --model` writes), its record in the
+        `X-Cvtool-Record` header (JSON); `format=json`: the record only."""
         if format not in ("png", "json"):
             raise UsageError(f"format {format!r}: png or json")
         image = await take_image(request, settings, "file", "path", raw_ok=True, name=name)
@@ -460,6 +491,8 @@ def create_app(settings: Settings, server: Server | None = None) -> FastAPI:
             result = obj(decode(image, _limit(server, max_pixels)))
             record = result.to_dict()
             record["path"] = image.name
+            if format == "json":
+                return record, None
             ok, png = cv2.imencode(".png", result.stylized[..., ::-1])
             return record, png.tobytes()
 
@@ -467,9 +500,7 @@ def create_app(settings: Settings, server: Server | None = None) -> FastAPI:
             record, png = await run_in_threadpool(work)
         except CvtoolError as exc:
             return error_response(exc)
-        if format == "json":
-            return JSONResponse(record)
-        return Response(png, media_type="image/png", headers={"x-cvtool-record": json.dumps(record)})
+        return _record_answer(record, png)
 
     @app.post("/verify-face")
     async def verify_face(request: Request, model: Optional[str] = None, weights: Optional[str] = None,
@@ -522,6 +553,13 @@ def create_app(settings: Settings, server: Server | None = None) -> FastAPI:
         return await answer(work)
 
     return app
+
+
+def _record_answer(record: dict, png: bytes | None) -> Response:
+    """The record as JSON, or the PNG with the record in the X-Cvtool-Record header (JSON, ASCII-escaped)."""
+    if png is None:
+        return JSONResponse(record)
+    return Response(png, media_type="image/png", headers={"x-cvtool-record": json.dumps(record)})
 
 
 def _same_or(make):

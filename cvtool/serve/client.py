@@ -5,6 +5,11 @@ is printed the same way with the same exit code. HTTP is the standard library's 
 here imports torch, so a call costs the interpreter and the upload, not the model. An unreachable
 server is one line and exit 2: there is no silent fallback to running locally (unset CVTOOL_SERVER
 for that).
+
+`--out` files are written here, under the names and with the bytes a local run writes (`LocalOutputs`):
+classify's JSON and detect's drawings, crops and YOLO labels from the record and the image decoded here;
+segment's mask, overlay and class masks from the class mask the server sends as a PNG; stylize's image
+from the server's PNG. All atomically, never over an input of the batch (cvtool.io.outputs' rules).
 """
 
 from __future__ import annotations
@@ -144,6 +149,14 @@ def verify_rows(result: dict) -> list[list]:
     return [[result[column] for column in VERIFY_COLUMNS]]
 
 
+# stylize --model's, as cvtool.pipelines.stylize.FAST_COLUMNS / fast_rows (that module imports torch).
+FAST_COLUMNS = ["height", "width"]
+
+
+def fast_rows(result: dict) -> list[list]:
+    return [[result["size"][0], result["size"][1]]]
+
+
 def _writer(task: str, fmt: str | None):
     """The CLI's writer; the columns and row flatteners (cvtool.api, no torch) only for table and CSV."""
     from cvtool.io.records import make_writer
@@ -158,8 +171,6 @@ def _writer(task: str, fmt: str | None):
     if task == "verify-face":  # the local CLI's columns (cvtool.pipelines.face, which imports NumPy and OpenCV)
         return make_writer(fmt, VERIFY_COLUMNS, verify_rows)
     if task == "stylize":
-        from cvtool.pipelines.stylize import FAST_COLUMNS, fast_rows
-
         return make_writer(fmt, FAST_COLUMNS, fast_rows)
     import cvtool.api as api
 
@@ -168,18 +179,28 @@ def _writer(task: str, fmt: str | None):
     return make_writer(fmt, kind.columns, kind.rows)
 
 
-def run_batch(url: str, task: str, images: list[str], *, fmt: str | None, recursive: bool, options: dict) -> int:
-    """classify / detect / segment (and verify-face --gallery as `identify`): one request per input, in order;
-    a bad input is reported and the batch goes on (exit 1 at the end), as locally."""
+def run_batch(url: str, task: str, images: list[str], *, fmt: str | None, recursive: bool, options: dict,
+              out=None, save: dict | None = None, skip_existing: bool = False) -> int:
+    """classify / detect / segment / stylize --model (and verify-face --gallery as `identify`): one request per
+    input, in order; a bad input is reported and the batch goes on (exit 1 at the end), as locally. With
+    `out`, each input's files are written here as the local run writes them (`LocalOutputs`)."""
     from cvtool.console import BatchSummary, drive, info
     from cvtool.io.inputs import expand_inputs
     from cvtool.io.video import is_stream
 
     client = Client(url)
     writer = _writer(task, fmt)
-    items, total = expand_inputs(images, recursive=recursive, stdin=sys.stdin)
+    outputs = local_outputs(task, out, save or {}, options, skip_existing)
+    items, total = expand_inputs(images, recursive=recursive, stdin=sys.stdin, out_dir=out,
+                                 on_previous_outputs=lambda n: info(f"{n} previous cvtool output(s) in --out not "
+                                                                    "taken as inputs"))
+    if outputs is not None:
+        items = outputs.check_inputs(items)
     info(f"{task} on the cvtool server at {client.url}")
     params = {k: v for k, v in options.items() if v is not None}
+    if outputs is not None:
+        params.update(outputs.params)
+    summary = BatchSummary()
 
     def records() -> Iterator[dict]:
         for item in items:
@@ -189,23 +210,295 @@ def run_batch(url: str, task: str, images: list[str], *, fmt: str | None, recurs
             if is_stream(item.path):
                 yield {"path": item.path, "error": f"videos and cameras are not sent to the server; {LOCAL_ONLY}"}
                 continue
+            if skip_existing and outputs is not None and outputs.done(item.path):
+                summary.skipped += 1
+                continue
             try:
                 data = read_file(item.path)
             except InputError as exc:
                 yield {"path": item.path, "error": exc.reason}
                 continue
-            status, _, body = client.post_image(f"/{task}", data, item.path, params)
+            status, headers, body = client.post_image(f"/{task}", data, item.path, params)
             if status == 200:
-                yield json.loads(body)
+                record, png = _answer(headers, body, client)
+                if outputs is not None:
+                    try:
+                        record["outputs"] = outputs.save(item.path, data, record, png, headers)
+                    except ServerError:
+                        raise
+                    except CvtoolError as exc:  # as the local runner: this input fails, the batch goes on
+                        yield {"path": item.path, "error": exc.reason}
+                        continue
+                yield record
                 continue
             reason = input_failure(status, body)
             if reason is None:
                 raise_for(status, body, client)
             yield {"path": item.path, "error": reason}
 
-    summary = BatchSummary()
     drive(records(), writer, total=total, summary=summary)
     return summary.exit_code
+
+
+RECORD_HEADER = "x-cvtool-record"  # a PNG answer's record (/stylize, /segment?format=png)
+CLASSES_HEADER = "x-cvtool-classes"  # /detect?with_classes=true: the model's class list
+
+
+def _header(headers: dict, name: str) -> str | None:
+    for key, value in headers.items():
+        if key.lower() == name:
+            return value
+    return None
+
+
+def _answer(headers: dict, body: bytes, client: Client) -> tuple[dict, bytes | None]:
+    """A 200 answer: (its record, the PNG it carries or None). A PNG answer has its record in X-Cvtool-Record."""
+    try:
+        text = _header(headers, RECORD_HEADER)
+        if text is not None:
+            return json.loads(text), body
+        return json.loads(body), None
+    except ValueError:
+        raise ServerError(f"server error ({client.url}): an answer that is neither a record nor a PNG with one") \
+            from None
+
+
+# -- --out, written on this machine ------------------------------------------------------------------
+
+def local_outputs(task: str, out, save: dict, options: dict, skip_existing: bool):
+    """The writer of `--out` files for `task` (None without --out), after the local CLI's checks of --out."""
+    from pathlib import Path
+
+    from cvtool.io.outputs import check_out_dir
+
+    for flag, wanted in save.items():
+        if wanted and out is None:
+            raise UsageError(f"--{flag.replace('_', '-')} needs --out DIR")
+    if task == "stylize":
+        from cvtool.api import is_single_file
+
+        single_file = is_single_file(Path(out))
+        if not single_file:
+            check_out_dir(Path(out))
+        return StylizeOutputs(Path(out), options, single_file=single_file)
+    check_out_dir(out, skip_existing=skip_existing)
+    if out is None:
+        return None
+    kind = {"classify": ClassifyOutputs, "detect": DetectOutputs, "segment": SegmentOutputs}[task]
+    return kind(Path(out), options, **save)
+
+
+class LocalOutputs:
+    """One task's `--out` files for one input, made here from the server's answer under the names (and with
+    the bytes) its local pipeline writes; atomic writes, never over an input of the batch."""
+
+    suffix: str  # the main output's, as the pipeline's OutputNamer
+    params: dict = {}  # what to ask the server for besides the record
+
+    def __init__(self, out, options: dict):
+        from cvtool.io.outputs import OutputNamer
+
+        self.out, self.options = out, options
+        self.name = OutputNamer(out, self.suffix)
+
+    def check_inputs(self, items):
+        return items
+
+    def done(self, path: str) -> bool:
+        """--skip-existing: this input's output is there, written by cvtool."""
+        return self.name.exists(path)
+
+    def decode(self, data: bytes, path: str):
+        """The input's pixels, decoded here as the local run decodes them (the server decoded the same bytes)."""
+        from cvtool.io.image import DEFAULT_MAX_PIXELS, decode_image
+
+        return decode_image(data, path, max_pixels=self.options.get("max_pixels") or DEFAULT_MAX_PIXELS)
+
+    def save(self, path: str, data: bytes, record: dict, png: bytes | None, headers: dict) -> list[str]:
+        raise NotImplementedError
+
+
+class ClassifyOutputs(LocalOutputs):
+    """OUT/NAME.json: the record without its timing (cvtool.pipelines.classify)."""
+
+    suffix = ".json"
+
+    def save(self, path, data, record, png, headers):
+        from cvtool.io.atomic import atomic_write_text
+
+        target = self.name(path)
+        saved = {"path": path, "task": record["task"], "model": record["model"], "result": record["result"]}
+        atomic_write_text(target, json.dumps(saved, ensure_ascii=False, indent=2) + "\n")
+        return [str(target)]
+
+
+class DetectOutputs(LocalOutputs):
+    """OUT/NAME.detect.jpg drawn from the record's boxes; --save-crops OUT/NAME.cropNNN-LABEL.jpg; --save-txt
+    OUT/labels/NAME.txt and OUT/classes.txt (the class list from the server) (cvtool.pipelines.detect)."""
+
+    suffix = ".detect.jpg"
+
+    def __init__(self, out, options, save_crops: bool = False, save_txt: bool = False):
+        super().__init__(out, options)
+        self.save_crops, self.save_txt = save_crops, save_txt
+        self.params = {"with_classes": True} if save_txt else {}
+        self._classes_written = False
+
+    def save(self, path, data, record, png, headers):
+        from cvtool.io.image import write_image
+        from cvtool.io.render import draw_detections
+
+        rgb = self.decode(data, path)
+        detections = record["result"]["detections"]
+        target = self.name(path)
+        write_image(target, draw_detections(rgb, detections))
+        base = str(target)[: -len(self.suffix)]
+        written = [str(target)]
+        if self.save_crops:
+            written += self._crops(base, rgb, detections, path)
+        if self.save_txt:
+            written += self._labels(os.path.basename(base), record["result"], path, headers)
+        return written
+
+    @staticmethod
+    def _crops(base: str, rgb, detections: list[dict], path: str) -> list[str]:
+        from pathlib import Path
+
+        from cvtool.io.image import write_image
+        from cvtool.io.outputs import refuse_overwriting_input, safe_name
+
+        written = []
+        for i, det in enumerate(detections):
+            x1, y1, x2, y2 = (int(round(v)) for v in det["box"])
+            crop = rgb[max(0, y1) : max(y1 + 1, y2), max(0, x1) : max(x1 + 1, x2)]
+            crop_path = Path(f"{base}.crop{i:03d}-{safe_name(det['label'])}.jpg")
+            refuse_overwriting_input(crop_path, path)
+            write_image(crop_path, crop)
+            written.append(str(crop_path))
+        return written
+
+    def _labels(self, stem: str, result: dict, path: str, headers: dict) -> list[str]:
+        from cvtool.io.atomic import atomic_write_text
+        from cvtool.io.outputs import refuse_overwriting_input
+        from cvtool.pipelines.detect import yolo_lines
+
+        written = []
+        if not self._classes_written:
+            try:
+                classes = json.loads(_header(headers, CLASSES_HEADER) or "")
+            except ValueError:
+                raise ServerError("server error: no class list (X-Cvtool-Classes) for --save-txt; an older cvtool "
+                                  "serve?") from None
+            classes_path = self.out / "classes.txt"
+            refuse_overwriting_input(classes_path, path)
+            atomic_write_text(classes_path, "".join(f"{name}\n" for name in classes))
+            self._classes_written = True
+            written.append(str(classes_path))
+        label_path = self.out / "labels" / f"{stem}.txt"
+        refuse_overwriting_input(label_path, path)
+        label_path.parent.mkdir(exist_ok=True)
+        atomic_write_text(label_path, "".join(f"{line}\n" for line in yolo_lines(result)))
+        return [*written, str(label_path)]
+
+
+class SegmentOutputs(LocalOutputs):
+    """OUT/NAME.mask.png and OUT/NAME.overlay.EXT, --save-mask OUT/NAME.mask-LABEL.png, from the class mask the
+    server sends (/segment?format=png) and the image decoded here (cvtool.pipelines.segment)."""
+
+    suffix = ".mask.png"
+    params = {"format": "png"}
+
+    def __init__(self, out, options, save_mask: bool = False):
+        super().__init__(out, options)
+        self.save_mask = save_mask
+
+    def save(self, path, data, record, png, headers):
+        from pathlib import Path
+
+        from cvtool.io.atomic import atomic_write_bytes
+        from cvtool.io.image import write_image
+        from cvtool.io.outputs import refuse_overwriting_input
+        from cvtool.io.render import class_palette, indexed_png, overlay
+        from cvtool.pipelines.segment import SegmentPipeline
+
+        rgb = self.decode(data, path)
+        labels = _png_labels(png, rgb.shape[:2])
+        palette = class_palette()
+        mask_path = self.name(path)
+        base = str(mask_path)[: -len(self.suffix)]
+        suffix = Path(path).suffix.lower() if Path(path).suffix.lower() in (".jpg", ".jpeg", ".png") else ".png"
+        overlay_path = Path(base + ".overlay" + suffix)
+        refuse_overwriting_input(overlay_path, path)
+        atomic_write_bytes(mask_path, indexed_png(labels, palette))
+        write_image(overlay_path, overlay(rgb, labels, self.options.get("alpha", 0.5), palette))
+        written = [str(mask_path), str(overlay_path)]
+        if self.save_mask:
+            written += SegmentPipeline._write_class_masks(base, labels, record["result"], path)
+        return written
+
+
+def _png_labels(png: bytes | None, size: tuple[int, int]):
+    """The class indices of /segment?format=png's palette PNG, checked against the image's size."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(png or b"")) as image:
+            image.load()
+            labels = np.asarray(image) if image.mode in ("P", "L") else None
+    except (OSError, ValueError):
+        labels = None
+    if labels is None or labels.shape != tuple(size):
+        raise ServerError(f"server error: /segment sent no class mask of the image's size {size[0]}x{size[1]} "
+                          "(an older cvtool serve?)")
+    return labels
+
+
+class StylizeOutputs(LocalOutputs):
+    """`--out FILE` for one content, else OUT/NAME.stylized.png: the server's stylised pixels (a lossless PNG),
+    encoded here by the file's suffix as the local run encodes them (cvtool.pipelines.stylize)."""
+
+    suffix = ".stylized.png"
+
+    def __init__(self, out, options, *, single_file: bool):
+        super().__init__(out, options)
+        self.single_file = single_file
+
+    def check_inputs(self, items):
+        if not self.single_file:
+            return items
+        items = list(items)
+        if len(items) > 1:
+            raise UsageError(f"--out {self.out} is a file but {len(items)} inputs were given; pass a directory")
+        return iter(items)
+
+    def target(self, path: str):
+        return self.out if self.single_file else self.name(path)
+
+    def done(self, path: str) -> bool:
+        from cvtool.io.outputs import written_by_cvtool
+
+        try:
+            return written_by_cvtool(self.target(path))
+        except InputError:  # an unusable name is not "done": writing it reports the problem
+            return False
+
+    def save(self, path, data, record, png, headers):
+        import cv2
+        import numpy as np
+
+        from cvtool.io.image import write_image
+        from cvtool.io.outputs import refuse_overwriting_input
+
+        bgr = cv2.imdecode(np.frombuffer(png or b"", np.uint8), cv2.IMREAD_COLOR) if png else None
+        if bgr is None:
+            raise ServerError("server error: /stylize sent no image")
+        target = self.target(path)
+        refuse_overwriting_input(target, path)
+        write_image(target, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+        return [str(target)]
 
 
 def run_verify(url: str, images: list[str], *, fmt: str | None, options: dict) -> int:
@@ -240,14 +533,17 @@ def run_verify(url: str, images: list[str], *, fmt: str | None, options: dict) -
 
 
 def run_remote(task: str, images: list[str], *, fmt=None, out=None, recursive: bool = False, options: dict,
-               gallery=None, calibrate=None) -> int:
-    """What cli.py calls when CVTOOL_SERVER is set: the command's exit code."""
+               gallery=None, calibrate=None, save: dict | None = None, skip_existing: bool = False) -> int:
+    """What cli.py calls when CVTOOL_SERVER is set: the command's exit code. `save`: the command's --save-*
+    flags (save_crops, save_txt, save_mask), which need `out`."""
     url = server_url()
     fmt = getattr(fmt, "value", fmt)
-    if task == "stylize":  # its output is an image written here: not done through the server yet
-        raise UsageError(f"stylize is not sent to the server (POST /stylize answers the image); {LOCAL_ONLY}")
-    if out is not None:
-        raise UsageError(f"--out writes files on this machine, and only records come back from the server; {LOCAL_ONLY}")
+    if task == "stylize" and options.get("model") is None:
+        raise UsageError("stylize CONTENT STYLE (Gatys et al.'s optimisation, minutes of gradient steps) is not sent "
+                         f"to the server, which runs --model networks only; {LOCAL_ONLY}")
+    if task == "verify-face" and out is not None:
+        raise UsageError(f"verify-face --out draws faces on this machine, and only records come back from the server; "
+                         f"{LOCAL_ONLY}")
     if calibrate is not None:
         raise UsageError(f"--calibrate is not sent to the server; {LOCAL_ONLY}")
     if task == "verify-face" and gallery is not None:
@@ -257,4 +553,5 @@ def run_remote(task: str, images: list[str], *, fmt=None, out=None, recursive: b
                          options={**options, "gallery": str(gallery)})
     if task == "verify-face":
         return run_verify(url, images, fmt=fmt, options=options)
-    return run_batch(url, task, images, fmt=fmt, recursive=recursive, options=options)
+    return run_batch(url, task, images, fmt=fmt, recursive=recursive, options=options, out=out, save=save,
+                     skip_existing=skip_existing)
