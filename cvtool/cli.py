@@ -164,7 +164,7 @@ def classify(
     """Classify images: top-k labels with probabilities, one record per image (per frame of a video)."""
     shard_of = _scale(shard, records, threads)
     if _server():
-        _remote("classify", images, fmt=fmt, out=out, recursive=recursive, options=dict(
+        _remote("classify", images, fmt=fmt, out=out, recursive=recursive, skip_existing=skip_existing, options=dict(
             model=model, weights=weights, top_k=top_k, backend=backend, max_pixels=max_pixels))
     with exits_cleanly():
         check_out_dir(out, skip_existing=skip_existing)
@@ -294,7 +294,8 @@ def detect(
     videos) with --out."""
     shard_of = _scale(shard, records, threads)
     if _server():
-        _remote("detect", images, fmt=fmt, out=out, recursive=recursive, options=dict(
+        _remote("detect", images, fmt=fmt, out=out, recursive=recursive, skip_existing=skip_existing,
+                save=dict(save_crops=save_crops, save_txt=save_txt), options=dict(
             model=model, weights=weights, conf=conf, iou=iou, classes=classes, max_det=max_det, keypoints=keypoints,
             backend=backend, max_pixels=max_pixels))
     with exits_cleanly():
@@ -350,7 +351,8 @@ def segment(
     overlaid video per video)."""
     shard_of = _scale(shard, records, threads)
     if _server():
-        _remote("segment", images, fmt=fmt, out=out, recursive=recursive, options=dict(
+        _remote("segment", images, fmt=fmt, out=out, recursive=recursive, skip_existing=skip_existing,
+                save=dict(save_mask=save_mask), options=dict(
             model=model, weights=weights, alpha=alpha, classes=classes, tile=tile, overlap=overlap,
             batch_size=batch_size, backend=backend, max_pixels=max_pixels))
     with exits_cleanly():
@@ -414,7 +416,8 @@ def stylize(
     """Neural style transfer (Gatys et al.): optimise an image to keep the content and take on the style."""
     shard_of = _scale(shard, records, threads)
     if _server():
-        _remote("stylize", images, options={})
+        _remote("stylize", images, fmt=fmt, out=out, skip_existing=skip_existing, options=dict(
+            model=model, size=size, tile=tile, overlap=overlap, backend=backend))
     with exits_cleanly():
         from cvtool.api import Stylizer
 
