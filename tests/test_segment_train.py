@@ -92,10 +92,12 @@ def test_variation_of_information_split_and_merge_known_answers():
     merged = np.ones_like(truth)  # the membrane missed: one bit to tell the cells apart again
     assert foreground_variation_of_information(truth, merged) == pytest.approx((0.0, 1.0))
     split = truth.copy()
-    split[5, :] = 0  # each cell cut by a membrane row: 50 / 10 (the row, one region: label 0) / 40 pixels
-    entropy = -(0.5 * math.log2(0.5) + 0.1 * math.log2(0.1) + 0.4 * math.log2(0.4))
-    # merge: the row's 20 pixels (label 0, in both cells) cost one bit each
-    assert foreground_variation_of_information(truth, split) == pytest.approx((entropy, 20 / 210 * 1.0 * 210 / 200))
+    split[4:6, :] = 0  # each cell cut by a 2 px membrane, thinned away: rows 0-4 and 5-9, 50 / 50 pixels
+    assert foreground_variation_of_information(truth, split) == pytest.approx((1.0, 0.0))
+    uneven = truth.copy()
+    uneven[1:3, :] = 0  # cut near the top: 20 / 80 pixels after thinning
+    entropy = -(0.2 * math.log2(0.2) + 0.8 * math.log2(0.8))
+    assert foreground_variation_of_information(truth, uneven) == pytest.approx((entropy, 0.0))
     assert foreground_variation_of_information(truth, truth) == pytest.approx((0.0, 0.0), abs=1e-9)
 
 
@@ -173,3 +175,37 @@ def test_border_weight_map_without_class_balance_is_one_plus_the_border_term():
     weights = border_weight_map(mask, class_balance=False)
     assert weights[20, 30] == pytest.approx(1 + 10 * math.exp(-9 / 50), rel=1e-5)
     assert weights[20, 15] == 1.0 and weights[20, 119] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_select_rand_picks_best_by_the_rand_f_score_of_every_epoch(tmp_path):
+    import csv
+
+    data = _write_cells(tmp_path / "data", 4, seed=1)
+    result = invoke_cli("train", "segment", str(data), "--epochs", "3", "--width", "4", "--depth", "2", "--crop", "32",
+                        "--batch-size", "2", "--class-names", "membrane,cell", "--select", "rand", "--device", "cpu",
+                        "--out", str(tmp_path / "run"), "--val-split", "0.5")
+    assert result.returncode == 0, result.stderr
+    assert "Rand F" in result.stderr
+    rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
+    rand_f = [float(row["val_rand_f"]) for row in rows]
+    assert len(rand_f) == 3 and all(0.0 <= f <= 1.0 for f in rand_f)
+    for row, f in zip(rows, rand_f):  # the F-score is one minus the adapted Rand error of the same pass
+        assert f == pytest.approx(1.0 - float(row["val_adapted_rand_error"]), abs=1e-9)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    best = max(range(3), key=lambda i: (rand_f[i], -float(rows[i]["val_loss"])))
+    assert summary["best_epoch"] == best + 1
+    assert summary["val"]["rand_f"] == pytest.approx(rand_f[best], abs=1e-6)
+
+
+def test_select_rand_needs_two_classes(tmp_path):
+    data = _write_cells(tmp_path / "data", 2, seed=0)
+    mask = cv2.imread(str(data / "masks" / "0.png"), cv2.IMREAD_GRAYSCALE)
+    cv2.imwrite(str(data / "masks" / "0.png"), np.where(mask > 0, 2, 0).astype(np.uint8))  # ids 0 and 2: three classes
+    cv2.imwrite(str(data / "masks" / "1.png"), np.where(mask > 0, 1, 0).astype(np.uint8))
+    result = invoke_cli("train", "segment", str(data), "--epochs", "1", "--width", "4", "--depth", "2", "--crop", "32",
+                        "--select", "rand", "--device", "cpu", "--out", str(tmp_path / "run"))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("cvtool: --select rand scores the cells between "
+                                                            "membranes: it needs two classes")
+    result = invoke_cli("train", "segment", str(data), "--select", "dice", "--out", str(tmp_path / "run2"))
+    assert result.returncode == 2 and "unknown --select 'dice'; choose from miou, rand" in result.stderr

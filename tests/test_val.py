@@ -117,6 +117,25 @@ def test_foreground_rand_error_counts_a_merge():
     assert foreground_rand_error(truth, truth) == 0.0
 
 
+def test_predicted_membranes_are_thinned_away_before_scoring():
+    """ISBI 2012's border thinning: a membrane drawn thicker than the truth's costs nothing, a gap in it does."""
+    from cvtool.ops.regions import foreground_rand_error, foreground_variation_of_information, thinned_cell_regions
+
+    truth = np.ones((12, 24), np.int64)
+    truth[:, 11] = 0  # two cells, a 1 px membrane
+    thick = np.ones_like(truth)
+    thick[:, 8:16] = 0  # the same membrane, 8 px wide: 7 px of the truth's cells predicted as membrane
+    assert foreground_rand_error(truth, thick) == 0.0
+    assert foreground_variation_of_information(truth, thick) == (0.0, 0.0)
+    regions = thinned_cell_regions(thick)
+    assert regions.min() == 1 and len(np.unique(regions)) == 2  # every pixel given to one of the two cells
+    broken = thick.copy()
+    broken[5:7, 8:16] = 1  # a gap: the cells join
+    assert foreground_rand_error(truth, broken) == pytest.approx(1 / 3, abs=0.01)
+    assert foreground_variation_of_information(truth, broken)[1] > 0.9  # merge: about one bit
+    assert np.array_equal(thinned_cell_regions(np.zeros_like(truth)), np.zeros_like(truth))  # no cell: one region
+
+
 def test_val_classify_equals_train_eval_only(tmp_path):
     from sklearn.datasets import load_digits
 

@@ -196,9 +196,11 @@ def segment(data: str | Path | None = None, *, arch: str = "unet", epochs: int |
             workers: int | None = None, callbacks=None, on_skip: Callable[[str], None] | None = None,
             sync_bn: bool = False, devices: int = 1, elastic: bool = False, elastic_sigma: float = 10.0,
             mirror_pad: int = 0, border_w0: float = 10.0, border_sigma: float = 5.0,
-            border_balance: bool = True) -> dict:
-    """Train a U-Net (or a torchvision segmenter) on images/ + masks/ folder pairs; best.pt by mIoU. The U-Net
-    paper's recipe: `elastic=True`, `loss="weighted-ce"` (border weights w0, sigma), `mirror_pad`, `width=64`."""
+            border_balance: bool = True, select: str = "miou") -> dict:
+    """Train a U-Net (or a torchvision segmenter) on images/ + masks/ folder pairs; best.pt by mIoU, or with
+    `select="rand"` (two classes: membranes and the cells they separate) by ISBI 2012's Rand F-score of the cell
+    regions. The U-Net paper's recipe: `elastic=True`, `loss="weighted-ce"` (border weights w0, sigma),
+    `mirror_pad`, `width=64`."""
     launched = _launch('segment', devices, {k: v for k, v in locals().items() if k != 'devices'})
     if launched is not None:
         return launched
@@ -215,8 +217,10 @@ def segment(data: str | Path | None = None, *, arch: str = "unet", epochs: int |
                                        border_w0=border_w0, border_sigma=border_sigma,
                                        border_balance=border_balance)
         recipe.dataset_options(args)  # bad values stop here, before a run directory is made
+        if select not in recipe.SELECT:
+            raise UsageError(f"unknown --select {select!r}; choose from {', '.join(recipe.SELECT)}")
         return args, TrainConfig(epochs=epochs or 30, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                                 optimizer=optimizer, seed=seed, workers=workers, monitor="val_miou",
+                                 optimizer=optimizer, seed=seed, workers=workers, monitor=recipe.SELECT[select],
                                  val_batch_size=1)
 
     run, args, cfg = _start("segment", arch, recipe, data=data, out=out, resume=resume, epochs=epochs, device=device,

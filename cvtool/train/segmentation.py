@@ -2,8 +2,9 @@
 
 The U-Net paper's recipe is there by options: elastic deformations (`elastic`), its border-weighted cross-entropy
 (`loss="weighted-ce"`: w0, sigma), mirrored context beyond the image borders (`mirror_pad`), width 64 (`width`).
-For two-class data the summary also scores the connected cell regions: ISBI 2012's adapted Rand error and the
-variation of information (split / merge), for best.pt and for the last epoch's model."""
+For two-class data every validation also scores the connected cell regions: ISBI 2012's Rand F-score (`rand_f`,
+1 - the adapted Rand error) and the variation of information (split / merge), reported for best.pt and for the
+last epoch's model; `select="rand"` picks best.pt by the Rand F-score instead of mIoU."""
 
 from __future__ import annotations
 
@@ -283,6 +284,17 @@ def scores_from_confusion(matrix: np.ndarray) -> dict[str, float]:
             "mdice": float(np.nanmean(dice)), "iou": iou.tolist(), "dice": dice.tolist()}
 
 
+SELECT = {"miou": "val_miou", "rand": "val_rand_f"}  # --select -> the validation metric that picks best.pt
+
+
+@dataclass
+class SegmentMetrics:
+    """One validation pass: the pixel confusion matrix, and (two classes) each image's truth/prediction pair."""
+
+    matrix: np.ndarray
+    pairs: list | None
+
+
 class SegmentationTask:
     name = "segment"
 
@@ -291,6 +303,7 @@ class SegmentationTask:
             raise UsageError(f"unknown --loss {loss!r}; choose from {', '.join(LOSSES)}")
         self.entry, self.classes, self.preprocess, self.arch_kwargs = entry, classes, preprocess, arch_kwargs
         self._loss = LOSSES[loss]
+        self.regions = len(classes) == 2  # cells (class 1) separated by membranes (class 0): region scores too
 
     def build_model(self) -> nn.Module:
         return self.entry.build(num_classes=len(self.classes), **self.arch_kwargs)
@@ -304,22 +317,32 @@ class SegmentationTask:
             loss = loss + 0.5 * self._loss(outputs["aux"], targets, weight)
         return loss
 
-    def start_metrics(self) -> np.ndarray:
-        return np.zeros((len(self.classes), len(self.classes)), dtype=np.int64)
+    def start_metrics(self) -> SegmentMetrics:
+        n = len(self.classes)
+        return SegmentMetrics(np.zeros((n, n), dtype=np.int64), [] if self.regions else None)
 
-    def update_metrics(self, matrix: np.ndarray, outputs, targets) -> None:
+    def update_metrics(self, state: SegmentMetrics, outputs, targets) -> None:
         from cvtool.models.contract import segmentation_logits
 
-        predicted = segmentation_logits(outputs).argmax(1).cpu().numpy().reshape(-1)
-        truth = _split_target(targets)[0].cpu().numpy().reshape(-1)
+        predicted = segmentation_logits(outputs).argmax(1).cpu().numpy()
+        truth = _split_target(targets)[0].cpu().numpy()
         valid = truth != IGNORE_INDEX
-        np.add.at(matrix, (truth[valid], predicted[valid]), 1)
+        np.add.at(state.matrix, (truth[valid], predicted[valid]), 1)
+        if state.pairs is not None:
+            state.pairs.extend(_region_pair(t, p) for t, p in zip(truth, predicted))
 
-    def finish_metrics(self, matrix: np.ndarray) -> dict[str, float]:
-        scores = scores_from_confusion(matrix)
+    def finish_metrics(self, state: SegmentMetrics) -> dict[str, float]:
+        scores = scores_from_confusion(state.matrix)
         flat = {k: v for k, v in scores.items() if not isinstance(v, list)}
         flat.update({f"iou_{name}": iou for name, iou in zip(self.classes, scores["iou"])})
         flat.update({f"dice_{name}": dice for name, dice in zip(self.classes, scores["dice"])})
+        if state.pairs:
+            from cvtool.ops.regions import region_scores
+
+            regions = region_scores(state.pairs)
+            flat.update({"adapted_rand_error": regions["adapted_rand_error"],
+                         "rand_f": 1.0 - regions["adapted_rand_error"],
+                         "vi_split": regions["vi_split"], "vi_merge": regions["vi_merge"]})
         return flat
 
     def checkpoint_fields(self) -> dict:
@@ -400,6 +423,9 @@ def run_training(args: SegmentTrainArgs, cfg, run_dir: Path, device, *, resume=F
         train_data, val_data = data.subset(sorted(order[n_val:])), data.subset(sorted(order[:n_val]))
     arch_kwargs = _arch_kwargs(args)
     task = SegmentationTask(entry, data.classes, preprocess, arch_kwargs, args.loss)
+    if cfg.monitor == SELECT["rand"] and not task.regions:
+        raise UsageError(f"--select rand scores the cells between membranes: it needs two classes, "
+                         f"{args.data} has {len(data.classes)} ({', '.join(data.classes)})")
     multiple = 2 ** args.depth if args.arch == "unet" else 8
     options = dataset_options(args)
     trainer = Trainer(
@@ -414,15 +440,10 @@ def run_training(args: SegmentTrainArgs, cfg, run_dir: Path, device, *, resume=F
     state = trainer.fit()
     if not trainer.is_main:  # rank 0 scores, plots and writes the summary; the others get it
         return trainer.share_summary(None)
-    two_class = len(data.classes) == 2
     # the last epoch's model first (the model holds it now), then best.pt: both are reported
     last_report = trainer.evaluate(trainer.val_loader)
-    if two_class:
-        last_report.update(region_report(trainer.model, trainer.val_loader, device))
     best_epoch = trainer.load_best_into(run_dir / "best.pt")
     report = trainer.evaluate(trainer.val_loader)
-    if two_class:
-        report.update(region_report(trainer.model, trainer.val_loader, device))
     plots.save_curves(state.history, run_dir / "curves.png")
     save_examples(trainer.model, val_data, trainer.val_loader, run_dir / "examples.png", device)
     summary = {
@@ -434,26 +455,13 @@ def run_training(args: SegmentTrainArgs, cfg, run_dir: Path, device, *, resume=F
     return trainer.finish(summary)
 
 
-@torch.inference_mode()
-def region_report(model, loader, device) -> dict:
-    """The cell regions of each whole validation image (connected class-1 pixels) against the truth's: mean
-    adapted Rand error and VI split / merge (cvtool.ops.regions; ignored and padded pixels left out)."""
-    from cvtool.models.contract import segmentation_logits
-    from cvtool.ops.regions import region_scores
-
-    model.eval()
-    pairs = []
-    for inputs, targets in loader:
-        truth = _split_target(targets)[0].numpy()
-        predicted = segmentation_logits(model(inputs.to(device))).argmax(1).cpu().numpy()
-        for t, p in zip(truth, predicted):
-            rows, cols = np.nonzero((t != IGNORE_INDEX).any(1))[0], np.nonzero((t != IGNORE_INDEX).any(0))[0]
-            if rows.size:  # the padding _pad added is ignored: score the image's own extent
-                t, p = t[: rows[-1] + 1, : cols[-1] + 1], p[: rows[-1] + 1, : cols[-1] + 1]
-            pairs.append((np.where(t == IGNORE_INDEX, 0, t), p))
-    scores = region_scores(pairs)
-    return {"adapted_rand_error": scores["adapted_rand_error"], "vi_split": scores["vi_split"],
-            "vi_merge": scores["vi_merge"]}
+def _region_pair(truth: np.ndarray, predicted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One whole validation image's (truth, prediction) class ids for the region scores: the padding _pad
+    added (ignored pixels past the image's own extent) cut off, other ignored pixels counted as membrane."""
+    rows, cols = np.nonzero((truth != IGNORE_INDEX).any(1))[0], np.nonzero((truth != IGNORE_INDEX).any(0))[0]
+    if rows.size:
+        truth, predicted = truth[: rows[-1] + 1, : cols[-1] + 1], predicted[: rows[-1] + 1, : cols[-1] + 1]
+    return np.where(truth == IGNORE_INDEX, 0, truth), predicted
 
 
 @torch.inference_mode()
