@@ -3,6 +3,8 @@
 - `cvtool verify-face A B` (mmod and haar; the default `--backend auto`: the ONNX exports cached by the warm-up
   run, no torch; and `--backend torch`) vs `face_recognition KNOWN B` (the face_recognition CLI on dlib: HOG
   detector, 0.6 tolerance; KNOWN a folder holding A alone), on the same photos;
+- the same pair through face_recognition's Python API with dlib's CNN detector (`model="cnn"`, upsampled once),
+  the detector `--detector mmod` ports;
 - `cvtool classify` one digit with the shipped LeNet-5: `--backend torch`, the exported file (`--weights
   lenet5_digits.onnx`) and `--backend auto` from the cached export; `cvtool --help`; `python -c pass`, the floor.
 
@@ -36,6 +38,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 from _results import write_results  # noqa: E402
 
+DLIB_CNN_PAIR = """import sys, face_recognition as fr
+images = [fr.load_image_file(p) for p in sys.argv[1:3]]
+codes = [fr.face_encodings(i, known_face_locations=fr.face_locations(i, 1, "cnn")) for i in images]
+print(fr.face_distance(codes[0], codes[1][0]).min() if codes[0] and codes[1] else "no face")
+"""
 TOLERANCE = 0.6  # face_recognition's default, and dlib's threshold, cvtool's default for dlib_face_resnet
 
 
@@ -137,6 +144,8 @@ def main() -> None:
                                                                       "--detector", det]
     commands["face_recognition KNOWN B (dlib HOG)"] = [cli, "--tolerance", str(TOLERANCE), str(known_folder(a, tmp)),
                                                        str(b)]
+    # the same detector as `--detector mmod` (dlib's CNN, upsampled once: faces from ~40 px), on dlib itself
+    commands["face_recognition API A B (dlib CNN)"] = [sys.executable, "-c", DLIB_CNN_PAIR, str(a), str(b)]
     commands["classify lenet5_digits torch"] = [*cvtool, "classify", digit, "-m", "lenet5_digits", "--backend", "torch"]
     commands["classify --weights lenet5_digits.onnx"] = [*cvtool, "classify", digit, "--weights", str(lenet_onnx),
                                                          "--backend", "auto"]
