@@ -138,7 +138,7 @@ class DetectPipeline:
         base = str(target)[: -len(".detect.jpg")]
         written = [str(target)]
         if self.save_crops:
-            written += self._write_crops(base, sample.rgb, result["detections"], path)
+            written += write_crops(base, sample.rgb, result["detections"], path)
         if self.save_txt:
             written += self._write_labels(Path(base).name, result, path)
         return written
@@ -147,43 +147,51 @@ class DetectPipeline:
         """A video's kept frame (with --out): its crops `NAME.fNNNNNN.cropNNN-LABEL.jpg` and its label file
         `labels/NAME.fNNNNNN.txt`, NNNNNN the frame's index in the video (as the record's `frame`)."""
         stem = f"{str(self.video_name(path))[: -len('.detect.mp4')]}.f{index:06d}"
-        written = self._write_crops(stem, rgb, result["detections"], path) if self.save_crops else []
+        written = write_crops(stem, rgb, result["detections"], path) if self.save_crops else []
         if self.save_txt:
             written += self._write_labels(Path(stem).name, result, path)
         return written
 
-    def _write_crops(self, base: str, rgb: np.ndarray, detections: list[dict], path: str) -> list[str]:
-        written = []
-        for i, det in enumerate(detections):
-            x1, y1, x2, y2 = (int(round(v)) for v in det["box"])
-            crop = rgb[max(0, y1) : max(y1 + 1, y2), max(0, x1) : max(x1 + 1, x2)]
-            crop_path = Path(f"{base}.crop{i:03d}-{safe_name(det['label'])}.jpg")
-            refuse_overwriting_input(crop_path, path)
-            write_image(crop_path, crop)
-            written.append(str(crop_path))
-        return written
-
     def _write_labels(self, stem: str, result: dict, path: str) -> list[str]:
-        """--save-txt: `OUT/labels/STEM.txt` in YOLO's layout (`class cx cy w h score`, fractions of the
-        image; empty when nothing was found) and `OUT/classes.txt`, the layout `cvtool train detect` reads
-        with OUT/images/ beside them (so `--out` the folder above images/ makes a training set)."""
-        from cvtool.io.atomic import atomic_write_text
-
-        written = []
-        if not self._classes_written:
-            classes_path = self.out_dir / "classes.txt"
-            refuse_overwriting_input(classes_path, path)
-            atomic_write_text(classes_path, "".join(f"{name}\n" for name in self.model.classes))
-            self._classes_written = True
-            written.append(str(classes_path))
-        label_path = self.out_dir / "labels" / f"{stem}.txt"
-        refuse_overwriting_input(label_path, path)
-        label_path.parent.mkdir(exist_ok=True)
-        atomic_write_text(label_path, "".join(f"{line}\n" for line in yolo_lines(result)))
-        return [*written, str(label_path)]
+        classes = None if self._classes_written else self.model.classes
+        self._classes_written = True
+        return write_labels(self.out_dir, stem, result, path, classes)
 
     def already_done(self, path: str) -> bool:
         return self.output_name is not None and self.output_name.exists(path)
+
+
+def write_crops(base: str, rgb: np.ndarray, detections: list[dict], path: str) -> list[str]:
+    """--save-crops: each detection's box cut from the image, `BASE.cropNNN-LABEL.jpg`."""
+    written = []
+    for i, det in enumerate(detections):
+        x1, y1, x2, y2 = (int(round(v)) for v in det["box"])
+        crop = rgb[max(0, y1) : max(y1 + 1, y2), max(0, x1) : max(x1 + 1, x2)]
+        crop_path = Path(f"{base}.crop{i:03d}-{safe_name(det['label'])}.jpg")
+        refuse_overwriting_input(crop_path, path)
+        write_image(crop_path, crop)
+        written.append(str(crop_path))
+    return written
+
+
+def write_labels(out_dir: Path, stem: str, result: dict, path: str, classes: list[str] | None) -> list[str]:
+    """--save-txt: `OUT/labels/STEM.txt` in YOLO's layout (`class cx cy w h score`, fractions of the image;
+    empty when nothing was found) and, when `classes` is given (the batch's first), `OUT/classes.txt`: the
+    layout `cvtool train detect` reads with OUT/images/ beside them (so `--out` the folder above images/ makes a
+    training set)."""
+    from cvtool.io.atomic import atomic_write_text
+
+    written = []
+    if classes is not None:
+        classes_path = out_dir / "classes.txt"
+        refuse_overwriting_input(classes_path, path)
+        atomic_write_text(classes_path, "".join(f"{name}\n" for name in classes))
+        written.append(str(classes_path))
+    label_path = out_dir / "labels" / f"{stem}.txt"
+    refuse_overwriting_input(label_path, path)
+    label_path.parent.mkdir(exist_ok=True)
+    atomic_write_text(label_path, "".join(f"{line}\n" for line in yolo_lines(result)))
+    return [*written, str(label_path)]
 
 
 COLUMNS = ["label", "score", "x1", "y1", "x2", "y2"]

@@ -161,17 +161,8 @@ class SegmentPipeline:
         }
 
     def save(self, path: str, sample: Sample, result: dict, out_dir: Path) -> list[str]:
-        mask_path = self.output_name(path)
-        base = str(mask_path)[: -len(MASK_SUFFIX)]
-        suffix = Path(path).suffix.lower() if Path(path).suffix.lower() in (".jpg", ".jpeg", ".png") else ".png"
-        overlay_path = Path(base + ".overlay" + suffix)
-        refuse_overwriting_input(overlay_path, path)
-        atomic_write_bytes(mask_path, indexed_png(sample.labels, self.palette))
-        write_image(overlay_path, overlay(sample.rgb, sample.labels, self.alpha, self.palette))
-        written = [str(mask_path), str(overlay_path)]
-        if self.save_mask:
-            written += self._write_class_masks(base, sample.labels, result, path)
-        return written
+        return write_outputs(self.output_name(path), path, sample.rgb, sample.labels, result, alpha=self.alpha,
+                             palette=self.palette, save_mask=self.save_mask)
 
     def save_frame(self, path: str, index: int, rgb: np.ndarray, sample: Sample, result: dict) -> list[str]:
         """A video's kept frame (with --out --save-mask): `NAME.fNNNNNN.mask-LABEL.png` per class found,
@@ -179,21 +170,38 @@ class SegmentPipeline:
         if not self.save_mask:
             return []
         base = f"{str(self.video_name(path))[: -len('.segment.mp4')]}.f{index:06d}"
-        return self._write_class_masks(base, sample.labels, result, path)
-
-    @staticmethod
-    def _write_class_masks(base: str, labels: np.ndarray, result: dict, path: str) -> list[str]:
-        written = []
-        for entry in result["classes"]:
-            binary = np.where(labels == entry["index"], 255, 0).astype(np.uint8)
-            target = Path(f"{base}.mask-{safe_name(entry['label'])}.png")
-            refuse_overwriting_input(target, path)
-            write_image(target, binary)
-            written.append(str(target))
-        return written
+        return write_class_masks(base, sample.labels, result, path)
 
     def already_done(self, path: str) -> bool:
         return self.output_name is not None and self.output_name.exists(path)
+
+
+def write_outputs(mask_path: Path, path: str, rgb: np.ndarray, labels: np.ndarray, result: dict, *, alpha: float,
+                  palette: np.ndarray, save_mask: bool) -> list[str]:
+    """`--out` for one image: `NAME.mask.png` (the class ids, palette PNG), `NAME.overlay.EXT` (EXT the input's
+    when JPEG or PNG, else PNG) and with --save-mask `NAME.mask-LABEL.png` per class found."""
+    base = str(mask_path)[: -len(MASK_SUFFIX)]
+    suffix = Path(path).suffix.lower() if Path(path).suffix.lower() in (".jpg", ".jpeg", ".png") else ".png"
+    overlay_path = Path(base + ".overlay" + suffix)
+    refuse_overwriting_input(overlay_path, path)
+    atomic_write_bytes(mask_path, indexed_png(labels, palette))
+    write_image(overlay_path, overlay(rgb, labels, alpha, palette))
+    written = [str(mask_path), str(overlay_path)]
+    if save_mask:
+        written += write_class_masks(base, labels, result, path)
+    return written
+
+
+def write_class_masks(base: str, labels: np.ndarray, result: dict, path: str) -> list[str]:
+    """--save-mask: a black/white `BASE.mask-LABEL.png` for each class the result found."""
+    written = []
+    for entry in result["classes"]:
+        binary = np.where(labels == entry["index"], 255, 0).astype(np.uint8)
+        target = Path(f"{base}.mask-{safe_name(entry['label'])}.png")
+        refuse_overwriting_input(target, path)
+        write_image(target, binary)
+        written.append(str(target))
+    return written
 
 
 COLUMNS = ["label", "pixels", "fraction"]

@@ -355,50 +355,25 @@ class DetectOutputs(LocalOutputs):
         base = str(target)[: -len(self.suffix)]
         written = [str(target)]
         if self.save_crops:
-            written += self._crops(base, rgb, detections, path)
+            from cvtool.pipelines.detect import write_crops
+
+            written += write_crops(base, rgb, detections, path)
         if self.save_txt:
             written += self._labels(os.path.basename(base), record["result"], path, headers)
         return written
 
-    @staticmethod
-    def _crops(base: str, rgb, detections: list[dict], path: str) -> list[str]:
-        from pathlib import Path
-
-        from cvtool.io.image import write_image
-        from cvtool.io.outputs import refuse_overwriting_input, safe_name
-
-        written = []
-        for i, det in enumerate(detections):
-            x1, y1, x2, y2 = (int(round(v)) for v in det["box"])
-            crop = rgb[max(0, y1) : max(y1 + 1, y2), max(0, x1) : max(x1 + 1, x2)]
-            crop_path = Path(f"{base}.crop{i:03d}-{safe_name(det['label'])}.jpg")
-            refuse_overwriting_input(crop_path, path)
-            write_image(crop_path, crop)
-            written.append(str(crop_path))
-        return written
-
     def _labels(self, stem: str, result: dict, path: str, headers: dict) -> list[str]:
-        from cvtool.io.atomic import atomic_write_text
-        from cvtool.io.outputs import refuse_overwriting_input
-        from cvtool.pipelines.detect import yolo_lines
+        from cvtool.pipelines.detect import write_labels
 
-        written = []
+        classes = None
         if not self._classes_written:
             try:
                 classes = json.loads(_header(headers, CLASSES_HEADER) or "")
             except ValueError:
                 raise ServerError("server error: no class list (X-Cvtool-Classes) for --save-txt; an older cvtool "
                                   "serve?") from None
-            classes_path = self.out / "classes.txt"
-            refuse_overwriting_input(classes_path, path)
-            atomic_write_text(classes_path, "".join(f"{name}\n" for name in classes))
             self._classes_written = True
-            written.append(str(classes_path))
-        label_path = self.out / "labels" / f"{stem}.txt"
-        refuse_overwriting_input(label_path, path)
-        label_path.parent.mkdir(exist_ok=True)
-        atomic_write_text(label_path, "".join(f"{line}\n" for line in yolo_lines(result)))
-        return [*written, str(label_path)]
+        return write_labels(self.out, stem, result, path, classes)
 
 
 class SegmentOutputs(LocalOutputs):
@@ -413,28 +388,12 @@ class SegmentOutputs(LocalOutputs):
         self.save_mask = save_mask
 
     def save(self, path, data, record, png, headers):
-        from pathlib import Path
-
-        from cvtool.io.atomic import atomic_write_bytes
-        from cvtool.io.image import write_image
-        from cvtool.io.outputs import refuse_overwriting_input
-        from cvtool.io.render import class_palette, indexed_png, overlay
-        from cvtool.pipelines.segment import SegmentPipeline
+        from cvtool.io.render import class_palette
+        from cvtool.pipelines.segment import write_outputs
 
         rgb = self.decode(data, path)
-        labels = _png_labels(png, rgb.shape[:2])
-        palette = class_palette()
-        mask_path = self.name(path)
-        base = str(mask_path)[: -len(self.suffix)]
-        suffix = Path(path).suffix.lower() if Path(path).suffix.lower() in (".jpg", ".jpeg", ".png") else ".png"
-        overlay_path = Path(base + ".overlay" + suffix)
-        refuse_overwriting_input(overlay_path, path)
-        atomic_write_bytes(mask_path, indexed_png(labels, palette))
-        write_image(overlay_path, overlay(rgb, labels, self.options.get("alpha", 0.5), palette))
-        written = [str(mask_path), str(overlay_path)]
-        if self.save_mask:
-            written += SegmentPipeline._write_class_masks(base, labels, record["result"], path)
-        return written
+        return write_outputs(self.name(path), path, rgb, _png_labels(png, rgb.shape[:2]), record["result"],
+                             alpha=self.options.get("alpha", 0.5), palette=class_palette(), save_mask=self.save_mask)
 
 
 def _png_labels(png: bytes | None, size: tuple[int, int]):
