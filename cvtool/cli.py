@@ -90,8 +90,9 @@ def main_options(
     offline: bool = typer.Option(
         False, "--offline", help="Never touch the network; weights must be cached already. Same as CVTOOL_OFFLINE=1."
     ),
-    server: Optional[str] = typer.Option(None, "--server", metavar="URL", help="Send classify, detect, segment and "
-                                         "verify-face to a running `cvtool serve`. Same as CVTOOL_SERVER=URL."),
+    server: Optional[str] = typer.Option(None, "--server", metavar="URL", help="Send classify, detect, segment, "
+                                         "stylize --model and verify-face to a running `cvtool serve`. Same as "
+                                         "CVTOOL_SERVER=URL."),
 ) -> None:
     SETTINGS.debug, SETTINGS.quiet = debug, quiet
     if offline:
