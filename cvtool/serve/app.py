@@ -9,6 +9,9 @@ Status codes: 200 a record; 422 this input is bad (the CLI's per-input error: `{
 400 the request cannot be honoured (unknown model, weights not available, a bad option: the CLI's exit
 2); 401 token missing or wrong; 403 a server path refused; 413 body over --max-bytes; 500 a bug, in
 one line. Never a traceback.
+
+/classify, /detect and /segment (untiled) requests for the same loaded variant are batched across requests
+(batching.py, `--max-batch`, `--batch-wait-ms`); the other endpoints run each request on its own.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from starlette.datastructures import UploadFile
 from cvtool import __version__
 from cvtool.errors import CvtoolError, InputError, UsageError
 from cvtool.models.dlib.mmod import DEFAULT_MIN_FACE  # `verify-face --min-face`'s default (NumPy only)
+from cvtool.serve.batching import Batcher
 from cvtool.serve.faces import FaceCache, Upload
 from cvtool.serve.registry import Registry, with_attributes
 from cvtool.serve.security import Forbidden, TooLarge, confine, token_ok
@@ -50,6 +54,8 @@ class Settings:
     preload: list[str] = field(default_factory=list)  # TASK:MODEL (a model name, or a weights/checkpoint file)
     galleries: dict[str, str] = field(default_factory=dict)  # name -> directory of known people
     face_cache: int = 4096  # verify-face: photos whose faces and descriptors are remembered (by their bytes' hash)
+    max_batch: int = 8  # classify/detect/segment: most requests in one forward pass (1: each request alone)
+    batch_wait_ms: float = 5.0  # how long a batch waits for more requests after its first
     log: bool = True
 
     def to_json(self) -> str:
@@ -222,6 +228,7 @@ class Server:
         self.registry = Registry(settings.memory_budget, on_event=log_line if settings.log else None)
         self.galleries: dict[tuple, Any] = {}
         self.faces = FaceCache(settings.face_cache)
+        self.batcher = Batcher(settings.max_batch, settings.batch_wait_ms)
         self._gallery_lock = threading.Lock()
         self.preloaded_weights: set[str] = set()
         self.started = time.time()
@@ -325,6 +332,7 @@ def create_app(settings: Settings, server: Server | None = None) -> FastAPI:
                 raise SystemExit(2) from None
         log_line(f"ready on http://{settings.host}:{settings.port} (docs at /docs)")
         yield
+        await server.batcher.close()
 
     app = FastAPI(title="cvtool serve", version=__version__, lifespan=lifespan,
                   description="cvtool's models kept warm. Each endpoint takes one image (a multipart upload, the raw "
@@ -334,7 +342,14 @@ def create_app(settings: Settings, server: Server | None = None) -> FastAPI:
                               "of them and the record travels in the `X-Cvtool-Record` header (JSON, ASCII); "
                               "/detect?with_classes=true adds the model's class list in `X-Cvtool-Classes` (JSON), "
                               "for `--save-txt`'s classes.txt. The CLI's thin client (CVTOOL_SERVER) writes its "
-                              "--out files from these on its own machine, as a local run writes them.")
+                              "--out files from these on its own machine, as a local run writes them.\n\n"
+                              "Batching: /classify, /detect and /segment requests for the same model and options "
+                              "that arrive within `--batch-wait-ms` of each other go through the network as one "
+                              "batch of up to `--max-batch` (1: each alone); each answer is the record the request "
+                              "gets alone, and a bad input fails only its own request. Run one request at a time: "
+                              "/segment with `tile` (one image's tiles per pass), /stylize (one image per pass, at "
+                              "its own size), /verify-face and /identify (the face detector takes one photo at a "
+                              "time). /healthz and /models count the batches (`batching`).")
     app.state.server = server
 
     @app.exception_handler(CvtoolError)
@@ -372,8 +387,22 @@ def create_app(settings: Settings, server: Server | None = None) -> FastAPI:
         except CvtoolError as exc:
             return error_response(exc)
 
-    def call(obj, image: Image, max_pixels: int) -> dict:
-        record = obj(decode(image, max_pixels)).to_dict()
+    async def batched(task: str, request: Request, make_obj, max_pixels: int, name: str | None):
+        """The request's image, and the task object's Result for it, run in a batch with other requests for the
+        same object: received, decoded and preprocessed first, in a worker thread (a bad file fails here,
+        alone), then queued (batches of `task` wait for requests still on their way here)."""
+        with server.batcher.coming(task):
+            image = await take_image(request, settings, "file", "path", raw_ok=True, name=name)
+
+            def prepare():
+                obj = make_obj()
+                return obj, obj._prepare(decode(image, max_pixels))
+
+            obj, prepared = await run_in_threadpool(prepare)
+        return image, obj, await server.batcher.submit(obj, prepared)
+
+    def named(result, image: Image) -> dict:
+        record = result.to_dict()
         record["path"] = image.name
         return record
 
@@ -381,14 +410,15 @@ def create_app(settings: Settings, server: Server | None = None) -> FastAPI:
     async def healthz():
         """Liveness: always 200 while the server runs (no token needed)."""
         return {"status": "ok", "version": __version__, "loaded": len(server.registry.describe()),
-                "uptime_s": round(time.time() - server.started, 1), "face_cache": server.faces.stats()}
+                "uptime_s": round(time.time() - server.started, 1), "face_cache": server.faces.stats(),
+                "batching": server.batcher.stats()}
 
     @app.get("/models")
     async def models():
         """The loaded models (LRU order, oldest first), their estimated memory, and the budget."""
         return {"loaded": server.registry.describe(), "used_bytes": server.registry.used_bytes,
                 "budget_bytes": server.registry.budget_bytes, "galleries": sorted(settings.galleries),
-                "face_cache": server.faces.stats()}
+                "face_cache": server.faces.stats(), "batching": server.batcher.stats()}
 
     @app.post("/classify")
     async def classify(request: Request, model: Optional[str] = None, weights: Optional[str] = None,
@@ -396,14 +426,15 @@ def create_app(settings: Settings, server: Server | None = None) -> FastAPI:
                        max_pixels: Optional[int] = Query(None, ge=1),
                        name: Optional[str] = None, path: Optional[str] = None):
         """Top-k labels for one image: the record of `cvtool classify IMAGE --top-k K -f json`."""
-        image = await take_image(request, settings, "file", "path", raw_ok=True, name=name)
-
-        def work():
+        def variant():
             entry = server.entry("classify", model, server.server_file(weights, "weights"), backend)
-            obj = server.registry.variant(entry, {"top_k": top_k}, _same_or(with_attributes))
-            return call(obj, image, _limit(server, max_pixels))
+            return server.registry.variant(entry, {"top_k": top_k}, _same_or(with_attributes))
 
-        return await answer(work)
+        try:
+            image, _, result = await batched("classify", request, variant, _limit(server, max_pixels), name)
+        except CvtoolError as exc:
+            return error_response(exc)
+        return JSONResponse(named(result, image))
 
     @app.post("/detect")
     async def detect(request: Request, model: Optional[str] = None, weights: Optional[str] = None,
@@ -416,23 +447,20 @@ def create_app(settings: Settings, server: Server | None = None) -> FastAPI:
         """Boxes, labels and scores for one image: the record of `cvtool detect IMAGE -f json`. With
         `with_classes=true` the model's class list (index order) comes in the `X-Cvtool-Classes` header as a
         JSON list: what `--out DIR --save-txt` writes to DIR/classes.txt."""
-        image = await take_image(request, settings, "file", "path", raw_ok=True, name=name)
-
-        def work():
+        def variant():
             from cvtool.api import default_conf
 
             entry = server.entry("detect", model, server.server_file(weights, "weights"), backend)
             options = {"conf": conf if conf is not None else default_conf(entry.obj.loaded), "iou": iou,
                        "keep_classes": _csv(classes), "max_det": max_det, "keypoints": keypoints}
-            obj = server.registry.variant(entry, options, _same_or(with_attributes))
-            return call(obj, image, _limit(server, max_pixels)), list(entry.obj.classes)
+            return server.registry.variant(entry, options, _same_or(with_attributes))
 
         try:
-            record, class_list = await run_in_threadpool(work)
+            image, obj, result = await batched("detect", request, variant, _limit(server, max_pixels), name)
         except CvtoolError as exc:
             return error_response(exc)
-        headers = {"x-cvtool-classes": json.dumps(class_list)} if with_classes else None
-        return JSONResponse(record, headers=headers)
+        headers = {"x-cvtool-classes": json.dumps(list(obj.classes))} if with_classes else None
+        return JSONResponse(named(result, image), headers=headers)
 
     @app.post("/segment")
     async def segment(request: Request, model: Optional[str] = None, weights: Optional[str] = None,
@@ -444,27 +472,32 @@ def create_app(settings: Settings, server: Server | None = None) -> FastAPI:
                       name: Optional[str] = None, path: Optional[str] = None):
         """A class per pixel for one image: the record of `cvtool segment IMAGE -f json` (class pixel counts).
         `format=png`: the class of every pixel as an 8-bit palette PNG (pixel value = class index, the bytes
-        `--out` writes as NAME.mask.png; --classes applied), its record in the `X-Cvtool-Record` header."""
+        `--out` writes as NAME.mask.png; --classes applied), its record in the `X-Cvtool-Record` header.
+        Batched across requests, except with `tile` (one image's tiles per forward pass)."""
         if format not in ("png", "json"):
             raise UsageError(f"format {format!r}: png or json")
-        image = await take_image(request, settings, "file", "path", raw_ok=True, name=name)
 
-        def work():
+        def variant():
             entry = server.entry("segment", model, server.server_file(weights, "weights"), backend)
             options = {"alpha": alpha, "keep_classes": _csv(classes), "tile": tile, "overlap": overlap,
                        "tile_batch": batch_size}
-            obj = server.registry.variant(entry, options, _same_or(with_attributes))
-            result = obj(decode(image, _limit(server, max_pixels)))
-            record = result.to_dict()
-            record["path"] = image.name
+            return server.registry.variant(entry, options, _same_or(with_attributes))
+
+        def answer_of(result, image: Image) -> tuple[dict, bytes | None]:
             if format == "json":
-                return record, None
+                return named(result, image), None
             from cvtool.io.render import indexed_png
 
-            return record, indexed_png(result.mask)
+            return named(result, image), indexed_png(result.mask)
 
         try:
-            record, png = await run_in_threadpool(work)
+            if tile is None:
+                image, _, result = await batched("segment", request, variant, _limit(server, max_pixels), name)
+                record, png = await run_in_threadpool(answer_of, result, image)
+            else:  # tiled: one image's tiles per forward pass, nothing to batch across requests
+                image = await take_image(request, settings, "file", "path", raw_ok=True, name=name)
+                record, png = await run_in_threadpool(
+                    lambda: answer_of(variant()(decode(image, _limit(server, max_pixels))), image))
         except CvtoolError as exc:
             return error_response(exc)
         return _record_answer(record, png)

@@ -1,0 +1,200 @@
+"""Cross-request batching: requests for the same loaded model variant that arrive close together go through
+the network as one batch, and each request gets exactly the record it would get alone.
+
+One *lane* per variant (a cvtool.api task object: same model, weights, backend and reading options): an
+asyncio queue and one collector task on the server's event loop. A request is decoded and preprocessed in
+its own worker thread (`obj._prepare`, as a list call does), then queued; the collector takes the first
+waiting request, then whatever else arrives until the batch has `max_batch` requests or `wait_ms` have
+passed since it took the first, or no other request for the same task is on its way (being received or
+decoded: a lone client never waits for the window), and runs them with the task object's own batch path (`obj._predict_prepared`:
+the forward pass a list call makes, under the object's lock) in a worker thread. While a batch runs, newer
+requests wait in the queue, so under load the next batch is taken whole without waiting.
+
+Within a batch, samples whose forward passes would touch each other go in separate passes (`group_key`):
+classifiers stack equal shapes only; torchvision's detectors pad a batch to its largest image, so their
+images are grouped by size (our letterboxing YOLO takes any mix); segmenters group by size themselves. A
+pass that fails is run again one request at a time, so one bad input fails only its own request.
+
+Run per request, never batched (the endpoints do not come here): /stylize (a feed-forward network runs one
+image per pass, at each image's own size), /segment?tile= (tiles of one image per pass), /verify-face and
+/identify (two photos, the face cache, dlib's detector one image at a time).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Hashable
+
+from fastapi.concurrency import run_in_threadpool
+
+IDLE_S = 30.0  # a lane with no request for this long ends its collector (its model can then be unloaded)
+
+
+def group_key(obj, sample) -> Hashable:
+    """Samples with equal keys may share one forward pass without changing each other's result."""
+    if obj.task == "classify":
+        return tuple(getattr(sample, "shape", ()))  # the batch is np.stack-ed: one shape per pass
+    if obj.task == "detect":
+        pipeline = obj._pipeline
+        if pipeline.letterbox_size is not None or obj.loaded.contract.prepare_input is not None:
+            return None  # letterboxed per image to the model's size (exported graph, or our YOLO's hook)
+        return tuple(sample.rgb.shape[:2])  # torchvision's detectors pad the batch to its largest image
+    return None  # segment: SegmentPipeline runs each size as its own pass
+
+
+def run_batch(obj, prepared: list) -> tuple[list, list[int], int]:
+    """Each prepared sample's Result, or the exception that failed it; the size of every forward pass; how
+    many samples were run again alone after their pass failed.
+
+    Runs in a worker thread. A pass of several samples that raises is repeated one sample at a time."""
+    groups: dict[Hashable, list[int]] = {}
+    for i, item in enumerate(prepared):
+        groups.setdefault(group_key(obj, item[2]), []).append(i)
+    outcomes: list[Any] = [None] * len(prepared)
+    passes: list[int] = []
+    retried = 0
+    for members in groups.values():
+        try:
+            passes.append(len(members))
+            for i, result in zip(members, obj._predict_prepared([prepared[i] for i in members])):
+                outcomes[i] = result
+        except Exception as exc:
+            if len(members) == 1:
+                outcomes[members[0]] = exc
+                continue
+            retried += len(members)
+            for i in members:  # find the one at fault: every other sample gets its own record
+                try:
+                    passes.append(1)
+                    outcomes[i] = obj._predict_prepared([prepared[i]])[0]
+                except Exception as alone:
+                    outcomes[i] = alone
+    return outcomes, passes, retried
+
+
+@dataclass
+class _Lane:
+    obj: Any
+    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    task: asyncio.Task | None = None
+
+
+class Batcher:
+    """The lanes, and counters for /healthz and /models."""
+
+    def __init__(self, max_batch: int = 8, wait_ms: float = 5.0):
+        self.max_batch = max(1, int(max_batch))
+        self.wait_s = max(0.0, float(wait_ms)) / 1000
+        self._lanes: dict[int, _Lane] = {}
+        self.batches = 0  # forward passes run
+        self.requests = 0  # requests answered through them
+        self.largest = 0  # the most requests in one pass
+        self.retried_alone = 0  # requests rerun alone after their batch failed
+        self.sizes: dict[int, int] = {}  # passes by size
+        self._coming: dict[str, int] = {}  # requests per task being received or decoded (not yet submitted)
+
+    @contextmanager
+    def coming(self, task: str):
+        """Around receiving and preparing a request that will be submitted: a batch of `task` waits for it
+        (within the window) instead of leaving without it. Used on the event loop's thread only."""
+        self._coming[task] = self._coming.get(task, 0) + 1
+        try:
+            yield
+        finally:
+            self._coming[task] -= 1
+
+    def stats(self) -> dict:
+        return {"max_batch": self.max_batch, "wait_ms": round(self.wait_s * 1000, 3), "batches": self.batches,
+                "requests": self.requests, "largest": self.largest,
+                "mean": round(self.requests / self.batches, 2) if self.batches else None,
+                "sizes": {str(k): v for k, v in sorted(self.sizes.items())}, "retried_alone": self.retried_alone}
+
+    async def submit(self, obj, prepared: tuple):
+        """`obj`'s Result for one sample prepared by `obj._prepare`, run in a batch with its neighbours;
+        raises what failed it (a CvtoolError for a bad input)."""
+        lane = self._lanes.get(id(obj))
+        if lane is None or lane.obj is not obj:
+            lane = self._lanes[id(obj)] = _Lane(obj)
+            lane.task = asyncio.get_running_loop().create_task(self._collect(lane))
+        future = asyncio.get_running_loop().create_future()
+        lane.queue.put_nowait((prepared, future))
+        return await future
+
+    async def _collect(self, lane: _Lane) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            first = await _get(lane.queue, IDLE_S)
+            if first is None:
+                if lane.queue.empty():  # no await between this check and the removal: no request is lost
+                    if self._lanes.get(id(lane.obj)) is lane:
+                        del self._lanes[id(lane.obj)]
+                    return
+                continue
+            batch = [first]
+            deadline = loop.time() + self.wait_s
+            while len(batch) < self.max_batch:
+                if lane.queue.empty() and not self._coming.get(lane.obj.task):
+                    break  # nobody else on the way: waiting would only delay this batch
+                item = await _get(lane.queue, deadline - loop.time())
+                if item is None:
+                    break
+                batch.append(item)
+            batch = [(prepared, future) for prepared, future in batch if not future.done()]  # client gone
+            if not batch:
+                continue
+            try:
+                outcomes, passes, retried = await run_in_threadpool(run_batch, lane.obj, [p for p, _ in batch])
+            except BaseException as exc:  # not a bad input (those are in `outcomes`): answer every request
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc if isinstance(exc, Exception) else RuntimeError("server stopping"))
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                continue
+            self._count(passes, len(batch), retried)
+            for (_, future), outcome in zip(batch, outcomes):
+                if future.done():
+                    continue
+                if isinstance(outcome, BaseException):
+                    future.set_exception(outcome)
+                else:
+                    future.set_result(outcome)
+
+    def _count(self, passes: list[int], requests: int, retried: int) -> None:
+        self.requests += requests
+        self.batches += len(passes)
+        self.retried_alone += retried
+        for size in passes:
+            self.sizes[size] = self.sizes.get(size, 0) + 1
+            self.largest = max(self.largest, size)
+
+    async def close(self) -> None:
+        """At shutdown, after the in-flight requests are answered: end the collectors."""
+        tasks = [lane.task for lane in self._lanes.values() if lane.task is not None]
+        self._lanes.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _get(queue: asyncio.Queue, timeout: float):
+    """The next item, or None after `timeout` seconds (an item that arrives as the time runs out is kept)."""
+    if not queue.empty():
+        return queue.get_nowait()
+    if timeout <= 0:
+        return None
+    getter = asyncio.ensure_future(queue.get())
+    try:
+        done, _ = await asyncio.wait({getter}, timeout=timeout)
+    except asyncio.CancelledError:
+        getter.cancel()
+        raise
+    if getter in done:
+        return getter.result()
+    getter.cancel()
+    try:
+        return await getter  # it may have taken an item just before it was cancelled
+    except asyncio.CancelledError:
+        return None
