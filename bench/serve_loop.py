@@ -12,8 +12,11 @@
    and whether every record (all but `ms`) and exit code is identical between the two sides.
 2. /detect throughput: a random-weight YOLO checkpoint (speed does not depend on the values) on 320 px
    letterboxes of 640x480 JPEGs, from 1 client and from `--clients` concurrent clients (keep-alive-free
-   urllib, as the thin client sends): images/s.
-3. Memory: the server's RSS after warm-up and after `--requests` more /detect requests (from the clients).
+   urllib, as the thin client sends): images/s. Two servers run side by side, one batching across requests
+   (`--max-batch`, default 8) and one with `--max-batch 1` (each request its own forward pass); they are
+   measured in turn, `--rounds` times, in alternating order, so that other load falls on both alike; each
+   figure with the load average before and after it, and the batch sizes the server counted (/healthz).
+3. Memory: the batching server's RSS after warm-up and after `--requests` more /detect requests.
 
 Talks to 127.0.0.1 only; bounded in count and time.
 """
@@ -185,46 +188,81 @@ def jpegs(count: int) -> list[bytes]:
     return out
 
 
-def detect_load(env: dict, tmp: Path, clients: int, requests: int, seconds: float) -> dict:
-    weights = yolo_checkpoint(tmp)
-    proc, url = start_server(["--preload", f"detect:{weights}", "--device", "cpu"], env,
-                             tmp / "serve-detect.log")
-    images = jpegs(16)
-    endpoint = f"{url}/detect?weights={weights}&name=frame.jpg"
+def healthz(url: str) -> dict:
+    with urllib.request.urlopen(f"{url}/healthz", timeout=30) as response:
+        return json.loads(response.read())
 
-    def one(i: int) -> None:
-        req = urllib.request.Request(endpoint, data=images[i % len(images)], method="POST",
-                                     headers={"Content-Type": "application/octet-stream"})
+
+def detect_load(env: dict, tmp: Path, clients: int, requests: int, seconds: float, max_batch: int, wait_ms: float,
+                rounds: int) -> dict:
+    weights = yolo_checkpoint(tmp)
+    images = jpegs(16)
+    servers: dict[str, tuple] = {}
+    for batch in (max_batch, 1):
+        label = f"max_batch_{batch}"
+        servers[label] = start_server(["--preload", f"detect:{weights}", "--device", "cpu", "--max-batch", str(batch),
+                                       "--batch-wait-ms", str(wait_ms)], env, tmp / f"serve-detect-{label}.log")
+
+    def one(url: str, i: int) -> None:
+        req = urllib.request.Request(f"{url}/detect?weights={weights}&name=frame.jpg", data=images[i % len(images)],
+                                     method="POST", headers={"Content-Type": "application/octet-stream"})
         with urllib.request.urlopen(req, timeout=120) as response:
             assert response.status == 200
             response.read()
 
-    def throughput(workers: int) -> float:
+    def throughput(url: str, workers: int) -> dict:
+        before, load_before = healthz(url)["batching"], os.getloadavg()[0]
         count, start = 0, time.perf_counter()
         with ThreadPoolExecutor(workers) as pool:
             while time.perf_counter() - start < seconds:
-                list(pool.map(one, range(count, count + 4 * workers)))
+                list(pool.map(lambda i: one(url, i), range(count, count + 4 * workers)))
                 count += 4 * workers
-        return count / (time.perf_counter() - start)
+        rate = count / (time.perf_counter() - start)
+        after = healthz(url)["batching"]
+        passes = after["batches"] - before["batches"]
+        return {"images_per_s": round(rate, 1), "mean_batch": round((after["requests"] - before["requests"]) / passes, 2),
+                "loadavg_1min_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
 
+    runs: dict[str, dict[str, list]] = {label: {"1": [], str(clients): []} for label in servers}
     try:
-        for i in range(32):  # warm-up: first passes
-            one(i)
-        single = throughput(1)
-        multi = throughput(clients)  # also warms every server thread (each grows its own allocator arena)
+        for proc, url in servers.values():
+            for i in range(32):  # warm-up: first passes, and every server thread (each grows its allocator arena)
+                one(url, i)
+            throughput(url, clients)
+        for number in range(rounds):  # alternating order, so that a change of load falls on both
+            order = list(servers) if number % 2 == 0 else list(servers)[::-1]
+            for workers in (1, clients):
+                for label in order:
+                    runs[label][str(workers)].append(throughput(servers[label][1], workers))
+                    print(label, workers, json.dumps(runs[label][str(workers)][-1]), file=sys.stderr)
+        proc, url = servers[f"max_batch_{max_batch}"]
         rss = [rss_mb(proc.pid)]
         start = time.perf_counter()
         with ThreadPoolExecutor(clients) as pool:
             for quarter in range(4):
-                list(pool.map(one, range(quarter * requests // 4, (quarter + 1) * requests // 4)))
+                list(pool.map(lambda i: one(url, i), range(quarter * requests // 4, (quarter + 1) * requests // 4)))
                 rss.append(rss_mb(proc.pid))
         load_s = time.perf_counter() - start
+        counted = {label: healthz(url)["batching"] for label, (_, url) in servers.items()}
     finally:
-        stop(proc)
+        for proc, _ in servers.values():
+            stop(proc)
+
+    def median_rate(label: str, workers: int) -> float:
+        return round(statistics.median(r["images_per_s"] for r in runs[label][str(workers)]), 1)
+
+    batched, alone = f"max_batch_{max_batch}", "max_batch_1"
     return {
         "model": "yolo (random weights), 320 px letterbox of 640x480 JPEGs, device cpu",
-        "images_per_s_1_client": round(single, 1), f"images_per_s_{clients}_clients": round(multi, 1),
-        "concurrency_gain": round(multi / single, 2),
+        "server_threads": env.get("OMP_NUM_THREADS"), "batch_wait_ms": wait_ms, "seconds_per_figure": seconds,
+        "rounds": rounds,
+        "images_per_s_median": {label: {"1_client": median_rate(label, 1), f"{clients}_clients":
+                                        median_rate(label, clients)} for label in servers},
+        f"batching_gain_{clients}_clients": round(median_rate(batched, clients) / median_rate(alone, clients), 2),
+        "batching_gain_1_client": round(median_rate(batched, 1) / median_rate(alone, 1), 2),
+        f"concurrency_gain_{batched}": round(median_rate(batched, clients) / median_rate(batched, 1), 2),
+        f"concurrency_gain_{alone}": round(median_rate(alone, clients) / median_rate(alone, 1), 2),
+        "runs": runs, "server_batching_counters": counted,
         "rss_mb_after_warmup_then_each_quarter": [round(r, 1) for r in rss],
         "rss_growth_mb": round(rss[-1] - rss[0], 1), "requests": requests,
         "requests_per_s_under_load": round(requests / load_s, 1),
@@ -237,6 +275,12 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000, help="/detect requests for the memory figure")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=15, help="per throughput measurement")
+    parser.add_argument("--max-batch", type=int, default=8, help="the batching /detect server's --max-batch "
+                        "(measured against --max-batch 1)")
+    parser.add_argument("--batch-wait-ms", type=float, default=5.0, help="both /detect servers' --batch-wait-ms")
+    parser.add_argument("--rounds", type=int, default=2, help="/detect measurements of each server, alternating")
+    parser.add_argument("--threads", type=int, default=None, help="the servers' compute threads (OMP_NUM_THREADS; "
+                        "default: as the environment says)")
     parser.add_argument("--photos", default="faces,sample", help="faces (../shared/datasets/faces), sample "
                         "(the astronaut vs a mirrored copy), or both")
     parser.add_argument("--pattern", choices=("reference", "neighbours"), default="reference",
@@ -248,6 +292,8 @@ def main() -> None:
     args = parser.parse_args()
     env = {**os.environ, "CVTOOL_NO_PROGRESS": "1"}
     env.pop("CVTOOL_SERVER", None)
+    if args.threads is not None:
+        env["OMP_NUM_THREADS"] = str(args.threads)
     figures: dict = {"cpus": os.cpu_count(), "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]}
     with tempfile.TemporaryDirectory() as tmp:
         for photos in ([] if args.skip_verify else args.photos.split(",")):
@@ -256,7 +302,8 @@ def main() -> None:
                                                                 passes)
             print(json.dumps(figures[f"verify_face_loop_{photos}"]), file=sys.stderr)
         if not args.skip_detect:
-            figures["detect_load"] = detect_load(env, Path(tmp), args.clients, args.requests, args.seconds)
+            figures["detect_load"] = detect_load(env, Path(tmp), args.clients, args.requests, args.seconds,
+                                                 args.max_batch, args.batch_wait_ms, args.rounds)
     write_results("serve_loop", {**earlier(figures), **figures})
 
 
