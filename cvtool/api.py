@@ -25,7 +25,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Hashable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -276,25 +276,32 @@ class _Task:
         A list is decoded and preprocessed by `workers` threads while the previous batch runs."""
         sources, single = _as_list(source)
         if single:
-            return self._predict_prepared([self._prepare(source)])[0]
+            return self.predict_prepared([self.prepare(source)])[0]
         results: list[Result] = []
         batch: list = []
-        for prepared in _prefetch(self._prepare, sources, workers=workers, lookahead=2 * max(1, batch_size)):
+        for prepared in _prefetch(self.prepare, sources, workers=workers, lookahead=2 * max(1, batch_size)):
             batch.append(prepared)
             if len(batch) >= batch_size:
-                results += self._predict_prepared(batch)
+                results += self.predict_prepared(batch)
                 batch = []
         if batch:
-            results += self._predict_prepared(batch)
+            results += self.predict_prepared(batch)
         return results
 
-    def _prepare(self, source) -> tuple:
+    # the two halves of a call, for callers that batch inputs themselves (cvtool serve batches requests)
+    def prepare(self, source) -> tuple:
+        """Decode and preprocess one image (thread-safe; no network): the `prepared` item predict_prepared takes."""
         start = time.perf_counter()
         rgb = load_image(source, max_pixels=self.max_pixels)
         sample = self._pipeline.prepare_array(rgb)
         return _name_of(source), rgb, sample, (time.perf_counter() - start) * 1000
 
-    def _predict_prepared(self, prepared: list) -> list[Result]:
+    def batch_key(self, prepared: tuple) -> Hashable:
+        """Prepared items with equal keys may share one forward pass without changing each other's results."""
+        return None
+
+    def predict_prepared(self, prepared: list) -> list[Result]:
+        """Results of prepared items, in order, from one forward pass (under this object's lock)."""
         from cvtool.pipelines.base import result_record
 
         if not prepared:
@@ -444,6 +451,9 @@ class Classifier(_Task):
 
         return ClassifyPipeline(self.loaded, top_k=self.top_k, max_pixels=self.max_pixels, out_dir=out_dir)
 
+    def batch_key(self, prepared: tuple) -> Hashable:
+        return tuple(prepared[2].shape)  # the pass stacks its inputs: one shape per pass
+
     @staticmethod
     def rows(result: dict) -> list[list]:
         from cvtool.pipelines.classify import rows
@@ -480,6 +490,9 @@ class Detector(_Task):
         return DetectPipeline(self.loaded, conf=self.conf, iou=self.iou, max_det=self.max_det,
                               classes=self.keep_classes, keypoints=self.keypoints, save_crops=self.save_crops,
                               save_txt=self.save_txt, max_pixels=self.max_pixels, out_dir=out_dir)
+
+    def batch_key(self, prepared: tuple) -> Hashable:
+        return self._pipeline.batch_key(prepared[2])
 
     @staticmethod
     def rows(result: dict) -> list[list]:
@@ -622,18 +635,18 @@ class Stylizer(_Task):
 
         return task.fast_rows(result) if self.feed_forward else task.rows(result)
 
-    def _prepare(self, source) -> tuple:
+    def prepare(self, source) -> tuple:
         if self.feed_forward:
-            return super()._prepare(source)
+            return super().prepare(source)
         from cvtool.io.image import ARRAY_NAME
 
         start = time.perf_counter()
         rgb = load_image(source, max_pixels=self.max_pixels)
         return _name_of(source), rgb, (_name_of(source) or ARRAY_NAME, rgb), (time.perf_counter() - start) * 1000
 
-    def _predict_prepared(self, prepared: list) -> list[Result]:
+    def predict_prepared(self, prepared: list) -> list[Result]:
         if self.feed_forward:
-            return super()._predict_prepared(prepared)
+            return super().predict_prepared(prepared)
         from cvtool.pipelines.base import result_record
 
         results = []

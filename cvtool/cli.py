@@ -1056,6 +1056,10 @@ def serve_cmd(
     max_pixels: int = MAX_PIXELS_OPT,
     memory_budget: str = typer.Option("4GB", "--memory-budget", help="Parameter memory of loaded models; the least "
                                       "recently used are unloaded above it."),
+    max_batch: int = typer.Option(8, "--max-batch", min=1, help="classify/detect/segment: requests for the same "
+                                  "model and options run as one batch of up to N (1: each alone)."),
+    batch_wait_ms: float = typer.Option(5.0, "--batch-wait-ms", min=0, help="How long a batch waits for more "
+                                        "requests after its first."),
 ) -> None:
     """Serve the models over HTTP, kept loaded between requests: one endpoint per task (/classify, /detect,
     /segment, /stylize, /verify-face, /identify) answering the records the commands print; docs at /docs."""
@@ -1077,7 +1081,7 @@ def serve_cmd(
         settings = Settings(host=host, port=port, token=token or None, allow_paths=allow_paths,
                             max_bytes=parse_size(max_bytes), max_pixels=max_pixels, device=device,
                             memory_budget=parse_size(memory_budget), preload=list(preload or []), galleries=galleries,
-                            log=not SETTINGS.quiet)
+                            max_batch=max_batch, batch_wait_ms=batch_wait_ms, log=not SETTINGS.quiet)
         serve(settings, workers=workers)
 
 

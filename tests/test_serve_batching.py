@@ -156,7 +156,7 @@ def test_a_forward_pass_that_fails_is_rerun_per_request_so_only_the_bad_sample_f
     import cv2
 
     rgbs = [cv2.imread(str(path))[..., ::-1].copy() for path in DIGITS[:4]]
-    prepared = [clf._prepare(rgb) for rgb in rgbs]
+    prepared = [clf.prepare(rgb) for rgb in rgbs]
     name, rgb, sample, ms = prepared[2]
     prepared[2] = (name, rgb, sample.astype(object), ms)
     expected = [clf(rgb).to_dict()["result"] for rgb in rgbs]

@@ -101,6 +101,14 @@ class DetectPipeline:
         prepared = self.model.prepare_input(rgb)  # e.g. our YOLO letterboxes here, in the decoding threads
         return Sample(rgb, prepared if prepared is not None else image_to_tensor(rgb))
 
+    def batch_key(self, sample: Sample) -> tuple | None:
+        """Samples with equal keys may share a forward pass: any mix where each is letterboxed to the model's
+        size (the exported graph, our YOLO's prepare_input); else one size per pass, since torchvision's
+        detectors pad a batch to its largest image, which moves their boxes."""
+        if self.letterbox_size is not None or self.model.contract.prepare_input is not None:
+            return None
+        return tuple(sample.rgb.shape[:2])
+
     def render(self, rgb: np.ndarray, sample: Sample, result: dict) -> np.ndarray:
         return draw_detections(rgb, result["detections"])
 

@@ -396,7 +396,7 @@ def create_app(settings: Settings, server: Server | None = None) -> FastAPI:
 
             def prepare():
                 obj = make_obj()
-                return obj, obj._prepare(decode(image, max_pixels))
+                return obj, obj.prepare(decode(image, max_pixels))
 
             obj, prepared = await run_in_threadpool(prepare)
         return image, obj, await server.batcher.submit(obj, prepared)

@@ -3,16 +3,16 @@ the network as one batch, and each request gets exactly the record it would get 
 
 One *lane* per variant (a cvtool.api task object: same model, weights, backend and reading options): an
 asyncio queue and one collector task on the server's event loop. A request is decoded and preprocessed in
-its own worker thread (`obj._prepare`, as a list call does), then queued; the collector takes the first
+its own worker thread (`obj.prepare`, as a list call does), then queued; the collector takes the first
 waiting request, then whatever else arrives until the batch has `max_batch` requests or `wait_ms` have
 passed since it took the first, or no other request for the same task is on its way (being received or
-decoded: a lone client never waits for the window), and runs them with the task object's own batch path (`obj._predict_prepared`:
+decoded: a lone client never waits for the window), and runs them with the task object's own batch path (`obj.predict_prepared`:
 the forward pass a list call makes, under the object's lock) in a worker thread. While a batch runs, newer
 requests wait in the queue, so under load the next batch is taken whole without waiting.
 
-Within a batch, samples whose forward passes would touch each other go in separate passes (`group_key`):
-classifiers stack equal shapes only; torchvision's detectors pad a batch to its largest image, so their
-images are grouped by size (our letterboxing YOLO takes any mix); segmenters group by size themselves. A
+Within a batch, samples whose forward passes would touch each other go in separate passes (the task object's
+`batch_key`): classifiers stack equal shapes only; torchvision's detectors pad a batch to its largest image, so
+their images are grouped by size (our letterboxing YOLO takes any mix); segmenters group by size themselves. A
 pass that fails is run again one request at a time, so one bad input fails only its own request.
 
 Run per request, never batched (the endpoints do not come here): /stylize (a feed-forward network runs one
@@ -32,18 +32,6 @@ from fastapi.concurrency import run_in_threadpool
 IDLE_S = 30.0  # a lane with no request for this long ends its collector (its model can then be unloaded)
 
 
-def group_key(obj, sample) -> Hashable:
-    """Samples with equal keys may share one forward pass without changing each other's result."""
-    if obj.task == "classify":
-        return tuple(getattr(sample, "shape", ()))  # the batch is np.stack-ed: one shape per pass
-    if obj.task == "detect":
-        pipeline = obj._pipeline
-        if pipeline.letterbox_size is not None or obj.loaded.contract.prepare_input is not None:
-            return None  # letterboxed per image to the model's size (exported graph, or our YOLO's hook)
-        return tuple(sample.rgb.shape[:2])  # torchvision's detectors pad the batch to its largest image
-    return None  # segment: SegmentPipeline runs each size as its own pass
-
-
 def run_batch(obj, prepared: list) -> tuple[list, list[int], int]:
     """Each prepared sample's Result, or the exception that failed it; the size of every forward pass; how
     many samples were run again alone after their pass failed.
@@ -51,14 +39,14 @@ def run_batch(obj, prepared: list) -> tuple[list, list[int], int]:
     Runs in a worker thread. A pass of several samples that raises is repeated one sample at a time."""
     groups: dict[Hashable, list[int]] = {}
     for i, item in enumerate(prepared):
-        groups.setdefault(group_key(obj, item[2]), []).append(i)
+        groups.setdefault(obj.batch_key(item), []).append(i)
     outcomes: list[Any] = [None] * len(prepared)
     passes: list[int] = []
     retried = 0
     for members in groups.values():
         try:
             passes.append(len(members))
-            for i, result in zip(members, obj._predict_prepared([prepared[i] for i in members])):
+            for i, result in zip(members, obj.predict_prepared([prepared[i] for i in members])):
                 outcomes[i] = result
         except Exception as exc:
             if len(members) == 1:
@@ -68,7 +56,7 @@ def run_batch(obj, prepared: list) -> tuple[list, list[int], int]:
             for i in members:  # find the one at fault: every other sample gets its own record
                 try:
                     passes.append(1)
-                    outcomes[i] = obj._predict_prepared([prepared[i]])[0]
+                    outcomes[i] = obj.predict_prepared([prepared[i]])[0]
                 except Exception as alone:
                     outcomes[i] = alone
     return outcomes, passes, retried
@@ -112,7 +100,7 @@ class Batcher:
                 "sizes": {str(k): v for k, v in sorted(self.sizes.items())}, "retried_alone": self.retried_alone}
 
     async def submit(self, obj, prepared: tuple):
-        """`obj`'s Result for one sample prepared by `obj._prepare`, run in a batch with its neighbours;
+        """`obj`'s Result for one sample prepared by `obj.prepare`, run in a batch with its neighbours;
         raises what failed it (a CvtoolError for a bad input)."""
         lane = self._lanes.get(id(obj))
         if lane is None or lane.obj is not obj:
