@@ -539,6 +539,9 @@ class Segmenter(_Task):
                                tile=self.tile, overlap=self.overlap, tile_batch=self.tile_batch,
                                max_pixels=self.max_pixels, out_dir=out_dir)
 
+    def batch_key(self, prepared: tuple) -> Hashable:
+        return self._pipeline.batch_key(prepared[2])
+
     def _finish(self, res: Result, sample, extras: dict) -> Result:
         res.mask = sample.labels
         return res

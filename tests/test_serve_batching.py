@@ -173,3 +173,34 @@ def test_a_forward_pass_that_fails_is_rerun_per_request_so_only_the_bad_sample_f
     assert (stats["requests"], stats["retried_alone"], stats["largest"]) == (4, 4, 4)
     assert stats["sizes"] == {"1": 4, "4": 1}
     assert np.isfinite([o.prob for i, o in enumerate(outcomes) if i != 2]).all()
+
+
+def test_a_batch_that_raises_what_asyncio_refuses_answers_and_the_lane_lives_on():
+    """A pass raising StopIteration (which an asyncio future refuses) is answered as a RuntimeError, and later
+    requests to the same object are still answered: a dead collector would leave them waiting for ever."""
+    from cvtool.serve.batching import Batcher
+
+    class Flaky:
+        task = "classify"
+        calls = 0
+
+        def batch_key(self, prepared):
+            return None
+
+        def predict_prepared(self, prepared):
+            Flaky.calls += 1
+            if Flaky.calls == 1:
+                raise StopIteration("first pass")
+            return [f"ok {p}" for p in prepared]
+
+    async def main():
+        batcher = Batcher(max_batch=4, wait_ms=0)
+        obj = Flaky()
+        first = await asyncio.gather(batcher.submit(obj, "a"), return_exceptions=True)
+        later = await asyncio.wait_for(batcher.submit(obj, "b"), timeout=10)
+        await batcher.close()
+        return first[0], later
+
+    first, later = asyncio.run(main())
+    assert isinstance(first, RuntimeError) and "StopIteration: first pass" in str(first)
+    assert later == "ok b"

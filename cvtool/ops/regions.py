@@ -50,16 +50,18 @@ def foreground_variation_of_information(truth: np.ndarray, predicted: np.ndarray
     return float(split), float(merge)
 
 
-def region_scores(pairs) -> dict[str, float]:
-    """Mean adapted Rand error and VI split/merge over (truth, predicted) class-id mask pairs."""
-    rand, split, merge = [], [], []
-    for truth, predicted in pairs:
-        rand.append(foreground_rand_error(truth, predicted))
-        s, m = foreground_variation_of_information(truth, predicted)
-        split.append(s)
-        merge.append(m)
+def image_region_scores(truth: np.ndarray, predicted: np.ndarray) -> tuple[float, float, float]:
+    """(adapted Rand error, VI split, VI merge) of one image's class-id masks."""
+    return (foreground_rand_error(truth, predicted), *foreground_variation_of_information(truth, predicted))
+
+
+def region_scores(pairs=None, *, per_image=None) -> dict[str, float]:
+    """Mean adapted Rand error and VI split/merge over (truth, predicted) class-id mask pairs, or over the
+    images' `image_region_scores` already computed (`per_image`)."""
+    scores = list(per_image) if per_image is not None else [image_region_scores(t, p) for t, p in pairs]
+    rand, split, merge = (np.array(column, dtype=np.float64) for column in zip(*scores)) if scores else ([], [], [])
     return {"adapted_rand_error": float(np.mean(rand)), "vi_split": float(np.mean(split)),
-            "vi_merge": float(np.mean(merge)), "per_image_rand_error": [round(e, 4) for e in rand]}
+            "vi_merge": float(np.mean(merge)), "per_image_rand_error": [round(float(e), 4) for e in rand]}
 
 
 def class_balance_weights(mask: np.ndarray, num_classes: int, ignore_index: int) -> np.ndarray:

@@ -65,10 +65,7 @@ class ClassifyPipeline:
         ]
 
     def save(self, path: str, sample, result: dict, out_dir: Path) -> list[str]:
-        target = self.output_name(path)
-        record = {"path": path, "task": self.task, "model": self.model_name, "result": result}
-        atomic_write_text(target, json.dumps(record, ensure_ascii=False, indent=2) + "\n")
-        return [str(target)]
+        return write_record(self.output_name(path), path, self.task, self.model_name, result)
 
     def render(self, rgb: np.ndarray, sample, result: dict) -> np.ndarray:
         """A video frame with its top-1 label and probability written in the corner."""
@@ -116,3 +113,10 @@ COLUMNS = ["rank", "label", "prob"]
 
 def rows(result: dict) -> list[list]:
     return [[rank, entry["label"], entry["prob"]] for rank, entry in enumerate(result["top_k"], start=1)]
+
+
+def write_record(target: Path, path: str, task: str, model: str, result: dict) -> list[str]:
+    """`--out`: `NAME.json`, the input's record without its timing."""
+    record = {"path": path, "task": task, "model": model, "result": result}
+    atomic_write_text(target, json.dumps(record, ensure_ascii=False, indent=2) + "\n")
+    return [str(target)]

@@ -70,6 +70,11 @@ class SegmentPipeline:
         padded = cv2.copyMakeBorder(rgb, 0, padded_h - h, 0, padded_w - w, cv2.BORDER_REPLICATE)
         return Sample(rgb, pre(padded), valid=(h / padded_h, w / padded_w))
 
+    def batch_key(self, sample: Sample) -> tuple | None:
+        """Samples with equal keys share a forward pass (`_whole_batched`: one input size per pass); tiled,
+        each image runs alone."""
+        return None if self.tile else tuple(sample.tensor.shape)
+
     def render(self, rgb: np.ndarray, sample: Sample, result: dict) -> np.ndarray:
         return overlay(rgb, sample.labels, self.alpha, self.palette)
 

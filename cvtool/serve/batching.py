@@ -1,5 +1,6 @@
 """Cross-request batching: requests for the same loaded model variant that arrive close together go through
-the network as one batch, and each request gets exactly the record it would get alone.
+the network as one batch, and each request gets the record it would get alone (identical on the CPU; on a GPU
+up to float rounding, which the batch size can move).
 
 One *lane* per variant (a cvtool.api task object: same model, weights, backend and reading options): an
 asyncio queue and one collector task on the server's event loop. A request is decoded and preprocessed in
@@ -103,7 +104,7 @@ class Batcher:
         """`obj`'s Result for one sample prepared by `obj.prepare`, run in a batch with its neighbours;
         raises what failed it (a CvtoolError for a bad input)."""
         lane = self._lanes.get(id(obj))
-        if lane is None or lane.obj is not obj:
+        if lane is None or lane.obj is not obj or lane.task is None or lane.task.done():  # a fresh collector
             lane = self._lanes[id(obj)] = _Lane(obj)
             lane.task = asyncio.get_running_loop().create_task(self._collect(lane))
         future = asyncio.get_running_loop().create_future()
@@ -134,21 +135,13 @@ class Batcher:
                 continue
             try:
                 outcomes, passes, retried = await run_in_threadpool(run_batch, lane.obj, [p for p, _ in batch])
+                self._count(passes, len(batch), retried)
             except BaseException as exc:  # not a bad input (those are in `outcomes`): answer every request
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc if isinstance(exc, Exception) else RuntimeError("server stopping"))
+                outcomes = [exc] * len(batch)
                 if isinstance(exc, asyncio.CancelledError):
+                    _answer(batch, [RuntimeError("server stopping")] * len(batch))
                     raise
-                continue
-            self._count(passes, len(batch), retried)
-            for (_, future), outcome in zip(batch, outcomes):
-                if future.done():
-                    continue
-                if isinstance(outcome, BaseException):
-                    future.set_exception(outcome)
-                else:
-                    future.set_result(outcome)
+            _answer(batch, outcomes)  # the collector lives on whatever a batch raised
 
     def _count(self, passes: list[int], requests: int, retried: int) -> None:
         self.requests += requests
@@ -165,6 +158,19 @@ class Batcher:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _answer(batch: list, outcomes: list) -> None:
+    """Each waiting request's Result or exception (one asyncio refuses, e.g. StopIteration: as a RuntimeError)."""
+    for (_, future), outcome in zip(batch, outcomes):
+        if future.done():
+            continue
+        if not isinstance(outcome, BaseException):
+            future.set_result(outcome)
+        elif isinstance(outcome, Exception) and not isinstance(outcome, (StopIteration, StopAsyncIteration)):
+            future.set_exception(outcome)
+        else:
+            future.set_exception(RuntimeError(f"{type(outcome).__name__}: {outcome}"))
 
 
 async def _get(queue: asyncio.Queue, timeout: float):
@@ -185,4 +191,7 @@ async def _get(queue: asyncio.Queue, timeout: float):
     try:
         return await getter  # it may have taken an item just before it was cancelled
     except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():  # the collector itself is being cancelled (shutdown)
+            raise
         return None

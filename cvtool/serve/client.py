@@ -324,12 +324,9 @@ class ClassifyOutputs(LocalOutputs):
     suffix = ".json"
 
     def save(self, path, data, record, png, headers):
-        from cvtool.io.atomic import atomic_write_text
+        from cvtool.pipelines.classify import write_record
 
-        target = self.name(path)
-        saved = {"path": path, "task": record["task"], "model": record["model"], "result": record["result"]}
-        atomic_write_text(target, json.dumps(saved, ensure_ascii=False, indent=2) + "\n")
-        return [str(target)]
+        return write_record(self.name(path), path, record["task"], record["model"], record["result"])
 
 
 class DetectOutputs(LocalOutputs):

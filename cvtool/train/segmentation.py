@@ -289,10 +289,10 @@ SELECT = {"miou": "val_miou", "rand": "val_rand_f"}  # --select -> the validatio
 
 @dataclass
 class SegmentMetrics:
-    """One validation pass: the pixel confusion matrix, and (two classes) each image's truth/prediction pair."""
+    """One validation pass: the pixel confusion matrix, and (two classes) each image's region scores."""
 
     matrix: np.ndarray
-    pairs: list | None
+    regions: list | None  # (adapted Rand error, VI split, VI merge) per image
 
 
 class SegmentationTask:
@@ -328,18 +328,20 @@ class SegmentationTask:
         truth = _split_target(targets)[0].cpu().numpy()
         valid = truth != IGNORE_INDEX
         np.add.at(state.matrix, (truth[valid], predicted[valid]), 1)
-        if state.pairs is not None:
-            state.pairs.extend(_region_pair(t, p) for t, p in zip(truth, predicted))
+        if state.regions is not None:
+            from cvtool.ops.regions import image_region_scores
+
+            state.regions.extend(image_region_scores(*_region_pair(t, p)) for t, p in zip(truth, predicted))
 
     def finish_metrics(self, state: SegmentMetrics) -> dict[str, float]:
         scores = scores_from_confusion(state.matrix)
         flat = {k: v for k, v in scores.items() if not isinstance(v, list)}
         flat.update({f"iou_{name}": iou for name, iou in zip(self.classes, scores["iou"])})
         flat.update({f"dice_{name}": dice for name, dice in zip(self.classes, scores["dice"])})
-        if state.pairs:
+        if state.regions:
             from cvtool.ops.regions import region_scores
 
-            regions = region_scores(state.pairs)
+            regions = region_scores(per_image=state.regions)
             flat.update({"adapted_rand_error": regions["adapted_rand_error"],
                          "rand_f": 1.0 - regions["adapted_rand_error"],
                          "vi_split": regions["vi_split"], "vi_merge": regions["vi_merge"]})
