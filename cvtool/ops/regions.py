@@ -42,8 +42,9 @@ def foreground_rand_error(truth: np.ndarray, predicted: np.ndarray) -> float:
 
 def foreground_variation_of_information(truth: np.ndarray, predicted: np.ndarray) -> tuple[float, float]:
     """(split, merge) of the variation of information between the cell regions (the predicted ones with their
-    membranes thinned away), truth's membrane pixels ignored (scikit-image's `variation_of_information`): split = H(predicted | truth), over-segmentation; merge =
-    H(truth | predicted), under-segmentation (e.g. cells joined through a gap in a membrane). In bits."""
+    membranes thinned away), truth's membrane pixels ignored (scikit-image's `variation_of_information`):
+    split = H(predicted | truth), over-segmentation; merge = H(truth | predicted), under-segmentation (e.g.
+    cells joined through a gap in a membrane). In bits."""
     from skimage.metrics import variation_of_information
 
     split, merge = variation_of_information(cell_regions(truth), thinned_cell_regions(predicted), ignore_labels=(0,))
