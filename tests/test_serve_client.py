@@ -7,7 +7,6 @@ local says so in one line. Tiny random-weight networks saved here keep it fast."
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,19 +20,18 @@ from conftest import ROOT, SAMPLES, jsonl, save_random_unet, save_random_yolo
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from test_serve import Server, without_ms  # noqa: E402 - after the skips
+import test_serve  # noqa: E402 - after the skips
+from test_serve import Server, without_ms  # noqa: E402
+
+serve_env = test_serve.serve_env  # the fixture
 
 MANIFEST = ".cvtool-outputs"  # lists sizes and mtimes: compared by the names it lists
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory, _converted_models_cache) -> dict:
-    env = {**os.environ, "TORCH_HOME": str(tmp_path_factory.mktemp("torch_home")),
-           "CVTOOL_CACHE": str(_converted_models_cache), "CVTOOL_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1",
-           "TMPDIR_SERVE": str(tmp_path_factory.mktemp("logs"))}
-    for name in ("CVTOOL_OFFLINE", "CVTOOL_SERVER", "CVTOOL_TOKEN", "CVTOOL_WEIGHTS_MIRROR"):
-        env.pop(name, None)
-    return env
+def env(serve_env) -> dict:
+    """The server's and the client's environment: test_serve's (caches, one thread, no CVTOOL_SERVER)."""
+    return serve_env
 
 
 @pytest.fixture(scope="module")
