@@ -675,7 +675,7 @@ class Stylizer(_Task):
             records: str | Path | Any = None) -> Iterator[Result]:
         """Stylise each content image (or video, feed-forward only) into `out`: a file name for one input
         (`result.png`, `clip.mp4`), else a directory (`NAME.stylized.png`)."""
-        from cvtool.io.outputs import check_out_dir
+        from cvtool.io.outputs import check_out_dir, one_input_for_file
 
         out = Path(out)
         single_file = is_single_file(out)
@@ -685,9 +685,7 @@ class Stylizer(_Task):
             specs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
             items = [i for spec in specs for i in ([spec] if isinstance(spec, InputItem)
                                                   else expand_inputs([str(spec)], recursive=recursive)[0])]
-            if len(items) > 1:
-                raise UsageError(f"--out {out} is a file but {len(items)} inputs were given; pass a directory")
-            inputs = items
+            inputs = one_input_for_file(out, items)
         else:
             check_out_dir(out)
         pipeline = self._make_pipeline(out, single_file=single_file, save_every=save_every)

@@ -261,3 +261,34 @@ def write_image(path: str | Path, rgb: np.ndarray, *, quality: int = 95) -> None
     if not ok:
         raise InputError(f"cannot encode image as {suffix}", path)
     atomic_write_bytes(path, encoded.tobytes())
+
+
+class OneImageOut:
+    """stylize's outputs, one image per input: `--out FILE` for a single input, else `OUT/NAME<suffix>`; written
+    atomically, never over an input. The stylize pipelines and the thin client write through it."""
+
+    def __init__(self, out: str | Path, single_file: bool, suffix: str):
+        from cvtool.io.outputs import OutputNamer
+
+        self.out, self.single_file = Path(out), single_file
+        self.output_name = OutputNamer(out, suffix)
+
+    def target(self, path: str) -> Path:
+        return self.out if self.single_file else self.output_name(path)
+
+    def write(self, path: str, rgb: np.ndarray) -> list[str]:
+        from cvtool.io.outputs import refuse_overwriting_input
+
+        target = self.target(path)
+        refuse_overwriting_input(target, path)
+        write_image(target, rgb)
+        return [str(target)]
+
+    def done(self, path: str) -> bool:
+        """--skip-existing: this input's image is there, written by cvtool."""
+        from cvtool.io.outputs import written_by_cvtool
+
+        try:
+            return written_by_cvtool(self.target(path))
+        except InputError:  # an unusable name is not "done": writing it reports the problem
+            return False

@@ -304,3 +304,10 @@ def _reason(exc: OSError) -> str:
 def safe_name(label: str) -> str:
     """A class label as a file-name part (`traffic light` -> `traffic_light`)."""
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in label)
+
+
+def one_input_for_file(out: Path, items: list) -> list:
+    """`--out FILE` takes one input: the items, or a UsageError when there are more."""
+    if len(items) > 1:
+        raise UsageError(f"--out {out} is a file but {len(items)} inputs were given; pass a directory")
+    return items

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from cvtool.errors import InputError, UsageError
-from cvtool.io.image import DEFAULT_MAX_PIXELS, read_image, write_image
+from cvtool.io.image import DEFAULT_MAX_PIXELS, OneImageOut, read_image, write_image
 from cvtool.io.outputs import OutputNamer, refuse_overwriting_input
 from cvtool.models.vgg_features import VGGFeatures
 from cvtool.ops.style import content_cost, gram_matrix, style_cost, total_variation
@@ -225,29 +225,19 @@ def gram_distance(vgg: Stylizer, image: np.ndarray, size: tuple[int, int]) -> fl
 
 
 class _OneImageOut:
-    """Both stylize pipelines write one image per input: `--out FILE` for a single input, else
-    `OUT/NAME.stylized.png`."""
+    """Both stylize pipelines write one image per input (`image_out`: `--out FILE` for a single input, else
+    `OUT/NAME.stylized.png`)."""
 
-    out: Path
-    single_file: bool
-    output_name: OutputNamer
+    image_out: OneImageOut
 
     def target(self, path: str) -> Path:
-        return self.out if self.single_file else self.output_name(path)
+        return self.image_out.target(path)
 
     def save(self, path: str, sample, result: dict, out_dir) -> list[str]:
-        target = self.target(path)
-        refuse_overwriting_input(target, path)
-        write_image(target, result.pop("image"))
-        return [str(target)]
+        return self.image_out.write(path, result.pop("image"))
 
     def already_done(self, path: str) -> bool:
-        from cvtool.io.outputs import written_by_cvtool
-
-        try:
-            return written_by_cvtool(self.target(path))
-        except InputError:  # an unusable name is not "done": writing it reports the problem
-            return False
+        return self.image_out.done(path)
 
 
 class StylizePipeline(_OneImageOut):
@@ -262,7 +252,7 @@ class StylizePipeline(_OneImageOut):
         self.stylizer, self.model_name, self.weights_sha256 = stylizer, model_name, weights_sha256
         self.out, self.single_file, self.save_every, self.on_step = Path(out), single_file, save_every, on_step
         self.max_pixels = max_pixels
-        self.output_name = OutputNamer(out, ".stylized.png")
+        self.image_out = OneImageOut(out, single_file, ".stylized.png")
 
     def prepare(self, path: str) -> tuple[str, np.ndarray]:
         content = read_image(path, max_pixels=self.max_pixels)
@@ -313,7 +303,7 @@ class FastStylePipeline(_OneImageOut):
         self.model, self.model_name, self.weights_sha256 = model, model.name, model.weights_sha256
         self.out, self.single_file, self.size, self.tile, self.overlap = Path(out), single_file, size, tile, overlap
         self.max_pixels = max_pixels
-        self.output_name = OutputNamer(out, ".stylized.png")
+        self.image_out = OneImageOut(out, single_file, ".stylized.png")
         self.video_names = OutputNamer(out, ".stylized.mp4")
 
     def prepare(self, path: str) -> np.ndarray:

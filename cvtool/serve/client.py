@@ -24,6 +24,7 @@ import uuid
 from typing import Iterator
 
 from cvtool.errors import EXIT_INTERNAL, EXIT_USAGE, CvtoolError, InputError, UsageError
+from cvtool.io.outputs import one_input_for_file
 
 ENV_SERVER = "CVTOOL_SERVER"
 ENV_TOKEN = "CVTOOL_TOKEN"
@@ -414,47 +415,31 @@ def _png_labels(png: bytes | None, size: tuple[int, int]):
 
 class StylizeOutputs(LocalOutputs):
     """`--out FILE` for one content, else OUT/NAME.stylized.png: the server's stylised pixels (a lossless PNG),
-    encoded here by the file's suffix as the local run encodes them (cvtool.pipelines.stylize)."""
+    written as the local run writes them (cvtool.io.image.OneImageOut, the stylize pipelines' writer)."""
 
     suffix = ".stylized.png"
 
     def __init__(self, out, options, *, single_file: bool):
+        from cvtool.io.image import OneImageOut
+
         super().__init__(out, options)
         self.single_file = single_file
+        self.image_out = OneImageOut(out, single_file, self.suffix)
 
     def check_inputs(self, items):
-        if not self.single_file:
-            return items
-        items = list(items)
-        if len(items) > 1:
-            raise UsageError(f"--out {self.out} is a file but {len(items)} inputs were given; pass a directory")
-        return iter(items)
-
-    def target(self, path: str):
-        return self.out if self.single_file else self.name(path)
+        return iter(one_input_for_file(self.out, list(items))) if self.single_file else items
 
     def done(self, path: str) -> bool:
-        from cvtool.io.outputs import written_by_cvtool
-
-        try:
-            return written_by_cvtool(self.target(path))
-        except InputError:  # an unusable name is not "done": writing it reports the problem
-            return False
+        return self.image_out.done(path)
 
     def save(self, path, data, record, png, headers):
         import cv2
         import numpy as np
 
-        from cvtool.io.image import write_image
-        from cvtool.io.outputs import refuse_overwriting_input
-
         bgr = cv2.imdecode(np.frombuffer(png or b"", np.uint8), cv2.IMREAD_COLOR) if png else None
         if bgr is None:
             raise ServerError("server error: /stylize sent no image")
-        target = self.target(path)
-        refuse_overwriting_input(target, path)
-        write_image(target, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-        return [str(target)]
+        return self.image_out.write(path, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
 
 
 def run_verify(url: str, images: list[str], *, fmt: str | None, options: dict) -> int:
