@@ -522,8 +522,7 @@ def create_app(settings: Settings, server: Server | None = None) -> FastAPI:
             obj = server.registry.variant(entry, {"size": size, "tile": tile, "overlap": overlap},
                                           _same_or(with_attributes))
             result = obj(decode(image, _limit(server, max_pixels)))
-            record = result.to_dict()
-            record["path"] = image.name
+            record = named(result, image)
             if format == "json":
                 return record, None
             ok, png = cv2.imencode(".png", result.stylized[..., ::-1])
@@ -579,9 +578,7 @@ def create_app(settings: Settings, server: Server | None = None) -> FastAPI:
             entry = server.entry("verify-face", model, server.server_file(weights, "weights"), backend,
                                  _face_load_options(detector, upsample, threshold, min_face))
             known = server.gallery(entry, gallery)
-            record = entry.obj.identify(decode(image, _limit(server, max_pixels)), known).to_dict()
-            record["path"] = image.name
-            return record
+            return named(entry.obj.identify(decode(image, _limit(server, max_pixels)), known), image)
 
         return await answer(work)
 
