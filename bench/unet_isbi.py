@@ -1,7 +1,7 @@
 """The U-Net paper's training recipe on the ISBI 2012 membrane set, scored on held-out slices by ISBI's own measure.
 
-    python bench/unet_isbi.py [--epochs 150] [--width 32] [--threads 1] [--select rand] [--no-balance] [--name unet_isbi]
-                              [--baseline]
+    python bench/unet_isbi.py [--epochs 150] [--width 32] [--threads 1] [--select rand] [--no-balance] [--ema 0.99]
+                              [--name unet_isbi] [--baseline]
 
 Needs ../shared/datasets/membrane (24 512x512 EM slices). The fixed split (numpy default_rng(0).permutation of the
 24 sorted names): the first 5 are held out (4, 12, 7, 18, 19: the slices the README's earlier figures were taken
@@ -58,6 +58,8 @@ def main() -> None:
     parser.add_argument("--mirror-pad", type=int, default=64)
     parser.add_argument("--no-elastic", action="store_true")
     parser.add_argument("--no-balance", action="store_true", help="border weights with w_c = 1 (no class balancing)")
+    parser.add_argument("--ema", type=float, default=0.0, help="validate and save a moving average of the weights "
+                        "with this decay (0: off)")
     parser.add_argument("--baseline", action="store_true", help="the README's earlier recipe on the same split")
     parser.add_argument("--name", default="unet_isbi")
     parser.add_argument("--keep", type=Path, help="keep the run directory here")
@@ -78,7 +80,7 @@ def main() -> None:
         recipe = dict(loss=args.loss, elastic=not args.no_elastic, mirror_pad=args.mirror_pad,
                       border_balance=not args.no_balance)
     options = dict(arch="unet", epochs=args.epochs, width=args.width, depth=4, crop=256, batch_size=4, lr=args.lr,
-                   class_names=["membrane", "cell"], seed=0, device="cpu", select=args.select, **recipe)
+                   class_names=["membrane", "cell"], seed=0, device="cpu", select=args.select, ema=args.ema, **recipe)
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -101,6 +103,7 @@ def main() -> None:
         "data": "ISBI 2012 membrane (../shared/datasets/membrane), 24 slices; split by "
                 "numpy.random.default_rng(0).permutation of the sorted names: 5 held out, 3 validation, 16 train",
         "split": parts,
+        "weights_scored": f"a moving average of the weights (decay {args.ema})" if args.ema else "the weights",
         "recipe": "baseline (README's earlier: CE + Dice, crops + flips)" if args.baseline else
                   "U-Net paper: elastic deformations (3x3 lattice, sigma 10 px), border-weighted CE (w0 10, sigma 5 "
                   f"px, {'w_c = 1' if args.no_balance else 'class-balanced w_c'}), mirrored context, 256 px crops + "

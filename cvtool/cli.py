@@ -803,6 +803,8 @@ def train_segment(
                                         "frequencies (paper) or is 1."),
     select: str = typer.Option("miou", "--select", help="What picks best.pt on the validation set: miou, or rand "
                                "(two classes: ISBI 2012's Rand F-score of the cells between membranes)."),
+    ema: float = typer.Option(0.0, "--ema", min=0.0, help="Validate and save a moving average of the weights with "
+                              "this decay (e.g. 0.99; 0: off)."),
     width: int = typer.Option(32, "--width", min=4, help="U-Net: channels of the first level (doubled per level)."),
     depth: int = typer.Option(4, "--depth", min=1, max=6, help="U-Net: number of poolings."),
     in_channels: int = typer.Option(1, "--in-channels", help="U-Net: 1 (grey) or 3 (colour) input."),
@@ -827,7 +829,7 @@ def train_segment(
         summary = _fit(train.segment, data, arch=arch, epochs=epochs, batch_size=batch_size, lr=lr,
                        weight_decay=weight_decay, optimizer=optimizer, crop=crop, loss=loss, width=width, depth=depth,
                        elastic=elastic, elastic_sigma=elastic_sigma, mirror_pad=mirror_pad, border_w0=border_w0,
-                       border_sigma=border_sigma, border_balance=border_balance, select=select,
+                       border_sigma=border_sigma, border_balance=border_balance, select=select, ema=ema,
                        in_channels=in_channels, class_names=_csv(class_names) if class_names else None, val=val,
                        val_split=val_split, out=out, resume=resume, device=device, seed=seed, workers=workers, sync_bn=sync_bn)
         val_metrics = summary["val"]

@@ -43,6 +43,11 @@ class Run:
     arch: str
 
 
+def _check_ema(ema: float) -> None:
+    if not 0.0 <= ema < 1.0:
+        raise UsageError(f"--ema {ema}: the decay of the weights' moving average must be in [0, 1) (0: off)")
+
+
 def _start(task: str, arch: str, recipe, *, data, out, resume, epochs, device: str, make) -> tuple[Run, Any, Any]:
     """The new-run / resume scaffolding every task shares: (run, args, cfg)."""
     from cvtool.device import resolve_device
@@ -176,8 +181,7 @@ def detect(data: str | Path | None = None, *, arch: str = "yolo", epochs: int | 
             raise UsageError(f"--img-size {img_size}: must be a multiple of {SIZE_MULTIPLE} (the detector's largest stride)")
         if backbone not in BACKBONES:
             raise UsageError(f"unknown --backbone {backbone!r}; choose from {', '.join(BACKBONES)}")
-        if not 0.0 <= ema < 1.0:
-            raise UsageError(f"--ema {ema}: the decay of the weights' moving average must be in [0, 1) (0: off)")
+        _check_ema(ema)
         args = recipe.DetectTrainArgs(str(data), arch, str(val) if val else None, val_split, img_size, anchors, width,
                                       hflip, backbone, pretrained, mosaic, close_mosaic=close_mosaic, ema=ema)
         return args, TrainConfig(epochs=epochs or 50, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
@@ -196,11 +200,11 @@ def segment(data: str | Path | None = None, *, arch: str = "unet", epochs: int |
             workers: int | None = None, callbacks=None, on_skip: Callable[[str], None] | None = None,
             sync_bn: bool = False, devices: int = 1, elastic: bool = False, elastic_sigma: float = 10.0,
             mirror_pad: int = 0, border_w0: float = 10.0, border_sigma: float = 5.0,
-            border_balance: bool = True, select: str = "miou") -> dict:
+            border_balance: bool = True, select: str = "miou", ema: float = 0.0) -> dict:
     """Train a U-Net (or a torchvision segmenter) on images/ + masks/ folder pairs; best.pt by mIoU, or with
     `select="rand"` (two classes: membranes and the cells they separate) by ISBI 2012's Rand F-score of the cell
     regions. The U-Net paper's recipe: `elastic=True`, `loss="weighted-ce"` (border weights w0, sigma),
-    `mirror_pad`, `width=64`."""
+    `mirror_pad`, `width=64`. `ema` (a decay in (0, 1)): validate and save a moving average of the weights."""
     launched = _launch('segment', devices, {k: v for k, v in locals().items() if k != 'devices'})
     if launched is not None:
         return launched
@@ -215,7 +219,8 @@ def segment(data: str | Path | None = None, *, arch: str = "unet", epochs: int |
                                        depth, in_channels, list(class_names) if class_names else None,
                                        elastic=elastic, elastic_sigma=elastic_sigma, mirror_pad=mirror_pad,
                                        border_w0=border_w0, border_sigma=border_sigma,
-                                       border_balance=border_balance)
+                                       border_balance=border_balance, ema=ema)
+        _check_ema(ema)
         recipe.dataset_options(args)  # bad values stop here, before a run directory is made
         if select not in recipe.SELECT:
             raise UsageError(f"unknown --select {select!r}; choose from {', '.join(recipe.SELECT)}")

@@ -212,7 +212,7 @@ def run_training(
         return trainer.share_summary(None)
 
     best = trainer.load_best_into(run_dir / "best.pt")
-    report = evaluate_model(trainer.model, trainer.val_loader, classes, device)
+    report = evaluate_model(trainer.scored_model, trainer.val_loader, classes, device)
     task.save_plots(run_dir, state.history, np.asarray(report["confusion_matrix"]))
     summary = {
         "task": "classify",

@@ -325,75 +325,19 @@ def save_pr_curve(curve: list[float], path: Path) -> str:
     return save_figure(fig, path)
 
 
-def detection_trainer(*args, ema: float = 0.0, close_mosaic: int = 0, **kwargs):
-    """The engine's Trainer with the detector's two training-loop options:
-
-    - `ema` (a decay in (0, 1)): an exponential moving average of the weights (cvtool.train.ema), updated
-      after every optimiser step, is what validation scores and what best.pt / last.pt hold as their
-      weights (so `cvtool detect` and `val detect` use it); last.pt also keeps the raw weights and the
-      average's step count, and --resume restores both.
-    - `close_mosaic` N: the last N epochs train without mosaics (the training set's switch, seen by
-      DataLoader workers too), so the final epochs see whole photos as they come at test time."""
-    from cvtool.models.checkpoint import load_weights_file
-    from cvtool.train.ema import ModelEma
+def detection_trainer(*args, close_mosaic: int = 0, **kwargs):
+    """The engine's Trainer with the detector's own training-loop option, `close_mosaic` N: the last N epochs
+    train without mosaics (the training set's switch, seen by DataLoader workers too), so the final epochs see
+    whole photos as they come at test time. (`ema`, the weights' moving average, is the engine's.)"""
     from cvtool.train.engine import Trainer
 
     class DetectionTrainer(Trainer):
-        def __init__(self, *a, **kw):
-            super().__init__(*a, **kw)
-            self.ema = ModelEma(self.model, decay=ema) if ema else None
-            self.close_mosaic = close_mosaic
-            if self.ema is not None:  # after every step taken (a step skipped by fp16 scaling is no step)
-                self.optimizer.register_step_post_hook(lambda *_: self.ema.update(self.model))
-
         def mosaic_epoch(self, epoch: int) -> bool:
-            return not (self.close_mosaic and epoch > self.cfg.epochs - self.close_mosaic)
+            return not (close_mosaic and epoch > self.cfg.epochs - close_mosaic)
 
         def _run_epoch(self, epoch: int) -> dict:
-            dataset = self.train_loader.dataset
-            if hasattr(dataset, "set_mosaic"):
-                dataset.set_mosaic(self.mosaic_epoch(epoch))
+            self.train_loader.dataset.set_mosaic(self.mosaic_epoch(epoch))
             return super()._run_epoch(epoch)
-
-        def evaluate(self, loader) -> dict:
-            if self.ema is None:
-                return super().evaluate(loader)
-            model, self.model = self.model, self.ema.module
-            try:
-                return super().evaluate(loader)
-            finally:
-                self.model = model
-
-        def _save(self, name: str):
-            if self.ema is None or not self.is_main:
-                return super()._save(name)
-            model, fields = self.model, self.extra_fields
-            ema = self.ema.state()
-            if name == "last.pt":  # what --resume continues from: the raw training weights too
-                ema["train_state_dict"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-            self.extra_fields = {**fields, "ema": ema}
-            self.model = self.ema.module  # the checkpoint's weights: the average
-            try:
-                return super()._save(name)
-            finally:
-                self.model, self.extra_fields = model, fields
-
-        def resume(self, checkpoint: Path) -> None:
-            super().resume(checkpoint)  # the checkpoint's weights (the average, with EMA) into the model
-            if self.ema is None:
-                return
-            stored = load_weights_file(checkpoint).meta.get("ema")
-            if stored and "train_state_dict" in stored:  # the average from the weights, training's from their copy
-                self.ema.module.load_state_dict(self.model.state_dict())
-                self.model.load_state_dict(stored["train_state_dict"])
-                self.ema.updates = int(stored["updates"])
-            else:  # a run saved without EMA: the average starts here
-                self.ema = ModelEma(self.model, decay=self.ema.decay, tau=self.ema.tau)
-
-        def load_best_into(self, path: Path) -> int:
-            loaded = load_weights_file(path)
-            (self.ema.module if self.ema is not None else self.model).load_state_dict(loaded.state_dict)
-            return int(loaded.meta["epoch"])
 
     return DetectionTrainer(*args, **kwargs)
 

@@ -179,7 +179,12 @@ class Trainer:
         extra_fields: dict | None = None,
         collate_fn=None,
         train_batches=None,
+        ema: float = 0.0,
     ):
+        """`ema` (a decay in (0, 1); 0: off): an exponential moving average of the weights (cvtool.train.ema),
+        updated after every optimiser step, is what validation scores and what best.pt / last.pt hold as their
+        weights (so inference and `cvtool val` use it); last.pt also keeps the raw weights and the average's
+        step count, and --resume restores both."""
         self.task, self.cfg, self.run_dir = task, cfg, Path(run_dir)
         self.device = device = distributed.init(device)  # joins the process group under torchrun
         self.rank, self.world = distributed.rank(), distributed.world_size()
@@ -214,6 +219,18 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type if self.on_cuda else "cpu",
                                            enabled=self.amp_dtype == torch.float16)
         self.state = RunState()
+        self.ema = None
+        if ema:
+            from cvtool.train.ema import ModelEma
+
+            self.ema = ModelEma(self.model, decay=ema)
+            # after every step taken (a step skipped by fp16 gradient scaling is no step)
+            self.optimizer.register_step_post_hook(lambda *_: self.ema.update(self.model))
+
+    @property
+    def scored_model(self) -> nn.Module:
+        """The weights that are validated and saved: the moving average with `ema`, else the model."""
+        return self.ema.module if self.ema is not None else self.model
 
     def _wrap(self, model: nn.Module) -> nn.Module:
         if self.world == 1:
@@ -266,9 +283,14 @@ class Trainer:
             return None
         path = self.run_dir / name
         fields = self.task.checkpoint_fields()
+        extra = dict(self.extra_fields)
+        if self.ema is not None:
+            extra["ema"] = self.ema.state()
+            if name == "last.pt":  # what --resume continues from: the raw training weights too
+                extra["ema"]["train_state_dict"] = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
         save_checkpoint(
             path,
-            state_dict={k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            state_dict={k: v.detach().cpu() for k, v in self.scored_model.state_dict().items()},
             extra={
                 "epoch": self.state.epoch,
                 "best": list(self.state.best),
@@ -280,7 +302,7 @@ class Trainer:
                 "args": self.args,
                 "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                **self.extra_fields,
+                **extra,
             },
             **fields,
         )
@@ -293,6 +315,8 @@ class Trainer:
         if "optimizer" not in meta:
             raise UsageError(f"{checkpoint}: not a resumable training checkpoint (no optimiser state)")
         self.model.load_state_dict(loaded.state_dict)
+        if self.ema is not None:
+            self._resume_ema(meta.get("ema"))
         self.optimizer.load_state_dict(meta["optimizer"])
         self.scheduler.load_state_dict(meta["scheduler"])
         if meta.get("scaler"):
@@ -303,10 +327,21 @@ class Trainer:
         if cuda_rng and torch.cuda.is_available() and len(cuda_rng) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(cuda_rng)
 
+    def _resume_ema(self, stored: dict | None) -> None:
+        """The checkpoint's weights (just loaded into the model) are the average; training's are their copy."""
+        from cvtool.train.ema import ModelEma
+
+        if stored and "train_state_dict" in stored:
+            self.ema.module.load_state_dict(self.model.state_dict())
+            self.model.load_state_dict(stored["train_state_dict"])
+            self.ema.updates = int(stored["updates"])
+        else:  # a run saved without EMA: the average starts here
+            self.ema = ModelEma(self.model, decay=self.ema.decay, tau=self.ema.tau)
+
     def load_best_into(self, path: Path) -> int:
-        """Put best.pt's weights into the model (for the final report); return its epoch."""
+        """Put best.pt's weights into the scored model (for the final report); return its epoch."""
         loaded = load_weights_file(path)
-        self.model.load_state_dict(loaded.state_dict)
+        self.scored_model.load_state_dict(loaded.state_dict)
         return int(loaded.meta["epoch"])
 
     # -- loop ------------------------------------------------------------------------------
@@ -387,13 +422,15 @@ class Trainer:
 
     @torch.inference_mode()
     def evaluate(self, loader) -> dict[str, float]:
-        self.model.eval()
+        """The loss and the task's metrics of the scored model (the average with `ema`) on `loader`."""
+        model = self.scored_model
+        model.eval()
         state = self.task.start_metrics()
         loss_sum, seen = torch.zeros((), dtype=self._sum_dtype, device=self.device), 0
         for inputs, targets in loader:
             inputs, targets = self._to_device(inputs), self._to_device(targets)
             with self._autocast():
-                outputs = self.model(inputs)
+                outputs = model(inputs)
                 loss = self.task.loss(outputs, targets)
             n = _batch_len(targets)
             loss_sum += loss.detach().to(self._sum_dtype) * n

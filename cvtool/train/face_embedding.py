@@ -399,10 +399,10 @@ def run_training(args: FaceTrainArgs, cfg, run_dir: Path, device, *, resume: boo
         return trainer.share_summary(None)
 
     best_epoch = trainer.load_best_into(run_dir / "best.pt")
-    val_d, val_same = pair_distances(embed_all(trainer.model, val_set, device), val_data.labels)
+    val_d, val_same = pair_distances(embed_all(trainer.scored_model, val_set, device), val_data.labels)
     val = verification_report(val_d, val_same)
     # The honest operating point: a threshold chosen on the training people, applied to unseen ones.
-    train_d, train_same = pair_distances(embed_all(trainer.model, ClassificationDataset(train_data, preprocess), device),
+    train_d, train_same = pair_distances(embed_all(trainer.scored_model, ClassificationDataset(train_data, preprocess), device),
                                          train_data.labels)
     train_fit = fit_threshold(train_d, train_same)
     train_threshold, train_accuracy = train_fit["threshold"], train_fit["accuracy"]

@@ -371,6 +371,7 @@ class SegmentTrainArgs:
     border_w0: float = 10.0  # the border weight map's w0 and sigma (pixels), for --loss weighted-ce
     border_sigma: float = 5.0
     border_balance: bool = True  # w_c balances the class frequencies (the paper); False: w_c = 1
+    ema: float = 0.0  # > 0: validate and save an exponential moving average of the weights with this decay
 
 
 def dataset_options(args: SegmentTrainArgs) -> dict:
@@ -436,6 +437,7 @@ def run_training(args: SegmentTrainArgs, cfg, run_dir: Path, device, *, resume=F
         SegmentationDataset(val_data, preprocess, crop=None, multiple=multiple, train=False,
                             weights=options["weights"]),
         cfg, run_dir, device, callbacks=callbacks, args=vars(args).copy(), extra_fields={"arch_kwargs": arch_kwargs},
+        ema=args.ema,
     )
     if resume:
         trainer.resume(run_dir / "last.pt")
@@ -447,12 +449,12 @@ def run_training(args: SegmentTrainArgs, cfg, run_dir: Path, device, *, resume=F
     best_epoch = trainer.load_best_into(run_dir / "best.pt")
     report = trainer.evaluate(trainer.val_loader)
     plots.save_curves(state.history, run_dir / "curves.png")
-    save_examples(trainer.model, val_data, trainer.val_loader, run_dir / "examples.png", device)
+    save_examples(trainer.scored_model, val_data, trainer.val_loader, run_dir / "examples.png", device)
     summary = {
         "task": "segment", "arch": entry.name, "classes": data.classes, "train_images": len(train_data.images),
         "val_images": len(val_data.images), "val_names": val_data.names, "skipped_files": len(data.skipped),
         "epochs": state.epoch, "best_epoch": best_epoch, "val": report, "val_last_epoch": last_report,
-        "seconds": round(time.perf_counter() - start, 2),
+        "ema": args.ema or None, "seconds": round(time.perf_counter() - start, 2),
     }
     return trainer.finish(summary)
 
