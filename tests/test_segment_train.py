@@ -209,3 +209,44 @@ def test_select_rand_needs_two_classes(tmp_path):
                                                             "membranes: it needs two classes")
     result = invoke_cli("train", "segment", str(data), "--select", "dice", "--out", str(tmp_path / "run2"))
     assert result.returncode == 2 and "unknown --select 'dice'; choose from miou, rand" in result.stderr
+
+
+def test_ema_segmenter_saves_and_scores_the_average_and_resumes_exactly(tmp_path):
+    """--ema is the engine's: best.pt / last.pt hold the moving average (what val segment scores), last.pt keeps the
+    raw weights, and a run stopped by Ctrl-C in its last epoch and resumed ends where the uninterrupted run does."""
+    import cvtool.train
+    from cvtool.models.checkpoint import load_weights_file
+    from cvtool.train.engine import Callbacks
+
+    class StopInEpoch3(Callbacks):
+        def on_batch(self, epoch, batch, loss, images_per_s):
+            if epoch == 3:
+                raise KeyboardInterrupt
+
+    data = _write_cells(tmp_path / "data", 4, seed=2)
+    options = dict(epochs=3, width=4, depth=2, crop=32, batch_size=2, class_names=["membrane", "cell"], ema=0.9,
+                   device="cpu", val_split=0.5)
+    whole = cvtool.train.segment(str(data), out=str(tmp_path / "whole"), **options)
+    with pytest.raises(KeyboardInterrupt):
+        cvtool.train.segment(str(data), out=str(tmp_path / "split"), callbacks=StopInEpoch3(), **options)
+    assert load_weights_file(tmp_path / "split" / "last.pt").meta["ema"]["updates"] == 2  # 1 batch of 2 per epoch
+    resumed = cvtool.train.segment(resume=str(tmp_path / "split"), device="cpu")
+    a, b = (load_weights_file(tmp_path / run / "last.pt") for run in ("whole", "split"))
+    assert a.meta["ema"]["updates"] == b.meta["ema"]["updates"] == 3
+    raw_a, raw_b = a.meta["ema"]["train_state_dict"], b.meta["ema"]["train_state_dict"]
+    for key in a.state_dict:  # the average (the checkpoint's weights) and the raw weights
+        torch.testing.assert_close(b.state_dict[key], a.state_dict[key], rtol=0, atol=0)
+        torch.testing.assert_close(raw_b[key], raw_a[key], rtol=0, atol=0)
+    assert any(not torch.equal(a.state_dict[k], raw_a[k]) for k in raw_a if raw_a[k].is_floating_point())
+    assert whole["ema"] == resumed["ema"] == 0.9 and whole["val_last_epoch"] == resumed["val_last_epoch"]
+    assert "train_state_dict" not in load_weights_file(tmp_path / "whole" / "best.pt").meta["ema"]
+    # `cvtool val segment` scores what last.pt holds, the average: the summary's last-epoch figures
+    held = tmp_path / "held"
+    for sub in ("images", "masks"):
+        (held / sub).mkdir(parents=True)
+        for name in whole["val_names"]:
+            (held / sub / name).write_bytes((data / sub / name).read_bytes())
+    scored = invoke_cli("val", "segment", str(held), "--weights", str(tmp_path / "whole" / "last.pt"))
+    assert scored.returncode == 0, scored.stderr
+    assert json.loads(scored.stdout)["pixel_accuracy"] == pytest.approx(whole["val_last_epoch"]["pixel_accuracy"],
+                                                                       abs=1e-4)
