@@ -272,6 +272,36 @@ def test_verify_face_records_equal_the_cli(server, serve_env, tmp_path):
     assert remote.stderr.strip() == f"cvtool: {DIGITS / 'digit_1.png'}: no face found"
 
 
+def test_identify_records_equal_the_cli_and_the_gallery_is_confined(server, serve_env, allowed, bad_image, tmp_path):
+    """verify-face --gallery through the server (/identify): the local records and exit code, a bad file one
+    error record in the batch; a gallery outside --allow-paths refused in one line."""
+    import cv2
+
+    known = allowed / "known"
+    known.mkdir(exist_ok=True)
+    (known / "eileen.jpg").write_bytes(ASTRONAUT.read_bytes())
+    mirrored = tmp_path / "mirrored.jpg"
+    cv2.imwrite(str(mirrored), cv2.imread(str(ASTRONAUT))[:, ::-1])
+    args = ["verify-face", "--gallery", str(known), str(mirrored), str(bad_image), "-f", "jsonl"]
+    local = subprocess.run([sys.executable, "-m", "cvtool", *args], capture_output=True, text=True, env=serve_env,
+                           cwd=ROOT, timeout=300)
+    remote = subprocess.run([sys.executable, "-m", "cvtool", *args], capture_output=True, text=True,
+                            env={**serve_env, "CVTOOL_SERVER": server.url}, cwd=ROOT, timeout=300)
+    assert local.returncode == remote.returncode == 1, (local.stderr, remote.stderr)  # the bad file fails
+    mine, theirs = jsonl(local.stdout), jsonl(remote.stdout)
+    assert [without_ms(r) for r in theirs] == [without_ms(r) for r in mine]
+    assert [face["name"] for face in mine[0]["result"]["faces"]] == ["eileen"]
+    assert mine[1]["path"] == str(bad_image) and mine[1]["error"]
+    outside = tmp_path / "known"
+    outside.mkdir()
+    (outside / "eileen.jpg").write_bytes(ASTRONAUT.read_bytes())
+    refused = subprocess.run([sys.executable, "-m", "cvtool", "verify-face", "--gallery", str(outside), str(mirrored)],
+                             capture_output=True, text=True, env={**serve_env, "CVTOOL_SERVER": server.url}, cwd=ROOT,
+                             timeout=120)
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.strip().splitlines()[-1] == f"cvtool: {outside}: outside --allow-paths {allowed}"
+
+
 def test_token_is_required_and_sigterm_drains(serve_env):
     srv = Server("--token", "s3cret", env=serve_env)
     try:
