@@ -204,3 +204,40 @@ def test_a_batch_that_raises_what_asyncio_refuses_answers_and_the_lane_lives_on(
     first, later = asyncio.run(main())
     assert isinstance(first, RuntimeError) and "StopIteration: first pass" in str(first)
     assert later == "ok b"
+
+
+def test_the_thin_client_keeps_requests_in_flight_so_one_folder_is_batched(batching_server, serve_env, tmp_path):
+    """`cvtool classify DIR` through the server: with CVTOOL_SERVER_IN_FLIGHT=4 (the default) the files of one
+    client share forward passes, with 1 each runs alone; the records, their order and the exit code are the
+    same, a bad file among them one error record in its place."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT, jsonl
+
+    folder = tmp_path / "digits"
+    folder.mkdir()
+    for path in DIGITS:
+        (folder / path.name).write_bytes(path.read_bytes())
+    (folder / "digit_4b.png").write_bytes(b"not a png")  # sorts among the good ones
+    outcomes = {}
+    for in_flight in ("1", "4"):
+        before = batching(batching_server)
+        run = subprocess.run([sys.executable, "-m", "cvtool", "classify", str(folder), "--model", "lenet5_digits",
+                              "-k", "1", "-f", "jsonl"], capture_output=True, text=True, cwd=ROOT, timeout=120,
+                             env={**serve_env, "CVTOOL_SERVER": batching_server.url,
+                                  "CVTOOL_SERVER_IN_FLIGHT": in_flight})
+        after = batching(batching_server)
+        outcomes[in_flight] = (run.returncode, [without_ms(r) for r in jsonl(run.stdout)],
+                               after["requests"] - before["requests"], after["batches"] - before["batches"])
+    assert outcomes["1"][:2] == outcomes["4"][:2]
+    code, records, requests, batches = outcomes["4"]
+    assert code == 1 and [Path(r["path"]).name for r in records] == sorted(p.name for p in folder.iterdir())
+    assert "error" in records[5] and all("error" not in r for i, r in enumerate(records) if i != 5)
+    assert outcomes["1"][2:] == (10, 10)  # one after another: every request its own pass
+    assert requests == 10 and batches < 10  # four on their way at once: some shared a pass
+    bad = subprocess.run([sys.executable, "-m", "cvtool", "classify", str(folder), "--model", "lenet5_digits"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=60,
+                         env={**serve_env, "CVTOOL_SERVER": batching_server.url, "CVTOOL_SERVER_IN_FLIGHT": "0"})
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines()[-1] == "cvtool: CVTOOL_SERVER_IN_FLIGHT='0': expected a whole number >= 1"

@@ -28,6 +28,8 @@ from cvtool.io.outputs import one_input_for_file
 
 ENV_SERVER = "CVTOOL_SERVER"
 ENV_TOKEN = "CVTOOL_TOKEN"
+ENV_IN_FLIGHT = "CVTOOL_SERVER_IN_FLIGHT"
+IN_FLIGHT = 4  # a batch's requests on their way at once: the server batches them across requests (--max-batch)
 LOCAL_ONLY = "unset CVTOOL_SERVER to run it locally"
 
 
@@ -183,13 +185,15 @@ def _writer(task: str, fmt: str | None):
 def run_batch(url: str, task: str, images: list[str], *, fmt: str | None, recursive: bool, options: dict,
               out=None, save: dict | None = None, skip_existing: bool = False) -> int:
     """classify / detect / segment / stylize --model (and verify-face --gallery as `identify`): one request per
-    input, in order; a bad input is reported and the batch goes on (exit 1 at the end), as locally. With
+    input, up to CVTOOL_SERVER_IN_FLIGHT (4) of them at once, records printed in input order; a bad input is
+    reported and the batch goes on (exit 1 at the end), as locally. With
     `out`, each input's files are written here as the local run writes them (`LocalOutputs`)."""
     from cvtool.console import BatchSummary, drive, info
     from cvtool.io.inputs import expand_inputs
     from cvtool.io.video import is_stream
 
     client = Client(url)
+    in_flight = requests_in_flight()
     writer = _writer(task, fmt)
     outputs = local_outputs(task, out, save or {}, options, skip_existing)
     items, total = expand_inputs(images, recursive=recursive, stdin=sys.stdin, out_dir=out,
@@ -203,42 +207,77 @@ def run_batch(url: str, task: str, images: list[str], *, fmt: str | None, recurs
         params.update(outputs.params)
     summary = BatchSummary()
 
+    def finish(item, data: bytes, status: int, headers: dict, body: bytes) -> dict:
+        if status == 200:
+            record, png = _answer(headers, body, client)
+            if outputs is not None:
+                try:
+                    record["outputs"] = outputs.save(item.path, data, record, png, headers)
+                except ServerError:
+                    raise
+                except CvtoolError as exc:  # as the local runner: this input fails, the batch goes on
+                    return {"path": item.path, "error": exc.reason}
+            return record
+        reason = input_failure(status, body)
+        if reason is None:
+            raise_for(status, body, client)
+        return {"path": item.path, "error": reason}
+
     def records() -> Iterator[dict]:
-        for item in items:
-            if item.error:
-                yield {"path": item.path, "error": item.error}
-                continue
-            if is_stream(item.path):
-                yield {"path": item.path, "error": f"videos and cameras are not sent to the server; {LOCAL_ONLY}"}
-                continue
-            if skip_existing and outputs is not None and outputs.done(item.path):
-                summary.skipped += 1
-                continue
+        """In input order, with up to `in_flight` requests on their way at once (so the server can batch one
+        client's files); files are read, and outputs written, here in this thread only."""
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        pending: deque = deque()  # (record, None) ready, or (item, data, future)
+        with ThreadPoolExecutor(max_workers=in_flight) as pool:
             try:
-                data = read_file(item.path)
-            except InputError as exc:
-                yield {"path": item.path, "error": exc.reason}
-                continue
-            status, headers, body = client.post_image(f"/{task}", data, item.path, params)
-            if status == 200:
-                record, png = _answer(headers, body, client)
-                if outputs is not None:
-                    try:
-                        record["outputs"] = outputs.save(item.path, data, record, png, headers)
-                    except ServerError:
-                        raise
-                    except CvtoolError as exc:  # as the local runner: this input fails, the batch goes on
-                        yield {"path": item.path, "error": exc.reason}
+                for item in items:
+                    if item.error:
+                        pending.append(({"path": item.path, "error": item.error}, None))
+                    elif is_stream(item.path):
+                        pending.append(({"path": item.path, "error": "videos and cameras are not sent to the "
+                                         f"server; {LOCAL_ONLY}"}, None))
+                    elif skip_existing and outputs is not None and outputs.done(item.path):
+                        summary.skipped += 1
                         continue
-                yield record
-                continue
-            reason = input_failure(status, body)
-            if reason is None:
-                raise_for(status, body, client)
-            yield {"path": item.path, "error": reason}
+                    else:
+                        try:
+                            data = read_file(item.path)
+                        except InputError as exc:
+                            pending.append(({"path": item.path, "error": exc.reason}, None))
+                        else:
+                            future = pool.submit(client.post_image, f"/{task}", data, item.path, params)
+                            pending.append((item, data, future))
+                    while pending and (len(pending) > in_flight or len(pending[0]) == 2):
+                        yield _settle(pending.popleft(), finish)
+                while pending:
+                    yield _settle(pending.popleft(), finish)
+            finally:  # stopped early (a server error, Ctrl-C): requests not yet sent are dropped
+                for entry in pending:
+                    if len(entry) == 3:
+                        entry[2].cancel()
 
     drive(records(), writer, total=total, summary=summary)
     return summary.exit_code
+
+
+def _settle(entry: tuple, finish) -> dict:
+    if len(entry) == 2:
+        return entry[0]
+    item, data, future = entry
+    return finish(item, data, *future.result())
+
+
+def requests_in_flight() -> int:
+    """How many of a batch's requests the client keeps on their way at once: CVTOOL_SERVER_IN_FLIGHT, default
+    IN_FLIGHT (1: one after another)."""
+    given = os.environ.get(ENV_IN_FLIGHT, "").strip()
+    if not given:
+        return IN_FLIGHT
+    if not given.isdigit() or int(given) < 1:
+        raise UsageError(f"{ENV_IN_FLIGHT}={given!r}: expected a whole number >= 1")
+    return int(given)
 
 
 RECORD_HEADER = "x-cvtool-record"  # a PNG answer's record (/stylize, /segment?format=png)
