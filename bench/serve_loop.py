@@ -17,6 +17,10 @@
    measured in turn, `--rounds` times, in alternating order, so that other load falls on both alike; each
    figure with the load average before and after it, and the batch sizes the server counted (/healthz).
 3. Memory: the batching server's RSS after warm-up and after `--requests` more /detect requests.
+4. One client's folder: `cvtool detect DIR -f jsonl` (`--folder` JPEGs as in 2) through a batching server, the
+   thin client sending one request at a time (CVTOOL_SERVER_IN_FLIGHT=1) or 4 at once (the default),
+   alternating, `--rounds` times each: wall seconds of the whole command, images/s, and whether the records
+   (all but `ms`) are identical.
 
 Talks to 127.0.0.1 only; bounded in count and time.
 """
@@ -269,6 +273,48 @@ def detect_load(env: dict, tmp: Path, clients: int, requests: int, seconds: floa
     }
 
 
+def client_folder(env: dict, tmp: Path, count: int, max_batch: int, wait_ms: float, rounds: int) -> dict:
+    weights = yolo_checkpoint(tmp)
+    folder = tmp / "frames"
+    folder.mkdir()
+    for i, data in enumerate(jpegs(count)):
+        (folder / f"frame{i:03d}.jpg").write_bytes(data)
+    proc, url = start_server(["--preload", f"detect:{weights}", "--device", "cpu", "--max-batch", str(max_batch),
+                              "--batch-wait-ms", str(wait_ms)], env, tmp / "serve-folder.log")
+    runs: dict[str, list] = {"1": [], "4": []}
+    records: dict[str, list] = {}
+    try:
+        for number in range(rounds + 1):  # the first round warms up (server threads, page cache) and is not kept
+            for in_flight in (("1", "4") if number % 2 == 0 else ("4", "1")):
+                before, load = healthz(url)["batching"], os.getloadavg()[0]
+                start = time.perf_counter()
+                run = subprocess.run([sys.executable, "-m", "cvtool", "detect", str(folder), "--weights", str(weights),
+                                      "-f", "jsonl"], capture_output=True, text=True, cwd=ROOT, timeout=600,
+                                     env={**env, "CVTOOL_SERVER": url, "CVTOOL_SERVER_IN_FLIGHT": in_flight})
+                seconds = time.perf_counter() - start
+                if run.returncode != 0:
+                    raise SystemExit(f"detect through the server failed: {run.stderr}")
+                after = healthz(url)["batching"]
+                records[in_flight] = [{k: v for k, v in json.loads(line).items() if k != "ms"}
+                                      for line in run.stdout.splitlines()]
+                if number:
+                    runs[in_flight].append({"seconds": round(seconds, 2), "images_per_s": round(count / seconds, 1),
+                                            "mean_batch": round((after["requests"] - before["requests"])
+                                                                / max(1, after["batches"] - before["batches"]), 2),
+                                            "loadavg_1min_before_after": [round(load, 2),
+                                                                          round(os.getloadavg()[0], 2)]})
+                    print("folder", in_flight, json.dumps(runs[in_flight][-1]), file=sys.stderr)
+    finally:
+        stop(proc)
+    median = {k: statistics.median(r["seconds"] for r in v) for k, v in runs.items()}
+    return {"images": count, "model": "yolo (random weights), 320 px letterbox of 640x480 JPEGs, device cpu",
+            "server_threads": env.get("OMP_NUM_THREADS"), "max_batch": max_batch, "batch_wait_ms": wait_ms,
+            "seconds_median": {f"in_flight_{k}": round(v, 2) for k, v in median.items()},
+            "images_per_s_median": {f"in_flight_{k}": round(count / v, 1) for k, v in median.items()},
+            "gain_4_in_flight": round(median["1"] / median["4"], 2),
+            "records_identical": records["1"] == records["4"] and len(records["1"]) == count, "runs": runs}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=20, help="verify-face calls each way (the issue: 50)")
@@ -289,6 +335,7 @@ def main() -> None:
                         "photo in the face cache)")
     parser.add_argument("--skip-verify", action="store_true", help="keep the verify-face figures of the last run")
     parser.add_argument("--skip-detect", action="store_true", help="keep the /detect figures of the last run")
+    parser.add_argument("--folder", type=int, default=64, help="JPEGs in the one-client folder (0: skip it)")
     args = parser.parse_args()
     env = {**os.environ, "CVTOOL_NO_PROGRESS": "1"}
     env.pop("CVTOOL_SERVER", None)
@@ -304,6 +351,9 @@ def main() -> None:
         if not args.skip_detect:
             figures["detect_load"] = detect_load(env, Path(tmp), args.clients, args.requests, args.seconds,
                                                  args.max_batch, args.batch_wait_ms, args.rounds)
+        if args.folder:
+            figures["client_folder"] = client_folder(env, Path(tmp), args.folder, args.max_batch, args.batch_wait_ms,
+                                                     args.rounds)
     write_results("serve_loop", {**earlier(figures), **figures})
 
 
