@@ -300,6 +300,12 @@ class _Task:
         """Prepared items with equal keys may share one forward pass without changing each other's results."""
         return None
 
+    def input_pixels(self, prepared: tuple) -> int:
+        """The pixels of the network's input for a prepared item (what its activations grow with), so that a
+        caller batching items can bound a pass's memory; here the decoded image's."""
+        height, width = prepared[1].shape[:2]
+        return int(height * width)
+
     def predict_prepared(self, prepared: list) -> list[Result]:
         """Results of prepared items, in order, from one forward pass (under this object's lock)."""
         from cvtool.pipelines.base import result_record
@@ -454,6 +460,9 @@ class Classifier(_Task):
     def batch_key(self, prepared: tuple) -> Hashable:
         return tuple(prepared[2].shape)  # the pass stacks its inputs: one shape per pass
 
+    def input_pixels(self, prepared: tuple) -> int:
+        return int(prepared[2].shape[-2] * prepared[2].shape[-1])
+
     @staticmethod
     def rows(result: dict) -> list[list]:
         from cvtool.pipelines.classify import rows
@@ -493,6 +502,9 @@ class Detector(_Task):
 
     def batch_key(self, prepared: tuple) -> Hashable:
         return self._pipeline.batch_key(prepared[2])
+
+    def input_pixels(self, prepared: tuple) -> int:
+        return self._pipeline.input_pixels(prepared[2])
 
     @staticmethod
     def rows(result: dict) -> list[list]:
@@ -541,6 +553,9 @@ class Segmenter(_Task):
 
     def batch_key(self, prepared: tuple) -> Hashable:
         return self._pipeline.batch_key(prepared[2])
+
+    def input_pixels(self, prepared: tuple) -> int:
+        return self._pipeline.input_pixels(prepared[2])
 
     def _finish(self, res: Result, sample, extras: dict) -> Result:
         res.mask = sample.labels

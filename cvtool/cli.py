@@ -1062,6 +1062,8 @@ def serve_cmd(
                                   "model and options run as one batch of up to N (1: each alone)."),
     batch_wait_ms: float = typer.Option(5.0, "--batch-wait-ms", min=0, help="How long a batch waits for more "
                                         "requests after its first."),
+    max_batch_pixels: int = typer.Option(8 * 1024**2, "--max-batch-pixels", min=1, help="A batch's network inputs "
+                                         "in all, in pixels (their activations' memory); a larger input runs alone."),
 ) -> None:
     """Serve the models over HTTP, kept loaded between requests: one endpoint per task (/classify, /detect,
     /segment, /stylize, /verify-face, /identify) answering the records the commands print; docs at /docs."""
@@ -1083,7 +1085,8 @@ def serve_cmd(
         settings = Settings(host=host, port=port, token=token or None, allow_paths=allow_paths,
                             max_bytes=parse_size(max_bytes), max_pixels=max_pixels, device=device,
                             memory_budget=parse_size(memory_budget), preload=list(preload or []), galleries=galleries,
-                            max_batch=max_batch, batch_wait_ms=batch_wait_ms, log=not SETTINGS.quiet)
+                            max_batch=max_batch, batch_wait_ms=batch_wait_ms, max_batch_pixels=max_batch_pixels,
+                            log=not SETTINGS.quiet)
         serve(settings, workers=workers)
 
 

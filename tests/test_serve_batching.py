@@ -241,3 +241,63 @@ def test_the_thin_client_keeps_requests_in_flight_so_one_folder_is_batched(batch
                          env={**serve_env, "CVTOOL_SERVER": batching_server.url, "CVTOOL_SERVER_IN_FLIGHT": "0"})
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines()[-1] == "cvtool: CVTOOL_SERVER_IN_FLIGHT='0': expected a whole number >= 1"
+
+
+def test_a_batch_stops_growing_at_max_pixels_and_a_larger_input_runs_alone(unet):
+    """In-process, the real U-Net: requests whose inputs would pass --max-batch-pixels together go in the next
+    batch (none is lost or reordered); one input larger than the bound runs alone; the records are those of
+    single calls."""
+    import cvtool
+    from cvtool.serve.batching import Batcher
+
+    seg = cvtool.Segmenter(weights=unet, device="cpu")
+    rng = np.random.default_rng(0)
+    rgbs = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(5)]
+    rgbs.insert(2, rng.integers(0, 256, (96, 128, 3), dtype=np.uint8))  # 12,288 pixels: over the bound alone
+    prepared = [seg.prepare(rgb) for rgb in rgbs]
+    assert [seg.input_pixels(p) for p in prepared] == [4096, 4096, 12288, 4096, 4096, 4096]
+    expected = [seg(rgb).to_dict()["result"] for rgb in rgbs]
+
+    async def main():
+        batcher = Batcher(max_batch=8, wait_ms=200, max_pixels=3 * 4096)
+        outcomes = await asyncio.gather(*(batcher.submit(seg, p) for p in prepared))
+        await batcher.close()
+        return outcomes, batcher.stats()
+
+    outcomes, stats = asyncio.run(main())
+    assert [o.to_dict()["result"] for o in outcomes] == expected
+    # queued in order: [64, 64] (the large one does not fit), [large] alone, [64, 64, 64]; none over 3 x 4096
+    assert (stats["requests"], stats["batches"], stats["max_pixels"]) == (6, 3, 3 * 4096)
+    assert stats["sizes"] == {"1": 1, "2": 1, "3": 1}
+
+
+def test_a_request_whose_size_cannot_be_had_is_answered_with_the_error_and_the_lane_lives_on():
+    """Anything that fails while a batch is being gathered (here the task object's input_pixels) answers the
+    requests taken, instead of leaving them waiting for ever; the next request is served."""
+    from cvtool.serve.batching import Batcher
+
+    class Odd:
+        task = "classify"
+
+        def batch_key(self, prepared):
+            return None
+
+        def input_pixels(self, prepared):
+            if prepared == "bad":
+                raise ValueError("no size")
+            return 1
+
+        def predict_prepared(self, prepared):
+            return [f"ok {p}" for p in prepared]
+
+    async def main():
+        batcher = Batcher(max_batch=4, wait_ms=50, max_pixels=10)
+        obj = Odd()
+        first = await asyncio.wait_for(asyncio.gather(batcher.submit(obj, "bad"), return_exceptions=True), timeout=10)
+        later = await asyncio.wait_for(batcher.submit(obj, "good"), timeout=10)
+        await batcher.close()
+        return first[0], later
+
+    first, later = asyncio.run(main())
+    assert isinstance(first, ValueError) and str(first) == "no size"
+    assert later == "ok good"

@@ -116,7 +116,8 @@ class ModelEntry:
     # the plain conv/ReLU/pool stack perceptual losses read named layers from (Gatys stylize): VGGs; None: none
     feature_stack: Callable[["nn.Module"], "nn.Module"] | None = None
     # (loaded, rgb uint8) -> what `forward` takes for one image, made in the pipelines' decoding threads (our
-    # YOLO letterboxes there); None: the pipeline's own [0, 1] tensor
+    # YOLO letterboxes there), with a `shape` whose last two are the network input's height and width; None: the
+    # pipeline's own [0, 1] tensor
     prepare_input: Callable | None = None
     # task "face-detect": (entry, models.face_detectors.FaceDetectorOptions) -> an object whose detect(list of
     # RGB uint8) gives per image [(left, top, right, bottom, score)], dlib-style inclusive boxes

@@ -191,6 +191,10 @@ class Letterboxed:
     def to(self, device, **kwargs) -> "Letterboxed":
         return Letterboxed(self.tensor.to(device, **kwargs), self.box)
 
+    @property
+    def shape(self) -> torch.Size:
+        return self.tensor.shape
+
 
 def prepare_letterboxed(loaded, rgb) -> Letterboxed:
     """The registry's prepare_input: letterbox one uint8 image to the model's size (torch or exported)."""

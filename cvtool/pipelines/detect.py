@@ -22,6 +22,7 @@ class Sample:
     # 3 x H x W: float in [0, 1], or uint8 0-255 (CUDA: pinned, scaled on the device); a model's own prepared
     # input; on onnxruntime (3 x S x S float32 array letterboxed, its Letterbox)
     tensor: object
+    input_hw: tuple[int, int] = (0, 0)  # the network input's height and width (the letterbox, or the image)
 
 
 # What the exported graph of a letterboxing detector (our YOLO) returns: boxes in letterboxed pixels, objectness,
@@ -91,15 +92,18 @@ class DetectPipeline:
             from cvtool.ops.tensors import image_to_array
 
             boxed, box = letterbox(rgb, self.letterbox_size)
-            return Sample(rgb, (image_to_array(boxed), box))
+            return Sample(rgb, (image_to_array(boxed), box), boxed.shape[:2])
         import torch
 
         from cvtool.ops.tensors import image_to_tensor
 
         if self.pixels_on_device:
-            return Sample(rgb, torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))).pin_memory())
+            return Sample(rgb, torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))).pin_memory(),
+                          rgb.shape[:2])
         prepared = self.model.prepare_input(rgb)  # e.g. our YOLO letterboxes here, in the decoding threads
-        return Sample(rgb, prepared if prepared is not None else image_to_tensor(rgb))
+        if prepared is None:
+            return Sample(rgb, image_to_tensor(rgb), rgb.shape[:2])
+        return Sample(rgb, prepared, tuple(prepared.shape[-2:]))
 
     def batch_key(self, sample: Sample) -> tuple | None:
         """Samples with equal keys may share a forward pass: any mix where each is letterboxed to the model's
@@ -108,6 +112,11 @@ class DetectPipeline:
         if self.letterbox_size is not None or self.model.contract.prepare_input is not None:
             return None
         return tuple(sample.rgb.shape[:2])
+
+    @staticmethod
+    def input_pixels(sample: Sample) -> int:
+        """The pixels of the network's input: the letterbox, or the image itself."""
+        return int(sample.input_hw[0] * sample.input_hw[1])
 
     def render(self, rgb: np.ndarray, sample: Sample, result: dict) -> np.ndarray:
         return draw_detections(rgb, result["detections"])

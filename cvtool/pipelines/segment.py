@@ -75,6 +75,10 @@ class SegmentPipeline:
         each image runs alone."""
         return None if self.tile else tuple(sample.tensor.shape)
 
+    @staticmethod
+    def input_pixels(sample: Sample) -> int:
+        return int(sample.tensor.shape[-2] * sample.tensor.shape[-1])
+
     def render(self, rgb: np.ndarray, sample: Sample, result: dict) -> np.ndarray:
         return overlay(rgb, sample.labels, self.alpha, self.palette)
 

@@ -56,6 +56,7 @@ class Settings:
     face_cache: int = 4096  # verify-face: photos whose faces and descriptors are remembered (by their bytes' hash)
     max_batch: int = 8  # classify/detect/segment: most requests in one forward pass (1: each request alone)
     batch_wait_ms: float = 5.0  # how long a batch waits for more requests after its first
+    max_batch_pixels: int = 8 * 1024**2  # a batch's network inputs in all (their activations); one larger runs alone
     log: bool = True
 
     def to_json(self) -> str:
@@ -228,7 +229,7 @@ class Server:
         self.registry = Registry(settings.memory_budget, on_event=log_line if settings.log else None)
         self.galleries: dict[tuple, Any] = {}
         self.faces = FaceCache(settings.face_cache)
-        self.batcher = Batcher(settings.max_batch, settings.batch_wait_ms)
+        self.batcher = Batcher(settings.max_batch, settings.batch_wait_ms, settings.max_batch_pixels)
         self._gallery_lock = threading.Lock()
         self.preloaded_weights: set[str] = set()
         self.started = time.time()

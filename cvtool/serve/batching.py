@@ -9,7 +9,10 @@ waiting request, then whatever else arrives until the batch has `max_batch` requ
 passed since it took the first, or no other request for the same task is on its way (being received or
 decoded: a lone client never waits for the window), and runs them with the task object's own batch path (`obj.predict_prepared`:
 the forward pass a list call makes, under the object's lock) in a worker thread. While a batch runs, newer
-requests wait in the queue, so under load the next batch is taken whole without waiting.
+requests wait in the queue, so under load the next batch is taken whole without waiting. A batch also stops
+growing before its inputs would pass `max_pixels` in all (the task object's `input_pixels`: the network's
+input, which its activations grow with), so a few large images do not go through together; one larger
+than that alone still runs, alone.
 
 Within a batch, samples whose forward passes would touch each other go in separate passes (the task object's
 `batch_key`): classifiers stack equal shapes only; torchvision's detectors pad a batch to its largest image, so
@@ -68,14 +71,16 @@ class _Lane:
     obj: Any
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     task: asyncio.Task | None = None
+    held: tuple | None = None  # a request taken that did not fit its batch's pixels: the next batch's first
 
 
 class Batcher:
     """The lanes, and counters for /healthz and /models."""
 
-    def __init__(self, max_batch: int = 8, wait_ms: float = 5.0):
+    def __init__(self, max_batch: int = 8, wait_ms: float = 5.0, max_pixels: int | None = None):
         self.max_batch = max(1, int(max_batch))
         self.wait_s = max(0.0, float(wait_ms)) / 1000
+        self.max_pixels = max_pixels  # None: no bound on a batch's input pixels
         self._lanes: dict[int, _Lane] = {}
         self.batches = 0  # forward passes run
         self.requests = 0  # requests answered through them
@@ -95,7 +100,8 @@ class Batcher:
             self._coming[task] -= 1
 
     def stats(self) -> dict:
-        return {"max_batch": self.max_batch, "wait_ms": round(self.wait_s * 1000, 3), "batches": self.batches,
+        return {"max_batch": self.max_batch, "wait_ms": round(self.wait_s * 1000, 3), "max_pixels": self.max_pixels,
+                "batches": self.batches,
                 "requests": self.requests, "largest": self.largest,
                 "mean": round(self.requests / self.batches, 2) if self.batches else None,
                 "sizes": {str(k): v for k, v in sorted(self.sizes.items())}, "retried_alone": self.retried_alone}
@@ -112,9 +118,8 @@ class Batcher:
         return await future
 
     async def _collect(self, lane: _Lane) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            first = await _get(lane.queue, IDLE_S)
+            first, lane.held = lane.held or await _get(lane.queue, IDLE_S), None
             if first is None:
                 if lane.queue.empty():  # no await between this check and the removal: no request is lost
                     if self._lanes.get(id(lane.obj)) is lane:
@@ -122,14 +127,14 @@ class Batcher:
                     return
                 continue
             batch = [first]
-            deadline = loop.time() + self.wait_s
-            while len(batch) < self.max_batch:
-                if lane.queue.empty() and not self._coming.get(lane.obj.task):
-                    break  # nobody else on the way: waiting would only delay this batch
-                item = await _get(lane.queue, deadline - loop.time())
-                if item is None:
-                    break
-                batch.append(item)
+            try:
+                await self._fill(lane, batch)
+            except asyncio.CancelledError:
+                _stopping(batch, lane)
+                raise
+            except Exception as exc:  # e.g. an input_pixels that failed: answered, never left waiting
+                _answer(batch, [exc] * len(batch))
+                continue
             batch = [(prepared, future) for prepared, future in batch if not future.done()]  # client gone
             if not batch:
                 continue
@@ -139,9 +144,30 @@ class Batcher:
             except BaseException as exc:  # not a bad input (those are in `outcomes`): answer every request
                 outcomes = [exc] * len(batch)
                 if isinstance(exc, asyncio.CancelledError):
-                    _answer(batch, [RuntimeError("server stopping")] * len(batch))
+                    _stopping(batch, lane)
                     raise
             _answer(batch, outcomes)  # the collector lives on whatever a batch raised
+
+    async def _fill(self, lane: _Lane, batch: list) -> None:
+        """Add to `batch` what else arrives within the window, up to max_batch requests and max_pixels."""
+        loop = asyncio.get_running_loop()
+        pixels = self._pixels(lane.obj, batch[0])
+        deadline = loop.time() + self.wait_s
+        while len(batch) < self.max_batch:
+            if lane.queue.empty() and not self._coming.get(lane.obj.task):
+                break  # nobody else on the way: waiting would only delay this batch
+            item = await _get(lane.queue, deadline - loop.time())
+            if item is None:
+                break
+            batch.append(item)  # in the batch before anything about it can fail: it will be answered
+            more = self._pixels(lane.obj, item)
+            if self.max_pixels is not None and pixels + more > self.max_pixels and len(batch) > 1:
+                lane.held = batch.pop()  # too large to join: it starts the next batch
+                break
+            pixels += more
+
+    def _pixels(self, obj, item: tuple) -> int:
+        return obj.input_pixels(item[0]) if self.max_pixels is not None else 0
 
     def _count(self, passes: list[int], requests: int, retried: int) -> None:
         self.requests += requests
@@ -158,6 +184,11 @@ class Batcher:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _stopping(batch: list, lane: _Lane) -> None:
+    waiting = batch + ([lane.held] if lane.held is not None else [])
+    _answer(waiting, [RuntimeError("server stopping")] * len(waiting))
 
 
 def _answer(batch: list, outcomes: list) -> None:
