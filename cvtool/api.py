@@ -519,6 +519,13 @@ class Detector(_Task):
 
         return extra_formats(self.loaded)
 
+    @property
+    def coco_categories(self) -> dict[int, dict]:
+        """Class index -> COCO category {"id", "name"}: what `-f coco` lists (cvtool.pipelines.detect)."""
+        from cvtool.pipelines.detect import COCO_IDS_FIELD, coco_categories
+
+        return coco_categories(self.loaded.classes, self.loaded.meta.get(COCO_IDS_FIELD))
+
 
 def default_conf(loaded) -> float:
     """The confidence threshold a model's scores call for (declared on its registry entry; 0.25 otherwise)."""

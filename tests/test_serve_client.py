@@ -137,6 +137,30 @@ def test_detect_out_with_crops_and_labels_is_the_local_runs(env, server, nets, i
     assert server.text().count("POST /detect ") == 4 + 1
 
 
+def test_detect_coco_and_yolo_formats_through_the_server_are_the_local_documents(env, server, nets, inputs, tmp_path):
+    """-f coco lists the server's detector's own COCO categories (here ids a checkpoint stored: 7 and 42), -f yolo
+    its lines: the bytes a local run prints, the same exit code (the bad file fails)."""
+    import torch
+
+    from cvtool.models.checkpoint import COCO_IDS_FIELD, save_checkpoint
+
+    stored = torch.load(nets / "yolo.pt", weights_only=True)
+    coco_yolo = nets / "yolo_coco_ids.pt"
+    save_checkpoint(coco_yolo, arch="yolo", task="detect", state_dict=stored["state_dict"], classes=stored["classes"],
+                    preprocess=stored["preprocess"],
+                    extra={"arch_kwargs": stored["arch_kwargs"], COCO_IDS_FIELD: [7, 42]})
+    printed = {}
+    for fmt in ("coco", "yolo"):
+        args = ["detect", *inputs, "--weights", coco_yolo, "--conf", "0.2", "-f", fmt]
+        local, remote = cvtool(env, *args), cvtool(env, *args, server=server)
+        assert local.returncode == remote.returncode == 1, (local.stderr, remote.stderr)
+        assert remote.stdout == local.stdout and local.stdout
+        printed[fmt] = local.stdout
+    document = json.loads(printed["coco"])
+    assert document["categories"] == [{"id": 7, "name": "square"}, {"id": 42, "name": "disk"}]
+    assert document["annotations"]  # the random detector does find boxes
+
+
 def test_segment_out_masks_and_overlays_are_the_local_runs(env, server, nets, inputs, tmp_path):
     args = ["segment", *inputs[:3], "--weights", nets / "unet.pt", "--alpha", "0.3", "--save-mask", "-f", "jsonl",
             "--out"]

@@ -236,7 +236,11 @@ def coco_categories(classes: list[str], category_ids: list[int] | None = None) -
 def extra_formats(model: LoadedModel) -> dict:
     """make_writer's `extra_formats` for a loaded detector: COCO lists every category of the model, with
     its COCO id (see `coco_categories`); YOLO's text format needs nothing more."""
-    categories = coco_categories(model.classes, model.meta.get(COCO_IDS_FIELD))
+    return writers_for(coco_categories(model.classes, model.meta.get(COCO_IDS_FIELD)))
+
+
+def writers_for(categories: dict[int, dict]) -> dict:
+    """make_writer's `extra_formats` for a detector with these COCO categories (class index -> {"id", "name"})."""
     return {"coco": partial(CocoWriter, categories=categories), "yolo": YoloWriter}
 
 

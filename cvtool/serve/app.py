@@ -463,6 +463,17 @@ def create_app(settings: Settings, server: Server | None = None) -> FastAPI:
         headers = {"x-cvtool-classes": json.dumps(list(obj.classes))} if with_classes else None
         return JSONResponse(named(result, image), headers=headers)
 
+    @app.get("/detect/categories")
+    async def detect_categories(model: Optional[str] = None, weights: Optional[str] = None,
+                                backend: str = DEFAULT_BACKEND):
+        """The detector's COCO categories, `[{"index", "id", "name"}]` by class index: what `cvtool detect -f
+        coco` lists (the thin client asks once, before its batch)."""
+        def work():
+            entry = server.entry("detect", model, server.server_file(weights, "weights"), backend)
+            return {"categories": [{"index": i, **c} for i, c in entry.obj.coco_categories.items()]}
+
+        return await answer(work)
+
     @app.post("/segment")
     async def segment(request: Request, model: Optional[str] = None, weights: Optional[str] = None,
                       alpha: float = Query(0.5, ge=0, le=1), classes: Optional[str] = None,

@@ -160,15 +160,18 @@ def fast_rows(result: dict) -> list[list]:
     return [[result["size"][0], result["size"][1]]]
 
 
-def _writer(task: str, fmt: str | None):
-    """The CLI's writer; the columns and row flatteners (cvtool.api, no torch) only for table and CSV."""
+def _writer(task: str, fmt: str | None, client: "Client | None" = None, options: dict | None = None):
+    """The CLI's writer; the columns and row flatteners (cvtool.api, no torch) only for table and CSV; detect's
+    `-f coco` with the categories the server's detector has (GET /detect/categories) and `-f yolo`."""
     from cvtool.io.records import make_writer
 
     if fmt is None:
         fmt = "table" if sys.stdout.isatty() else "jsonl"
     if fmt in ("coco", "yolo"):
-        raise UsageError(f"--format {fmt} needs the model's class list, which stays on the server; use json or "
-                         f"jsonl, or {LOCAL_ONLY}")
+        from cvtool.pipelines.detect import writers_for
+
+        categories = _coco_categories(client, options or {}) if fmt == "coco" else {}
+        return make_writer(fmt, [], lambda result: [], extra_formats=writers_for(categories))
     if fmt in ("json", "jsonl"):
         return make_writer(fmt, [], lambda result: [])
     if task == "verify-face":  # the local CLI's columns (cvtool.pipelines.face, which imports NumPy and OpenCV)
@@ -194,7 +197,7 @@ def run_batch(url: str, task: str, images: list[str], *, fmt: str | None, recurs
 
     client = Client(url)
     in_flight = requests_in_flight()
-    writer = _writer(task, fmt)
+    writer = _writer(task, fmt, client, options)
     outputs = local_outputs(task, out, save or {}, options, skip_existing)
     items, total = expand_inputs(images, recursive=recursive, stdin=sys.stdin, out_dir=out,
                                  on_previous_outputs=lambda n: info(f"{n} previous cvtool output(s) in --out not "
@@ -260,6 +263,18 @@ def run_batch(url: str, task: str, images: list[str], *, fmt: str | None, recurs
 
     drive(records(), writer, total=total, summary=summary)
     return summary.exit_code
+
+
+def _coco_categories(client: "Client", options: dict) -> dict[int, dict]:
+    """The server's detector's COCO categories (class index -> {"id", "name"}), as the local `-f coco` lists them."""
+    params = {k: options.get(k) for k in ("model", "weights", "backend") if options.get(k) is not None}
+    status, _, body = client.request("GET", "/detect/categories", params=params)
+    if status != 200:
+        raise_for(status, body, client)
+    try:
+        return {int(c["index"]): {"id": c["id"], "name": c["name"]} for c in json.loads(body)["categories"]}
+    except (ValueError, KeyError, TypeError):
+        raise ServerError(f"server error ({client.url}): /detect/categories sent no categories") from None
 
 
 def _settle(entry: tuple, finish) -> dict:
