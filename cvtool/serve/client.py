@@ -21,7 +21,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from typing import Iterator
+from typing import Any, Iterator, NamedTuple
 
 from cvtool.errors import EXIT_INTERNAL, EXIT_USAGE, CvtoolError, InputError, UsageError
 from cvtool.io.outputs import one_input_for_file
@@ -232,15 +232,15 @@ def run_batch(url: str, task: str, images: list[str], *, fmt: str | None, recurs
         from collections import deque
         from concurrent.futures import ThreadPoolExecutor
 
-        pending: deque = deque()  # (record, None) ready, or (item, data, future)
+        pending: deque[_Pending] = deque()
         with ThreadPoolExecutor(max_workers=in_flight) as pool:
             try:
                 for item in items:
                     if item.error:
-                        pending.append(({"path": item.path, "error": item.error}, None))
+                        pending.append(_Pending({"path": item.path, "error": item.error}))
                     elif is_stream(item.path):
-                        pending.append(({"path": item.path, "error": "videos and cameras are not sent to the "
-                                         f"server; {LOCAL_ONLY}"}, None))
+                        pending.append(_Pending({"path": item.path, "error": "videos and cameras are not sent to "
+                                                 f"the server; {LOCAL_ONLY}"}))
                     elif skip_existing and outputs is not None and outputs.done(item.path):
                         summary.skipped += 1
                         continue
@@ -248,18 +248,18 @@ def run_batch(url: str, task: str, images: list[str], *, fmt: str | None, recurs
                         try:
                             data = read_file(item.path)
                         except InputError as exc:
-                            pending.append(({"path": item.path, "error": exc.reason}, None))
+                            pending.append(_Pending({"path": item.path, "error": exc.reason}))
                         else:
                             future = pool.submit(client.post_image, f"/{task}", data, item.path, params)
-                            pending.append((item, data, future))
-                    while pending and (len(pending) > in_flight or len(pending[0]) == 2):
-                        yield _settle(pending.popleft(), finish)
+                            pending.append(_Pending(None, item, data, future))
+                    while pending and (len(pending) > in_flight or pending[0].record is not None):
+                        yield pending.popleft().settle(finish)
                 while pending:
-                    yield _settle(pending.popleft(), finish)
+                    yield pending.popleft().settle(finish)
             finally:  # stopped early (a server error, Ctrl-C): requests not yet sent are dropped
                 for entry in pending:
-                    if len(entry) == 3:
-                        entry[2].cancel()
+                    if entry.future is not None:
+                        entry.future.cancel()
 
     drive(records(), writer, total=total, summary=summary)
     return summary.exit_code
@@ -277,11 +277,16 @@ def _coco_categories(client: "Client", options: dict) -> dict[int, dict]:
         raise ServerError(f"server error ({client.url}): /detect/categories sent no categories") from None
 
 
-def _settle(entry: tuple, finish) -> dict:
-    if len(entry) == 2:
-        return entry[0]
-    item, data, future = entry
-    return finish(item, data, *future.result())
+class _Pending(NamedTuple):
+    """One input of a batch in the client's window: its record already (it failed here), or its request."""
+
+    record: dict | None
+    item: Any = None
+    data: bytes = b""
+    future: Any = None  # concurrent.futures.Future of (status, headers, body)
+
+    def settle(self, finish) -> dict:
+        return self.record if self.record is not None else finish(self.item, self.data, *self.future.result())
 
 
 def requests_in_flight() -> int:
