@@ -129,6 +129,8 @@ HALF_OPT = typer.Option(False, "--half", help="Half precision (autocast): fp16 o
                         "bfloat16 instructions (refused on other CPUs). Agreement with fp32: README, GPUs.")
 THREADS_OPT = typer.Option(None, "--threads", min=0, metavar="N", help="Compute threads (PyTorch, OpenCV, onnxruntime). Default: "
                            "cores / N with --shard K/N, else the libraries' own; 0: the libraries' own.")
+EMA_OPT = typer.Option(0.0, "--ema", min=0.0, help="Validate and save a moving average of the weights with this decay "
+                       "(e.g. 0.99; 0: off).")
 
 
 def _input_items(images: list[str], recursive: bool, out: Optional[Path] = None):
@@ -692,6 +694,7 @@ def train_classify(
     val_split: float = typer.Option(0.1, "--val-split", help="Without --val: fraction of each class held out."),
     pretrained: bool = typer.Option(False, "--pretrained/--no-pretrained", help="Fine-tune from the model's weights."),
     hflip: bool = typer.Option(False, "--hflip", help="Augment with horizontal flips (off: they change digits/text)."),
+    ema: float = EMA_OPT,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/classify-ARCH-TIME)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory from last.pt."),
     eval_only: bool = typer.Option(False, "--eval-only", help="Only evaluate --weights on DATA."),
@@ -719,7 +722,7 @@ def train_classify(
         summary = _fit(train.classify, data, arch=arch, epochs=epochs, batch_size=batch_size, lr=lr,
                        weight_decay=weight_decay, optimizer=optimizer, img_size=img_size, val=val, val_split=val_split,
                        pretrained=pretrained, hflip=hflip, out=out, resume=resume, device=device, seed=seed,
-                       workers=workers, progress=not SETTINGS.quiet, sync_bn=sync_bn)
+                       workers=workers, progress=not SETTINGS.quiet, sync_bn=sync_bn, ema=ema)
         info(f"best val accuracy {summary['best_val_accuracy']:.4f} (epoch {summary['best_epoch']}); "
              f"{summary['skipped_files']} file(s) skipped; {summary['run_dir']}/best.pt")
         print_report(summary["val_report"], as_json=_wants_json(fmt))
@@ -746,8 +749,7 @@ def train_detect(
                                     help="Start the torchvision backbone from its ImageNet weights."),
     mosaic: float = typer.Option(0.5, "--mosaic", min=0.0, max=1.0, help="Probability of a 2x2 mosaic per image."),
     close_mosaic: int = typer.Option(0, "--close-mosaic", min=0, help="Train the last N epochs without mosaics."),
-    ema: float = typer.Option(0.0, "--ema", min=0.0, help="Validate and save a moving average of the weights with "
-                              "this decay (e.g. 0.99; 0: off)."),
+    ema: float = EMA_OPT,
     val: Optional[str] = typer.Option(None, "--val", help="Validation data (same layouts)."),
     val_split: float = typer.Option(0.2, "--val-split", help="Without --val: fraction of images held out."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/detect-yolo-TIME)."),
@@ -803,8 +805,7 @@ def train_segment(
                                         "frequencies (paper) or is 1."),
     select: str = typer.Option("miou", "--select", help="What picks best.pt on the validation set: miou, or rand "
                                "(two classes: ISBI 2012's Rand F-score of the cells between membranes)."),
-    ema: float = typer.Option(0.0, "--ema", min=0.0, help="Validate and save a moving average of the weights with "
-                              "this decay (e.g. 0.99; 0: off)."),
+    ema: float = EMA_OPT,
     width: int = typer.Option(32, "--width", min=4, help="U-Net: channels of the first level (doubled per level)."),
     depth: int = typer.Option(4, "--depth", min=1, max=6, help="U-Net: number of poolings."),
     in_channels: int = typer.Option(1, "--in-channels", help="U-Net: 1 (grey) or 3 (colour) input."),
@@ -896,6 +897,7 @@ def train_face(
     img_size: Optional[int] = typer.Option(None, "--img-size", min=16, help="Input size (default: the model's own)."),
     val_split: float = typer.Option(0.25, "--val-split", help="Fraction of the people held out (whole identities)."),
     hflip: bool = typer.Option(True, "--hflip/--no-hflip", help="Augment with horizontal flips."),
+    ema: float = EMA_OPT,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/face-ARCH-TIME)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory from last.pt."),
     device: str = DEVICE_OPT,
@@ -916,7 +918,7 @@ def train_face(
                        identities_per_batch=identities_per_batch, images_per_identity=images_per_identity,
                        epochs=epochs, lr=lr, weight_decay=weight_decay, img_size=img_size, val_split=val_split,
                        hflip=hflip, out=out, resume=resume, device=device, seed=seed, workers=workers,
-                       progress=not SETTINGS.quiet, sync_bn=sync_bn)
+                       progress=not SETTINGS.quiet, sync_bn=sync_bn, ema=ema)
         val_metrics = summary["val"]
         auc = val_metrics.get("roc_auc", val_metrics.get("auc"))
         info(f"held-out people: ROC AUC {auc:.4f}, verification accuracy {val_metrics['accuracy']:.4f} at distance "

@@ -110,6 +110,7 @@ class ClassifyTrainArgs:
     img_size: int | None = None
     pretrained: bool = False
     hflip: bool = False
+    ema: float = 0.0  # > 0: validate and save an exponential moving average of the weights with this decay
 
 
 def training_preprocess(entry: ModelEntry, img_size: int | None) -> Preprocess:
@@ -204,6 +205,7 @@ def run_training(
         device,
         callbacks=callbacks,
         args=vars(args).copy(),
+        ema=args.ema,
     )
     if resume:
         trainer.resume(run_dir / "last.pt")
@@ -217,6 +219,7 @@ def run_training(
     summary = {
         "task": "classify",
         "arch": entry.name,
+        "ema": args.ema or None,
         "classes": classes,
         "train_images": len(train_data),
         "val_images": len(val_data),
