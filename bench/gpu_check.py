@@ -207,7 +207,13 @@ def inference_checks(tmp: Path, gpu: str, quick: bool):
         weights = random_checkpoint(tmp, "yolo", "detect", YoloDetector(num_classes=3, width=16, img_size=size),
                                     ["a", "b", "c"], YOLO_PREPROCESS, width=16, img_size=size)
         make = lambda d, h: cvtool.Detector(weights=str(weights), device=d, half=h, conf=0.002, max_det=20)  # noqa: E731
-        return compare_runs(f"detect yolo {size} (random weights)", make, photos() * 2, gpu, boxes_agree(), gate=False)
+        rows = compare_runs(f"detect yolo {size} (random weights)", make, photos() * 2, gpu, boxes_agree(), gate=False)
+        on_gpu = make(gpu, False)  # the server's batch bound counts the letterbox the device makes, not the photo
+        counted = on_gpu.input_pixels(on_gpu.prepare(str(photos()[0])))
+        rows.append({"check": "detect yolo input_pixels on the device", "passed": counted == size * size,
+                     "agreement": f"{counted} = {size}x{size}" if counted == size * size else f"{counted} != {size}^2",
+                     "gated": True})
+        return rows
 
     def detect_fasterrcnn():
         weights = torchvision_random(tmp, "fasterrcnn_resnet50_fpn_v2", "detect")

@@ -897,7 +897,6 @@ def train_face(
     img_size: Optional[int] = typer.Option(None, "--img-size", min=16, help="Input size (default: the model's own)."),
     val_split: float = typer.Option(0.25, "--val-split", help="Fraction of the people held out (whole identities)."),
     hflip: bool = typer.Option(True, "--hflip/--no-hflip", help="Augment with horizontal flips."),
-    ema: float = EMA_OPT,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/face-ARCH-TIME)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory from last.pt."),
     device: str = DEVICE_OPT,
@@ -918,7 +917,7 @@ def train_face(
                        identities_per_batch=identities_per_batch, images_per_identity=images_per_identity,
                        epochs=epochs, lr=lr, weight_decay=weight_decay, img_size=img_size, val_split=val_split,
                        hflip=hflip, out=out, resume=resume, device=device, seed=seed, workers=workers,
-                       progress=not SETTINGS.quiet, sync_bn=sync_bn, ema=ema)
+                       progress=not SETTINGS.quiet, sync_bn=sync_bn)
         val_metrics = summary["val"]
         auc = val_metrics.get("roc_auc", val_metrics.get("auc"))
         info(f"held-out people: ROC AUC {auc:.4f}, verification accuracy {val_metrics['accuracy']:.4f} at distance "

@@ -271,9 +271,9 @@ def test_a_batch_stops_growing_at_max_pixels_and_a_larger_input_runs_alone(unet)
     assert stats["sizes"] == {"1": 1, "2": 1, "3": 1}
 
 
-def test_a_request_whose_size_cannot_be_had_is_answered_with_the_error_and_the_lane_lives_on():
-    """Anything that fails while a batch is being gathered (here the task object's input_pixels) answers the
-    requests taken, instead of leaving them waiting for ever; the next request is served."""
+def test_a_request_whose_size_cannot_be_had_fails_alone_and_the_lane_lives_on():
+    """A request whose size cannot be had (the task object's input_pixels raises) is answered with that error,
+    alone, first in its batch or not: the others of its batch are served, nothing is left waiting."""
     from cvtool.serve.batching import Batcher
 
     class Odd:
@@ -291,13 +291,17 @@ def test_a_request_whose_size_cannot_be_had_is_answered_with_the_error_and_the_l
             return [f"ok {p}" for p in prepared]
 
     async def main():
-        batcher = Batcher(max_batch=4, wait_ms=50, max_pixels=10)
+        batcher = Batcher(max_batch=4, wait_ms=200, max_pixels=10)
         obj = Odd()
-        first = await asyncio.wait_for(asyncio.gather(batcher.submit(obj, "bad"), return_exceptions=True), timeout=10)
+        together = asyncio.gather(*(batcher.submit(obj, p) for p in ("a", "bad", "b")), return_exceptions=True)
+        first = await asyncio.wait_for(together, timeout=10)
+        alone = await asyncio.wait_for(asyncio.gather(batcher.submit(obj, "bad"), return_exceptions=True), timeout=10)
         later = await asyncio.wait_for(batcher.submit(obj, "good"), timeout=10)
         await batcher.close()
-        return first[0], later
+        return first, alone[0], later, batcher.stats()
 
-    first, later = asyncio.run(main())
-    assert isinstance(first, ValueError) and str(first) == "no size"
-    assert later == "ok good"
+    first, alone, later, stats = asyncio.run(main())
+    assert first[0] == "ok a" and first[2] == "ok b"  # the others of its batch are served
+    assert isinstance(first[1], ValueError) and str(first[1]) == "no size"
+    assert isinstance(alone, ValueError) and str(alone) == "no size"
+    assert later == "ok good" and stats["requests"] == 3  # a, b together, then good

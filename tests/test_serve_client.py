@@ -269,3 +269,43 @@ def test_segment_png_answer_is_the_mask_with_the_record_in_a_header(server, nets
     assert record["path"] == "c.png" and record["result"]["size"] == list(mask.shape) == [48, 72]
     counts = {c["index"]: c["pixels"] for c in record["result"]["classes"]}
     assert counts == {int(i): int(n) for i, n in zip(*np.unique(mask, return_counts=True))}
+
+
+def test_ctrl_c_stops_the_thin_client_at_once_with_requests_on_their_way(env, tmp_path):
+    """A server that takes its time: Ctrl-C ends the client at once (exit 130, one line), without waiting for
+    the requests it has on their way (up to CVTOOL_SERVER_TIMEOUT each)."""
+    import signal
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    arrived = threading.Event()
+
+    class Slow(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's name
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            arrived.set()
+            time.sleep(20)
+            self.send_response(500)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    slow = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    slow.daemon_threads = True
+    threading.Thread(target=slow.serve_forever, daemon=True).start()
+    try:
+        digits = sorted((SAMPLES / "digits").glob("*.png"))[:3]
+        proc = subprocess.Popen([sys.executable, "-m", "cvtool", "classify", *map(str, digits), "-f", "jsonl"],
+                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**env, "CVTOOL_SERVER": f"http://127.0.0.1:{slow.server_address[1]}"})
+        assert arrived.wait(30)
+        start = time.perf_counter()
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=15)
+        assert time.perf_counter() - start < 5
+        assert proc.returncode == 130 and stderr.strip().splitlines()[-1] == "cvtool: interrupted"
+    finally:
+        slow.shutdown()
+        slow.server_close()

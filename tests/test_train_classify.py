@@ -263,20 +263,21 @@ def test_ema_through_the_cli_saves_the_average_that_classify_then_uses(shapes_fo
     the summary reports, and it classifies as any checkpoint does; a decay of 1 is refused in one line."""
     from cvtool.models.checkpoint import load_weights_file
 
-    run = tmp_path / "run"
+    run = tmp_path / "run"  # validated on the whole folder, so that --eval-only on it scores what training did
     result = run_cli("train", "classify", str(shapes_folder), "--arch", "lenet5", "--epochs", "3", "--lr", "3e-3",
-                     "--batch-size", "16", "--val-split", "0.25", "--ema", "0.9", "--device", "cpu", "--out", str(run),
-                     "-f", "json")
+                     "--batch-size", "16", "--val", str(shapes_folder), "--ema", "0.9", "--device", "cpu",
+                     "--out", str(run), "-f", "json")
     assert result.returncode == 0, result.stderr
     summary = json.loads((run / "summary.json").read_text())
     assert summary["ema"] == 0.9
     last = load_weights_file(run / "last.pt")
-    assert last.meta["ema"]["updates"] == 3 * 6  # 3 epochs x 6 batches (90 training images, 16 a batch)
+    assert last.meta["ema"]["updates"] == 3 * 8  # 3 epochs x 8 batches (120 training images, 16 a batch)
     raw = last.meta["ema"]["train_state_dict"]
     assert any(not torch.equal(last.state_dict[k], raw[k]) for k in raw if raw[k].is_floating_point())
     scored = run_cli("train", "classify", str(shapes_folder), "--eval-only", "--weights", str(run / "best.pt"),
                      "-f", "json")
     assert scored.returncode == 0, scored.stderr
+    assert json.loads(scored.stdout)["accuracy"] == pytest.approx(summary["best_val_accuracy"], abs=1e-9)
     refused = run_cli("train", "classify", str(shapes_folder), "--ema", "1", "--out", str(tmp_path / "no"))
     assert refused.returncode == 2
     assert refused.stderr.strip().splitlines()[-1] == ("cvtool: --ema 1.0: the decay of the weights' moving average "

@@ -119,6 +119,9 @@ class ModelEntry:
     # YOLO letterboxes there), with a `shape` whose last two are the network input's height and width; None: the
     # pipeline's own [0, 1] tensor
     prepare_input: Callable | None = None
+    # (loaded) -> the side of the square every image is letterboxed to (our YOLO), what its activations grow with;
+    # None: the network takes each image at its own size (or resizes it itself)
+    input_side: Callable | None = None
     # task "face-detect": (entry, models.face_detectors.FaceDetectorOptions) -> an object whose detect(list of
     # RGB uint8) gives per image [(left, top, right, bottom, score)], dlib-style inclusive boxes
     face_detector: Callable | None = None

@@ -196,13 +196,17 @@ class Letterboxed:
         return self.tensor.shape
 
 
+def letterbox_side(loaded) -> int:
+    """The registry's input_side: the square every image is letterboxed to (torch or exported)."""
+    return int(loaded.module.meta["img_size"]) if loaded.backend == "onnxruntime" else int(loaded.module.img_size)
+
+
 def prepare_letterboxed(loaded, rgb) -> Letterboxed:
     """The registry's prepare_input: letterbox one uint8 image to the model's size (torch or exported)."""
     from cvtool.ops.letterbox import letterbox
     from cvtool.ops.tensors import image_to_tensor
 
-    size = int(loaded.module.meta["img_size"]) if loaded.backend == "onnxruntime" else int(loaded.module.img_size)
-    boxed, box = letterbox(rgb, size)
+    boxed, box = letterbox(rgb, letterbox_side(loaded))
     return Letterboxed(image_to_tensor(boxed), box)
 
 
@@ -457,5 +461,6 @@ register(
         graph_forward=run_exported,
         export=export_graph,
         prepare_input=prepare_letterboxed,
+        input_side=letterbox_side,
     )
 )

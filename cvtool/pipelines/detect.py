@@ -97,9 +97,10 @@ class DetectPipeline:
 
         from cvtool.ops.tensors import image_to_tensor
 
-        if self.pixels_on_device:
+        if self.pixels_on_device:  # a letterboxing model letterboxes there, on the device
+            side = self.model.contract.input_side
             return Sample(rgb, torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))).pin_memory(),
-                          rgb.shape[:2])
+                          (side(self.model),) * 2 if side is not None else rgb.shape[:2])
         prepared = self.model.prepare_input(rgb)  # e.g. our YOLO letterboxes here, in the decoding threads
         if prepared is None:
             return Sample(rgb, image_to_tensor(rgb), rgb.shape[:2])

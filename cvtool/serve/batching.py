@@ -132,7 +132,7 @@ class Batcher:
             except asyncio.CancelledError:
                 _stopping(batch, lane)
                 raise
-            except Exception as exc:  # e.g. an input_pixels that failed: answered, never left waiting
+            except Exception as exc:  # whatever else fails while gathering: answered, never left waiting
                 _answer(batch, [exc] * len(batch))
                 continue
             batch = [(prepared, future) for prepared, future in batch if not future.done()]  # client gone
@@ -149,9 +149,13 @@ class Batcher:
             _answer(batch, outcomes)  # the collector lives on whatever a batch raised
 
     async def _fill(self, lane: _Lane, batch: list) -> None:
-        """Add to `batch` what else arrives within the window, up to max_batch requests and max_pixels."""
+        """Add to `batch` what else arrives within the window, up to max_batch requests and max_pixels. A request
+        whose size cannot be had is answered with that error, alone (the first one too: the batch is then empty)."""
         loop = asyncio.get_running_loop()
-        pixels = self._pixels(lane.obj, batch[0])
+        pixels = self._sized(lane.obj, batch[0])
+        if pixels is None:
+            batch.clear()
+            return
         deadline = loop.time() + self.wait_s
         while len(batch) < self.max_batch:
             if lane.queue.empty() and not self._coming.get(lane.obj.task):
@@ -159,12 +163,22 @@ class Batcher:
             item = await _get(lane.queue, deadline - loop.time())
             if item is None:
                 break
-            batch.append(item)  # in the batch before anything about it can fail: it will be answered
-            more = self._pixels(lane.obj, item)
-            if self.max_pixels is not None and pixels + more > self.max_pixels and len(batch) > 1:
-                lane.held = batch.pop()  # too large to join: it starts the next batch
+            more = self._sized(lane.obj, item)
+            if more is None:
+                continue
+            if self.max_pixels is not None and pixels + more > self.max_pixels:
+                lane.held = item  # too large to join: it starts the next batch
                 break
+            batch.append(item)
             pixels += more
+
+    def _sized(self, obj, item: tuple) -> int | None:
+        """The item's input pixels (0 without a bound); None after answering it with the error that gave none."""
+        try:
+            return self._pixels(obj, item)
+        except Exception as exc:
+            _answer([item], [exc])
+            return None
 
     def _pixels(self, obj, item: tuple) -> int:
         return obj.input_pixels(item[0]) if self.max_pixels is not None else 0

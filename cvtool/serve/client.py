@@ -230,36 +230,36 @@ def run_batch(url: str, task: str, images: list[str], *, fmt: str | None, recurs
         """In input order, with up to `in_flight` requests on their way at once (so the server can batch one
         client's files); files are read, and outputs written, here in this thread only."""
         from collections import deque
-        from concurrent.futures import ThreadPoolExecutor
 
         pending: deque[_Pending] = deque()
-        with ThreadPoolExecutor(max_workers=in_flight) as pool:
-            try:
-                for item in items:
-                    if item.error:
-                        pending.append(_Pending({"path": item.path, "error": item.error}))
-                    elif is_stream(item.path):
-                        pending.append(_Pending({"path": item.path, "error": "videos and cameras are not sent to "
-                                                 f"the server; {LOCAL_ONLY}"}))
-                    elif skip_existing and outputs is not None and outputs.done(item.path):
-                        summary.skipped += 1
-                        continue
+        try:
+            for item in items:
+                if item.error:
+                    pending.append(_Pending({"path": item.path, "error": item.error}))
+                elif is_stream(item.path):
+                    pending.append(_Pending({"path": item.path, "error": "videos and cameras are not sent to "
+                                             f"the server; {LOCAL_ONLY}"}))
+                elif skip_existing and outputs is not None and outputs.done(item.path):
+                    summary.skipped += 1
+                    continue
+                else:
+                    try:
+                        data = read_file(item.path)
+                    except InputError as exc:
+                        pending.append(_Pending({"path": item.path, "error": exc.reason}))
                     else:
-                        try:
-                            data = read_file(item.path)
-                        except InputError as exc:
-                            pending.append(_Pending({"path": item.path, "error": exc.reason}))
-                        else:
-                            future = pool.submit(client.post_image, f"/{task}", data, item.path, params)
-                            pending.append(_Pending(None, item, data, future))
-                    while pending and (len(pending) > in_flight or pending[0].record is not None):
-                        yield pending.popleft().settle(finish)
-                while pending:
+                        while sum(entry.future is not None for entry in pending) >= in_flight:
+                            yield pending.popleft().settle(finish)  # the window is full: the oldest first
+                        future = _in_background(client.post_image, f"/{task}", data, item.path, params)
+                        pending.append(_Pending(None, item, data, future))
+                while pending and pending[0].record is not None:
                     yield pending.popleft().settle(finish)
-            finally:  # stopped early (a server error, Ctrl-C): requests not yet sent are dropped
-                for entry in pending:
-                    if entry.future is not None:
-                        entry.future.cancel()
+            while pending:
+                yield pending.popleft().settle(finish)
+        finally:  # stopped early (a server error, Ctrl-C): the answers still on their way are not waited for
+            for entry in pending:
+                if entry.future is not None:
+                    entry.future.cancel()
 
     drive(records(), writer, total=total, summary=summary)
     return summary.exit_code
@@ -275,6 +275,27 @@ def _coco_categories(client: "Client", options: dict) -> dict[int, dict]:
         return {int(c["index"]): {"id": c["id"], "name": c["name"]} for c in json.loads(body)["categories"]}
     except (ValueError, KeyError, TypeError):
         raise ServerError(f"server error ({client.url}): /detect/categories sent no categories") from None
+
+
+def _in_background(fn, *args):
+    """fn(*args) in a daemon thread, as a concurrent.futures.Future: a command stopped by Ctrl-C or a server
+    error exits at once, without waiting for the requests it has on their way (a thread pool's workers would
+    be joined at exit, each up to CVTOOL_SERVER_TIMEOUT)."""
+    import threading
+    from concurrent.futures import Future
+
+    future: Future = Future()
+
+    def run() -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(fn(*args))
+        except BaseException as exc:  # handed to the main thread, which raises it
+            future.set_exception(exc)
+
+    threading.Thread(target=run, daemon=True, name="cvtool-request").start()
+    return future
 
 
 class _Pending(NamedTuple):

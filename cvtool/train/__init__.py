@@ -268,9 +268,8 @@ def face(data: str | Path | None = None, *, arch: str = "face_embed_small", loss
          device: str = "auto", seed: int = 0, workers: int | None = None, callbacks=None,
          on_skip: Callable[[str], None] | None = None, on_warning: Callable[[str], None] | None = None,
          progress: bool = False, sync_bn: bool = False,
-         devices: int = 1, ema: float = 0.0) -> dict:
-    """Train a face embedder (triplet or Siamese binary loss) on one folder of photos per person. `ema` (a decay
-    in (0, 1)): validate and save a moving average of the weights."""
+         devices: int = 1) -> dict:
+    """Train a face embedder (triplet or Siamese binary loss) on one folder of photos per person."""
     launched = _launch('face', devices, {k: v for k, v in locals().items() if k != 'devices'})
     if launched is not None:
         return launched
@@ -279,9 +278,8 @@ def face(data: str | Path | None = None, *, arch: str = "face_embed_small", loss
 
     def make():
         _need(data, "DATA is required (or --resume RUN_DIR)")
-        _check_ema(ema)
         args = recipe.FaceTrainArgs(str(data), arch, loss, margin, mining, identities_per_batch, images_per_identity,
-                                    img_size, val_split, hflip, ema=ema)
+                                    img_size, val_split, hflip)
         return args, TrainConfig(epochs=epochs or 30, batch_size=identities_per_batch * images_per_identity,
                                  lr=lr or recipe.default_lr(arch), weight_decay=weight_decay, seed=seed,
                                  workers=workers, monitor="val_roc_auc", val_batch_size=256)

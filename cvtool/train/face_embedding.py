@@ -289,7 +289,6 @@ class FaceTrainArgs:
     img_size: int | None = None
     val_split: float = 0.25
     hflip: bool = True
-    ema: float = 0.0  # > 0: validate and save an exponential moving average of the weights with this decay
 
 
 def resumed_arguments(run_dir: Path, epochs: int | None):
@@ -392,7 +391,6 @@ def run_training(args: FaceTrainArgs, cfg, run_dir: Path, device, *, resume: boo
         task, ClassificationDataset(train_data, preprocess, Augment(hflip=args.hflip)), val_set, cfg, run_dir, device,
         callbacks=callbacks, args=vars(args).copy(), extra_fields=extra,
         train_batches=lambda dataset, generator: PKBatchSampler(dataset.data.labels, p, k, generator=generator),
-        ema=args.ema,
     )
     if resume:
         trainer.resume(run_dir / "last.pt")
@@ -419,7 +417,7 @@ def run_training(args: FaceTrainArgs, cfg, run_dir: Path, device, *, resume: boo
         "batch": {"identities": trainer.train_loader.batch_sampler.batches.p, "images_per_identity": args.images_per_identity},
         "train_identities": len(extra["train_identities"]), "val_identities": extra["val_identities"],
         "train_images": len(train_data), "val_images": len(val_data), "skipped_files": len(skipped),
-        "epochs": state.epoch, "best_epoch": best_epoch, "ema": args.ema or None,
+        "epochs": state.epoch, "best_epoch": best_epoch,
         "val": {**val, "accuracy_at_train_threshold": accuracy_at(val_d, val_same, train_threshold)},
         "train_threshold": train_threshold, "train_pairs_accuracy": train_accuracy,
         "collapsed": warning is not None, "warnings": [warning] if warning else [],
