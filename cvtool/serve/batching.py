@@ -101,8 +101,7 @@ class Batcher:
 
     def stats(self) -> dict:
         return {"max_batch": self.max_batch, "wait_ms": round(self.wait_s * 1000, 3), "max_pixels": self.max_pixels,
-                "batches": self.batches,
-                "requests": self.requests, "largest": self.largest,
+                "batches": self.batches, "requests": self.requests, "largest": self.largest,
                 "mean": round(self.requests / self.batches, 2) if self.batches else None,
                 "sizes": {str(k): v for k, v in sorted(self.sizes.items())}, "retried_alone": self.retried_alone}
 
