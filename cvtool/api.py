@@ -522,9 +522,7 @@ class Detector(_Task):
     @property
     def coco_categories(self) -> dict[int, dict]:
         """Class index -> COCO category {"id", "name"}: what `-f coco` lists (cvtool.pipelines.detect)."""
-        from cvtool.pipelines.detect import COCO_IDS_FIELD, coco_categories
-
-        return coco_categories(self.loaded.classes, self.loaded.meta.get(COCO_IDS_FIELD))
+        return self._pipeline.categories
 
 
 def default_conf(loaded) -> float:

@@ -22,7 +22,7 @@ class Sample:
     # 3 x H x W: float in [0, 1], or uint8 0-255 (CUDA: pinned, scaled on the device); a model's own prepared
     # input; on onnxruntime (3 x S x S float32 array letterboxed, its Letterbox)
     tensor: object
-    input_hw: tuple[int, int] = (0, 0)  # the network input's height and width (the letterbox, or the image)
+    input_hw: tuple[int, int]  # the network input's height and width (the letterbox, or the image)
 
 
 # What the exported graph of a letterboxing detector (our YOLO) returns: boxes in letterboxed pixels, objectness,
