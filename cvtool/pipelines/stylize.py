@@ -250,8 +250,7 @@ class StylizePipeline(_OneImageOut):
                  single_file: bool = False, save_every: int | None = None, on_step=None,
                  max_pixels: int = DEFAULT_MAX_PIXELS):
         self.stylizer, self.model_name, self.weights_sha256 = stylizer, model_name, weights_sha256
-        self.out, self.single_file, self.save_every, self.on_step = Path(out), single_file, save_every, on_step
-        self.max_pixels = max_pixels
+        self.save_every, self.on_step, self.max_pixels = save_every, on_step, max_pixels
         self.image_out = OneImageOut(out, single_file, ".stylized.png")
 
     def prepare(self, path: str) -> tuple[str, np.ndarray]:
@@ -301,8 +300,7 @@ class FastStylePipeline(_OneImageOut):
     def __init__(self, model, *, out: Path, single_file: bool = False, size: int | None = None,
                  tile: int | None = None, overlap: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS):
         self.model, self.model_name, self.weights_sha256 = model, model.name, model.weights_sha256
-        self.out, self.single_file, self.size, self.tile, self.overlap = Path(out), single_file, size, tile, overlap
-        self.max_pixels = max_pixels
+        self.size, self.tile, self.overlap, self.max_pixels = size, tile, overlap, max_pixels
         self.image_out = OneImageOut(out, single_file, ".stylized.png")
         self.video_names = OutputNamer(out, ".stylized.mp4")
 
@@ -317,7 +315,7 @@ class FastStylePipeline(_OneImageOut):
 
     def video_name(self, path: str) -> Path:
         """`--out FILE.mp4` for a single input, else `OUT/NAME.stylized.mp4`."""
-        return self.out if self.single_file else self.video_names(path)
+        return self.image_out.out if self.image_out.single_file else self.video_names(path)
 
     @torch.inference_mode()
     def stylize(self, rgb: np.ndarray) -> np.ndarray:

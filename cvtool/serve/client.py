@@ -503,11 +503,10 @@ class StylizeOutputs(LocalOutputs):
         from cvtool.io.image import OneImageOut
 
         super().__init__(out, options)
-        self.single_file = single_file
         self.image_out = OneImageOut(out, single_file, self.suffix)
 
     def check_inputs(self, items):
-        return iter(one_input_for_file(self.out, list(items))) if self.single_file else items
+        return iter(one_input_for_file(self.out, list(items))) if self.image_out.single_file else items
 
     def done(self, path: str) -> bool:
         return self.image_out.done(path)
