@@ -30,7 +30,8 @@ def machine() -> dict:
     return info
 
 
-def write_results(name: str, figures: dict) -> Path:
+def write_results(name: str, figures: dict, echo: bool = True) -> Path:
+    """`echo`: also print the figures (False for a script that rewrites its file as it goes)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     payload = {
@@ -40,5 +41,6 @@ def write_results(name: str, figures: dict) -> Path:
         "figures": figures,
     }
     path.write_text(json.dumps(payload, indent=2) + "\n")
-    print(json.dumps(figures, indent=2))
+    if echo:
+        print(json.dumps(figures, indent=2))
     return path

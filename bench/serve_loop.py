@@ -144,6 +144,8 @@ def verify_loop(n: int, env: dict, tmp: Path, photos_from: str, pattern: str, pa
                                           capture_output=True, text=True, env={**env, **extra}, cwd=ROOT)
                     times.append(time.perf_counter() - start)
                     results.append(outcome(done.stdout, done.returncode))
+                print(f"{Path(b).name}: {local_s[-1]:.2f} s without the server, {remote_s[-1]:.2f} s with it",
+                      file=sys.stderr, flush=True)  # a run cut short still says what it measured
                 if results[0] != results[1]:
                     mismatches.append([a, b, *map(str, results)])
                 if number == 0:
