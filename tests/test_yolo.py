@@ -100,6 +100,24 @@ def test_loss_is_least_at_the_exact_prediction():
     assert loss(torch.zeros_like(raw)) > perfect + 0.5
 
 
+def test_loss_takes_the_half_precision_head_output_of_mixed_precision_training():
+    # autocast hands the loss bf16 (fp16 on older GPUs) predictions; the objectness target is the fp32 IoU.
+    # Found on an H200: `train detect` failed at its first step ("Index put requires the source and
+    # destination dtypes match")
+    anchors = torch.tensor([[30.0, 30.0], [80.0, 50.0]])
+    boxes = [torch.tensor([[10.0, 12.0, 50.0, 44.0], [100.0, 70.0, 190.0, 120.0]])]
+    targets, mask = assign_targets(boxes, [torch.tensor([0, 1])], anchors, grid=(4, 8), num_classes=2, stride=32)
+    torch.manual_seed(0)
+    raw = _raw_for(targets, mask, 7) + 0.3 * torch.randn(1, 2, 4, 8, 7)
+    full = yolo_loss(raw, targets, mask, anchors, stride=32, gt_boxes=boxes)
+    for dtype in (torch.bfloat16, torch.float16):
+        low = raw.to(dtype).requires_grad_(True)
+        loss = yolo_loss(low, targets, mask, anchors, stride=32, gt_boxes=boxes)
+        loss.backward()
+        assert loss.dtype == torch.float32 and low.grad.dtype == dtype and torch.isfinite(low.grad.float()).all()
+        assert abs(float(loss) - float(full)) < 0.02 * float(full)  # only the inputs' rounding differs
+
+
 def test_objectness_target_is_the_iou_and_near_misses_are_not_background():
     anchors = torch.tensor([[40.0, 40.0]])
     boxes = [torch.tensor([[0.0, 0.0, 40.0, 40.0]])]  # centre (20, 20): cell (0, 0) of a 32-px grid

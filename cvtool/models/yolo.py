@@ -387,6 +387,7 @@ def yolo_loss(raw: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, anch
     from torchvision.ops import box_iou, complete_box_iou_loss
 
     bce = nn.functional.binary_cross_entropy_with_logits
+    raw = raw.float()  # under mixed precision the head's output is bf16/fp16: the loss (and its IoU targets) in fp32
     targets, mask, anchors = targets.to(raw.device), mask.to(raw.device), anchors.to(raw.device)
     n = raw.shape[0]
     obj_target = torch.zeros_like(raw[..., 4])
