@@ -213,6 +213,13 @@ def _load(model: str | None, *, task: str, weights, device: str, backend: str, d
     return loaded
 
 
+def _workers(workers: int | None, loaded) -> int:
+    """The decoding threads of a batch (cvtool.device.decode_workers), for the loaded network's device."""
+    from cvtool.device import decode_workers
+
+    return decode_workers(workers, loaded.device)
+
+
 def describe_loaded(loaded) -> str:
     """`resnet18 on cpu, weights resnet18-f37072fd.pth (sha256 f37072fd4e0b)`: the line the CLI logs."""
     where = "onnxruntime" if loaded.backend == "onnxruntime" else loaded.device
@@ -270,15 +277,17 @@ class _Task:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.describe()})"
 
-    def __call__(self, source, *, batch_size: int = 16, workers: int = 2):
+    def __call__(self, source, *, batch_size: int = 16, workers: int | None = None):
         """One image -> one Result; a list -> a list of Results, in order. A bad image raises InputError.
 
-        A list is decoded and preprocessed by `workers` threads while the previous batch runs."""
+        A list is decoded and preprocessed by `workers` threads while the previous batch runs (default: 2 on
+        the CPU, one per core up to 8 when the network runs on a GPU)."""
         sources, single = _as_list(source)
         if single:
             return self.predict_prepared([self.prepare(source)])[0]
         results: list[Result] = []
         batch: list = []
+        workers = _workers(workers, self.loaded)
         for prepared in _prefetch(self.prepare, sources, workers=workers, lookahead=2 * max(1, batch_size)):
             batch.append(prepared)
             if len(batch) >= batch_size:
@@ -350,7 +359,7 @@ class _Task:
             yield self._finish(self._wrap(record, rgb, sample, result), sample, extras)
 
     def run(self, inputs: str | Path | Iterable, *, out: str | Path | None = None, recursive: bool = False,
-            batch_size: int = 16, workers: int = 2, skip_existing: bool = False, vid_stride: int = 1,
+            batch_size: int = 16, workers: int | None = None, skip_existing: bool = False, vid_stride: int = 1,
             on_skip: Callable[[str], None] | None = None, shard: tuple[int, int] | None = None,
             records: str | Path | Any = None) -> Iterator[Result]:
         """A batch as the CLI runs it: files, directories, globs (or `InputItem`s), images and videos.
@@ -367,8 +376,8 @@ class _Task:
         out_dir = Path(out) if out is not None else None
         check_out_dir(out_dir, skip_existing=skip_existing)
         return _run_batch(self._make_pipeline(out_dir), inputs, self.result_type, recursive=recursive, out_dir=out_dir,
-                          batch_size=batch_size, workers=workers, skip_existing=skip_existing, vid_stride=vid_stride,
-                          on_skip=on_skip, lock=self._lock, shard=shard, records=records)
+                          batch_size=batch_size, workers=_workers(workers, self.loaded), skip_existing=skip_existing,
+                          vid_stride=vid_stride, on_skip=on_skip, lock=self._lock, shard=shard, records=records)
 
 
 def _input_items(inputs, recursive: bool, out_dir: Path | None, guard, also_protect=()) -> Iterator:
@@ -816,7 +825,7 @@ class FaceVerifier:
         return task.save_pair(result.record, self.engine, Path(out))
 
     def run(self, inputs, gallery, *, out: str | Path | None = None, recursive: bool = False, batch_size: int = 4,
-            workers: int = 2, skip_existing: bool = False, vid_stride: int = 1,
+            workers: int | None = None, skip_existing: bool = False, vid_stride: int = 1,
             on_skip: Callable[[str], None] | None = None, shard: tuple[int, int] | None = None,
             records: str | Path | Any = None) -> Iterator[Result]:
         """Identify every face in a batch of images/videos against `gallery`, as `verify-face --gallery` does
@@ -827,8 +836,9 @@ class FaceVerifier:
         out_dir = Path(out) if out is not None else None
         check_out_dir(out_dir, skip_existing=skip_existing)
         return _run_batch(IdentifyPipeline(self.engine, gallery, out_dir=out_dir), inputs, Result, recursive=recursive,
-                          out_dir=out_dir, batch_size=batch_size, workers=workers, skip_existing=skip_existing,
-                          vid_stride=vid_stride, on_skip=on_skip, lock=self._lock, shard=shard, records=records)
+                          out_dir=out_dir, batch_size=batch_size, workers=_workers(workers, self.loaded),
+                          skip_existing=skip_existing, vid_stride=vid_stride, on_skip=on_skip, lock=self._lock,
+                          shard=shard, records=records)
 
     columns = ["name", "distance", "x1", "y1", "x2", "y2"]
     extra_formats = None

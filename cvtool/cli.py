@@ -110,7 +110,8 @@ WEIGHTS_OPT = typer.Option(
 )
 DEVICE_OPT = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N.")
 BATCH_OPT = typer.Option(16, "--batch-size", "-b", min=1, help="Images (or video frames) per forward pass.")
-WORKERS_OPT = typer.Option(2, "--workers", min=1, help="Threads decoding and preprocessing images.")
+WORKERS_OPT = typer.Option(None, "--workers", min=1, help="Threads decoding and preprocessing images "
+                           "[default: 2 on the CPU; one per core, up to 8, on a GPU].", show_default=False)
 FORMAT_OPT = typer.Option(None, "--format", "-f", help="Output on stdout. Default: table on a terminal, jsonl otherwise.")
 OUT_OPT = typer.Option(None, "--out", "-o", help="Directory for per-image outputs (created if missing).")
 RECURSIVE_OPT = typer.Option(False, "--recursive", "-r", help="Descend into subdirectories of directory inputs.")
@@ -155,7 +156,7 @@ def classify(
     out: Optional[Path] = OUT_OPT,
     recursive: bool = RECURSIVE_OPT,
     skip_existing: bool = SKIP_OPT,
-    workers: int = WORKERS_OPT,
+    workers: Optional[int] = WORKERS_OPT,
     max_pixels: int = MAX_PIXELS_OPT,
     vid_stride: int = VID_STRIDE_OPT,
     backend: str = BACKEND_OPT,
@@ -284,7 +285,7 @@ def detect(
     device: str = DEVICE_OPT,
     recursive: bool = RECURSIVE_OPT,
     skip_existing: bool = SKIP_OPT,
-    workers: int = WORKERS_OPT,
+    workers: Optional[int] = WORKERS_OPT,
     max_pixels: int = MAX_PIXELS_OPT,
     vid_stride: int = VID_STRIDE_OPT,
     backend: str = BACKEND_OPT,
@@ -341,7 +342,7 @@ def segment(
     fmt: Optional[OutputFormat] = FORMAT_OPT,
     recursive: bool = RECURSIVE_OPT,
     skip_existing: bool = SKIP_OPT,
-    workers: int = WORKERS_OPT,
+    workers: Optional[int] = WORKERS_OPT,
     max_pixels: int = MAX_PIXELS_OPT,
     vid_stride: int = VID_STRIDE_OPT,
     backend: str = BACKEND_OPT,
@@ -479,7 +480,7 @@ def verify_face(
     vid_stride: int = VID_STRIDE_OPT,
     recursive: bool = RECURSIVE_OPT,
     skip_existing: bool = SKIP_OPT,
-    workers: int = WORKERS_OPT,
+    workers: Optional[int] = WORKERS_OPT,
     max_pixels: int = MAX_PIXELS_OPT,
     shard: Optional[str] = SHARD_OPT,
     records: Optional[Path] = RECORDS_OPT,

@@ -160,6 +160,33 @@ def test_segment_batches_images_of_one_size_with_the_same_masks(unet_checkpoint)
         assert np.array_equal(a.mask, b.mask)
 
 
+def test_decoding_threads_per_device(monkeypatch):
+    from cvtool import device
+
+    assert device.decode_workers(None, torch.device("cpu")) == 2  # the network's threads have the cores
+    assert device.decode_workers(3, torch.device("cuda")) == 3  # asked for: kept
+    monkeypatch.setattr(device, "cpu_count", lambda: 16)
+    assert device.decode_workers(None, torch.device("cuda", 0)) == 8  # the host only feeds the GPU
+    assert device.decode_workers(None, "cuda:1") == 8 and device.decode_workers(None, torch.device("mps")) == 8
+    monkeypatch.setattr(device, "cpu_count", lambda: 1)
+    assert device.decode_workers(None, torch.device("cuda")) == 2
+    with pytest.raises(UsageError, match="--workers 0"):
+        device.decode_workers(0, torch.device("cpu"))
+
+
+def test_workers_default_is_left_to_the_device_and_a_batch_still_runs():
+    from typer.testing import CliRunner
+
+    from cvtool.cli import app
+
+    help_text = " ".join(CliRunner().invoke(app, ["classify", "--help"], env={"COLUMNS": "200"}).output.split())
+    assert "2 on the CPU; one per core, up to 8, on a GPU" in help_text
+    task = cvtool.Classifier("lenet5_digits", device="cpu")
+    paths = sorted(str(p) for p in (Path(__file__).parent.parent / "sample_images" / "digits").glob("*.png"))
+    assert [r.label for r in task(paths)] == [r.label for r in task(paths, workers=1)]
+    assert [r.label for r in task.run(paths)] == [r.label for r in task(paths)]
+
+
 # -- training -----------------------------------------------------------------------------------
 
 def test_training_precision_and_workers_per_device():
