@@ -160,6 +160,23 @@ def test_segment_batches_images_of_one_size_with_the_same_masks(unet_checkpoint)
         assert np.array_equal(a.mask, b.mask)
 
 
+def test_letterboxing_detectors_and_classifiers_turn_on_cudnn_autotuning_on_cuda(monkeypatch, yolo_checkpoint):
+    # cuDNN's benchmark pays where every batch has one size: our YOLO's letterbox, a classifier's crop.
+    # Built on the CPU, then told it is on CUDA (the pipelines only read the device's type here)
+    from cvtool.pipelines.classify import ClassifyPipeline
+    from cvtool.pipelines.detect import DetectPipeline
+
+    yolo = cvtool.Detector(weights=str(yolo_checkpoint), device="cpu").loaded
+    lenet = cvtool.Classifier("lenet5_digits", device="cpu").loaded
+    for loaded, pipeline in ((yolo, DetectPipeline), (lenet, ClassifyPipeline)):
+        monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+        pipeline(loaded)
+        assert torch.backends.cudnn.benchmark is False  # on the CPU: left alone
+        monkeypatch.setattr(loaded, "device", torch.device("cuda"))
+        pipeline(loaded)
+        assert torch.backends.cudnn.benchmark is True
+
+
 def test_decoding_threads_per_device(monkeypatch):
     from cvtool import device
 

@@ -68,6 +68,10 @@ class DetectPipeline:
         # On CUDA the workers hand over uint8 pixels in page-locked memory (4x fewer bytes than float32, an
         # asynchronous copy) and the device scales them; our YOLO then letterboxes on the device too.
         self.pixels_on_device = getattr(model.device, "type", None) == "cuda" and model.backend == "torch"
+        if self.pixels_on_device and model.contract.input_side is not None:
+            from cvtool.device import tune_for_fixed_sizes
+
+            tune_for_fixed_sizes(model.device)  # every batch has the letterbox's size
         # onnxruntime: NumPy from end to end. The one exported detector graph, our YOLO's, takes images
         # letterboxed to its `img_size` and returns decoded boxes, objectness and class probabilities.
         self.letterbox_size = None
