@@ -4,22 +4,26 @@
 
 Offline and installing nothing: the packaged lenet5_digits, random-weight checkpoints built here (our YOLO,
 U-Net, feed-forward style net; torchvision's resnet50, efficientnet_b0, fasterrcnn_resnet50_fpn_v2,
-deeplabv3_resnet50 and VGG19 with random weights, saved as cvtool checkpoints), the default face models,
+deeplabv3_resnet50 and VGG19 with random weights, saved as cvtool checkpoints; the classifiers' batch-norm
+statistics measured on the sample photos so that their outputs do not all tie), the default face models,
 and sample_images/. Each check runs the same API call (what the CLI runs) on the GPU and on the CPU and
-compares: classification top-1 identical; boxes within 1 px; masks >= 99.9 % identical pixels; face
-distances within 1e-3; stylised pixels within 2/255 on average. fp32 checks gate the exit status; --half
-checks state their agreement and gate (at looser bars) only where `gate=True`: random-weight detectors'
-scores are nearly all equal, so half precision legitimately picks other boxes there. Training: each task runs briefly
-on CUDA (mixed precision) and on the CPU; the GPU run must finish with a finite loss no worse than 1.5x
-the CPU's. Figures: images/s for both devices; for the networks timed at batch 32 (the GPU on 96 images, repeated
-for at least a second; the CPU on the 3 photos), the bare forward pass of the loaded network on inputs already on the GPU and the
-pipeline's share of it (a GPU starved by the host shows there); feed-forward stylisation at 1080p and
-Gatys steps/s at 512 px. Written to bench/results/gpu_check.json after every check (a run cut short keeps
-its rows).
+compares: classification top-1 identical where the CPU's choice is not a tie; our YOLO's outputs per anchor
+before NMS within 1 px and 1e-2; masks >= 99.9 % identical pixels; face distances within 1e-3; stylised
+pixels within 2/255 on average. These fp32 comparisons gate the exit status; --half ones state their
+agreement and gate (at looser bars) only where `gate=True`. The boxes that survive NMS are stated, not gated,
+for the random-weight detectors (our YOLO, Faster R-CNN): their scores nearly tie, so rounding picks among
+them. "fp32" on CUDA is PyTorch's default there (cuDNN's TF32 convolutions; recorded in the results).
+Training: each task runs briefly on CUDA (mixed precision) and on the CPU; the GPU run must finish with a
+finite loss no worse than 1.5x the CPU's. Figures: images/s for both devices; for the networks timed at
+batch 32 (the GPU on 96 images, repeated for at least a second; the CPU on the 3 photos), the bare forward
+pass of the loaded network on inputs already on the GPU and the pipeline's share of it (a GPU starved by the
+host shows there); feed-forward stylisation at 1080p and Gatys steps/s at 512 px. Written to
+bench/results/gpu_check.json after every check (a run cut short keeps its rows).
 
 Without a CUDA device it prints one line and exits 0. GPU_CHECK_DEVICE=cpu runs the whole check with
 the CPU standing in for the GPU (to test this script on a machine without one). GPU_CHECK_ONLY=infer.verify_face,
-train.detect_yolo,... runs only those checks (a rerun of the ones that failed).
+train.detect_yolo,... runs only those checks (a rerun of the ones that failed), written to
+bench/results/gpu_check_only.json.
 """
 
 from __future__ import annotations
@@ -49,17 +53,23 @@ def main() -> int:
         print("no CUDA device: nothing to check")
         return 0
     gpu = stand_in or "cuda"
+    only = set(filter(None, os.environ.get("GPU_CHECK_ONLY", "").split(",")))
+    results_name = "gpu_check_only" if only else "gpu_check"  # a rerun of some checks keeps the full run's file
     quick = bool(stand_in)  # the stand-in run: fewer, smaller cases
     started = time.perf_counter()
     print(f"torch {torch.__version__} on {torch.cuda.get_device_name(0) if gpu.startswith('cuda') else gpu}",
           file=sys.stderr)
-    print(HEADER, file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="cvtool-gpu-check-") as tmp:
         tmp = Path(tmp)
         checks: list[dict] = []
-        only = set(filter(None, os.environ.get("GPU_CHECK_ONLY", "").split(",")))
         planned = [(f"infer.{c.__name__}", c) for c in inference_checks(tmp, gpu, quick)]
         planned += [(f"train.{c.__name__}", c) for c in training_checks(tmp, gpu, quick)]
+        unknown = only - {name for name, _ in planned}
+        if unknown:
+            print(f"GPU_CHECK_ONLY: no check named {', '.join(sorted(unknown))}; the checks are "
+                  f"{', '.join(name for name, _ in planned)}", file=sys.stderr)
+            return 2
+        print(HEADER, file=sys.stderr)
         for name, check in planned:
             if only and name not in only:
                 continue
@@ -73,9 +83,9 @@ def main() -> int:
             checks += rows
             for row in rows:
                 print_row(row)
-            write_results("gpu_check", summarise(checks, gpu, started), echo=False)  # a run cut short keeps its rows
+            write_results(results_name, summarise(checks, gpu, started), echo=False)  # a run cut short keeps its rows
     summary = summarise(checks, gpu, started)
-    write_results("gpu_check", summary, echo=False)
+    write_results(results_name, summary, echo=False)
     failed = [c for c in checks if not c["passed"]]
     print_table(checks)
     print(f"{len(checks) - len(failed)} of {len(checks)} checks passed in {summary['seconds']} s"
@@ -87,6 +97,7 @@ def summarise(checks: list[dict], gpu: str, started: float) -> dict:
     import torch
 
     return {"gpu": torch.cuda.get_device_name(0) if gpu.startswith("cuda") else f"stand-in: {gpu}",
+            "tf32": {"cudnn_conv": torch.backends.cudnn.allow_tf32, "matmul": torch.backends.cuda.matmul.allow_tf32},
             "seconds": round(time.perf_counter() - started, 1), "checks": checks,
             "failed": sum(not c["passed"] for c in checks)}
 
@@ -168,22 +179,33 @@ def torchvision_random(tmp: Path, name: str, task: str) -> Path:
     entry = get_entry(name)
     classes = entry.classes()
     module = entry.build(num_classes=len(classes))
-    if task == "classify":  # an initialised network's batch-norm statistics (mean 0, variance 1) let an
-        # EfficientNet's activations vanish (std 1e-14 at the logits: every class a tie). Measure them on random
-        # images, as training would, then scale the last layer so the logits spread (std 2)
-        norms = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-        for norm in norms:
-            norm.reset_running_stats()
-            norm.momentum = None  # a cumulative average over the passes below
-        with torch.no_grad():
-            module.train()
-            for _ in range(2):
-                module(torch.rand(8, 3, 224, 224))
+    if task == "classify":
+        calibrate(module, entry.preprocess())
+    return random_checkpoint(tmp, name, task, module, classes, entry.preprocess())
+
+
+def calibrate(module, preprocess) -> None:
+    """Random weights with meaningful outputs on the sample photos: an initialised network's batch-norm
+    statistics (mean 0, variance 1) let an EfficientNet's activations vanish (logits' std 1e-14: every class a
+    tie). Measure them on the photos as the pipeline preprocesses them (and their mirror images), as training
+    would, then scale the last layer so the photos' logits spread with std 2."""
+    import cv2
+    import numpy as np
+    import torch
+
+    rgb = [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in photos()]
+    batch = torch.from_numpy(np.stack([preprocess(image) for image in rgb + [im[:, ::-1] for im in rgb]]))
+    norms = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    with torch.no_grad():
+        if norms:
+            for norm in norms:
+                norm.reset_running_stats()
+                norm.momentum = None  # a cumulative average
+            module.train()(batch)
             for norm in norms:
                 norm.momentum = 0.1
-            linear = [m for m in module.modules() if isinstance(m, torch.nn.Linear)][-1]
-            linear.weight.mul_(2.0 / max(float(module.eval()(torch.rand(8, 3, 224, 224)).std()), 1e-6))
-    return random_checkpoint(tmp, name, task, module, classes, entry.preprocess())
+        linear = [m for m in module.modules() if isinstance(m, torch.nn.Linear)][-1]
+        linear.weight.mul_(2.0 / max(float(module.eval()(batch).std()), 1e-12))
 
 
 def compare_runs(label: str, make, images, gpu: str, agree, gate: bool, batch: int = 8, reference: int | None = None,
@@ -260,28 +282,30 @@ def face_pairs(tmp: Path) -> list[tuple[str, str]]:
 
 def raw_outputs_agree(label: str, make, gpu: str) -> list[dict]:
     """Our YOLO's decoded head output before thresholds and NMS (a box, objectness and class probabilities per
-    anchor, in the same order on both devices) for the same letterboxed photos: the numbers the pipeline
-    decides on, compared where ties cannot hide a difference. fp32: boxes within 1 px and probabilities within
-    1e-3 (gated); --half: stated."""
+    anchor, in the same order on both devices) for the same photos, each side letterboxing as its pipeline does
+    (OpenCV on the CPU; torch ops on the device, which differ by OpenCV's uint8 rounding): the numbers the
+    pipeline decides on, compared where ties cannot hide a difference. fp32 (on CUDA: cuDNN's default TF32
+    convolutions): boxes within 1 px and probabilities within 1e-2, gated; --half: stated."""
     import torch
 
     from cvtool.device import autocast
     from cvtool.models.yolo import decode, letterbox_batch
 
-    def outputs(loaded):
+    def outputs(loaded, on_device: bool):
         module = loaded.module
-        batch, _ = letterbox_batch(images, int(module.img_size))
+        batch, _ = letterbox_batch([image.to(loaded.device) for image in images], int(module.img_size),
+                                   on_device=on_device)
         with torch.inference_mode(), autocast(loaded.device, loaded.half):
             return [t.float().cpu() for t in decode(module(batch.to(loaded.device)), module.anchors)]
 
     images = photo_list(len(photos()))("cpu")[0]
-    reference = outputs(make("cpu", False).loaded)
+    reference = outputs(make("cpu", False).loaded, on_device=False)
     rows = []
     for half in (False, True):
-        boxes, objectness, classes = outputs(make(gpu, half).loaded)
+        boxes, objectness, classes = outputs(make(gpu, half).loaded, on_device=True)
         box = float((boxes - reference[0]).abs().max())
         prob = max(float((objectness - reference[1]).abs().max()), float((classes - reference[2]).abs().max()))
-        passed = half or (box <= 1.0 and prob <= 1e-3)
+        passed = half or (box <= 1.0 and prob <= 1e-2)
         rows.append({"check": f"{label}{' --half' if half else ''}", "passed": bool(passed), "gated": not half,
                      "agreement": f"max |box diff| {box:.3f} px, |prob diff| {prob:.1e}"})
     return rows
@@ -314,13 +338,15 @@ def inference_checks(tmp: Path, gpu: str, quick: bool):
     import cvtool
 
     def top1(results, reference, half):
-        """Top-1 identical wherever the CPU's choice is decided (its top two probabilities 0.01 or more apart):
-        random weights can leave every class at 1/1000, and a tie's argmax is the rounding's choice."""
+        """Top-1 identical wherever the CPU's choice is decided (its best class at least 5 % more probable than
+        the second: logits 0.05 apart, well above TF32's rounding); a tie's argmax is the rounding's choice.
+        Nothing decided is a failure: the check would have compared nothing."""
         decided = [(a, b) for a, b in zip(results, reference)
-                   if b.top_k[0]["prob"] - (b.top_k[1]["prob"] if len(b.top_k) > 1 else 0.0) >= 0.01]
+                   if len(b.top_k) < 2 or b.top_k[0]["prob"] >= 1.05 * b.top_k[1]["prob"]]
         same = sum(a.label == b.label for a, b in decided)
         ties = len(reference) - len(decided)
-        return same == len(decided), f"top-1 {same}/{len(decided)} identical" + (f", {ties} ties" if ties else "")
+        return bool(decided) and same == len(decided), (f"top-1 {same}/{len(decided)} identical"
+                                                        + (f", {ties} ties" if ties else ""))
 
     def classify_lenet():
         make = lambda d, h: cvtool.Classifier("lenet5_digits", device=d, half=h)  # noqa: E731

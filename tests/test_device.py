@@ -187,21 +187,29 @@ def test_decoding_threads_per_device(monkeypatch):
     assert device.decode_workers(None, "cuda:1") == 8 and device.decode_workers(None, torch.device("mps")) == 8
     monkeypatch.setattr(device, "cpu_count", lambda: 1)
     assert device.decode_workers(None, torch.device("cuda")) == 2
-    with pytest.raises(UsageError, match="--workers 0"):
-        device.decode_workers(0, torch.device("cpu"))
+    assert device.decode_workers(0, torch.device("cuda")) == 1  # the API's 0 as before: the calling thread
 
 
-def test_workers_default_is_left_to_the_device_and_a_batch_still_runs():
+def test_workers_default_is_resolved_for_the_loaded_device(monkeypatch):
     from typer.testing import CliRunner
 
+    import cvtool.api
+    from cvtool import device
     from cvtool.cli import app
 
     help_text = " ".join(CliRunner().invoke(app, ["classify", "--help"], env={"COLUMNS": "200"}).output.split())
     assert "2 on the CPU; one per core, up to 8, on a GPU" in help_text
+    asked = []
+    real = cvtool.api._prefetch
+    monkeypatch.setattr(cvtool.api, "_prefetch", lambda fn, items, workers, lookahead: asked.append(workers)
+                        or real(fn, items, workers=workers, lookahead=lookahead))
     task = cvtool.Classifier("lenet5_digits", device="cpu")
     paths = sorted(str(p) for p in (Path(__file__).parent.parent / "sample_images" / "digits").glob("*.png"))
-    assert [r.label for r in task(paths)] == [r.label for r in task(paths, workers=1)]
-    assert [r.label for r in task.run(paths)] == [r.label for r in task(paths)]
+    labels = [r.label for r in task(paths)]
+    assert asked == [2] and labels == [p.split("/")[-1][6] for p in paths]  # digit_N.png
+    monkeypatch.setattr(device, "cpu_count", lambda: 16)
+    monkeypatch.setattr(task.loaded, "device", torch.device("cuda"))  # only its type is read
+    assert cvtool.api._workers(None, task.loaded) == 8 and cvtool.api._workers(3, task.loaded) == 3
 
 
 # -- training -----------------------------------------------------------------------------------

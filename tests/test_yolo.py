@@ -115,7 +115,7 @@ def test_loss_takes_the_half_precision_head_output_of_mixed_precision_training()
         loss = yolo_loss(low, targets, mask, anchors, stride=32, gt_boxes=boxes)
         loss.backward()
         assert loss.dtype == torch.float32 and low.grad.dtype == dtype and torch.isfinite(low.grad.float()).all()
-        assert abs(float(loss) - float(full)) < 0.02 * float(full)  # only the inputs' rounding differs
+        assert abs(loss.item() - full.item()) < 0.02 * full.item()  # only the inputs' rounding differs
 
 
 def test_objectness_target_is_the_iou_and_near_misses_are_not_background():
