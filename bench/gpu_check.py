@@ -548,7 +548,7 @@ def training_checks(tmp: Path, gpu: str, quick: bool):
 
     def classify_resnet18():
         return compare("classify resnet18", lambda d, out, w: cvtool.train.classify(
-            digits_folder(), arch="resnet18", epochs=1, batch_size=32, img_size=64, device=d, out=out, workers=w))
+            digits_folder(), arch="resnet18", epochs=2, batch_size=32, img_size=64, device=d, out=out, workers=w))
 
     def detect_yolo():
         from tests.synthetic_boxes import write_shapes_voc
@@ -594,7 +594,7 @@ def training_checks(tmp: Path, gpu: str, quick: bool):
                 shutil.copy(path, content / path.name)
         vgg = torchvision_random(tmp, "vgg16", "classify")
         return compare("style feed-forward", lambda d, out, w: cvtool.train.style(
-            photos()[1], data=content, epochs=1, batch_size=2, img_size=64, width=8, vgg_weights=vgg, device=d, out=out))
+            photos()[1], data=content, epochs=2, batch_size=2, img_size=64, width=8, vgg_weights=vgg, device=d, out=out))
 
     checks = [classify_lenet, detect_yolo, segment_unet, face_embed, style_fast]
     if not quick:
@@ -610,6 +610,8 @@ def last_loss(run_dir: Path) -> float:
 
 
 def images_per_s(run_dir: Path):
+    """The last epoch's images/s: every task trains at least 2 epochs, so the DataLoader workers' start-up and
+    cuDNN's first autotuning fall in the first (the first run on an H200 reported those as speeds)."""
     import csv
 
     rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
