@@ -190,6 +190,17 @@ def test_decoding_threads_per_device(monkeypatch):
     assert device.decode_workers(0, torch.device("cuda")) == 1  # the API's 0 as before: the calling thread
 
 
+def test_ray_actors_decode_with_their_cpus_on_a_gpu():
+    from cvtool.scale.ray_data import actor_run_options
+
+    common = {"batch_size": 16, "vid_stride": 1, "out": None}
+    assert actor_run_options(**common, num_cpus=4, num_gpus=1)["workers"] == 4  # feeding the GPU
+    assert actor_run_options(**common, num_cpus=4, num_gpus=0)["workers"] == 1  # its CPUs run the network
+    assert actor_run_options(**common, num_cpus=0.5, num_gpus=0.5)["workers"] == 1
+    assert actor_run_options(**{**common, "out": Path("o")}, num_cpus=1, num_gpus=0) == {
+        "batch_size": 16, "vid_stride": 1, "workers": 1, "out": "o"}
+
+
 def test_workers_default_is_resolved_for_the_loaded_device(monkeypatch):
     from typer.testing import CliRunner
 

@@ -51,8 +51,18 @@ class _Worker:
 
         items = [InputItem(str(path), str(error) or None) for path, error in zip(batch["path"], batch["error"])]
         records = [json.dumps(r.record, ensure_ascii=False)
-                   for r in self.model.run(items, *self.run_args, workers=1, **self.run_options)]
+                   for r in self.model.run(items, *self.run_args, **self.run_options)]
         return {"record": records}
+
+
+def actor_run_options(*, batch_size: int, vid_stride: int, out, num_cpus: float, num_gpus: float) -> dict:
+    """What each actor's `run` gets. Decoding threads: on a GPU actor, its CPUs (the host's job there is feeding
+    the GPU); on a CPU actor, 1 (its CPUs run the network's threads)."""
+    options = {"batch_size": batch_size, "vid_stride": vid_stride,
+               "workers": max(1, int(num_cpus)) if num_gpus else 1}
+    if out is not None:
+        options["out"] = os.fspath(out)
+    return options
 
 
 def ray_records(task: str, inputs: str | Path | Iterable[str | Path], *, num_workers: int = 2,
@@ -80,9 +90,8 @@ def ray_records(task: str, inputs: str | Path | Iterable[str | Path], *, num_wor
         ray.init(include_dashboard=False)
     options = {"device": "cuda" if num_gpus else "cpu",
                "threads": threads if threads is not None else max(1, int(num_cpus)), **options}
-    run_options = {"batch_size": batch_size, "vid_stride": vid_stride}
-    if out is not None:
-        run_options["out"] = os.fspath(out)
+    run_options = actor_run_options(batch_size=batch_size, vid_stride=vid_stride, out=out, num_cpus=num_cpus,
+                                    num_gpus=num_gpus)
     if not items:
         return
     import logging
