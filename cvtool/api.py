@@ -213,11 +213,11 @@ def _load(model: str | None, *, task: str, weights, device: str, backend: str, d
     return loaded
 
 
-def _workers(workers: int | None, loaded) -> int:
+def _workers(workers: int | None, loaded, shard: tuple[int, int] | None = None) -> int:
     """The decoding threads of a batch (cvtool.device.decode_workers), for the loaded network's device."""
     from cvtool.device import decode_workers
 
-    return decode_workers(workers, loaded.device)
+    return decode_workers(workers, loaded.device, shard)
 
 
 def describe_loaded(loaded) -> str:
@@ -376,8 +376,9 @@ class _Task:
         out_dir = Path(out) if out is not None else None
         check_out_dir(out_dir, skip_existing=skip_existing)
         return _run_batch(self._make_pipeline(out_dir), inputs, self.result_type, recursive=recursive, out_dir=out_dir,
-                          batch_size=batch_size, workers=_workers(workers, self.loaded), skip_existing=skip_existing,
-                          vid_stride=vid_stride, on_skip=on_skip, lock=self._lock, shard=shard, records=records)
+                          batch_size=batch_size, workers=_workers(workers, self.loaded, shard),
+                          skip_existing=skip_existing, vid_stride=vid_stride, on_skip=on_skip, lock=self._lock,
+                          shard=shard, records=records)
 
 
 def _input_items(inputs, recursive: bool, out_dir: Path | None, guard, also_protect=()) -> Iterator:
@@ -836,7 +837,7 @@ class FaceVerifier:
         out_dir = Path(out) if out is not None else None
         check_out_dir(out_dir, skip_existing=skip_existing)
         return _run_batch(IdentifyPipeline(self.engine, gallery, out_dir=out_dir), inputs, Result, recursive=recursive,
-                          out_dir=out_dir, batch_size=batch_size, workers=_workers(workers, self.loaded),
+                          out_dir=out_dir, batch_size=batch_size, workers=_workers(workers, self.loaded, shard),
                           skip_existing=skip_existing, vid_stride=vid_stride, on_skip=on_skip, lock=self._lock,
                           shard=shard, records=records)
 

@@ -129,15 +129,16 @@ CPU_DECODE_WORKERS = 2  # beside the network's own threads on the same cores
 GPU_DECODE_WORKERS_MAX = 8
 
 
-def decode_workers(workers: int | None, device) -> int:
+def decode_workers(workers: int | None, device, shard: tuple[int, int] | None = None) -> int:
     """Threads decoding and preprocessing images for a batch on `device`: `workers` when given (0 or 1: the
     calling thread); else 2 when the network runs on the CPU (its threads take the cores), and one per core up
     to 8 when it runs on a GPU, where the host's only job is feeding it (on an H200, with 2 threads, resnet50's
-    pipeline ran at 383 images/s against 5,951 for its bare forward pass)."""
+    pipeline ran at 383 images/s against 5,951 for its bare forward pass). One of N shards (`shard`, (K, N))
+    takes its share of the cores, as its compute threads do (default_threads)."""
     if workers is not None:
         return max(1, workers)  # 0 (as before): decode in the calling thread
     if getattr(device, "type", str(device).split(":")[0]) in ("cuda", "mps"):
-        return max(CPU_DECODE_WORKERS, min(GPU_DECODE_WORKERS_MAX, cpu_count()))
+        return max(1, min(GPU_DECODE_WORKERS_MAX, cpu_count() // (shard[1] if shard else 1)))
     return CPU_DECODE_WORKERS
 
 

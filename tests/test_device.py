@@ -185,8 +185,10 @@ def test_decoding_threads_per_device(monkeypatch):
     monkeypatch.setattr(device, "cpu_count", lambda: 16)
     assert device.decode_workers(None, torch.device("cuda", 0)) == 8  # the host only feeds the GPU
     assert device.decode_workers(None, "cuda:1") == 8 and device.decode_workers(None, torch.device("mps")) == 8
+    assert device.decode_workers(None, torch.device("cuda"), shard=(1, 4)) == 4  # its share, as compute threads
+    assert device.decode_workers(None, torch.device("cpu"), shard=(1, 4)) == 2
     monkeypatch.setattr(device, "cpu_count", lambda: 1)
-    assert device.decode_workers(None, torch.device("cuda")) == 2
+    assert device.decode_workers(None, torch.device("cuda")) == 1
     assert device.decode_workers(0, torch.device("cuda")) == 1  # the API's 0 as before: the calling thread
 
 
