@@ -493,6 +493,11 @@ def inference_checks(tmp: Path, gpu: str, quick: bool):
             worst = max(abs(a.distance - b.distance) for a, b in zip(results, reference))
             return worst <= (1e-2 if half else 1e-3), f"max |distance diff| {worst:.2e}"
 
+        import torch
+
+        # as in a `cvtool verify-face` process, where nothing turns cuDNN's autotuning on (the classify checks
+        # before this one did, process-wide): the detector's image pyramid changes shape with every photo
+        torch.backends.cudnn.benchmark = False
         pairs = face_pairs(tmp)
         cpu = cvtool.FaceVerifier(device="cpu")
         reference, cpu_s = timed(lambda: [cpu.verify(a, b) for a, b in pairs])
