@@ -296,7 +296,7 @@ def raw_outputs_agree(label: str, make, gpu: str) -> list[dict]:
         batch, _ = letterbox_batch([image.to(loaded.device) for image in images], int(module.img_size),
                                    on_device=on_device)
         with torch.inference_mode(), autocast(loaded.device, loaded.half):
-            return [t.float().cpu() for t in decode(module(batch.to(loaded.device)), module.anchors)]
+            return [t.cpu() for t in decode(module(batch.to(loaded.device)).float(), module.anchors)]  # as the pipeline
 
     images = photo_list(len(photos()))("cpu")[0]
     reference = outputs(make("cpu", False).loaded, on_device=False)

@@ -176,7 +176,9 @@ class YoloDetector(nn.Module):
         """The detect pipeline's interface (torchvision detectors' own): [0, 1] RGB tensors of any size
         in; per image {"boxes" in that image's pixels, "scores", "labels"} out, before thresholds and NMS."""
         batch, letterboxes = letterbox_batch(images, self.img_size)
-        decoded = decode(self(batch.to(self.anchors.device)), self.anchors)
+        # decoded in float32 whatever the network ran at (--half): a box centre is cell + offset times the stride,
+        # which fp16 / bf16 would round to 0.25-4 px
+        decoded = decode(self(batch.to(self.anchors.device)).float(), self.anchors)
         return detections_in_original_pixels(*decoded, letterboxes)
 
 
