@@ -188,11 +188,12 @@ def calibrate(module, preprocess) -> None:
     statistics (mean 0, variance 1) let an EfficientNet's activations vanish (logits' std 1e-14: every class a
     tie). Measure them on the photos as the pipeline preprocesses them (and their mirror images), as training
     would, then scale the last layer so the photos' logits spread with std 2."""
-    import cv2
     import numpy as np
     import torch
 
-    rgb = [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in photos()]
+    from cvtool.io.image import read_image
+
+    rgb = [read_image(p) for p in photos()]
     batch = torch.from_numpy(np.stack([preprocess(image) for image in rgb + [im[:, ::-1] for im in rgb]]))
     norms = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     with torch.no_grad():
@@ -282,26 +283,23 @@ def face_pairs(tmp: Path) -> list[tuple[str, str]]:
 def raw_outputs_agree(label: str, make, gpu: str) -> list[dict]:
     """Our YOLO's decoded head output before thresholds and NMS (a box, objectness and class probabilities per
     anchor, in the same order on both devices) for the same photos, each side letterboxing as its pipeline does
-    (OpenCV on the CPU; torch ops on the device, which differ by OpenCV's uint8 rounding): the numbers the
+    (OpenCV on the CPU; torch ops on a GPU, which differ by OpenCV's uint8 rounding): the numbers the
     pipeline decides on, compared where ties cannot hide a difference. fp32 (on CUDA: cuDNN's default TF32
     convolutions): boxes within 1 px and probabilities within 1e-2, gated; --half: stated."""
     import torch
 
     from cvtool.device import autocast
-    from cvtool.models.yolo import decode, letterbox_batch
 
-    def outputs(loaded, on_device: bool):
-        module = loaded.module
-        batch, _ = letterbox_batch([image.to(loaded.device) for image in images], int(module.img_size),
-                                   on_device=on_device)
+    def outputs(loaded):  # the detector's own head_outputs, under the precision its forward runs at
         with torch.inference_mode(), autocast(loaded.device, loaded.half):
-            return [t.cpu() for t in decode(module(batch.to(loaded.device)).float(), module.anchors)]  # as the pipeline
+            decoded, _ = loaded.module.head_outputs([image.to(loaded.device) for image in images])
+        return [t.cpu() for t in decoded]
 
     images = photo_list(len(photos()))("cpu")[0]
-    reference = outputs(make("cpu", False).loaded, on_device=False)
+    reference = outputs(make("cpu", False).loaded)
     rows = []
     for half in (False, True):
-        boxes, objectness, classes = outputs(make(gpu, half).loaded, on_device=True)
+        boxes, objectness, classes = outputs(make(gpu, half).loaded)
         box = float((boxes - reference[0]).abs().max())
         prob = max(float((objectness - reference[1]).abs().max()), float((classes - reference[2]).abs().max()))
         passed = half or (box <= 1.0 and prob <= 1e-2)
@@ -322,12 +320,11 @@ def random_batch(batch: int, side: int, width: int | None = None, channels: int 
 def photo_list(batch: int):
     """forward() for detectors that take a list of 3 x H x W tensors in [0, 1]: the sample photos, cycled."""
     def make(device):
-        import cv2
-        import torch
+        from cvtool.io.image import read_image
+        from cvtool.ops.tensors import image_to_tensor
 
-        decoded = [torch.from_numpy(cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB)).permute(2, 0, 1)
-                   for p in photos()]
-        return [decoded[i % len(decoded)].to(device).float().div(255) for i in range(batch)], batch
+        decoded = [image_to_tensor(read_image(p)) for p in photos()]
+        return [decoded[i % len(decoded)].to(device) for i in range(batch)], batch
     return make
 
 

@@ -175,11 +175,16 @@ class YoloDetector(nn.Module):
     def detect_images(self, images: list[torch.Tensor]) -> list[dict]:
         """The detect pipeline's interface (torchvision detectors' own): [0, 1] RGB tensors of any size
         in; per image {"boxes" in that image's pixels, "scores", "labels"} out, before thresholds and NMS."""
+        decoded, letterboxes = self.head_outputs(images)
+        return detections_in_original_pixels(*decoded, letterboxes)
+
+    def head_outputs(self, images: list[torch.Tensor]):
+        """[0, 1] RGB tensors of any size -> the decoded head output per anchor, (boxes in letterboxed pixels,
+        objectness, class probabilities), and each image's letterbox."""
         batch, letterboxes = letterbox_batch(images, self.img_size)
         # decoded in float32 whatever the network ran at (--half): a box centre is cell + offset times the stride,
         # which fp16 / bf16 would round to 0.25-4 px
-        decoded = decode(self(batch.to(self.anchors.device)).float(), self.anchors)
-        return detections_in_original_pixels(*decoded, letterboxes)
+        return decode(self(batch.to(self.anchors.device)).float(), self.anchors), letterboxes
 
 
 @dataclass
