@@ -21,6 +21,7 @@ from cvtool.train.engine import TrainConfig, amp_dtype, default_workers
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = sorted((ROOT / "sample_images" / "photos").glob("*.jpg"))
+DIGITS = sorted((ROOT / "sample_images" / "digits").glob("*.png"))
 NO_CUDA = not torch.cuda.is_available()
 
 
@@ -88,9 +89,8 @@ def test_half_is_refused_for_onnxruntime(tmp_path):
 
 @pytest.mark.skipif(not __import__("cvtool.device", fromlist=["x"]).cpu_has_bf16(), reason="no bf16 on this CPU")
 def test_half_on_a_bf16_cpu_keeps_the_digits_top1():
-    digits = sorted((ROOT / "sample_images" / "digits").glob("*.png"))
-    full = cvtool.Classifier("lenet5_digits", device="cpu")(digits)
-    half = cvtool.Classifier("lenet5_digits", device="cpu", half=True)(digits)
+    full = cvtool.Classifier("lenet5_digits", device="cpu")(DIGITS)
+    half = cvtool.Classifier("lenet5_digits", device="cpu", half=True)(DIGITS)
     assert half and [r.label for r in half] == [r.label for r in full]
     assert max(abs(a.prob - b.prob) for a, b in zip(half, full)) < 0.05
 
@@ -103,7 +103,7 @@ def test_classify_normalising_on_the_device_equals_the_workers_normalising():
     task = cvtool.Classifier("lenet5_digits", device="cpu")
     workers = ClassifyPipeline(task.loaded, top_k=3)
     on_device = ClassifyPipeline(task.loaded, top_k=3, normalise_on_device=True)
-    rgbs = [cvtool.load_image(p) for p in sorted((ROOT / "sample_images" / "digits").glob("*.png"))]
+    rgbs = [cvtool.load_image(p) for p in DIGITS]
     samples = [on_device.prepare_array(rgb) for rgb in rgbs]
     assert samples[0].dtype == np.uint8
     a = workers.predict([workers.prepare_array(rgb) for rgb in rgbs])
@@ -217,7 +217,7 @@ def test_workers_default_is_resolved_for_the_loaded_device(monkeypatch):
     monkeypatch.setattr(cvtool.api, "_prefetch", lambda fn, items, workers, lookahead: asked.append(workers)
                         or real(fn, items, workers=workers, lookahead=lookahead))
     task = cvtool.Classifier("lenet5_digits", device="cpu")
-    paths = sorted(str(p) for p in (Path(__file__).parent.parent / "sample_images" / "digits").glob("*.png"))
+    paths = [str(p) for p in DIGITS]
     labels = [r.label for r in task(paths)]
     assert asked == [2] and labels == [p.split("/")[-1][6] for p in paths]  # digit_N.png
     monkeypatch.setattr(device, "cpu_count", lambda: 16)
