@@ -58,6 +58,7 @@ def main() -> None:
     parser.add_argument("--mirror-pad", type=int, default=64)
     parser.add_argument("--no-elastic", action="store_true")
     parser.add_argument("--no-balance", action="store_true", help="border weights with w_c = 1 (no class balancing)")
+    parser.add_argument("--w0", type=float, default=10.0, help="the border weight map's w0 (the paper's 10)")
     parser.add_argument("--ema", type=float, default=0.0, help="validate and save a moving average of the weights "
                         "with this decay (0: off)")
     parser.add_argument("--baseline", action="store_true", help="the README's earlier recipe on the same split")
@@ -79,7 +80,7 @@ def main() -> None:
         recipe = dict(loss="ce+dice", elastic=False, mirror_pad=0)
     else:
         recipe = dict(loss=args.loss, elastic=not args.no_elastic, mirror_pad=args.mirror_pad,
-                      border_balance=not args.no_balance)
+                      border_balance=not args.no_balance, border_w0=args.w0)
     options = dict(arch="unet", epochs=args.epochs, width=args.width, depth=4, crop=256, batch_size=4, lr=args.lr,
                    class_names=["membrane", "cell"], seed=args.seed, device="cpu", select=args.select, ema=args.ema, **recipe)
     load_before = os.getloadavg()
@@ -106,7 +107,8 @@ def main() -> None:
         "split": parts,
         "weights_scored": f"a moving average of the weights (decay {args.ema})" if args.ema else "the weights",
         "recipe": "baseline (README's earlier: CE + Dice, crops + flips)" if args.baseline else
-                  "U-Net paper: elastic deformations (3x3 lattice, sigma 10 px), border-weighted CE (w0 10, sigma 5 "
+                  "U-Net paper: elastic deformations (3x3 lattice, sigma 10 px), "
+                  f"loss {args.loss} (border weights w0 {args.w0:g}, sigma 5 "
                   f"px, {'w_c = 1' if args.no_balance else 'class-balanced w_c'}), mirrored context, 256 px crops + "
                   "flips",
         "train_call": call,
