@@ -12,7 +12,8 @@ its CPU time (all threads) is recorded against the 60 CPU-minute budget. `--base
 recipe (CE + Dice, crops + flips only) on the same split, for a comparison within one machine state.
 Scoring: `cvtool val segment`'s code (cvtool.val.segment) on the 5 held-out slices, for best.pt and last.pt:
 adapted Rand error of the cell regions after border thinning (ISBI 2012's final measure, cvtool/ops/regions.py),
-VI split / merge, pixel accuracy, membrane IoU.
+VI split / merge, pixel accuracy, membrane IoU; with the threshold on the cell probability that training chose on
+the validation slices and stored in the checkpoint, and with the plain argmax beside it.
 """
 
 from __future__ import annotations
@@ -45,6 +46,25 @@ def link_split(root: Path, picked: list[str]) -> Path:
         for name in picked:
             (root / sub / name).symlink_to(DATA / sub / name)
     return root
+
+
+def scores(result: dict) -> dict:
+    """The figures kept from a `cvtool.val.segment` result."""
+    return {"adapted_rand_error": result["rand"]["adapted_rand_error"], "vi_split": result["rand"]["vi_split"],
+            "vi_merge": result["rand"]["vi_merge"], "pixel_accuracy": result["pixel_accuracy"],
+            "iou_membrane": result["iou"]["membrane"], "iou_cell": result["iou"]["cell"],
+            "per_image_rand_error": result["rand"]["per_image_error"], "decision_threshold": result["decision_threshold"]}
+
+
+def held_out_scores(weights: Path, held_dir: Path, threshold: float | None = None) -> dict:
+    """The held-out slices scored with the checkpoint's own decision (`threshold`: this one instead), and with the
+    plain argmax beside it when the two differ."""
+    import cvtool.val
+
+    own = scores(cvtool.val.segment(str(held_dir), weights=str(weights), device="cpu", threshold=threshold))
+    if own["decision_threshold"] is not None:
+        own["argmax"] = scores(cvtool.val.segment(str(held_dir), weights=str(weights), device="cpu", threshold=0.5))
+    return own
 
 
 def main() -> None:
@@ -93,13 +113,7 @@ def main() -> None:
         summary = cvtool.train.segment(str(train_dir), val=str(val_dir), out=str(run), **options)
         train_cpu, train_wall = time.process_time() - cpu0, time.perf_counter() - wall0
         load_after = os.getloadavg()
-        scored = {}
-        for which in ("best", "last"):
-            result = cvtool.val.segment(str(held_dir), weights=str(run / f"{which}.pt"), device="cpu")
-            scored[which] = {"adapted_rand_error": result["rand"]["adapted_rand_error"],
-                             "vi_split": result["rand"]["vi_split"], "vi_merge": result["rand"]["vi_merge"],
-                             "pixel_accuracy": result["pixel_accuracy"], "iou_membrane": result["iou"]["membrane"],
-                             "iou_cell": result["iou"]["cell"], "per_image_rand_error": result["rand"]["per_image_error"]}
+        scored = {which: held_out_scores(run / f"{which}.pt", held_dir) for which in ("best", "last")}
     call = "cvtool.train.segment(TRAIN, val=VAL, " + ", ".join(f"{k}={v!r}" for k, v in options.items()) + ")"
     write_results(args.name, {
         "data": "ISBI 2012 membrane (../shared/datasets/membrane), 24 slices; split by "

@@ -541,7 +541,11 @@ def default_conf(loaded) -> float:
 
 
 class Segmenter(_Task):
-    """A class per pixel: our U-Net, torchvision's segmenters. `res.mask` is H x W class indices."""
+    """A class per pixel: our U-Net, torchvision's segmenters. `res.mask` is H x W class indices.
+
+    `threshold` (two-class models): class 1 where its probability exceeds it, the argmax's class-0 pixels kept as
+    one-pixel lines (cvtool.ops.regions.thresholded_labels); None: the checkpoint's own (`train segment` picks
+    it on validation), else the argmax."""
 
     task = "segment"
     result_type = SegmentResult
@@ -551,20 +555,27 @@ class Segmenter(_Task):
                  classes: Sequence[str] | None = None, save_mask: bool = False, tile: int | None = None,
                  overlap: int = 32, tile_batch: int = 4, device: str = "auto", backend: str = "auto",
                  max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = False,
-                 on_export: Callable[[Path], None] | None = None, threads: int | None = None, half: bool = False):
+                 on_export: Callable[[Path], None] | None = None, threads: int | None = None, half: bool = False,
+                 threshold: float | None = None):
         loaded = _load(model, task="segment", weights=weights, device=device, backend=backend,
                        default="deeplabv3_resnet50", progress=progress, on_export=on_export, threads=threads,
                        half=half)
         self.alpha, self.keep_classes, self.save_mask = alpha, list(classes) if classes else None, save_mask
         self.tile, self.overlap, self.tile_batch = tile, overlap, tile_batch
+        self.threshold = threshold
         super().__init__(loaded, max_pixels=max_pixels)
+
+    @property
+    def decision_threshold(self) -> float | None:
+        """The threshold on class 1's probability this segmenter applies (None: the argmax)."""
+        return self._pipeline.threshold
 
     def _make_pipeline(self, out_dir):
         from cvtool.pipelines.segment import SegmentPipeline
 
         return SegmentPipeline(self.loaded, alpha=self.alpha, classes=self.keep_classes, save_mask=self.save_mask,
                                tile=self.tile, overlap=self.overlap, tile_batch=self.tile_batch,
-                               max_pixels=self.max_pixels, out_dir=out_dir)
+                               max_pixels=self.max_pixels, out_dir=out_dir, threshold=self.threshold)
 
     def batch_key(self, prepared: tuple) -> Hashable:
         return self._pipeline.batch_key(prepared[2])

@@ -126,6 +126,10 @@ SHARD_OPT = typer.Option(None, "--shard", metavar="K/N", help="Only shard K of N
                          "N processes or machines split one input list, disjointly and completely, with no coordination.")
 RECORDS_OPT = typer.Option(None, "--records", metavar="FILE", help="Append each record to this JSON Lines journal as "
                            "it is produced; a rerun skips the inputs it records as done (errors are retried).")
+THRESHOLD_OPT = typer.Option(None, "--threshold", min=0.0, max=1.0,
+                             help="Two-class models: class 1 where its probability exceeds this, the argmax's class-0 "
+                                  "pixels kept as 1-px lines (default: the checkpoint's, chosen on validation by "
+                                  "`train segment`; else the argmax).")
 HALF_OPT = typer.Option(False, "--half", help="Half precision (autocast): fp16 on CUDA and MPS, bf16 on a CPU with "
                         "bfloat16 instructions (refused on other CPUs). Agreement with fp32: README, GPUs.")
 THREADS_OPT = typer.Option(None, "--threads", min=0, metavar="N", help="Compute threads (PyTorch, OpenCV, onnxruntime). Default: "
@@ -338,6 +342,7 @@ def segment(
     overlap: int = typer.Option(32, "--overlap", min=0, help="Overlap between tiles, blended linearly."),
     batch_size: int = typer.Option(4, "--batch-size", "-b", min=1, help="Tiles per forward pass (with --tile); "
                                    "video frames per batch."),
+    threshold: Optional[float] = THRESHOLD_OPT,
     device: str = DEVICE_OPT,
     fmt: Optional[OutputFormat] = FORMAT_OPT,
     recursive: bool = RECURSIVE_OPT,
@@ -358,7 +363,7 @@ def segment(
         _remote("segment", images, fmt=fmt, out=out, recursive=recursive, skip_existing=skip_existing,
                 save=dict(save_mask=save_mask), options=dict(
             model=model, weights=weights, alpha=alpha, classes=classes, tile=tile, overlap=overlap,
-            batch_size=batch_size, backend=backend, max_pixels=max_pixels))
+            batch_size=batch_size, backend=backend, max_pixels=max_pixels, threshold=threshold))
     with exits_cleanly():
         if save_mask and out is None:
             raise UsageError("--save-mask needs --out DIR")
@@ -367,7 +372,7 @@ def segment(
 
         task = Segmenter(model, weights=weights, alpha=alpha, classes=_csv(classes or "") or None, save_mask=save_mask,
                          tile=tile, overlap=overlap, tile_batch=batch_size, device=device, backend=backend,
-                         max_pixels=max_pixels, half=half, **_loading())
+                         max_pixels=max_pixels, half=half, threshold=threshold, **_loading())
         info(task.describe())
         code = _run_batch(task, images, recursive=recursive, out=out, skip_existing=skip_existing,
                           batch_size=batch_size, workers=workers, fmt=fmt, vid_stride=vid_stride, shard=shard_of,
@@ -1155,6 +1160,7 @@ def val_segment(
     tile: Optional[int] = typer.Option(None, "--tile", min=16, help="Run in TILE x TILE tiles, as `cvtool segment --tile`."),
     rand: Optional[bool] = typer.Option(None, "--rand/--no-rand", help="ISBI 2012's foreground-restricted Rand score "
                                         "(default: for two-class models)."),
+    threshold: Optional[float] = THRESHOLD_OPT,
     device: str = DEVICE_OPT,
     out: Optional[Path] = VAL_OUT_OPT,
 ) -> None:
@@ -1163,7 +1169,7 @@ def val_segment(
         from cvtool import val
 
         _print_val(val.segment(data, weights=weights, model=model, device=device, tile=tile, rand=rand, out=out,
-                               on_skip=_skipping))
+                               threshold=threshold, on_skip=_skipping))
 
 
 @val_app.command("face", epilog="Example: cvtool val face pairs.csv")

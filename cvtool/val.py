@@ -93,20 +93,22 @@ def detect(data: str | Path, *, weights: str | Path | None = None, model: str | 
 
 def segment(data: str | Path, *, weights: str | Path | None = None, model: str | None = None, device: str = "auto",
             tile: int | None = None, out: str | Path | None = None, rand: bool | None = None,
-            on_skip: Callable[[str], None] | None = None) -> dict:
+            threshold: float | None = None, on_skip: Callable[[str], None] | None = None) -> dict:
     """Per-class IoU and Dice, mIoU and pixel accuracy of a segmenter on images/ + masks/ (as `cvtool train
     segment` reads them; 255 is ignored), each image segmented as `cvtool segment` does. For two-class data
     (`rand`: None = whenever there are two classes) also ISBI 2012's foreground-restricted Rand score:
     the connected regions of class 1 (cells, between membranes) in truth and prediction compared by
     scikit-image's `adapted_rand_error`, truth's class-0 pixels ignored, and the variation of information split /
-    merge of the same regions (`variation_of_information`). Example masks in `out`."""
+    merge of the same regions (`variation_of_information`). Example masks in `out`. `threshold`: two-class
+    models' decision, as `Segmenter(threshold=)` (default: the checkpoint's)."""
     from cvtool.api import Segmenter
     from cvtool.train.segmentation import IGNORE_INDEX, open_segmentation_data, scores_from_confusion
 
     _need_model(weights, model)
     out_dir = _out_dir(out)
     masked = open_segmentation_data(data, on_skip=on_skip)
-    segmenter = Segmenter(model, weights=weights, tile=tile, device=device, backend="torch")  # as training scores
+    segmenter = Segmenter(model, weights=weights, tile=tile, device=device, backend="torch",  # as training scores
+                          threshold=threshold)
     classes = segmenter.classes
     n = len(classes)
     rand = n == 2 if rand is None else rand
@@ -129,6 +131,7 @@ def segment(data: str | Path, *, weights: str | Path | None = None, model: str |
     scores = scores_from_confusion(matrix)
     summary = {"task": "segment", "data": str(data), "model": segmenter.loaded.name,
                "weights_sha256": segmenter.weights_sha256, "images": len(masked.images),
+               "decision_threshold": segmenter.decision_threshold,
                "skipped_files": len(masked.skipped), "classes": classes,
                "pixel_accuracy": round(scores["pixel_accuracy"], 4), "miou": round(scores["miou"], 4),
                "mdice": round(scores["mdice"], 4),

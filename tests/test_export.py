@@ -270,3 +270,23 @@ def test_reduced_precision_below_the_bar_is_refused_in_one_line_and_writes_nothi
         "cvtool: --int8 needs --calibration DIR: images like those the model will see (a few dozen)")
     both = export("lenet5_digits", "--int8", "--half", "--calibration", digit_images, "--out", out)
     assert both.exit_code == 2 and "--half and --int8 are separate precisions; choose one" in both.stderr
+
+
+def test_a_segmenters_decision_threshold_travels_in_the_onnx_file(tmp_path):
+    from cvtool.api import Segmenter
+
+    ckpt = make_checkpoint(tmp_path / "unet.pt", "unet", classes=["membrane", "cell"], width=4, depth=2)
+    content = torch.load(ckpt, weights_only=True)
+    content["decision_threshold"] = 0.45  # as `train segment` stores the one chosen on validation
+    torch.save(content, ckpt)
+    out = tmp_path / "unet.onnx"
+    result = export(ckpt, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert metadata(out)["decision_threshold"] == 0.45
+    image = np.random.default_rng(0).integers(0, 256, (40, 56), dtype=np.uint8)
+    on_torch = Segmenter(weights=ckpt, device="cpu", backend="torch")
+    on_onnx = Segmenter(weights=out, device="cpu", backend="onnxruntime")
+    assert on_torch.decision_threshold == on_onnx.decision_threshold == 0.45
+    torch_mask, onnx_mask = on_torch(image).mask, on_onnx(image).mask
+    assert (torch_mask != (Segmenter(weights=ckpt, device="cpu", threshold=0.5)(image).mask)).any()  # it acts
+    assert (torch_mask == onnx_mask).mean() > 0.999

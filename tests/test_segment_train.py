@@ -250,3 +250,47 @@ def test_ema_segmenter_saves_and_scores_the_average_and_resumes_exactly(tmp_path
     assert scored.returncode == 0, scored.stderr
     assert json.loads(scored.stdout)["pixel_accuracy"] == pytest.approx(whole["val_last_epoch"]["pixel_accuracy"],
                                                                        abs=1e-4)
+
+
+def test_thresholded_labels_thin_membranes_without_opening_a_gap():
+    from cvtool.ops.regions import cell_regions, thresholded_labels
+
+    probability = np.full((40, 60), 0.9, np.float32)
+    probability[:, 28:33] = 0.4  # a 5 px membrane the network is unsure of: every pixel above 0.3
+    assert cell_regions((probability > 0.3).astype(np.uint8)).max() == 1  # a plain 0.3 threshold merges the cells
+    labels = thresholded_labels(probability, 0.3)
+    assert labels.dtype == np.uint8 and cell_regions(labels).max() == 2  # the argmax's separation kept
+    assert (labels == 0).sum(axis=1).tolist() == [1] * 40  # as a 1 px line, from edge to edge
+    assert np.flatnonzero(labels[0] == 0).tolist() == [30]
+    for threshold in (0.5, 0.7):  # at or above 0.5: the plain threshold (membranes only grow)
+        assert (thresholded_labels(probability, threshold) == (probability > threshold)).all()
+
+
+def test_train_segment_stores_the_validation_threshold_that_val_segment_reproduces(tmp_path):
+    train, val = _write_cells(tmp_path / "train", 2, seed=0), _write_cells(tmp_path / "val", 2, seed=1)
+    result = invoke_cli("train", "segment", str(train), "--val", str(val), "--epochs", "2", "--width", "4",
+                        "--depth", "2", "--crop", "32", "--batch-size", "2", "--loss", "weighted-ce",
+                        "--class-names", "membrane,cell", "--device", "cpu", "--out", str(tmp_path / "run"))
+    assert result.returncode == 0, result.stderr
+    reported = json.loads((tmp_path / "run" / "summary.json").read_text())["val_last_epoch"]
+    from cvtool.train.segmentation import THRESHOLDS
+
+    assert reported["decision_threshold"] in THRESHOLDS
+    stored = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert stored["decision_threshold"] == reported["decision_threshold"]
+    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    assert "val_decision_threshold" in rows[0].split(",")
+
+    def scores(*extra):
+        result = invoke_cli("val", "segment", str(val), "--weights", str(tmp_path / "run" / "last.pt"), *extra)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    scored = scores()  # the checkpoint's threshold by default: the figures training reported for it
+    assert scored["decision_threshold"] == (None if reported["decision_threshold"] == 0.5
+                                            else reported["decision_threshold"])
+    assert scored["pixel_accuracy"] == pytest.approx(reported["pixel_accuracy"], abs=1e-4)
+    assert scored["rand"]["adapted_rand_error"] == pytest.approx(reported["adapted_rand_error"], abs=1e-4)
+    assert scored["miou"] == pytest.approx(reported["miou"], abs=1e-4)
+    for other in (0.2, 0.5, 0.7):  # it was the best of the thresholds tried, on these images, by mIoU
+        assert scores("--threshold", str(other))["miou"] <= scored["miou"]

@@ -175,6 +175,15 @@ def test_segment_out_masks_and_overlays_are_the_local_runs(env, server, nets, in
     no_torch(remote)
 
 
+def test_segment_threshold_through_the_server_is_the_local_runs(env, server, nets, inputs, tmp_path):
+    args = ["segment", *inputs[:2], "--weights", nets / "unet.pt", "--threshold", "0.45", "-f", "jsonl", "--out"]
+    local = cvtool(env, *args, tmp_path / "local")
+    records = same_run(local, cvtool(env, *args, tmp_path / "remote", server=server), tmp_path / "local",
+                       tmp_path / "remote")
+    plain = jsonl(cvtool(env, *args[:-5], "-f", "jsonl", server=server).stdout)
+    assert [r["result"] for r in records] != [r["result"] for r in plain]  # the threshold reached the server
+
+
 def test_classify_out_json_is_the_local_runs(env, server, tmp_path):
     digits = sorted((SAMPLES / "digits").glob("*.png"))[:3]
     args = ["classify", *digits, "--model", "lenet5_digits", "-k", "2", "-f", "jsonl", "--out"]

@@ -157,3 +157,43 @@ def test_val_classify_equals_train_eval_only(tmp_path):
     assert summary["accuracy"] == eval_only["accuracy"] and summary["per_class"] == eval_only["per_class"]
     assert summary["images"] == 60 and sum(map(sum, summary["confusion_matrix"])) == 60
     assert summary["plots"] == [str(tmp_path / "v" / "confusion.png")]
+
+
+def _membrane_band(path):
+    """Two bright cells either side of a 5 px band of grey 102: the threshold model's class-1 probability there is
+    sigmoid(2 * (2 * 102 / 255 - 1)) = 0.401, in the cells 0.881."""
+    image = np.full((24, 40), 255, np.uint8)
+    image[:, 18:23] = 102
+    cv2.imwrite(str(path), image)
+    return path
+
+
+def test_segmenter_applies_the_checkpoints_threshold_and_keeps_the_separation(threshold_model, tmp_path):
+    from cvtool.api import Segmenter
+    from cvtool.models.checkpoint import save_checkpoint
+    from cvtool.ops.regions import cell_regions
+
+    image = _membrane_band(tmp_path / "band.png")
+    plain = Segmenter("test_val_threshold", weights=threshold_model, device="cpu")
+    assert plain.decision_threshold is None
+    assert (plain(image).mask == 0).sum(axis=1).tolist() == [5] * 24  # the argmax: the whole band is membrane
+    stored = tmp_path / "chosen.pt"
+    save_checkpoint(stored, arch="test_val_threshold", task="segment", classes=["membrane", "cell"],
+                    state_dict=torch.load(threshold_model, weights_only=True), extra={"decision_threshold": 0.3})
+    chosen = Segmenter(weights=stored, device="cpu")
+    assert chosen.decision_threshold == 0.3
+    mask = chosen(image).mask
+    assert (mask == 0).sum(axis=1).tolist() == [1] * 24  # one 1 px line, inside the band, the cells apart
+    assert set(np.nonzero(mask == 0)[1]) <= set(range(18, 23)) and cell_regions(mask).max() == 2
+    assert (Segmenter(weights=stored, device="cpu", threshold=0.5)(image).mask == plain(image).mask).all()
+    assert (Segmenter(weights=stored, device="cpu", threshold=0.45)(image).mask == 0).sum() == 5 * 24
+
+
+def test_segment_threshold_is_refused_for_models_of_other_than_two_classes(tmp_path):
+    from conftest import save_random_unet
+
+    weights = save_random_unet(tmp_path / "three.pt", ["a", "b", "c"])
+    result = invoke_cli("segment", str(_membrane_band(tmp_path / "band.png")), "--weights", str(weights),
+                        "--threshold", "0.3", "--device", "cpu")
+    assert result.returncode == 2
+    assert result.stderr.strip().endswith("--threshold is for two-class models; unet has 3 classes")

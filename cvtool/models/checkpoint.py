@@ -41,6 +41,8 @@ _STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHOR
 
 # A checkpoint's list of COCO category ids, one per class (`train detect` on COCO JSON stores its file's ids).
 COCO_IDS_FIELD = "coco_category_ids"
+# A two-class segmenter's threshold on class 1's probability, chosen on validation by `train segment`.
+DECISION_THRESHOLD_FIELD = "decision_threshold"
 
 
 def save_checkpoint(

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cvtool.errors import UsageError, WeightsError
+from cvtool.models.checkpoint import DECISION_THRESHOLD_FIELD
 from cvtool.models.registry import ModelEntry, get_entry
 from cvtool.ops.preprocess import Preprocess
 
@@ -63,6 +64,14 @@ class LoadedModel:
         if self.backend != "torch" and self.entry is None:
             return getattr(self.module, "meta", {}).get("default_conf")
         return self.contract.default_conf
+
+    @property
+    def decision_threshold(self) -> float | None:
+        """Two-class segmenters: the probability class 1 needs, as `train segment` chose it on its validation
+        images and stored it in the checkpoint (on onnxruntime: the file's metadata); None: the plain argmax."""
+        source = self.meta if self.backend == "torch" else getattr(self.module, "meta", {})
+        value = source.get(DECISION_THRESHOLD_FIELD)
+        return None if value is None else float(value)
 
     @property
     def runs_on_arrays(self) -> bool:

@@ -177,6 +177,7 @@ def metadata(loaded, graph: ExportGraph, *, dynamic_batch: bool, exporter: str) 
                   "multiple": graph.multiple, "dynamic_batch": dynamic_batch},
         "outputs": graph.outputs,
         "default_conf": loaded.default_conf,  # detectors: the score threshold their scores are made for
+        "decision_threshold": loaded.decision_threshold,  # two-class segmenters: class 1's probability threshold
         "exporter": exporter,
         **graph.extra,
     }

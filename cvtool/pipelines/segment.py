@@ -32,12 +32,13 @@ class SegmentPipeline:
 
     def __init__(self, model: LoadedModel, *, alpha: float = 0.5, classes: list[str] | None = None,
                  save_mask: bool = False, tile: int | None = None, overlap: int = 32, tile_batch: int = 4,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, out_dir=None):
+                 max_pixels: int = DEFAULT_MAX_PIXELS, out_dir=None, threshold: float | None = None):
         self.model = model
         self.model_name, self.weights_sha256 = model.name, model.weights_sha256
         self.alpha, self.save_mask, self.max_pixels = alpha, save_mask, max_pixels
         self.tile, self.overlap, self.tile_batch = tile, overlap, tile_batch
         self.keep = self._class_filter(classes)
+        self.threshold = self._threshold(threshold)
         self.size_multiple = model.size_multiple
         self.output_name = OutputNamer(out_dir, MASK_SUFFIX) if out_dir is not None else None
         self.video_name = OutputNamer(out_dir, ".segment.mp4") if out_dir is not None else None
@@ -54,6 +55,17 @@ class SegmentPipeline:
         keep = np.zeros(len(self.model.classes), bool)
         keep[[self.model.classes.index(n) for n in names]] = True
         return keep
+
+    def _threshold(self, given: float | None) -> float | None:
+        """--threshold, else the checkpoint's (`train segment` chose it on validation); None: the argmax."""
+        if given is not None:
+            if len(self.model.classes) != 2:
+                raise UsageError(f"--threshold is for two-class models; {self.model.name} has "
+                                 f"{len(self.model.classes)} classes")
+            if not 0.0 < given < 1.0:
+                raise UsageError(f"--threshold {given} must be between 0 and 1")
+        threshold = given if given is not None else self.model.decision_threshold
+        return None if threshold is None or threshold == 0.5 or len(self.model.classes) != 2 else float(threshold)
 
     def prepare(self, path: str) -> Sample:
         return self.prepare_array(read_image(path, max_pixels=self.max_pixels))
@@ -108,6 +120,11 @@ class SegmentPipeline:
                 logits = [self._tiled(torch.from_numpy(sample.tensor)) for sample in samples]
         else:  # whole images: those of one size go through the network together (--batch-size)
             logits = self._whole_batched([sample.tensor for sample in samples])
+        if self.threshold is not None:
+            from cvtool.ops.regions import thresholded_labels
+
+            return [thresholded_labels(self._foreground_probability(image_logits), self.threshold)
+                    for image_logits in logits]
         dtype = np.uint8 if len(self.model.classes) <= 256 else np.int32
         if self.model.runs_on_arrays:
             return [image_logits.argmax(0).astype(dtype) for image_logits in logits]
@@ -115,6 +132,15 @@ class SegmentPipeline:
 
         return [image_logits.argmax(0).to(torch.uint8 if dtype == np.uint8 else torch.int32).cpu().numpy()
                 for image_logits in logits]
+
+    def _foreground_probability(self, image_logits) -> np.ndarray:
+        """Class 1's probability (float32 NumPy) from one image's 2 x h x w logits: softmax, as training scores it."""
+        if self.model.runs_on_arrays:
+            logits = image_logits.astype(np.float32)
+            return (1.0 / (1.0 + np.exp(np.clip(logits[0] - logits[1], -80, 80)))).astype(np.float32)
+        import torch
+
+        return torch.softmax(image_logits.float(), 0)[1].cpu().numpy()
 
     def _whole_batched(self, tensors: list[np.ndarray]) -> list:
         """Each C x h x w input's logits (on the model's device; NumPy on onnxruntime), one forward pass per

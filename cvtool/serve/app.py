@@ -480,6 +480,8 @@ def create_app(settings: Settings, server: Server | None = None) -> FastAPI:
                       tile: Optional[int] = Query(None, ge=16), overlap: int = Query(32, ge=0),
                       batch_size: int = Query(4, ge=1), backend: str = DEFAULT_BACKEND,
                       max_pixels: Optional[int] = Query(None, ge=1),
+                      threshold: Optional[float] = Query(None, gt=0, lt=1, description="Two-class models: "
+                                                         "class 1's probability threshold (default: the model's)"),
                       format: str = Query("json", description="json: the record; png: the class mask"),
                       name: Optional[str] = None, path: Optional[str] = None):
         """A class per pixel for one image: the record of `cvtool segment IMAGE -f json` (class pixel counts).
@@ -492,7 +494,7 @@ def create_app(settings: Settings, server: Server | None = None) -> FastAPI:
         def variant():
             entry = server.entry("segment", model, server.server_file(weights, "weights"), backend)
             options = {"alpha": alpha, "keep_classes": _csv(classes), "tile": tile, "overlap": overlap,
-                       "tile_batch": batch_size}
+                       "tile_batch": batch_size, "threshold": threshold}
             return server.registry.variant(entry, options, _same_or(with_attributes))
 
         def answer_of(result, image: Image) -> tuple[dict, bytes | None]:

@@ -68,7 +68,11 @@ class TrainTask(Protocol):
     def finish_metrics(self, state: Any) -> dict[str, float]: ...
 
     def checkpoint_fields(self) -> dict:
-        """arch, task, classes, preprocess (and anything else `--weights FILE` needs to rebuild the model)."""
+        """arch, task, classes, preprocess, and anything else `--weights FILE` needs (other keys are stored as the
+        checkpoint's extra fields; asked at every save, so a value may follow the latest validation)."""
+
+
+SAVE_FIELDS = ("arch", "task", "classes", "preprocess")  # save_checkpoint's own; other task fields go in extra
 
 
 class Callbacks:
@@ -282,8 +286,8 @@ class Trainer:
         if not self.is_main:
             return None
         path = self.run_dir / name
-        fields = self.task.checkpoint_fields()
-        extra = dict(self.extra_fields)
+        fields = dict(self.task.checkpoint_fields())
+        extra = {**self.extra_fields, **{key: fields.pop(key) for key in list(fields) if key not in SAVE_FIELDS}}
         if self.ema is not None:
             extra["ema"] = self.ema.state()
             if name == "last.pt":  # what --resume continues from: the raw training weights too

@@ -287,12 +287,19 @@ def scores_from_confusion(matrix: np.ndarray) -> dict[str, float]:
 SELECT = {"miou": "val_miou", "rand": "val_rand_f"}  # --select -> the validation metric that picks best.pt
 
 
+# Two classes: the thresholds on class 1's probability each validation tries (cvtool.ops.regions.
+# thresholded_labels); the one with the best mIoU is the decision the scores and the checkpoint use (mIoU, not
+# pixel accuracy, which the majority class rules: on ISBI's membranes pixel accuracy picks lines too thin).
+THRESHOLDS = tuple(round(0.2 + 0.05 * k, 2) for k in range(11))  # 0.2 ... 0.7
+
+
 @dataclass
 class SegmentMetrics:
-    """One validation pass: the pixel confusion matrix, and (two classes) each image's region scores."""
+    """One validation pass: the pixel confusion matrix; for two classes one per threshold instead, and each
+    image's truth and labels at every threshold (bit-packed) for the region scores of the one chosen."""
 
-    matrix: np.ndarray
-    regions: list | None  # (adapted Rand error, VI split, VI merge) per image
+    matrix: np.ndarray  # true x predicted pixel counts (two classes: THRESHOLDS x 2 x 2)
+    images: list | None  # two classes: (truth, packed labels per threshold, shape) per image
 
 
 class SegmentationTask:
@@ -304,6 +311,7 @@ class SegmentationTask:
         self.entry, self.classes, self.preprocess, self.arch_kwargs = entry, classes, preprocess, arch_kwargs
         self._loss = LOSSES[loss]
         self.regions = len(classes) == 2  # cells (class 1) separated by membranes (class 0): region scores too
+        self.decision_threshold: float | None = None  # the latest validation's; saved with the checkpoint after it
 
     def build_model(self) -> nn.Module:
         return self.entry.build(num_classes=len(self.classes), **self.arch_kwargs)
@@ -319,37 +327,65 @@ class SegmentationTask:
 
     def start_metrics(self) -> SegmentMetrics:
         n = len(self.classes)
-        return SegmentMetrics(np.zeros((n, n), dtype=np.int64), [] if self.regions else None)
+        if self.regions:
+            return SegmentMetrics(np.zeros((len(THRESHOLDS), 2, 2), dtype=np.int64), [])
+        return SegmentMetrics(np.zeros((n, n), dtype=np.int64), None)
 
     def update_metrics(self, state: SegmentMetrics, outputs, targets) -> None:
         from cvtool.models.contract import segmentation_logits
 
-        predicted = segmentation_logits(outputs).argmax(1).cpu().numpy()
+        logits = segmentation_logits(outputs)
         truth = _split_target(targets)[0].cpu().numpy()
-        valid = truth != IGNORE_INDEX
-        np.add.at(state.matrix, (truth[valid], predicted[valid]), 1)
-        if state.regions is not None:
-            from cvtool.ops.regions import image_region_scores
+        if not self.regions:
+            predicted = logits.argmax(1).cpu().numpy()
+            valid = truth != IGNORE_INDEX
+            np.add.at(state.matrix, (truth[valid], predicted[valid]), 1)
+            return
+        from cvtool.ops.regions import separating_lines, thresholded_labels
 
-            state.regions.extend(image_region_scores(*_region_pair(t, p)) for t, p in zip(truth, predicted))
+        probability = torch.softmax(logits.float(), 1)[:, 1].cpu().numpy()
+        for image_truth, image_probability in zip(truth, probability):
+            image_truth, image_probability = _whole_image(image_truth, image_probability)
+            lines = separating_lines(image_probability)
+            valid = image_truth != IGNORE_INDEX
+            labels = np.stack([thresholded_labels(image_probability, t, lines) for t in THRESHOLDS])
+            for k in range(len(THRESHOLDS)):
+                state.matrix[k] += np.bincount(image_truth[valid].astype(np.int64) * 2 + labels[k][valid],
+                                               minlength=4).reshape(2, 2)
+            state.images.append((np.where(valid, image_truth, 0), np.packbits(labels, axis=-1), labels.shape))
 
     def finish_metrics(self, state: SegmentMetrics) -> dict[str, float]:
-        scores = scores_from_confusion(state.matrix)
+        matrix, chosen = state.matrix, None
+        if self.regions:  # the threshold with the best mIoU; ties go to the one nearest 0.5
+            miou = [scores_from_confusion(m)["miou"] for m in matrix]
+            chosen = max(range(len(THRESHOLDS)), key=lambda k: (miou[k], -abs(THRESHOLDS[k] - 0.5)))
+            matrix = matrix[chosen]
+        scores = scores_from_confusion(matrix)
         flat = {k: v for k, v in scores.items() if not isinstance(v, list)}
         flat.update({f"iou_{name}": iou for name, iou in zip(self.classes, scores["iou"])})
         flat.update({f"dice_{name}": dice for name, dice in zip(self.classes, scores["dice"])})
-        if state.regions:
+        if state.images:
             from cvtool.ops.regions import region_scores
 
-            regions = region_scores(per_image=state.regions)
+            pairs = [(truth, np.unpackbits(packed, axis=-1, count=shape[-1])[chosen]) for truth, packed, shape
+                     in state.images]
+            regions = region_scores(pairs)
             flat.update({"adapted_rand_error": regions["adapted_rand_error"],
                          "rand_f": 1.0 - regions["adapted_rand_error"],
                          "vi_split": regions["vi_split"], "vi_merge": regions["vi_merge"]})
+        if chosen is not None:
+            self.decision_threshold = THRESHOLDS[chosen]
+            flat["decision_threshold"] = THRESHOLDS[chosen]
         return flat
 
     def checkpoint_fields(self) -> dict:
-        return {"arch": self.entry.name, "task": "segment", "classes": list(self.classes),
-                "preprocess": self.preprocess.to_dict()}
+        from cvtool.models.checkpoint import DECISION_THRESHOLD_FIELD
+
+        fields = {"arch": self.entry.name, "task": "segment", "classes": list(self.classes),
+                  "preprocess": self.preprocess.to_dict()}
+        if self.decision_threshold is not None:
+            fields[DECISION_THRESHOLD_FIELD] = self.decision_threshold
+        return fields
 
 
 @dataclass
@@ -459,13 +495,13 @@ def run_training(args: SegmentTrainArgs, cfg, run_dir: Path, device, *, resume=F
     return trainer.finish(summary)
 
 
-def _region_pair(truth: np.ndarray, predicted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """One whole validation image's (truth, prediction) class ids for the region scores: the padding _pad
-    added (ignored pixels past the image's own extent) cut off, other ignored pixels counted as membrane."""
+def _whole_image(truth: np.ndarray, probability: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One validation image's truth and class-1 probability without the padding _pad added (ignored pixels past
+    the image's own extent), as `cvtool segment` sees the image."""
     rows, cols = np.nonzero((truth != IGNORE_INDEX).any(1))[0], np.nonzero((truth != IGNORE_INDEX).any(0))[0]
     if rows.size:
-        truth, predicted = truth[: rows[-1] + 1, : cols[-1] + 1], predicted[: rows[-1] + 1, : cols[-1] + 1]
-    return np.where(truth == IGNORE_INDEX, 0, truth), predicted
+        truth, probability = truth[: rows[-1] + 1, : cols[-1] + 1], probability[: rows[-1] + 1, : cols[-1] + 1]
+    return truth, probability
 
 
 @torch.inference_mode()
