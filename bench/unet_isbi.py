@@ -122,9 +122,10 @@ def main() -> None:
         "weights_scored": f"a moving average of the weights (decay {args.ema})" if args.ema else "the weights",
         "recipe": "baseline (README's earlier: CE + Dice, crops + flips)" if args.baseline else
                   "U-Net paper: elastic deformations (3x3 lattice, sigma 10 px), "
-                  f"loss {args.loss} (border weights w0 {args.w0:g}, sigma 5 "
-                  f"px, {'w_c = 1' if args.no_balance else 'class-balanced w_c'}), mirrored context, 256 px crops + "
-                  "flips",
+                  f"loss {args.loss}" + (f" (border weights w0 {args.w0:g}, sigma 5 px, "
+                                         f"{'w_c = 1' if args.no_balance else 'class-balanced w_c'})"
+                                         if args.loss.startswith("weighted") else "")
+                  + ", mirrored context, 256 px crops + flips",
         "train_call": call,
         "torch_threads": args.threads,
         "budget_cpu_s": BUDGET_CPU_S,

@@ -2,9 +2,9 @@
 probability chosen on the 3 validation slices (the best mIoU among cvtool.train.segmentation.THRESHOLDS,
 ties to the one nearest 0.5, the argmax's membranes kept as 1 px lines), then the 5 held-out slices scored with
 it and with the plain argmax. For checkpoints saved before training stored the threshold; a checkpoint that
-stores one is scored with its own.
+stores one is scored with its own (`--rechoose`: chosen again, for a checkpoint whose rule has changed since).
 
-    python bench/unet_threshold.py RUN_DIR [RUN_DIR ...] [--name unet_isbi_threshold]
+    python bench/unet_threshold.py RUN_DIR [RUN_DIR ...] [--rechoose] [--name unet_isbi_threshold]
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path, help="run directories of bench/unet_isbi.py --keep")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rechoose", action="store_true", help="choose again even where the checkpoint stores one")
     parser.add_argument("--name", default="unet_isbi_threshold")
     args = parser.parse_args()
     if not DATA.is_dir():
@@ -53,9 +54,10 @@ def main() -> None:
             for which in ("best", "last"):
                 weights = run / f"{which}.pt"
                 stored = Segmenter(weights=weights, device="cpu").decision_threshold
-                if stored is None:
+                if stored is None or args.rechoose:
                     threshold, tried = chosen_on_validation(weights, val_dir)
-                    row = {"threshold_from": "chosen here on the 3 validation slices", "val_miou": tried}
+                    row = {"threshold_from": "chosen here on the 3 validation slices", "val_miou": tried,
+                           "stored_threshold": stored}
                 else:
                     threshold, row = None, {"threshold_from": "the checkpoint"}
                 row["held_out_5_slices"] = held_out_scores(weights, held_dir, threshold)

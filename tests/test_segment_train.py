@@ -252,18 +252,38 @@ def test_ema_segmenter_saves_and_scores_the_average_and_resumes_exactly(tmp_path
                                                                        abs=1e-4)
 
 
-def test_thresholded_labels_thin_membranes_without_opening_a_gap():
+@pytest.mark.parametrize("width", [5, 9, 24])
+def test_thresholded_labels_thin_membranes_without_opening_a_gap(width):
     from cvtool.ops.regions import cell_regions, thresholded_labels
 
     probability = np.full((40, 60), 0.9, np.float32)
-    probability[:, 28:33] = 0.4  # a 5 px membrane the network is unsure of: every pixel above 0.3
+    probability[:, 20 : 20 + width] = 0.4  # a membrane the network is unsure of, across the image: all above 0.3
     assert cell_regions((probability > 0.3).astype(np.uint8)).max() == 1  # a plain 0.3 threshold merges the cells
     labels = thresholded_labels(probability, 0.3)
     assert labels.dtype == np.uint8 and cell_regions(labels).max() == 2  # the argmax's separation kept
     assert (labels == 0).sum(axis=1).tolist() == [1] * 40  # as a 1 px line, from edge to edge
-    assert np.flatnonzero(labels[0] == 0).tolist() == [30]
     for threshold in (0.5, 0.7):  # at or above 0.5: the plain threshold (membranes only grow)
         assert (thresholded_labels(probability, threshold) == (probability > threshold)).all()
+
+
+def test_thresholded_labels_keep_the_argmax_cells_and_add_none():
+    from scipy import ndimage
+
+    from cvtool.ops.regions import cell_regions, thresholded_labels
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):  # smooth random probability maps: blobs of cells, membranes of every width and shape
+        probability = ndimage.gaussian_filter(rng.random((48, 64)), rng.uniform(1, 4))
+        probability = (probability - probability.min()) / np.ptp(probability)
+        argmax = (probability > 0.5).astype(np.uint8)
+        for threshold in (0.2, 0.35, 0.45):
+            labels = thresholded_labels(probability, threshold)
+            assert (labels[argmax == 1] == 1).all() and (labels[probability <= threshold] == 0).all()
+            assert cell_regions(labels).max() == cell_regions(argmax).max()  # no cell joined, none new
+    corner = np.full((30, 30), 0.9, np.float32)
+    corner[np.add.outer(np.arange(30), np.arange(30)) >= 44] = 0.4  # a thick membrane cutting off a corner
+    corner[np.add.outer(np.arange(30), np.arange(30)) >= 50] = 0.9
+    assert cell_regions(thresholded_labels(corner, 0.3)).max() == cell_regions((corner > 0.5).astype(np.uint8)).max() == 2
 
 
 def test_train_segment_stores_the_validation_threshold_that_val_segment_reproduces(tmp_path):

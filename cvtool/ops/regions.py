@@ -7,8 +7,9 @@ The scores follow ISBI 2012's final ones (Arganda-Carreras et al. 2015, "Crowdso
 segmentation algorithms for connectomics", "foreground-restricted ... after border thinning"): the predicted
 membranes are thinned away, each of their pixels going to the nearest predicted cell (so a membrane drawn
 thicker than the annotator's is not one huge extra region spanning the image), and the pixels that are membrane
-in the truth are left out. One difference: the prediction is the network's own decision (argmax), where the
-challenge's script reports the best over a sweep of thresholds of the probability map.
+in the truth are left out. One difference: the prediction is the network's own decision (the argmax, or the
+threshold `train segment` chose on validation: `thresholded_labels`), where the challenge's script reports the
+best over a sweep of thresholds of the probability map.
 """
 
 from __future__ import annotations
@@ -30,27 +31,31 @@ def thinned_cell_regions(mask: np.ndarray, foreground: int = 1) -> np.ndarray:
     return expand_labels(cell_regions(mask, foreground), distance=float(sum(mask.shape)))
 
 
-def separating_lines(foreground_probability: np.ndarray) -> np.ndarray:
-    """Where the plain decision (class 1 where its probability > 0.5) separates cells: its class-0 pixels thinned
-    to 8-connected lines one pixel wide (scikit-image's skeletonize), which still part 4-connected cells. The
-    mask is extended past the image's edges first, so a line that meets an edge still reaches it."""
-    from skimage.morphology import skeletonize
-
-    pad = 2
-    membrane = np.pad(foreground_probability <= 0.5, pad, mode="edge")
-    return skeletonize(membrane)[pad:-pad, pad:-pad]
-
-
 def thresholded_labels(foreground_probability: np.ndarray, threshold: float,
-                       lines: np.ndarray | None = None) -> np.ndarray:
-    """Two-class labels (uint8): class 1 where its probability > `threshold`, else 0. Below 0.5 the plain
-    decision's class-0 pixels are kept as one-pixel lines (`separating_lines`, or `lines` already computed): a
-    network trained to weigh thin membranes draws them thicker than annotators do, and a lower threshold thins
-    them without opening a gap between two cells that the network kept apart."""
-    labels = (foreground_probability > threshold).astype(np.uint8)
-    if threshold < 0.5:
-        labels[separating_lines(foreground_probability) if lines is None else lines] = 0
-    return labels
+                       cells: np.ndarray | None = None) -> np.ndarray:
+    """Two-class labels (uint8) at a threshold on class 1's probability, without changing which cells there are.
+
+    At or above 0.5: class 1 where the probability exceeds `threshold` (membranes only grow). Below it, the cells
+    of the plain decision (the 4-connected regions where the probability exceeds 0.5; `cells`: those regions
+    already labelled) grow into the pixels above `threshold` by a watershed of the probability (scikit-image),
+    most probable pixels first, and where two meet a one-pixel line of class 0 stays between them; pixels above
+    the threshold that no cell reaches stay class 0. So a network trained to weigh thin membranes, which draws
+    them thicker than annotators do, gets thinner membranes without a gap between two cells it kept apart and
+    without new cells."""
+    if threshold >= 0.5:
+        return (foreground_probability > threshold).astype(np.uint8)
+    from skimage.measure import label
+    from skimage.segmentation import watershed
+
+    if cells is None:
+        cells = label(foreground_probability > 0.5, connectivity=1)
+    grown = watershed(-foreground_probability, markers=cells, mask=foreground_probability > threshold,
+                      connectivity=1, watershed_line=True) > 0
+    pieces = label(grown, connectivity=1)  # the line can cut a sliver off a grown cell: it stays class 0
+    kept = np.zeros(pieces.max() + 1, bool)
+    kept[np.unique(pieces[cells > 0])] = True
+    kept[0] = False
+    return kept[pieces].astype(np.uint8)
 
 
 def foreground_rand_error(truth: np.ndarray, predicted: np.ndarray) -> float:

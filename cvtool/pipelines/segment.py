@@ -63,7 +63,7 @@ class SegmentPipeline:
                 raise UsageError(f"--threshold is for two-class models; {self.model.name} has "
                                  f"{len(self.model.classes)} classes")
             if not 0.0 < given < 1.0:
-                raise UsageError(f"--threshold {given} must be between 0 and 1")
+                raise UsageError(f"--threshold {given}: it must be strictly between 0 and 1")
         threshold = given if given is not None else self.model.decision_threshold
         return None if threshold is None or threshold == 0.5 or len(self.model.classes) != 2 else float(threshold)
 
@@ -102,15 +102,22 @@ class SegmentPipeline:
 
             with torch.inference_mode():
                 labels = self._labels(samples)
-        for sample, image_labels in zip(samples, labels):
+        for sample, image_labels in zip(samples, labels):  # with a threshold: class 1's probability
             if sample.valid != (1.0, 1.0):  # cut off the labels of the padding (see prepare_array)
                 image_labels = image_labels[: max(1, round(image_labels.shape[0] * sample.valid[0])),
                                             : max(1, round(image_labels.shape[1] * sample.valid[1]))]
-            sample.labels = self._to_input_size(image_labels, sample.rgb.shape[:2])
+            if self.threshold is None:
+                sample.labels = self._to_input_size(image_labels, sample.rgb.shape[:2])
+            else:  # decided at the input's size, so no resize thins away a line between two cells
+                from cvtool.ops.regions import thresholded_labels
+
+                probability = self._to_input_size(image_labels, sample.rgb.shape[:2], cv2.INTER_LINEAR)
+                sample.labels = thresholded_labels(probability, self.threshold)
         return [self._summary(sample.labels) for sample in samples]
 
     def _labels(self, samples: list[Sample]) -> list[np.ndarray]:
-        """Each sample's class per pixel of its preprocessed input (NumPy, uint8 for up to 256 classes)."""
+        """Each sample's class per pixel of its preprocessed input (NumPy, uint8 for up to 256 classes); with a
+        threshold, class 1's probability (float32) instead."""
         if self.tile:  # tiles of one image at a time, `tile_batch` tiles per forward pass
             if self.model.runs_on_arrays:
                 logits = [self._tiled(sample.tensor) for sample in samples]
@@ -121,10 +128,7 @@ class SegmentPipeline:
         else:  # whole images: those of one size go through the network together (--batch-size)
             logits = self._whole_batched([sample.tensor for sample in samples])
         if self.threshold is not None:
-            from cvtool.ops.regions import thresholded_labels
-
-            return [thresholded_labels(self._foreground_probability(image_logits), self.threshold)
-                    for image_logits in logits]
+            return [self._foreground_probability(image_logits) for image_logits in logits]
         dtype = np.uint8 if len(self.model.classes) <= 256 else np.int32
         if self.model.runs_on_arrays:
             return [image_logits.argmax(0).astype(dtype) for image_logits in logits]
@@ -177,11 +181,11 @@ class SegmentPipeline:
                             overlap=self.overlap, batch_size=self.tile_batch, multiple=self.size_multiple)
 
     @staticmethod
-    def _to_input_size(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    def _to_input_size(labels: np.ndarray, size: tuple[int, int], interpolation: int = cv2.INTER_NEAREST) -> np.ndarray:
         h, w = size
         if labels.shape == (h, w):
             return labels
-        return cv2.resize(labels, (w, h), interpolation=cv2.INTER_NEAREST)
+        return cv2.resize(labels, (w, h), interpolation=interpolation)
 
     def _summary(self, labels: np.ndarray) -> dict:
         if self.keep is not None:

@@ -299,7 +299,7 @@ class SegmentMetrics:
     image's truth and labels at every threshold (bit-packed) for the region scores of the one chosen."""
 
     matrix: np.ndarray  # true x predicted pixel counts (two classes: THRESHOLDS x 2 x 2)
-    images: list | None  # two classes: (truth, packed labels per threshold, shape) per image
+    images: list | None  # two classes: (truth's cells, labels per threshold, width), bit-packed, per image
 
 
 class SegmentationTask:
@@ -341,18 +341,20 @@ class SegmentationTask:
             valid = truth != IGNORE_INDEX
             np.add.at(state.matrix, (truth[valid], predicted[valid]), 1)
             return
-        from cvtool.ops.regions import separating_lines, thresholded_labels
+        from cvtool.ops.regions import cell_regions, thresholded_labels
 
         probability = torch.softmax(logits.float(), 1)[:, 1].cpu().numpy()
         for image_truth, image_probability in zip(truth, probability):
             image_truth, image_probability = _whole_image(image_truth, image_probability)
-            lines = separating_lines(image_probability)
+            cells = cell_regions((image_probability > 0.5).astype(np.uint8))  # the argmax's, grown at each threshold
             valid = image_truth != IGNORE_INDEX
-            labels = np.stack([thresholded_labels(image_probability, t, lines) for t in THRESHOLDS])
+            labels = np.stack([thresholded_labels(image_probability, t, cells) for t in THRESHOLDS])
             for k in range(len(THRESHOLDS)):
                 state.matrix[k] += np.bincount(image_truth[valid].astype(np.int64) * 2 + labels[k][valid],
                                                minlength=4).reshape(2, 2)
-            state.images.append((np.where(valid, image_truth, 0), np.packbits(labels, axis=-1), labels.shape))
+            # bits, not bytes: a large validation set's masks stay small until the threshold is chosen
+            state.images.append((np.packbits(valid & (image_truth == 1), axis=-1), np.packbits(labels, axis=-1),
+                                 image_truth.shape[-1]))
 
     def finish_metrics(self, state: SegmentMetrics) -> dict[str, float]:
         matrix, chosen = state.matrix, None
@@ -367,8 +369,8 @@ class SegmentationTask:
         if state.images:
             from cvtool.ops.regions import region_scores
 
-            pairs = [(truth, np.unpackbits(packed, axis=-1, count=shape[-1])[chosen]) for truth, packed, shape
-                     in state.images]
+            pairs = [(np.unpackbits(cells, axis=-1, count=width), np.unpackbits(packed[chosen], axis=-1, count=width))
+                     for cells, packed, width in state.images]
             regions = region_scores(pairs)
             flat.update({"adapted_rand_error": regions["adapted_rand_error"],
                          "rand_f": 1.0 - regions["adapted_rand_error"],
@@ -485,7 +487,8 @@ def run_training(args: SegmentTrainArgs, cfg, run_dir: Path, device, *, resume=F
     best_epoch = trainer.load_best_into(run_dir / "best.pt")
     report = trainer.evaluate(trainer.val_loader)
     plots.save_curves(state.history, run_dir / "curves.png")
-    save_examples(trainer.scored_model, val_data, trainer.val_loader, run_dir / "examples.png", device)
+    save_examples(trainer.scored_model, val_data, trainer.val_loader, run_dir / "examples.png", device,
+                  threshold=task.decision_threshold)
     summary = {
         "task": "segment", "arch": entry.name, "classes": data.classes, "train_images": len(train_data.images),
         "val_images": len(val_data.images), "val_names": val_data.names, "skipped_files": len(data.skipped),
@@ -505,8 +508,10 @@ def _whole_image(truth: np.ndarray, probability: np.ndarray) -> tuple[np.ndarray
 
 
 @torch.inference_mode()
-def save_examples(model, data: MaskedImages, loader, path: Path, device, limit: int = 4) -> str:
-    """A PNG grid, one row per validation image: the image, the true mask, the predicted mask."""
+def save_examples(model, data: MaskedImages, loader, path: Path, device, limit: int = 4,
+                  threshold: float | None = None) -> str:
+    """A PNG grid, one row per validation image: the image, the true mask, the predicted mask (two classes: at
+    the chosen `threshold`, as `cvtool segment` decides)."""
     from cvtool.io.atomic import atomic_write_bytes
     from cvtool.io.render import class_palette
     from cvtool.models.contract import segmentation_logits
@@ -519,9 +524,15 @@ def save_examples(model, data: MaskedImages, loader, path: Path, device, limit: 
     for i, (inputs, targets) in enumerate(loader):
         if i >= limit:
             break
-        predicted = segmentation_logits(model(inputs.to(device))).argmax(1)[0].cpu().numpy()
+        logits = segmentation_logits(model(inputs.to(device))).float()
         mask = data.mask(i)
         h, w = mask.shape
+        if threshold is None:
+            predicted = logits.argmax(1)[0].cpu().numpy()
+        else:
+            from cvtool.ops.regions import thresholded_labels
+
+            predicted = thresholded_labels(torch.softmax(logits, 1)[0, 1, :h, :w].cpu().numpy(), threshold)
         image = data.image(i)
         truth = palette[np.where(mask == IGNORE_INDEX, 0, mask)]
         rows.append(np.hstack([image, truth, palette[predicted[:h, :w]]]))
