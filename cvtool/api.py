@@ -570,6 +570,10 @@ class Segmenter(_Task):
         """The threshold on class 1's probability this segmenter applies (None: the argmax)."""
         return self._pipeline.threshold
 
+    def describe(self) -> str:
+        threshold = self.decision_threshold
+        return super().describe() + (f", threshold {threshold:g} on {self.classes[1]}" if threshold is not None else "")
+
     def _make_pipeline(self, out_dir):
         from cvtool.pipelines.segment import SegmentPipeline
 

@@ -181,7 +181,7 @@ def test_segmenter_applies_the_checkpoints_threshold_and_keeps_the_separation(th
     save_checkpoint(stored, arch="test_val_threshold", task="segment", classes=["membrane", "cell"],
                     state_dict=torch.load(threshold_model, weights_only=True), extra={"decision_threshold": 0.3})
     chosen = Segmenter(weights=stored, device="cpu")
-    assert chosen.decision_threshold == 0.3
+    assert chosen.decision_threshold == 0.3 and chosen.describe().endswith(", threshold 0.3 on cell")
     mask = chosen(image).mask
     assert (mask == 0).sum(axis=1).tolist() == [1] * 24  # one 1 px line, inside the band, the cells apart
     assert set(np.nonzero(mask == 0)[1]) <= set(range(18, 23)) and cell_regions(mask).max() == 2
