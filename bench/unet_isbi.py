@@ -40,6 +40,13 @@ def split(names: list[str]) -> dict[str, list[str]]:
     return {"held_out": order[:5], "val": order[5:8], "train": order[8:]}
 
 
+def fixed_split() -> dict[str, list[str]]:
+    """`split` of the shared slices' names; exits with a "skipped" line where ../shared is not here."""
+    if not DATA.is_dir():
+        sys.exit(f"skipped: {DATA} is not here (the shared data sets sit beside the project)")
+    return split(sorted(p.name for p in (DATA / "image").iterdir()))
+
+
 def link_split(root: Path, picked: list[str]) -> Path:
     for sub in ("image", "label"):
         (root / sub).mkdir(parents=True)
@@ -86,16 +93,11 @@ def main() -> None:
     parser.add_argument("--name", default="unet_isbi")
     parser.add_argument("--keep", type=Path, help="keep the run directory here")
     args = parser.parse_args()
-    if not DATA.is_dir():
-        sys.exit(f"skipped: {DATA} is not here (the shared data sets sit beside the project)")
+    parts = fixed_split()
     import torch
 
     torch.set_num_threads(args.threads)
     import cvtool.train
-    import cvtool.val
-
-    names = sorted(p.name for p in (DATA / "image").iterdir())
-    parts = split(names)
     if args.baseline:
         recipe = dict(loss="ce+dice", elastic=False, mirror_pad=0)
     else:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _results import write_results  # noqa: E402
-from unet_isbi import DATA, held_out_scores, link_split, split  # noqa: E402
+from unet_isbi import fixed_split, held_out_scores, link_split  # noqa: E402
 
 
 def chosen_on_validation(weights: Path, val_dir: Path) -> tuple[float, dict]:
@@ -38,15 +38,12 @@ def main() -> None:
     parser.add_argument("--rechoose", action="store_true", help="choose again even where the checkpoint stores one")
     parser.add_argument("--name", default="unet_isbi_threshold")
     args = parser.parse_args()
-    if not DATA.is_dir():
-        sys.exit(f"skipped: {DATA} is not here (the shared data sets sit beside the project)")
+    parts = fixed_split()
     import torch
 
     torch.set_num_threads(args.threads)
     from cvtool.api import Segmenter
 
-    names = sorted(p.name for p in (DATA / "image").iterdir())
-    parts = split(names)
     runs, load_before, start = {}, os.getloadavg(), time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         val_dir, held_dir = link_split(Path(tmp) / "val", parts["val"]), link_split(Path(tmp) / "held", parts["held_out"])
