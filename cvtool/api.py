@@ -543,9 +543,9 @@ def default_conf(loaded) -> float:
 class Segmenter(_Task):
     """A class per pixel: our U-Net, torchvision's segmenters. `res.mask` is H x W class indices.
 
-    `threshold` (two-class models): class 1 where its probability exceeds it, the argmax's class-0 pixels kept as
-    one-pixel lines (cvtool.ops.regions.thresholded_labels); None: the checkpoint's own (`train segment` picks
-    it on validation), else the argmax."""
+    `threshold` (two-class models): the decision on class 1's probability (cvtool.ops.regions.thresholded_labels:
+    below 0.5 the argmax's cells grow into the pixels above it, never into each other); None: the checkpoint's
+    own (`train segment` picks it on validation), else the argmax."""
 
     task = "segment"
     result_type = SegmentResult

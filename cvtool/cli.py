@@ -127,9 +127,9 @@ SHARD_OPT = typer.Option(None, "--shard", metavar="K/N", help="Only shard K of N
 RECORDS_OPT = typer.Option(None, "--records", metavar="FILE", help="Append each record to this JSON Lines journal as "
                            "it is produced; a rerun skips the inputs it records as done (errors are retried).")
 THRESHOLD_OPT = typer.Option(None, "--threshold", min=0.0, max=1.0,
-                             help="Two-class models: class 1 where its probability exceeds this, the argmax's class-0 "
-                                  "pixels kept as 1-px lines (default: the checkpoint's, chosen on validation by "
-                                  "`train segment`; else the argmax).")
+                             help="Two-class models: the threshold on class 1's probability; below 0.5 the argmax's "
+                                  "cells grow into the pixels above it, never into each other (default: the "
+                                  "checkpoint's, chosen on validation by `train segment`; else the argmax).")
 HALF_OPT = typer.Option(False, "--half", help="Half precision (autocast): fp16 on CUDA and MPS, bf16 on a CPU with "
                         "bfloat16 instructions (refused on other CPUs). Agreement with fp32: README, GPUs.")
 THREADS_OPT = typer.Option(None, "--threads", min=0, metavar="N", help="Compute threads (PyTorch, OpenCV, onnxruntime). Default: "

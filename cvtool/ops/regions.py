@@ -44,14 +44,13 @@ def thresholded_labels(foreground_probability: np.ndarray, threshold: float,
     without new cells."""
     if threshold >= 0.5:
         return (foreground_probability > threshold).astype(np.uint8)
-    from skimage.measure import label
     from skimage.segmentation import watershed
 
     if cells is None:
-        cells = label(foreground_probability > 0.5, connectivity=1)
+        cells = cell_regions(foreground_probability > 0.5, foreground=True)
     grown = watershed(-foreground_probability, markers=cells, mask=foreground_probability > threshold,
                       connectivity=1, watershed_line=True) > 0
-    pieces = label(grown, connectivity=1)  # the line can cut a sliver off a grown cell: it stays class 0
+    pieces = cell_regions(grown, foreground=True)  # the line can cut a sliver off a grown cell: it stays class 0
     kept = np.zeros(pieces.max() + 1, bool)
     kept[np.unique(pieces[cells > 0])] = True
     kept[0] = False

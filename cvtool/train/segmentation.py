@@ -346,7 +346,7 @@ class SegmentationTask:
         probability = torch.softmax(logits.float(), 1)[:, 1].cpu().numpy()
         for image_truth, image_probability in zip(truth, probability):
             image_truth, image_probability = _whole_image(image_truth, image_probability)
-            cells = cell_regions((image_probability > 0.5).astype(np.uint8))  # the argmax's, grown at each threshold
+            cells = cell_regions(image_probability > 0.5, foreground=True)  # the argmax's, grown at each threshold
             valid = image_truth != IGNORE_INDEX
             labels = np.stack([thresholded_labels(image_probability, t, cells) for t in THRESHOLDS])
             for k in range(len(THRESHOLDS)):
