@@ -1,7 +1,8 @@
 """The U-Net paper's training recipe on the ISBI 2012 membrane set, scored on held-out slices by ISBI's own measure.
 
     python bench/unet_isbi.py [--epochs 150] [--width 32] [--threads 1] [--select rand] [--no-balance] [--ema 0.99]
-                              [--seed 0] [--name unet_isbi] [--baseline]
+                              [--seed 0] [--cpu-bf16] [--val-every 1]
+                              [--name unet_isbi] [--baseline]
 
 Needs ../shared/datasets/membrane (24 512x512 EM slices). The fixed split (numpy default_rng(0).permutation of the
 24 sorted names): the first 5 are held out (4, 12, 7, 18, 19: the slices the README's earlier figures were taken
@@ -88,6 +89,8 @@ def main() -> None:
     parser.add_argument("--w0", type=float, default=10.0, help="the border weight map's w0 (the paper's 10)")
     parser.add_argument("--ema", type=float, default=0.0, help="validate and save a moving average of the weights "
                         "with this decay (0: off)")
+    parser.add_argument("--cpu-bf16", action="store_true", help="train in bf16 mixed precision (channels-last)")
+    parser.add_argument("--val-every", type=int, default=1, help="validate after every N-th epoch and the last")
     parser.add_argument("--baseline", action="store_true", help="the README's earlier recipe on the same split")
     parser.add_argument("--seed", type=int, default=0, help="training's seed (the split stays fixed)")
     parser.add_argument("--name", default="unet_isbi")
@@ -104,7 +107,8 @@ def main() -> None:
         recipe = dict(loss=args.loss, elastic=not args.no_elastic, mirror_pad=args.mirror_pad,
                       border_balance=not args.no_balance, border_w0=args.w0)
     options = dict(arch="unet", epochs=args.epochs, width=args.width, depth=4, crop=256, batch_size=4, lr=args.lr,
-                   class_names=["membrane", "cell"], seed=args.seed, device="cpu", select=args.select, ema=args.ema, **recipe)
+                   class_names=["membrane", "cell"], seed=args.seed, device="cpu", select=args.select, ema=args.ema,
+                   cpu_bf16=args.cpu_bf16, val_every=args.val_every, **recipe)
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

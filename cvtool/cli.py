@@ -134,6 +134,11 @@ HALF_OPT = typer.Option(False, "--half", help="Half precision (autocast): fp16 o
                         "bfloat16 instructions (refused on other CPUs). Agreement with fp32: README, GPUs.")
 THREADS_OPT = typer.Option(None, "--threads", min=0, metavar="N", help="Compute threads (PyTorch, OpenCV, onnxruntime). Default: "
                            "cores / N with --shard K/N, else the libraries' own; 0: the libraries' own.")
+CPU_BF16_OPT = typer.Option(False, "--cpu-bf16", help="On the CPU: train in bf16 mixed precision with channels-last "
+                            "tensors, about 2x faster on a CPU with bfloat16 instructions (refused on others); results "
+                            "differ from float32's. CUDA always trains in mixed precision.")
+VAL_EVERY_OPT = typer.Option(1, "--val-every", min=1, metavar="N", help="Validate after every N-th epoch and after "
+                             "the last (best.pt is picked among those): a long run spends its time training.")
 EMA_OPT = typer.Option(0.0, "--ema", min=0.0, help="Validate and save a moving average of the weights with this decay "
                        "(e.g. 0.99; 0: off).")
 
@@ -709,6 +714,8 @@ def train_classify(
     devices: int = typer.Option(1, "--devices", min=1, help="Data-parallel: launch N processes on this machine "
                                 "(torchrun; --batch-size is the global batch). Under torchrun, leave it out."),
     sync_bn: bool = typer.Option(False, "--sync-bn", help="Data-parallel: batch-norm statistics over the global batch (SyncBatchNorm on CUDA, all-reduced on the CPU)."),
+    cpu_bf16: bool = CPU_BF16_OPT,
+    val_every: int = VAL_EVERY_OPT,
     seed: int = typer.Option(0, "--seed", help="Seeds shuffling, augmentation and initialisation."),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="DataLoader worker processes "
                                           "(default: min(4, cores - 1) on CUDA, 0 on the CPU)."),
@@ -728,7 +735,8 @@ def train_classify(
         summary = _fit(train.classify, data, arch=arch, epochs=epochs, batch_size=batch_size, lr=lr,
                        weight_decay=weight_decay, optimizer=optimizer, img_size=img_size, val=val, val_split=val_split,
                        pretrained=pretrained, hflip=hflip, out=out, resume=resume, device=device, seed=seed,
-                       workers=workers, progress=not SETTINGS.quiet, sync_bn=sync_bn, ema=ema)
+                       workers=workers, progress=not SETTINGS.quiet, sync_bn=sync_bn, cpu_bf16=cpu_bf16,
+                       val_every=val_every, ema=ema)
         info(f"best val accuracy {summary['best_val_accuracy']:.4f} (epoch {summary['best_epoch']}); "
              f"{summary['skipped_files']} file(s) skipped; {summary['run_dir']}/best.pt")
         print_report(summary["val_report"], as_json=_wants_json(fmt))
@@ -764,6 +772,8 @@ def train_detect(
     devices: int = typer.Option(1, "--devices", min=1, help="Data-parallel: launch N processes on this machine "
                                 "(torchrun; --batch-size is the global batch). Under torchrun, leave it out."),
     sync_bn: bool = typer.Option(False, "--sync-bn", help="Data-parallel: batch-norm statistics over the global batch (SyncBatchNorm on CUDA, all-reduced on the CPU)."),
+    cpu_bf16: bool = CPU_BF16_OPT,
+    val_every: int = VAL_EVERY_OPT,
     seed: int = typer.Option(0, "--seed"),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="DataLoader worker processes "
                                           "(default: min(4, cores - 1) on CUDA, 0 on the CPU)."),
@@ -777,7 +787,8 @@ def train_detect(
                        weight_decay=weight_decay, optimizer=optimizer, img_size=img_size, anchors=anchors, width=width, hflip=hflip,
                        backbone=backbone, pretrained=pretrained, mosaic=mosaic, close_mosaic=close_mosaic, ema=ema,
                        val=val, val_split=val_split, out=out,
-                       resume=resume, device=device, seed=seed, workers=workers, progress=not SETTINGS.quiet, sync_bn=sync_bn)
+                       resume=resume, device=device, seed=seed, workers=workers, progress=not SETTINGS.quiet,
+                       sync_bn=sync_bn, cpu_bf16=cpu_bf16, val_every=val_every)
         val_metrics = summary["val"]
         info(f"val mAP@0.5 {val_metrics['map50']:.4f}, mAP@0.5:0.95 {val_metrics['map50_95']:.4f} (best epoch "
              f"{summary['best_epoch']}); {summary['run_dir']}/best.pt")
@@ -824,6 +835,8 @@ def train_segment(
     devices: int = typer.Option(1, "--devices", min=1, help="Data-parallel: launch N processes on this machine "
                                 "(torchrun; --batch-size is the global batch). Under torchrun, leave it out."),
     sync_bn: bool = typer.Option(False, "--sync-bn", help="Data-parallel: batch-norm statistics over the global batch (SyncBatchNorm on CUDA, all-reduced on the CPU)."),
+    cpu_bf16: bool = CPU_BF16_OPT,
+    val_every: int = VAL_EVERY_OPT,
     seed: int = typer.Option(0, "--seed"),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="DataLoader worker processes "
                                           "(default: min(4, cores - 1) on CUDA, 0 on the CPU)."),
@@ -838,7 +851,8 @@ def train_segment(
                        elastic=elastic, elastic_sigma=elastic_sigma, mirror_pad=mirror_pad, border_w0=border_w0,
                        border_sigma=border_sigma, border_balance=border_balance, select=select, ema=ema,
                        in_channels=in_channels, class_names=_csv(class_names) if class_names else None, val=val,
-                       val_split=val_split, out=out, resume=resume, device=device, seed=seed, workers=workers, sync_bn=sync_bn)
+                       val_split=val_split, out=out, resume=resume, device=device, seed=seed, workers=workers,
+                       sync_bn=sync_bn, cpu_bf16=cpu_bf16, val_every=val_every)
         val_metrics = summary["val"]
         rand = f", Rand F {val_metrics['rand_f']:.4f}" if "rand_f" in val_metrics else ""
         info(f"val mIoU {val_metrics['miou']:.4f}, pixel accuracy {val_metrics['pixel_accuracy']:.4f}{rand} (best "
@@ -869,6 +883,8 @@ def train_style(
     devices: int = typer.Option(1, "--devices", min=1, help="Data-parallel: launch N processes on this machine "
                                 "(torchrun; --batch-size is the global batch). Under torchrun, leave it out."),
     sync_bn: bool = typer.Option(False, "--sync-bn", help="Data-parallel: batch-norm statistics over the global batch (SyncBatchNorm on CUDA, all-reduced on the CPU)."),
+    cpu_bf16: bool = CPU_BF16_OPT,
+    val_every: int = VAL_EVERY_OPT,
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Train a feed-forward style network (Johnson et al.); `cvtool stylize IMG --model RUN/best.pt` applies it."""
@@ -879,7 +895,8 @@ def train_style(
         summary = _fit(train.style, style_image, data=data, epochs=epochs, batch_size=batch_size, lr=lr,
                        img_size=img_size, content_weight=content_weight, style_weight=style_weight,
                        tv_weight=tv_weight, width=width, vgg=vgg, vgg_weights=vgg_weights, out=out, resume=resume,
-                       device=device, seed=seed, progress=not SETTINGS.quiet, sync_bn=sync_bn)
+                       device=device, seed=seed, progress=not SETTINGS.quiet, sync_bn=sync_bn, cpu_bf16=cpu_bf16,
+                       val_every=val_every)
         info(f"best epoch {summary.get('best_epoch')}; {summary['run_dir']}/best.pt")
         typer.echo(json.dumps(summary, indent=2))
 
@@ -909,6 +926,8 @@ def train_face(
     devices: int = typer.Option(1, "--devices", min=1, help="Data-parallel: launch N processes on this machine "
                                 "(torchrun; --batch-size is the global batch). Under torchrun, leave it out."),
     sync_bn: bool = typer.Option(False, "--sync-bn", help="Data-parallel: batch-norm statistics over the global batch (SyncBatchNorm on CUDA, all-reduced on the CPU)."),
+    cpu_bf16: bool = CPU_BF16_OPT,
+    val_every: int = VAL_EVERY_OPT,
     seed: int = typer.Option(0, "--seed", help="Seeds the identity split, batches, augmentation and initialisation."),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="DataLoader worker processes "
                                           "(default: min(4, cores - 1) on CUDA, 0 on the CPU)."),
@@ -923,7 +942,7 @@ def train_face(
                        identities_per_batch=identities_per_batch, images_per_identity=images_per_identity,
                        epochs=epochs, lr=lr, weight_decay=weight_decay, img_size=img_size, val_split=val_split,
                        hflip=hflip, out=out, resume=resume, device=device, seed=seed, workers=workers,
-                       progress=not SETTINGS.quiet, sync_bn=sync_bn)
+                       progress=not SETTINGS.quiet, sync_bn=sync_bn, cpu_bf16=cpu_bf16, val_every=val_every)
         val_metrics = summary["val"]
         auc = val_metrics.get("roc_auc", val_metrics.get("auc"))
         info(f"held-out people: ROC AUC {auc:.4f}, verification accuracy {val_metrics['accuracy']:.4f} at distance "

@@ -314,3 +314,80 @@ def test_train_segment_stores_the_validation_threshold_that_val_segment_reproduc
     assert scored["miou"] == pytest.approx(reported["miou"], abs=1e-4)
     for other in (0.2, 0.5, 0.7):  # it was the best of the thresholds tried, on these images, by mIoU
         assert scores("--threshold", str(other))["miou"] <= scored["miou"]
+
+
+@pytest.mark.skipif(not __import__("cvtool.device", fromlist=["cpu_has_bf16"]).cpu_has_bf16(),
+                    reason="this CPU has no bfloat16 instructions (AVX512-BF16 or AMX); --cpu-bf16 is refused there")
+def test_cpu_bf16_trains_in_mixed_precision_and_resumes_exactly(tmp_path):
+    """--cpu-bf16: the run is stored as a bf16 run (results close to, not equal to, float32's), and a run stopped by
+    Ctrl-C in its last epoch resumes in bf16 to the uninterrupted run's weights bit for bit."""
+    import cvtool.train
+    from cvtool.models.checkpoint import load_weights_file
+    from cvtool.train.engine import Callbacks
+
+    class StopInEpoch3(Callbacks):
+        def on_batch(self, epoch, batch, loss, images_per_s):
+            if epoch == 3:
+                raise KeyboardInterrupt
+
+    data = _write_cells(tmp_path / "data", 4, seed=3)
+    options = dict(epochs=3, width=8, depth=2, crop=32, batch_size=2, class_names=["membrane", "cell"], device="cpu",
+                   val_split=0.5, loss="weighted-ce")
+    fp32 = cvtool.train.segment(str(data), out=str(tmp_path / "fp32"), **options)
+    result = invoke_cli("train", "segment", str(data), "--epochs", "3", "--width", "8", "--depth", "2", "--crop", "32",
+                        "--batch-size", "2", "--class-names", "membrane,cell", "--device", "cpu", "--val-split", "0.5",
+                        "--loss", "weighted-ce", "--cpu-bf16", "--out", str(tmp_path / "whole"))
+    assert result.returncode == 0, result.stderr
+    with pytest.raises(KeyboardInterrupt):
+        cvtool.train.segment(str(data), out=str(tmp_path / "split"), callbacks=StopInEpoch3(), cpu_bf16=True, **options)
+    cvtool.train.segment(resume=str(tmp_path / "split"), device="cpu")
+    whole, split, plain = (load_weights_file(tmp_path / run / "last.pt") for run in ("whole", "split", "fp32"))
+    assert whole.meta["config"]["cpu_bf16"] and split.meta["config"]["cpu_bf16"] and not plain.meta["config"]["cpu_bf16"]
+    for key in whole.state_dict:
+        assert whole.state_dict[key].dtype == plain.state_dict[key].dtype  # float32 weights; bf16 only in autocast
+        torch.testing.assert_close(split.state_dict[key], whole.state_dict[key], rtol=0, atol=0)
+    assert any(not torch.equal(whole.state_dict[k], plain.state_dict[k]) for k in whole.state_dict
+               if whole.state_dict[k].is_floating_point())
+    assert fp32["epochs"] == 3
+    for a, b in zip(whole.meta["history"], plain.meta["history"]):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=0.05)
+
+
+def test_cpu_bf16_is_refused_on_a_cpu_without_bfloat16_instructions(tmp_path, monkeypatch):
+    import cvtool.device
+
+    monkeypatch.setattr(cvtool.device, "cpu_has_bf16", lambda: False)
+    data = _write_cells(tmp_path / "data", 2, seed=0)
+    result = invoke_cli("train", "segment", str(data), "--epochs", "1", "--width", "4", "--depth", "2", "--crop", "32",
+                        "--device", "cpu", "--cpu-bf16", "--out", str(tmp_path / "run"))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "cvtool: --cpu-bf16 needs a CPU with bfloat16 instructions (AVX512-BF16 or AMX); this CPU has none (it would "
+        "emulate bf16, slower than float32): drop --cpu-bf16"]
+    assert not (tmp_path / "run").exists()
+
+
+def test_val_every_validates_every_nth_epoch_and_the_last_and_picks_best_among_them(tmp_path):
+    import csv
+
+    import cvtool.train
+    from cvtool.errors import UsageError
+    from cvtool.models.checkpoint import load_weights_file
+
+    data = _write_cells(tmp_path / "data", 4, seed=4)
+    options = dict(width=4, depth=2, crop=32, batch_size=2, class_names=["membrane", "cell"], device="cpu",
+                   val_split=0.5)
+    summary = cvtool.train.segment(str(data), epochs=5, val_every=2, out=str(tmp_path / "run"), **options)
+    rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
+    assert [row["epoch"] for row in rows] == ["1", "2", "3", "4", "5"]
+    assert [row["val_miou"] != "" for row in rows] == [False, True, False, True, True]
+    assert all(row["train_loss"] != "" for row in rows)
+    validated = {int(row["epoch"]): float(row["val_miou"]) for row in rows if row["val_miou"]}
+    assert summary["best_epoch"] in validated and load_weights_file(tmp_path / "run" / "best.pt").meta["epoch"] in validated
+    assert summary["val_last_epoch"]["miou"] == pytest.approx(validated[5], abs=1e-4)
+    assert (tmp_path / "run" / "curves.png").stat().st_size > 0
+    with pytest.raises(UsageError, match="--val-every 0"):
+        cvtool.train.segment(str(data), epochs=1, val_every=0, out=str(tmp_path / "bad"), **options)
+    assert not (tmp_path / "bad").exists()
+    result = invoke_cli("train", "segment", str(data), "--val-every", "0", "--device", "cpu")
+    assert result.returncode == 2 and "--val-every" in result.stderr

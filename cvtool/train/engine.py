@@ -42,12 +42,13 @@ class TrainConfig:
     workers: int | None = None  # DataLoader worker processes; None: min(4, cores) on CUDA, 0 elsewhere
     val_batch_size: int | None = None  # None: batch_size; 1 for whole images of different sizes
     monitor: str = "val_accuracy"  # the metric that picks best.pt; higher is better, ties go to lower val_loss
+    val_every: int = 1  # validate after every N-th epoch and after the last; best.pt is picked among those
     amp: bool = True  # mixed precision on CUDA: bf16 where the GPU has it, else fp16 with gradient scaling
     cpu_bf16: bool = False  # mixed precision on the CPU too (bf16 autocast); off by default: it changes CPU results
     grad_clip: float | None = None  # clip the gradients' global norm to this (after unscaling); None: no clipping
     log_every: int | None = None  # steps between progress callbacks (on an accelerator each one is a host sync);
     # None: every step on the CPU (reading a loss there costs nothing), every 10th on an accelerator
-    channels_last: bool = True  # only takes effect on CUDA
+    channels_last: bool = True  # on CUDA, and on the CPU with cpu_bf16 (oneDNN's bf16 convolutions are fastest so)
     sync_bn: bool = False  # data-parallel: batch-norm statistics over the global batch (CUDA and CPU)
 
 
@@ -200,7 +201,9 @@ class Trainer:
         seed_everything(cfg.seed)
         self.model = (model or task.build_model()).to(device)
         self.on_cuda = device.type == "cuda"
-        if self.on_cuda and cfg.channels_last:
+        self.amp_dtype = amp_dtype(device, cfg)  # None: float32 throughout
+        self.channels_last = cfg.channels_last and (self.on_cuda or self.amp_dtype is not None)
+        if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self._train_model = self._wrap(self.model)  # the DDP wrapper under torchrun; self.model stays the module
         self._shuffle_generator = torch.Generator()
@@ -218,7 +221,6 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(cfg, len(self.train_loader)))
         self._sum_dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
         self._log_every = max(1, cfg.log_every or (1 if device.type == "cpu" else 10))
-        self.amp_dtype = amp_dtype(device, cfg)  # None: float32 throughout
         # gradient scaling is for fp16 only (bf16 has float32's range)
         self.scaler = torch.amp.GradScaler(device.type if self.on_cuda else "cpu",
                                            enabled=self.amp_dtype == torch.float16)
@@ -365,11 +367,13 @@ class Trainer:
                 row = self._run_epoch(self.state.epoch + 1)
                 self.state.epoch += 1
                 self.state.history.append(row)
-                loss = row.get("val_loss", row["train_loss"])
-                score = (row.get(self.cfg.monitor, -loss), -loss)  # a small val set saturates accuracy; loss breaks ties
-                if score > self.state.best:
-                    self.state.best = score
-                    self._save("best.pt")
+                if self.val_loader is None or "val_loss" in row:  # an epoch left unvalidated cannot be best
+                    loss = row.get("val_loss", row["train_loss"])
+                    # a small val set saturates accuracy; loss breaks ties
+                    score = (row.get(self.cfg.monitor, -loss), -loss)
+                    if score > self.state.best:
+                        self.state.best = score
+                        self._save("best.pt")
                 self._save("last.pt")
                 if self.is_main:
                     self._write_metrics()
@@ -420,7 +424,8 @@ class Trainer:
             "train_seconds": round(train_seconds, 3),
             "train_images_per_s": round(seen / train_seconds, 2),
         }
-        if self.val_loader is not None and self.is_main:  # rank 0 scores the whole validation set
+        validates = epoch % self.cfg.val_every == 0 or epoch == self.cfg.epochs
+        if self.val_loader is not None and self.is_main and validates:  # rank 0 scores the whole validation set
             row.update({f"val_{k}": v for k, v in self.evaluate(self.val_loader).items()})
         return distributed.broadcast_object(row)  # every rank keeps the same history and best
 
@@ -449,7 +454,7 @@ class Trainer:
     def _to_device(self, value):
         if isinstance(value, torch.Tensor):
             value = value.to(self.device, non_blocking=True)
-            if self.on_cuda and self.cfg.channels_last and value.dim() == 4:
+            if self.channels_last and value.dim() == 4:
                 value = value.contiguous(memory_format=torch.channels_last)
             return value
         if isinstance(value, (list, tuple)):

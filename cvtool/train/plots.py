@@ -30,18 +30,23 @@ def save_figure(fig, path: Path) -> str:
 
 
 def save_curves(history: list[dict], path: Path) -> str:
-    """Loss on the left, every other val_* metric on the right, per epoch."""
+    """Loss on the left, every other val_* metric on the right, per epoch (validated epochs only)."""
     plt = pyplot()
-    epochs = [row["epoch"] for row in history]
+    keys = list(dict.fromkeys(key for row in history for key in row))  # `val_every`: some epochs have no val_*
+
+    def curve(axes, key):
+        points = [(row["epoch"], row[key]) for row in history if row.get(key) not in (None, "")]
+        axes.plot(*zip(*points), marker=".", label=key)
+
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     for key in ("train_loss", "val_loss"):
-        if key in history[0]:
-            left.plot(epochs, [row[key] for row in history], marker=".", label=key)
+        if key in keys:
+            curve(left, key)
     left.set(xlabel="epoch", ylabel="loss", title="loss")
     left.legend()
-    metrics = [k for k in history[0] if k.startswith("val_") and k != "val_loss"]
+    metrics = [k for k in keys if k.startswith("val_") and k != "val_loss"]
     for key in metrics:
-        right.plot(epochs, [row[key] for row in history], marker=".", label=key)
+        curve(right, key)
     right.set(xlabel="epoch", title="validation")
     if metrics:
         right.legend()
