@@ -76,6 +76,11 @@ bench-ddp:
 bench-shards:
 	$(BIN)/python bench/shards.py
 
+## bench-train-precision: CPU training, float32 vs --cpu-bf16, U-Net / YOLO / ResNet-18 epochs in turns (a few minutes)
+.PHONY: bench-train-precision
+bench-train-precision:
+	OMP_NUM_THREADS=1 $(BIN)/python bench/train_precision.py --threads 1 --repeats 3
+
 ## bench-onnx: onnxruntime vs PyTorch eager on the CPU, batch 1 and 8 (a few minutes)
 bench-onnx:
 	$(BIN)/python bench/onnx_speed.py

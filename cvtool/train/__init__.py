@@ -220,10 +220,9 @@ def segment(data: str | Path | None = None, *, arch: str = "unet", epochs: int |
             class_names: list[str] | None = None, val: str | Path | None = None, val_split: float = 0.2,
             out: str | Path | None = None, resume: str | Path | None = None, device: str = "auto", seed: int = 0,
             workers: int | None = None, callbacks=None, on_skip: Callable[[str], None] | None = None,
-            sync_bn: bool = False, cpu_bf16: bool = False, val_every: int = 1, devices: int = 1, elastic: bool = False,
-            elastic_sigma: float = 10.0,
-            mirror_pad: int = 0, border_w0: float = 10.0, border_sigma: float = 5.0,
-            border_balance: bool = True, select: str = "miou", ema: float = 0.0) -> dict:
+            sync_bn: bool = False, cpu_bf16: bool = False, val_every: int = 1, devices: int = 1,
+            elastic: bool = False, elastic_sigma: float = 10.0, mirror_pad: int = 0, border_w0: float = 10.0,
+            border_sigma: float = 5.0, border_balance: bool = True, select: str = "miou", ema: float = 0.0) -> dict:
     """Train a U-Net (or a torchvision segmenter) on images/ + masks/ folder pairs; best.pt by mIoU, or with
     `select="rand"` (two classes: membranes and the cells they separate) by ISBI 2012's Rand F-score of the cell
     regions. The U-Net paper's recipe: `elastic=True`, `loss="weighted-ce"` (border weights w0, sigma),
@@ -310,5 +309,4 @@ def face(data: str | Path | None = None, *, arch: str = "face_embed_small", loss
     run, args, cfg = _start("face", arch, recipe, data=data, out=out, resume=resume, epochs=epochs, device=device,
                             make=make)
     return _fit(recipe, run, args, cfg, callbacks, on_skip, progress=progress, sync_bn=sync_bn,
-                cpu_bf16=cpu_bf16, val_every=val_every,
-                on_warning=on_warning)
+                cpu_bf16=cpu_bf16, val_every=val_every, on_warning=on_warning)
