@@ -28,6 +28,7 @@ from cvtool.console import (
     print_report,
     StepProgress,
 )
+from cvtool.serve.settings import DEFAULTS as SERVE, Settings as ServeSettings, size_text  # standard library only
 
 app = typer.Typer(
     name="cvtool",
@@ -1066,8 +1067,8 @@ def ray_cmd(
            "CVTOOL_SERVER=http://127.0.0.1:8000 cvtool verify-face id.jpg selfie.jpg",
 )
 def serve_cmd(
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; anything but loopback needs --token."),
-    port: int = typer.Option(8000, "--port", "-p", min=0, max=65535),
+    host: str = typer.Option(SERVE.host, "--host", help="Address to bind; anything but loopback needs --token."),
+    port: int = typer.Option(SERVE.port, "--port", "-p", min=0, max=65535),
     preload: Optional[List[str]] = typer.Option(None, "--preload", metavar="TASK:MODEL", help="Load before serving "
                                                 "(repeatable): classify:lenet5_digits, detect:runs/x/best.pt, "
                                                 "verify-face, stylize:runs/starry/best.pt."),
@@ -1080,22 +1081,22 @@ def serve_cmd(
                                         help="Require 'Authorization: Bearer TOKEN' (also CVTOOL_TOKEN)."),
     allow_paths: Optional[Path] = typer.Option(None, "--allow-paths", metavar="DIR", help="Let requests name files "
                                                "(images, weights, galleries) under DIR on this machine; none otherwise."),
-    max_bytes: str = typer.Option("50MB", "--max-bytes", help="Largest request body (413 above)."),
+    max_bytes: str = typer.Option(size_text(SERVE.max_bytes), "--max-bytes", help="Largest request body (413 above)."),
     max_pixels: int = MAX_PIXELS_OPT,
-    memory_budget: str = typer.Option("4GB", "--memory-budget", help="Parameter memory of loaded models; the least "
+    memory_budget: str = typer.Option(size_text(SERVE.memory_budget), "--memory-budget", help="Parameter memory of loaded models; the least "
                                       "recently used are unloaded above it."),
-    max_batch: int = typer.Option(8, "--max-batch", min=1, help="classify/detect/segment: requests for the same "
+    max_batch: int = typer.Option(SERVE.max_batch, "--max-batch", min=1, help="classify/detect/segment: requests for the same "
                                   "model and options run as one batch of up to N (1: each alone)."),
-    batch_wait_ms: float = typer.Option(5.0, "--batch-wait-ms", min=0, help="How long a batch waits for more "
+    batch_wait_ms: float = typer.Option(SERVE.batch_wait_ms, "--batch-wait-ms", min=0, help="How long a batch waits for more "
                                         "requests after its first."),
-    max_batch_pixels: int = typer.Option(8 * 1024**2, "--max-batch-pixels", min=1, help="A batch's network inputs "
+    max_batch_pixels: int = typer.Option(SERVE.max_batch_pixels, "--max-batch-pixels", min=1, help="A batch's network inputs "
                                          "in all, in pixels (their activations' memory); a larger input runs alone."),
 ) -> None:
     """Serve the models over HTTP, kept loaded between requests: one endpoint per task (/classify, /detect,
     /segment, /stylize, /verify-face, /identify) answering the records the commands print; docs at /docs."""
     with exits_cleanly():
         try:
-            from cvtool.serve.app import Settings, serve
+            from cvtool.serve.app import serve
         except ImportError as exc:
             raise UsageError(f"cvtool serve needs its extra ({exc.name} is missing): pip install 'cvtool[serve]'") from None
         from cvtool.serve.security import parse_size
@@ -1108,7 +1109,7 @@ def serve_cmd(
             if not sep or not name or not root:
                 raise UsageError(f"--gallery {spec!r}: expected NAME=DIR")
             galleries[name] = root
-        settings = Settings(host=host, port=port, token=token or None, allow_paths=allow_paths,
+        settings = ServeSettings(host=host, port=port, token=token or None, allow_paths=allow_paths,
                             max_bytes=parse_size(max_bytes), max_pixels=max_pixels, device=device,
                             memory_budget=parse_size(memory_budget), preload=list(preload or []), galleries=galleries,
                             max_batch=max_batch, batch_wait_ms=batch_wait_ms, max_batch_pixels=max_batch_pixels,

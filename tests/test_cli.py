@@ -60,3 +60,22 @@ def test_models_lists_every_model_with_source_licence_and_cache_state():
     assert all(row["licence"] for row in rows.values())
     only = json.loads(invoke_cli("models", "--task", "segment", "-f", "json").stdout)
     assert {row["task"] for row in only} == {"segment"}
+
+
+def test_serve_option_defaults_are_the_servers_settings():
+    """One source of truth: `cvtool serve`'s defaults are cvtool.serve.settings.Settings' (importable without the
+    serve extra), sizes written as --max-bytes takes them."""
+    import typer.main
+
+    from cvtool.cli import app
+    from cvtool.serve.security import parse_size
+    from cvtool.serve.settings import Settings, size_text
+
+    defaults = {p.name: p.default for p in typer.main.get_command(app).commands["serve"].params}
+    settings = Settings()
+    assert (defaults["host"], defaults["port"], defaults["max_batch"], defaults["batch_wait_ms"],
+            defaults["max_batch_pixels"]) == (settings.host, settings.port, settings.max_batch, settings.batch_wait_ms,
+                                              settings.max_batch_pixels)
+    assert (parse_size(defaults["max_bytes"]), parse_size(defaults["memory_budget"])) == (settings.max_bytes,
+                                                                                          settings.memory_budget)
+    assert [size_text(n) for n in (50 * 1024**2, 4 * 1024**3, 3 * 1024, 1000)] == ["50MB", "4GB", "3KB", "1000"]
