@@ -724,7 +724,7 @@ def train_classify(
 ) -> None:
     """Train a classifier; writes best.pt, last.pt, metrics.csv, curves.png, confusion.png, summary.json."""
     with exits_cleanly():
-        _relaunch(devices)
+        _relaunch(devices, device, cpu_bf16, val_every)
         from cvtool import train
 
         if eval_only:
@@ -781,7 +781,7 @@ def train_detect(
 ) -> None:
     """Train the YOLO-style detector; writes best.pt (by mAP@0.5:0.95), last.pt, metrics.csv, curves.png, pr_curve.png."""
     with exits_cleanly():
-        _relaunch(devices)
+        _relaunch(devices, device, cpu_bf16, val_every)
         from cvtool import train
 
         summary = _fit(train.detect, data, arch=arch, epochs=epochs, batch_size=batch_size, lr=lr,
@@ -844,7 +844,7 @@ def train_segment(
 ) -> None:
     """Train a segmenter; writes best.pt, last.pt, metrics.csv, curves.png, examples.png, summary.json."""
     with exits_cleanly():
-        _relaunch(devices)
+        _relaunch(devices, device, cpu_bf16, val_every)
         from cvtool import train
 
         summary = _fit(train.segment, data, arch=arch, epochs=epochs, batch_size=batch_size, lr=lr,
@@ -890,7 +890,7 @@ def train_style(
 ) -> None:
     """Train a feed-forward style network (Johnson et al.); `cvtool stylize IMG --model RUN/best.pt` applies it."""
     with exits_cleanly():
-        _relaunch(devices)
+        _relaunch(devices, device, cpu_bf16, val_every)
         from cvtool import train
 
         summary = _fit(train.style, style_image, data=data, epochs=epochs, batch_size=batch_size, lr=lr,
@@ -936,7 +936,7 @@ def train_face(
     """Train a face embedder (triplet or Siamese binary loss); writes best.pt (with its verification threshold),
     last.pt, metrics.csv, curves.png, roc.png, summary.json."""
     with exits_cleanly():
-        _relaunch(devices)
+        _relaunch(devices, device, cpu_bf16, val_every)
         from cvtool import train
 
         summary = _fit(train.face, data, on_warning=lambda message: info(f"warning: {message}"), arch=arch, loss=loss, margin=margin, mining=mining,
@@ -951,10 +951,13 @@ def train_face(
         typer.echo(json.dumps(summary, indent=2))
 
 
-def _relaunch(devices: int) -> None:
-    """--devices N: this same command as N data-parallel processes (torchrun), then exit with their code."""
+def _relaunch(devices: int, device: str, cpu_bf16: bool, val_every: int) -> None:
+    """--devices N: this same command as N data-parallel processes (torchrun), then exit with their code; options
+    that every process would refuse are refused here first."""
     if devices > 1:
-        from cvtool.train import distributed
+        from cvtool.train import check_run_options, distributed
+
+        check_run_options(device, cpu_bf16, val_every)
 
         if distributed.under_torchrun():
             raise UsageError("--devices launches torchrun itself; under torchrun, leave it out")

@@ -358,13 +358,14 @@ def test_cpu_bf16_is_refused_on_a_cpu_without_bfloat16_instructions(tmp_path, mo
 
     monkeypatch.setattr(cvtool.device, "cpu_has_bf16", lambda: False)
     data = _write_cells(tmp_path / "data", 2, seed=0)
-    result = invoke_cli("train", "segment", str(data), "--epochs", "1", "--width", "4", "--depth", "2", "--crop", "32",
-                        "--device", "cpu", "--cpu-bf16", "--out", str(tmp_path / "run"))
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
-        "cvtool: --cpu-bf16 needs a CPU with bfloat16 instructions (AVX512-BF16 or AMX); this CPU has none (it would "
-        "emulate bf16, slower than float32): drop --cpu-bf16"]
-    assert not (tmp_path / "run").exists()
+    for devices in ("1", "2"):  # with --devices 2: refused before torchrun starts two processes
+        result = invoke_cli("train", "segment", str(data), "--epochs", "1", "--width", "4", "--depth", "2", "--crop",
+                            "32", "--device", "cpu", "--cpu-bf16", "--devices", devices, "--out", str(tmp_path / "run"))
+        assert result.returncode == 2
+        assert result.stderr.strip().splitlines() == [
+            "cvtool: --cpu-bf16 needs a CPU with bfloat16 instructions (AVX512-BF16 or AMX); this CPU has none (it "
+            "would emulate bf16, slower than float32): drop --cpu-bf16"]
+        assert not (tmp_path / "run").exists()
 
 
 def test_val_every_validates_every_nth_epoch_and_the_last_and_picks_best_among_them(tmp_path):
@@ -386,8 +387,40 @@ def test_val_every_validates_every_nth_epoch_and_the_last_and_picks_best_among_t
     assert summary["best_epoch"] in validated and load_weights_file(tmp_path / "run" / "best.pt").meta["epoch"] in validated
     assert summary["val_last_epoch"]["miou"] == pytest.approx(validated[5], abs=1e-4)
     assert (tmp_path / "run" / "curves.png").stat().st_size > 0
+    # a resumed run keeps its schedule (only --epochs may change): carried on to 7, it validates 6 and 7
+    with pytest.raises(UsageError, match=r"--val-every 3: .* validates every 2 epoch\(s\), and a resumed run keeps"):
+        cvtool.train.segment(resume=str(tmp_path / "run"), epochs=7, val_every=3, device="cpu")
+    with pytest.raises(UsageError, match="--cpu-bf16: .* trains in float32, and a resumed run keeps its precision"):
+        cvtool.train.segment(resume=str(tmp_path / "run"), epochs=7, cpu_bf16=True, device="cpu")
+    cvtool.train.segment(resume=str(tmp_path / "run"), epochs=7, device="cpu")
+    rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
+    assert [row["val_miou"] != "" for row in rows] == [False, True, False, True, True, True, True]
     with pytest.raises(UsageError, match="--val-every 0"):
         cvtool.train.segment(str(data), epochs=1, val_every=0, out=str(tmp_path / "bad"), **options)
     assert not (tmp_path / "bad").exists()
     result = invoke_cli("train", "segment", str(data), "--val-every", "0", "--device", "cpu")
     assert result.returncode == 2 and "--val-every" in result.stderr
+
+
+def test_a_run_stopped_between_validations_and_resumed_where_it_stopped_ends_validated(tmp_path):
+    """val_every 4, Ctrl-C in epoch 3: last.pt holds epoch 2, never validated, and no best.pt. Resumed with
+    --epochs 2 (no epoch left to train), the run validates epoch 2, writes best.pt and reports it."""
+    import cvtool.train
+    from cvtool.models.checkpoint import load_weights_file
+    from cvtool.train.engine import Callbacks
+
+    class StopInEpoch3(Callbacks):
+        def on_batch(self, epoch, batch, loss, images_per_s):
+            if epoch == 3:
+                raise KeyboardInterrupt
+
+    data = _write_cells(tmp_path / "data", 4, seed=5)
+    with pytest.raises(KeyboardInterrupt):
+        cvtool.train.segment(str(data), epochs=6, val_every=4, width=4, depth=2, crop=32, batch_size=2,
+                             class_names=["membrane", "cell"], device="cpu", val_split=0.5, out=str(tmp_path / "run"),
+                             callbacks=StopInEpoch3())
+    assert not (tmp_path / "run" / "best.pt").exists()
+    summary = cvtool.train.segment(resume=str(tmp_path / "run"), epochs=2, device="cpu")
+    assert summary["best_epoch"] == 2 and load_weights_file(tmp_path / "run" / "best.pt").meta["epoch"] == 2
+    assert 0.0 <= summary["val_last_epoch"]["miou"] <= 1.0
+    assert "val_miou" in load_weights_file(tmp_path / "run" / "last.pt").meta["history"][-1]

@@ -77,24 +77,20 @@ def _fit(recipe, run: Run, args, cfg, callbacks, on_skip, sync_bn: bool = False,
 
     from cvtool.train import distributed
 
-    if val_every < 1:
-        raise UsageError(f"--val-every {val_every}: validate after every N-th epoch, N >= 1")
-    if cpu_bf16:
-        from cvtool.device import cpu_has_bf16
-
-        if run.device.type == "cpu" and not cpu_has_bf16():
-            raise UsageError("--cpu-bf16 needs a CPU with bfloat16 instructions (AVX512-BF16 or AMX); this CPU has "
-                             "none (it would emulate bf16, slower than float32): drop --cpu-bf16")
+    if run.resumed:  # the run's own precision and validation schedule; only --epochs may change
+        if cpu_bf16 and not cfg.cpu_bf16:
+            raise UsageError(f"--cpu-bf16: {run.run_dir} trains in float32, and a resumed run keeps its precision")
+        if val_every != 1 and val_every != cfg.val_every:
+            raise UsageError(f"--val-every {val_every}: {run.run_dir} validates every {cfg.val_every} epoch(s), and "
+                             "a resumed run keeps that")
     if not distributed.is_main():  # progress and skipped-file lines are rank 0's to report
         callbacks, on_skip = None, None
     if callbacks is not None:
         callbacks.on_train_start(run)
     if sync_bn:
         cfg = replace(cfg, sync_bn=True)
-    if cpu_bf16:
-        cfg = replace(cfg, cpu_bf16=True)
-    if val_every != 1:
-        cfg = replace(cfg, val_every=val_every)
+    if not run.resumed:
+        cfg = replace(cfg, cpu_bf16=cpu_bf16, val_every=val_every)
     try:
         summary = recipe.run_training(args, cfg, run.run_dir, run.device, resume=run.resumed, callbacks=callbacks,
                                       on_skip=on_skip, **options)
@@ -102,6 +98,18 @@ def _fit(recipe, run: Run, args, cfg, callbacks, on_skip, sync_bn: bool = False,
         distributed.cleanup()
     summary.setdefault("run_dir", str(run.run_dir))
     return summary
+
+
+def check_run_options(device: str, cpu_bf16: bool, val_every: int) -> None:
+    """The options every task takes, checked before anything starts (before devices=N launches torchrun too)."""
+    if val_every < 1:
+        raise UsageError(f"--val-every {val_every}: validate after every N-th epoch, N >= 1")
+    if cpu_bf16:
+        from cvtool.device import cpu_has_bf16, resolve_device
+
+        if resolve_device(device).type == "cpu" and not cpu_has_bf16():
+            raise UsageError("--cpu-bf16 needs a CPU with bfloat16 instructions (AVX512-BF16 or AMX); this CPU has "
+                             "none (it would emulate bf16, slower than float32): drop --cpu-bf16")
 
 
 def _launch(task: str, devices: int, options: dict) -> dict | None:
@@ -148,6 +156,7 @@ def classify(data: str | Path | None = None, *, arch: str = "resnet18", epochs: 
              ema: float = 0.0) -> dict:
     """Train a classifier on an ImageFolder tree, a CSV of path,label, or MNIST IDX files. `ema` (a decay in
     (0, 1)): validate and save a moving average of the weights."""
+    check_run_options(device, cpu_bf16, val_every)
     launched = _launch('classify', devices, {k: v for k, v in locals().items() if k != 'devices'})
     if launched is not None:
         return launched
@@ -186,6 +195,7 @@ def detect(data: str | Path | None = None, *, arch: str = "yolo", epochs: int | 
              sync_bn: bool = False, cpu_bf16: bool = False, val_every: int = 1,
              devices: int = 1) -> dict:
     """Train the YOLO-style detector on VOC XML, YOLO txt or COCO JSON data; best.pt by mAP@0.5:0.95."""
+    check_run_options(device, cpu_bf16, val_every)
     launched = _launch('detect', devices, {k: v for k, v in locals().items() if k != 'devices'})
     if launched is not None:
         return launched
@@ -227,6 +237,7 @@ def segment(data: str | Path | None = None, *, arch: str = "unet", epochs: int |
     `select="rand"` (two classes: membranes and the cells they separate) by ISBI 2012's Rand F-score of the cell
     regions. The U-Net paper's recipe: `elastic=True`, `loss="weighted-ce"` (border weights w0, sigma),
     `mirror_pad`, `width=64`. `ema` (a decay in (0, 1)): validate and save a moving average of the weights."""
+    check_run_options(device, cpu_bf16, val_every)
     launched = _launch('segment', devices, {k: v for k, v in locals().items() if k != 'devices'})
     if launched is not None:
         return launched
@@ -263,6 +274,7 @@ def style(style_image: str | Path | None = None, *, data: str | Path | None = No
           progress: bool = False, sync_bn: bool = False, cpu_bf16: bool = False, val_every: int = 1,
           devices: int = 1) -> dict:
     """Train a feed-forward style network (Johnson et al.) for one style image on a folder of photos."""
+    check_run_options(device, cpu_bf16, val_every)
     launched = _launch('style', devices, {k: v for k, v in locals().items() if k != 'devices'})
     if launched is not None:
         return launched
@@ -292,6 +304,7 @@ def face(data: str | Path | None = None, *, arch: str = "face_embed_small", loss
          progress: bool = False, sync_bn: bool = False, cpu_bf16: bool = False, val_every: int = 1,
          devices: int = 1) -> dict:
     """Train a face embedder (triplet or Siamese binary loss) on one folder of photos per person."""
+    check_run_options(device, cpu_bf16, val_every)
     launched = _launch('face', devices, {k: v for k, v in locals().items() if k != 'devices'})
     if launched is not None:
         return launched

@@ -367,23 +367,34 @@ class Trainer:
                 row = self._run_epoch(self.state.epoch + 1)
                 self.state.epoch += 1
                 self.state.history.append(row)
-                if self.val_loader is None or "val_loss" in row:  # an epoch left unvalidated cannot be best
-                    loss = row.get("val_loss", row["train_loss"])
-                    # a small val set saturates accuracy; loss breaks ties
-                    score = (row.get(self.cfg.monitor, -loss), -loss)
-                    if score > self.state.best:
-                        self.state.best = score
-                        self._save("best.pt")
-                self._save("last.pt")
-                if self.is_main:
-                    self._write_metrics()
+                self._keep(row)
                 self.callbacks.on_epoch_end(row)
+            if self.val_loader is not None and self.state.history and "val_loss" not in self.state.history[-1]:
+                # stopped between validations (`val_every`) and resumed with --epochs where it stopped: the run
+                # still ends on a validated epoch, so best.pt exists and the summary has last-epoch figures
+                row = dict(self.state.history[-1])
+                if self.is_main:
+                    row.update({f"val_{k}": v for k, v in self.evaluate(self.val_loader).items()})
+                self.state.history[-1] = row = distributed.broadcast_object(row)
+                self._keep(row)
         except BaseException:
             if self.is_main and created and not (self.run_dir / "last.pt").exists():  # no half-made run left behind
                 shutil.rmtree(self.run_dir, ignore_errors=True)
             raise
         distributed.barrier()  # best.pt and last.pt are written before any rank reads them
         return self.state
+
+    def _keep(self, row: dict) -> None:
+        """After an epoch: best.pt if its validation beats every earlier one, last.pt, metrics.csv."""
+        if self.val_loader is None or "val_loss" in row:  # an epoch left unvalidated cannot be best
+            loss = row.get("val_loss", row["train_loss"])
+            score = (row.get(self.cfg.monitor, -loss), -loss)  # a small val set saturates accuracy; loss breaks ties
+            if score > self.state.best:
+                self.state.best = score
+                self._save("best.pt")
+        self._save("last.pt")
+        if self.is_main:
+            self._write_metrics()
 
     def _run_epoch(self, epoch: int) -> dict:
         # Shuffling depends only on (seed, epoch), so a resumed run sees the same batches.
