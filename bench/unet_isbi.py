@@ -11,6 +11,7 @@ under `cvtool train segment`) with elastic deformations, the border-weighted cro
 64 px of mirrored context, 256 px crops + flips, AdamW + cosine, in this process with `--threads` torch threads;
 its CPU time (all threads) is recorded against the 60 CPU-minute budget. `--baseline`: the README's earlier
 recipe (CE + Dice, crops + flips only) on the same split, for a comparison within one machine state.
+The README's recipe (`make eval-unet-isbi`): `--no-balance --ema 0.99 --cpu-bf16 --val-every 5 --epochs 380`.
 Scoring: `cvtool val segment`'s code (cvtool.val.segment) on the 5 held-out slices, for best.pt and last.pt:
 adapted Rand error of the cell regions after border thinning (ISBI 2012's final measure, cvtool/ops/regions.py),
 VI split / merge, pixel accuracy, membrane IoU; with the threshold on the cell probability that training chose on
