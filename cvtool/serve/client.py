@@ -307,7 +307,19 @@ class _Pending(NamedTuple):
     future: Any = None  # concurrent.futures.Future of (status, headers, body)
 
     def settle(self, finish) -> dict:
-        return self.record if self.record is not None else finish(self.item, self.data, *self.future.result())
+        return self.record if self.record is not None else finish(self.item, self.data, *_result(self.future))
+
+
+def _result(future):
+    """The future's result, waited for in slices of 0.2 s: the kernel may hand Ctrl-C to any thread, and when a
+    request thread takes it, the main thread learns of it only once it runs again; a plain wait would hold it
+    until that request ends (up to CVTOOL_SERVER_TIMEOUT)."""
+    while True:
+        try:
+            return future.result(timeout=0.2)
+        except TimeoutError:
+            if future.done():  # the request's own timeout, not the slice's
+                raise
 
 
 def requests_in_flight() -> int:
