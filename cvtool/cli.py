@@ -1086,14 +1086,15 @@ def serve_cmd(
                                                "(images, weights, galleries) under DIR on this machine; none otherwise."),
     max_bytes: str = typer.Option(size_text(SERVE.max_bytes), "--max-bytes", help="Largest request body (413 above)."),
     max_pixels: int = MAX_PIXELS_OPT,
-    memory_budget: str = typer.Option(size_text(SERVE.memory_budget), "--memory-budget", help="Parameter memory of loaded models; the least "
-                                      "recently used are unloaded above it."),
-    max_batch: int = typer.Option(SERVE.max_batch, "--max-batch", min=1, help="classify/detect/segment: requests for the same "
-                                  "model and options run as one batch of up to N (1: each alone)."),
-    batch_wait_ms: float = typer.Option(SERVE.batch_wait_ms, "--batch-wait-ms", min=0, help="How long a batch waits for more "
-                                        "requests after its first."),
-    max_batch_pixels: int = typer.Option(SERVE.max_batch_pixels, "--max-batch-pixels", min=1, help="A batch's network inputs "
-                                         "in all, in pixels (their activations' memory); a larger input runs alone."),
+    memory_budget: str = typer.Option(size_text(SERVE.memory_budget), "--memory-budget", help="Parameter memory of "
+                                      "loaded models; the least recently used are unloaded above it."),
+    max_batch: int = typer.Option(SERVE.max_batch, "--max-batch", min=1, help="classify/detect/segment: requests for "
+                                  "the same model and options run as one batch of up to N (1: each alone)."),
+    batch_wait_ms: float = typer.Option(SERVE.batch_wait_ms, "--batch-wait-ms", min=0, help="How long a batch waits "
+                                        "for more requests after its first."),
+    max_batch_pixels: int = typer.Option(SERVE.max_batch_pixels, "--max-batch-pixels", min=1, help="A batch's network "
+                                         "inputs in all, in pixels (their activations' memory); a larger input runs "
+                                         "alone."),
 ) -> None:
     """Serve the models over HTTP, kept loaded between requests: one endpoint per task (/classify, /detect,
     /segment, /stylize, /verify-face, /identify) answering the records the commands print; docs at /docs."""
@@ -1113,10 +1114,10 @@ def serve_cmd(
                 raise UsageError(f"--gallery {spec!r}: expected NAME=DIR")
             galleries[name] = root
         settings = ServeSettings(host=host, port=port, token=token or None, allow_paths=allow_paths,
-                            max_bytes=parse_size(max_bytes), max_pixels=max_pixels, device=device,
-                            memory_budget=parse_size(memory_budget), preload=list(preload or []), galleries=galleries,
-                            max_batch=max_batch, batch_wait_ms=batch_wait_ms, max_batch_pixels=max_batch_pixels,
-                            log=not SETTINGS.quiet)
+                                 max_bytes=parse_size(max_bytes), max_pixels=max_pixels, device=device,
+                                 memory_budget=parse_size(memory_budget), preload=list(preload or []),
+                                 galleries=galleries, max_batch=max_batch, batch_wait_ms=batch_wait_ms,
+                                 max_batch_pixels=max_batch_pixels, log=not SETTINGS.quiet)
         serve(settings, workers=workers)
 
 
