@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import invoke_cli
 
+from cvtool.device import cpu_has_bf16
 from cvtool.errors import UsageError
 from cvtool.ops import elastic
 from cvtool.ops.regions import border_weight_map, class_balance_weights, foreground_variation_of_information
@@ -316,7 +317,7 @@ def test_train_segment_stores_the_validation_threshold_that_val_segment_reproduc
         assert scores("--threshold", str(other))["miou"] <= scored["miou"]
 
 
-@pytest.mark.skipif(not __import__("cvtool.device", fromlist=["cpu_has_bf16"]).cpu_has_bf16(),
+@pytest.mark.skipif(not cpu_has_bf16(),
                     reason="this CPU has no bfloat16 instructions (AVX512-BF16 or AMX); --cpu-bf16 is refused there")
 def test_cpu_bf16_trains_in_mixed_precision_and_resumes_exactly(tmp_path):
     """--cpu-bf16: the run is stored as a bf16 run (results close to, not equal to, float32's), and a run stopped by
@@ -372,7 +373,6 @@ def test_val_every_validates_every_nth_epoch_and_the_last_and_picks_best_among_t
     import csv
 
     import cvtool.train
-    from cvtool.errors import UsageError
     from cvtool.models.checkpoint import load_weights_file
 
     data = _write_cells(tmp_path / "data", 4, seed=4)
