@@ -319,9 +319,10 @@ def test_train_segment_stores_the_validation_threshold_that_val_segment_reproduc
 
 @pytest.mark.skipif(not cpu_has_bf16(),
                     reason="this CPU has no bfloat16 instructions (AVX512-BF16 or AMX); --cpu-bf16 is refused there")
-def test_cpu_bf16_trains_in_mixed_precision_and_resumes_exactly(tmp_path):
+def test_cpu_bf16_trains_in_mixed_precision_and_resumes_exactly(tmp_path, monkeypatch):
     """--cpu-bf16: the run is stored as a bf16 run (results close to, not equal to, float32's), and a run stopped by
     Ctrl-C in its last epoch resumes in bf16 to the uninterrupted run's weights bit for bit."""
+    import cvtool.device
     import cvtool.train
     from cvtool.models.checkpoint import load_weights_file
     from cvtool.train.engine import Callbacks
@@ -341,6 +342,10 @@ def test_cpu_bf16_trains_in_mixed_precision_and_resumes_exactly(tmp_path):
     assert result.returncode == 0, result.stderr
     with pytest.raises(KeyboardInterrupt):
         cvtool.train.segment(str(data), out=str(tmp_path / "split"), callbacks=StopInEpoch3(), cpu_bf16=True, **options)
+    with monkeypatch.context() as patched:  # on a CPU without bf16 instructions the bf16 run is not carried on
+        patched.setattr(cvtool.device, "cpu_has_bf16", lambda: False)
+        with pytest.raises(UsageError, match="--cpu-bf16 needs a CPU with bfloat16 instructions"):
+            cvtool.train.segment(resume=str(tmp_path / "split"), device="cpu")
     cvtool.train.segment(resume=str(tmp_path / "split"), device="cpu")
     whole, split, plain = (load_weights_file(tmp_path / run / "last.pt") for run in ("whole", "split", "fp32"))
     assert whole.meta["config"]["cpu_bf16"] and split.meta["config"]["cpu_bf16"] and not plain.meta["config"]["cpu_bf16"]
