@@ -344,7 +344,8 @@ def test_cpu_bf16_trains_in_mixed_precision_and_resumes_exactly(tmp_path, monkey
         cvtool.train.segment(str(data), out=str(tmp_path / "split"), callbacks=StopInEpoch3(), cpu_bf16=True, **options)
     with monkeypatch.context() as patched:  # on a CPU without bf16 instructions the bf16 run is not carried on
         patched.setattr(cvtool.device, "cpu_has_bf16", lambda: False)
-        with pytest.raises(UsageError, match="--cpu-bf16 needs a CPU with bfloat16 instructions"):
+        with pytest.raises(UsageError, match=r"split trains in bf16 \(--cpu-bf16\), and this CPU has no bfloat16 "
+                                             r"instructions \(AVX512-BF16 or AMX\): resume it on one that has"):
             cvtool.train.segment(resume=str(tmp_path / "split"), device="cpu")
     cvtool.train.segment(resume=str(tmp_path / "split"), device="cpu")
     whole, split, plain = (load_weights_file(tmp_path / run / "last.pt") for run in ("whole", "split", "fp32"))

@@ -80,8 +80,12 @@ def _fit(recipe, run: Run, args, cfg, callbacks, on_skip, sync_bn: bool = False,
     if run.resumed:  # the run's own precision and validation schedule; only --epochs may change
         if cpu_bf16 and not cfg.cpu_bf16:
             raise UsageError(f"--cpu-bf16: {run.run_dir} trains in float32, and a resumed run keeps its precision")
-        if cfg.cpu_bf16 and not cpu_bf16:  # the stored choice meets the same check as a given one
-            check_run_options(str(run.device), True, 1)
+        if cfg.cpu_bf16 and run.device.type == "cpu":
+            from cvtool.device import cpu_has_bf16
+
+            if not cpu_has_bf16():
+                raise UsageError(f"{run.run_dir} trains in bf16 (--cpu-bf16), and this CPU has no bfloat16 "
+                                 "instructions (AVX512-BF16 or AMX): resume it on one that has")
         if val_every != 1 and val_every != cfg.val_every:
             raise UsageError(f"--val-every {val_every}: {run.run_dir} validates every {cfg.val_every} epoch(s), and "
                              "a resumed run keeps that")
