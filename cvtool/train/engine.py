@@ -374,7 +374,7 @@ class Trainer:
                 # still ends on a validated epoch, so best.pt exists and the summary has last-epoch figures
                 row = dict(self.state.history[-1])
                 if self.is_main:
-                    row.update({f"val_{k}": v for k, v in self.evaluate(self.val_loader).items()})
+                    row.update(self._validation())
                 self.state.history[-1] = row = distributed.broadcast_object(row)
                 self._keep(row)
         except BaseException:
@@ -437,8 +437,12 @@ class Trainer:
         }
         validates = epoch % self.cfg.val_every == 0 or epoch == self.cfg.epochs
         if self.val_loader is not None and self.is_main and validates:  # rank 0 scores the whole validation set
-            row.update({f"val_{k}": v for k, v in self.evaluate(self.val_loader).items()})
+            row.update(self._validation())
         return distributed.broadcast_object(row)  # every rank keeps the same history and best
+
+    def _validation(self) -> dict:
+        """The validation set's figures as a metrics row's val_* columns (rank 0 scores; the caller broadcasts)."""
+        return {f"val_{k}": v for k, v in self.evaluate(self.val_loader).items()}
 
     @torch.inference_mode()
     def evaluate(self, loader) -> dict[str, float]:
