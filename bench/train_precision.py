@@ -25,6 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _results import write_results  # noqa: E402
+from ddp import make_folder  # noqa: E402  (an ImageFolder of three drawn shapes)
 
 
 def cells(root: Path, n: int, size: int = 256) -> Path:
@@ -62,23 +63,13 @@ def shapes(root: Path, n: int, size: int = 256) -> Path:
     return root
 
 
-def folders(root: Path, n: int, size: int = 128) -> Path:
-    """An ImageFolder of two classes of noise, one slightly brighter than the other."""
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        label = ("bright", "dark")[i % 2]
-        (root / label).mkdir(parents=True, exist_ok=True)
-        image = rng.normal(135 if label == "bright" else 120, 40, (size, size, 3)).clip(0, 255).astype(np.uint8)
-        cv2.imwrite(str(root / label / f"{i:03d}.png"), image)
-    return root
-
-
 # task -> (data maker, images, the training call's options: about 4 steps an epoch)
 TASKS = {
     "segment": (cells, 16, dict(arch="unet", width=32, depth=4, crop=256, batch_size=4, loss="weighted-ce",
                                  elastic=True, mirror_pad=64, class_names=["membrane", "cell"], val_split=0.2)),
     "detect": (shapes, 40, dict(arch="yolo", img_size=256, batch_size=8, val_split=0.2)),
-    "classify": (folders, 72, dict(arch="resnet18", img_size=128, batch_size=16, val_split=0.1)),
+    "classify": (lambda root, n: make_folder(root, n, size=128), 72,
+                 dict(arch="resnet18", img_size=128, batch_size=16, val_split=0.1)),
 }
 
 

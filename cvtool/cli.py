@@ -136,7 +136,7 @@ HALF_OPT = typer.Option(False, "--half", help="Half precision (autocast): fp16 o
 THREADS_OPT = typer.Option(None, "--threads", min=0, metavar="N", help="Compute threads (PyTorch, OpenCV, onnxruntime). Default: "
                            "cores / N with --shard K/N, else the libraries' own; 0: the libraries' own.")
 CPU_BF16_OPT = typer.Option(False, "--cpu-bf16", help="On the CPU: train in bf16 mixed precision with channels-last "
-                            "tensors (measured 1.6-2.4x as fast) on a CPU with bfloat16 instructions (refused on others); "
+                            "tensors (measured 1.4-2.4x as fast) on a CPU with bfloat16 instructions (refused on others); "
                             "results differ from float32's. CUDA always trains in mixed precision.")
 VAL_EVERY_OPT = typer.Option(1, "--val-every", min=1, metavar="N", help="Validate after every N-th epoch and after "
                              "the last (best.pt is picked among those): a long run spends its time training.")

@@ -10,7 +10,7 @@ cvtool.train.distributed); a script started by torchrun itself needs nothing: ev
 data-parallel. `callbacks` is a `cvtool.train.Callbacks` subclass overriding the hooks it wants (`on_train_start(run)`,
 `on_epoch_start`, `on_batch`, `on_epoch_end`), called as training goes; `on_skip(message)` hears about unreadable files.
 On CUDA training runs in mixed precision (bf16 where the GPU has it); `cpu_bf16=True` does so on the CPU too (bf16
-autocast, channels-last tensors, on a CPU with AVX-512 BF16 or AMX: measured 1.6-2.4x as fast, results not float32's).
+autocast, channels-last tensors, on a CPU with AVX-512 BF16 or AMX: measured 1.4-2.4x as fast, results not float32's).
 `val_every=N` validates after every N-th epoch and after the last only (best.pt is picked among those). A new run
 goes to `out` (default `runs/TASK-ARCH-TIME`); `resume=RUN_DIR` continues it from its last.pt, where
 only `epochs` may change. The recipes themselves are the modules beside this one (classification,
