@@ -206,25 +206,34 @@ def test_a_batch_that_raises_what_asyncio_refuses_answers_and_the_lane_lives_on(
     assert later == "ok b"
 
 
-def test_the_thin_client_keeps_requests_in_flight_so_one_folder_is_batched(batching_server, serve_env, tmp_path):
-    """`cvtool classify DIR` through the server: with CVTOOL_SERVER_IN_FLIGHT=4 (the default) the files of one
+def test_the_thin_client_keeps_requests_in_flight_so_one_folder_is_batched(batching_server, serve_env, unet,
+                                                                           tmp_path):
+    """`cvtool segment DIR` through the server: with CVTOOL_SERVER_IN_FLIGHT=4 (the default) the files of one
     client share forward passes, with 1 each runs alone; the records, their order and the exit code are the
-    same, a bad file among them one error record in its place."""
+    same, a bad file among them one error record in its place.
+
+    A forward pass here (the U-Net at 384 x 384, one thread) takes tens of milliseconds, longer than the client
+    takes to send its next requests, so they are on their way, or queued, when the server forms a batch. (With
+    LeNet's sub-millisecond pass each request could be answered before the next one reached the server: a
+    batch never waits for requests that are not on their way, and CI once saw every request run alone.)"""
     import subprocess
     import sys
 
+    import cv2
+
     from conftest import ROOT, jsonl
 
-    folder = tmp_path / "digits"
+    folder = tmp_path / "photos"
     folder.mkdir()
-    for path in DIGITS:
-        (folder / path.name).write_bytes(path.read_bytes())
-    (folder / "digit_4b.png").write_bytes(b"not a png")  # sorts among the good ones
+    photo = cv2.imread(str(SAMPLES / "photos" / "astronaut.jpg"))
+    for i in range(10):
+        cv2.imwrite(str(folder / f"crop{i}.png"), photo[i * 12 : i * 12 + 384, i * 10 : i * 10 + 384])
+    (folder / "crop4b.png").write_bytes(b"not a png")  # sorts among the good ones
     outcomes = {}
     for in_flight in ("1", "4"):
         before = batching(batching_server)
-        run = subprocess.run([sys.executable, "-m", "cvtool", "classify", str(folder), "--model", "lenet5_digits",
-                              "-k", "1", "-f", "jsonl"], capture_output=True, text=True, cwd=ROOT, timeout=120,
+        run = subprocess.run([sys.executable, "-m", "cvtool", "segment", str(folder), "--weights", str(unet),
+                              "-f", "jsonl"], capture_output=True, text=True, cwd=ROOT, timeout=120,
                              env={**serve_env, "CVTOOL_SERVER": batching_server.url,
                                   "CVTOOL_SERVER_IN_FLIGHT": in_flight})
         after = batching(batching_server)
