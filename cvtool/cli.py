@@ -142,6 +142,13 @@ VAL_EVERY_OPT = typer.Option(1, "--val-every", min=1, metavar="N", help="Validat
                              "the last (best.pt is picked among those): a long run spends its time training.")
 EMA_OPT = typer.Option(0.0, "--ema", min=0.0, help="Validate and save a moving average of the weights with this decay "
                        "(e.g. 0.99; 0: off).")
+RESUME_OPT = typer.Option(None, "--resume", help="Continue the run in this directory from last.pt.")
+DEVICES_OPT = typer.Option(1, "--devices", min=1, help="Data-parallel: launch N processes on this machine (torchrun; "
+                           "--batch-size is the global batch). Under torchrun, leave it out.")
+SYNC_BN_OPT = typer.Option(False, "--sync-bn", help="Data-parallel: batch-norm statistics over the global batch "
+                           "(SyncBatchNorm on CUDA, all-reduced on the CPU).")
+LOADER_WORKERS_OPT = typer.Option(None, "--workers", min=0, help="DataLoader worker processes (default: min(4, cores - "
+                                  "1) on CUDA, 0 on the CPU).")
 
 
 def _input_items(images: list[str], recursive: bool, out: Optional[Path] = None):
@@ -708,18 +715,16 @@ def train_classify(
     hflip: bool = typer.Option(False, "--hflip", help="Augment with horizontal flips (off: they change digits/text)."),
     ema: float = EMA_OPT,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/classify-ARCH-TIME)."),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory from last.pt."),
+    resume: Optional[Path] = RESUME_OPT,
     eval_only: bool = typer.Option(False, "--eval-only", help="Only evaluate --weights on DATA."),
     weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="With --eval-only: the checkpoint to evaluate."),
     device: str = DEVICE_OPT,
-    devices: int = typer.Option(1, "--devices", min=1, help="Data-parallel: launch N processes on this machine "
-                                "(torchrun; --batch-size is the global batch). Under torchrun, leave it out."),
-    sync_bn: bool = typer.Option(False, "--sync-bn", help="Data-parallel: batch-norm statistics over the global batch (SyncBatchNorm on CUDA, all-reduced on the CPU)."),
+    devices: int = DEVICES_OPT,
+    sync_bn: bool = SYNC_BN_OPT,
     cpu_bf16: bool = CPU_BF16_OPT,
     val_every: int = VAL_EVERY_OPT,
     seed: int = typer.Option(0, "--seed", help="Seeds shuffling, augmentation and initialisation."),
-    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="DataLoader worker processes "
-                                          "(default: min(4, cores - 1) on CUDA, 0 on the CPU)."),
+    workers: Optional[int] = LOADER_WORKERS_OPT,
     fmt: Optional[ListFormat] = typer.Option(None, "--format", "-f", help="Final report: table or json."),
 ) -> None:
     """Train a classifier; writes best.pt, last.pt, metrics.csv, curves.png, confusion.png, summary.json."""
@@ -768,16 +773,14 @@ def train_detect(
     val: Optional[str] = typer.Option(None, "--val", help="Validation data (same layouts)."),
     val_split: float = typer.Option(0.2, "--val-split", help="Without --val: fraction of images held out."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/detect-yolo-TIME)."),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory from last.pt."),
+    resume: Optional[Path] = RESUME_OPT,
     device: str = DEVICE_OPT,
-    devices: int = typer.Option(1, "--devices", min=1, help="Data-parallel: launch N processes on this machine "
-                                "(torchrun; --batch-size is the global batch). Under torchrun, leave it out."),
-    sync_bn: bool = typer.Option(False, "--sync-bn", help="Data-parallel: batch-norm statistics over the global batch (SyncBatchNorm on CUDA, all-reduced on the CPU)."),
+    devices: int = DEVICES_OPT,
+    sync_bn: bool = SYNC_BN_OPT,
     cpu_bf16: bool = CPU_BF16_OPT,
     val_every: int = VAL_EVERY_OPT,
     seed: int = typer.Option(0, "--seed"),
-    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="DataLoader worker processes "
-                                          "(default: min(4, cores - 1) on CUDA, 0 on the CPU)."),
+    workers: Optional[int] = LOADER_WORKERS_OPT,
 ) -> None:
     """Train the YOLO-style detector; writes best.pt (by mAP@0.5:0.95), last.pt, metrics.csv, curves.png, pr_curve.png."""
     with exits_cleanly():
@@ -831,16 +834,14 @@ def train_segment(
     val: Optional[str] = typer.Option(None, "--val", help="Validation folder (same layout)."),
     val_split: float = typer.Option(0.2, "--val-split", help="Without --val: fraction of the pairs held out."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/segment-ARCH-TIME)."),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory from last.pt."),
+    resume: Optional[Path] = RESUME_OPT,
     device: str = DEVICE_OPT,
-    devices: int = typer.Option(1, "--devices", min=1, help="Data-parallel: launch N processes on this machine "
-                                "(torchrun; --batch-size is the global batch). Under torchrun, leave it out."),
-    sync_bn: bool = typer.Option(False, "--sync-bn", help="Data-parallel: batch-norm statistics over the global batch (SyncBatchNorm on CUDA, all-reduced on the CPU)."),
+    devices: int = DEVICES_OPT,
+    sync_bn: bool = SYNC_BN_OPT,
     cpu_bf16: bool = CPU_BF16_OPT,
     val_every: int = VAL_EVERY_OPT,
     seed: int = typer.Option(0, "--seed"),
-    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="DataLoader worker processes "
-                                          "(default: min(4, cores - 1) on CUDA, 0 on the CPU)."),
+    workers: Optional[int] = LOADER_WORKERS_OPT,
 ) -> None:
     """Train a segmenter; writes best.pt, last.pt, metrics.csv, curves.png, examples.png, summary.json."""
     with exits_cleanly():
@@ -879,11 +880,10 @@ def train_style(
     vgg: str = typer.Option("vgg16", "--vgg", help="Loss network: vgg16 (Johnson et al.) or vgg19."),
     vgg_weights: Optional[Path] = typer.Option(None, "--vgg-weights", help="The VGG's weights file, instead of the download."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/stylize-fast_style-TIME)."),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory from last.pt."),
+    resume: Optional[Path] = RESUME_OPT,
     device: str = DEVICE_OPT,
-    devices: int = typer.Option(1, "--devices", min=1, help="Data-parallel: launch N processes on this machine "
-                                "(torchrun; --batch-size is the global batch). Under torchrun, leave it out."),
-    sync_bn: bool = typer.Option(False, "--sync-bn", help="Data-parallel: batch-norm statistics over the global batch (SyncBatchNorm on CUDA, all-reduced on the CPU)."),
+    devices: int = DEVICES_OPT,
+    sync_bn: bool = SYNC_BN_OPT,
     cpu_bf16: bool = CPU_BF16_OPT,
     val_every: int = VAL_EVERY_OPT,
     seed: int = typer.Option(0, "--seed"),
@@ -922,16 +922,14 @@ def train_face(
     val_split: float = typer.Option(0.25, "--val-split", help="Fraction of the people held out (whole identities)."),
     hflip: bool = typer.Option(True, "--hflip/--no-hflip", help="Augment with horizontal flips."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/face-ARCH-TIME)."),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory from last.pt."),
+    resume: Optional[Path] = RESUME_OPT,
     device: str = DEVICE_OPT,
-    devices: int = typer.Option(1, "--devices", min=1, help="Data-parallel: launch N processes on this machine "
-                                "(torchrun; --batch-size is the global batch). Under torchrun, leave it out."),
-    sync_bn: bool = typer.Option(False, "--sync-bn", help="Data-parallel: batch-norm statistics over the global batch (SyncBatchNorm on CUDA, all-reduced on the CPU)."),
+    devices: int = DEVICES_OPT,
+    sync_bn: bool = SYNC_BN_OPT,
     cpu_bf16: bool = CPU_BF16_OPT,
     val_every: int = VAL_EVERY_OPT,
     seed: int = typer.Option(0, "--seed", help="Seeds the identity split, batches, augmentation and initialisation."),
-    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="DataLoader worker processes "
-                                          "(default: min(4, cores - 1) on CUDA, 0 on the CPU)."),
+    workers: Optional[int] = LOADER_WORKERS_OPT,
 ) -> None:
     """Train a face embedder (triplet or Siamese binary loss); writes best.pt (with its verification threshold),
     last.pt, metrics.csv, curves.png, roc.png, summary.json."""
