@@ -21,30 +21,7 @@ import torch
 import cvtool.errors
 import cvtool.train
 from cvtool.train import distributed
-
-SHAPES = ("circle", "bar", "cross")
-
-
-def _draw(shape: str, rng) -> np.ndarray:
-    image = np.full((32, 32, 3), 255, np.uint8)
-    cx, cy = (int(v) for v in rng.integers(11, 21, size=2))
-    r = int(rng.integers(6, 10))
-    if shape == "circle":
-        cv2.circle(image, (cx, cy), r, (0, 0, 0), 2)
-    elif shape == "bar":
-        cv2.rectangle(image, (cx - r, cy - 2), (cx + r, cy + 2), (0, 0, 0), -1)
-    else:
-        cv2.line(image, (cx - r, cy - r), (cx + r, cy + r), (0, 0, 0), 2)
-    return image
-
-
-def _folder(root: Path, per_class: dict[str, int], seed: int) -> Path:
-    rng = np.random.default_rng(seed)
-    for shape, n in per_class.items():
-        (root / shape).mkdir(parents=True)
-        for i in range(n):
-            cv2.imwrite(str(root / shape / f"{i:02d}.png"), _draw(shape, rng))
-    return root
+from synthetic_shapes import write_shapes_folder
 
 
 def torchrun(*args: str, nproc: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -77,8 +54,8 @@ def _assert_close(a: dict, b: dict, init: dict | None = None, rel: float = 1e-5)
 def shapes(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
     # 8 training images: one global batch of 8 is one optimiser step
-    return (_folder(root / "train", {"circle": 3, "bar": 3, "cross": 2}, 0),
-            _folder(root / "val", {"circle": 1, "bar": 1, "cross": 1}, 1))
+    return (write_shapes_folder(root / "train", {"circle": 3, "bar": 3, "cross": 2}, 0),
+            write_shapes_folder(root / "val", {"circle": 1, "bar": 1, "cross": 1}, 1))
 
 
 ARGS = dict(arch="lenet5", batch_size=8, lr=0.5, optimizer="sgd", weight_decay=0.0, device="cpu", seed=0)
@@ -164,7 +141,7 @@ def test_a_killed_rank_ends_the_job_with_one_line_and_last_pt_intact(tmp_path):
     import signal
     import time
 
-    train = _folder(tmp_path / "train", {"circle": 40, "bar": 40, "cross": 40}, 0)
+    train = write_shapes_folder(tmp_path / "train", {"circle": 40, "bar": 40, "cross": 40}, 0)
     out = tmp_path / "run"
     launcher = subprocess.Popen(
         [sys.executable, "-m", "cvtool", "train", "classify", str(train), "--arch", "lenet5", "--epochs", "200",

@@ -10,38 +10,17 @@ import numpy as np
 import pytest
 import torch
 from conftest import jsonl, run_cli
+from synthetic_shapes import SHAPES, write_shapes_folder
 
 from cvtool.errors import CvtoolError
 from cvtool.train.classification import ClassifyTrainArgs, run_training
 from cvtool.train.datasets import DataError, open_classification_data, read_idx_array
 from cvtool.train.engine import Callbacks, TrainConfig
 
-SHAPES = ("circle", "bar", "cross")
-
-
-def _draw(shape: str, rng) -> np.ndarray:
-    image = np.full((32, 32, 3), 255, np.uint8)
-    cx, cy = (int(v) for v in rng.integers(11, 21, size=2))
-    r = int(rng.integers(6, 10))
-    if shape == "circle":
-        cv2.circle(image, (cx, cy), r, (0, 0, 0), 2)
-    elif shape == "bar":
-        cv2.rectangle(image, (cx - r, cy - 2), (cx + r, cy + 2), (0, 0, 0), -1)
-    else:
-        cv2.line(image, (cx - r, cy - r), (cx + r, cy + r), (0, 0, 0), 2)
-        cv2.line(image, (cx - r, cy + r), (cx + r, cy - r), (0, 0, 0), 2)
-    return image
-
 
 @pytest.fixture(scope="module")
 def shapes_folder(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shapes")
-    rng = np.random.default_rng(0)
-    for shape in SHAPES:
-        (root / shape).mkdir()
-        for i in range(40):
-            cv2.imwrite(str(root / shape / f"{i:02d}.png"), _draw(shape, rng))
-    return root
+    return write_shapes_folder(tmp_path_factory.mktemp("shapes"), {shape: 40 for shape in SHAPES})
 
 
 def _train(data, run_dir, epochs, resume=False, callbacks=None, **args):
