@@ -269,6 +269,33 @@ def test_gallery_names_faces_in_every_kept_video_frame(tmp_path):
     assert cv2.VideoCapture(str(tmp_path / "out" / "walk.faces.mp4")).get(cv2.CAP_PROP_FRAME_COUNT) == 3
 
 
+def test_max_pixels_holds_for_the_frames_of_a_video_named_by_the_gallery(tmp_path):
+    """--max-pixels refuses a video whose frames are larger, as it refuses such an image (one error record,
+    exit 1, no video written); under the limit the same video's faces are named."""
+    import cv2
+
+    photo = cv2.imread(str(SAMPLES / "photos" / "astronaut.jpg"))  # 512 x 512: 262,144 pixels a frame
+    clip = tmp_path / "walk.mp4"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 10, (512, 512))
+    for _ in range(2):
+        writer.write(photo)
+    writer.release()
+    known = tmp_path / "known"
+    known.mkdir()
+    cv2.imwrite(str(known / "collins.jpg"), cv2.resize(photo, (256, 256)))  # 65,536 pixels: under both limits
+    outcomes = {}
+    for limit in (300_000, 100_000):
+        out = tmp_path / f"out{limit}"
+        result = run_cli("verify-face", "--gallery", str(known), str(clip), "--max-pixels", str(limit), "--out",
+                         str(out), "--format", "jsonl")
+        outcomes[limit] = (result.returncode, jsonl(result.stdout), sorted(p.name for p in out.glob("*.mp4")))
+    code, records, files = outcomes[300_000]
+    assert code == 0 and [[f["name"] for f in r["result"]["faces"]] for r in records] == [["collins"]] * 2
+    assert files == ["walk.faces.mp4"]
+    assert outcomes[100_000] == (1, [{"path": str(clip), "error": "frames of 512x512 exceed --max-pixels 100000"}],
+                                 [])
+
+
 def test_a_malformed_pairs_file_exits_2_naming_the_file_and_line(tmp_path):
     pairs = tmp_path / "pairs.csv"
     pairs.write_text("a.jpg,b.jpg,1\nc.jpg,d.jpg,perhaps\n")

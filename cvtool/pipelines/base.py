@@ -4,13 +4,15 @@ runner (runner.py) and the video driver (video.py), which import this and not ea
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 
 class Pipeline(Protocol):
     task: str
     model_name: str
     weights_sha256: str | None
+    max_pixels: int | None  # the largest image, or video frame, it takes (--max-pixels)
+    no_video_reason: str | None  # None: it takes videos and cameras (a VideoPipeline); else the error a video gets
 
     def prepare(self, path: str) -> Any:
         """Decode and preprocess one input (runs in a worker thread); raise InputError when it is bad."""
@@ -20,6 +22,21 @@ class Pipeline(Protocol):
 
     def save(self, path: str, sample: Any, result: dict, out_dir: Path) -> list[str]:
         """Write this input's outputs into `out_dir` atomically; return the files written."""
+
+
+class VideoPipeline(Pipeline, Protocol):
+    """The hooks video.py drives, declared by every pipeline whose `no_video_reason` is None."""
+
+    video_name: Callable[[str], Path] | None  # where an input's annotated video goes; None without --out
+
+    def prepare_array(self, rgb: Any) -> Any:
+        """A decoded frame (RGB uint8), prepared as `prepare` prepares a file."""
+
+    def render(self, rgb: Any, sample: Any, result: dict) -> Any:
+        """The annotated frame (RGB uint8) that goes into the video."""
+
+    def save_frame(self, path: str, index: int, rgb: Any, sample: Any, result: dict) -> list[str]:
+        """Files of one frame beside the video (crops, masks, labels), written atomically; [] for none."""
 
 
 def error_record(path: str, reason: str) -> dict:

@@ -16,6 +16,7 @@ from cvtool.models.loading import LoadedModel
 
 class ClassifyPipeline:
     task = "classify"
+    no_video_reason = None  # takes videos: the hooks below
 
     def __init__(self, model: LoadedModel, *, top_k: int = 5, max_pixels: int = DEFAULT_MAX_PIXELS, out_dir=None,
                  normalise_on_device: bool | None = None):
@@ -71,6 +72,9 @@ class ClassifyPipeline:
         """A video frame with its top-1 label and probability written in the corner."""
         best = result["top_k"][0]
         return draw_caption(rgb, f"{best['label']} {best['prob']:.2f}")
+
+    def save_frame(self, path: str, index: int, rgb: np.ndarray, sample, result: dict) -> list[str]:
+        return []  # a frame's record is all: no files of its own beside the video
 
     def already_done(self, path: str) -> bool:
         return self.output_name is not None and self.output_name.exists(path)

@@ -47,6 +47,7 @@ def _on_host(values):
 
 class DetectPipeline:
     task = "detect"
+    no_video_reason = None  # takes videos: the hooks below
 
     def __init__(self, model: LoadedModel, *, conf: float = 0.25, iou: float = 0.45, max_det: int = 300,
                  classes: list[str] | None = None, keypoints: bool = False, save_crops: bool = False,

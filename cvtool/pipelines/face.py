@@ -560,9 +560,11 @@ class IdentifyPipeline:
     """The runner's pipeline shape: one record per image, every face named or `unknown`."""
 
     task = TASK
+    no_video_reason = None  # takes videos: the hooks below
 
     def __init__(self, engine: FaceEngine, gallery: Gallery, out_dir=None):
         self.engine, self.gallery = engine, gallery
+        self.max_pixels = engine.max_pixels  # a video's frames too
         self.model_name, self.weights_sha256 = engine.model_name, engine.weights_sha256
         self.output_name = OutputNamer(out_dir, ".faces.jpg") if out_dir is not None else None
         self.video_name = OutputNamer(out_dir, ".faces.mp4") if out_dir is not None else None
@@ -613,6 +615,9 @@ class IdentifyPipeline:
                        "score": f["distance"], "text": f"{f['name']} d={f['distance']:.2f}", "box": f["box"],
                        "keypoints": [[x, y, 1] for x, y in f["landmarks"]]} for f in result["faces"]]
         return draw_detections(rgb, detections)
+
+    def save_frame(self, path: str, index: int, rgb: np.ndarray, sample, result: dict) -> list[str]:
+        return []  # a frame's record is all: no files of its own beside the video
 
     def already_done(self, path: str) -> bool:
         return self.output_name is not None and self.output_name.exists(path)

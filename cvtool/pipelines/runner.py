@@ -46,11 +46,10 @@ def already_done(pipeline: Pipeline, path: str) -> bool:
     from cvtool.io.video import is_live, is_stream
 
     if is_stream(path):
-        name = getattr(pipeline, "video_name", None)  # None without --out
-        if name is None or is_live(path):
+        if pipeline.no_video_reason is not None or pipeline.video_name is None or is_live(path):  # None: no --out
             return False
         try:
-            return written_by_cvtool(name(path))
+            return written_by_cvtool(pipeline.video_name(path))
         except CvtoolError:  # an unusable name is not "done": writing it reports the problem
             return False
     return pipeline.already_done(path)

@@ -29,6 +29,7 @@ class Sample:
 
 class SegmentPipeline:
     task = "segment"
+    no_video_reason = None  # takes videos: the hooks below
 
     def __init__(self, model: LoadedModel, *, alpha: float = 0.5, classes: list[str] | None = None,
                  save_mask: bool = False, tile: int | None = None, overlap: int = 32, tile_batch: int = 4,

@@ -296,6 +296,7 @@ class FastStylePipeline(_OneImageOut):
     """Feed-forward stylisation (a network from `cvtool train style`): one forward pass per image or frame."""
 
     task = "stylize"
+    no_video_reason = None  # takes videos: the hooks below
 
     def __init__(self, model, *, out: Path, single_file: bool = False, size: int | None = None,
                  tile: int | None = None, overlap: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS):
@@ -312,6 +313,9 @@ class FastStylePipeline(_OneImageOut):
 
     def render(self, rgb: np.ndarray, sample, result: dict) -> np.ndarray:
         return result.pop("image")  # a video frame: the stylised image goes into the video, not the record
+
+    def save_frame(self, path: str, index: int, rgb: np.ndarray, sample, result: dict) -> list[str]:
+        return []  # a frame's record is all: no files of its own beside the video
 
     def video_name(self, path: str) -> Path:
         """`--out FILE.mp4` for a single input, else `OUT/NAME.stylized.mp4`."""

@@ -1,8 +1,9 @@
 """Videos and cameras through any task's pipeline, one frame at a time.
 
-A task takes videos by adding two hooks to its image steps: `prepare_array(rgb)` prepares a decoded
-frame (as `prepare(path)` does a file) and `render(rgb, sample, result)` draws the annotated frame;
-`video_name(path)` says where the annotated video goes. The driver here does the rest for every
+A task takes videos by declaring `no_video_reason = None` and the hooks of base.VideoPipeline beside its
+image steps: `prepare_array(rgb)` prepares a decoded frame (as `prepare(path)` does a file),
+`render(rgb, sample, result)` draws the annotated frame, `save_frame` writes a frame's own files (if any)
+and `video_name(path)` says where the annotated video goes. The driver here does the rest for every
 task alike: a reader thread decodes and prepares frames into a bounded queue, `predict` runs on
 batches of `batch_size` frames, and each frame is rendered, written and reported at once, so about
 two batches of frames are alive however long the video is.
@@ -21,7 +22,7 @@ import numpy as np
 
 from cvtool.errors import CvtoolError, InputError
 from cvtool.io.video import AtomicVideoWriter, camera_index, is_live, iter_frames, open_camera, open_video
-from cvtool.pipelines.base import Pipeline, error_record, result_record
+from cvtool.pipelines.base import VideoPipeline, error_record, result_record
 
 
 @dataclass
@@ -93,11 +94,7 @@ class _FrameReader:
         self.thread.join()
 
 
-def supports_video(pipeline: Pipeline) -> bool:
-    return all(hasattr(pipeline, hook) for hook in ("prepare_array", "render", "video_name"))
-
-
-def run_video(pipeline: Pipeline, path: str, *, batch_size: int = 16, stride: int = 1,
+def run_video(pipeline: VideoPipeline, path: str, *, batch_size: int = 16, stride: int = 1,
               out_dir=None, with_frames: bool = False, lock: ContextManager | None = None) -> Iterator:
     """One record per kept frame (`frame`, `time_s` beside the usual fields); with `out_dir` the
     rendered frames go to one video written atomically (an interrupted video file leaves none). A
@@ -112,8 +109,8 @@ def run_video(pipeline: Pipeline, path: str, *, batch_size: int = 16, stride: in
             return record
         return (record, frame.rgb, frame.sample, result) if frame is not None else (record, None, None, None)
 
-    if not supports_video(pipeline):
-        yield emit(error_record(path, getattr(pipeline, "no_video_reason", f"{pipeline.task} does not take videos")))
+    if pipeline.no_video_reason is not None:
+        yield emit(error_record(path, pipeline.no_video_reason))
         return
     live = is_live(path)  # a camera or a network stream: timestamps from the clock, and Ctrl-C keeps the video
     try:
@@ -122,7 +119,7 @@ def run_video(pipeline: Pipeline, path: str, *, batch_size: int = 16, stride: in
         yield emit(error_record(path, exc.reason))
         return
     try:
-        _check_size(capture, getattr(pipeline, "max_pixels", None), path)
+        _check_size(capture, pipeline.max_pixels, path)
         target = pipeline.video_name(path) if out_dir is not None else None
     except CvtoolError as exc:
         capture.release()
@@ -145,9 +142,7 @@ def run_video(pipeline: Pipeline, path: str, *, batch_size: int = 16, stride: in
                         writer = AtomicVideoWriter(target, fps / stride, (rendered.shape[1], rendered.shape[0]))
                     writer.write(rendered)
                     record["outputs"] = [str(target)]
-                    save_frame = getattr(pipeline, "save_frame", None)  # per-frame files: crops, masks, labels
-                    if save_frame is not None:
-                        record["outputs"] += save_frame(path, frame.index, frame.rgb, frame.sample, result)
+                    record["outputs"] += pipeline.save_frame(path, frame.index, frame.rgb, frame.sample, result)
                 frames += 1
                 yield emit(record, frame, result)
     except CvtoolError as exc:
