@@ -46,7 +46,7 @@ def make_bad_corpus(directory: Path) -> dict[str, str]:
         "truncated.jpg": (jpeg[: len(jpeg) // 2], "truncated JPEG"),
         "truncated.png": (png[: len(png) // 2], "truncated or corrupt PNG"),
         "random.png": (rng.integers(0, 256, 4096, dtype=np.uint8).tobytes(), "not an image"),
-        "bomb.png": (_bomb_png(50_000, 50_000), "megapixels"),
+        "bomb.png": (_bomb_png(50_000, 50_000), "50000x50000 = 2,500,000,000 pixels, over the limit of"),
         "café_日本.png": (png, ""),
         "real_png.jpg": (png, ""),
         "grey16.png": (_png_bytes((rng.random((20, 30)) * 65535).astype(np.uint16)), ""),

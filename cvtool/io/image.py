@@ -176,8 +176,7 @@ def _check_pixels(size: tuple[int, int], max_pixels: int, path) -> None:
     w, h = size
     if w * h > max_pixels:
         raise InputError(
-            f"image is {w}x{h} = {w * h / 1e6:.0f} megapixels, over the limit of {max_pixels / 1e6:.0f}; "
-            "raise it with --max-pixels",
+            f"image is {w}x{h} = {w * h:,} pixels, over the limit of {max_pixels:,}; raise it with --max-pixels",
             path,
         )
 
