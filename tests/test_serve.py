@@ -378,6 +378,19 @@ def test_registry_loads_a_key_once_and_keeps_to_its_budget():
     assert builds == [100, 100, 10]
 
 
+def test_the_memory_estimate_counts_a_torch_network_and_an_onnx_file():
+    """The registry's budget sees what a loaded model holds: parameters and buffers on torch, the model file on
+    onnxruntime (counted as 0 before: a server's budget let any number of ONNX models stay loaded)."""
+    import cvtool
+    from cvtool.serve.registry import estimate_bytes
+
+    on_torch = cvtool.Classifier("lenet5_digits", device="cpu", backend="torch")
+    net = on_torch.loaded.module
+    assert estimate_bytes(on_torch) == sum(t.numel() * t.element_size() for t in (*net.parameters(), *net.buffers()))
+    on_onnx = cvtool.Classifier("lenet5_digits", device="cpu", backend="onnxruntime")
+    assert estimate_bytes(on_onnx) == Path(on_onnx.loaded.module.source).stat().st_size > 200_000
+
+
 def test_face_cache_is_a_bounded_lru_and_the_client_columns_are_the_clis():
     from cvtool.pipelines import face
     from cvtool.serve import client

@@ -30,8 +30,9 @@ class OnnxNetwork:
     A graph exported with a fixed batch size is run in chunks of that size, so any --batch-size works.
     """
 
-    def __init__(self, session, meta: dict, source: str):
+    def __init__(self, session, meta: dict, source: str, nbytes: int):
         self.session, self.meta, self.source = session, meta, source
+        self.nbytes = nbytes  # the model file's size: what its weights take in memory, about
         first = session.get_inputs()[0]
         self.input_name = first.name
         self.fixed_batch = first.shape[0] if isinstance(first.shape[0], int) else None
@@ -130,7 +131,7 @@ def _onnx_model(session, meta: dict, path, data: bytes, weights_sha256: str | No
     return LoadedModel(
         name=meta["arch"],
         task=meta["task"],
-        module=OnnxNetwork(session, meta, str(path)),
+        module=OnnxNetwork(session, meta, str(path), len(data)),
         preprocess=Preprocess.from_dict(meta["preprocess"]),
         classes=list(meta["classes"]),
         weights_path=str(path),

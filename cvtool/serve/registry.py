@@ -20,6 +20,10 @@ def estimate_bytes(obj: Any) -> int:
     """Parameter and buffer bytes of the torch modules a task object holds (its network, and for faces the
     detector and landmark models too); the file size for an onnxruntime network. An estimate: activations
     and the runtime's own memory are not counted."""
+    import torch
+
+    from cvtool.models.onnx_backend import OnnxNetwork
+
     seen: set[int] = set()
     total = 0
 
@@ -28,18 +32,11 @@ def estimate_bytes(obj: Any) -> int:
         if value is None or id(value) in seen or depth > 3:
             return
         seen.add(id(value))
-        if hasattr(value, "parameters") and hasattr(value, "buffers") and callable(value.parameters):
-            try:
-                total += sum(t.numel() * t.element_size() for t in (*value.parameters(), *value.buffers()))
-                return
-            except Exception:  # not a torch module after all
-                pass
-        onnx_path = getattr(value, "path", None)
-        if type(value).__name__ == "OnnxNetwork" and onnx_path is not None:
-            try:
-                total += onnx_path.stat().st_size
-            except (OSError, AttributeError):
-                pass
+        if isinstance(value, torch.nn.Module):
+            total += sum(t.numel() * t.element_size() for t in (*value.parameters(), *value.buffers()))
+            return
+        if isinstance(value, OnnxNetwork):
+            total += value.nbytes
             return
         if isinstance(value, (str, bytes, int, float, bool)):
             return
