@@ -51,6 +51,33 @@ def error_lines(stderr: str) -> list[str]:
             if line.startswith("cvtool: ") and " ok, " not in line and "(sha256 " not in line and "previous" not in line]
 
 
+def test_a_folder_of_broken_files_gives_one_cvtool_line_each_and_no_opencv_noise(tmp_path):
+    """In a real process (OpenCV and FFmpeg write to file descriptor 2 themselves, past Python): every broken
+    image or video is one `cvtool: FILE: reason` line on stderr, and nothing else is written there but the
+    model and summary lines (OpenCV printed "[ERROR:0@0.1] global loadsave.cpp ... imdecode_ ..." before)."""
+    from badinputs import make_bad_corpus
+
+    expected = {name: reason for name, reason in make_bad_corpus(tmp_path / "in").items() if reason}
+    extra = {"short.ppm": (b"P6\n2 2\n255\n", "could not decode image"),
+             "trunc.mp4": (b"\x00\x00\x00\x18ftypmp42", "not a video OpenCV can read"),
+             "noise.mp4": (np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes(),
+                           "not a video OpenCV can read")}
+    for name, (data, reason) in extra.items():
+        (tmp_path / "in" / name).write_bytes(data)
+        expected[name] = reason
+    result = subprocess.run([sys.executable, "-m", "cvtool", "classify", str(tmp_path / "in"), "--recursive",
+                             *CLASSIFY[1:], "-k", "1", "-f", "jsonl"], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 1
+    noise = [line for line in result.stderr.splitlines() if not line.startswith("cvtool: ")]
+    assert noise == []
+    errors = {Path(r["path"]).relative_to(tmp_path / "in").as_posix(): r["error"]
+              for r in jsonl(result.stdout) if "error" in r}
+    assert set(errors) == set(expected) and all(want in errors[name] for name, want in expected.items()), errors
+    lines = error_lines(result.stderr)
+    assert len(lines) == len(expected) and all(line.count(": ") >= 2 for line in lines)
+
+
 # -- --out is the input folder
 
 @pytest.mark.parametrize("task", ["classify", "detect", "segment"])

@@ -13,11 +13,11 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
-import cv2
 import numpy as np
 
 from cvtool.errors import InputError
 from cvtool.io.atomic import atomic_write_bytes
+from cvtool.io.opencv import cv2
 
 if TYPE_CHECKING:
     import PIL.Image
@@ -26,9 +26,6 @@ DEFAULT_MAX_PIXELS = 100_000_000
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pbm", ".pnm", ".jp2"}
 )
-
-if hasattr(cv2, "utils") and hasattr(cv2.utils, "logging"):
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # corrupt files are reported by us, once
 
 
 def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

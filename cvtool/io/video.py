@@ -19,18 +19,14 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Iterator
 
-os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # FFmpeg's own complaints about a bad file: we report it, once
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
 
-from cvtool.errors import InputError  # noqa: E402
-from cvtool.io.atomic import _UMASK, WriteError  # noqa: E402
-from cvtool.io import remote  # noqa: E402
-from cvtool.io.files import not_regular_reason, temp_prefix  # noqa: E402
-from cvtool.io.outputs import check_not_input, claim_output, record_output  # noqa: E402
-
-if hasattr(cv2, "utils") and hasattr(cv2.utils, "logging"):
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # e.g. V4L2's "can't open camera by index"
+from cvtool.errors import InputError
+from cvtool.io.atomic import _UMASK, WriteError
+from cvtool.io import remote
+from cvtool.io.files import not_regular_reason, temp_prefix
+from cvtool.io.opencv import cv2  # quiet: a camera that cannot open, a bad file are reported by us, once
+from cvtool.io.outputs import check_not_input, claim_output, record_output
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"})
 _CAMERA = re.compile(r"cam:(\d+)")
