@@ -651,6 +651,7 @@ class Stylizer(_Task):
             self.settings = task.StyleSettings(size=size or 512, **settings)
         except TypeError as exc:
             raise UsageError(f"unknown style setting: {exc}") from None
+        style_images = [load_image(s, max_pixels=max_pixels) for s in styles]  # a bad one fails before VGG loads
         loaded = _load(vgg, task="classify", weights=weights, device=device, backend="torch", default=vgg,
                        progress=progress, on_export=None, threads=threads)
         if loaded.contract.feature_stack is None:
@@ -658,7 +659,7 @@ class Stylizer(_Task):
         features = loaded.contract.feature_stack(loaded.module)
         self.stylizer = task.Stylizer(features, loaded.preprocess.mean, loaded.preprocess.std, self.settings,
                                       loaded.device)
-        self.stylizer.set_styles([load_image(s, max_pixels=max_pixels) for s in styles])
+        self.stylizer.set_styles(style_images)
         self._style_paths = [name for name in map(_name_of, styles) if name is not None]  # never overwritten
         self.columns = task.COLUMNS
         super().__init__(loaded, max_pixels=max_pixels)

@@ -140,6 +140,12 @@ def test_cli_needs_a_style_and_reuses_styles_for_many_contents(tiny_vgg, tmp_pat
         "--out", str(tmp_path / "styled"), "-f", "jsonl"])
     assert many.exit_code == 0, many.output
     assert sorted(p.name for p in (tmp_path / "styled").iterdir()) == [".cvtool-outputs", "astronaut.stylized.png", "chelsea.stylized.png"]
+    broken = tmp_path / "starry.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(20))
+    offline = runner.invoke(app, ["--offline", "stylize", str(SAMPLES / "photos" / "chelsea.jpg"), str(broken)])
+    # the style image is read before the VGG weights are sought (a download of 548 MB for vgg19)
+    assert offline.exit_code == 1 and offline.stderr.strip().splitlines() == [
+        f"cvtool: {broken}: truncated or corrupt PNG (no IEND chunk)"]
 
 
 def _tiny_video(path, frames=5, size=(48, 32), fps=10.0):
