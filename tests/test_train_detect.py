@@ -9,6 +9,7 @@ import torch
 from synthetic_boxes import write_shapes_voc
 from typer.testing import CliRunner
 
+import cvtool.errors
 from cvtool.cli import app
 from cvtool.train.detection import DetectionDataset, coco_map, letterboxed
 from cvtool.train.detection_data import open_detection_data
@@ -50,6 +51,102 @@ def test_voc_yolo_and_coco_layouts_give_the_same_boxes(shapes, tmp_path):
         assert other.classes == voc.classes
         for a, b in zip(voc.boxes, other.boxes):
             np.testing.assert_allclose(a, b, atol=1e-3)
+
+
+def _voc(root, objects: str):
+    (root / "images").mkdir(parents=True)
+    (root / "annotations").mkdir()
+    import cv2
+
+    cv2.imwrite(str(root / "images" / "a.png"), np.zeros((40, 60, 3), np.uint8))
+    (root / "annotations" / "a.xml").write_text(f"<annotation><filename>a.png</filename>{objects}</annotation>")
+    return root
+
+
+def _obj(name="cat", box=("1", "2", "30", "20")):
+    coords = "".join(f"<{k}>{v}</{k}>" for k, v in zip(("xmin", "ymin", "xmax", "ymax"), box))
+    return f"<object><name>{name}</name><bndbox>{coords}</bndbox></object>"
+
+
+@pytest.mark.parametrize("objects, reason", [
+    (_obj(box=("1", "2", "abc", "20")), "object 1 (cat): <xmax> is 'abc', not a number"),
+    (_obj() + _obj("dog", ("1", "2", "30")), "object 2 (dog): <ymax> is None, not a number"),
+    (_obj(box=("30", "2", "1", "20")), "object 1 (cat): the box 30,2 to 1,20 is empty or inverted (its right and "
+                                       "bottom edges must be past its left and top)"),
+    (_obj(box=("1", "nan", "30", "20")), "object 1 (cat): <ymin> is 'nan', not a finite number"),
+    ("<object><bndbox/></object>", "object 1 has no <name>"),
+    ("<object><name>cat</name></object>", "object 1 (cat) has no <bndbox>"),
+])
+def test_a_malformed_voc_annotation_is_one_line_naming_the_file_and_object(tmp_path, objects, reason):
+    root = _voc(tmp_path / "voc", objects)
+    result = CliRunner().invoke(app, ["train", "detect", str(root), "--epochs", "1", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines()[-1] == f"cvtool: {root / 'annotations' / 'a.xml'}: {reason}"
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("label, classes, reason", [
+    ("0 0.5 0.5 0.2", None, "line 1: expected `class cx cy w h` (5 columns, or 6 with a score), got 4"),
+    ("\n0 0.5 0.5 0.2 0.2\ncat 0.5 0.5 0.2 0.2", None, "line 3: the class 'cat' is not a whole number >= 0"),
+    ("2 0.5 0.5 0.2 0.2", "cat\ndog\n", "line 1: class 2, but {names} names 2 (0-1)"),
+    ("0 0.5 0.5 x 0.2", None, "line 1: w is 'x', not a number"),
+    ("0 50 40 20 10", None, "line 1: cx cy w h must be fractions of the image (0-1, w and h above 0), got 50 40 20 10"),
+    ("0 0.5 0.5 0 0.2", None, "line 1: cx cy w h must be fractions of the image (0-1, w and h above 0), got 0.5 0.5 0 "
+                              "0.2"),
+])
+def test_a_malformed_yolo_label_is_one_line_naming_the_file_and_line(tmp_path, label, classes, reason):
+    import cv2
+
+    root = tmp_path / "yolo"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    cv2.imwrite(str(root / "images" / "a.png"), np.zeros((40, 60, 3), np.uint8))
+    (root / "labels" / "a.txt").write_text(label + "\n")
+    if classes is not None:
+        (root / "classes.txt").write_text(classes)
+    with pytest.raises(cvtool.errors.CvtoolError) as info:
+        open_detection_data(root)
+    assert str(info.value) == f"{root / 'labels' / 'a.txt'}: {reason.format(names=root / 'classes.txt')}"
+
+
+def test_a_yolo_label_is_a_fraction_of_the_photo_as_shown_exif_rotation_applied(tmp_path):
+    """A phone photo stored 60 wide x 40 high with EXIF orientation 6 is shown (and trained on) 40 wide x 60
+    high: its label's fractions are of that (as Ultralytics reads them)."""
+    from PIL import Image
+
+    root = tmp_path / "yolo"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to show
+    Image.new("RGB", (60, 40)).save(root / "images" / "phone.jpg", exif=exif.tobytes())
+    (root / "labels" / "phone.txt").write_text("0 0.5 0.25 0.5 0.5 0.9\n")  # with a score column, as --save-txt
+    data = open_detection_data(root)
+    np.testing.assert_allclose(data.boxes[0], [[10, 0, 30, 30]])  # of 40 x 60, not of 60 x 40
+
+
+@pytest.mark.parametrize("doc, reason", [
+    ("{", "not valid JSON (Expecting property name enclosed in double quotes: line 1 column 2 (char 1))"),
+    ({"images": []}, "not a COCO detection file (no 'categories' field)"),
+    ({"images": [{"id": 1, "file_name": "a.png"}], "categories": [{"id": 3, "name": "cat"}],
+      "annotations": [{"image_id": 1, "category_id": 4, "bbox": [1, 2, 3, 4]}]},
+     "annotations[0]: category_id 4 is not in categories"),
+    ({"images": [{"id": 1, "file_name": "a.png"}], "categories": [{"id": 3, "name": "cat"}],
+      "annotations": [{"image_id": 2, "category_id": 3, "bbox": [1, 2, 3, 4]}]},
+     "annotations[0]: image_id 2 is not in images"),
+    ({"images": [{"id": 1, "file_name": "a.png"}], "categories": [{"id": 3, "name": "cat"}],
+      "annotations": [{"image_id": 1, "category_id": 3, "bbox": [1, 2, -3, 4]}]},
+     "annotations[0]: the box 1,2 to -2,6 is empty or inverted (its right and bottom edges must be past its left "
+     "and top)"),
+    ({"images": [{"id": 1, "file_name": "a.png"}], "categories": [{"id": 3, "name": "cat"}],
+      "annotations": [{"image_id": 1, "category_id": 3}]}, "annotations[0]: needs bbox, image_id and category_id"),
+])
+def test_a_malformed_coco_file_is_one_line_naming_it(tmp_path, doc, reason):
+    path = tmp_path / "train.json"
+    path.write_text(doc if isinstance(doc, str) else json.dumps(doc))
+    with pytest.raises(cvtool.errors.CvtoolError) as info:
+        open_detection_data(path)
+    assert str(info.value) == f"{path}: {reason}"
 
 
 def test_augmentation_keeps_boxes_on_their_objects(shapes):

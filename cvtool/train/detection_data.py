@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,34 +48,62 @@ def read_voc(root: Path) -> BoxedImages:
         if image is None:
             raise DataError("no image with this annotation's file name in images/", xml_path)
         objects = []
-        for obj in tree.iter("object"):
+        for n, obj in enumerate(tree.iter("object"), 1):
+            name = (obj.findtext("name") or "").strip()
+            if not name:
+                raise DataError(f"object {n} has no <name>", xml_path)
             box = obj.find("bndbox")
-            coords = [float(box.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax")]
-            objects.append((obj.findtext("name").strip(), coords))
-            names.add(objects[-1][0])
+            if box is None:
+                raise DataError(f"object {n} ({name}) has no <bndbox>", xml_path)
+            coords = [_number(box.findtext(k), f"object {n} ({name}): <{k}>", xml_path)
+                      for k in ("xmin", "ymin", "xmax", "ymax")]
+            objects.append((name, _checked_box(coords, f"object {n} ({name})", xml_path)))
+            names.add(name)
         records.append((image, objects))
     classes = sorted(names)
     return _assemble(records, classes)
 
 
 def read_yolo(root: Path) -> BoxedImages:
-    """root/images/* with root/labels/<stem>.txt lines `class cx cy w h` (fractions); names in
-    root/classes.txt, one per line, if present."""
-    import cv2
+    """root/images/* with root/labels/<stem>.txt lines `class cx cy w h` (fractions of the image as it is
+    shown, EXIF orientation applied; a sixth column, a score as `cvtool detect --save-txt` writes, is
+    ignored); names in root/classes.txt, one per line, if present."""
+    from cvtool.errors import InputError
+    from cvtool.io.image import read_image
 
     images = _images_by_stem(root / "images")
     names_file = root / "classes.txt"
-    classes = [line.strip() for line in names_file.read_text().splitlines() if line.strip()] if names_file.exists() else None
+    classes = [line.strip() for line in _text(names_file).splitlines() if line.strip()] if names_file.exists() else None
     records, top = [], -1
     for stem, image in images.items():
         label_file = root / "labels" / f"{stem}.txt"
-        rows = [line.split() for line in label_file.read_text().splitlines() if line.strip()] if label_file.exists() else []
-        h, w = cv2.imread(str(image), cv2.IMREAD_UNCHANGED).shape[:2] if rows else (1, 1)
+        rows = [(i, line.split()) for i, line in enumerate(_text(label_file).splitlines(), 1)
+                if line.strip()] if label_file.exists() else []
         objects = []
-        for row in rows:
-            c, cx, cy, bw, bh = int(row[0]), *map(float, row[1:5])
-            objects.append((c, [(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h]))
+        for line_no, row in rows:
+            where = f"line {line_no}"
+            if len(row) not in (5, 6):
+                raise DataError(f"{where}: expected `class cx cy w h` (5 columns, or 6 with a score), got "
+                                f"{len(row)}", label_file)
+            if not row[0].isdigit():
+                raise DataError(f"{where}: the class {row[0]!r} is not a whole number >= 0", label_file)
+            c = int(row[0])
+            if classes is not None and c >= len(classes):
+                raise DataError(f"{where}: class {c}, but {names_file} names {len(classes)} "
+                                f"(0-{len(classes) - 1})", label_file)
+            cx, cy, bw, bh = (_number(v, f"{where}: {k}", label_file) for k, v in zip(("cx", "cy", "w", "h"), row[1:5]))
+            if not (0 <= cx <= 1 and 0 <= cy <= 1 and 0 < bw <= 1 and 0 < bh <= 1):
+                raise DataError(f"{where}: cx cy w h must be fractions of the image (0-1, w and h above 0), got "
+                                f"{' '.join(row[1:5])}", label_file)
+            objects.append((c, (cx, cy, bw, bh)))
             top = max(top, c)
+        if objects:
+            try:
+                h, w = read_image(image).shape[:2]  # as training reads it: EXIF orientation applied
+            except InputError:
+                objects = []  # training and validation report the unreadable image and go on without it
+            objects = [(c, [(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h])
+                       for c, (cx, cy, bw, bh) in objects]
         records.append((image, objects))
     classes = classes or [f"class_{i}" for i in range(top + 1)]
     return _assemble(records, classes, by_index=True)
@@ -82,22 +111,72 @@ def read_yolo(root: Path) -> BoxedImages:
 
 def read_coco(json_path: Path) -> BoxedImages:
     """A COCO JSON file; image paths relative to the file's folder or its images/ folder."""
-    doc = json.loads(json_path.read_text())
-    categories = sorted(doc["categories"], key=lambda c: c["id"])
-    index = {c["id"]: i for i, c in enumerate(categories)}
-    per_image: dict[int, list] = {img["id"]: [] for img in doc["images"]}
-    for ann in doc.get("annotations", []):
-        x, y, w, h = ann["bbox"]
-        per_image[ann["image_id"]].append((index[ann["category_id"]], [x, y, x + w, y + h]))
+    try:
+        doc = json.loads(json_path.read_text())
+        categories = sorted(doc["categories"], key=lambda c: c["id"])
+        index = {c["id"]: i for i, c in enumerate(categories)}
+        per_image: dict[int, list] = {img["id"]: [] for img in doc["images"]}
+        names = [str(c["name"]) for c in categories]
+        files = [(img["id"], img["file_name"]) for img in doc["images"]]
+        annotations = doc.get("annotations", [])
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"not valid JSON ({exc})", json_path) from None
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise DataError(f"not a COCO detection file ({_missing(exc)})", json_path) from None
+    for n, ann in enumerate(annotations):
+        where = f"annotations[{n}]"
+        if not isinstance(ann, dict) or not {"bbox", "image_id", "category_id"} <= set(ann):
+            raise DataError(f"{where}: needs bbox, image_id and category_id", json_path)
+        if ann["image_id"] not in per_image:
+            raise DataError(f"{where}: image_id {ann['image_id']!r} is not in images", json_path)
+        if ann["category_id"] not in index:
+            raise DataError(f"{where}: category_id {ann['category_id']!r} is not in categories", json_path)
+        bbox = ann["bbox"]
+        if not isinstance(bbox, list) or len(bbox) != 4:
+            raise DataError(f"{where}: bbox must be [x, y, width, height], got {bbox!r}", json_path)
+        x, y, w, h = (_number(v, f"{where}: bbox", json_path) for v in bbox)
+        per_image[ann["image_id"]].append((index[ann["category_id"]], _checked_box([x, y, x + w, y + h], where,
+                                                                                   json_path)))
     records = []
-    for img in doc["images"]:
-        path = json_path.parent / img["file_name"]
+    for image_id, file_name in files:
+        path = json_path.parent / file_name
         if not path.exists():
-            path = json_path.parent / "images" / img["file_name"]
-        records.append((path, per_image[img["id"]]))
-    data = _assemble(records, [c["name"] for c in categories], by_index=True)
+            path = json_path.parent / "images" / file_name
+        records.append((path, per_image[image_id]))
+    data = _assemble(records, names, by_index=True)
     data.category_ids = [int(c["id"]) for c in categories]
     return data
+
+
+def _number(text, where: str, source: Path) -> float:
+    """A finite float, or DataError naming the file and the place."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise DataError(f"{where} is {text!r}, not a number", source) from None
+    if not math.isfinite(value):
+        raise DataError(f"{where} is {text!r}, not a finite number", source)
+    return value
+
+
+def _checked_box(coords: list[float], where: str, source: Path) -> list[float]:
+    """x1 y1 x2 y2 with x2 > x1 and y2 > y1, or DataError: an empty or inverted box has no object to learn."""
+    x1, y1, x2, y2 = coords
+    if not (x2 > x1 and y2 > y1):
+        raise DataError(f"{where}: the box {x1:g},{y1:g} to {x2:g},{y2:g} is empty or inverted (its right and "
+                        "bottom edges must be past its left and top)", source)
+    return coords
+
+
+def _text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DataError("not UTF-8 text", path) from None
+
+
+def _missing(exc: Exception) -> str:
+    return f"no {exc.args[0]!r} field" if isinstance(exc, KeyError) else "unexpected structure"
 
 
 def _assemble(records, classes: list[str], by_index: bool = False) -> BoxedImages:
