@@ -30,7 +30,7 @@ def write_shapes_folder(root: Path, per_class: dict[str, int], seed: int = 0) ->
     """root/SHAPE/NN.png, `per_class[SHAPE]` images of each shape, drawn in the order given from one seed."""
     rng = np.random.default_rng(seed)
     for shape, n in per_class.items():
-        (root / shape).mkdir(parents=True, exist_ok=True)
+        (root / shape).mkdir(parents=True)
         for i in range(n):
             cv2.imwrite(str(root / shape / f"{i:02d}.png"), draw_shape(shape, rng))
     return root

@@ -178,6 +178,10 @@ class _Exploding:
     """A pipeline whose predict fails on one input: the runner's last line of defence."""
 
     task, model_name, weights_sha256 = "test", "explode", None
+    max_pixels, no_video_reason = None, "a test pipeline"
+
+    def already_done(self, path):
+        return False
 
     def prepare(self, path):
         return path

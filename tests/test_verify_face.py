@@ -292,8 +292,8 @@ def test_max_pixels_holds_for_the_frames_of_a_video_named_by_the_gallery(tmp_pat
     code, records, files = outcomes[300_000]
     assert code == 0 and [[f["name"] for f in r["result"]["faces"]] for r in records] == [["collins"]] * 2
     assert files == ["walk.faces.mp4"]
-    assert outcomes[100_000] == (1, [{"path": str(clip), "error": "frames of 512x512 exceed --max-pixels 100000"}],
-                                 [])
+    assert outcomes[100_000] == (1, [{"path": str(clip), "error": "its frames are 512x512 = 262,144 pixels, over "
+                                      "the limit of 100,000; raise it with --max-pixels"}], [])
 
 
 def test_a_malformed_pairs_file_exits_2_naming_the_file_and_line(tmp_path):

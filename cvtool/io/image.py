@@ -87,7 +87,7 @@ def _checked_array(array: np.ndarray, max_pixels: int) -> np.ndarray:
     h, w = array.shape[:2]
     if h == 0 or w == 0:
         raise InputError(f"an empty image ({h}x{w} pixels)", ARRAY_NAME)
-    _check_pixels((w, h), max_pixels, ARRAY_NAME)
+    check_pixels((w, h), max_pixels, ARRAY_NAME)
     if array.shape[2] == 1:
         array = np.repeat(array, 3, axis=2)
     elif array.shape[2] == 4:
@@ -100,13 +100,13 @@ def decode_image(data: bytes, path: str | Path, *, max_pixels: int = DEFAULT_MAX
     """Encoded image bytes (named `path` in errors) -> HxWx3 uint8 RGB, or InputError."""
     header = _header(data)
     if header is not None:
-        _check_pixels(header.size, max_pixels, path)
+        check_pixels(header.size, max_pixels, path)
     _check_complete(data, path)
     decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if decoded is None:
         raise InputError("not an image (unrecognised format)" if header is None else "could not decode image", path)
     if header is None:
-        _check_pixels((decoded.shape[1], decoded.shape[0]), max_pixels, path)
+        check_pixels((decoded.shape[1], decoded.shape[0]), max_pixels, path)
     rgb = _to_rgb8(decoded)
     if header is not None:
         rgb = _apply_orientation(rgb, header.orientation)
@@ -169,11 +169,13 @@ def _header(data: bytes) -> _Header | None:
         return None
 
 
-def _check_pixels(size: tuple[int, int], max_pixels: int, path) -> None:
+def check_pixels(size: tuple[int, int], max_pixels: int | None, path, *, what: str = "image is") -> None:
+    """--max-pixels (None: no limit): an image from its header, a video from its frame size. InputError naming
+    `path` when width x height is over it."""
     w, h = size
-    if w * h > max_pixels:
+    if max_pixels is not None and w * h > max_pixels:
         raise InputError(
-            f"image is {w}x{h} = {w * h:,} pixels, over the limit of {max_pixels:,}; raise it with --max-pixels",
+            f"{what} {w}x{h} = {w * h:,} pixels, over the limit of {max_pixels:,}; raise it with --max-pixels",
             path,
         )
 

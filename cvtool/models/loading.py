@@ -62,14 +62,14 @@ class LoadedModel:
         already: an exported model is run without importing its entry's module (and torch with it); the one
         exported detector, our YOLO, declares the callers' default, 0.25."""
         if self.backend != "torch" and self.entry is None:
-            return getattr(self.module, "meta", {}).get("default_conf")
+            return self.module.meta.get("default_conf")  # an OnnxNetwork
         return self.contract.default_conf
 
     @property
     def decision_threshold(self) -> float | None:
         """Two-class segmenters: the probability class 1 needs, as `train segment` chose it on its validation
         images and stored it in the checkpoint (on onnxruntime: the file's metadata); None: the plain argmax."""
-        source = self.meta if self.backend == "torch" else getattr(self.module, "meta", {})
+        source = self.meta if self.backend == "torch" else self.module.meta  # an OnnxNetwork's file metadata
         value = source.get(DECISION_THRESHOLD_FIELD)
         return None if value is None else float(value)
 

@@ -23,6 +23,9 @@ class Pipeline(Protocol):
     def save(self, path: str, sample: Any, result: dict, out_dir: Path) -> list[str]:
         """Write this input's outputs into `out_dir` atomically; return the files written."""
 
+    def already_done(self, path: str) -> bool:
+        """--skip-existing: this input's output is there (written by cvtool)."""
+
 
 class VideoPipeline(Pipeline, Protocol):
     """The hooks video.py drives, declared by every pipeline whose `no_video_reason` is None."""

@@ -177,6 +177,7 @@ def _discard(writer: AtomicVideoWriter | None) -> None:
 def _check_size(capture, max_pixels: int | None, path: str) -> None:
     import cv2
 
-    w, h = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
-    if max_pixels is not None and w * h > max_pixels:
-        raise InputError(f"frames of {w}x{h} exceed --max-pixels {max_pixels}", path)
+    from cvtool.io.image import check_pixels
+
+    size = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    check_pixels(size, max_pixels, path, what="its frames are")

@@ -20,10 +20,11 @@ def estimate_bytes(obj: Any) -> int:
     """Parameter and buffer bytes of the torch modules a task object holds (its network, and for faces the
     detector and landmark models too); the file size for an onnxruntime network. An estimate: activations
     and the runtime's own memory are not counted."""
-    import torch
+    import sys
 
     from cvtool.models.onnx_backend import OnnxNetwork
 
+    torch = sys.modules.get("torch")  # a torch module exists only where torch is imported: never import it here
     seen: set[int] = set()
     total = 0
 
@@ -32,7 +33,7 @@ def estimate_bytes(obj: Any) -> int:
         if value is None or id(value) in seen or depth > 3:
             return
         seen.add(id(value))
-        if isinstance(value, torch.nn.Module):
+        if torch is not None and isinstance(value, torch.nn.Module):
             total += sum(t.numel() * t.element_size() for t in (*value.parameters(), *value.buffers()))
             return
         if isinstance(value, OnnxNetwork):
