@@ -156,9 +156,13 @@ def test_mask_conventions_and_bad_pairs(tmp_path):
     (root / "masks" / "0.png").unlink()
     cv2.imwrite(str(root / "masks" / "1.png"), np.zeros((10, 10), np.uint8))
     cv2.imwrite(str(root / "masks" / "2.png"), np.zeros((64, 64, 3), np.uint8))
+    (root / "masks" / "3.png").rename(root / "masks" / "3.jpg")
+    cv2.imwrite(str(root / "masks" / "3.jpg"), cv2.imread(str(root / "masks" / "3.jpg"), cv2.IMREAD_GRAYSCALE))
     skipped = []
     data = open_segmentation_data(root, on_skip=skipped.append)
-    assert len(data.images) == 3 and len(skipped) == 3
+    assert len(data.images) == 2 and len(skipped) == 4
+    assert f"{root / 'masks' / '3.jpg'}: mask is a JPEG, whose lossy compression changes class ids along every " \
+           "edge; save masks as PNG" in skipped
     assert any("no mask with the same name" in s for s in skipped)
     assert any("mask is 10x10, image 64x64" in s for s in skipped)
     assert any("expected an indexed (palette) or greyscale PNG" in s for s in skipped)

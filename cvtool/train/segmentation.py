@@ -66,6 +66,9 @@ def read_mask(path: Path) -> np.ndarray:
 
     try:
         with Image.open(path) as image:
+            if image.format == "JPEG":  # its values are class ids only away from edges
+                raise InputError("mask is a JPEG, whose lossy compression changes class ids along every edge; "
+                                 "save masks as PNG", path)
             if image.mode not in ("P", "L", "I;16", "I"):
                 raise InputError(f"mask is {image.mode}; expected an indexed (palette) or greyscale PNG of class ids", path)
             return np.asarray(image).astype(np.int64)
