@@ -152,7 +152,7 @@ def test_a_forward_pass_that_fails_is_rerun_per_request_so_only_the_bad_sample_f
     import cvtool
     from cvtool.serve.batching import Batcher
 
-    clf = cvtool.Classifier("lenet5_digits", top_k=2, device="cpu")
+    clf = cvtool.Classifier("lenet5_digits", top_k=2, device="cpu", backend="torch")  # never a cached export
     import cv2
 
     rgbs = [cv2.imread(str(path))[..., ::-1].copy() for path in DIGITS[:4]]
