@@ -391,9 +391,9 @@ def test_the_memory_estimate_counts_a_torch_network_and_an_onnx_file():
     size = Path(on_onnx.loaded.module.source).stat().st_size
     assert estimate_bytes(on_onnx) == size > 200_000
     # a server whose models run on onnxruntime never imports torch, the estimate included
-    script = ("import sys, cvtool; from cvtool.serve.registry import Registry; entry = Registry(10**9).get(('classify', "
-              "'lenet5_digits', None, 'auto'), lambda: cvtool.Classifier('lenet5_digits')); "
-              "print(entry.bytes, 'torch' in sys.modules)")
+    script = ("import sys, cvtool; from cvtool.serve.registry import Registry; "
+              "entry = Registry(10**9).get(('classify', 'lenet5_digits', None, 'auto'), "
+              "lambda: cvtool.Classifier('lenet5_digits')); print(entry.bytes, 'torch' in sys.modules)")
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert run.stdout.split() == [str(size), "False"], run.stderr
 
