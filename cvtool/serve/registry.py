@@ -18,9 +18,12 @@ from typing import Any, Callable, Hashable
 
 def estimate_bytes(obj: Any) -> int:
     """Parameter and buffer bytes of the torch modules a task object holds (its network, and for faces the
-    detector and landmark models too); the file size for an onnxruntime network. An estimate: activations
-    and the runtime's own memory are not counted."""
+    detector and landmark models too), the file size of an onnxruntime network, the bytes of NumPy arrays
+    (dlib's shape predictors are trees of them). An estimate: activations and the runtime's own memory are
+    not counted."""
     import sys
+
+    import numpy as np
 
     from cvtool.models.onnx_backend import OnnxNetwork
 
@@ -30,7 +33,7 @@ def estimate_bytes(obj: Any) -> int:
 
     def visit(value, depth: int) -> None:
         nonlocal total
-        if value is None or id(value) in seen or depth > 3:
+        if value is None or id(value) in seen or depth > 5:
             return
         seen.add(id(value))
         if torch is not None and isinstance(value, torch.nn.Module):
@@ -38,6 +41,13 @@ def estimate_bytes(obj: Any) -> int:
             return
         if isinstance(value, OnnxNetwork):
             total += value.nbytes
+            return
+        if isinstance(value, np.ndarray):
+            if value.dtype == object:  # arrays of arrays: the predictor's trees per cascade level
+                for item in value.flat:
+                    visit(item, depth + 1)
+            else:
+                total += value.nbytes
             return
         if isinstance(value, (str, bytes, int, float, bool)):
             return
