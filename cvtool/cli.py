@@ -1171,7 +1171,7 @@ def val_detect(
         from cvtool import val
 
         _print_val(val.detect(data, weights=weights, model=model, device=device, conf=conf, iou=iou, max_det=max_det,
-                              batch_size=batch_size, out=out))
+                              batch_size=batch_size, out=out, on_skip=_skipping))
 
 
 @val_app.command("segment", epilog="Example: cvtool val segment membrane_test/ --weights runs/membrane/best.pt")

@@ -49,13 +49,17 @@ def classify(data: str | Path, *, weights: str | Path | None = None, model: str 
 
 def detect(data: str | Path, *, weights: str | Path | None = None, model: str | None = None, device: str = "auto",
            conf: float = DETECT_CONF, iou: float = DETECT_IOU, max_det: int = DETECT_MAX_DET, batch_size: int = 8,
-           out: str | Path | None = None) -> dict:
+           out: str | Path | None = None, on_skip: Callable[[str], None] | None = None) -> dict:
     """pycocotools mAP@0.5 and mAP@0.5:0.95, per-class AP@0.5 and the PR curve (pr_curve.png in `out`) of a
-    detector on VOC / YOLO / COCO data, its boxes found as `cvtool detect --conf CONF --iou IOU` finds them."""
+    detector on VOC / YOLO / COCO data, its boxes found as `cvtool detect --conf CONF --iou IOU` finds them.
+    An image that cannot be read is left out of the scores (`on_skip` is told; `skipped_files` counts them)."""
     import torch
+
+    from cvtool.io.inputs import InputItem
 
     from cvtool.api import Detector
     from cvtool.train.detection import coco_map, detection_tensors, save_pr_curve
+    from cvtool.train.datasets import DataError
     from cvtool.train.detection_data import open_detection_data
 
     _need_model(weights, model)
@@ -64,13 +68,20 @@ def detect(data: str | Path, *, weights: str | Path | None = None, model: str | 
     # PyTorch, as training validates: never a cached ONNX export (`auto`), whose numbers differ by float rounding
     detector = Detector(model, weights=weights, conf=conf, iou=iou, max_det=max_det, device=device, backend="torch")
     remap = _class_map(boxed.classes, detector.classes, data)
-    results = detector([str(p) for p in boxed.paths], batch_size=batch_size)
-    truth, found = [], []
+    results = list(detector.run([InputItem(str(p)) for p in boxed.paths], batch_size=batch_size))
+    truth, found, skipped = [], [], 0
     for boxes, labels, result in zip(boxed.boxes, boxed.labels, results):
+        if not result.ok:  # as training does: reported, and not scored
+            skipped += 1
+            if on_skip is not None:
+                on_skip(f"{result.path}: {result.error}")
+            continue
         truth.append({"boxes": torch.from_numpy(boxes).float().reshape(-1, 4),
                       "labels": torch.tensor([remap[int(c)] for c in labels], dtype=torch.int64)})
         found.append(detection_tensors(result.result["detections"]))
-    present = sorted({remap[int(c)] for labels in boxed.labels for c in labels})
+    if not truth:
+        raise DataError("no image could be read", data)
+    present = sorted({int(c) for t in truth for c in t["labels"]})
     scored_classes = [detector.classes[i] for i in present]
     # only the classes of the data are scored (a COCO detector's other 79 classes have no ground truth)
     index = {model_index: k for k, model_index in enumerate(present)}
@@ -82,8 +93,8 @@ def detect(data: str | Path, *, weights: str | Path | None = None, model: str | 
         kept.append((boxes[keep], scores[keep], torch.tensor([index[int(c)] for c in labels[keep]], dtype=torch.int64)))
     scores = coco_map(truth, kept, scored_classes)
     summary = {"task": "detect", "data": str(data), "model": detector.loaded.name,
-               "weights_sha256": detector.weights_sha256, "images": len(boxed.paths),
-               "boxes": int(sum(len(b) for b in boxed.boxes)), "conf": conf, "iou": iou, "max_det": max_det,
+               "weights_sha256": detector.weights_sha256, "images": len(truth), "skipped_files": skipped,
+               "boxes": int(sum(len(t["boxes"]) for t in truth)), "conf": conf, "iou": iou, "max_det": max_det,
                "map50": scores["map50"], "map50_95": scores["map50_95"],
                "ap50_per_class": {k: round(v, 4) for k, v in scores["ap50_per_class"].items()}, "plots": []}
     if out_dir is not None:

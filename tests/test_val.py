@@ -46,6 +46,23 @@ def test_val_detect_reproduces_the_map_train_detect_reported(tmp_path):
     assert set(summary["ap50_per_class"]) == {"circle", "square"}
     assert summary["plots"] == [str(tmp_path / "plots" / "pr_curve.png")]
     assert cv2.imread(summary["plots"][0]) is not None
+    # an unreadable image is skipped with a line, as training skips it, and left out of the scores
+    import shutil
+
+    without = tmp_path / "without"
+    shutil.copytree(held_out, without)
+    first = sorted((held_out / "images").iterdir())[0]
+    (without / "images" / first.name).unlink()
+    (without / "annotations" / f"{first.stem}.xml").unlink()
+    first.write_bytes(b"not an image")
+    runs = [invoke_cli("val", "detect", str(root), "--weights", str(tmp_path / "run" / "best.pt"))
+            for root in (held_out, without)]
+    assert [r.returncode for r in runs] == [0, 0]
+    assert runs[0].stderr.strip().splitlines()[-1] == f"cvtool: skipping {first}: not an image (unrecognised format)"
+    broken, clean = (json.loads(r.stdout) for r in runs)
+    assert (broken["images"], broken["skipped_files"], clean["images"], clean["skipped_files"]) == (11, 1, 11, 0)
+    scores = ("boxes", "map50", "map50_95")
+    assert [broken[k] for k in scores] == [clean[k] for k in scores]
 
 
 def test_val_needs_a_model():
