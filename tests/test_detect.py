@@ -157,6 +157,16 @@ def test_a_real_torchvision_detector_end_to_end(tmp_path):
     assert jsonl(none.stdout)[0]["result"]["detections"] == []
 
 
+def test_yolo_labels_are_of_the_box_cut_to_the_image():
+    """A face's rectangle may reach past the photo: its label is the part inside (fractions in 0-1, which
+    `train detect` reads), and a box with nothing inside has no line."""
+    from cvtool.pipelines.detect import yolo_lines
+
+    result = {"size": [40, 60], "detections": [{"index": 0, "score": 0.9, "box": [-10, 5, 30, 50]},
+                                               {"index": 1, "score": 0.5, "box": [70, 5, 80, 20]}]}
+    assert yolo_lines(result) == ["0 0.250000 0.562500 0.500000 0.875000 0.9000"]
+
+
 def test_save_txt_writes_yolo_labels_that_train_detect_reads_back(fixed_detector, tmp_path):
     """The label -> train -> predict loop: `detect --save-txt --out DATA` on DATA/images writes DATA/labels/*.txt
     and DATA/classes.txt; `open_detection_data` (what train detect reads) gives back the same boxes, and a

@@ -53,13 +53,13 @@ def test_voc_yolo_and_coco_layouts_give_the_same_boxes(shapes, tmp_path):
             np.testing.assert_allclose(a, b, atol=1e-3)
 
 
-def _voc(root, objects: str):
+def _voc(root, objects: str, tag: str = "annotation"):
     (root / "images").mkdir(parents=True)
     (root / "annotations").mkdir()
     import cv2
 
     cv2.imwrite(str(root / "images" / "a.png"), np.zeros((40, 60, 3), np.uint8))
-    (root / "annotations" / "a.xml").write_text(f"<annotation><filename>a.png</filename>{objects}</annotation>")
+    (root / "annotations" / "a.xml").write_text(f"<{tag}><filename>a.png</filename>{objects}</{tag}>")
     return root
 
 
@@ -71,8 +71,8 @@ def _obj(name="cat", box=("1", "2", "30", "20")):
 @pytest.mark.parametrize("objects, reason", [
     (_obj(box=("1", "2", "abc", "20")), "object 1 (cat): <xmax> is 'abc', not a number"),
     (_obj() + _obj("dog", ("1", "2", "30")), "object 2 (dog): <ymax> is None, not a number"),
-    (_obj(box=("30", "2", "1", "20")), "object 1 (cat): the box 30,2 to 1,20 is empty or inverted (its right and "
-                                       "bottom edges must be past its left and top)"),
+    (_obj(box=("30", "2", "1", "20")), "object 1 (cat): the box 30,2 to 1,20 is inverted (its right and bottom "
+                                       "edges must not be before its left and top)"),
     (_obj(box=("1", "nan", "30", "20")), "object 1 (cat): <ymin> is 'nan', not a finite number"),
     ("<object><bndbox/></object>", "object 1 has no <name>"),
     ("<object><name>cat</name></object>", "object 1 (cat) has no <bndbox>"),
@@ -85,14 +85,31 @@ def test_a_malformed_voc_annotation_is_one_line_naming_the_file_and_object(tmp_p
     assert not (tmp_path / "run").exists()
 
 
+def test_voc_edge_cases_a_wrong_root_a_fifo_and_a_one_pixel_box(tmp_path):
+    import os
+
+    root = _voc(tmp_path / "other", _obj(), tag="doc")
+    with pytest.raises(cvtool.errors.CvtoolError, match=r"a.xml: not a Pascal VOC annotation \(its root is <doc>"):
+        open_detection_data(root)
+    root = _voc(tmp_path / "fifo", _obj())
+    (root / "annotations" / "a.xml").unlink()
+    os.mkfifo(root / "annotations" / "a.xml")  # read as a file, it would wait for a writer for ever
+    with pytest.raises(cvtool.errors.CvtoolError, match=r"a.xml: not a regular file \(a FIFO\)$"):
+        open_detection_data(root)
+    # VOC counts pixels inclusively: xmin == xmax is a box one pixel wide, data as any other
+    data = open_detection_data(_voc(tmp_path / "thin", _obj(box=("5", "2", "5", "20"))))
+    assert data.boxes[0].tolist() == [[5, 2, 5, 20]]
+
+
 @pytest.mark.parametrize("label, classes, reason", [
     ("0 0.5 0.5 0.2", None, "line 1: expected `class cx cy w h` (5 columns, or 6 with a score), got 4"),
     ("\n0 0.5 0.5 0.2 0.2\ncat 0.5 0.5 0.2 0.2", None, "line 3: the class 'cat' is not a whole number >= 0"),
+    ("\u00b2 0.5 0.5 0.2 0.2", None, "line 1: the class '\u00b2' is not a whole number >= 0"),
     ("2 0.5 0.5 0.2 0.2", "cat\ndog\n", "line 1: class 2, but {names} names 2 (0-1)"),
     ("0 0.5 0.5 x 0.2", None, "line 1: w is 'x', not a number"),
-    ("0 50 40 20 10", None, "line 1: cx cy w h must be fractions of the image (0-1, w and h above 0), got 50 40 20 10"),
-    ("0 0.5 0.5 0 0.2", None, "line 1: cx cy w h must be fractions of the image (0-1, w and h above 0), got 0.5 0.5 0 "
-                              "0.2"),
+    ("0 0.5 0.5 0.2 0.2 high", None, "line 1: score is 'high', not a number"),
+    ("0 50 40 20 10", None, "line 1: cx cy w h must be fractions of the image (0-1), got 50 40 20 10"),
+    ("0 0.5 0.5 1.2 0.2", None, "line 1: cx cy w h must be fractions of the image (0-1), got 0.5 0.5 1.2 0.2"),
 ])
 def test_a_malformed_yolo_label_is_one_line_naming_the_file_and_line(tmp_path, label, classes, reason):
     import cv2
@@ -107,6 +124,23 @@ def test_a_malformed_yolo_label_is_one_line_naming_the_file_and_line(tmp_path, l
     with pytest.raises(cvtool.errors.CvtoolError) as info:
         open_detection_data(root)
     assert str(info.value) == f"{root / 'labels' / 'a.txt'}: {reason.format(names=root / 'classes.txt')}"
+
+
+def test_yolo_labels_rounded_past_the_edge_or_empty_still_load(tmp_path):
+    """What other tools (and rounding) write: 1.0000001 is 1, a box of width 0 is kept (as VOC's and COCO's);
+    an empty classes.txt is one line."""
+    import cv2
+
+    root = tmp_path / "yolo"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    cv2.imwrite(str(root / "images" / "a.png"), np.zeros((40, 60, 3), np.uint8))
+    (root / "labels" / "a.txt").write_text("0 1.0000001 0.5 0.2 0.5\n0 0.5 0.5 0.000000 0.25 0.31\n")
+    data = open_detection_data(root)
+    np.testing.assert_allclose(data.boxes[0], [[54, 10, 66, 30], [30, 15, 30, 25]], atol=1e-4)
+    (root / "classes.txt").write_text("\n")
+    with pytest.raises(cvtool.errors.CvtoolError, match="classes.txt: no class names in it"):
+        open_detection_data(root)
 
 
 def test_a_yolo_label_is_a_fraction_of_the_photo_as_shown_exif_rotation_applied(tmp_path):
@@ -136,8 +170,17 @@ def test_a_yolo_label_is_a_fraction_of_the_photo_as_shown_exif_rotation_applied(
      "annotations[0]: image_id 2 is not in images"),
     ({"images": [{"id": 1, "file_name": "a.png"}], "categories": [{"id": 3, "name": "cat"}],
       "annotations": [{"image_id": 1, "category_id": 3, "bbox": [1, 2, -3, 4]}]},
-     "annotations[0]: the box 1,2 to -2,6 is empty or inverted (its right and bottom edges must be past its left "
-     "and top)"),
+     "annotations[0]: the box 1,2 to -2,6 is inverted (its right and bottom edges must not be before its left and "
+     "top)"),
+    ({"images": [{"id": 1, "file_name": "a.png"}], "categories": [{"id": 3, "name": "cat"}],
+      "annotations": [{"image_id": 1, "category_id": 3, "bbox": [1, True, 3, 4]}]},
+     "annotations[0]: bbox has true, not a number"),
+    ({"images": [{"id": 1, "file_name": 7}], "categories": [{"id": 3, "name": "cat"}]},
+     "not a COCO detection file (a file_name is 7, not a string)"),
+    ({"images": [], "categories": [{"id": "dog", "name": "dog"}]},
+     "not a COCO detection file (a category id is \"dog\", not a whole number)"),
+    ({"images": [], "categories": [], "annotations": None}, "not a COCO detection file (annotations is not a list)"),
+    ([1, 2], "not a COCO detection file (unexpected structure)"),
     ({"images": [{"id": 1, "file_name": "a.png"}], "categories": [{"id": 3, "name": "cat"}],
       "annotations": [{"image_id": 1, "category_id": 3}]}, "annotations[0]: needs bbox, image_id and category_id"),
 ])

@@ -307,11 +307,16 @@ class CocoWriter:
 
 
 def yolo_lines(result: dict) -> list[str]:
-    """YOLO's label lines of one result: `class cx cy w h score`, the box as fractions of the image."""
+    """YOLO's label lines of one result: `class cx cy w h score`, the box as fractions of the image. A box is cut
+    to the image first (a face's rectangle may reach past it): a label is of what the image shows, and
+    `cvtool train detect` reads fractions in 0-1; a box with nothing left inside the image has no line."""
     h, w = result["size"]
     lines = []
     for det in result["detections"]:
-        x1, y1, x2, y2 = det["box"]
+        x1, x2 = (min(max(v, 0.0), w) for v in det["box"][0::2])
+        y1, y2 = (min(max(v, 0.0), h) for v in det["box"][1::2])
+        if x2 <= x1 or y2 <= y1:
+            continue
         cx, cy, bw, bh = (x1 + x2) / 2 / w, (y1 + y2) / 2 / h, (x2 - x1) / w, (y2 - y1) / h
         lines.append(f"{det['index']} {cx:.6f} {cy:.6f} {bw:.6f} {bh:.6f} {det['score']:.4f}")
     return lines

@@ -34,15 +34,20 @@ def _images_by_stem(folder: Path) -> dict[str, Path]:
     return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
 
 
+FRACTION_SLACK = 1e-3  # YOLO fractions this far past 0-1 are rounding (clipped), not another unit
+
+
 def read_voc(root: Path) -> BoxedImages:
     """root/images/*.jpg with root/annotations/*.xml (Pascal VOC: <object><name>, <bndbox> in pixels)."""
     images = _images_by_stem(root / "images")
     records, names = [], set()
     for xml_path in sorted((root / "annotations").glob("*.xml")):
         try:
-            tree = ET.parse(xml_path).getroot()
+            tree = ET.fromstring(_bytes(xml_path))
         except ET.ParseError as exc:
             raise DataError(f"not valid XML ({exc})", xml_path) from None
+        if tree.tag != "annotation":
+            raise DataError(f"not a Pascal VOC annotation (its root is <{tree.tag}>, not <annotation>)", xml_path)
         stem = Path(tree.findtext("filename") or xml_path.stem).stem
         image = images.get(stem) or images.get(xml_path.stem)
         if image is None:
@@ -74,6 +79,8 @@ def read_yolo(root: Path) -> BoxedImages:
     images = _images_by_stem(root / "images")
     names_file = root / "classes.txt"
     classes = [line.strip() for line in _text(names_file).splitlines() if line.strip()] if names_file.exists() else None
+    if classes == []:
+        raise DataError("no class names in it (one per line)", names_file)
     records, top = [], -1
     for stem, image in images.items():
         label_file = root / "labels" / f"{stem}.txt"
@@ -85,17 +92,18 @@ def read_yolo(root: Path) -> BoxedImages:
             if len(row) not in (5, 6):
                 raise DataError(f"{where}: expected `class cx cy w h` (5 columns, or 6 with a score), got "
                                 f"{len(row)}", label_file)
-            if not row[0].isdigit():
+            if not (row[0].isascii() and row[0].isdigit()):
                 raise DataError(f"{where}: the class {row[0]!r} is not a whole number >= 0", label_file)
             c = int(row[0])
             if classes is not None and c >= len(classes):
                 raise DataError(f"{where}: class {c}, but {names_file} names {len(classes)} "
                                 f"(0-{len(classes) - 1})", label_file)
-            cx, cy, bw, bh = (_number(v, f"{where}: {k}", label_file) for k, v in zip(("cx", "cy", "w", "h"), row[1:5]))
-            if not (0 <= cx <= 1 and 0 <= cy <= 1 and 0 < bw <= 1 and 0 < bh <= 1):
-                raise DataError(f"{where}: cx cy w h must be fractions of the image (0-1, w and h above 0), got "
+            values = [_number(v, f"{where}: {k}", label_file)
+                      for k, v in zip(("cx", "cy", "w", "h", "score"), row[1:])]
+            if not all(-FRACTION_SLACK <= v <= 1 + FRACTION_SLACK for v in values[:4]):
+                raise DataError(f"{where}: cx cy w h must be fractions of the image (0-1), got "
                                 f"{' '.join(row[1:5])}", label_file)
-            objects.append((c, (cx, cy, bw, bh)))
+            objects.append((c, tuple(min(max(v, 0.0), 1.0) for v in values[:4])))
             top = max(top, c)
         if objects:
             try:
@@ -112,29 +120,36 @@ def read_yolo(root: Path) -> BoxedImages:
 def read_coco(json_path: Path) -> BoxedImages:
     """A COCO JSON file; image paths relative to the file's folder or its images/ folder."""
     try:
-        doc = json.loads(json_path.read_text())
-        categories = sorted(doc["categories"], key=lambda c: c["id"])
-        index = {c["id"]: i for i, c in enumerate(categories)}
-        per_image: dict[int, list] = {img["id"]: [] for img in doc["images"]}
-        names = [str(c["name"]) for c in categories]
-        files = [(img["id"], img["file_name"]) for img in doc["images"]]
-        annotations = doc.get("annotations", [])
+        doc = json.loads(_bytes(json_path).decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(f"not valid JSON ({exc})", json_path) from None
-    except (KeyError, TypeError, AttributeError) as exc:
-        raise DataError(f"not a COCO detection file ({_missing(exc)})", json_path) from None
+    try:
+        categories = sorted(doc["categories"], key=lambda c: _whole(c["id"], "a category id"))
+        index = {c["id"]: i for i, c in enumerate(categories)}
+        per_image: dict[int, list] = {_whole(img["id"], "an image id"): [] for img in doc["images"]}
+        names = [str(c["name"]) for c in categories]
+        files = [(img["id"], _string(img["file_name"], "a file_name")) for img in doc["images"]]
+        annotations = doc.get("annotations", [])
+        if not isinstance(annotations, list):
+            raise _Malformed("annotations is not a list")
+    except _Malformed as exc:
+        raise DataError(f"not a COCO detection file ({exc})", json_path) from None
+    except KeyError as exc:
+        raise DataError(f"not a COCO detection file (no {exc.args[0]!r} field)", json_path) from None
+    except (TypeError, AttributeError):
+        raise DataError("not a COCO detection file (unexpected structure)", json_path) from None
     for n, ann in enumerate(annotations):
         where = f"annotations[{n}]"
         if not isinstance(ann, dict) or not {"bbox", "image_id", "category_id"} <= set(ann):
             raise DataError(f"{where}: needs bbox, image_id and category_id", json_path)
-        if ann["image_id"] not in per_image:
+        if not isinstance(ann["image_id"], int) or ann["image_id"] not in per_image:
             raise DataError(f"{where}: image_id {ann['image_id']!r} is not in images", json_path)
-        if ann["category_id"] not in index:
+        if not isinstance(ann["category_id"], int) or ann["category_id"] not in index:
             raise DataError(f"{where}: category_id {ann['category_id']!r} is not in categories", json_path)
         bbox = ann["bbox"]
         if not isinstance(bbox, list) or len(bbox) != 4:
             raise DataError(f"{where}: bbox must be [x, y, width, height], got {bbox!r}", json_path)
-        x, y, w, h = (_number(v, f"{where}: bbox", json_path) for v in bbox)
+        x, y, w, h = (_number(v, f"{where}: bbox", json_path, json_value=True) for v in bbox)
         per_image[ann["image_id"]].append((index[ann["category_id"]], _checked_box([x, y, x + w, y + h], where,
                                                                                    json_path)))
     records = []
@@ -148,8 +163,11 @@ def read_coco(json_path: Path) -> BoxedImages:
     return data
 
 
-def _number(text, where: str, source: Path) -> float:
-    """A finite float, or DataError naming the file and the place."""
+def _number(text, where: str, source: Path, *, json_value: bool = False) -> float:
+    """A finite float, or DataError naming the file and the place (`json_value`: a JSON number, not a string or
+    true/false)."""
+    if json_value and (isinstance(text, bool) or not isinstance(text, (int, float))):
+        raise DataError(f"{where} has {json.dumps(text)}, not a number", source)
     try:
         value = float(text)
     except (TypeError, ValueError):
@@ -160,23 +178,50 @@ def _number(text, where: str, source: Path) -> float:
 
 
 def _checked_box(coords: list[float], where: str, source: Path) -> list[float]:
-    """x1 y1 x2 y2 with x2 > x1 and y2 > y1, or DataError: an empty or inverted box has no object to learn."""
+    """x1 y1 x2 y2 with x2 >= x1 and y2 >= y1, or DataError. An inverted box is a mistake; an empty one is data
+    (VOC's 1-pixel boxes have xmin == xmax; COCO 2017 itself has boxes of height 0) and is kept, as before."""
     x1, y1, x2, y2 = coords
-    if not (x2 > x1 and y2 > y1):
-        raise DataError(f"{where}: the box {x1:g},{y1:g} to {x2:g},{y2:g} is empty or inverted (its right and "
-                        "bottom edges must be past its left and top)", source)
+    if x2 < x1 or y2 < y1:
+        raise DataError(f"{where}: the box {x1:g},{y1:g} to {x2:g},{y2:g} is inverted (its right and bottom edges "
+                        "must not be before its left and top)", source)
     return coords
+
+
+class _Malformed(Exception):
+    """A COCO field of the wrong kind (its message says which)."""
+
+
+def _whole(value, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Malformed(f"{what} is {json.dumps(value)}, not a whole number")
+    return value
+
+
+def _string(value, what: str) -> str:
+    if not isinstance(value, str):
+        raise _Malformed(f"{what} is {json.dumps(value)}, not a string")
+    return value
+
+
+def _bytes(path: Path) -> bytes:
+    """The file's bytes; a FIFO or device refused at once (never waited on), as image inputs are."""
+    from cvtool.io.files import NotRegularFileError, open_regular
+
+    try:
+        with open_regular(path, "rb") as handle:
+            return handle.read()
+    except NotRegularFileError as exc:
+        raise DataError(exc.reason, path) from None
+    except OSError as exc:
+        raise DataError(f"cannot read it ({exc.strerror or exc})", path) from None
 
 
 def _text(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        return _bytes(path).decode("utf-8")
     except UnicodeDecodeError:
         raise DataError("not UTF-8 text", path) from None
 
-
-def _missing(exc: Exception) -> str:
-    return f"no {exc.args[0]!r} field" if isinstance(exc, KeyError) else "unexpected structure"
 
 
 def _assemble(records, classes: list[str], by_index: bool = False) -> BoxedImages:
