@@ -894,6 +894,9 @@ def export_onnx(target: str | Path, out: str | Path | None = None, *, weights: s
     target_path = Path(out) if out is not None else exporter.default_out(str(target), loaded)
     if out is None:
         check_writable(target_path, f"{target_path}")
+    for source in (target, weights):  # inputs are never overwritten: `--out best.pt` for best.pt is refused
+        if source is not None and Path(source).is_file() and Path(source).resolve() == target_path.resolve():
+            raise UsageError(f"--out {target_path} is the weights file being exported; choose another file")
     if on_start is not None:
         on_start(f"exporting {loaded.name} (weights sha256 {loaded.weights_sha256[:12]}) to {target_path}")
     return exporter.export_model(loaded, target_path, img_size=img_size, dynamic_batch=dynamic_batch,

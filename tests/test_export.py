@@ -4,6 +4,7 @@ networks (random weights, fixed seeds) keep each export to a few seconds."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -241,6 +242,23 @@ def test_int8_export_is_calibrated_checked_by_top1_agreement_and_runs(tmp_path, 
     with torch.inference_mode():
         torch_top1 = graph.module(torch.from_numpy(inputs)).argmax(1).numpy()
     assert np.mean(onnx_top1 == torch_top1) == pytest.approx(agreement, abs=1e-4)
+
+
+def test_out_naming_the_checkpoint_itself_is_refused_and_the_checkpoint_kept(tmp_path, monkeypatch):
+    """`cvtool export best.pt --out best.pt` replaced the checkpoint with the ONNX file; inputs are never
+    overwritten, however the path is spelled."""
+    import hashlib
+
+    checkpoint = make_checkpoint(tmp_path / "unet.pt", "unet", classes=["bg", "cell"], width=4, depth=2)
+    before = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    monkeypatch.chdir(tmp_path)
+    for out in (checkpoint, "./unet.pt", tmp_path / "sub" / ".." / "unet.pt"):
+        result = export(checkpoint, "--out", out)
+        assert result.exit_code == 2
+        assert result.stderr.strip().splitlines()[-1] == (f"cvtool: --out {Path(out)} is the weights file being "
+                                                          "exported; choose another file")
+    assert hashlib.sha256(checkpoint.read_bytes()).hexdigest() == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "cache") == ["unet.pt"]  # no ONNX file either
 
 
 def test_half_export_of_a_unet_is_checked_by_pixel_agreement(tmp_path):
