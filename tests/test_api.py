@@ -92,7 +92,8 @@ def test_every_kind_of_image_source_gives_the_same_answer():
     (np.zeros((2, 8, 8, 3), np.uint8), "<array>: an array of shape (2, 8, 8, 3); images are H x W x 3 (RGB)"),
     (np.zeros((0, 8, 3), np.uint8), "<array>: an empty image (0x8 pixels)"),
     (b"not an image", "<bytes>: not an image (unrecognised format)"),
-    (12345, "<array>: unsupported image type int: give a path, encoded bytes, a NumPy array"),
+    (12345, "<int>: unsupported image type int: give a path, encoded bytes, a NumPy array"),
+    ([[0, 1], [2, 3]], "<list>: unsupported image type list: give a path, encoded bytes, a NumPy array"),
     ("no/such/file.png", "no/such/file.png: no such file"),
 ])
 def test_bad_images_raise_input_error_with_the_cli_line(source, message):

@@ -60,8 +60,9 @@ def load_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
     pil_image = _pil_image_type()
     if pil_image is not None and isinstance(source, pil_image):
         return _checked_array(np.asarray(source.convert("RGB")), max_pixels)
-    raise InputError(f"unsupported image type {type(source).__name__}: give a path, encoded bytes, a NumPy array "
-                     "(H x W x 3, RGB, uint8) or a PIL image", ARRAY_NAME)
+    kind = type(source).__name__
+    raise InputError(f"unsupported image type {kind}: give a path, encoded bytes, a NumPy array (H x W x 3, RGB, "
+                     "uint8) or a PIL image", f"<{kind}>")  # named by its type: it is no array
 
 
 BYTES_NAME = "<bytes>"  # how errors name an input that has no path
