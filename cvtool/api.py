@@ -183,6 +183,16 @@ def _prefetch(fn, items: list, *, workers: int, lookahead: int) -> Iterator:
             yield pending.popleft().result()
 
 
+def _in_range(name: str, value, low: float | None = None, high: float | None = None) -> None:
+    """The CLI's option ranges, for Python callers: a UsageError naming the argument (conf=25 is a percentage,
+    not a score, and would find nothing) before anything loads. None passes (the default is used)."""
+    if value is None:
+        return
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"from {low:g} to {high:g}" if high is not None else f"at least {low:g}"
+        raise UsageError(f"{name}={value!r} is out of range: {bounds}")
+
+
 def _as_list(sources) -> tuple[list, bool]:
     if isinstance(sources, (list, tuple)):
         return list(sources), False
@@ -282,6 +292,7 @@ class _Task:
 
         A list is decoded and preprocessed by `workers` threads while the previous batch runs (default: 2 on
         the CPU, one per core up to 8 when the network runs on a GPU)."""
+        _in_range("batch_size", batch_size, 1)
         sources, single = _as_list(source)
         if single:
             return self.predict_prepared([self.prepare(source)])[0]
@@ -346,6 +357,8 @@ class _Task:
         read raises InputError; one that fails part-way ends with a Result whose `error` says why."""
         from cvtool.pipelines.video import run_video
 
+        _in_range("batch_size", batch_size, 1)
+        _in_range("vid_stride", vid_stride, 1)
         first = True
         for record, rgb, sample, result in run_video(self._pipeline, str(source), batch_size=batch_size,
                                                      stride=vid_stride, with_frames=True, lock=self._lock):
@@ -373,6 +386,8 @@ class _Task:
         (`on_skip` is told), whatever `out` is."""
         from cvtool.io.outputs import check_out_dir
 
+        _in_range("batch_size", batch_size, 1)
+        _in_range("vid_stride", vid_stride, 1)
         out_dir = Path(out) if out is not None else None
         check_out_dir(out_dir, skip_existing=skip_existing)
         return _run_batch(self._make_pipeline(out_dir), inputs, self.result_type, recursive=recursive, out_dir=out_dir,
@@ -457,6 +472,7 @@ class Classifier(_Task):
                  device: str = "auto", backend: str = "auto", max_pixels: int = DEFAULT_MAX_PIXELS,
                  progress: bool = False, on_export: Callable[[Path], None] | None = None, threads: int | None = None,
                  half: bool = False):
+        _in_range("top_k", top_k, 1)
         self.top_k = top_k
         loaded = _load(model, task="classify", weights=weights, device=device, backend=backend, default="resnet18",
                        progress=progress, on_export=on_export, threads=threads, half=half)
@@ -494,6 +510,8 @@ class Detector(_Task):
                  keypoints: bool = False, save_crops: bool = False, save_txt: bool = False, device: str = "auto",
                  backend: str = "auto", max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = False,
                  on_export: Callable[[Path], None] | None = None, threads: int | None = None, half: bool = False):
+        for name, value, low, high in (("conf", conf, 0, 1), ("iou", iou, 0, 1), ("max_det", max_det, 1, None)):
+            _in_range(name, value, low, high)
         loaded = _load(model, task="detect", weights=weights, device=device, backend=backend,
                        default="fasterrcnn_resnet50_fpn_v2", progress=progress, on_export=on_export, threads=threads,
                        half=half)
@@ -557,6 +575,9 @@ class Segmenter(_Task):
                  max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = False,
                  on_export: Callable[[Path], None] | None = None, threads: int | None = None, half: bool = False,
                  threshold: float | None = None):
+        for name, value, low, high in (("alpha", alpha, 0, 1), ("tile", tile, 16, None), ("overlap", overlap, 0, None),
+                                       ("tile_batch", tile_batch, 1, None), ("threshold", threshold, 0, 1)):
+            _in_range(name, value, low, high)
         loaded = _load(model, task="segment", weights=weights, device=device, backend=backend,
                        default="deeplabv3_resnet50", progress=progress, on_export=on_export, threads=threads,
                        half=half)

@@ -104,6 +104,32 @@ def test_bad_images_raise_input_error_with_the_cli_line(source, message):
     assert "\n" not in str(caught.value)
 
 
+@pytest.mark.parametrize("make, message", [
+    (lambda: cvtool.Classifier("lenet5_digits", top_k=0), "top_k=0 is out of range: at least 1"),
+    (lambda: cvtool.Detector("no_such_model", conf=25), "conf=25 is out of range: from 0 to 1"),
+    (lambda: cvtool.Detector("no_such_model", iou=-0.1), "iou=-0.1 is out of range: from 0 to 1"),
+    (lambda: cvtool.Detector("no_such_model", max_det=0), "max_det=0 is out of range: at least 1"),
+    (lambda: cvtool.Segmenter("no_such_model", alpha=1.5), "alpha=1.5 is out of range: from 0 to 1"),
+    (lambda: cvtool.Segmenter("no_such_model", tile=8), "tile=8 is out of range: at least 16"),
+    (lambda: cvtool.Segmenter("no_such_model", threshold=50), "threshold=50 is out of range: from 0 to 1"),
+])
+def test_arguments_out_of_the_clis_ranges_are_usage_errors_before_any_load(make, message):
+    """What the CLI's options refuse, the API refuses too, naming the argument, before a model is sought (the
+    unknown model name would be the error otherwise): Detector(conf=25) found nothing, silently."""
+    with pytest.raises(cvtool.UsageError) as caught:
+        make()
+    assert str(caught.value) == message
+
+
+def test_a_batch_size_below_1_is_a_usage_error():
+    clf = cvtool.Classifier("lenet5_digits", device="cpu")
+    rgb = np.zeros((28, 28, 3), np.uint8)
+    for call in (lambda: clf([rgb, rgb], batch_size=0), lambda: list(clf.run([], batch_size=0)),
+                 lambda: next(clf.stream("cam:0", batch_size=0))):
+        with pytest.raises(cvtool.UsageError, match=r"^batch_size=0 is out of range: at least 1$"):
+            call()
+
+
 def test_unknown_model_is_a_usage_error_with_a_suggestion():
     with pytest.raises(cvtool.UsageError, match="unknown model 'lenet5_digit'; did you mean lenet5_digits"):
         cvtool.Classifier("lenet5_digit")
