@@ -783,6 +783,7 @@ class FaceVerifier:
         from cvtool.pipelines import face as task
 
         task.face_detector_entry(detector)  # an unknown detector is one line before any model loads
+        _in_range("threshold", threshold, 0)
         self.loaded = _load(model, task="face-embed", weights=weights, device=device, backend=backend,
                             default=task.DEFAULT_EMBEDDER, progress=progress, on_export=on_export, threads=threads,
                             half=half)

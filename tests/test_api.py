@@ -112,6 +112,13 @@ def test_bad_images_raise_input_error_with_the_cli_line(source, message):
     (lambda: cvtool.Segmenter("no_such_model", alpha=1.5), "alpha=1.5 is out of range: from 0 to 1"),
     (lambda: cvtool.Segmenter("no_such_model", tile=8), "tile=8 is out of range: at least 16"),
     (lambda: cvtool.Segmenter("no_such_model", threshold=50), "threshold=50 is out of range: from 0 to 1"),
+    (lambda: cvtool.FaceVerifier("no_such_model", threshold=-1), "threshold=-1 is out of range: at least 0"),
+    (lambda: cvtool.train.classify("no/such/data", epochs=0), "--epochs 0: must be at least 1"),
+    (lambda: cvtool.train.detect("no/such/data", batch_size=0), "--batch-size 0: must be at least 1"),
+    (lambda: cvtool.train.segment("no/such/data", lr=-1.0), "--lr -1.0: must be above 0"),
+    (lambda: cvtool.train.face("no/such/data", weight_decay=-0.5), "--weight-decay -0.5: must be 0 or more"),
+    (lambda: cvtool.train.style("no/such/style.jpg", data="no/such/data", epochs=-2),
+     "--epochs -2: must be at least 1"),
 ])
 def test_arguments_out_of_the_clis_ranges_are_usage_errors_before_any_load(make, message):
     """What the CLI's options refuse, the API refuses too, naming the argument, before a model is sought (the

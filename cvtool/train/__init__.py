@@ -106,10 +106,20 @@ def _fit(recipe, run: Run, args, cfg, callbacks, on_skip, sync_bn: bool = False,
     return summary
 
 
-def check_run_options(device: str, cpu_bf16: bool, val_every: int) -> None:
-    """The options every task takes, checked before anything starts (before devices=N launches torchrun too)."""
+def check_run_options(device: str, cpu_bf16: bool, val_every: int, *, epochs: int | None = None,
+                      batch_size: int | None = None, lr: float | None = None, weight_decay: float | None = None,
+                      workers: int | None = None) -> None:
+    """The options every task takes, checked before anything starts (before devices=N launches torchrun too);
+    None: the task's default. The CLI's option ranges, for Python callers too (epochs=0 trained nothing)."""
     if val_every < 1:
         raise UsageError(f"--val-every {val_every}: validate after every N-th epoch, N >= 1")
+    for option, value, fine, rule in (("--epochs", epochs, lambda v: v >= 1, "at least 1"),
+                                      ("--batch-size", batch_size, lambda v: v >= 1, "at least 1"),
+                                      ("--lr", lr, lambda v: v > 0, "above 0"),
+                                      ("--weight-decay", weight_decay, lambda v: v >= 0, "0 or more"),
+                                      ("--workers", workers, lambda v: v >= 0, "0 or more")):
+        if value is not None and not fine(value):
+            raise UsageError(f"{option} {value}: must be {rule}")
     if cpu_bf16:
         from cvtool.device import cpu_has_bf16, resolve_device
 
@@ -162,7 +172,8 @@ def classify(data: str | Path | None = None, *, arch: str = "resnet18", epochs: 
              ema: float = 0.0) -> dict:
     """Train a classifier on an ImageFolder tree, a CSV of path,label, or MNIST IDX files. `ema` (a decay in
     (0, 1)): validate and save a moving average of the weights."""
-    check_run_options(device, cpu_bf16, val_every)
+    check_run_options(device, cpu_bf16, val_every, epochs=epochs, batch_size=batch_size, lr=lr,
+                      weight_decay=weight_decay, workers=workers)
     launched = _launch('classify', devices, {k: v for k, v in locals().items() if k != 'devices'})
     if launched is not None:
         return launched
@@ -201,7 +212,8 @@ def detect(data: str | Path | None = None, *, arch: str = "yolo", epochs: int | 
              sync_bn: bool = False, cpu_bf16: bool = False, val_every: int = 1,
              devices: int = 1) -> dict:
     """Train the YOLO-style detector on VOC XML, YOLO txt or COCO JSON data; best.pt by mAP@0.5:0.95."""
-    check_run_options(device, cpu_bf16, val_every)
+    check_run_options(device, cpu_bf16, val_every, epochs=epochs, batch_size=batch_size, lr=lr,
+                      weight_decay=weight_decay, workers=workers)
     launched = _launch('detect', devices, {k: v for k, v in locals().items() if k != 'devices'})
     if launched is not None:
         return launched
@@ -243,7 +255,8 @@ def segment(data: str | Path | None = None, *, arch: str = "unet", epochs: int |
     `select="rand"` (two classes: membranes and the cells they separate) by ISBI 2012's Rand F-score of the cell
     regions. The U-Net paper's recipe: `elastic=True`, `loss="weighted-ce"` (border weights w0, sigma),
     `mirror_pad`, `width=64`. `ema` (a decay in (0, 1)): validate and save a moving average of the weights."""
-    check_run_options(device, cpu_bf16, val_every)
+    check_run_options(device, cpu_bf16, val_every, epochs=epochs, batch_size=batch_size, lr=lr,
+                      weight_decay=weight_decay, workers=workers)
     launched = _launch('segment', devices, {k: v for k, v in locals().items() if k != 'devices'})
     if launched is not None:
         return launched
@@ -280,7 +293,7 @@ def style(style_image: str | Path | None = None, *, data: str | Path | None = No
           progress: bool = False, sync_bn: bool = False, cpu_bf16: bool = False, val_every: int = 1,
           devices: int = 1) -> dict:
     """Train a feed-forward style network (Johnson et al.) for one style image on a folder of photos."""
-    check_run_options(device, cpu_bf16, val_every)
+    check_run_options(device, cpu_bf16, val_every, epochs=epochs, batch_size=batch_size, lr=lr)
     launched = _launch('style', devices, {k: v for k, v in locals().items() if k != 'devices'})
     if launched is not None:
         return launched
@@ -310,7 +323,7 @@ def face(data: str | Path | None = None, *, arch: str = "face_embed_small", loss
          progress: bool = False, sync_bn: bool = False, cpu_bf16: bool = False, val_every: int = 1,
          devices: int = 1) -> dict:
     """Train a face embedder (triplet or Siamese binary loss) on one folder of photos per person."""
-    check_run_options(device, cpu_bf16, val_every)
+    check_run_options(device, cpu_bf16, val_every, epochs=epochs, lr=lr, weight_decay=weight_decay, workers=workers)
     launched = _launch('face', devices, {k: v for k, v in locals().items() if k != 'devices'})
     if launched is not None:
         return launched
