@@ -14,6 +14,16 @@ def test_every_seed_architecture_is_registered_for_classification():
     assert set(SEED_ARCHITECTURES) <= names
 
 
+def test_an_unknown_task_is_one_line_naming_the_known_ones_not_an_empty_list():
+    from conftest import invoke_cli
+
+    with pytest.raises(UsageError, match=r"^unknown task 'clasify'; the tasks: classify, detect, face-detect, "):
+        list_entries("clasify")
+    result = invoke_cli("models", "--task", "segmentation")
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip().startswith("cvtool: unknown task 'segmentation'; the tasks: classify, detect")
+
+
 def test_torchvision_entries_carry_weights_preprocessing_and_imagenet_labels():
     entry = get_entry("mobilenet_v3_small")
     assert entry.weights.kind == "download"

@@ -209,6 +209,10 @@ def get_entry(name: str, task: str | None = None) -> ModelEntry:
 
 
 def list_entries(task: str | None = None) -> list[ModelEntry]:
+    """Every registered model, or those of `task` (an unknown task is a UsageError listing the known ones)."""
     _load_builtins()
+    tasks = sorted({e.task for e in _REGISTRY.values()})
+    if task is not None and task not in tasks:
+        raise UsageError(f"unknown task {task!r}; the tasks: {', '.join(tasks)}")
     entries = [e for e in _REGISTRY.values() if task is None or e.task == task]
     return sorted(entries, key=lambda e: (e.task, e.family, e.name))
