@@ -109,3 +109,15 @@ def test_write_failure_leaves_nothing(tmp_path):
     with pytest.raises(InputError, match="cannot encode image as .nope"):
         write_image(tmp_path / "x.nope", np.zeros((2, 2, 3), np.uint8))
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_image_size_is_read_images_shape_from_the_header(tmp_path, orientation):
+    """image_size (YOLO labels' fractions) without decoding: the shape read_image gives, EXIF turns included."""
+    from cvtool.io.image import image_size
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / "phone.jpg"
+    Image.new("RGB", (60, 40)).save(path, exif=exif.tobytes())
+    assert image_size(path) == read_image(path).shape[:2] == ((60, 40) if orientation >= 5 else (40, 60))

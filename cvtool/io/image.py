@@ -37,6 +37,19 @@ def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.
 ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, np.ndarray, "PIL.Image.Image"]
 
 
+def image_size(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """(height, width) of the array `read_image` gives for `path` (EXIF orientation applied), from the header
+    when Pillow reads one, without decoding the pixels; else decoded. InputError for a file read_image refuses
+    before decoding (missing, not an image, over max_pixels)."""
+    data = _read_bytes(path)
+    header = _header(data)
+    if header is None:
+        return decode_image(data, path, max_pixels=max_pixels).shape[:2]
+    check_pixels(header.size, max_pixels, path)
+    w, h = header.size
+    return (w, h) if header.orientation in (5, 6, 7, 8) else (h, w)  # these four turn the image a quarter
+
+
 def load_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Any image the Python API accepts -> a C-contiguous HxWx3 uint8 RGB array, or an InputError.
 

@@ -74,7 +74,7 @@ def read_yolo(root: Path) -> BoxedImages:
     shown, EXIF orientation applied; a sixth column, a score as `cvtool detect --save-txt` writes, is
     ignored); names in root/classes.txt, one per line, if present."""
     from cvtool.errors import InputError
-    from cvtool.io.image import read_image
+    from cvtool.io.image import image_size
 
     images = _images_by_stem(root / "images")
     names_file = root / "classes.txt"
@@ -107,11 +107,12 @@ def read_yolo(root: Path) -> BoxedImages:
             top = max(top, c)
         if objects:
             try:
-                h, w = read_image(image).shape[:2]  # as training reads it: EXIF orientation applied
+                h, w = image_size(image)  # as training reads it (EXIF orientation applied), from the header
             except InputError:
                 objects = []  # training and validation report the unreadable image and go on without it
-            objects = [(c, [(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h])
-                       for c, (cx, cy, bw, bh) in objects]
+            else:
+                objects = [(c, [(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h])
+                           for c, (cx, cy, bw, bh) in objects]
         records.append((image, objects))
     classes = classes or [f"class_{i}" for i in range(top + 1)]
     return _assemble(records, classes, by_index=True)
