@@ -99,6 +99,38 @@ def test_cli_train_eval_only_and_resume(shapes_folder, tmp_path):
     assert np.array(doc["confusion_matrix"]).sum() == 120
 
 
+def test_an_out_folder_inside_the_data_is_refused_before_anything_is_written(shapes_folder, tmp_path):
+    # --out data/circle would put best.pt, curves.png, ... among the circles (the next run reads the plots as
+    # circles; a photo named curves.png is replaced); a run folder anywhere under an image folder becomes a class
+    import shutil
+
+    import cvtool.train
+    import cvtool.val
+    from cvtool.errors import UsageError
+
+    data = tmp_path / "data"
+    shutil.copytree(shapes_folder, data)
+    before = sorted(str(p.relative_to(data)) for p in data.rglob("*"))
+    circle = data / "circle"
+    for out in (circle, data, data / "runs" / "x"):
+        refused = run_cli("train", "classify", str(data), "--arch", "lenet5", "--epochs", "1", "--out", str(out))
+        assert refused.returncode == 2, refused.stderr
+        assert refused.stderr.splitlines() == [
+            f"cvtool: --out {out} is inside the data folder {data}: its files would mix with the data's (and could "
+            "replace some); choose a folder outside it"]
+    default = run_cli("train", "classify", ".", "--arch", "lenet5", "--epochs", "1", cwd=data)  # runs/... under it
+    assert default.returncode == 2 and "is inside the data folder .:" in default.stderr, default.stderr
+    scored = run_cli("val", "classify", str(data), "--model", "lenet5_digits", "--out", str(circle))
+    assert scored.returncode == 2 and f"--out {circle} is inside the data folder {data}" in scored.stderr
+    with pytest.raises(UsageError, match="inside the data folder"):  # the validation folder counts too
+        cvtool.train.classify(tmp_path / "unused", arch="lenet5", epochs=1, val=data, out=circle / "run")
+    with pytest.raises(UsageError, match="inside the data folder"):
+        cvtool.val.classify(data, model="lenet5_digits", out=data / "plots")
+    with pytest.raises(UsageError, match="inside the data folder"):  # before torchrun starts
+        cvtool.train.classify(data, arch="lenet5", epochs=1, out=circle, devices=2)
+    assert sorted(str(p.relative_to(data)) for p in data.rglob("*")) == before  # nothing made, nothing replaced
+
+
 def test_bad_data_is_refused_before_training(tmp_path, shapes_folder):
     single = tmp_path / "single"
     (single / "only").mkdir(parents=True)
