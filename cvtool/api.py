@@ -205,14 +205,17 @@ def _load(model: str | None, *, task: str, weights, device: str, backend: str, d
     from cvtool.models import onnx_backend
 
     set_threads(threads)  # before any session is made: onnxruntime fixes its pool then
+    onnx_backend.check_backend(backend)
     if half and (backend == "onnxruntime" or onnx_backend.is_onnx_file(weights)):
         raise UsageError("--half is for --backend torch; for onnxruntime export a half model: cvtool export --half")
-    if backend == "auto" or onnx_backend.is_onnx_file(weights):  # torch-free: an .onnx file, or the cached export
-        cached, backend = (None, "torch") if half else onnx_backend.resolve_auto(
+    if backend != "torch" or onnx_backend.is_onnx_file(weights):  # torch-free: an .onnx file, or the cached export
+        cached, chosen = (None, "torch") if half else onnx_backend.resolve_auto(
             model, task=task, weights=weights, device=device, default=default)
         if cached is not None:
             cached.half = None
             return cached
+        if backend == "auto":  # onnxruntime asked for by name: exported now (that needs torch)
+            backend = chosen
     where = resolve_device(device)
     dtype = half_dtype(where) if half else None
     # onnxruntime with `auto`: its CUDA provider when it has one, else the CPU's (never a failure)

@@ -76,6 +76,11 @@ def test_backend_auto_runs_a_cached_export_by_model_name_without_torch(tmp_path,
     assert imported == []
     assert "lenet5_digits on onnxruntime (cached export)" in done.stderr
     (fast,) = records(done.stdout)
+    asked, imported = run_wrapped("classify", digit, "-m", "lenet5_digits", "--backend", "onnxruntime", "--device",
+                                  "cpu", "-f", "jsonl")  # asked for by name, the cached export is torch-free too
+    assert asked.returncode == 0, asked.stderr
+    assert imported == []
+    assert records(asked.stdout)[0]["result"] == fast["result"]
     (slow,) = torch_records(cvtool.Classifier, [digit], model="lenet5_digits")
     assert fast["weights_sha256"] == slow["weights_sha256"]
     assert [t["label"] for t in fast["result"]["top_k"]] == [t["label"] for t in slow["result"]["top_k"]]

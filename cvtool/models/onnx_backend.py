@@ -317,6 +317,11 @@ CONVERT_ON_FIRST_USE = ("face-embed",)
 CACHED_TASKS = ("classify", "detect", "segment", "face-embed")
 
 
+def check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise UsageError(f"unknown backend {backend!r}; use auto, torch or onnxruntime")
+
+
 def resolve_auto(name: str | None, *, task: str, weights: str | Path | None, device: str, default: str | None):
     """`--backend auto` (and any .onnx `weights`) before anything imports torch: (a LoadedModel on
     onnxruntime, or None; the backend to load with otherwise). The cached export is used when it exists and is
@@ -347,8 +352,7 @@ def load(name: str | None, *, task: str, weights: str | Path | None, device, bac
 
     A .onnx weights file always runs on onnxruntime (PyTorch cannot run it), without importing torch.
     """
-    if backend not in BACKENDS:
-        raise UsageError(f"unknown backend {backend!r}; use auto, torch or onnxruntime")
+    check_backend(backend)
     if is_onnx_file(weights):
         return resolve_auto(name, task=task, weights=weights, device=str(device), default=default)[0]
     import torch
