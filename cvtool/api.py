@@ -25,7 +25,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Hashable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Generic, Hashable, Iterable, Iterator, Sequence, TypeVar, overload
 
 import numpy as np
 
@@ -241,13 +241,16 @@ def describe_loaded(loaded) -> str:
     return f"{loaded.name} on {where}, weights {Path(loaded.weights_path).name} (sha256 {loaded.weights_sha256[:12]})"
 
 
-class _Task:
-    """Load once, call many times. Subclasses say how to build their pipeline and wrap a result."""
+R = TypeVar("R", bound=Result)
+
+
+class _Task(Generic[R]):
+    """Load once, call many times. Subclasses say how to build their pipeline and wrap a result (a subclass of
+    `_Task[DetectResult]` returns DetectResults from every call: what a type checker sees too)."""
 
     task: str
-    result_type: type[Result] = Result
+    result_type: type[R]
     columns: list[str]  # the CLI's table/CSV shape
-    extra_formats: dict | None = None
 
     def __init__(self, loaded, *, max_pixels: int = DEFAULT_MAX_PIXELS):
         self.loaded = loaded
@@ -259,11 +262,16 @@ class _Task:
     def _make_pipeline(self, out_dir: Path | None):
         raise NotImplementedError
 
-    @staticmethod
-    def rows(result: dict) -> list[list]:
+    def rows(self, result: dict) -> list[list]:
+        """The CLI's table/CSV rows of one result."""
         raise NotImplementedError
 
-    def _wrap(self, record: dict, rgb: np.ndarray | None, sample, result: dict) -> Result:
+    @property
+    def extra_formats(self) -> dict | None:
+        """Output formats beyond json/jsonl/csv/table that this model can write (`-f coco`), or None."""
+        return None
+
+    def _wrap(self, record: dict, rgb: np.ndarray | None, sample, result: dict) -> R:
         return self.result_type(record, rgb, self._render_for(sample, result))
 
     def _render_for(self, sample, result) -> Callable[[np.ndarray], np.ndarray] | None:
@@ -290,6 +298,13 @@ class _Task:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.describe()})"
 
+    @overload
+    def __call__(self, source: ImageSource, *, batch_size: int = 16, workers: int | None = None) -> R: ...
+
+    @overload
+    def __call__(self, source: list[ImageSource] | tuple[ImageSource, ...], *, batch_size: int = 16,
+                 workers: int | None = None) -> list[R]: ...
+
     def __call__(self, source, *, batch_size: int = 16, workers: int | None = None):
         """One image -> one Result; a list -> a list of Results, in order. A bad image raises InputError.
 
@@ -299,7 +314,7 @@ class _Task:
         sources, single = _as_list(source)
         if single:
             return self.predict_prepared([self.prepare(source)])[0]
-        results: list[Result] = []
+        results: list[R] = []
         batch: list = []
         workers = _workers(workers, self.loaded)
         for prepared in _prefetch(self.prepare, sources, workers=workers, lookahead=2 * max(1, batch_size)):
@@ -312,7 +327,7 @@ class _Task:
         return results
 
     # the two halves of a call, for callers that batch inputs themselves (cvtool serve batches requests)
-    def prepare(self, source) -> tuple:
+    def prepare(self, source: ImageSource) -> tuple:
         """Decode and preprocess one image (thread-safe; no network): the `prepared` item predict_prepared takes."""
         start = time.perf_counter()
         rgb = load_image(source, max_pixels=self.max_pixels)
@@ -329,7 +344,7 @@ class _Task:
         height, width = prepared[1].shape[:2]
         return int(height * width)
 
-    def predict_prepared(self, prepared: list) -> list[Result]:
+    def predict_prepared(self, prepared: list) -> list[R]:
         """Results of prepared items, in order, from one forward pass (under this object's lock)."""
         from cvtool.pipelines.base import result_record
 
@@ -350,10 +365,10 @@ class _Task:
         """Pixels a pipeline puts in its result for saving (not part of the record)."""
         return {"image": result.pop("image")} if "image" in result else {}
 
-    def _finish(self, res: Result, sample, extras: dict) -> Result:
+    def _finish(self, res: R, sample, extras: dict) -> R:
         return res
 
-    def stream(self, source: str | Path, *, vid_stride: int = 1, batch_size: int = 16) -> Iterator[Result]:
+    def stream(self, source: str | Path, *, vid_stride: int = 1, batch_size: int = 16) -> Iterator[R]:
         """The frames of a video file (or `cam:N`), every `vid_stride`-th, with bounded memory.
 
         Yields one Result per kept frame (`record["frame"]`, `record["time_s"]`); a video that cannot be
@@ -369,7 +384,7 @@ class _Task:
                 raise InputError(record["error"], record["path"])
             first = False
             if "error" in record:
-                yield Result(record)
+                yield self.result_type(record)
                 continue
             extras = self._extras(result)
             yield self._finish(self._wrap(record, rgb, sample, result), sample, extras)
@@ -377,7 +392,7 @@ class _Task:
     def run(self, inputs: str | Path | Iterable, *, out: str | Path | None = None, recursive: bool = False,
             batch_size: int = 16, workers: int | None = None, skip_existing: bool = False, vid_stride: int = 1,
             on_skip: Callable[[str], None] | None = None, shard: tuple[int, int] | None = None,
-            records: str | Path | Any = None) -> Iterator[Result]:
+            records: str | Path | Any = None) -> Iterator[R]:
         """A batch as the CLI runs it: files, directories, globs (or `InputItem`s), images and videos.
 
         Yields one Result per input (per kept frame of a video), in input order; a bad input yields a
@@ -418,8 +433,8 @@ def _input_items(inputs, recursive: bool, out_dir: Path | None, guard, also_prot
             yield from items
 
 
-def _run_batch(pipeline, inputs, result_type, *, recursive, out_dir, batch_size, workers, skip_existing, vid_stride,
-               on_skip, lock, also_protect=(), shard=None, records=None) -> Iterator[Result]:
+def _run_batch(pipeline, inputs, result_type: type[R], *, recursive, out_dir, batch_size, workers, skip_existing,
+               vid_stride, on_skip, lock, also_protect=(), shard=None, records=None) -> Iterator[R]:
     """Check `shard` and open the `records` journal now (a bad one is a UsageError at the call), then
     the batch, lazily."""
     from cvtool.io.journal import Journal
@@ -433,8 +448,8 @@ def _run_batch(pipeline, inputs, result_type, *, recursive, out_dir, batch_size,
                   also_protect=also_protect, shard=shard, journal=journal, own_journal=journal is not records)
 
 
-def _batch(pipeline, inputs, result_type, *, recursive, out_dir, batch_size, workers, skip_existing, vid_stride,
-           on_skip, lock, also_protect, shard, journal, own_journal) -> Iterator[Result]:
+def _batch(pipeline, inputs, result_type: type[R], *, recursive, out_dir, batch_size, workers, skip_existing,
+           vid_stride, on_skip, lock, also_protect, shard, journal, own_journal) -> Iterator[R]:
     from cvtool.io.outputs import protecting
     from cvtool.io.shards import select
     from cvtool.pipelines.runner import already_done, run
@@ -462,7 +477,7 @@ def _batch(pipeline, inputs, result_type, *, recursive, out_dir, batch_size, wor
             journal.close()
 
 
-class Classifier(_Task):
+class Classifier(_Task[ClassifyResult]):
     """Top-k labels per image: LeNet-5, torchvision's classifiers, or a `cvtool train classify` checkpoint.
 
     `Classifier("resnet18")`, `Classifier(weights="runs/digits/best.pt")`, `backend="onnxruntime"`."""
@@ -499,7 +514,7 @@ class Classifier(_Task):
         return rows(result)
 
 
-class Detector(_Task):
+class Detector(_Task[DetectResult]):
     """Boxes, labels and scores: our YOLO-style detector, torchvision's detectors, Keypoint R-CNN, faces.
 
     `conf=None` takes the model's own default (0.25; 0 for `face`, whose scores are margins)."""
@@ -561,7 +576,7 @@ def default_conf(loaded) -> float:
     return float(loaded.default_conf) if loaded.default_conf is not None else 0.25
 
 
-class Segmenter(_Task):
+class Segmenter(_Task[SegmentResult]):
     """A class per pixel: our U-Net, torchvision's segmenters. `res.mask` is H x W class indices.
 
     `threshold` (two-class models): the decision on class 1's probability (cvtool.ops.regions.thresholded_labels:
@@ -611,7 +626,7 @@ class Segmenter(_Task):
     def input_pixels(self, prepared: tuple) -> int:
         return self._pipeline.input_pixels(prepared[2])
 
-    def _finish(self, res: Result, sample, extras: dict) -> Result:
+    def _finish(self, res: SegmentResult, sample, extras: dict) -> SegmentResult:
         res.mask = sample.labels
         return res
 
@@ -630,7 +645,7 @@ def is_single_file(out: Path) -> bool:
     return out.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES
 
 
-class Stylizer(_Task):
+class Stylizer(_Task[StylizeResult]):
     """Neural style transfer, in one of two modes:
 
     - feed-forward: `Stylizer(model="runs/starry/best.pt")` (a `cvtool train style` network): one forward
@@ -717,7 +732,7 @@ class Stylizer(_Task):
         rgb = load_image(source, max_pixels=self.max_pixels)
         return _name_of(source), rgb, (_name_of(source) or ARRAY_NAME, rgb), (time.perf_counter() - start) * 1000
 
-    def predict_prepared(self, prepared: list) -> list[Result]:
+    def predict_prepared(self, prepared: list) -> list[StylizeResult]:
         if self.feed_forward:
             return super().predict_prepared(prepared)
         from cvtool.pipelines.base import result_record
@@ -732,22 +747,26 @@ class Stylizer(_Task):
             results.append(self._finish(StylizeResult(record, rgb), None, extras))
         return results
 
-    def _finish(self, res: Result, sample, extras: dict) -> Result:
+    def _finish(self, res: StylizeResult, sample, extras: dict) -> StylizeResult:
         res.stylized = extras.get("image")
         return res
 
     def _render_for(self, sample, result):
         return None
 
-    def run(self, inputs, *, out: str | Path = "stylized", recursive: bool = False, batch_size: int = 1,
-            workers: int = 1, skip_existing: bool = False, vid_stride: int = 1, save_every: int | None = None,
+    def run(self, inputs: str | Path | Iterable, *, out: str | Path | None = "stylized", recursive: bool = False,
+            batch_size: int = 1, workers: int | None = 1, skip_existing: bool = False, vid_stride: int = 1,
             on_skip: Callable[[str], None] | None = None, shard: tuple[int, int] | None = None,
-            records: str | Path | Any = None) -> Iterator[Result]:
+            records: str | Path | Any = None, save_every: int | None = None) -> Iterator[StylizeResult]:
         """Stylise each content image (or video, feed-forward only) into `out`: a file name for one input
-        (`result.png`, `clip.mp4`), else a directory (`NAME.stylized.png`)."""
+        (`result.png`, `clip.mp4`), else a directory (`NAME.stylized.png`); stylised images are always
+        written, so `out` cannot be None. `save_every`: the optimisation's intermediate images too."""
         from cvtool.io.outputs import check_out_dir, one_input_for_file
 
+        if out is None:
+            raise UsageError("Stylizer.run writes the stylised images: give out (a folder, or a file for one input)")
         out = Path(out)
+        workers = 1 if workers is None else workers
         single_file = is_single_file(out)
         if single_file:
             from cvtool.io.inputs import InputItem, expand_inputs
@@ -827,8 +846,9 @@ class FaceVerifier:
         """The descriptor of the image's face (the clearly largest, or `index`), as `verify` picks it."""
         from cvtool.pipelines import face as task
 
-        faces = self.faces(image)
-        return task.choose_face(faces, index, _name_of(image) or "<image>").descriptor
+        face = task.choose_face(self.faces(image), index, _name_of(image) or "<image>")
+        assert face.descriptor is not None  # faces() gives every face it returns a descriptor
+        return face.descriptor
 
     def gallery(self, root: str | Path, *, warn: Callable[[str], None] | None = None):
         """Known people from `root` (one photo per person, or a folder per person); cached on disk."""

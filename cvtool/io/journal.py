@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Generator, Iterable, Iterator
 
 from cvtool.errors import UsageError
 
@@ -159,7 +159,7 @@ class Journal:
             written = os.write(self._fd, view)
             view = view[written:]
 
-    def track(self, records: Iterable[dict]) -> Iterator[dict]:
+    def track(self, records: Iterable[dict]) -> Generator[dict, None, None]:
         """Append each record as it passes; after a video's last frame, its end marker (if it ended well).
         A marker is written only when the video's records are over (the next input began, or the batch
         ended), never when the batch is stopped part-way."""

@@ -8,11 +8,23 @@ from typing import Any, Callable, Protocol
 
 
 class Pipeline(Protocol):
-    task: str
-    model_name: str
-    weights_sha256: str | None
-    max_pixels: int | None  # the largest image, or video frame, it takes (--max-pixels)
-    no_video_reason: str | None  # None: it takes videos and cameras (a VideoPipeline); else the error a video gets
+    # read-only members: an implementation may hold narrower values (max_pixels an int, no_video_reason None)
+    @property
+    def task(self) -> str: ...
+
+    @property
+    def model_name(self) -> str: ...
+
+    @property
+    def weights_sha256(self) -> str | None: ...
+
+    @property
+    def max_pixels(self) -> int | None:
+        """The largest image, or video frame, it takes (--max-pixels)."""
+
+    @property
+    def no_video_reason(self) -> str | None:
+        """None: it takes videos and cameras (a VideoPipeline); else the error a video gets."""
 
     def prepare(self, path: str) -> Any:
         """Decode and preprocess one input (runs in a worker thread); raise InputError when it is bad."""
@@ -30,7 +42,9 @@ class Pipeline(Protocol):
 class VideoPipeline(Pipeline, Protocol):
     """The hooks video.py drives, declared by every pipeline whose `no_video_reason` is None."""
 
-    video_name: Callable[[str], Path] | None  # where an input's annotated video goes; None without --out
+    @property
+    def video_name(self) -> Callable[[str], Path] | None:
+        """Where an input's annotated video goes; None without --out."""
 
     def prepare_array(self, rgb: Any) -> Any:
         """A decoded frame (RGB uint8), prepared as `prepare` prepares a file."""
@@ -46,7 +60,7 @@ def error_record(path: str, reason: str) -> dict:
     return {"path": path, "error": reason}
 
 
-def result_record(pipeline: Pipeline, path: str, ms: float, result: dict, **fields) -> dict:
+def result_record(pipeline: Pipeline, path: str | None, ms: float, result: dict, **fields) -> dict:
     """The record of one input (or one video frame: `fields` are then `frame` and `time_s`)."""
     return {"path": path, "task": pipeline.task, "model": pipeline.model_name,
             "weights_sha256": pipeline.weights_sha256, **fields, "ms": round(ms, 3), "result": result}

@@ -15,7 +15,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Iterable, Iterator
+from typing import Any, Callable, ContextManager, Generator, Iterable, Iterator
 
 from cvtool.errors import CvtoolError, UsageError, WeightsError
 from cvtool.io.inputs import InputItem
@@ -65,7 +65,7 @@ def run(
     skip: Callable[[str], bool] | None = None,
     vid_stride: int = 1,
     lock: ContextManager | None = None,
-) -> Iterator[dict]:
+) -> Generator[dict, None, None]:
     """Yield one record per input (per kept frame of a video), in input order, overlapping decoding
     with inference. Runs of images are batched together; each video is streamed on its own. `lock`
     (held around each forward pass) lets several callers share one loaded model."""
