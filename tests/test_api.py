@@ -227,6 +227,8 @@ def test_stylizer_refuses_mixed_modes_in_one_line(style_checkpoint):
         cvtool.Stylizer(style_checkpoint, style=str(PHOTO))
     with pytest.raises(cvtool.UsageError, match="give a style image"):
         cvtool.Stylizer()
+    with pytest.raises(cvtool.UsageError, match="Stylizer.run writes the stylised images: give out"):
+        cvtool.Stylizer(style_checkpoint, device="cpu").run([str(PHOTO)], out=None)
 
 
 def test_run_is_the_cli_batch(tmp_path):
