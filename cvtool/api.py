@@ -214,7 +214,7 @@ def _load(model: str | None, *, task: str, weights, device: str, backend: str, d
         if cached is not None:
             cached.half = None
             return cached
-        if backend == "auto":  # onnxruntime asked for by name: exported now (that needs torch)
+        if backend == "auto":  # nothing cached: what auto resolves to (onnxruntime asked for by name exports now)
             backend = chosen
     where = resolve_device(device)
     dtype = half_dtype(where) if half else None
@@ -302,8 +302,8 @@ class _Task(Generic[R]):
     def __call__(self, source: ImageSource, *, batch_size: int = 16, workers: int | None = None) -> R: ...
 
     @overload
-    def __call__(self, source: list[ImageSource] | tuple[ImageSource, ...], *, batch_size: int = 16,
-                 workers: int | None = None) -> list[R]: ...
+    def __call__(self, source: list[Any] | tuple[Any, ...], *, batch_size: int = 16,
+                 workers: int | None = None) -> list[R]: ...  # list[Any]: a list[Path] is no list[ImageSource]
 
     def __call__(self, source, *, batch_size: int = 16, workers: int | None = None):
         """One image -> one Result; a list -> a list of Results, in order. A bad image raises InputError.
@@ -760,7 +760,8 @@ class Stylizer(_Task[StylizeResult]):
             records: str | Path | Any = None, save_every: int | None = None) -> Iterator[StylizeResult]:
         """Stylise each content image (or video, feed-forward only) into `out`: a file name for one input
         (`result.png`, `clip.mp4`), else a directory (`NAME.stylized.png`); stylised images are always
-        written, so `out` cannot be None. `save_every`: the optimisation's intermediate images too."""
+        written, so `out` cannot be None. `save_every`: the optimisation's intermediate images too. `workers`:
+        decoding threads, 1 unless given (None too: one optimisation at a time gains nothing from more)."""
         from cvtool.io.outputs import check_out_dir, one_input_for_file
 
         if out is None:

@@ -18,13 +18,14 @@ from cvtool.errors import UsageError
 from cvtool.ops.boxes import DETECT_CONF, DETECT_IOU, DETECT_MAX_DET  # training's validation uses the same
 
 
-def _out_dir(out, data) -> Path | None:
-    """--out for the plots: a folder outside the data being scored, made if missing."""
+def _out_dir(out, task: str, data) -> Path | None:
+    """--out for the plots: a folder outside those the task reads from `data`, made if missing."""
     from cvtool.io.outputs import check_out_dir, check_outside_data
+    from cvtool.train.datasets import data_folders
 
     if out is None:
         return None
-    check_outside_data(out, (data,), f"--out {out}")
+    check_outside_data(out, data_folders(task, data), f"--out {out}")
     check_out_dir(Path(out))
     return Path(out)
 
@@ -39,7 +40,7 @@ def classify(data: str | Path, *, weights: str | Path | None = None, model: str 
     from cvtool.train.classification import evaluate_checkpoint
 
     _need_model(weights, model)
-    out_dir = _out_dir(out, data)
+    out_dir = _out_dir(out, "classify", data)
     report = evaluate_checkpoint(Path(weights) if weights is not None else None, str(data), resolve_device(device),
                                  model=model, batch_size=batch_size, on_skip=on_skip)
     summary = {"task": "classify", "data": str(data), **report, "plots": []}
@@ -65,7 +66,7 @@ def detect(data: str | Path, *, weights: str | Path | None = None, model: str | 
     from cvtool.train.detection_data import open_detection_data
 
     _need_model(weights, model)
-    out_dir = _out_dir(out, data)
+    out_dir = _out_dir(out, "detect", data)
     boxed = open_detection_data(data)
     # PyTorch, as training validates: never a cached ONNX export (`auto`), whose numbers differ by float rounding
     detector = Detector(model, weights=weights, conf=conf, iou=iou, max_det=max_det, device=device, backend="torch")
@@ -118,7 +119,7 @@ def segment(data: str | Path, *, weights: str | Path | None = None, model: str |
     from cvtool.train.segmentation import IGNORE_INDEX, open_segmentation_data, scores_from_confusion
 
     _need_model(weights, model)
-    out_dir = _out_dir(out, data)
+    out_dir = _out_dir(out, "segment", data)
     masked = open_segmentation_data(data, on_skip=on_skip)
     segmenter = Segmenter(model, weights=weights, tile=tile, device=device, backend="torch",  # as training scores
                           threshold=threshold)

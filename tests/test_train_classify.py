@@ -118,6 +118,11 @@ def test_an_out_folder_inside_the_data_is_refused_before_anything_is_written(sha
         assert refused.stderr.splitlines() == [
             f"cvtool: --out {out} is inside the data folder {data}: its files would mix with the data's (and could "
             "replace some); choose a folder outside it"]
+    (data / "link").symlink_to(tmp_path / "elsewhere", target_is_directory=True)  # a link in the tree is in it
+    (tmp_path / "elsewhere").mkdir()
+    linked = run_cli("train", "classify", str(data), "--arch", "lenet5", "--epochs", "1", "--out", str(data / "link"))
+    assert linked.returncode == 2 and "is inside the data folder" in linked.stderr, linked.stderr
+    (data / "link").unlink()
     default = run_cli("train", "classify", ".", "--arch", "lenet5", "--epochs", "1", cwd=data)  # runs/... under it
     assert default.returncode == 2 and "is inside the data folder .:" in default.stderr, default.stderr
     scored = run_cli("val", "classify", str(data), "--model", "lenet5_digits", "--out", str(circle))
@@ -129,6 +134,34 @@ def test_an_out_folder_inside_the_data_is_refused_before_anything_is_written(sha
     with pytest.raises(UsageError, match="inside the data folder"):  # before torchrun starts
         cvtool.train.classify(data, arch="lenet5", epochs=1, out=circle, devices=2)
     assert sorted(str(p.relative_to(data)) for p in data.rglob("*")) == before  # nothing made, nothing replaced
+    assert list((tmp_path / "elsewhere").iterdir()) == []
+
+
+def test_detection_and_segmentation_protect_the_folders_they_read_not_the_whole_tree(tmp_path):
+    # their readers list images/ with masks/ (or annotations/, labels/) only: raccoon/runs/exp is a fine run
+    # folder, raccoon/images/run is not
+    from cvtool.errors import UsageError
+    from cvtool.io.outputs import check_outside_data
+    from cvtool.train.datasets import data_folders
+
+    for task, names in (("segment", ("images", "masks")), ("detect", ("images", "annotations"))):
+        root = tmp_path / task
+        for name in names:
+            (root / name).mkdir(parents=True)
+        (root / "notes").mkdir()
+        folders = data_folders(task, root)
+        assert folders == [root / name for name in names]
+        check_outside_data(root / "runs" / "exp", folders, "--out x")
+        check_outside_data(root / "notes", folders, "--out x")
+        for name in names:
+            with pytest.raises(UsageError, match=f"inside the data folder {root / name}:"):
+                check_outside_data(root / name / "run", folders, "--out x")
+    coco = tmp_path / "coco"
+    (coco / "images").mkdir(parents=True)
+    (coco / "train.json").write_text("{}")
+    assert data_folders("detect", coco / "train.json") == [coco / "images"]  # its images/ beside the JSON
+    assert data_folders("classify", tmp_path / "list.csv") == []  # a CSV names its images itself
+    assert data_folders("classify", coco) == [coco]  # an image folder: the whole tree
 
 
 def test_bad_data_is_refused_before_training(tmp_path, shapes_folder):

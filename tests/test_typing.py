@@ -25,6 +25,9 @@ import cvtool
 det = cvtool.Detector("yolo")
 reveal_type(det("a.jpg"))
 reveal_type(det(["a.jpg", Path("b.png"), np.zeros((2, 2, 3), np.uint8)]))
+paths: list[Path] = sorted(Path("photos").glob("*.jpg"))
+reveal_type(det(paths))
+reveal_type(det(("a.jpg", b"...")))
 reveal_type(next(det.run(["photos/"], out="boxes/")))
 reveal_type(next(det.stream("clip.mp4")))
 boxes: np.ndarray = det("a.jpg").boxes
@@ -37,7 +40,8 @@ reveal_type(cvtool.FaceVerifier().verify("a.jpg", "b.jpg"))
 same: bool = cvtool.FaceVerifier().verify("a.jpg", "b.jpg").same
 '''
 
-EXPECTED = ["cvtool.api.DetectResult", "list[cvtool.api.DetectResult]", "cvtool.api.DetectResult",
+EXPECTED = ["cvtool.api.DetectResult", "list[cvtool.api.DetectResult]", "list[cvtool.api.DetectResult]",
+            "list[cvtool.api.DetectResult]", "cvtool.api.DetectResult",
             "cvtool.api.DetectResult", "cvtool.api.SegmentResult", "cvtool.api.StylizeResult",
             "cvtool.api.VerifyResult"]
 

@@ -100,6 +100,13 @@ def stdin_image() -> bytes | None:
 _TEMP = re.compile(r"^\..+\.cvtool-(\d+)-[^/]*$")
 
 
+def is_within(path: str | Path, root: str | Path) -> bool:
+    """`path` is `root` or lies below it, as written (made absolute) or with symlinks followed: a link
+    inside `root` that points elsewhere still counts as inside it."""
+    pairs = ((os.path.abspath(path), os.path.abspath(root)), (os.path.realpath(path), os.path.realpath(root)))
+    return any(Path(p) == Path(r) or Path(r) in Path(p).parents for p, r in pairs)
+
+
 def temp_prefix(path: Path) -> str:
     """mkstemp's prefix for an atomic write of `path`: hidden, named after it, with this process's pid."""
     return f".{path.name}.cvtool-{os.getpid()}-"

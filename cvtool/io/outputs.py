@@ -270,18 +270,16 @@ def check_out_dir(out: Path | None, *, skip_existing: bool = False) -> None:
         raise UsageError(f"--out {out}: not writable ({reason})")
 
 
-def check_outside_data(out: str | Path, data: Iterable[str | Path | None], what: str) -> None:
-    """Before any work: a folder that training or validation writes into is not a data folder being read, nor
-    inside one. Its files (best.pt, curves.png, confusion.png, ...) would replace data files of the same name and be
-    read as data by the next run (an image-folder class named after the run, plots taken for photos). A data
-    file (a CSV, an annotation file) is no folder: a run beside it is fine."""
-    target = Path(os.path.realpath(out))
-    for source in data:
-        if source is None or not Path(source).is_dir():
-            continue
-        root = Path(os.path.realpath(source))
-        if target == root or root in target.parents:
-            raise UsageError(f"{what} is inside the data folder {source}: its files would mix with the data's (and "
+def check_outside_data(out: str | Path, folders: Iterable[Path], what: str) -> None:
+    """Before any work: a folder that training or validation writes into is none of the data folders being
+    read (`folders`: cvtool.train.datasets.data_folders), nor inside one. Its files (best.pt, curves.png,
+    confusion.png, ...) would replace data files of the same name and be read as data by the next run (an
+    image-folder class named after the run, plots taken for photos)."""
+    from cvtool.io.files import is_within
+
+    for folder in folders:
+        if is_within(out, folder):
+            raise UsageError(f"{what} is inside the data folder {folder}: its files would mix with the data's (and "
                              "could replace some); choose a folder outside it")
 
 

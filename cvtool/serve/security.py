@@ -52,7 +52,7 @@ def confine(path: str, root: Path | None, *, what: str = "path") -> Path:
         raise Forbidden(f"'..' is not allowed in a server {what}", path)
     real_root = Path(os.path.realpath(root))
     real = Path(os.path.realpath(given if given.is_absolute() else real_root / given))
-    if real != real_root and real_root not in real.parents:
+    if real != real_root and real_root not in real.parents:  # real locations only: a link out of root is out
         raise Forbidden(f"outside --allow-paths {root}", path)
     return real
 

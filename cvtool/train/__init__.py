@@ -51,19 +51,21 @@ def _check_ema(ema: float) -> None:
         raise UsageError(f"--ema {ema}: the decay of the weights' moving average must be in [0, 1) (0: off)")
 
 
-def _check_run_dir(run_dir: str | Path, reads: tuple) -> None:
-    """A new run's folder, before any data is read: not inside a data folder it trains on, and creatable."""
+def _check_run_dir(run_dir: str | Path, task: str, sources: tuple) -> None:
+    """A new run's folder, before any data is read: outside the folders the task reads from its data
+    `sources` (DATA, --val), and creatable."""
     from cvtool.io.outputs import check_outside_data, check_writable
+    from cvtool.train.datasets import data_folders
 
-    check_outside_data(run_dir, reads, f"--out {run_dir}")
+    check_outside_data(run_dir, [f for spec in sources for f in data_folders(task, spec)], f"--out {run_dir}")
     if not Path(run_dir).is_dir():  # a run directory that cannot be made is one line before any data is read
         check_writable(run_dir, f"--out {run_dir}")
 
 
-def _start(task: str, arch: str, recipe, *, reads: tuple, out, resume, epochs, device: str,
+def _start(task: str, arch: str, recipe, *, sources: tuple, out, resume, epochs, device: str,
            make) -> tuple[Run, Any, Any]:
-    """The new-run / resume scaffolding every task shares: (run, args, cfg). `reads`: the data folders (and
-    files) the run reads, which its folder must stay out of."""
+    """The new-run / resume scaffolding every task shares: (run, args, cfg). `sources`: the data the run
+    reads (DATA, --val), whose folders its own folder must stay out of."""
     from cvtool.device import resolve_device
     from cvtool.train import distributed
     from cvtool.train.engine import new_run_dir
@@ -75,7 +77,7 @@ def _start(task: str, arch: str, recipe, *, reads: tuple, out, resume, epochs, d
     args, cfg = make()
     # rank 0 names the run (a default name holds the time) and every rank uses that name
     run_dir = distributed.broadcast_object(str(new_run_dir(Path(out) if out is not None else None, task, arch)))
-    _check_run_dir(run_dir, reads)
+    _check_run_dir(run_dir, task, sources)
     return Run(Path(run_dir), torch_device, False, arch), args, cfg
 
 
@@ -153,9 +155,10 @@ def _launch(task: str, devices: int, options: dict) -> dict | None:
                          "under torchrun instead (rank 0 calls them)")
     options = {k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()}
     if options.get("resume") is None:
-        options["out"] = str(new_run_dir(Path(options["out"]) if options.get("out") else None,
-                                         "stylize" if task == "style" else task, options.get("arch", "fast_style")))
-        _check_run_dir(options["out"], tuple(options.get(key) for key in ("data", "val", "style_image")))
+        run_task = "stylize" if task == "style" else task
+        options["out"] = str(new_run_dir(Path(options["out"]) if options.get("out") else None, run_task,
+                                         options.get("arch", "fast_style")))
+        _check_run_dir(options["out"], run_task, (options.get("data"), options.get("val")))
     run_dir = Path(options.get("resume") or options["out"])
     code = distributed.launch([task, json.dumps(options)], devices, module="cvtool.train._launched")
     if code:
@@ -197,7 +200,7 @@ def classify(data: str | Path | None = None, *, arch: str = "resnet18", epochs: 
         return args, TrainConfig(epochs=epochs or 10, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                                  optimizer=optimizer, seed=seed, workers=workers)
 
-    run, args, cfg = _start("classify", arch, recipe, reads=(data, val), out=out, resume=resume, epochs=epochs,
+    run, args, cfg = _start("classify", arch, recipe, sources=(data, val), out=out, resume=resume, epochs=epochs,
                             device=device, make=make)
     return _fit(recipe, run, args, cfg, callbacks, on_skip, progress=progress, sync_bn=sync_bn,
                 cpu_bf16=cpu_bf16, val_every=val_every)
@@ -245,7 +248,7 @@ def detect(data: str | Path | None = None, *, arch: str = "yolo", epochs: int | 
         return args, TrainConfig(epochs=epochs or 50, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                                  optimizer=optimizer, seed=seed, workers=workers, monitor="val_map50_95", warmup_epochs=1)
 
-    run, args, cfg = _start("detect", arch, recipe, reads=(data, val), out=out, resume=resume, epochs=epochs,
+    run, args, cfg = _start("detect", arch, recipe, sources=(data, val), out=out, resume=resume, epochs=epochs,
                             device=device, make=make)
     return _fit(recipe, run, args, cfg, callbacks, on_skip, progress=progress, sync_bn=sync_bn,
                 cpu_bf16=cpu_bf16, val_every=val_every)
@@ -289,7 +292,7 @@ def segment(data: str | Path | None = None, *, arch: str = "unet", epochs: int |
                                  optimizer=optimizer, seed=seed, workers=workers, monitor=recipe.SELECT[select],
                                  val_batch_size=1)
 
-    run, args, cfg = _start("segment", arch, recipe, reads=(data, val), out=out, resume=resume, epochs=epochs,
+    run, args, cfg = _start("segment", arch, recipe, sources=(data, val), out=out, resume=resume, epochs=epochs,
                             device=device, make=make)
     return _fit(recipe, run, args, cfg, callbacks, on_skip, sync_bn=sync_bn, cpu_bf16=cpu_bf16, val_every=val_every)
 
@@ -317,7 +320,7 @@ def style(style_image: str | Path | None = None, *, data: str | Path | None = No
         return args, TrainConfig(epochs=epochs or 10, batch_size=batch_size, lr=lr, weight_decay=0.0, seed=seed,
                                  monitor="none")
 
-    run, args, cfg = _start("stylize", "fast_style", recipe, reads=(data, style_image), out=out, resume=resume,
+    run, args, cfg = _start("stylize", "fast_style", recipe, sources=(data,), out=out, resume=resume,
                             epochs=epochs, device=device, make=make)
     return _fit(recipe, run, args, cfg, callbacks, on_skip, progress=progress, sync_bn=sync_bn,
                 cpu_bf16=cpu_bf16, val_every=val_every)
@@ -347,7 +350,7 @@ def face(data: str | Path | None = None, *, arch: str = "face_embed_small", loss
                                  lr=lr or recipe.default_lr(arch), weight_decay=weight_decay, seed=seed,
                                  workers=workers, monitor="val_roc_auc", val_batch_size=256)
 
-    run, args, cfg = _start("face", arch, recipe, reads=(data,), out=out, resume=resume, epochs=epochs, device=device,
+    run, args, cfg = _start("face", arch, recipe, sources=(data,), out=out, resume=resume, epochs=epochs, device=device,
                             make=make)
     return _fit(recipe, run, args, cfg, callbacks, on_skip, progress=progress, sync_bn=sync_bn,
                 cpu_bf16=cpu_bf16, val_every=val_every, on_warning=on_warning)

@@ -26,6 +26,34 @@ class DataError(CvtoolError):
     """The training data cannot be used as given; said before training starts."""
 
 
+# Segmentation data: images in the first of these sub-folders that exists, masks in the first of these
+SEGMENT_IMAGE_DIRS = ("images", "image", "imgs")
+SEGMENT_MASK_DIRS = ("masks", "mask", "labels", "label", "annotations")
+
+# What each task's reader lists inside a data folder: None, the whole tree (image-folder classes, face
+# identities, content photos); else these sub-folders (detection: images with VOC annotations or YOLO labels).
+DATA_SUBFOLDERS: dict[str, tuple[str, ...] | None] = {
+    "classify": None, "face": None, "stylize": None,
+    "segment": SEGMENT_IMAGE_DIRS + SEGMENT_MASK_DIRS,
+    "detect": ("images", "annotations", "labels"),
+}
+
+
+def data_folders(task: str, spec: str | Path | None) -> list[Path]:
+    """The folders whose files `task` reads from the data `spec` (a folder; a COCO JSON file's folder holds
+    its images/), which a run or plot folder must stay out of (cvtool.io.outputs.check_outside_data). A data
+    file (a CSV, IDX files) names its images itself: none."""
+    if spec is None:
+        return []
+    path = Path(spec)
+    if task == "detect" and path.is_file():
+        path = path.parent
+    if not path.is_dir():
+        return []
+    names = DATA_SUBFOLDERS[task]
+    return [path] if names is None else [path / name for name in names if (path / name).is_dir()]
+
+
 @dataclass
 class LabelledImages:
     sources: list  # file paths, or HxWx3 uint8 arrays for formats that hold pixels themselves (IDX)

@@ -20,11 +20,9 @@ from cvtool.errors import InputError, UsageError
 from cvtool.io.image import IMAGE_SUFFIXES, read_image
 from cvtool.models.registry import ModelEntry
 from cvtool.ops.preprocess import Preprocess
-from cvtool.train.datasets import DataError
+from cvtool.train.datasets import SEGMENT_IMAGE_DIRS, SEGMENT_MASK_DIRS, DataError
 
 IGNORE_INDEX = 255
-_IMAGE_DIRS = ("images", "image", "imgs")
-_MASK_DIRS = ("masks", "mask", "labels", "label", "annotations")
 
 
 @dataclass
@@ -84,7 +82,7 @@ def open_segmentation_data(root: str | Path, class_names: list[str] | None = Non
     root = Path(root)
     if not root.is_dir():
         raise DataError("no such directory", root)
-    image_dir, mask_dir = _find_dir(root, _IMAGE_DIRS, "images"), _find_dir(root, _MASK_DIRS, "masks")
+    image_dir, mask_dir = _find_dir(root, SEGMENT_IMAGE_DIRS, "images"), _find_dir(root, SEGMENT_MASK_DIRS, "masks")
     from cvtool.train.datasets import in_memory_budget
 
     masks_by_stem = {p.stem: p for p in mask_dir.iterdir() if p.is_file()}
