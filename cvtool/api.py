@@ -679,8 +679,12 @@ class Stylizer(_Task[StylizeResult]):
             self.columns = task.FAST_COLUMNS
             super().__init__(loaded, max_pixels=max_pixels)
             return
+        from cvtool.models.onnx_backend import check_backend
+
+        check_backend(backend)
         if backend != "torch":
-            raise UsageError("--backend onnxruntime needs --model (a feed-forward network); the optimisation needs gradients")
+            raise UsageError(f"--backend {backend} needs --model (a feed-forward network); the optimisation needs "
+                             "gradients, so it runs on torch")
         if half:
             raise UsageError("--half is for a feed-forward --model network; the optimisation runs in float32")
         styles, _ = _as_list(style) if style is not None else ([], True)

@@ -227,6 +227,10 @@ def test_stylizer_refuses_mixed_modes_in_one_line(style_checkpoint):
         cvtool.Stylizer(style_checkpoint, style=str(PHOTO))
     with pytest.raises(cvtool.UsageError, match="give a style image"):
         cvtool.Stylizer()
+    with pytest.raises(cvtool.UsageError, match="unknown backend 'onnx'; use auto, torch or onnxruntime"):
+        cvtool.Stylizer(style=str(PHOTO), backend="onnx")
+    with pytest.raises(cvtool.UsageError, match="--backend auto needs --model"):
+        cvtool.Stylizer(style=str(PHOTO), backend="auto")
     with pytest.raises(cvtool.UsageError, match="Stylizer.run writes the stylised images: give out"):
         cvtool.Stylizer(style_checkpoint, device="cpu").run([str(PHOTO)], out=None)
 
