@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
 # Exit codes shared by every subcommand (documented in the README).
 EXIT_OK = 0
@@ -18,7 +18,7 @@ class CvtoolError(Exception):
 
     exit_code = EXIT_USAGE
 
-    def __init__(self, reason: str, path: str | Path | None = None):
+    def __init__(self, reason: str, path: str | os.PathLike | None = None):
         super().__init__(reason)
         self.reason = reason
         self.path = None if path is None else str(path)

@@ -91,9 +91,10 @@ def detect(data: str | Path, *, weights: str | Path | None = None, model: str | 
     truth = [{"boxes": t["boxes"], "labels": torch.tensor([index[int(c)] for c in t["labels"]], dtype=torch.int64)}
              for t in truth]
     kept = []
-    for boxes, scores, labels in found:
-        keep = torch.tensor([int(c) in index for c in labels], dtype=torch.bool)
-        kept.append((boxes[keep], scores[keep], torch.tensor([index[int(c)] for c in labels[keep]], dtype=torch.int64)))
+    for found_boxes, found_scores, found_labels in found:
+        keep = torch.tensor([int(c) in index for c in found_labels], dtype=torch.bool)
+        kept.append([found_boxes[keep], found_scores[keep],
+                     torch.tensor([index[int(c)] for c in found_labels[keep]], dtype=torch.int64)])
     scores = coco_map(truth, kept, scored_classes)
     summary = {"task": "detect", "data": str(data), "model": detector.loaded.name,
                "weights_sha256": detector.weights_sha256, "images": len(truth), "skipped_files": skipped,
@@ -129,14 +130,15 @@ def segment(data: str | Path, *, weights: str | Path | None = None, model: str |
     if rand and n != 2:
         raise UsageError(f"the Rand score is for two-class (membrane/cell) data; {segmenter.loaded.name} has {n} classes")
     matrix = np.zeros((n, n), dtype=np.int64)
-    region_pairs, examples = [], []
+    region_pairs: list[tuple[np.ndarray, np.ndarray]] = []
+    examples: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     for i in range(len(masked.images)):
         truth = masked.mask(i).astype(np.int64)
         valid = truth != IGNORE_INDEX
         if truth[valid].size and truth[valid].max() >= n:
             raise UsageError(f"{masked.names[i]}: mask class id {int(truth[valid].max())} but {segmenter.loaded.name} "
                              f"has {n} classes")
-        predicted = segmenter(masked.image(i)).mask.astype(np.int64)
+        predicted = np.asarray(segmenter(masked.image(i)).mask, dtype=np.int64)
         matrix += np.bincount(truth[valid] * n + predicted[valid], minlength=n * n).reshape(n, n)
         if rand:
             region_pairs.append((truth, predicted))

@@ -28,7 +28,7 @@ IMAGE_SUFFIXES = frozenset(
 )
 
 
-def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def read_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode `path` to a C-contiguous HxWx3 uint8 RGB array, or raise InputError saying why not."""
     return decode_image(_read_bytes(path), path, max_pixels=max_pixels)
 
@@ -110,7 +110,7 @@ def _checked_array(array: np.ndarray, max_pixels: int) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
-def decode_image(data: bytes, path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def decode_image(data: bytes, path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Encoded image bytes (named `path` in errors) -> HxWx3 uint8 RGB, or InputError."""
     header = _header(data)
     if header is not None:
@@ -135,7 +135,7 @@ class _Header:
         self.size, self.orientation, self.icc_profile, self.format = size, orientation, icc_profile, fmt
 
 
-def _read_bytes(path: str | Path) -> bytes:
+def _read_bytes(path: str | os.PathLike) -> bytes:
     """The file's bytes; a FIFO, socket or device is refused at once, never waited on. An http(s) URL is
     downloaded (cvtool.io.remote: bounded waits and size, checked as an image first); "-" is the image
     piped on stdin (cvtool.io.inputs read it)."""

@@ -82,8 +82,8 @@ def ray_records(task: str, inputs: str | Path | Iterable[str | Path], *, num_wor
     from cvtool.io.inputs import expand_inputs
 
     specs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
-    items, _ = expand_inputs([os.fspath(s) for s in specs], recursive=recursive, out_dir=out)
-    items = list(items)
+    expanded, _ = expand_inputs([os.fspath(s) for s in specs], recursive=recursive, out_dir=out)
+    items = list(expanded)
     if task == "verify-face" and not options.get("gallery"):
         raise UsageError("verify-face on Ray names faces against a gallery: give gallery=DIR")
     if not ray.is_initialized():

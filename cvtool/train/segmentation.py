@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -273,7 +274,7 @@ def _split_target(targets):
     return targets, None
 
 
-def scores_from_confusion(matrix: np.ndarray) -> dict[str, float]:
+def scores_from_confusion(matrix: np.ndarray) -> dict[str, Any]:
     """Pixel accuracy, per-class IoU and Dice, and their means, from a true x predicted pixel count matrix."""
     tp = np.diag(matrix).astype(np.float64)
     fp, fn = matrix.sum(0) - tp, matrix.sum(1) - tp
