@@ -854,7 +854,8 @@ def train_segment(
                        border_sigma=border_sigma, border_balance=border_balance, select=select, ema=ema,
                        in_channels=in_channels, class_names=_csv(class_names) if class_names else None, val=val,
                        val_split=val_split, out=out, resume=resume, device=device, seed=seed, workers=workers,
-                       sync_bn=sync_bn, cpu_bf16=cpu_bf16, val_every=val_every)
+                       sync_bn=sync_bn, cpu_bf16=cpu_bf16, val_every=val_every,
+                       on_warning=lambda message: info(f"warning: {message}"))
         val_metrics = summary["val"]
         rand = f", Rand F {val_metrics['rand_f']:.4f}" if "rand_f" in val_metrics else ""
         info(f"val mIoU {val_metrics['miou']:.4f}, pixel accuracy {val_metrics['pixel_accuracy']:.4f}{rand} (best "

@@ -280,6 +280,6 @@ def test_the_python_api_launches_devices_itself(shapes, tmp_path):
     assert summary["data_parallel"]["processes"] == 2 and summary["run_dir"] == str(tmp_path / "api")
     single = cvtool.train.classify(train, val=val, epochs=1, out=tmp_path / "single", **ARGS)
     _assert_close(_params(tmp_path / "api" / "last.pt"), _params(tmp_path / "single" / "last.pt"))
-    with pytest.raises(cvtool.errors.UsageError, match="callbacks and on_skip cannot reach"):
+    with pytest.raises(cvtool.errors.UsageError, match="callbacks, on_skip and on_warning cannot reach"):
         cvtool.train.classify(train, val=val, epochs=1, out=tmp_path / "cb", devices=2, on_skip=print, **ARGS)
     assert single["data_parallel"]["processes"] == 1

@@ -212,6 +212,33 @@ def test_select_rand_needs_two_classes(tmp_path):
     assert result.returncode == 2 and "unknown --select 'dice'; choose from miou, rand" in result.stderr
 
 
+def test_masks_using_few_of_their_class_ids_train_as_given_with_one_warning_line(tmp_path):
+    # a 4-class palette mask saved as grey levels: ids 0, 38, 75, 113 make 114 classes, 110 of them empty
+    from cvtool.train.segmentation import open_segmentation_data
+
+    data = _write_cells(tmp_path / "data", 2, seed=0)
+    for i, levels in enumerate(((0, 38), (75, 113))):
+        mask = cv2.imread(str(data / "masks" / f"{i}.png"), cv2.IMREAD_GRAYSCALE)
+        cv2.imwrite(str(data / "masks" / f"{i}.png"), np.where(mask > 0, levels[1], levels[0]).astype(np.uint8))
+    expected = ("the masks use 4 class ids of 0-113 (0, 38, 75, 113), so 114 classes are trained, 110 of them with "
+                "no pixels; if these values are grey levels (a palette mask saved as grey?), save the masks with class "
+                "ids 0-3")
+    assert open_segmentation_data(data).warnings == [expected]
+    result = invoke_cli("train", "segment", str(data), "--epochs", "1", "--width", "4", "--depth", "2", "--crop", "32",
+                        "--device", "cpu", "--out", str(tmp_path / "run"))
+    assert result.returncode == 0, result.stderr
+    assert [line for line in result.stderr.splitlines() if "warning" in line] == [f"cvtool: warning: {expected}"]
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["warnings"] == [expected]
+    # ids 0-2 with 1 missing, or binary masks: nothing to say
+    cv2.imwrite(str(data / "masks" / "0.png"), np.where(mask > 0, 2, 0).astype(np.uint8))
+    cv2.imwrite(str(data / "masks" / "1.png"), np.where(mask > 0, 2, 0).astype(np.uint8))
+    assert open_segmentation_data(data).warnings == []
+    with pytest.raises(UsageError, match="on_warning cannot reach the processes devices= launches"):
+        import cvtool.train
+
+        cvtool.train.segment(data, epochs=1, devices=2, on_warning=print, out=tmp_path / "ddp")
+
+
 def test_ema_segmenter_saves_and_scores_the_average_and_resumes_exactly(tmp_path):
     """--ema is the engine's: best.pt / last.pt hold the moving average (what val segment scores), last.pt keeps the
     raw weights, and a run stopped by Ctrl-C in its last epoch and resumed ends where the uninterrupted run does."""

@@ -99,8 +99,10 @@ def _fit(recipe, run: Run, args, cfg, callbacks, on_skip, sync_bn: bool = False,
         if val_every != 1 and val_every != cfg.val_every:
             raise UsageError(f"--val-every {val_every}: {run.run_dir} validates every {cfg.val_every} epoch(s), and "
                              "a resumed run keeps that")
-    if not distributed.is_main():  # progress and skipped-file lines are rank 0's to report
+    if not distributed.is_main():  # progress, skipped-file and warning lines are rank 0's to report
         callbacks, on_skip = None, None
+        if "on_warning" in options:
+            options["on_warning"] = None
     if callbacks is not None:
         callbacks.on_train_start(run)
     if sync_bn:
@@ -150,9 +152,9 @@ def _launch(task: str, devices: int, options: dict) -> dict | None:
 
     if distributed.under_torchrun():
         raise UsageError("devices= launches torchrun itself; under torchrun, leave it out")
-    if options.pop("callbacks", None) is not None or options.pop("on_skip", None) is not None:
-        raise UsageError("callbacks and on_skip cannot reach the processes devices= launches; run your script "
-                         "under torchrun instead (rank 0 calls them)")
+    if any(options.pop(hook, None) is not None for hook in ("callbacks", "on_skip", "on_warning")):
+        raise UsageError("callbacks, on_skip and on_warning cannot reach the processes devices= launches; run your "
+                         "script under torchrun instead (rank 0 calls them)")
     options = {k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()}
     if options.get("resume") is None:
         run_task = "stylize" if task == "style" else task
@@ -260,13 +262,16 @@ def segment(data: str | Path | None = None, *, arch: str = "unet", epochs: int |
             class_names: list[str] | None = None, val: str | Path | None = None, val_split: float = 0.2,
             out: str | Path | None = None, resume: str | Path | None = None, device: str = "auto", seed: int = 0,
             workers: int | None = None, callbacks=None, on_skip: Callable[[str], None] | None = None,
+            on_warning: Callable[[str], None] | None = None,
             sync_bn: bool = False, cpu_bf16: bool = False, val_every: int = 1, devices: int = 1,
             elastic: bool = False, elastic_sigma: float = 10.0, mirror_pad: int = 0, border_w0: float = 10.0,
             border_sigma: float = 5.0, border_balance: bool = True, select: str = "miou", ema: float = 0.0) -> dict:
     """Train a U-Net (or a torchvision segmenter) on images/ + masks/ folder pairs; best.pt by mIoU, or with
     `select="rand"` (two classes: membranes and the cells they separate) by ISBI 2012's Rand F-score of the cell
     regions. The U-Net paper's recipe: `elastic=True`, `loss="weighted-ce"` (border weights w0, sigma),
-    `mirror_pad`, `width=64`. `ema` (a decay in (0, 1)): validate and save a moving average of the weights."""
+    `mirror_pad`, `width=64`. `ema` (a decay in (0, 1)): validate and save a moving average of the weights.
+    `on_warning(message)` hears what looks wrong in the data but trains as given (also the summary's `warnings`):
+    masks using fewer than half of the class ids up to their largest."""
     check_run_options(device, cpu_bf16, val_every, epochs=epochs, batch_size=batch_size, lr=lr,
                       weight_decay=weight_decay, workers=workers)
     launched = _launch('segment', devices, {k: v for k, v in locals().items() if k != 'devices'})
@@ -294,7 +299,8 @@ def segment(data: str | Path | None = None, *, arch: str = "unet", epochs: int |
 
     run, args, cfg = _start("segment", arch, recipe, sources=(data, val), out=out, resume=resume, epochs=epochs,
                             device=device, make=make)
-    return _fit(recipe, run, args, cfg, callbacks, on_skip, sync_bn=sync_bn, cpu_bf16=cpu_bf16, val_every=val_every)
+    return _fit(recipe, run, args, cfg, callbacks, on_skip, sync_bn=sync_bn, cpu_bf16=cpu_bf16, val_every=val_every,
+                on_warning=on_warning)
 
 
 def style(style_image: str | Path | None = None, *, data: str | Path | None = None, epochs: int | None = None,

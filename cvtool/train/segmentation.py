@@ -9,7 +9,7 @@ last epoch's model; `select="rand"` picks best.pt by the Rand F-score instead of
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ class MaskedImages:
     names: list[str]
     skipped: list[str]
     binary: bool = False  # masks stored as 0/255: class = value > 127
+    warnings: list[str] = field(default_factory=list)  # what looks wrong in the data but can be trained as given
 
     def subset(self, indices) -> "MaskedImages":
         pick = lambda xs: [xs[i] for i in indices]  # noqa: E731
@@ -89,6 +90,7 @@ def open_segmentation_data(root: str | Path, class_names: list[str] | None = Non
     masks_by_stem = {p.stem: p for p in mask_dir.iterdir() if p.is_file()}
     images, masks, names, skipped, paths = [], [], [], [], []
     budget, held, values = in_memory_budget(), 0, set()
+    warnings: list[str] = []
     for path in sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
         mask_path = masks_by_stem.get(path.stem)
         try:
@@ -119,13 +121,26 @@ def open_segmentation_data(root: str | Path, class_names: list[str] | None = Non
         if values[values != IGNORE_INDEX].max() >= IGNORE_INDEX:
             raise DataError(f"mask values go up to {values.max()}; class ids must be below {IGNORE_INDEX}", root)
         default_names = [f"class_{i}" for i in range(int(values[values != IGNORE_INDEX].max()) + 1)]
+        warnings.extend(sparse_class_ids(values[values != IGNORE_INDEX]))
     if held > budget:
         images, masks = [image for image, _ in paths], [mask for _, mask in paths]
     else:
         masks = [_class_ids(m, binary) for m in masks]
     if class_names and len(class_names) != len(default_names):
         raise UsageError(f"--class-names gives {len(class_names)} names but the masks hold {len(default_names)} classes")
-    return MaskedImages(images, masks, class_names or default_names, names, skipped, binary)
+    return MaskedImages(images, masks, class_names or default_names, names, skipped, binary, warnings)
+
+
+def sparse_class_ids(ids: np.ndarray) -> list[str]:
+    """A warning when the masks use fewer than half of the class ids up to their largest: every missing id is
+    trained as a class with no pixels (a palette mask saved as grey levels gives 0, 38, 75, 113: 114 classes)."""
+    classes = int(ids.max()) + 1
+    if classes <= 2 or 2 * len(ids) >= classes:
+        return []
+    shown = ", ".join(str(int(i)) for i in ids[:8]) + (", ..." if len(ids) > 8 else "")
+    return [f"the masks use {len(ids)} class ids of 0-{classes - 1} ({shown}), so {classes} classes are trained, "
+            f"{classes - len(ids)} of them with no pixels; if these values are grey levels (a palette mask saved "
+            f"as grey?), save the masks with class ids 0-{len(ids) - 1}"]
 
 
 class SegmentationDataset:
@@ -446,7 +461,8 @@ def _preprocess(entry: ModelEntry, args: SegmentTrainArgs) -> Preprocess:
     return base
 
 
-def run_training(args: SegmentTrainArgs, cfg, run_dir: Path, device, *, resume=False, callbacks=None, on_skip=None) -> dict:
+def run_training(args: SegmentTrainArgs, cfg, run_dir: Path, device, *, resume=False, callbacks=None, on_skip=None,
+                 on_warning=None) -> dict:
     from cvtool.models.registry import get_entry
     from cvtool.train import plots
     from cvtool.train.engine import Trainer
@@ -455,6 +471,9 @@ def run_training(args: SegmentTrainArgs, cfg, run_dir: Path, device, *, resume=F
     entry = get_entry(args.arch, "segment")
     preprocess = _preprocess(entry, args)
     data = open_segmentation_data(args.data, args.class_names, on_skip)
+    for warning in data.warnings:
+        if on_warning is not None:
+            on_warning(warning)
     if args.val:
         train_data, val_data = data, open_segmentation_data(args.val, data.classes, on_skip)
     else:
@@ -495,7 +514,7 @@ def run_training(args: SegmentTrainArgs, cfg, run_dir: Path, device, *, resume=F
         "task": "segment", "arch": entry.name, "classes": data.classes, "train_images": len(train_data.images),
         "val_images": len(val_data.images), "val_names": val_data.names, "skipped_files": len(data.skipped),
         "epochs": state.epoch, "best_epoch": best_epoch, "val": report, "val_last_epoch": last_report,
-        "ema": args.ema or None, "seconds": round(time.perf_counter() - start, 2),
+        "ema": args.ema or None, "seconds": round(time.perf_counter() - start, 2), "warnings": data.warnings,
     }
     return trainer.finish(summary)
 
