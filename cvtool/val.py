@@ -58,9 +58,8 @@ def detect(data: str | Path, *, weights: str | Path | None = None, model: str | 
     An image that cannot be read is left out of the scores (`on_skip` is told; `skipped_files` counts them)."""
     import torch
 
-    from cvtool.io.inputs import InputItem
-
     from cvtool.api import Detector
+    from cvtool.io.inputs import InputItem
     from cvtool.train.detection import coco_map, detection_tensors, save_pr_curve
     from cvtool.train.datasets import DataError
     from cvtool.train.detection_data import open_detection_data

@@ -471,8 +471,8 @@ def run_training(args: SegmentTrainArgs, cfg, run_dir: Path, device, *, resume=F
     entry = get_entry(args.arch, "segment")
     preprocess = _preprocess(entry, args)
     data = open_segmentation_data(args.data, args.class_names, on_skip)
-    for warning in data.warnings:
-        if on_warning is not None:
+    if on_warning is not None:
+        for warning in data.warnings:
             on_warning(warning)
     if args.val:
         train_data, val_data = data, open_segmentation_data(args.val, data.classes, on_skip)
