@@ -152,8 +152,10 @@ def test_detect_with_an_onnx_file_imports_no_torch_and_gives_the_torch_boxes(tmp
         assert a["result"]["size"] == b["result"]["size"]
         got, want = a["result"]["detections"], b["result"]["detections"]
         assert [d["label"] for d in got] == [d["label"] for d in want]
-        np.testing.assert_allclose([d["score"] for d in got], [d["score"] for d in want], atol=1e-4)
-        np.testing.assert_allclose([d["box"] for d in got], [d["box"] for d in want], atol=1e-3)
+        # records round scores to 4 decimals and boxes to 2 (ops.boxes.detection_record): two backends whose
+        # floats differ by less than the rounding can print values one step apart (99.40 vs 99.39 on an AVX2 CPU)
+        np.testing.assert_allclose([d["score"] for d in got], [d["score"] for d in want], rtol=0, atol=1e-4 + 1e-9)
+        np.testing.assert_allclose([d["box"] for d in got], [d["box"] for d in want], rtol=0, atol=1e-2 + 1e-9)
     from cvtool.models.onnx_backend import open_onnx_array
 
     # the file says the threshold the detector's scores are made for; no registry entry is needed to know it
