@@ -18,7 +18,10 @@ RESULTS = Path(os.environ.get("CVTOOL_BENCH_RESULTS") or Path(__file__).parent /
 
 
 def machine() -> dict:
-    info = {"python": platform.python_version(), "cpus": os.cpu_count(), "machine": platform.machine()}
+    from cvtool.device import cpu_description
+
+    info = {"python": platform.python_version(), "cpus": os.cpu_count(), "machine": platform.machine(),
+            "cpu": cpu_description(), "load_avg_1min": round(os.getloadavg()[0], 2)}
     try:
         import torch
 

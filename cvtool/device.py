@@ -41,13 +41,48 @@ def _mps_available() -> bool:
 
 # -- precision and transfers on accelerators ------------------------------------------------------
 
+CPU_BF16_ENV = "CVTOOL_CPU_BF16"  # 0: behave as a CPU without bf16 instructions (an AVX2 machine's paths); 1: as one with
+
+
 def cpu_has_bf16() -> bool:
-    """Whether this CPU runs bfloat16 natively (AVX512-BF16 or AMX); without it CPU bf16 is emulated and slow."""
+    """Whether this CPU runs bfloat16 natively (AVX512-BF16 or AMX); without it CPU bf16 is emulated and slow.
+    CVTOOL_CPU_BF16=0 answers no on any CPU (so an AVX-512 machine runs, and tests, what an AVX2 one does),
+    =1 answers yes (bf16 then runs emulated where the CPU lacks it: slow, but the same code path)."""
+    import os
+
+    forced = os.environ.get(CPU_BF16_ENV, "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
+    if forced:
+        raise UsageError(f"{CPU_BF16_ENV}={forced!r}: use 0 (no bf16 instructions), 1 (bf16) or leave it unset (ask the CPU)")
     import torch
 
     cpu = getattr(torch, "cpu", None)
     checks = [getattr(cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
     return any(check() for check in checks if check is not None)
+
+
+def cpu_description() -> dict:
+    """This CPU's model name and the vector instruction sets that change PyTorch's and onnxruntime's speed and
+    kernels (AVX2, AVX-512, AVX512-VNNI, AVX512-BF16, AMX), read from /proc/cpuinfo (Linux; else the platform's
+    processor string alone): every benchmark figure names the CPU that made it."""
+    import platform
+
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
+            for line in info:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and not flags:
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    named = {"avx2": "AVX2", "avx512f": "AVX-512", "avx512_vnni": "AVX512-VNNI", "avx512_bf16": "AVX512-BF16",
+             "amx_tile": "AMX"}
+    return {"model": model, "isa": [label for flag, label in named.items() if flag in flags]}
 
 
 def half_dtype(device):

@@ -79,6 +79,27 @@ def test_half_precision_per_device(monkeypatch):
                               "or AMX); this CPU has none: drop --half")
 
 
+def test_the_bf16_probe_reads_its_override_so_every_cpu_can_run_the_other_cpus_paths(monkeypatch):
+    import cvtool.device as device
+
+    monkeypatch.setenv("CVTOOL_CPU_BF16", "0")  # an AVX-512 machine running what an AVX2 one runs
+    assert device.cpu_has_bf16() is False
+    with pytest.raises(UsageError, match="--half needs a CUDA or MPS device"):
+        half_dtype(torch.device("cpu"))
+    monkeypatch.setenv("CVTOOL_CPU_BF16", "1")
+    assert device.cpu_has_bf16() is True and half_dtype(torch.device("cpu")) is torch.bfloat16
+    monkeypatch.setenv("CVTOOL_CPU_BF16", "yes")
+    with pytest.raises(UsageError) as err:
+        device.cpu_has_bf16()
+    assert str(err.value) == ("CVTOOL_CPU_BF16='yes': use 0 (no bf16 instructions), 1 (bf16) or leave it unset "
+                              "(ask the CPU)")
+    monkeypatch.delenv("CVTOOL_CPU_BF16")
+    cpu = device.cpu_description()
+    assert cpu["model"] and set(cpu["isa"]) <= {"AVX2", "AVX-512", "AVX512-VNNI", "AVX512-BF16", "AMX"}
+    if "AVX512-BF16" in cpu["isa"] or "AMX" in cpu["isa"]:
+        assert device.cpu_has_bf16()  # /proc/cpuinfo and PyTorch's own probe agree
+
+
 def test_half_is_refused_for_onnxruntime(tmp_path):
     for options in (dict(backend="onnxruntime"), dict(weights=tmp_path / "model.onnx", backend="auto"),
                     dict(weights=tmp_path / "model.onnx", backend="torch")):  # an .onnx file always runs on onnxruntime

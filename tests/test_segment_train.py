@@ -402,7 +402,7 @@ def test_cpu_bf16_is_refused_on_a_cpu_without_bfloat16_instructions(tmp_path, mo
         assert not (tmp_path / "run").exists()
 
 
-def test_val_every_validates_every_nth_epoch_and_the_last_and_picks_best_among_them(tmp_path):
+def test_val_every_validates_every_nth_epoch_and_the_last_and_picks_best_among_them(tmp_path, monkeypatch):
     import csv
 
     import cvtool.train
@@ -423,8 +423,14 @@ def test_val_every_validates_every_nth_epoch_and_the_last_and_picks_best_among_t
     # a resumed run keeps its schedule (only --epochs may change): carried on to 7, it validates 6 and 7
     with pytest.raises(UsageError, match=r"--val-every 3: .* validates every 2 epoch\(s\), and a resumed run keeps"):
         cvtool.train.segment(resume=str(tmp_path / "run"), epochs=7, val_every=3, device="cpu")
-    with pytest.raises(UsageError, match="--cpu-bf16: .* trains in float32, and a resumed run keeps its precision"):
-        cvtool.train.segment(resume=str(tmp_path / "run"), epochs=7, cpu_bf16=True, device="cpu")
+    # --cpu-bf16 on resuming a float32 run: on a CPU with bf16 the run's own precision is the reason; on one
+    # without (AVX2), the CPU is (both checks run before any epoch; CVTOOL_CPU_BF16 is the probe's override)
+    for probe, refusal in (("1", r"--cpu-bf16: .* trains in float32, and a resumed run keeps its precision"),
+                           ("0", r"--cpu-bf16 needs a CPU with bfloat16 instructions \(AVX512-BF16 or AMX\)")):
+        with monkeypatch.context() as patched:
+            patched.setenv("CVTOOL_CPU_BF16", probe)
+            with pytest.raises(UsageError, match=refusal):
+                cvtool.train.segment(resume=str(tmp_path / "run"), epochs=7, cpu_bf16=True, device="cpu")
     cvtool.train.segment(resume=str(tmp_path / "run"), epochs=7, device="cpu")
     rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
     assert [row["val_miou"] != "" for row in rows] == [False, True, False, True, True, True, True]
