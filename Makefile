@@ -118,7 +118,7 @@ bench-yolo11:
 eval-segment:
 	$(BIN)/python bench/eval_segment.py
 
-## eval-unet-isbi: the U-Net paper's recipe (elastic, border-weighted CE with w_c = 1, mirrored context; moving average of the weights; bf16 training, 380 epochs validated every 5th, best.pt by validation Rand F; needs a CPU with bfloat16 instructions) on a fixed 16/3/5 split of the ISBI membrane set, held-out adapted Rand error / VI / IoU (needs ../shared; at most 60 CPU-minutes, one thread)
+## eval-unet-isbi: the U-Net paper's recipe (elastic, border-weighted CE with w_c = 1, mirrored context; moving average of the weights; bf16 training, 380 epochs validated every 5th, best.pt by validation Rand F; on a CPU without bfloat16 instructions it says so in one line and trains float32 for 150 epochs, fewer where 2 timed epochs say they would not fit the budget) on a fixed 16/3/5 split of the ISBI membrane set, held-out adapted Rand error / VI / IoU (needs ../shared; at most 60 CPU-minutes, one thread)
 eval-unet-isbi:
 	OMP_NUM_THREADS=1 $(BIN)/python bench/unet_isbi.py --no-balance --ema 0.99 --cpu-bf16 --val-every 5 --epochs 380
 

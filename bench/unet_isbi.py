@@ -12,6 +12,9 @@ under `cvtool train segment`) with elastic deformations, the border-weighted cro
 its CPU time (all threads) is recorded against the 60 CPU-minute budget. `--baseline`: the README's earlier
 recipe (CE + Dice, crops + flips only) on the same split, for a comparison within one machine state.
 The README's recipe (`make eval-unet-isbi`): `--no-balance --ema 0.99 --cpu-bf16 --val-every 5 --epochs 380`.
+On a CPU without bfloat16 instructions (AVX2 only; or CVTOOL_CPU_BF16=0), `--cpu-bf16` falls back to float32 in
+one line: `--float32-epochs` (default 150, the README's float32 row), fewer where two epochs timed first on this
+CPU say 150 would not fit the budget; the results file says so (`precision`, `fallback`).
 Scoring: `cvtool val segment`'s code (cvtool.val.segment) on the 5 held-out slices, for best.pt and last.pt:
 adapted Rand error of the cell regions after border thinning (ISBI 2012's final measure, cvtool/ops/regions.py),
 VI split / merge, pixel accuracy, membrane IoU; with the threshold on the cell probability that training chose on
@@ -76,6 +79,20 @@ def held_out_scores(weights: Path, held_dir: Path, threshold: float | None = Non
     return own
 
 
+def float32_fallback(args, options: dict, train_dir: Path, val_dir: Path, probe_dir: Path) -> dict:
+    """The float32 epochs that fit the budget on this CPU: `--float32-epochs`, or fewer where two epochs of the
+    same recipe (timed here, validated once) say they would not fit, keeping a tenth of the budget spare."""
+    import cvtool.train
+
+    cpu0 = time.process_time()
+    cvtool.train.segment(str(train_dir), val=str(val_dir), out=str(probe_dir),
+                         **{**options, "cpu_bf16": False, "epochs": 2, "val_every": 2})
+    per_epoch = (time.process_time() - cpu0) / 2
+    fits = int(0.9 * BUDGET_CPU_S / max(per_epoch, 1e-9))
+    return {"reason": "no bfloat16 instructions on this CPU", "epochs": max(1, min(args.float32_epochs, fits)),
+            "probe_cpu_s_per_epoch": round(per_epoch, 1), "asked_epochs": args.epochs}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=150)
@@ -92,6 +109,8 @@ def main() -> None:
                         "with this decay (0: off)")
     parser.add_argument("--cpu-bf16", action="store_true", help="train in bf16 mixed precision (channels-last)")
     parser.add_argument("--val-every", type=int, default=1, help="validate after every N-th epoch and the last")
+    parser.add_argument("--float32-epochs", type=int, default=150,
+                        help="--cpu-bf16 on a CPU without bf16: train float32 for at most this many epochs instead")
     parser.add_argument("--baseline", action="store_true", help="the README's earlier recipe on the same split")
     parser.add_argument("--seed", type=int, default=0, help="training's seed (the split stays fixed)")
     parser.add_argument("--name", default="unet_isbi")
@@ -111,10 +130,26 @@ def main() -> None:
                    class_names=["membrane", "cell"], seed=args.seed, device="cpu", select=args.select, ema=args.ema,
                    cpu_bf16=args.cpu_bf16, val_every=args.val_every, **recipe)
     load_before = os.getloadavg()
+    fallback = None
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         train_dir, val_dir = link_split(tmp / "train", parts["train"]), link_split(tmp / "val", parts["val"])
         held_dir = link_split(tmp / "held_out", parts["held_out"])
+        if args.cpu_bf16:
+            from cvtool.device import cpu_description, cpu_has_bf16
+
+            if not cpu_has_bf16():
+                fallback = float32_fallback(args, options, train_dir, val_dir, tmp / "probe")
+                cpu = cpu_description()
+                why = ("CVTOOL_CPU_BF16=0 says to run as on" if os.environ.get("CVTOOL_CPU_BF16") == "0" else
+                       "this CPU is") + " a CPU without bfloat16 instructions"
+                fallback["reason"] = why
+                print(f"unet_isbi: {why} ({cpu['model']}; {', '.join(cpu['isa']) or 'no AVX2'}): --cpu-bf16 "
+                      f"falls back to float32, {fallback['epochs']} epochs (2 epochs took "
+                      f"{fallback['probe_cpu_s_per_epoch']:.0f} CPU-s each here; budget {BUDGET_CPU_S} CPU-s)",
+                      file=sys.stderr, flush=True)
+                options.update(cpu_bf16=False, epochs=fallback["epochs"])
+                args.epochs = fallback["epochs"]
         run = args.keep or tmp / "run"
         cpu0, wall0 = time.process_time(), time.perf_counter()
         summary = cvtool.train.segment(str(train_dir), val=str(val_dir), out=str(run), **options)
@@ -135,6 +170,8 @@ def main() -> None:
                   + ", mirrored context, 256 px crops + flips",
         "train_call": call,
         "torch_threads": args.threads,
+        "precision": "bf16 mixed (--cpu-bf16)" if options["cpu_bf16"] else "float32",
+        "fallback": fallback,
         "budget_cpu_s": BUDGET_CPU_S,
         "train_cpu_s": round(train_cpu, 1), "train_wall_s": round(train_wall, 1),
         "within_budget": train_cpu <= BUDGET_CPU_S,
