@@ -169,6 +169,13 @@ def test_train_style_then_stylize_images_and_video_in_one_pass(tiny_vgg, tmp_pat
     assert {"best.pt", "last.pt", "metrics.csv", "curves.png", "summary.json"} <= {p.name for p in run.iterdir()}
     rows = list(__import__("csv").DictReader(open(run / "metrics.csv")))
     assert len(rows) == 3 and float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    # the summary names the epoch best.pt holds (it said "best epoch None" while writing best.pt)
+    from cvtool.models.checkpoint import load_weights_file
+
+    summary = json.loads((run / "summary.json").read_text())
+    best = min(rows, key=lambda row: float(row["val_loss"]))
+    assert summary["best_epoch"] == int(best["epoch"]) == load_weights_file(run / "best.pt").meta["epoch"]
+    assert f"best epoch {summary['best_epoch']}; {run}/best.pt" in trained.stderr
 
     video = _tiny_video(tmp_path / "clip.avi")
     out = tmp_path / "styled"

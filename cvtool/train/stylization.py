@@ -159,8 +159,11 @@ def run_training(args: StyleTrainArgs, cfg, run_dir: Path, device, *, resume=Fal
     if not trainer.is_main:  # rank 0 scores, plots and writes the summary; the others get it
         return trainer.share_summary(None)
     plots.save_curves(state.history, run_dir / "curves.png")
+    best_epoch = trainer.load_best_into(run_dir / "best.pt")
     summary = {"task": "stylize", "arch": "fast_style", "style": args.style, "train_images": len(train),
-               "val_images": len(val), "epochs": state.epoch, "val": state.history[-1],
+               "val_images": len(val), "epochs": state.epoch, "best_epoch": best_epoch,
+               "val_best_epoch": next(row for row in state.history if row["epoch"] == best_epoch),
+               "val": state.history[-1],
                "seconds": round(time.perf_counter() - start, 2)}
     return trainer.finish(summary)
 
