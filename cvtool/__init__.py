@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from cvtool.errors import CvtoolError, InputError, UsageError, WeightsError
 
-__version__ = "0.1.0"
+from cvtool.version import __version__
 
 _API = ("Classifier", "Detector", "Segmenter", "Stylizer", "FaceVerifier", "Result", "ClassifyResult",
         "DetectResult", "SegmentResult", "StylizeResult", "VerifyResult", "list_models", "export_onnx")

@@ -59,6 +59,15 @@ def test_lower_layers_import_nothing_above_them(layer):
     assert violations(layer) == []
 
 
+@pytest.mark.parametrize("layer", ["models", "io", "ops"])
+def test_lower_layers_never_reach_up_to_the_package_top(layer):
+    """`from cvtool import __version__` in models/ ran back up through cvtool/__init__.py (which re-exports the
+    API); the version has its own module, cvtool.version."""
+    bad = [f"{path.relative_to(PACKAGE.parent)}:{line}" for path in sorted((PACKAGE / layer).rglob("*.py"))
+           for line, module in imported_modules(path) if module in ("cvtool", "cvtool.__version__")]
+    assert bad == []
+
+
 def test_the_checker_sees_a_function_level_import(tmp_path, monkeypatch):
     fake = tmp_path / "cvtool" / "models"
     fake.mkdir(parents=True)

@@ -58,7 +58,7 @@ def save_checkpoint(
     """Everything `--weights FILE` needs to rebuild and label the model, in types weights_only loading accepts."""
     import torch
 
-    from cvtool import __version__
+    from cvtool.version import __version__
 
     payload = {
         "format": FORMAT,

@@ -148,7 +148,7 @@ def cached_export_path(loaded, *, img_size: int | None = None) -> tuple[Path, ob
     import onnxruntime
     import torch
 
-    from cvtool import __version__
+    from cvtool.version import __version__
     from cvtool.models.onnx_export import graph_for
 
     graph = graph_for(loaded, img_size)
@@ -208,7 +208,7 @@ def _pointer_path(key: str, task: str) -> Path:
 def _versions() -> dict:
     import onnxruntime
 
-    from cvtool import __version__
+    from cvtool.version import __version__
 
     return {"cvtool": __version__, "onnxruntime": onnxruntime.__version__, "format_version": FORMAT_VERSION}
 
