@@ -14,7 +14,7 @@ from typing import List, Optional
 
 import typer
 
-from cvtool import __version__
+from cvtool.version import __version__
 from cvtool.errors import UsageError
 from cvtool.io.outputs import check_out_dir
 from cvtool.console import (
@@ -899,7 +899,7 @@ def train_style(
                        tv_weight=tv_weight, width=width, vgg=vgg, vgg_weights=vgg_weights, out=out, resume=resume,
                        device=device, seed=seed, progress=not SETTINGS.quiet, sync_bn=sync_bn, cpu_bf16=cpu_bf16,
                        val_every=val_every)
-        info(f"best epoch {summary.get('best_epoch')}; {summary['run_dir']}/best.pt")
+        info(f"best epoch {summary['best_epoch']}; {summary['run_dir']}/best.pt")
         typer.echo(json.dumps(summary, indent=2))
 
 
@@ -987,7 +987,8 @@ def _wants_json(fmt: Optional[ListFormat]) -> bool:
 def models_list(
     ctx: typer.Context,
     task: Optional[str] = typer.Option(None, "--task", help="Only models for this task (classify, ...)."),
-    fmt: ListFormat = typer.Option(ListFormat.table, "--format", "-f", help="table or json."),
+    fmt: Optional[ListFormat] = typer.Option(None, "--format", "-f", help="table or json (default: a table on a "
+                                             "terminal, JSON when piped)."),
 ) -> None:
     """List every model: task, size, weights source, licence, and whether its weights are on this machine."""
     if ctx.invoked_subcommand is not None:
@@ -996,7 +997,7 @@ def models_list(
         from cvtool.models import catalogue
 
         rows = catalogue.describe_all(task)
-        if fmt is ListFormat.json:
+        if _wants_json(fmt):
             import json
 
             typer.echo(json.dumps(rows, indent=2))

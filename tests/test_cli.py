@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 from conftest import invoke_cli, run_cli
 
@@ -60,6 +61,52 @@ def test_models_lists_every_model_with_source_licence_and_cache_state():
     assert all(row["licence"] for row in rows.values())
     only = json.loads(invoke_cli("models", "--task", "segment", "-f", "json").stdout)
     assert {row["task"] for row in only} == {"segment"}
+
+
+def test_models_piped_is_json_and_lists_from_a_hash_checked_snapshot_without_torch(tmp_path):
+    """`cvtool models | ...` printed an 80-column table that wrapped into slivers, and took seconds importing
+    torch and torchvision to build the registry; piped it is JSON, and after the first listing the rows come
+    from a hash-checked snapshot in the cache (on_disk looked up afresh), in a process that imports no torch."""
+    import json
+    import os
+
+    env = {**os.environ, "CVTOOL_CACHE": str(tmp_path / "cache"), "TORCH_HOME": str(tmp_path / "torch")}
+    first = run_cli("models", env=env)
+    assert first.returncode == 0, first.stderr
+    rows = json.loads(first.stdout)
+    assert rows == json.loads(invoke_cli("models", "-f", "json").stdout)  # the registry's own rows
+    code = ("import sys, runpy; sys.argv = ['cvtool', 'models']; import cvtool.cli\n"
+            "try:\n    cvtool.cli.main()\nexcept SystemExit:\n    pass\n"
+            "print('TORCH', 'torch' in sys.modules, 'torchvision' in sys.modules, file=sys.stderr)")
+    again = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert json.loads(again.stdout) == rows and "TORCH False False" in again.stderr
+    snapshot, = (p for p in (tmp_path / "cache").glob("models-catalogue-*.json") if ".sha256" not in p.name)
+    snapshot.write_text(snapshot.read_text().replace('"classify"', '"segment"', 1))  # altered: not trusted
+    rebuilt = run_cli("models", env=env)
+    assert json.loads(rebuilt.stdout) == rows
+    assert next(r for r in rows if r["name"] == "resnet18")["on_disk"] is False
+    checkpoints = tmp_path / "torch" / "hub" / "checkpoints"  # on_disk is looked up at each listing
+    checkpoints.mkdir(parents=True)
+    (checkpoints / "resnet18-f37072fd.pth").write_bytes(b"weights")
+    later = json.loads(run_cli("models", "--task", "classify", env=env).stdout)
+    assert {row["name"] for row in later} == {row["name"] for row in rows if row["task"] == "classify"}
+    assert next(r for r in later if r["name"] == "resnet18")["on_disk"] is True
+
+
+def test_weights_cache_dir_is_torch_hubs_without_importing_torch(monkeypatch, tmp_path):
+    import torch.hub
+
+    import cvtool.models.weights as weights
+
+    for env in ({"TORCH_HOME": str(tmp_path / "th")}, {"XDG_CACHE_HOME": str(tmp_path / "xdg")}, {}):
+        for name in ("TORCH_HOME", "XDG_CACHE_HOME"):
+            monkeypatch.delenv(name, raising=False)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        with monkeypatch.context() as patched:
+            patched.delitem(sys.modules, "torch.hub")
+            without_torch = weights.cache_dir()
+        assert without_torch == weights.cache_dir() == Path(torch.hub.get_dir()) / "checkpoints"
 
 
 def test_serve_option_defaults_are_the_servers_settings():

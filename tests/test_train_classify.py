@@ -240,6 +240,9 @@ class _LocalWeights:
     def is_available(self):
         return True
 
+    def local_file(self):
+        return self.path
+
     def local_path(self, *, offline=None, progress=True, alternative=None):
         return self.path
 

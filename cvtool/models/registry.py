@@ -29,7 +29,11 @@ class WeightsSource(Protocol):
     filename: str
 
     def is_available(self) -> bool:
-        """True when the file is on this machine already (no network needed)."""
+        """True when the file is on this machine already (no network needed): local_file() exists."""
+
+    def local_file(self) -> Path | None:
+        """Where the file is or will be on this machine, found without fetching, converting or importing torch
+        (None where it cannot be known); `cvtool models` checks it for its `on disk` column."""
 
     def local_path(self, *, offline: bool | None = None, progress: bool = True,
                    alternative: str | None = "--weights FILE") -> Path:
@@ -49,9 +53,12 @@ class DownloadedWeights:
         return self.url.rsplit("/", 1)[-1]
 
     def is_available(self) -> bool:
+        return self.local_file().is_file()
+
+    def local_file(self) -> Path:
         from cvtool.models import weights
 
-        return weights.cached_path(self.url).is_file()
+        return weights.cached_path(self.url)
 
     def local_path(self, *, offline: bool | None = None, progress: bool = True,
                    alternative: str | None = "--weights FILE") -> Path:
@@ -78,6 +85,9 @@ class PackagedWeights:
 
     def is_available(self) -> bool:
         return self.path.is_file()
+
+    def local_file(self) -> Path:
+        return self.path
 
     def local_path(self, *, offline: bool | None = None, progress: bool = True,
                    alternative: str | None = "--weights FILE") -> Path:
@@ -194,6 +204,11 @@ def _load_builtins(until: str | None = None) -> None:
         if module not in _loaded_modules:
             _loaded_modules.add(module)
             importlib.import_module(module)
+
+
+def registered_names() -> list[str]:
+    """The models registered in this process so far (built-in modules are imported on first lookup)."""
+    return list(_REGISTRY)
 
 
 def get_entry(name: str, task: str | None = None) -> ModelEntry:

@@ -40,10 +40,18 @@ _NETWORK_ERRORS = (urllib.error.URLError, http.client.HTTPException, ConnectionE
 
 
 def cache_dir() -> Path:
-    """torch.hub's checkpoint folder, so TORCH_HOME is honoured and torchvision's downloads are reused."""
-    import torch.hub  # here, not at module level: `cvtool --help` should not pay for importing torch
+    """torch.hub's checkpoint folder, so TORCH_HOME is honoured and torchvision's downloads are reused.
 
-    return Path(torch.hub.get_dir()) / "checkpoints"
+    Without importing torch (`cvtool models` lists what is on disk in a fraction of a second): torch.hub's own
+    rule, $TORCH_HOME else $XDG_CACHE_HOME/torch else ~/.cache/torch, then hub/; once torch.hub is imported,
+    torch.hub.get_dir() itself (it also honours torch.hub.set_dir). A test holds the two equal."""
+    import sys
+
+    hub = sys.modules.get("torch.hub")
+    if hub is not None:
+        return Path(hub.get_dir()) / "checkpoints"
+    home = os.environ.get("TORCH_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "torch")
+    return Path(os.path.expanduser(home)) / "hub" / "checkpoints"
 
 
 def is_offline() -> bool:

@@ -194,8 +194,12 @@ class PackageModelWeights:
     kind: str = "package"
 
     def is_available(self) -> bool:
+        path = self.local_file()
+        return path is not None and path.is_file()
+
+    def local_file(self) -> Path | None:
         folder = face_models_dir()
-        return folder is not None and (folder / self.filename).is_file()
+        return None if folder is None else folder / self.filename
 
     def local_path(self, *, offline: bool | None = None, progress: bool = True,
                    alternative: str | None = None) -> Path:
