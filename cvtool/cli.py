@@ -1025,8 +1025,16 @@ def models_verify(names: Optional[List[str]] = typer.Argument(None, help="Models
     raise typer.Exit(code)
 
 
+def _extra_mark(module: str, extra: str) -> str:
+    """' [needs the X extra]' for a command whose optional extra is not installed (found without importing it)."""
+    import importlib.util
+
+    return "" if importlib.util.find_spec(module) is not None else f" [not installed: pip install 'cvtool[{extra}]']"
+
+
 @app.command(
     "ray",
+    short_help="Run a task over many inputs on Ray Data, in input order." + _extra_mark("ray", "ray"),
     epilog="Example: cvtool ray classify photos/ --model resnet50 --set top_k=3 --workers 8 > labels.jsonl  "
            "(RAY_ADDRESS=... for a cluster)",
 )
@@ -1066,6 +1074,7 @@ def ray_cmd(
 
 @app.command(
     "serve",
+    short_help="Serve the models over HTTP, kept loaded between requests." + _extra_mark("fastapi", "serve"),
     epilog="Example: cvtool serve --preload verify-face --preload detect:yolo --port 8000 & "
            "CVTOOL_SERVER=http://127.0.0.1:8000 cvtool verify-face id.jpg selfie.jpg",
 )
@@ -1217,9 +1226,25 @@ def val_face(
         _print_calibration(report, as_json=True)
 
 
+def _dash_file_hint(argv: list[str]) -> str | None:
+    """A file named like an option (`-leading.jpg`) is read as one; the usage error then says how to name it."""
+    for arg in argv:
+        if arg == "--":
+            return None
+        if arg.startswith("-") and len(arg) > 1 and os.path.exists(arg):
+            return f"{arg} is a file whose name starts with '-': give it as ./{arg} (or after --)"
+    return None
+
+
 def main() -> None:
     if "RANK" not in os.environ:  # the usual case: one process
-        app()
+        try:
+            app()
+        except SystemExit as exc:
+            hint = _dash_file_hint(sys.argv[1:]) if exc.code == 2 else None
+            if hint:
+                error_line(hint)
+            raise
         return
     from cvtool.train.distributed import end_rank  # a rank torchrun started: a finished one skips the teardown
 

@@ -18,6 +18,14 @@ def test_help_lists_only_working_commands_and_does_not_import_torch():
     result = run_cli("--help")
     assert result.returncode == 0
     assert "classify" in result.stdout and "models" in result.stdout
+    import importlib.util
+
+    words = " ".join(result.stdout.split())  # the list wraps at 80 columns
+    # a command whose optional extra is missing says so in the list (it listed `ray` as if it worked)
+    marked = "ray Run a task over many inputs on Ray Data, in input order. [not installed: pip install 'cvtool[ray]']"
+    assert (marked in words) == (importlib.util.find_spec("ray") is None)
+    assert ("serve Serve the models over HTTP, kept loaded between requests. [not installed"
+            in words) == (importlib.util.find_spec("fastapi") is None)
     probe = subprocess.run(
         [sys.executable, "-c", "import sys, cvtool.cli; print(sorted({'torch', 'torchvision', 'cv2'} & set(sys.modules)))"],
         capture_output=True, text=True, check=True,
@@ -126,3 +134,13 @@ def test_serve_option_defaults_are_the_servers_settings():
     assert (parse_size(defaults["max_bytes"]), parse_size(defaults["memory_budget"])) == (settings.max_bytes,
                                                                                           settings.memory_budget)
     assert [size_text(n) for n in (50 * 1024**2, 4 * 1024**3, 3 * 1024, 1000)] == ["50MB", "4GB", "3KB", "1000"]
+
+
+def test_a_file_named_like_an_option_gets_a_hint_with_the_usage_error(tmp_path):
+    (tmp_path / "-leading.png").write_bytes(b"not read")
+    result = run_cli("classify", "-leading.png", "--model", "lenet5_digits", cwd=tmp_path)
+    assert result.returncode == 2 and "No such option: -l" in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "cvtool: -leading.png is a file whose name starts with '-': give it as ./-leading.png (or after --)")
+    missing = run_cli("classify", "-x.png", cwd=tmp_path)  # no such file: typer's error alone
+    assert missing.returncode == 2 and "starts with '-'" not in missing.stderr
