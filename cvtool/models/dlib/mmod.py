@@ -28,6 +28,7 @@ NUM_PARAMS = sum(o * i * k * k + o for i, o, k, _, _ in CONVS)
 NATIVE_MIN_FACE = 80  # px: the detector window; smaller faces are found only in an enlarged image
 DEFAULT_MIN_FACE = 40  # px: what `auto` upsampling aims to find (dlib's own default: upsample once)
 DEFAULT_DETECT_PIXELS = 9_000_000  # the enlarged image's pixel budget (a 1920x1080 photo doubled: 8.3 M)
+CANVAS_SLACK = 1.025  # a pyramid's canvas may pass a square budget-sized image's by this much (see detection_scale)
 
 
 def output_size(n: int) -> int:
@@ -217,13 +218,59 @@ def decode(score_map: np.ndarray, rects, upsample: int, threshold: float) -> lis
 def detection_scale(height: int, width: int, min_face: float = DEFAULT_MIN_FACE,
                     max_pixels: int = DEFAULT_DETECT_PIXELS) -> float:
     """The factor to resize an image by so that faces of `min_face` px become the detector's native 80 px,
-    capped so that the resized image holds at most `max_pixels` (then smaller faces are missed: the cap
-    wins over min_face). Below 1 the image is reduced (its smallest wanted faces are larger than 80 px)."""
+    capped so that the resized image holds at most `max_pixels` and its pyramid's canvas at most
+    `canvas_budget(max_pixels)`. Below 1 the image is reduced (its smallest wanted faces are larger than 80 px).
+
+    Either cap wins over min_face: the smallest face found is then 80 / scale px, larger than asked for.
+    The canvas cap is there because the CNN's cost is its canvas, not the image: a large photo's canvas is
+    3.6-3.7 pixels per image pixel, a strip's up to 8 (the 10 px gaps between levels and the 11 px border
+    are as tall as a thin strip's levels, and no level fits beside its first), so the image cap alone let
+    a 20000 x 200 image's canvas reach 34-35 M pixels (a 9 MP photo's: 32.7 M) and a 200000 x 20 one's
+    50-62 M. Photo shapes (up to 1:16 either way, at the default budget) fit the canvas cap at the image
+    cap's scale, so their pyramids are exactly the image cap's; a strip is searched smaller instead, and
+    its smallest findable face grows: 20000 x 200 at 1.47-1.49 instead of 1.5 (faces from 54 px instead
+    of 53), 200000 x 20 at 0.94-1.17 (from 68-85 px)."""
     if min_face <= 0:
         raise ValueError("min_face must be positive")
     wanted = NATIVE_MIN_FACE / float(min_face)
-    budget = math.sqrt(max_pixels / max(1, height * width))
-    return min(wanted, budget)
+    scale = min(wanted, math.sqrt(max_pixels / max(1, height * width)))
+    limit = canvas_budget(max_pixels)
+    canvas = canvas_pixels(height, width, scale)
+    while canvas > limit:  # the canvas per image pixel grows as a strip shrinks: shrink until it fits
+        scale *= 0.999 * math.sqrt(limit / canvas)
+        canvas = canvas_pixels(height, width, scale)
+    return scale
+
+
+def canvas_budget(max_pixels: int = DEFAULT_DETECT_PIXELS) -> float:
+    """The most canvas pixels a pyramid may have: the canvas of a square image of `max_pixels` (32.7 M for
+    the default 9 M) times CANVAS_SLACK, which photo shapes stay within (at 9 M a 1:8 portrait's canvas is
+    1.0% over the square's, a 1:16 one's 1.8%; a 20000 x 200 strip's 4.4% lying, 6.0% standing)."""
+    side = max(1, math.isqrt(int(max_pixels)))
+    rows, cols = pyramid_rects(side, side)[0]
+    return CANVAS_SLACK * rows * cols
+
+
+def searched_size(height: int, width: int, scale: float) -> tuple[int, int]:
+    """The size of the image `detect_scaled` builds the pyramid from at `scale`: resized, then doubled by
+    pyramid_up ((2h+1) x (2w+2)) once per doubling."""
+    resize, doublings = split_scale(scale)
+    if resize != 1.0:
+        height, width = resized_size(height, width, resize)
+    for _ in range(doublings):
+        height, width = 2 * height + 1, 2 * width + 2
+    return height, width
+
+
+def resized_size(height: int, width: int, resize: float) -> tuple[int, int]:
+    """detect_scaled's plain resize: (height, width) * resize, rounded, at least 1 px."""
+    return max(1, round(height * resize)), max(1, round(width * resize))
+
+
+def canvas_pixels(height: int, width: int, scale: float) -> int:
+    """Pixels of the canvas the CNN runs over for an image searched at `scale`."""
+    rows, cols = pyramid_rects(*searched_size(height, width, scale))[0]
+    return rows * cols
 
 
 def split_scale(scale: float, max_doublings: int = 3) -> tuple[float, int]:
@@ -243,9 +290,8 @@ def detect_scaled(detector, image: np.ndarray, scale: float, threshold: float = 
 
     resize, doublings = split_scale(scale)
     if resize != 1.0:
-        h, w = image.shape[:2]
-        size = (max(1, round(w * resize)), max(1, round(h * resize)))
-        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA if resize < 1 else cv2.INTER_LINEAR)
+        h, w = resized_size(*image.shape[:2], resize)
+        image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if resize < 1 else cv2.INTER_LINEAR)
     boxes = detector.detect([image], upsample=doublings, threshold=threshold)[0]
     if resize == 1.0:
         return boxes
