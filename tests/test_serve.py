@@ -4,8 +4,10 @@ concurrency, SIGTERM draining, and no torch in the client."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -203,9 +205,139 @@ def test_oversized_upload_is_413_and_bad_requests_are_one_line(server):
     assert status == 400 and answer["error"].startswith("unknown model 'no_such_model'")
     status, answer = request(f"{server.url}/classify?top_k=0", b"x")
     assert status == 400 and answer == {"path": None, "error": "top_k: Input should be greater than or equal to 1"}
-    status, answer = request(f"{server.url}/classify?model=lenet5_digits", b"")
-    assert status == 400 and answer["error"].startswith("no image in the request")
     assert "Traceback" not in server.text()
+
+
+def test_a_chunked_body_over_max_bytes_is_413_as_one_declared_over_it(server):
+    """Issue 28: a body sent chunked (no Content-Length) that grows past --max-bytes was a 500 ("ExceptionGroup:
+    unhandled errors in a TaskGroup"): the same 413 line now; a chunked image under the limit is classified."""
+    def chunked(chunks) -> tuple[int, dict, dict]:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+        try:
+            conn.request("POST", "/classify?model=lenet5_digits&top_k=1&name=chunked.png", body=iter(chunks),
+                         headers={"Content-Type": "application/octet-stream"}, encode_chunked=True)
+        except (BrokenPipeError, ConnectionResetError):  # the server stopped reading at the limit
+            pass
+        response = conn.getresponse()
+        try:
+            return response.status, dict(response.getheaders()), json.loads(response.read())
+        finally:
+            conn.close()
+
+    status, headers, answer = chunked([b"\0" * 100_000] * 4)
+    assert status == 413 and headers.get("connection") == "close"
+    assert answer == {"path": None, "error": "request body over the server's limit of 307200 bytes (--max-bytes)"}
+    digit = (DIGITS / "digit_3.png").read_bytes()
+    status, _, record = chunked([digit[i:i + 50] for i in range(0, len(digit), 50)])
+    assert status == 200 and record["path"] == "chunked.png" and record["result"]["top_k"][0]["label"] == "3"
+    assert " 500 " not in server.text()
+
+
+def test_a_nul_byte_in_a_server_path_is_one_400_line_naming_it(server, allowed):
+    """Issue 28: `path=d3.png%00.txt` was "500 internal error: ValueError: embedded null byte"; every server path
+    (path, weights, a gallery) is now refused in one line under its own name, before the OS sees it."""
+    for query, path, what in [("path=digits%2Fd3.png%00.txt", "digits/d3.png\0.txt", "path"),
+                              ("weights=%00", "\0", "weights")]:
+        status, answer = request(f"{server.url}/classify?model=lenet5_digits&{query}", b"x")
+        assert status == 400, answer
+        assert answer == {"path": path, "error": f"a NUL byte is not allowed in a server {what}"}
+    from cvtool.errors import UsageError
+    from cvtool.serve.security import confine
+
+    with pytest.raises(UsageError) as refused:
+        confine("known\0", allowed, what="gallery")
+    assert (refused.value.path, refused.value.reason) == ("known\0", "a NUL byte is not allowed in a server gallery")
+
+
+def test_a_client_gone_before_its_content_length_is_logged_as_its_disconnect(server):
+    """Issue 28: a client that hangs up before sending the body it declared was logged as a 500 (a server
+    error); it is the client's doing: 400, "(client disconnected)" in the log line."""
+    head = ("POST /classify?model=lenet5_digits HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
+            "Content-Length: 5000\r\n\r\n").encode()
+    before = server.text().count("(client disconnected)")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(head + b"\x89PNG" * 10)
+    deadline = time.time() + 10
+    while server.text().count("(client disconnected)") == before and time.time() < deadline:
+        time.sleep(0.1)
+    [line] = [x for x in server.text().splitlines() if "(client disconnected)" in x][before:]
+    assert re.fullmatch(r"cvtool serve: 127\.0\.0\.1 POST /classify 400 [0-9.]+ ms \(client disconnected\)", line)
+    assert " 500 " not in server.text()
+
+
+def test_an_empty_body_is_an_empty_file_as_an_empty_upload_is(server):
+    """Issue 28: an empty raw body was 400 ("no image in the request") where an empty multipart upload was 422.
+    Both are the image the client sent, empty: the CLI's per-input error for an empty file (422; the thin client
+    counts it as one failed input and goes on). 400 stays for a request that carries no image at all."""
+    from cvtool.serve.client import multipart
+
+    url = f"{server.url}/classify?model=lenet5_digits"
+    assert request(url, b"") == (422, {"path": "<bytes>", "error": "empty file (0 bytes)"})
+    assert request(f"{url}&name=e.png", b"", headers={"Content-Type": "image/png"}) == \
+        (422, {"path": "e.png", "error": "empty file (0 bytes)"})
+    body, kind = multipart({"file": ("e.png", b"")})
+    assert request(url, body, headers={"Content-Type": kind}) == (422, {"path": "e.png", "error": "empty file (0 bytes)"})
+    body, kind = multipart({"other": ("e.png", b"x")})
+    status, answer = request(url, body, headers={"Content-Type": kind})
+    assert status == 400 and answer["error"].startswith("no image in the request: send a multipart file 'file'")
+
+
+def test_unknown_endpoints_and_methods_answer_in_the_projects_error_shape(server):
+    """Issue 28: 404 and 405 came in FastAPI's `{"detail": ...}`; they are `{"path", "error"}` lines now, as every
+    other error (a bad option included), and 405 still says which method the endpoint takes."""
+    assert request(f"{server.url}/nope") == (404, {"path": None, "error": "no endpoint GET /nope: see /docs for the API"})
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    conn.request("GET", "/classify")
+    response = conn.getresponse()
+    assert (response.status, response.getheader("allow")) == (405, "POST")
+    assert json.loads(response.read()) == {"path": None,
+                                           "error": "GET /classify: method not allowed; this endpoint takes POST"}
+    conn.close()
+    status, answer = request(f"{server.url}/classify?top_k=x", b"x")
+    assert status == 400 and answer == {"path": None,
+                                        "error": "top_k: Input should be a valid integer, unable to parse string as "
+                                                 "an integer"}
+
+
+def test_nan_and_inf_options_are_refused_as_not_finite(server):
+    """Issue 28: `conf=nan` was refused as "less than or equal to 1"; every float option says what is wrong."""
+    for query, option in [("detect?conf=nan", "conf"), ("detect?iou=inf", "iou"), ("segment?alpha=-inf", "alpha"),
+                          ("segment?threshold=NaN", "threshold"), ("verify-face?min_face=inf", "min_face"),
+                          ("identify?gallery=g&threshold=inf", "threshold")]:
+        status, answer = request(f"{server.url}/{query}", b"x")
+        assert (status, answer) == (400, {"path": None, "error": f"{option}: Input should be a finite number"}), query
+
+
+def test_a_bug_is_answered_in_one_500_line_and_logged_without_a_traceback(capsys):
+    """What no handler takes (a bug) still gets error_response's one line, from the logging middleware, and one
+    log line with its 500; in-process, the ASGI app called as uvicorn calls it."""
+    import asyncio
+
+    from cvtool.serve.app import Server as Served, asgi_app
+    from cvtool.serve.settings import Settings
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug\non two lines")
+
+    settings = Settings()
+    served = Served(settings)
+    served.entry = broken
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
+             "path": "/detect/categories", "raw_path": b"/detect/categories", "query_string": b"", "root_path": "",
+             "headers": [], "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8000)}
+    asyncio.run(asgi_app(settings, served)(scope, receive, send))
+    assert sent[0]["status"] == 500
+    assert json.loads(sent[1]["body"]) == {"path": None, "error": "internal error: RuntimeError: a bug on two lines"}
+    [line] = capsys.readouterr().err.splitlines()
+    assert re.fullmatch(r"cvtool serve: 127\.0\.0\.1 GET /detect/categories 500 [0-9.]+ ms", line)
 
 
 def test_concurrent_requests_give_the_sequential_records(server):

@@ -5,10 +5,13 @@ the CLI, so a bad file gets the CLI's one-line reason under its own name) and is
 object; the answer is the object's record (`Result.to_dict()`), the one the CLI prints, with `path`
 set to the uploaded file's name or the server path given. No model logic lives here.
 
-Status codes: 200 a record; 422 this input is bad (the CLI's per-input error: `{"path", "error"}`);
-400 the request cannot be honoured (unknown model, weights not available, a bad option: the CLI's exit
-2); 401 token missing or wrong; 403 a server path refused; 413 body over --max-bytes; 500 a bug, in
-one line. Never a traceback.
+Status codes: 200 a record; 422 this input is bad (the CLI's per-input error: an image that cannot be read, an
+empty one included, as an upload or as the raw body); 400 the request cannot be honoured (unknown model, weights
+not available, a bad option, a malformed body, a client that went away mid-body: the CLI's exit 2); 401 token
+missing or wrong; 403 a server path refused; 404 no such endpoint; 405 a method the endpoint does not take; 413
+body over --max-bytes (Content-Length or chunked); 500 a bug. Every answer but a record is one JSON object
+`{"path", "error"}` with a one-line `error` (`path`: the file at fault, else null), made in one place
+(`error_response`). Never a traceback.
 
 /classify, /detect and /segment (untiled) requests for the same loaded variant are batched across requests
 (batching.py, `--max-batch`, `--batch-wait-ms`); the other endpoints run each request on its own.
@@ -17,6 +20,7 @@ one line. Never a traceback.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import threading
 import time
@@ -29,8 +33,10 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
-from cvtool import __version__
+from cvtool.version import __version__
 from cvtool.errors import CvtoolError, InputError, UsageError
 from cvtool.models.dlib.mmod import DEFAULT_MIN_FACE  # `verify-face --min-face`'s default (NumPy only)
 from cvtool.serve.batching import Batcher
@@ -49,29 +55,45 @@ def log_line(message: str) -> None:
 
 # -- errors as responses ---------------------------------------------------------------------------
 
-def error_response(exc: BaseException) -> JSONResponse:
-    """One JSON object with a one-line `error` (and `path` when a file is at fault); never a traceback."""
-    if isinstance(exc, InputError):
-        return JSONResponse({"path": exc.path, "error": exc.reason}, status_code=422)
-    if isinstance(exc, Forbidden):
-        return JSONResponse({"path": exc.path, "error": exc.reason}, status_code=403)
-    if isinstance(exc, TooLarge):
-        return JSONResponse({"path": exc.path, "error": exc.reason}, status_code=413)
-    if isinstance(exc, CvtoolError):  # UsageError, WeightsError: the command could not run as asked
-        return JSONResponse({"path": exc.path, "error": exc.reason}, status_code=400)
+def error_response(exc: BaseException, request: Request | None = None) -> JSONResponse:
+    """The answer to anything a request raised: one JSON object `{"path", "error"}`, a one-line `error` (`path` when
+    a file is at fault), the status the module docstring lists; never a traceback. The one place this is decided:
+    the app's exception handlers and its logging middleware (for what no handler takes) both answer with it."""
+    if isinstance(exc, CvtoolError):
+        status = (422 if isinstance(exc, InputError) else 403 if isinstance(exc, Forbidden)
+                  else 413 if isinstance(exc, TooLarge) else 400)  # 400: UsageError, WeightsError: cannot run as asked
+        headers = {"connection": "close"} if status == 413 else None  # the rest of the body is never read
+        return _error(status, exc.reason, exc.path, headers)
+    if isinstance(exc, RequestValidationError):  # a query option FastAPI could not take as its type and bounds
+        parts = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err.get("loc", ())[1:]) or "request"
+            parts.append(f"{where}: {err.get('msg')}")
+        return _error(400, "; ".join(parts))
+    if isinstance(exc, ClientDisconnect):  # nobody reads this answer; the log line says what happened
+        return _error(400, "the client disconnected before sending the whole request body")
+    if isinstance(exc, HTTPException):  # the router's: no such endpoint (404), a method it does not take (405)
+        where = f"{request.method} {request.url.path}" if request is not None else "this request"
+        if exc.status_code == 404:
+            return _error(404, f"no endpoint {where}: see /docs for the API", headers=exc.headers)
+        allowed = (exc.headers or {}).get("Allow")
+        if exc.status_code == 405 and allowed:
+            return _error(405, f"{where}: method not allowed; this endpoint takes {allowed}", headers=exc.headers)
+        return _error(exc.status_code, f"{where}: {exc.detail}", headers=exc.headers)
     text = " ".join(str(exc).split())
-    return JSONResponse({"path": None, "error": f"internal error: {type(exc).__name__}: {text}"}, status_code=500)
+    return _error(500, f"internal error: {type(exc).__name__}: {text}")
 
 
-# -- the request-size limit and the token, as ASGI middleware -------------------------------------
+def _error(status: int, reason: str, path: str | None = None, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"path": path, "error": reason}, status_code=status, headers=headers)
 
-class _BodyTooLarge(TooLarge):
-    """Raised from the request's body stream; the CvtoolError handler turns it into the 413 answer."""
 
+# -- the request-size limit and the token, and the log line, as ASGI middleware ------------------
 
 class Guard:
     """Token check (every path but /healthz), then the body limit: a Content-Length over --max-bytes is
-    answered 413 before anything is read; a body that grows past it while streaming is cut off with 413."""
+    answered 413 before anything is read; a body that grows past it while streaming (chunked, or longer than
+    its Content-Length) raises TooLarge from the body stream, which the app answers 413 (`error_response`)."""
 
     def __init__(self, app, settings: Settings):
         self.app, self.settings = app, settings
@@ -85,12 +107,11 @@ class Guard:
                                            "'Authorization: Bearer TOKEN' (the server's --token / CVTOOL_TOKEN)"},
                                {"www-authenticate": "Bearer"})
         limit = self.settings.max_bytes
-        too_large = {"path": None, "error": f"request body over the server's limit of {limit} bytes (--max-bytes)"}
+        too_large = f"request body over the server's limit of {limit} bytes (--max-bytes)"
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > limit:
-            return await _send(send, 413, too_large, {"connection": "close"})
+            return await _send(send, 413, {"path": None, "error": too_large}, {"connection": "close"})
         seen = 0
-        started = False
 
         async def counted_receive():
             nonlocal seen
@@ -98,20 +119,52 @@ class Guard:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
-                    raise _BodyTooLarge(too_large["error"])
+                    raise TooLarge(too_large)
             return message
 
-        async def tracked_send(message):
-            nonlocal started
+        await self.app(scope, counted_receive, send)
+
+
+class Logged:
+    """One log line per request (client, method, path as sent, status, time; "client disconnected" when the
+    client went away first), and error_response's 500 for an exception no handler of the app took. Plain ASGI:
+    FastAPI's @app.middleware("http") (Starlette's BaseHTTPMiddleware) reads the body under a task group, which
+    wraps what the body stream raises (TooLarge: a chunked body over --max-bytes) in an ExceptionGroup that no
+    handler matches (it was a 500)."""
+
+    def __init__(self, app, log: bool = True):
+        self.app, self.log = app, log
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start = time.perf_counter()
+        status, gone = None, False
+
+        async def watched_receive():
+            nonlocal gone
+            message = await receive()
+            gone = gone or message["type"] == "http.disconnect"
+            return message
+
+        async def watched_send(message):
+            nonlocal status
             if message["type"] == "http.response.start":
-                started = True
+                status = message["status"]
             await send(message)
 
         try:
-            await self.app(scope, counted_receive, tracked_send)
-        except _BodyTooLarge:
-            if not started:
-                await _send(send, 413, too_large, {"connection": "close"})
+            await self.app(scope, watched_receive, watched_send)
+        except Exception as exc:  # a bug: answered in one line, if no answer had started
+            if status is None:
+                await error_response(exc)(scope, watched_receive, watched_send)
+            else:
+                log_line(error_response(exc).body.decode())
+        if self.log:
+            client = scope["client"][0] if scope.get("client") else "-"
+            path = scope.get("raw_path", b"").decode("latin-1") or scope["path"]  # percent-encoded: one line
+            log_line(f"{client} {scope['method']} {path} {status or '-'} {(time.perf_counter() - start) * 1000:.1f} ms"
+                     + (" (client disconnected)" if gone else ""))
 
 
 async def _send(send, status: int, body: dict, headers: dict | None = None) -> None:
@@ -136,17 +189,18 @@ async def _form(request: Request):
     if not hasattr(request.state, "form"):
         try:
             request.state.form = await request.form()
-        except CvtoolError:
+        except (CvtoolError, ClientDisconnect):  # a body over --max-bytes; a client gone mid-body
             raise
         except Exception as exc:  # malformed multipart
-            raise UsageError(f"could not read the multipart body: {exc}") from None
+            raise UsageError(f"could not read the multipart body: {getattr(exc, 'detail', exc)}") from None
     return request.state.form
 
 
 async def take_image(request: Request, settings: Settings, part: str, path_field: str, *, raw_ok: bool,
                      name: str | None = None) -> Image:
     """The image a request carries: the multipart part `part` (an upload), a server path in `path_field`
-    (query or form field; needs --allow-paths), or else the raw body (single-image endpoints)."""
+    (query or form field; needs --allow-paths), or else the raw body (single-image endpoints). An empty upload
+    or raw body is the CLI's empty file: this input is bad (422), not a request without an image (400)."""
     form = await _form(request)
     server_path = request.query_params.get(path_field)
     if form is not None:
@@ -169,9 +223,7 @@ async def take_image(request: Request, settings: Settings, part: str, path_field
             raise InputError(exc.reason, server_path) from None
         return Image(data, server_path)
     if raw_ok and form is None:
-        data = await request.body()
-        if data:
-            return Image(data, name or "<bytes>")
+        return _nonempty(Image(await request.body(), name or "<bytes>"))
     where = f"a multipart file '{part}', a server path '{path_field}'" + (", or the image as the request body"
                                                                           if raw_ok else "")
     raise UsageError(f"no image in the request: send {where}")
@@ -286,6 +338,12 @@ def _csv(text: str | None) -> list[str] | None:
     return parts or None
 
 
+def _finite(default, **bounds):
+    """A float query option within `bounds`; nan and inf are refused as not finite ("conf: Input should be a
+    finite number"), where pydantic would take them as floats and say only that nan is not <= 1."""
+    return Query(default, allow_inf_nan=False, **bounds)
+
+
 def _limit(server: Server, max_pixels: int | None) -> int:
     """A client may lower the pixel limit for its request, never raise it above the server's."""
     return min(max_pixels, server.settings.max_pixels) if max_pixels else server.settings.max_pixels
@@ -323,41 +381,19 @@ def create_app(settings: Settings, server: Server | None = None) -> FastAPI:
                               "its own size), /verify-face and /identify (the face detector takes one photo at a "
                               "time). /healthz and /models count the batches (`batching`).")
     app.state.server = server
+    # python-multipart logs a line of its own for a malformed body: the 400 answer and the log line say it
+    logging.getLogger("python_multipart").setLevel(logging.ERROR)
 
-    @app.exception_handler(CvtoolError)
-    async def _cvtool_error(request, exc):
-        return error_response(exc)
+    async def _answer_error(request, exc):
+        return error_response(exc, request)
 
-    @app.exception_handler(RequestValidationError)
-    async def _bad_option(request, exc):
-        parts = []
-        for err in exc.errors():
-            where = ".".join(str(p) for p in err.get("loc", ())[1:]) or "request"
-            parts.append(f"{where}: {err.get('msg')}")
-        return JSONResponse({"path": None, "error": "; ".join(parts)}, status_code=400)
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request, exc):
-        return error_response(exc)
-
-    @app.middleware("http")
-    async def _log(request: Request, call_next):
-        start = time.perf_counter()
-        try:
-            response = await call_next(request)
-        except Exception as exc:  # what the handlers above did not catch
-            response = error_response(exc)
-        if settings.log:
-            client = request.client.host if request.client else "-"
-            log_line(f"{client} {request.method} {request.url.path} {response.status_code} "
-                     f"{(time.perf_counter() - start) * 1000:.1f} ms")
-        return response
+    # FastAPI's own answers to these ({"detail": ...}) would not be the one-line shape every client reads
+    for kind in (CvtoolError, RequestValidationError, HTTPException, ClientDisconnect):
+        app.add_exception_handler(kind, _answer_error)
+    app.add_middleware(Logged, log=settings.log)
 
     async def answer(fn, *args) -> JSONResponse:
-        try:
-            return JSONResponse(await run_in_threadpool(fn, *args))
-        except CvtoolError as exc:
-            return error_response(exc)
+        return JSONResponse(await run_in_threadpool(fn, *args))
 
     async def batched(task: str, request: Request, make_obj, max_pixels: int, name: str | None):
         """The request's image, and the task object's Result for it, run in a batch with other requests for the
@@ -402,15 +438,12 @@ def create_app(settings: Settings, server: Server | None = None) -> FastAPI:
             entry = server.entry("classify", model, server.server_file(weights, "weights"), backend)
             return server.registry.variant(entry, {"top_k": top_k}, _same_or(with_attributes))
 
-        try:
-            image, _, result = await batched("classify", request, variant, _limit(server, max_pixels), name)
-        except CvtoolError as exc:
-            return error_response(exc)
+        image, _, result = await batched("classify", request, variant, _limit(server, max_pixels), name)
         return JSONResponse(named(result, image))
 
     @app.post("/detect")
     async def detect(request: Request, model: Optional[str] = None, weights: Optional[str] = None,
-                     conf: Optional[float] = Query(None, ge=0, le=1), iou: float = Query(0.45, ge=0, le=1),
+                     conf: Optional[float] = _finite(None, ge=0, le=1), iou: float = _finite(0.45, ge=0, le=1),
                      classes: Optional[str] = None, max_det: int = Query(300, ge=1), keypoints: bool = False,
                      backend: str = DEFAULT_BACKEND, max_pixels: Optional[int] = Query(None, ge=1),
                      with_classes: bool = Query(False, description="Also the model's class list, in the "
@@ -427,10 +460,7 @@ def create_app(settings: Settings, server: Server | None = None) -> FastAPI:
                        "keep_classes": _csv(classes), "max_det": max_det, "keypoints": keypoints}
             return server.registry.variant(entry, options, _same_or(with_attributes))
 
-        try:
-            image, obj, result = await batched("detect", request, variant, _limit(server, max_pixels), name)
-        except CvtoolError as exc:
-            return error_response(exc)
+        image, obj, result = await batched("detect", request, variant, _limit(server, max_pixels), name)
         headers = {"x-cvtool-classes": json.dumps(list(obj.classes))} if with_classes else None
         return JSONResponse(named(result, image), headers=headers)
 
@@ -447,11 +477,11 @@ def create_app(settings: Settings, server: Server | None = None) -> FastAPI:
 
     @app.post("/segment")
     async def segment(request: Request, model: Optional[str] = None, weights: Optional[str] = None,
-                      alpha: float = Query(0.5, ge=0, le=1), classes: Optional[str] = None,
+                      alpha: float = _finite(0.5, ge=0, le=1), classes: Optional[str] = None,
                       tile: Optional[int] = Query(None, ge=16), overlap: int = Query(32, ge=0),
                       batch_size: int = Query(4, ge=1), backend: str = DEFAULT_BACKEND,
                       max_pixels: Optional[int] = Query(None, ge=1),
-                      threshold: Optional[float] = Query(None, gt=0, lt=1, description="Two-class models: "
+                      threshold: Optional[float] = _finite(None, gt=0, lt=1, description="Two-class models: "
                                                          "class 1's probability threshold (default: the model's)"),
                       format: str = Query("json", description="json: the record; png: the class mask"),
                       name: Optional[str] = None, path: Optional[str] = None):
@@ -475,16 +505,13 @@ def create_app(settings: Settings, server: Server | None = None) -> FastAPI:
 
             return named(result, image), indexed_png(result.mask)
 
-        try:
-            if tile is None:
-                image, _, result = await batched("segment", request, variant, _limit(server, max_pixels), name)
-                record, png = await run_in_threadpool(answer_of, result, image)
-            else:  # tiled: one image's tiles per forward pass, nothing to batch across requests
-                image = await take_image(request, settings, "file", "path", raw_ok=True, name=name)
-                record, png = await run_in_threadpool(
-                    lambda: answer_of(variant()(decode(image, _limit(server, max_pixels))), image))
-        except CvtoolError as exc:
-            return error_response(exc)
+        if tile is None:
+            image, _, result = await batched("segment", request, variant, _limit(server, max_pixels), name)
+            record, png = await run_in_threadpool(answer_of, result, image)
+        else:  # tiled: one image's tiles per forward pass, nothing to batch across requests
+            image = await take_image(request, settings, "file", "path", raw_ok=True, name=name)
+            record, png = await run_in_threadpool(
+                lambda: answer_of(variant()(decode(image, _limit(server, max_pixels))), image))
         return _record_answer(record, png)
 
     @app.post("/stylize")
@@ -513,17 +540,14 @@ def create_app(settings: Settings, server: Server | None = None) -> FastAPI:
             ok, png = cv2.imencode(".png", result.stylized[..., ::-1])
             return record, png.tobytes()
 
-        try:
-            record, png = await run_in_threadpool(work)
-        except CvtoolError as exc:
-            return error_response(exc)
+        record, png = await run_in_threadpool(work)
         return _record_answer(record, png)
 
     @app.post("/verify-face")
     async def verify_face(request: Request, model: Optional[str] = None, weights: Optional[str] = None,
-                          threshold: Optional[float] = Query(None, ge=0), detector: str = "mmod",
+                          threshold: Optional[float] = _finite(None, ge=0), detector: str = "mmod",
                           upsample: Optional[int] = Query(None, ge=0, le=3),
-                          min_face: float = Query(DEFAULT_MIN_FACE, ge=8), face_index: Optional[str] = None,
+                          min_face: float = _finite(DEFAULT_MIN_FACE, ge=8), face_index: Optional[str] = None,
                           backend: str = DEFAULT_BACKEND, max_pixels: Optional[int] = Query(None, ge=1),
                           path_a: Optional[str] = None, path_b: Optional[str] = None):
         """Are the faces in A and B the same person? Multipart files `a` and `b` (or server paths `path_a`,
@@ -550,9 +574,9 @@ def create_app(settings: Settings, server: Server | None = None) -> FastAPI:
     async def identify(request: Request, gallery: str = Query(..., description="A --gallery NAME the server was "
                                                               "started with, or a directory under --allow-paths"),
                        model: Optional[str] = None, weights: Optional[str] = None,
-                       threshold: Optional[float] = Query(None, ge=0), detector: str = "mmod",
+                       threshold: Optional[float] = _finite(None, ge=0), detector: str = "mmod",
                        upsample: Optional[int] = Query(None, ge=0, le=3),
-                       min_face: float = Query(DEFAULT_MIN_FACE, ge=8), backend: str = DEFAULT_BACKEND,
+                       min_face: float = _finite(DEFAULT_MIN_FACE, ge=8), backend: str = DEFAULT_BACKEND,
                        max_pixels: Optional[int] = Query(None, ge=1), name: Optional[str] = None,
                        path: Optional[str] = None):
         """Every face in one image named after the nearest known person, or "unknown": the record of
@@ -590,7 +614,7 @@ def _face_indices(text: str | None) -> tuple[int | None, int | None]:
     if text is None:
         return None, None
     parts = [p.strip() for p in text.split(",") if p.strip()]
-    if len(parts) not in (1, 2) or not all(p.isdigit() for p in parts):
+    if len(parts) not in (1, 2) or not all(p.isascii() and p.isdigit() and len(p) < 10 for p in parts):
         raise UsageError(f"face_index {text!r}: expected N or N,M (face numbers from 0)")
     return int(parts[0]), int(parts[-1])
 

@@ -42,11 +42,16 @@ def confine(path: str, root: Path | None, *, what: str = "path") -> Path:
     """A client-given server path -> the real file it names, inside `root` (--allow-paths), or Forbidden.
 
     Relative paths are taken from `root`. Refused: any server path when no root is configured, a `..`
-    component, and anything whose real location (symlinks followed) lies outside the real `root`."""
+    component, and anything whose real location (symlinks followed) lies outside the real `root`. A NUL byte
+    names no file at all: a bad request (UsageError, 400), not a path refused (403)."""
+    from cvtool.errors import UsageError
+
     if root is None:
         raise Forbidden(f"server-side {what}s are refused: start the server with --allow-paths DIR", path)
     if not path:
         raise Forbidden(f"an empty {what}", path)
+    if "\0" in path:  # the OS cannot take it (os.path.realpath: "ValueError: embedded null byte")
+        raise UsageError(f"a NUL byte is not allowed in a server {what}", path)
     given = Path(path)
     if ".." in given.parts:
         raise Forbidden(f"'..' is not allowed in a server {what}", path)
