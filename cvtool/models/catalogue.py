@@ -61,20 +61,20 @@ def describe_all(task: str | None = None) -> list[dict]:
     torchvision (seconds), so a process that has registered nothing yet (the CLI) reads the built-in rows from
     cvtool's cache, hash-checked, keyed by `_fingerprint`; only `on_disk` is looked up afresh. A process that
     already holds entries (its own register() calls among them) lists its registry."""
-    from cvtool import cache
+    from cvtool.cache import cache_root, load_verified, write_verified
     from cvtool.errors import UsageError
     from cvtool.models.registry import registered_names
 
     key = _fingerprint()
-    path = cache.cache_root() / f"{SNAPSHOT_PREFIX}{key}.json"
-    data = None if registered_names() else cache.load_verified(path)
+    path = cache_root() / f"{SNAPSHOT_PREFIX}{key}.json"
+    data = None if registered_names() else load_verified(path)
     rows = json.loads(data) if data is not None else None
     if rows is None:
         rows = _rows_from_registry()
         try:
             for stale in path.parent.glob(f"{SNAPSHOT_PREFIX}*"):
                 stale.unlink(missing_ok=True)
-            cache.write_verified(path, json.dumps(rows).encode())
+            write_verified(path, json.dumps(rows).encode())
         except OSError:
             pass  # a read-only cache: list from the registry each time
     tasks = sorted({row["task"] for row in rows})
