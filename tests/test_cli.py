@@ -144,3 +144,23 @@ def test_a_file_named_like_an_option_gets_a_hint_with_the_usage_error(tmp_path):
         "cvtool: -leading.png is a file whose name starts with '-': give it as ./-leading.png (or after --)")
     missing = run_cli("classify", "-x.png", cwd=tmp_path)  # no such file: typer's error alone
     assert missing.returncode == 2 and "starts with '-'" not in missing.stderr
+
+
+def test_a_process_own_models_are_listed_there_and_never_written_into_the_shared_snapshot(tmp_path, monkeypatch):
+    import json
+
+    from cvtool.models.catalogue import describe_all
+    from cvtool.models.lenet import LENET_PREPROCESS, LeNet5
+    from cvtool.models.registry import ModelEntry, register, unregister
+
+    monkeypatch.setenv("CVTOOL_CACHE", str(tmp_path / "cache"))
+    register(ModelEntry(name="test_own_lenet", task="classify", family="lenet", builder=LeNet5,
+                        preprocess=lambda: LENET_PREPROCESS, classes=lambda: ["a", "b"], build_kwargs={"num_classes": 2}))
+    try:
+        assert "test_own_lenet" in {row["name"] for row in describe_all()}
+    finally:
+        unregister("test_own_lenet")
+    listed = run_cli("models", env={"CVTOOL_CACHE": str(tmp_path / "cache")})
+    assert listed.returncode == 0, listed.stderr
+    names = {row["name"] for row in json.loads(listed.stdout)}
+    assert "lenet5_digits" in names and "test_own_lenet" not in names

@@ -48,7 +48,7 @@ def _fingerprint() -> str:
 
 
 def _rows_from_registry() -> list[dict]:
-    """Every built-in entry as a row, plus where its weights are or would be on disk (`_file`), for `on_disk`."""
+    """Every registered entry as a row, plus where its weights are or would be on disk (`_file`), for `on_disk`."""
     rows = []
     for entry in list_entries():
         local = entry.weights.local_file() if entry.weights else None
@@ -61,22 +61,10 @@ def describe_all(task: str | None = None) -> list[dict]:
     torchvision (seconds), so a process that has registered nothing yet (the CLI) reads the built-in rows from
     cvtool's cache, hash-checked, keyed by `_fingerprint`; only `on_disk` is looked up afresh. A process that
     already holds entries (its own register() calls among them) lists its registry."""
-    from cvtool.cache import cache_root, load_verified, write_verified
     from cvtool.errors import UsageError
     from cvtool.models.registry import registered_names
 
-    key = _fingerprint()
-    path = cache_root() / f"{SNAPSHOT_PREFIX}{key}.json"
-    data = None if registered_names() else load_verified(path)
-    rows = json.loads(data) if data is not None else None
-    if rows is None:
-        rows = _rows_from_registry()
-        try:
-            for stale in path.parent.glob(f"{SNAPSHOT_PREFIX}*"):
-                stale.unlink(missing_ok=True)
-            write_verified(path, json.dumps(rows).encode())
-        except OSError:
-            pass  # a read-only cache: list from the registry each time
+    rows = _rows_from_registry() if registered_names() else _builtin_rows()
     tasks = sorted({row["task"] for row in rows})
     if task is not None and task not in tasks:
         raise UsageError(f"unknown task {task!r}; the tasks: {', '.join(tasks)}")
@@ -88,19 +76,38 @@ def describe_all(task: str | None = None) -> list[dict]:
     return listed
 
 
+def _builtin_rows() -> list[dict]:
+    """The built-in entries' rows from the snapshot; in a process that has registered nothing, so that only
+    built-ins go into it (never a process's own entries). Missing, altered or stale: rebuilt and rewritten."""
+    from cvtool.cache import cache_root, load_verified, write_verified
+
+    path = cache_root() / f"{SNAPSHOT_PREFIX}{_fingerprint()}.json"
+    data = load_verified(path)
+    if data is not None:
+        return json.loads(data)
+    rows = _rows_from_registry()
+    try:
+        for stale in path.parent.glob(f"{SNAPSHOT_PREFIX}*"):
+            stale.unlink(missing_ok=True)
+        write_verified(path, json.dumps(rows).encode())
+    except OSError:
+        pass  # a read-only cache: list from the registry each time
+    return rows
+
+
 def _row(e) -> dict:
     return {
-            "name": e.name,
-            "task": e.task,
-            "family": e.family,
-            "params_m": round(e.num_params / 1e6, 2) if e.num_params else None,
-            "weights": e.weights.filename if e.weights else None,
-            "source": e.weights.kind if e.weights else "none (--weights FILE)",
-            "size_mb": getattr(e.weights, "size_mb", None),
-            "on_disk": None,  # looked up afresh at each listing
-            "licence": e.licence,
-            "description": e.description,
-        }
+        "name": e.name,
+        "task": e.task,
+        "family": e.family,
+        "params_m": round(e.num_params / 1e6, 2) if e.num_params else None,
+        "weights": e.weights.filename if e.weights else None,
+        "source": e.weights.kind if e.weights else "none (--weights FILE)",
+        "size_mb": getattr(e.weights, "size_mb", None),
+        "on_disk": None,  # looked up afresh at each listing (describe_all); the key keeps the column's place
+        "licence": e.licence,
+        "description": e.description,
+    }
 
 
 def print_table(rows: list[dict]) -> None:
