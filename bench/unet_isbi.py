@@ -89,7 +89,9 @@ def float32_fallback(args, options: dict, train_dir: Path, val_dir: Path, probe_
                          **{**options, "cpu_bf16": False, "epochs": 2, "val_every": 2})
     per_epoch = (time.process_time() - cpu0) / 2
     fits = int(0.9 * BUDGET_CPU_S / max(per_epoch, 1e-9))
-    return {"reason": "no bfloat16 instructions on this CPU", "epochs": max(1, min(args.float32_epochs, fits)),
+    forced = os.environ.get("CVTOOL_CPU_BF16") == "0"
+    reason = ("CVTOOL_CPU_BF16=0 says to run as on" if forced else "this CPU is") + " a CPU without bfloat16 instructions"
+    return {"reason": reason, "epochs": max(1, min(args.float32_epochs, fits)),
             "probe_cpu_s_per_epoch": round(per_epoch, 1), "asked_epochs": args.epochs}
 
 
@@ -141,10 +143,7 @@ def main() -> None:
             if not cpu_has_bf16():
                 fallback = float32_fallback(args, options, train_dir, val_dir, tmp / "probe")
                 cpu = cpu_description()
-                why = ("CVTOOL_CPU_BF16=0 says to run as on" if os.environ.get("CVTOOL_CPU_BF16") == "0" else
-                       "this CPU is") + " a CPU without bfloat16 instructions"
-                fallback["reason"] = why
-                print(f"unet_isbi: {why} ({cpu['model']}; {', '.join(cpu['isa']) or 'no AVX2'}): --cpu-bf16 "
+                print(f"unet_isbi: {fallback['reason']} ({cpu['model']}; {', '.join(cpu['isa']) or 'no AVX2'}): --cpu-bf16 "
                       f"falls back to float32, {fallback['epochs']} epochs (2 epochs took "
                       f"{fallback['probe_cpu_s_per_epoch']:.0f} CPU-s each here; budget {BUDGET_CPU_S} CPU-s)",
                       file=sys.stderr, flush=True)

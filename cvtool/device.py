@@ -73,7 +73,7 @@ def cpu_description() -> dict:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
             for line in info:
                 key, _, value = line.partition(":")
-                if key.strip() == "model name" and not flags:
+                if key.strip() == "model name":
                     model = value.strip()
                 elif key.strip() == "flags":
                     flags = set(value.split())
