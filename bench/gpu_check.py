@@ -241,7 +241,7 @@ def forward_share(task, forward, pipeline_rate: float) -> dict:
     import torch
 
     try:
-        inputs, count = forward(task.loaded.device)
+        inputs, count = forward(task.loaded.device.torch)
         with torch.inference_mode():
             task.loaded.forward(inputs)
             _, forward_rate = rate(lambda: task.loaded.forward(inputs), count, MIN_SECONDS / 2)
@@ -292,7 +292,7 @@ def raw_outputs_agree(label: str, make, gpu: str) -> list[dict]:
 
     def outputs(loaded):  # the detector's own head_outputs, under the precision its forward runs at
         with torch.inference_mode(), autocast(loaded.device, loaded.half):
-            decoded, _ = loaded.module.head_outputs([image.to(loaded.device) for image in images])
+            decoded, _ = loaded.module.head_outputs([image.to(loaded.device.torch) for image in images])
         return [t.cpu() for t in decoded]
 
     images = photo_list(len(photos()))("cpu")[0]

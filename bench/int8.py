@@ -23,6 +23,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -68,12 +69,13 @@ def measure(target: str, calibration: Path, *, iters: int, digits=None) -> dict:
     loaded = load_target(target)
     fp32 = onnx_export.export_checked(loaded, threads=1)
     inputs = calibration_inputs(fp32.graph, loaded.task, calibration)
-    bars = dict(onnx_export.AGREEMENT_BARS)
-    onnx_export.AGREEMENT_BARS.update({k: (float("inf") if k == "face-embed" else 0.0, m) for k, (_, m) in bars.items()})
+    checks = dict(onnx_export.AGREEMENTS)
+    onnx_export.AGREEMENTS.update({k: replace(c, bar=float("inf") if c.lower_is_better else 0.0)
+                                   for k, c in checks.items()})
     try:
         int8 = onnx_export.reduce_precision(fp32, loaded.task, precision="int8", inputs=inputs, threads=1)
     finally:
-        onnx_export.AGREEMENT_BARS.update(bars)
+        onnx_export.AGREEMENTS.update(checks)
     a, b = make_session(fp32.data, threads=1, spin=False), make_session(int8.data, threads=1, spin=False)
     x = inputs[0]
     _timed(a, x, 3), _timed(b, x, 3)

@@ -33,7 +33,8 @@ from cvtool.io.inputs import iter_inputs  # noqa: E402
 from cvtool.io.records import JsonLinesWriter  # noqa: E402
 from cvtool.models.loading import load_model  # noqa: E402
 from cvtool.models.registry import get_entry  # noqa: E402
-from cvtool.pipelines.classify import COLUMNS, ClassifyPipeline, rows  # noqa: E402
+from cvtool.pipelines.classify import ClassifyPipeline  # noqa: E402
+from cvtool.tasks.classify import SPEC as CLASSIFY  # noqa: E402
 from cvtool.pipelines.runner import run  # noqa: E402
 
 
@@ -84,7 +85,7 @@ def main() -> None:
 
         def pipeline() -> None:
             model = load_model(args.model, task="classify", weights=weights, progress=False)
-            writer = JsonLinesWriter(io.StringIO(), COLUMNS, rows)
+            writer = JsonLinesWriter(io.StringIO(), CLASSIFY.columns, CLASSIFY.rows)
             items = iter_inputs([str(tmp)])
             for record in run(ClassifyPipeline(model), items, batch_size=args.batch_size, workers=2):
                 assert "error" not in record, record

@@ -21,6 +21,7 @@ The CLI (`cvtool.cli`) is a thin adapter over these objects.
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 from dataclasses import dataclass, field
@@ -30,7 +31,15 @@ from typing import Any, Callable, Generic, Hashable, Iterable, Iterator, Sequenc
 import numpy as np
 
 from cvtool.errors import InputError, UsageError
-from cvtool.io.image import DEFAULT_MAX_PIXELS, ImageSource, load_image
+from cvtool.io.image import ImageSource, load_image
+from cvtool.tasks.classify import SPEC as CLASSIFY
+from cvtool.tasks.common import BATCH_SIZE, VID_STRIDE
+from cvtool.tasks.detect import DEFAULT_CONF, SPEC as DETECT
+from cvtool.tasks.options import CALL
+from cvtool.tasks.segment import SPEC as SEGMENT
+from cvtool.tasks.spec import TaskSpec
+from cvtool.tasks.stylize import OPTIMISED_SIZE, SPEC as STYLIZE
+from cvtool.tasks.verify_face import SPEC as VERIFY_FACE
 
 __all__ = [
     "Result", "ClassifyResult", "DetectResult", "SegmentResult", "StylizeResult", "VerifyResult",
@@ -183,16 +192,6 @@ def _prefetch(fn, items: list, *, workers: int, lookahead: int) -> Iterator:
             yield pending.popleft().result()
 
 
-def _in_range(name: str, value, low: float | None = None, high: float | None = None) -> None:
-    """The CLI's option ranges, for Python callers: a UsageError naming the argument (conf=25 is a percentage,
-    not a score, and would find nothing) before anything loads. None passes (the default is used)."""
-    if value is None:
-        return
-    if (low is not None and value < low) or (high is not None and value > high):
-        bounds = f"from {low:g} to {high:g}" if high is not None else f"at least {low:g}"
-        raise UsageError(f"{name}={value!r} is out of range: {bounds}")
-
-
 def _as_list(sources) -> tuple[list, bool]:
     if isinstance(sources, (list, tuple)):
         return list(sources), False
@@ -201,7 +200,7 @@ def _as_list(sources) -> tuple[list, bool]:
 
 def _load(model: str | None, *, task: str, weights, device: str, backend: str, default: str,
           progress: bool, on_export: Callable[[Path], None] | None, threads: int | None = None, half: bool = False):
-    from cvtool.device import half_dtype, resolve_device, set_threads
+    from cvtool.device import half_dtype, place, set_threads
     from cvtool.models import onnx_backend
 
     set_threads(threads)  # before any session is made: onnxruntime fixes its pool then
@@ -210,19 +209,17 @@ def _load(model: str | None, *, task: str, weights, device: str, backend: str, d
         raise UsageError("--half is for --backend torch; for onnxruntime export a half model: cvtool export --half")
     if backend != "torch" or onnx_backend.is_onnx_file(weights):  # torch-free: an .onnx file, or the cached export
         cached, chosen = (None, "torch") if half else onnx_backend.resolve_auto(
-            model, task=task, weights=weights, device=device, default=default)
+            model, task=task, weights=weights, device=place(device, torch_free=True), default=default)
         if cached is not None:
             cached.half = None
             return cached
         if backend == "auto":  # nothing cached: what auto resolves to (onnxruntime asked for by name exports now)
             backend = chosen
-    where = resolve_device(device)
-    dtype = half_dtype(where) if half else None
     # onnxruntime with `auto`: its CUDA provider when it has one, else the CPU's (never a failure)
-    spec = "auto" if backend == "onnxruntime" and device.strip().lower() == "auto" and where.type == "cuda" else where
-    loaded = onnx_backend.load(model, task=task, weights=weights, device=spec, backend=backend,
+    where = place(device)
+    loaded = onnx_backend.load(model, task=task, weights=weights, device=where, backend=backend,
                                progress=progress, default=default, on_export=on_export)
-    loaded.half = dtype
+    loaded.half = half_dtype(where) if half else None
     return loaded
 
 
@@ -243,28 +240,75 @@ def describe_loaded(loaded) -> str:
 
 R = TypeVar("R", bound=Result)
 
+# each task's defaults, from the task table (cvtool.tasks): the signatures below read them, never restate them
+_C, _D, _S, _Y, _V = (spec.defaults(route="api") for spec in (CLASSIFY, DETECT, SEGMENT, STYLIZE, VERIFY_FACE))
+
 
 class _Task(Generic[R]):
     """Load once, call many times. Subclasses say how to build their pipeline and wrap a result (a subclass of
-    `_Task[DetectResult]` returns DetectResults from every call: what a type checker sees too)."""
+    `_Task[DetectResult]` returns DetectResults from every call: what a type checker sees too).
 
-    task: str
+    Its options are its task's (`spec`, cvtool.tasks): the per-call ones (stage CALL) are held in `options`, read
+    as attributes (`det.iou`), and changed with `with_options`; every value is range-checked by the table."""
+
+    spec: TaskSpec
     result_type: type[R]
-    columns: list[str]  # the CLI's table/CSV shape
 
-    def __init__(self, loaded, *, max_pixels: int = DEFAULT_MAX_PIXELS):
+    def __init__(self, loaded, options: dict[str, Any]):
         self.loaded = loaded
-        self.max_pixels = max_pixels
+        self.options = options
         self._lock = threading.Lock()
         self._pipeline = self._make_pipeline(None)
+
+    @classmethod
+    def _call_options(cls, given: dict[str, Any]) -> dict[str, Any]:
+        """The per-call options among a constructor's arguments, range-checked before anything loads."""
+        cls.spec.options.check(given)
+        return {name: given[name] for name in cls.spec.options.names(stage=CALL, route="api") if name in given}
+
+    def with_options(self, **changes: Any):
+        """The same loaded network with other per-call options (`det.with_options(conf=0.5)`): a new object
+        sharing the network and its lock; this one is unchanged. Only the task's per-call options are taken."""
+        allowed = self.spec.options.names(stage=CALL, route="api")
+        unknown = sorted(set(changes) - set(allowed))
+        if unknown:
+            raise UsageError(f"{', '.join(unknown)}: not a per-call option of {self.spec.name} "
+                             f"(those are {', '.join(allowed)})")
+        self.spec.options.check(changes)
+        changes = self._normalise(changes)
+        if all(self.options.get(name) == value for name, value in changes.items()):
+            return self
+        other = copy.copy(self)
+        other.options = {**self.options, **changes}
+        other._pipeline = other._make_pipeline(None)
+        return other
+
+    def _normalise(self, options: dict[str, Any]) -> dict[str, Any]:
+        """Per-call options as the pipeline takes them (a model's own default for a None, lists as lists)."""
+        return {name: list(value) if isinstance(value, tuple) else value for name, value in options.items()}
+
+    def __getattr__(self, name: str) -> Any:
+        options = self.__dict__.get("options")
+        if options is not None and name in options:
+            return options[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     # what subclasses provide
     def _make_pipeline(self, out_dir: Path | None):
         raise NotImplementedError
 
+    @property
+    def task(self) -> str:
+        return self.spec.name
+
+    @property
+    def columns(self) -> list[str]:
+        """The CLI's table/CSV header (the task table's)."""
+        return list(self.spec.columns)
+
     def rows(self, result: dict) -> list[list]:
         """The CLI's table/CSV rows of one result."""
-        raise NotImplementedError
+        return self.spec.rows(result)
 
     @property
     def extra_formats(self) -> dict | None:
@@ -299,18 +343,18 @@ class _Task(Generic[R]):
         return f"{type(self).__name__}({self.describe()})"
 
     @overload
-    def __call__(self, source: ImageSource, *, batch_size: int = 16, workers: int | None = None) -> R: ...
+    def __call__(self, source: ImageSource, *, batch_size: int = BATCH_SIZE.default, workers: int | None = None) -> R: ...
 
     @overload
-    def __call__(self, source: list[Any] | tuple[Any, ...], *, batch_size: int = 16,
+    def __call__(self, source: list[Any] | tuple[Any, ...], *, batch_size: int = BATCH_SIZE.default,
                  workers: int | None = None) -> list[R]: ...  # list[Any]: a list[Path] is no list[ImageSource]
 
-    def __call__(self, source, *, batch_size: int = 16, workers: int | None = None):
+    def __call__(self, source, *, batch_size: int = BATCH_SIZE.default, workers: int | None = None):
         """One image -> one Result; a list -> a list of Results, in order. A bad image raises InputError.
 
         A list is decoded and preprocessed by `workers` threads while the previous batch runs (default: 2 on
         the CPU, one per core up to 8 when the network runs on a GPU)."""
-        _in_range("batch_size", batch_size, 1)
+        BATCH_SIZE.check(batch_size)
         sources, single = _as_list(source)
         if single:
             return self.predict_prepared([self.prepare(source)])[0]
@@ -368,15 +412,15 @@ class _Task(Generic[R]):
     def _finish(self, res: R, sample, extras: dict) -> R:
         return res
 
-    def stream(self, source: str | Path, *, vid_stride: int = 1, batch_size: int = 16) -> Iterator[R]:
+    def stream(self, source: str | Path, *, vid_stride: int = 1, batch_size: int = BATCH_SIZE.default) -> Iterator[R]:
         """The frames of a video file (or `cam:N`), every `vid_stride`-th, with bounded memory.
 
         Yields one Result per kept frame (`record["frame"]`, `record["time_s"]`); a video that cannot be
         read raises InputError; one that fails part-way ends with a Result whose `error` says why."""
         from cvtool.pipelines.video import run_video
 
-        _in_range("batch_size", batch_size, 1)
-        _in_range("vid_stride", vid_stride, 1)
+        BATCH_SIZE.check(batch_size)
+        VID_STRIDE.check(vid_stride)
         first = True
         for record, rgb, sample, result in run_video(self._pipeline, str(source), batch_size=batch_size,
                                                      stride=vid_stride, with_frames=True, lock=self._lock):
@@ -390,7 +434,7 @@ class _Task(Generic[R]):
             yield self._finish(self._wrap(record, rgb, sample, result), sample, extras)
 
     def run(self, inputs: str | Path | Iterable, *, out: str | Path | None = None, recursive: bool = False,
-            batch_size: int = 16, workers: int | None = None, skip_existing: bool = False, vid_stride: int = 1,
+            batch_size: int = BATCH_SIZE.default, workers: int | None = None, skip_existing: bool = False, vid_stride: int = 1,
             on_skip: Callable[[str], None] | None = None, shard: tuple[int, int] | None = None,
             records: str | Path | Any = None) -> Iterator[R]:
         """A batch as the CLI runs it: files, directories, globs (or `InputItem`s), images and videos.
@@ -404,8 +448,8 @@ class _Task(Generic[R]):
         (`on_skip` is told), whatever `out` is."""
         from cvtool.io.outputs import check_out_dir
 
-        _in_range("batch_size", batch_size, 1)
-        _in_range("vid_stride", vid_stride, 1)
+        BATCH_SIZE.check(batch_size)
+        VID_STRIDE.check(vid_stride)
         out_dir = Path(out) if out is not None else None
         check_out_dir(out_dir, skip_existing=skip_existing)
         return _run_batch(self._make_pipeline(out_dir), inputs, self.result_type, recursive=recursive, out_dir=out_dir,
@@ -482,19 +526,17 @@ class Classifier(_Task[ClassifyResult]):
 
     `Classifier("resnet18")`, `Classifier(weights="runs/digits/best.pt")`, `backend="onnxruntime"`."""
 
-    task = "classify"
+    spec = CLASSIFY
     result_type = ClassifyResult
-    columns = ["rank", "label", "prob"]
 
-    def __init__(self, model: str | None = None, *, weights: str | Path | None = None, top_k: int = 5,
-                 device: str = "auto", backend: str = "auto", max_pixels: int = DEFAULT_MAX_PIXELS,
-                 progress: bool = False, on_export: Callable[[Path], None] | None = None, threads: int | None = None,
-                 half: bool = False):
-        _in_range("top_k", top_k, 1)
-        self.top_k = top_k
-        loaded = _load(model, task="classify", weights=weights, device=device, backend=backend, default="resnet18",
+    def __init__(self, model: str | None = None, *, weights: str | Path | None = None, top_k: int = _C["top_k"],
+                 device: str = _C["device"], backend: str = _C["backend"], max_pixels: int = _C["max_pixels"],
+                 progress: bool = False, on_export: Callable[[Path], None] | None = None,
+                 threads: int | None = _C["threads"], half: bool = _C["half"]):
+        options = self._call_options(dict(top_k=top_k, max_pixels=max_pixels, threads=threads))
+        loaded = _load(model, task=self.spec.name, default=self.spec.default_model, weights=weights, device=device, backend=backend,
                        progress=progress, on_export=on_export, threads=threads, half=half)
-        super().__init__(loaded, max_pixels=max_pixels)
+        super().__init__(loaded, options)
 
     def _make_pipeline(self, out_dir):
         from cvtool.pipelines.classify import ClassifyPipeline
@@ -507,56 +549,50 @@ class Classifier(_Task[ClassifyResult]):
     def input_pixels(self, prepared: tuple) -> int:
         return int(prepared[2].shape[-2] * prepared[2].shape[-1])
 
-    @staticmethod
-    def rows(result: dict) -> list[list]:
-        from cvtool.pipelines.classify import rows
-
-        return rows(result)
-
 
 class Detector(_Task[DetectResult]):
     """Boxes, labels and scores: our YOLO-style detector, torchvision's detectors, Keypoint R-CNN, faces.
 
     `conf=None` takes the model's own default (0.25; 0 for `face`, whose scores are margins)."""
 
-    task = "detect"
+    spec = DETECT
     result_type = DetectResult
-    columns = ["label", "score", "x1", "y1", "x2", "y2"]
 
-    def __init__(self, model: str | None = None, *, weights: str | Path | None = None, conf: float | None = None,
-                 iou: float = 0.45, classes: Sequence[str] | None = None, max_det: int = 300,
-                 keypoints: bool = False, save_crops: bool = False, save_txt: bool = False, device: str = "auto",
-                 backend: str = "auto", max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = False,
-                 on_export: Callable[[Path], None] | None = None, threads: int | None = None, half: bool = False):
-        for name, value, low, high in (("conf", conf, 0, 1), ("iou", iou, 0, 1), ("max_det", max_det, 1, None)):
-            _in_range(name, value, low, high)
-        loaded = _load(model, task="detect", weights=weights, device=device, backend=backend,
-                       default="fasterrcnn_resnet50_fpn_v2", progress=progress, on_export=on_export, threads=threads,
-                       half=half)
-        self.conf = conf if conf is not None else default_conf(loaded)
-        self.iou, self.max_det, self.keypoints, self.save_crops = iou, max_det, keypoints, save_crops
-        self.save_txt = save_txt  # with `out`: OUT/labels/NAME.txt (YOLO) and OUT/classes.txt
-        self.keep_classes = list(classes) if classes else None
-        super().__init__(loaded, max_pixels=max_pixels)
+    def __init__(self, model: str | None = None, *, weights: str | Path | None = None,
+                 conf: float | None = _D["conf"], iou: float = _D["iou"], classes: Sequence[str] | None = _D["classes"],
+                 max_det: int = _D["max_det"], keypoints: bool = _D["keypoints"], save_crops: bool = _D["save_crops"],
+                 save_txt: bool = _D["save_txt"], device: str = _D["device"], backend: str = _D["backend"],
+                 max_pixels: int = _D["max_pixels"], progress: bool = False,
+                 on_export: Callable[[Path], None] | None = None, threads: int | None = _D["threads"],
+                 half: bool = _D["half"]):
+        options = self._call_options(dict(conf=conf, iou=iou, classes=classes, max_det=max_det, keypoints=keypoints,
+                                          save_crops=save_crops, save_txt=save_txt, max_pixels=max_pixels,
+                                          threads=threads))
+        self.loaded = _load(model, task=self.spec.name, default=self.spec.default_model, weights=weights, device=device, backend=backend,
+                            progress=progress, on_export=on_export, threads=threads, half=half)
+        super().__init__(self.loaded, self._normalise(options))
+
+    def _normalise(self, options: dict[str, Any]) -> dict[str, Any]:
+        options = super()._normalise(options)
+        if "conf" in options and options["conf"] is None:  # the model's own
+            options["conf"] = default_conf(self.loaded)
+        if "classes" in options:
+            options["classes"] = list(options["classes"]) if options["classes"] else None
+        return options
 
     def _make_pipeline(self, out_dir):
         from cvtool.pipelines.detect import DetectPipeline
 
-        return DetectPipeline(self.loaded, conf=self.conf, iou=self.iou, max_det=self.max_det,
-                              classes=self.keep_classes, keypoints=self.keypoints, save_crops=self.save_crops,
-                              save_txt=self.save_txt, max_pixels=self.max_pixels, out_dir=out_dir)
+        o = self.options
+        return DetectPipeline(self.loaded, conf=o["conf"], iou=o["iou"], max_det=o["max_det"], classes=o["classes"],
+                              keypoints=o["keypoints"], save_crops=o["save_crops"], save_txt=o["save_txt"],
+                              max_pixels=o["max_pixels"], out_dir=out_dir)
 
     def batch_key(self, prepared: tuple) -> Hashable:
         return self._pipeline.batch_key(prepared[2])
 
     def input_pixels(self, prepared: tuple) -> int:
         return self._pipeline.input_pixels(prepared[2])
-
-    @staticmethod
-    def rows(result: dict) -> list[list]:
-        from cvtool.pipelines.detect import rows
-
-        return rows(result)
 
     @property
     def extra_formats(self) -> dict:
@@ -572,8 +608,8 @@ class Detector(_Task[DetectResult]):
 
 
 def default_conf(loaded) -> float:
-    """The confidence threshold a model's scores call for (declared on its registry entry; 0.25 otherwise)."""
-    return float(loaded.default_conf) if loaded.default_conf is not None else 0.25
+    """The confidence threshold a model's scores call for (declared on its registry entry; the task's otherwise)."""
+    return float(loaded.default_conf) if loaded.default_conf is not None else DEFAULT_CONF
 
 
 class Segmenter(_Task[SegmentResult]):
@@ -583,26 +619,28 @@ class Segmenter(_Task[SegmentResult]):
     below 0.5 the argmax's cells grow into the pixels above it, never into each other); None: the checkpoint's
     own (`train segment` picks it on validation), else the argmax."""
 
-    task = "segment"
+    spec = SEGMENT
     result_type = SegmentResult
-    columns = ["label", "pixels", "fraction"]
 
-    def __init__(self, model: str | None = None, *, weights: str | Path | None = None, alpha: float = 0.5,
-                 classes: Sequence[str] | None = None, save_mask: bool = False, tile: int | None = None,
-                 overlap: int = 32, tile_batch: int = 4, device: str = "auto", backend: str = "auto",
-                 max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = False,
-                 on_export: Callable[[Path], None] | None = None, threads: int | None = None, half: bool = False,
-                 threshold: float | None = None):
-        for name, value, low, high in (("alpha", alpha, 0, 1), ("tile", tile, 16, None), ("overlap", overlap, 0, None),
-                                       ("tile_batch", tile_batch, 1, None), ("threshold", threshold, 0, 1)):
-            _in_range(name, value, low, high)
-        loaded = _load(model, task="segment", weights=weights, device=device, backend=backend,
-                       default="deeplabv3_resnet50", progress=progress, on_export=on_export, threads=threads,
-                       half=half)
-        self.alpha, self.keep_classes, self.save_mask = alpha, list(classes) if classes else None, save_mask
-        self.tile, self.overlap, self.tile_batch = tile, overlap, tile_batch
-        self.threshold = threshold
-        super().__init__(loaded, max_pixels=max_pixels)
+    def __init__(self, model: str | None = None, *, weights: str | Path | None = None, alpha: float = _S["alpha"],
+                 classes: Sequence[str] | None = _S["classes"], save_mask: bool = _S["save_mask"],
+                 tile: int | None = _S["tile"], overlap: int = _S["overlap"], tile_batch: int = _S["tile_batch"],
+                 device: str = _S["device"], backend: str = _S["backend"], max_pixels: int = _S["max_pixels"],
+                 progress: bool = False, on_export: Callable[[Path], None] | None = None,
+                 threads: int | None = _S["threads"], half: bool = _S["half"],
+                 threshold: float | None = _S["threshold"]):
+        options = self._call_options(dict(alpha=alpha, classes=classes, save_mask=save_mask, tile=tile,
+                                          overlap=overlap, tile_batch=tile_batch, threshold=threshold,
+                                          max_pixels=max_pixels, threads=threads))
+        loaded = _load(model, task=self.spec.name, default=self.spec.default_model, weights=weights, device=device, backend=backend,
+                       progress=progress, on_export=on_export, threads=threads, half=half)
+        super().__init__(loaded, self._normalise(options))
+
+    def _normalise(self, options: dict[str, Any]) -> dict[str, Any]:
+        options = super()._normalise(options)
+        if "classes" in options:
+            options["classes"] = list(options["classes"]) if options["classes"] else None
+        return options
 
     @property
     def decision_threshold(self) -> float | None:
@@ -616,9 +654,10 @@ class Segmenter(_Task[SegmentResult]):
     def _make_pipeline(self, out_dir):
         from cvtool.pipelines.segment import SegmentPipeline
 
-        return SegmentPipeline(self.loaded, alpha=self.alpha, classes=self.keep_classes, save_mask=self.save_mask,
-                               tile=self.tile, overlap=self.overlap, tile_batch=self.tile_batch,
-                               max_pixels=self.max_pixels, out_dir=out_dir, threshold=self.threshold)
+        o = self.options
+        return SegmentPipeline(self.loaded, alpha=o["alpha"], classes=o["classes"], save_mask=o["save_mask"],
+                               tile=o["tile"], overlap=o["overlap"], tile_batch=o["tile_batch"],
+                               max_pixels=o["max_pixels"], out_dir=out_dir, threshold=o["threshold"])
 
     def batch_key(self, prepared: tuple) -> Hashable:
         return self._pipeline.batch_key(prepared[2])
@@ -630,19 +669,6 @@ class Segmenter(_Task[SegmentResult]):
         res.mask = sample.labels
         return res
 
-    @staticmethod
-    def rows(result: dict) -> list[list]:
-        from cvtool.pipelines.segment import rows
-
-        return rows(result)
-
-
-def is_single_file(out: Path) -> bool:
-    """`--out x.png` names one output file; anything else is a directory."""
-    from cvtool.io.image import IMAGE_SUFFIXES
-    from cvtool.io.video import VIDEO_SUFFIXES
-
-    return out.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES
 
 
 class Stylizer(_Task[StylizeResult]):
@@ -655,18 +681,25 @@ class Stylizer(_Task[StylizeResult]):
 
     `res.stylized` (and `res.plot()`) is the stylised image."""
 
-    task = "stylize"
+    spec = STYLIZE
     result_type = StylizeResult
 
     def __init__(self, model: str | Path | None = None, *, style: ImageSource | Sequence[ImageSource] | None = None,
-                 vgg: str = "vgg19", weights: str | Path | None = None, size: int | None = None,
-                 tile: int | None = None, overlap: int = 32, device: str = "auto", backend: str = "torch",
-                 max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = False, on_step=None,
-                 on_export: Callable[[Path], None] | None = None, threads: int | None = None, half: bool = False,
-                 **settings):
+                 vgg: str = _Y["vgg"], weights: str | Path | None = None, size: int | None = _Y["size"],
+                 tile: int | None = _Y["tile"], overlap: int = _Y["overlap"], device: str = _Y["device"],
+                 backend: str = _Y["backend"], max_pixels: int = _Y["max_pixels"], progress: bool = False,
+                 on_step=None, on_export: Callable[[Path], None] | None = None, threads: int | None = _Y["threads"],
+                 half: bool = _Y["half"], **settings):
         from cvtool.pipelines import stylize as task
+        from cvtool.tasks.stylize import SETTINGS
 
-        self.size, self.tile, self.overlap, self.on_step = size, tile, overlap, on_step
+        unknown = sorted(set(settings) - set(SETTINGS.names()))
+        if unknown:
+            raise UsageError(f"unknown style setting: {', '.join(unknown)} (the settings are "
+                             f"{', '.join(SETTINGS.names())})")
+        options = self._call_options(dict(size=size, tile=tile, overlap=overlap, max_pixels=max_pixels,
+                                          threads=threads, **settings))
+        self.on_step = on_step
         self.feed_forward = model is not None
         self._style_paths: list[str] = []
         if self.feed_forward:
@@ -674,10 +707,10 @@ class Stylizer(_Task[StylizeResult]):
                 raise UsageError("a feed-forward --model carries its style; drop the style images")
             if settings:
                 raise UsageError(f"{', '.join(sorted(settings))}: optimisation settings, not for a --model network")
-            loaded = _load(None, task="stylize", weights=model, device=device, backend=backend, default="fast_style",
-                           progress=progress, on_export=on_export, threads=threads, half=half)
-            self.columns = task.FAST_COLUMNS
-            super().__init__(loaded, max_pixels=max_pixels)
+            loaded = _load(None, task=self.spec.name, weights=model, device=device, backend=backend,
+                           default=self.spec.default_model, progress=progress, on_export=on_export, threads=threads,
+                           half=half)
+            super().__init__(loaded, options)
             return
         from cvtool.models.onnx_backend import check_backend
 
@@ -690,10 +723,7 @@ class Stylizer(_Task[StylizeResult]):
         styles, _ = _as_list(style) if style is not None else ([], True)
         if not styles:
             raise UsageError("give a style image: cvtool stylize CONTENT STYLE, or --style STYLE")
-        try:
-            self.settings = task.StyleSettings(size=size or 512, **settings)
-        except TypeError as exc:
-            raise UsageError(f"unknown style setting: {exc}") from None
+        self.settings = task.StyleSettings(size=size or OPTIMISED_SIZE, **settings)
         style_images = [load_image(s, max_pixels=max_pixels) for s in styles]  # a bad one fails before VGG loads
         loaded = _load(vgg, task="classify", weights=weights, device=device, backend="torch", default=vgg,
                        progress=progress, on_export=None, threads=threads)
@@ -704,8 +734,20 @@ class Stylizer(_Task[StylizeResult]):
                                       loaded.device)
         self.stylizer.set_styles(style_images)
         self._style_paths = [name for name in map(_name_of, styles) if name is not None]  # never overwritten
-        self.columns = task.COLUMNS
-        super().__init__(loaded, max_pixels=max_pixels)
+        super().__init__(loaded, options)
+
+    def with_options(self, **changes: Any):
+        if changes and not self.feed_forward:
+            raise UsageError("an optimising Stylizer's settings are fixed when it is made (its styles are analysed "
+                             "then); make another Stylizer")
+        return super().with_options(**changes)
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self.spec.tables["feed_forward"].columns if self.feed_forward else self.spec.columns)
+
+    def rows(self, result: dict) -> list[list]:
+        return (self.spec.tables["feed_forward"].rows if self.feed_forward else self.spec.rows)(result)
 
     @property
     def name(self) -> str:
@@ -716,16 +758,12 @@ class Stylizer(_Task[StylizeResult]):
 
         out = Path(out_dir) if out_dir is not None else Path(".")
         if self.feed_forward:
-            return task.FastStylePipeline(self.loaded, out=out, single_file=single_file, size=self.size,
-                                          tile=self.tile, overlap=self.overlap, max_pixels=self.max_pixels)
+            o = self.options
+            return task.FastStylePipeline(self.loaded, out=out, single_file=single_file, size=o["size"],
+                                          tile=o["tile"], overlap=o["overlap"], max_pixels=o["max_pixels"])
         return task.StylizePipeline(self.stylizer, model_name=self.name, weights_sha256=self.loaded.weights_sha256,
                                     out=out, single_file=single_file, save_every=save_every, on_step=self.on_step,
                                     max_pixels=self.max_pixels)
-
-    def rows(self, result: dict) -> list[list]:
-        from cvtool.pipelines import stylize as task
-
-        return task.fast_rows(result) if self.feed_forward else task.rows(result)
 
     def prepare(self, source) -> tuple:
         if self.feed_forward:
@@ -766,6 +804,7 @@ class Stylizer(_Task[StylizeResult]):
         (`result.png`, `clip.mp4`), else a directory (`NAME.stylized.png`); stylised images are always
         written, so `out` cannot be None. `save_every`: the optimisation's intermediate images too. `workers`:
         decoding threads, 1 unless given (None too: one optimisation at a time gains nothing from more)."""
+        from cvtool.io.inputs import is_single_file
         from cvtool.io.outputs import check_out_dir, one_input_for_file
 
         if out is None:
@@ -801,18 +840,22 @@ class FaceVerifier:
         fv.calibrate([("a.jpg", "b.jpg", True), ...])  # the threshold that fits your photos
     """
 
+    spec = VERIFY_FACE
     task = "verify-face"
 
-    def __init__(self, model: str | None = None, *, weights: str | Path | None = None, detector: str = "mmod",
-                 upsample: int | None = None, min_face: float = 40, threshold: float | None = None, device: str = "auto",
-                 backend: str = "auto", max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = False,
-                 on_export: Callable[[Path], None] | None = None, threads: int | None = None, half: bool = False):
+    def __init__(self, model: str | None = None, *, weights: str | Path | None = None, detector: str = _V["detector"],
+                 upsample: int | None = _V["upsample"], min_face: float = _V["min_face"],
+                 threshold: float | None = _V["threshold"], device: str = _V["device"], backend: str = _V["backend"],
+                 max_pixels: int = _V["max_pixels"], progress: bool = False,
+                 on_export: Callable[[Path], None] | None = None, threads: int | None = _V["threads"],
+                 half: bool = _V["half"]):
         from cvtool.pipelines import face as task
 
+        self.spec.options.check(dict(upsample=upsample, min_face=min_face, threshold=threshold,
+                                     max_pixels=max_pixels, threads=threads))
         task.face_detector_entry(detector)  # an unknown detector is one line before any model loads
-        _in_range("threshold", threshold, 0)
         self.loaded = _load(model, task="face-embed", weights=weights, device=device, backend=backend,
-                            default=task.DEFAULT_EMBEDDER, progress=progress, on_export=on_export, threads=threads,
+                            default=self.spec.default_model, progress=progress, on_export=on_export, threads=threads,
                             half=half)
         self.engine = task.FaceEngine(self.loaded, detector=detector, upsample=upsample, threshold=threshold,
                                       max_pixels=max_pixels, min_face=min_face, on_export=on_export)
@@ -891,7 +934,8 @@ class FaceVerifier:
 
         return task.save_pair(result.record, self.engine, Path(out))
 
-    def run(self, inputs, gallery, *, out: str | Path | None = None, recursive: bool = False, batch_size: int = 4,
+    def run(self, inputs, gallery, *, out: str | Path | None = None, recursive: bool = False,
+            batch_size: int = _V["batch_size"],
             workers: int | None = None, skip_existing: bool = False, vid_stride: int = 1,
             on_skip: Callable[[str], None] | None = None, shard: tuple[int, int] | None = None,
             records: str | Path | Any = None) -> Iterator[Result]:
@@ -907,14 +951,12 @@ class FaceVerifier:
                           skip_existing=skip_existing, vid_stride=vid_stride, on_skip=on_skip, lock=self._lock,
                           shard=shard, records=records)
 
-    columns = ["name", "distance", "x1", "y1", "x2", "y2"]
+    columns = list(VERIFY_FACE.columns)  # the gallery batch's table; a pair's is VERIFY_FACE.tables["pair"]
     extra_formats = None
 
     @staticmethod
     def rows(result: dict) -> list[list]:
-        from cvtool.pipelines.face import rows
-
-        return rows(result)
+        return VERIFY_FACE.rows(result)
 
 
 # -- models and export -----------------------------------------------------------------------------

@@ -50,6 +50,7 @@ def random_model(name: str):
     """A LoadedModel with the registry's default architecture and random (seeded) weights, on the CPU."""
     import torch
 
+    from cvtool.device import CPU
     from cvtool.models.loading import LoadedModel
     from cvtool.models.registry import get_entry
 
@@ -59,14 +60,14 @@ def random_model(name: str):
     classes = entry.classes() or []
     return LoadedModel(name=entry.name, task=entry.task, module=module, preprocess=entry.preprocess(),
                        classes=list(classes), weights_path="(random)", weights_sha256="random",
-                       device=torch.device("cpu"), entry=entry)
+                       device=CPU, entry=entry)
 
 
 class PeakMemory:
     """Peak memory over a measurement: the process's RSS high-water mark (reset through /proc/self/clear_refs
     where the kernel allows it) on the CPU, torch's allocator peak on CUDA."""
 
-    def __init__(self, device):
+    def __init__(self, device):  # a cvtool.device.Placement
         self.device = device
         self.cuda = device.type == "cuda"
         self.resettable = False
@@ -89,7 +90,7 @@ class PeakMemory:
         if self.cuda:
             import torch
 
-            torch.cuda.reset_peak_memory_stats(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device.torch)
         elif self.resettable:
             _CLEAR_REFS.write_text("5")
 
@@ -97,7 +98,7 @@ class PeakMemory:
         if self.cuda:
             import torch
 
-            return round(torch.cuda.max_memory_allocated(self.device) / 2**20, 1) if backend == "torch" else None
+            return round(torch.cuda.max_memory_allocated(self.device.torch) / 2**20, 1) if backend == "torch" else None
         try:
             for line in _STATUS.read_text().splitlines():
                 if line.startswith("VmHWM:"):
@@ -263,19 +264,20 @@ class _Subject:
         return {session.get_inputs()[0].name: x.numpy()}
 
 
-def bench_model(name: str, *, backends=BACKENDS, batch_sizes=(1,), img_size: int | None = None, device="cpu",
+def bench_model(name: str, *, backends=BACKENDS, batch_sizes=(1,), img_size: int | None = None, device=None,
                 iters: int = 20, warmup: int = 3, on_case: Callable[[str], None] | None = None) -> list[dict]:
-    """One row per (batch size, backend) for one model; a backend that cannot run it gives a row with "error"
-    (onnxruntime for a model that does not export, e.g. torchvision's detectors: the reason why).
+    """One row per (batch size, backend) for one model, on `device` (a cvtool.device.Placement; None: the CPU);
+    a backend that cannot run it gives a row with "error" (onnxruntime for a model that does not export, e.g.
+    torchvision's detectors: the reason why).
 
     Both backends use torch.get_num_threads() threads (set it, e.g. with `cvtool bench --threads`)."""
     import torch
 
-    from cvtool.device import resolve_device
+    from cvtool.device import CPU, Placement
     from cvtool.models.onnx_export import export_checked
     from cvtool.models.onnx_session import make_session
 
-    device = resolve_device(device) if isinstance(device, str) else device
+    device = device or CPU
     loaded = random_model(name)
     subject = _Subject(loaded, img_size)
     threads = torch.get_num_threads()
@@ -287,13 +289,15 @@ def bench_model(name: str, *, backends=BACKENDS, batch_sizes=(1,), img_size: int
             export_info = {"export_s": round(clock.seconds, 2),
                            "max_abs_diff_vs_torch": exported.report["max_abs_diff"],
                            "relative_diff_vs_torch": exported.report["relative"]}
-            session = make_session(exported.data, device=device, threads=threads, spin=False)
+            # on the device PyTorch runs on, or not at all (never auto's fallback to the CPU: the rows compare them)
+            session = make_session(exported.data, device=Placement(device.kind, device.index), threads=threads,
+                                   spin=False)
             del exported  # its checking session's threads would otherwise linger
         except CvtoolError as exc:
             ort_error = str(exc)
-    subject.module.to(device)
+    subject.module.to(device.torch)
     memory = PeakMemory(device)
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    sync = (lambda: torch.cuda.synchronize(device.torch)) if device.type == "cuda" else (lambda: None)
     rows = []
     for batch in batch_sizes:
         calls, results = {}, {}
@@ -304,7 +308,7 @@ def bench_model(name: str, *, backends=BACKENDS, batch_sizes=(1,), img_size: int
                 row["input_kind"] = loaded.contract.input_kind  # a list of `batch` images of 3 x H x W
                 row["note"] = DETECTOR_NOTE
             if backend == "torch":
-                call = subject.torch_call(batch, device)
+                call = subject.torch_call(batch, device.torch)
             elif session is None:
                 results[backend] = {**row, "error": ort_error or "onnxruntime was not asked for"}
                 continue
@@ -352,12 +356,12 @@ def run_bench(targets: list[str] | None = None, *, backends=BACKENDS, batch_size
     import onnxruntime
     import torch
 
-    from cvtool.device import resolve_device
+    from cvtool.device import place
 
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown or not backends:
         raise UsageError(f"unknown backend {', '.join(unknown) or '(none)'}; use torch, onnxruntime or both")
-    torch_device = resolve_device(device)
+    where = place(device)
     names = resolve_targets(targets)
     before = torch.get_num_threads()
     if threads:
@@ -366,17 +370,17 @@ def run_bench(targets: list[str] | None = None, *, backends=BACKENDS, batch_size
         rows = []
         for name in names:
             rows += bench_model(name, backends=backends, batch_sizes=batch_sizes, img_size=img_size,
-                                device=torch_device, iters=iters, warmup=warmup, on_case=on_case)
+                                device=where, iters=iters, warmup=warmup, on_case=on_case)
         used = torch.get_num_threads()
     finally:
         torch.set_num_threads(before)
     return {
         "weights": WEIGHTS_NOTE,
-        "device": str(torch_device),
+        "device": str(where),
         "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__},
         "threads": {"torch": used, "onnxruntime": used},
         "load_average": [round(v, 2) for v in os.getloadavg()],  # other processes' share of the CPU at the end
-        "memory": PeakMemory(torch_device).kind,
+        "memory": PeakMemory(where).kind,
         "iters": iters,
         "warmup": warmup,
         "results": rows,

@@ -10,6 +10,7 @@ import os
 import sys
 import traceback
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Iterable, Iterator
 
 import typer
@@ -163,6 +164,23 @@ class TrainProgress:
         info("  ".join(parts))
 
 
+class ListFormat(str, Enum):
+    """--format of the commands that print a table for people or JSON for scripts."""
+
+    table = "table"
+    json = "json"
+
+
+def wants_json(fmt: ListFormat | None) -> bool:
+    """JSON when asked, or by default when stdout is not a terminal."""
+    return fmt is ListFormat.json or (fmt is None and not sys.stdout.isatty())
+
+
+def skipping(message: str) -> None:
+    """A file left out (unreadable, not an image): one line on stderr, silenced by --quiet."""
+    info(f"skipping {message}")
+
+
 def print_report(report: dict, *, as_json: bool) -> None:
     """A classification evaluation on stdout: JSON for scripts, a per-class table for people."""
     import json
@@ -211,3 +229,8 @@ class StepProgress:
         losses = report.losses
         status = f"content {losses.get('content', 0):.3g}  style {losses.get('style', 0):.3g}"
         self.progress.update(self.task, completed=report.step, status=status)
+
+
+def loading_options() -> dict:
+    """How the API objects load models from the CLI: progress bars unless --quiet, and a note when exporting."""
+    return {"progress": not SETTINGS.quiet, "on_export": lambda path: info(f"exporting to ONNX once, into {path}")}

@@ -3,33 +3,108 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 
 from cvtool.errors import UsageError
 
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 
 
-def resolve_device(spec: str = "auto"):
-    """`auto` takes CUDA when present, else Apple's MPS when present, else the CPU; an explicit device that
-    is not there is a usage error, not a silent CPU run."""
-    import torch
+@dataclass(frozen=True)
+class Placement:
+    """Where a network runs: `--device` resolved once (`place`), read everywhere after as `.type` (PyTorch's
+    device type), `.torch` (the torch.device) or `.providers` (onnxruntime's execution providers).
+    A network on onnxruntime has the CPU's placement: the pipelines hand it CPU arrays, onnxruntime moves
+    them to its own provider."""
 
+    kind: str  # "cpu", "cuda" or "mps"
+    index: int | None = None  # cuda:N; None: the current CUDA device
+    # resolved from `auto`, not named: onnxruntime without its CUDA provider then runs on the CPU's, not a failure
+    auto: bool = field(default=False, compare=False)
+
+    @classmethod
+    def of(cls, device) -> "Placement":
+        """`device` as a Placement: a Placement as it is, None the CPU, a torch.device (what the training recipes
+        hold) by its type and index."""
+        if device is None:
+            return CPU
+        if isinstance(device, Placement):
+            return device
+        return cls(device.type, device.index)
+
+    @property
+    def type(self) -> str:
+        return self.kind
+
+    @property
+    def torch(self):
+        """The torch.device (torch imported only when asked)."""
+        import torch
+
+        return torch.device(self.kind) if self.index is None else torch.device(self.kind, self.index)
+
+    @property
+    def providers(self) -> list:
+        """onnxruntime's execution providers for this placement, from what the installed onnxruntime has."""
+        import onnxruntime
+
+        return self.providers_among(onnxruntime.get_available_providers())
+
+    def providers_among(self, available: list[str]) -> list:
+        """CUDA's when this is a CUDA placement and `available` has it (the onnxruntime-gpu package); a CUDA
+        device named explicitly (`cuda`, `cuda:N`) without it is a one-line usage error, one `auto` chose runs on
+        the CPU's (so `--device auto` never fails for want of onnxruntime-gpu); else the CPU's."""
+        if self.kind == "cuda" and "CUDAExecutionProvider" in available:
+            return [("CUDAExecutionProvider", {"device_id": self.index or 0}), "CPUExecutionProvider"]
+        if self.kind == "cuda" and not self.auto:
+            raise UsageError("--device cuda with --backend onnxruntime needs the onnxruntime-gpu package "
+                             f"(this onnxruntime has {', '.join(available)}); use --device auto or cpu")
+        return ["CPUExecutionProvider"]
+
+    def __str__(self) -> str:
+        return self.kind if self.index is None else f"{self.kind}:{self.index}"
+
+
+CPU = Placement("cpu")
+
+
+def place(spec: str = "auto", *, torch_free: bool = False) -> Placement:
+    """`--device` resolved: `auto` takes CUDA when present, else Apple's MPS when present, else the CPU; an
+    explicit device that is not there is a usage error, not a silent CPU run.
+
+    `torch_free`: for onnxruntime alone, decided without importing PyTorch: `auto` is CUDA when this machine
+    shows an NVIDIA GPU (`cuda_visible`), else the CPU; a named device is taken as named (onnxruntime's
+    providers then say whether it can run there)."""
     spec = spec.strip().lower()
     if not _DEVICE_PATTERN.match(spec):
         raise UsageError(f"unknown device {spec!r}; use auto, cpu, cuda or cuda:N")
-    if spec == "auto":
+    kind, _, number = spec.partition(":")
+    index = int(number) if number else None
+    if torch_free:
+        if kind == "auto":
+            return Placement("cuda" if cuda_visible() else "cpu", auto=True)
+        return Placement(kind, index)
+    if kind == "cpu":
+        return CPU
+    import torch
+
+    if kind == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("mps" if _mps_available() else "cpu")
-    device = torch.device(spec)
-    if device.type == "cuda":
+            return Placement("cuda", auto=True)
+        return Placement("mps" if _mps_available() else "cpu", auto=True)
+    if kind == "cuda":
         if not torch.cuda.is_available():
             raise UsageError(f"device {spec!r} asked for, but CUDA is not available on this machine")
-        if device.index is not None and device.index >= torch.cuda.device_count():
+        if index is not None and index >= torch.cuda.device_count():
             raise UsageError(f"device {spec!r} asked for, but only {torch.cuda.device_count()} CUDA device(s) exist")
-    if device.type == "mps" and not _mps_available():
+    if kind == "mps" and not _mps_available():
         raise UsageError("device 'mps' asked for, but MPS is not available on this machine")
-    return device
+    return Placement(kind, index)
+
+
+def resolve_device(spec: str = "auto"):
+    """`place(spec)` as a torch.device (the training recipes' device)."""
+    return place(spec).torch
 
 
 def _mps_available() -> bool:
@@ -37,6 +112,20 @@ def _mps_available() -> bool:
 
     mps = getattr(torch.backends, "mps", None)
     return bool(mps is not None and mps.is_available())
+
+
+def cuda_visible() -> bool:
+    """Whether this machine shows an NVIDIA GPU (without importing torch): `--backend auto` leaves such
+    machines to PyTorch, whose CUDA path the ONNX cache does not cover."""
+    import os
+    from pathlib import Path
+
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    try:
+        return any(Path("/proc/driver/nvidia/gpus").iterdir())
+    except OSError:
+        return False
 
 
 # -- precision and transfers on accelerators ------------------------------------------------------
@@ -85,21 +174,20 @@ def cpu_description() -> dict:
     return {"model": model, "isa": [label for flag, label in named.items() if flag in flags]}
 
 
-def half_dtype(device):
+def half_dtype(device: Placement):
     """The reduced precision `--half` runs at on `device`: float16 on CUDA and MPS (tensor cores; every CUDA
     GPU has it); bfloat16 on a CPU with native bf16 instructions. Elsewhere a one-line usage error."""
     import torch
 
-    kind = getattr(device, "type", str(device))
-    if kind in ("cuda", "mps"):
+    if device.type in ("cuda", "mps"):
         return torch.float16
-    if kind == "cpu" and cpu_has_bf16():
+    if device.type == "cpu" and cpu_has_bf16():
         return torch.bfloat16
     raise UsageError("--half needs a CUDA or MPS device, or a CPU with bfloat16 instructions (AVX512-BF16 or AMX); "
                      "this CPU has none: drop --half")
 
 
-def autocast(device, dtype):
+def autocast(device: Placement, dtype):
     """A context running the forward pass at `dtype` (autocast keeps precision-sensitive ops in float32);
     nothing when `dtype` is None."""
     import contextlib
@@ -108,27 +196,27 @@ def autocast(device, dtype):
 
     if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=getattr(device, "type", str(device)), dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def to_device(array, device):
+def to_device(array, device: Placement):
     """A NumPy array (typically uint8 pixels: 4x fewer bytes than float32) -> a tensor on `device`, same
     dtype. On CUDA it is copied from page-locked memory, so the copy is asynchronous to the host."""
     import numpy as np
     import torch
 
     tensor = torch.from_numpy(np.ascontiguousarray(array))
-    if getattr(device, "type", str(device)) == "cuda":
-        return tensor.pin_memory().to(device, non_blocking=True)
-    return tensor.to(device)
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device.torch, non_blocking=True)
+    return tensor.to(device.torch)
 
 
-def tune_for_fixed_sizes(device) -> None:
+def tune_for_fixed_sizes(device: Placement) -> None:
     """cuDNN benchmarks its convolution algorithms once per input shape and keeps the fastest: a win when
     batches keep one size (classification crops, letterboxed detection); process-wide."""
     import torch
 
-    if getattr(device, "type", str(device)) == "cuda":
+    if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
 
@@ -164,7 +252,7 @@ CPU_DECODE_WORKERS = 2  # beside the network's own threads on the same cores
 GPU_DECODE_WORKERS_MAX = 8
 
 
-def decode_workers(workers: int | None, device, shard: tuple[int, int] | None = None) -> int:
+def decode_workers(workers: int | None, device: Placement, shard: tuple[int, int] | None = None) -> int:
     """Threads decoding and preprocessing images for a batch on `device`: `workers` when given (0 or 1: the
     calling thread); else 2 when the network runs on the CPU (its threads take the cores), and one per core up
     to 8 when it runs on a GPU, where the host's only job is feeding it (on an H200, with 2 threads, resnet50's
@@ -172,7 +260,7 @@ def decode_workers(workers: int | None, device, shard: tuple[int, int] | None = 
     takes its share of the cores, as its compute threads do (default_threads)."""
     if workers is not None:
         return max(1, workers)  # 0 (as before): decode in the calling thread
-    if getattr(device, "type", str(device).split(":")[0]) in ("cuda", "mps"):
+    if device.type in ("cuda", "mps"):
         return max(1, min(GPU_DECODE_WORKERS_MAX, cpu_count() // (shard[1] if shard else 1)))
     return CPU_DECODE_WORKERS
 

@@ -35,7 +35,7 @@ def export_model(loaded, out: str | Path, *, half: bool = False, int8: bool = Fa
 
     `half`: fp16 weights and activations; `int8`: onnxruntime's static quantisation, activations calibrated on
     the images in `calibration`. Either is checked against PyTorch by the task's agreement (top-1 agreement,
-    pixel agreement, box IoU, embedding distance: AGREEMENT_BARS) on the calibration images (fp16 without
+    pixel agreement, box IoU, embedding distance: AGREEMENTS) on the calibration images (fp16 without
     them: the random check inputs) and refused below its bar."""
     from cvtool.io.atomic import atomic_write_bytes
     from cvtool.models.onnx_export import reduce_precision
@@ -102,16 +102,15 @@ def check_inputs(graph: ExportGraph, n: int = 8) -> list:
 
 def load_target(target: str, weights: Path | None = None):
     """`MODEL` (its default weights, or --weights FILE) or a `CHECKPOINT` file, loaded on the CPU."""
-    import torch
-
+    from cvtool.device import CPU
     from cvtool.models.loading import load_model
 
     path = Path(target)
     if weights is None and (path.is_file() or path.suffix in (".pt", ".pth", ".bin")):
         if path.suffix.lower() == ".onnx":
             raise UsageError(f"{target}: already an ONNX file")
-        return load_model(None, task=None, weights=path, device=torch.device("cpu"))
-    return load_model(target, task=None, weights=weights, device=torch.device("cpu"))
+        return load_model(None, task=None, weights=path, device=CPU)
+    return load_model(target, task=None, weights=weights, device=CPU)
 
 
 def default_out(target: str, loaded) -> Path:

@@ -114,10 +114,11 @@ def _coco(weights, paths, *, conf=0.25, model="test_fixed"):
     from cvtool.models.loading import load_model
     from cvtool.pipelines import detect as task
     from cvtool.pipelines.runner import run
+    from cvtool.tasks.detect import SPEC
 
     pipeline = task.DetectPipeline(load_model(model, task="detect", weights=weights), conf=conf)
     stream = io.StringIO()
-    writer = make_writer("coco", task.COLUMNS, task.rows, stream=stream, extra_formats=pipeline.extra_formats)
+    writer = make_writer("coco", SPEC.columns, SPEC.rows, stream=stream, extra_formats=pipeline.extra_formats)
     for record in run(pipeline, [InputItem(str(p)) for p in paths]):
         writer.write(record)
     writer.close()

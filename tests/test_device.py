@@ -11,10 +11,10 @@ import pytest
 import torch
 
 import cvtool
-from cvtool.device import half_dtype, resolve_device
+from cvtool.device import CPU, Placement, half_dtype, place
 from cvtool.errors import UsageError
 from cvtool.models.checkpoint import save_checkpoint
-from cvtool.models.onnx_session import choose_providers, make_session
+from cvtool.models.onnx_session import make_session
 from cvtool.models.yolo import YOLO_PREPROCESS, YoloDetector, decode, detections_in_original_pixels, letterbox_batch
 from cvtool.ops.preprocess import Preprocess
 from cvtool.train.engine import TrainConfig, amp_dtype, default_workers
@@ -29,22 +29,46 @@ NO_CUDA = not torch.cuda.is_available()
 
 @pytest.mark.skipif(not NO_CUDA, reason="checks the CPU-only fallbacks")
 def test_auto_is_the_cpu_here_and_explicit_cuda_is_one_line():
-    assert resolve_device("auto").type == ("mps" if torch.backends.mps.is_available() else "cpu")
+    assert place("auto").type == ("mps" if torch.backends.mps.is_available() else "cpu")
     with pytest.raises(UsageError) as err:
-        resolve_device("cuda")
+        place("cuda")
     assert str(err.value) == "device 'cuda' asked for, but CUDA is not available on this machine"
+    with pytest.raises(UsageError) as err:
+        place("gpu")
+    assert str(err.value) == "unknown device 'gpu'; use auto, cpu, cuda or cuda:N"
+
+
+def test_a_placement_is_one_value_read_as_torch_onnxruntime_or_text(monkeypatch):
+    import cvtool.device as device
+
+    assert place(" CPU ") is CPU and str(CPU) == "cpu" and CPU.torch == torch.device("cpu")
+    gpu = Placement("cuda", 1)
+    assert (gpu.type, str(gpu), gpu.torch) == ("cuda", "cuda:1", torch.device("cuda", 1))
+    assert str(Placement("cuda")) == "cuda" and Placement("cuda").torch == torch.device("cuda")  # auto's: no index
+    assert Placement("cuda", auto=True) == Placement("cuda")  # how it was chosen is not where it is
+    assert Placement.of(None) is CPU and Placement.of(gpu) is gpu and Placement.of(torch.device("cuda", 1)) == gpu
+    # without torch (onnxruntime alone): auto follows the NVIDIA GPUs this machine shows, a named device is kept
+    for visible in (True, False):
+        monkeypatch.setattr(device, "cuda_visible", lambda visible=visible: visible)
+        chosen = place("auto", torch_free=True)
+        assert chosen.type == ("cuda" if visible else "cpu") and chosen.auto
+    assert place("cuda:1", torch_free=True) == gpu and not place("cuda:1", torch_free=True).auto
+    with pytest.raises(UsageError, match="unknown device 'cuda1'"):
+        place("cuda1", torch_free=True)
 
 
 def test_onnxruntime_providers_follow_what_is_installed():
     cpu_only = ["CPUExecutionProvider"]
-    assert choose_providers("auto", cpu_only) == cpu_only  # auto on a GPU machine, CPU onnxruntime: no failure
-    assert choose_providers(None, cpu_only) == cpu_only
-    assert choose_providers(torch.device("cpu"), ["CUDAExecutionProvider", *cpu_only]) == cpu_only
-    assert choose_providers(torch.device("cuda", 1), ["CUDAExecutionProvider", *cpu_only]) == [
+    auto_gpu = Placement("cuda", auto=True)
+    assert auto_gpu.providers_among(cpu_only) == cpu_only  # auto on a GPU machine, CPU onnxruntime: no failure
+    assert CPU.providers_among(cpu_only) == cpu_only
+    assert CPU.providers_among(["CUDAExecutionProvider", *cpu_only]) == cpu_only
+    assert Placement("mps").providers_among(["CUDAExecutionProvider", *cpu_only]) == cpu_only
+    assert Placement("cuda", 1).providers_among(["CUDAExecutionProvider", *cpu_only]) == [
         ("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"]
-    assert choose_providers("auto", ["CUDAExecutionProvider", *cpu_only])[0] == ("CUDAExecutionProvider", {"device_id": 0})
+    assert auto_gpu.providers_among(["CUDAExecutionProvider", *cpu_only])[0] == ("CUDAExecutionProvider", {"device_id": 0})
     with pytest.raises(UsageError) as err:
-        choose_providers(torch.device("cuda"), ["AzureExecutionProvider", *cpu_only])
+        Placement("cuda").providers_among(["AzureExecutionProvider", *cpu_only])
     assert str(err.value) == ("--device cuda with --backend onnxruntime needs the onnxruntime-gpu package (this "
                               "onnxruntime has AzureExecutionProvider, CPUExecutionProvider); use --device auto or cpu")
 
@@ -59,8 +83,10 @@ def test_a_real_session_on_auto_runs_on_what_this_onnxruntime_has(tmp_path):
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
     data = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
     onnx.checker.check_model(onnx.load_from_string(data))
-    session = make_session(data, device="auto")
-    expected = "CUDAExecutionProvider" if "CUDAExecutionProvider" in ort.get_available_providers() else "CPUExecutionProvider"
+    where = place("auto")
+    session = make_session(data, device=where)
+    expected = ("CUDAExecutionProvider" if where.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers()
+                else "CPUExecutionProvider")
     assert session.get_providers()[0] == expected
     assert session.run(None, {"x": np.array([-1.0, 2.0], np.float32)})[0].tolist() == [0.0, 2.0]
 
@@ -68,13 +94,13 @@ def test_a_real_session_on_auto_runs_on_what_this_onnxruntime_has(tmp_path):
 def test_half_precision_per_device(monkeypatch):
     import cvtool.device as device
 
-    assert half_dtype(torch.device("cuda")) is torch.float16
-    assert half_dtype(torch.device("mps")) is torch.float16
+    assert half_dtype(Placement("cuda")) is torch.float16
+    assert half_dtype(Placement("mps")) is torch.float16
     monkeypatch.setattr(device, "cpu_has_bf16", lambda: True)
-    assert half_dtype(torch.device("cpu")) is torch.bfloat16
+    assert half_dtype(CPU) is torch.bfloat16
     monkeypatch.setattr(device, "cpu_has_bf16", lambda: False)
     with pytest.raises(UsageError) as err:
-        half_dtype(torch.device("cpu"))
+        half_dtype(CPU)
     assert str(err.value) == ("--half needs a CUDA or MPS device, or a CPU with bfloat16 instructions (AVX512-BF16 "
                               "or AMX); this CPU has none: drop --half")
 
@@ -85,9 +111,9 @@ def test_the_bf16_probe_reads_its_override_so_every_cpu_can_run_the_other_cpus_p
     monkeypatch.setenv("CVTOOL_CPU_BF16", "0")  # an AVX-512 machine running what an AVX2 one runs
     assert device.cpu_has_bf16() is False
     with pytest.raises(UsageError, match="--half needs a CUDA or MPS device"):
-        half_dtype(torch.device("cpu"))
+        half_dtype(CPU)
     monkeypatch.setenv("CVTOOL_CPU_BF16", "1")
-    assert device.cpu_has_bf16() is True and half_dtype(torch.device("cpu")) is torch.bfloat16
+    assert device.cpu_has_bf16() is True and half_dtype(CPU) is torch.bfloat16
     monkeypatch.setenv("CVTOOL_CPU_BF16", "yes")
     with pytest.raises(UsageError) as err:
         device.cpu_has_bf16()
@@ -193,7 +219,7 @@ def test_letterboxing_detectors_and_classifiers_turn_on_cudnn_autotuning_on_cuda
         monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
         pipeline(loaded)
         assert torch.backends.cudnn.benchmark is False  # on the CPU: left alone
-        monkeypatch.setattr(loaded, "device", torch.device("cuda"))
+        monkeypatch.setattr(loaded, "device", Placement("cuda"))
         pipeline(loaded)
         assert torch.backends.cudnn.benchmark is True
 
@@ -201,16 +227,16 @@ def test_letterboxing_detectors_and_classifiers_turn_on_cudnn_autotuning_on_cuda
 def test_decoding_threads_per_device(monkeypatch):
     from cvtool import device
 
-    assert device.decode_workers(None, torch.device("cpu")) == 2  # the network's threads have the cores
-    assert device.decode_workers(3, torch.device("cuda")) == 3  # asked for: kept
+    assert device.decode_workers(None, CPU) == 2  # the network's threads have the cores
+    assert device.decode_workers(3, Placement("cuda")) == 3  # asked for: kept
     monkeypatch.setattr(device, "cpu_count", lambda: 16)
-    assert device.decode_workers(None, torch.device("cuda", 0)) == 8  # the host only feeds the GPU
-    assert device.decode_workers(None, "cuda:1") == 8 and device.decode_workers(None, torch.device("mps")) == 8
-    assert device.decode_workers(None, torch.device("cuda"), shard=(1, 4)) == 4  # its share, as compute threads
-    assert device.decode_workers(None, torch.device("cpu"), shard=(1, 4)) == 2
+    assert device.decode_workers(None, Placement("cuda", 0)) == 8  # the host only feeds the GPU
+    assert device.decode_workers(None, Placement("cuda", 1)) == 8 and device.decode_workers(None, Placement("mps")) == 8
+    assert device.decode_workers(None, Placement("cuda"), shard=(1, 4)) == 4  # its share, as compute threads
+    assert device.decode_workers(None, CPU, shard=(1, 4)) == 2
     monkeypatch.setattr(device, "cpu_count", lambda: 1)
-    assert device.decode_workers(None, torch.device("cuda")) == 1
-    assert device.decode_workers(0, torch.device("cuda")) == 1  # the API's 0 as before: the calling thread
+    assert device.decode_workers(None, Placement("cuda")) == 1
+    assert device.decode_workers(0, Placement("cuda")) == 1  # the API's 0 as before: the calling thread
 
 
 def test_ray_actors_decode_with_their_cpus_on_a_gpu():
@@ -242,7 +268,7 @@ def test_workers_default_is_resolved_for_the_loaded_device(monkeypatch):
     labels = [r.label for r in task(paths)]
     assert asked == [2] and labels == [p.split("/")[-1][6] for p in paths]  # digit_N.png
     monkeypatch.setattr(device, "cpu_count", lambda: 16)
-    monkeypatch.setattr(task.loaded, "device", torch.device("cuda"))  # only its type is read
+    monkeypatch.setattr(task.loaded, "device", Placement("cuda"))  # only its type is read
     assert cvtool.api._workers(None, task.loaded) == 8 and cvtool.api._workers(3, task.loaded) == 3
 
 

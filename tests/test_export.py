@@ -4,6 +4,7 @@ networks (random weights, fixed seeds) keep each export to a few seconds."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -16,6 +17,7 @@ from conftest import SAMPLES
 from typer.testing import CliRunner
 
 from cvtool.cli import app
+from cvtool.device import CPU
 from cvtool.io.image import read_image
 from cvtool.models.checkpoint import save_checkpoint
 from cvtool.models.registry import get_entry
@@ -184,7 +186,7 @@ def test_a_cached_export_is_checked_against_its_recorded_hash_and_rebuilt_on_a_m
     exports = []
 
     def load():
-        return onnx_backend.load(None, task="classify", weights=ckpt, device=torch.device("cpu"), backend="onnxruntime",
+        return onnx_backend.load(None, task="classify", weights=ckpt, device=CPU, backend="onnxruntime",
                                  on_export=exports.append)
 
     first = load()
@@ -276,7 +278,8 @@ def test_half_export_of_a_unet_is_checked_by_pixel_agreement(tmp_path):
 def test_reduced_precision_below_the_bar_is_refused_in_one_line_and_writes_nothing(tmp_path, digit_images, monkeypatch):
     from cvtool.models import onnx_export
 
-    monkeypatch.setitem(onnx_export.AGREEMENT_BARS, "classify", (1.01, "top-1 agreement"))  # unreachable
+    unreachable = replace(onnx_export.AGREEMENTS["classify"], bar=1.01)
+    monkeypatch.setitem(onnx_export.AGREEMENTS, "classify", unreachable)
     out = tmp_path / "never.onnx"
     result = export("lenet5_digits", "--int8", "--calibration", digit_images, "--out", out)
     assert result.exit_code == 1 and not out.exists()

@@ -23,6 +23,10 @@ FORBIDDEN = {
             "cvtool.bench", "cvtool.train"],
     # the training recipes and the inference pipelines are siblings over models/, io/ and ops/
     "train": ["cvtool.pipelines", "cvtool.export", "cvtool.console", "cvtool.cli", "cvtool.api", "cvtool.serve"],
+    # the task table is declarations only, under everything: it reads nothing of cvtool but its own errors
+    "tasks": ["cvtool.models", "cvtool.pipelines", "cvtool.io", "cvtool.ops", "cvtool.export", "cvtool.console",
+              "cvtool.cli", "cvtool.api", "cvtool.bench", "cvtool.train", "cvtool.serve", "cvtool.scale",
+              "cvtool.device", "cvtool.val", "cvtool.cache"],
     "pipelines": ["cvtool.train", "cvtool.export", "cvtool.console", "cvtool.cli", "cvtool.api", "cvtool.serve"],
 }
 

@@ -156,10 +156,11 @@ def test_detect_with_an_onnx_file_imports_no_torch_and_gives_the_torch_boxes(tmp
         # floats differ by less than the rounding can print values one step apart (99.40 vs 99.39 on an AVX2 CPU)
         np.testing.assert_allclose([d["score"] for d in got], [d["score"] for d in want], rtol=0, atol=1e-4 + 1e-9)
         np.testing.assert_allclose([d["box"] for d in got], [d["box"] for d in want], rtol=0, atol=1e-2 + 1e-9)
+    from cvtool.device import CPU
     from cvtool.models.onnx_backend import open_onnx_array
 
     # the file says the threshold the detector's scores are made for; no registry entry is needed to know it
-    assert open_onnx_array(onnx_file, task="detect", device="cpu").default_conf == 0.25
+    assert open_onnx_array(onnx_file, task="detect", device=CPU).default_conf == 0.25
 
 
 @pytest.mark.parametrize("tile", [None, "32"])

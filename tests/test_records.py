@@ -3,7 +3,9 @@ import io
 import json
 
 from cvtool.io.records import make_writer
-from cvtool.pipelines.classify import COLUMNS, rows
+from cvtool.tasks.classify import SPEC
+
+COLUMNS, rows = list(SPEC.columns), SPEC.rows
 
 GOOD = {"path": "a.jpg", "task": "classify", "model": "m", "weights_sha256": "ab", "ms": 1.5,
         "result": {"top_k": [{"label": "cat", "index": 3, "prob": 0.75}, {"label": "dog", "index": 1, "prob": 0.25}]}}

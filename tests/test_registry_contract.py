@@ -11,6 +11,7 @@ import functools
 import pytest
 import torch
 
+from cvtool.device import CPU
 from cvtool.errors import UsageError
 from cvtool.models import contract
 from cvtool.models.loading import LoadedModel
@@ -42,7 +43,7 @@ def n_params(entry) -> int:
 def loaded_model(entry, module) -> LoadedModel:
     return LoadedModel(name=entry.name, task=entry.task, module=module, preprocess=entry.preprocess(),
                        classes=list(entry.classes() or []), weights_path="(random)", weights_sha256="random",
-                       device=torch.device("cpu"), entry=entry)
+                       device=CPU, entry=entry)
 
 
 def sample_input(entry, module, device="cpu"):
@@ -175,7 +176,7 @@ def test_every_face_detector_is_declared_and_finds_the_astronauts_face(name):
     entry = ENTRIES[name]
     photo = load_image(SAMPLES / "photos" / "astronaut.jpg")
     assert entry.aliases and get_entry(entry.aliases[0], "face-detect") is entry
-    found = make_face_detector(entry, FaceDetectorOptions(device="cpu")).detect([photo])
+    found = make_face_detector(entry, FaceDetectorOptions(device=CPU)).detect([photo])
     assert len(found) == 1 and len(found[0]) == 1
     left, top, right, bottom, _score = found[0][0]
     assert 150 < (left + right) / 2 < 260 and 60 < (top + bottom) / 2 < 160  # her face, in a 512 x 512 photo

@@ -542,8 +542,8 @@ def test_the_memory_estimate_of_a_face_verifier_counts_the_landmark_predictor():
     assert 7_242_040 <= estimate_bytes(verifier) - network.nbytes < 7_242_040 + 1_000  # + the detector's mean
 
 
-def test_face_cache_is_a_bounded_lru_and_the_client_columns_are_the_clis():
-    from cvtool.pipelines import face
+def test_face_cache_is_a_bounded_lru_and_the_client_prints_a_pair_with_the_task_tables_columns():
+    from cvtool import tasks
     from cvtool.serve import client
     from cvtool.serve.faces import FaceCache, _Known
 
@@ -556,8 +556,15 @@ def test_face_cache_is_a_bounded_lru_and_the_client_columns_are_the_clis():
     assert cache.stats() == {"entries": 2, "capacity": 2, "hits": 3, "misses": 1}
     record = {"path_b": "b.jpg", "same": True, "distance": 0.31, "threshold": 0.6, "detector": "mmod",
               "model": "dlib_face_resnet", "faces_found": [1, 1]}
-    assert client.VERIFY_COLUMNS == face.VERIFY_COLUMNS
-    assert client.verify_rows(record) == face.verify_rows(record)
+    spec = tasks.spec("verify-face")
+    pair = spec.tables["pair"]
+    assert pair.columns == ("path_b", "same", "distance", "threshold", "detector", "model")
+    assert pair.rows(record) == [["b.jpg", True, 0.31, 0.6, "mmod", "dlib_face_resnet"]]
+    mode = client.MODES[spec.name](spec, ["a.jpg", "b.jpg"], {}, None)  # verify-face A B: the pair's table
+    assert mode == client.Mode("/verify-face", pair, pair=True)
+    mode = client.MODES[spec.name](spec, ["c.jpg"], {"gallery": "known"}, None)  # --gallery: the batch's
+    assert mode == client.Mode("/identify", spec.table, params={"gallery": "known"})
+    assert spec.table.columns[0] == "name"
 
 
 def test_face_cache_gives_the_local_records_for_every_face_index_and_error(tmp_path):

@@ -8,6 +8,7 @@ import asyncio
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -181,7 +182,7 @@ def test_a_batch_that_raises_what_asyncio_refuses_answers_and_the_lane_lives_on(
     from cvtool.serve.batching import Batcher
 
     class Flaky:
-        task = "classify"
+        spec = SimpleNamespace(name="classify")
         calls = 0
 
         def batch_key(self, prepared):
@@ -286,7 +287,7 @@ def test_a_request_whose_size_cannot_be_had_fails_alone_and_the_lane_lives_on():
     from cvtool.serve.batching import Batcher
 
     class Odd:
-        task = "classify"
+        spec = SimpleNamespace(name="classify")
 
         def batch_key(self, prepared):
             return None

@@ -255,12 +255,14 @@ def test_videos_stay_local_and_save_flags_need_out(env, server, nets, inputs, tm
     assert remote.returncode == 2 and remote.stderr.strip() == "cvtool: --skip-existing needs --out DIR"
 
 
-def test_client_columns_are_the_stylize_pipelines():
-    from cvtool.pipelines import stylize
+def test_client_prints_stylize_model_with_the_task_tables_feed_forward_columns():
+    from cvtool import tasks
     from cvtool.serve import client
 
-    assert client.FAST_COLUMNS == stylize.FAST_COLUMNS
-    assert client.fast_rows({"size": [3, 5]}) == stylize.fast_rows({"size": [3, 5]}) == [[3, 5]]
+    spec = tasks.spec("stylize")
+    mode = client.MODES[spec.name](spec, ["c.jpg"], {"model": "style.pt"}, None)
+    assert mode.endpoint == "/stylize" and mode.table is spec.tables["feed_forward"]
+    assert mode.table.columns == ("height", "width") and mode.table.rows({"size": [3, 5]}) == [[3, 5]]
 
 
 def test_segment_png_answer_is_the_mask_with_the_record_in_a_header(server, nets, inputs):

@@ -12,6 +12,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 from cvtool.cli import app
+from cvtool.device import CPU
 from cvtool.io.image import read_image
 from cvtool.models.registry import ModelEntry, register, unregister
 from cvtool.models.vgg_features import VGGFeatures, layer_names
@@ -73,17 +74,25 @@ def test_vgg19_layer_names_follow_the_papers():
 
 
 def test_feature_extractor_stops_at_the_deepest_layer_and_keeps_activations():
-    extractor = VGGFeatures(TinyVGG().features, ["relu1_1", "relu2_1"], pool="avg")
+    features = TinyVGG().features
+    extractor = VGGFeatures(features, ["relu1_1", "relu2_1"], pool="avg")
     assert len(extractor.stack) == 7 and isinstance(extractor.stack[4], nn.AvgPool2d)
-    out = extractor(torch.rand(1, 3, 16, 16))
-    assert set(out) == {"relu1_1", "relu2_1"} and out["relu1_1"].min() >= 0
+    x = torch.rand(1, 3, 16, 16)
+    out = extractor(x)
+    assert set(out) == {"relu1_1", "relu2_1"}
+    # the same activations by hand, from the convolutions' own weights: conv1_1 is features[0], conv1_2 [2],
+    # conv2_1 [5]; the 2x2 pool between the blocks averages (pool="avg")
+    conv = lambda i, t: nn.functional.conv2d(t, features[i].weight, features[i].bias, padding=1)  # noqa: E731
+    relu1_1 = conv(0, x).relu()
+    relu2_1 = conv(5, nn.functional.avg_pool2d(conv(2, relu1_1).relu(), 2)).relu()
+    assert torch.allclose(out["relu1_1"], relu1_1, atol=1e-6) and torch.allclose(out["relu2_1"], relu2_1, atol=1e-6)
     with pytest.raises(Exception, match="unknown VGG layer"):
         VGGFeatures(TinyVGG().features, ["relu9_9"])
 
 
 def _stylizer(settings: StyleSettings, style: np.ndarray) -> Stylizer:
     torch.manual_seed(0)
-    stylizer = Stylizer(TinyVGG().features, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), settings, torch.device("cpu"))
+    stylizer = Stylizer(TinyVGG().features, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), settings, CPU)
     stylizer.set_styles([style])
     return stylizer
 

@@ -22,7 +22,7 @@ from cvtool.io.opencv import cv2
 if TYPE_CHECKING:
     import PIL.Image
 
-DEFAULT_MAX_PIXELS = 100_000_000
+from cvtool.tasks.common import DEFAULT_MAX_PIXELS  # noqa: E402 - the task table's --max-pixels
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pbm", ".pnm", ".jp2"}
 )

@@ -271,3 +271,8 @@ def _directory(spec: str, recursive: bool, suffixes, out_dir, skipped) -> Iterat
         if previous:
             hint += f" ({previous} previous cvtool output(s) in --out are not inputs)"
         yield InputItem(spec, f"no {what} files in directory{hint}")
+
+
+def is_single_file(out: Path) -> bool:
+    """`--out x.png` (stylize) names one output file; anything else is a directory."""
+    return out.suffix.lower() in MEDIA_SUFFIXES

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from cvtool.device import CPU, Placement
 from cvtool.models import contract
 from cvtool.models.dlib.mmod import DEFAULT_DETECT_PIXELS, DEFAULT_MIN_FACE, MMOD_FILE, NUM_PARAMS
 from cvtool.models.registry import ModelEntry, register
@@ -29,7 +30,7 @@ class FaceDetectorOptions:
     """What the face chain asks of its detector. `backend` is the embedder's ("torch" or "onnxruntime"):
     the detector runs where the embedder does, so onnxruntime keeps the whole chain free of torch."""
 
-    device: object = None
+    device: Placement = CPU  # the embedder's (cvtool.device.place)
     backend: str = "torch"
     upsample: int | None = None  # None: dlib's CNN picks the scale from min_face; N: double every image N times
     min_face: float = DEFAULT_MIN_FACE
@@ -97,7 +98,7 @@ def _mmod_detector(entry: ModelEntry, options: FaceDetectorOptions) -> AutoScale
     else:
         from cvtool.models.face_mmod import MmodFaceDetector
 
-        network = MmodFaceDetector.pretrained(options.device)
+        network = MmodFaceDetector.pretrained(options.device.torch)
     return AutoScaledMmod(network, options)
 
 

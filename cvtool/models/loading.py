@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cvtool.device import Placement
 from cvtool.errors import UsageError, WeightsError
 from cvtool.models.checkpoint import DECISION_THRESHOLD_FIELD
 from cvtool.models.registry import ModelEntry, get_entry
@@ -20,7 +21,7 @@ class LoadedModel:
     classes: list[str]
     weights_path: str
     weights_sha256: str
-    device: object  # torch.device; on onnxruntime, the string "cpu" or a torch.device (onnxruntime's own placement)
+    device: Placement  # where `module` runs and the pipelines put its inputs; on onnxruntime the CPU's
     meta: dict = field(default_factory=dict)  # a checkpoint's other fields (e.g. a face embedder's threshold)
     entry: ModelEntry | None = None  # the registry entry (looked up by `name` when not given)
     backend: str = "torch"  # "torch": `module` is the nn.Module; "onnxruntime": an onnx_backend.OnnxNetwork
@@ -84,7 +85,7 @@ def load_model(
     *,
     task: str,
     weights: str | Path | None = None,
-    device=None,
+    device=None,  # a cvtool.device.Placement (or a training recipe's torch.device); None: the CPU
     offline: bool | None = None,
     progress: bool = True,
     default: str | None = None,
@@ -132,8 +133,8 @@ def load_model(
     if not classes or (n_outputs is not None and len(classes) != n_outputs):
         classes = [f"class_{i}" for i in range(n_outputs or 0)]
     preprocess = Preprocess.from_dict(loaded.preprocess) if loaded.preprocess else entry.preprocess()
-    device = device if device is not None else torch.device("cpu")
-    module.eval().to(device)
+    device = Placement.of(device)
+    module.eval().to(device.torch)
     return LoadedModel(
         name=entry.name,
         task=entry.task,

@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 
 from cvtool.cache import cache_root, load_verified, write_verified
+from cvtool.device import CPU, Placement
 from cvtool.errors import UsageError, WeightsError
 from cvtool.models.onnx_session import FORMAT, FORMAT_VERSION, METADATA_KEY, make_session
 
@@ -97,13 +98,12 @@ def check_metadata(props: dict, path) -> dict:
     return meta
 
 
-def open_onnx(path: str | Path, *, task: str | None, device=None, weights_sha256: str | None = None,
-              data: bytes | None = None):
-    """A LoadedModel whose module is an onnxruntime session on `path` (a file from `cvtool export`).
+def open_onnx(path: str | Path, *, task: str | None, device: Placement | None = None,
+              weights_sha256: str | None = None, data: bytes | None = None):
+    """A LoadedModel whose module is an onnxruntime session on `path` (a file from `cvtool export`), on
+    `device`'s providers (None: the CPU's).
 
     `data`: the file's bytes, already read (and checked) by the caller; the session is made from them."""
-    import torch
-
     from cvtool.models.registry import get_entry
 
     if data is None:
@@ -118,13 +118,13 @@ def open_onnx(path: str | Path, *, task: str | None, device=None, weights_sha256
         raise UsageError(f"{path}: an ONNX {meta['task']} model, not a {task} model")
     entry = get_entry(meta["arch"], meta["task"])
     session = make_session(data, device=device, source=str(path))
-    # onnxruntime moves data itself: the pipelines hand it CPU tensors
-    return _onnx_model(session, meta, path, data, weights_sha256, device=torch.device("cpu"), entry=entry)
+    return _onnx_model(session, meta, path, data, weights_sha256, entry=entry)
 
 
-def _onnx_model(session, meta: dict, path, data: bytes, weights_sha256: str | None, *, device, entry=None,
+def _onnx_model(session, meta: dict, path, data: bytes, weights_sha256: str | None, *, entry=None,
                 extra: dict | None = None):
-    """The LoadedModel of an onnxruntime session on a file from `cvtool export` (its metadata `meta`)."""
+    """The LoadedModel of an onnxruntime session on a file from `cvtool export` (its metadata `meta`). Its
+    device is the CPU's placement: onnxruntime moves data itself, the pipelines hand it CPU arrays."""
     from cvtool.models.loading import LoadedModel
     from cvtool.ops.preprocess import Preprocess
 
@@ -136,7 +136,7 @@ def _onnx_model(session, meta: dict, path, data: bytes, weights_sha256: str | No
         classes=list(meta["classes"]),
         weights_path=str(path),
         weights_sha256=weights_sha256 or hashlib.sha256(data).hexdigest(),
-        device=device,
+        device=CPU,
         meta=extra or {},
         entry=entry,
         backend="onnxruntime",
@@ -159,7 +159,7 @@ def cached_export_path(loaded, *, img_size: int | None = None) -> tuple[Path, ob
     return cache_root() / "onnx" / f"{loaded.name}-{loaded.weights_sha256[:12]}-{shape}-{digest}.onnx", graph
 
 
-def to_onnxruntime(loaded, *, device=None, img_size: int | None = None, on_export=None, by_name: str | None = None):
+def to_onnxruntime(loaded, *, device: Placement | None = None, img_size: int | None = None, on_export=None, by_name: str | None = None):
     """`loaded` (a PyTorch model on the CPU) with its network swapped for onnxruntime, exporting into the cache
     when needed (always with a dynamic batch) and reusing the cached file afterwards. `by_name`: the model name
     `loaded` was asked for without a weights file (its default weights): a later `--backend auto` run with
@@ -248,7 +248,7 @@ def cached_export(weights_path: str | Path | None, task: str, *, name: str | Non
     return path, data, str(record.get("weights_sha256"))
 
 
-def cached_onnx(weights_path: str | Path | None, task: str, *, device=None, name: str | None = None):
+def cached_onnx(weights_path: str | Path | None, task: str, *, device: Placement | None = None, name: str | None = None):
     """A LoadedModel on onnxruntime from the cached export of `weights_path` (or of model `name`'s default
     weights; see cached_export), made without importing torch (its entry is looked up only if a caller asks
     for its contract); None when there is none."""
@@ -263,9 +263,9 @@ def cached_onnx(weights_path: str | Path | None, task: str, *, device=None, name
         return None  # verified bytes this onnxruntime cannot load: the caller converts again
 
 
-def open_onnx_array(path: str | Path, data: bytes | None = None, *, task: str | None, device=None,
-                    weights_sha256: str | None = None, choice: str | None = None):
-    """open_onnx without torch: metadata read from the session, the device a string, the entry looked up
+def open_onnx_array(path: str | Path, data: bytes | None = None, *, task: str | None,
+                    device: Placement | None = None, weights_sha256: str | None = None, choice: str | None = None):
+    """open_onnx without torch: metadata read from the session, the entry looked up
     lazily. Every pipeline runs such a model on NumPy arrays (`module.run`); `data`: the file's bytes, read
     here when not given."""
     if data is None:
@@ -274,7 +274,7 @@ def open_onnx_array(path: str | Path, data: bytes | None = None, *, task: str | 
     meta = check_metadata(session.get_modelmeta().custom_metadata_map, path)
     if task is not None and meta["task"] != task:
         raise UsageError(f"{path}: an ONNX {meta['task']} model, not a {task} model")
-    return _onnx_model(session, meta, path, data, weights_sha256, device="cpu",
+    return _onnx_model(session, meta, path, data, weights_sha256,
                        extra={"backend_choice": choice} if choice else None)
 
 
@@ -294,19 +294,6 @@ def is_onnx_file(weights) -> bool:
     return weights is not None and Path(weights).suffix.lower() == ".onnx"
 
 
-def cuda_visible() -> bool:
-    """Whether this machine shows an NVIDIA GPU (without importing torch): `--backend auto` leaves such
-    machines to PyTorch, whose CUDA path the ONNX cache does not cover."""
-    import os
-
-    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
-        return False
-    try:
-        return any(Path("/proc/driver/nvidia/gpus").iterdir())
-    except OSError:
-        return False
-
-
 # `--backend auto`, decided before anything imports torch. A .onnx weights file runs on onnxruntime, on NumPy
 # arrays from end to end (no torch). Otherwise, on the CPU: the tasks in CONVERT_ON_FIRST_USE (the face chain)
 # are exported into the cache on first use and run from it afterwards; classify, detect and segment run from a
@@ -322,16 +309,18 @@ def check_backend(backend: str) -> None:
         raise UsageError(f"unknown backend {backend!r}; use auto, torch or onnxruntime")
 
 
-def resolve_auto(name: str | None, *, task: str, weights: str | Path | None, device: str, default: str | None):
+def resolve_auto(name: str | None, *, task: str, weights: str | Path | None, device: Placement,
+                 default: str | None):
     """`--backend auto` (and any .onnx `weights`) before anything imports torch: (a LoadedModel on
-    onnxruntime, or None; the backend to load with otherwise). The cached export is used when it exists and is
-    hash-valid for these weights, on the CPU (device cpu, or auto on a machine without an NVIDIA GPU)."""
+    onnxruntime, or None; the backend to load with otherwise). `device`: `--device` placed without torch
+    (cvtool.device.place(..., torch_free=True)). The cached export is used when it exists and is hash-valid for
+    these weights, on the CPU (device cpu, or auto on a machine without an NVIDIA GPU)."""
     if is_onnx_file(weights):
         loaded = open_onnx_array(weights, task=task, device=device)
         if name and name != loaded.name:
             raise UsageError(f"{weights}: exported from {loaded.name!r}, not {name!r}; drop --model")
         return loaded, "onnxruntime"
-    if task not in CACHED_TASKS or str(device) not in ("cpu", "auto") or (device == "auto" and cuda_visible()):
+    if task not in CACHED_TASKS or device.type != "cpu":
         return None, "torch"
     if task not in CONVERT_ON_FIRST_USE:
         return cached_onnx(weights, task, name=None if weights is not None else (name or default)), "torch"
@@ -346,21 +335,20 @@ def resolve_auto(name: str | None, *, task: str, weights: str | Path | None, dev
     return cached_onnx(path, task), "onnxruntime"
 
 
-def load(name: str | None, *, task: str, weights: str | Path | None, device, backend: str, default: str | None = None,
-         progress: bool = True, on_export=None):
-    """What `--backend` and `--weights` ask for: PyTorch, onnxruntime on the fly, or a given .onnx file.
+def load(name: str | None, *, task: str, weights: str | Path | None, device: Placement, backend: str,
+         default: str | None = None, progress: bool = True, on_export=None):
+    """What `--backend` and `--weights` ask for: PyTorch, onnxruntime on the fly, or a given .onnx file, on
+    `device` (onnxruntime: its providers for it).
 
     A .onnx weights file always runs on onnxruntime (PyTorch cannot run it), without importing torch.
     """
     check_backend(backend)
     if is_onnx_file(weights):
-        return resolve_auto(name, task=task, weights=weights, device=str(device), default=default)[0]
-    import torch
-
+        return resolve_auto(name, task=task, weights=weights, device=device, default=default)[0]
     from cvtool.models.loading import load_model
 
     if backend == "torch":
         return load_model(name, task=task, weights=weights, device=device, progress=progress, default=default)
-    loaded = load_model(name, task=task, weights=weights, device=torch.device("cpu"), progress=progress, default=default)
+    loaded = load_model(name, task=task, weights=weights, device=CPU, progress=progress, default=default)
     return to_onnxruntime(loaded, device=device, on_export=on_export, by_name=(name or default) if weights is None else None)
 

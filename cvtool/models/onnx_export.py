@@ -16,6 +16,7 @@ import json
 import logging
 import warnings
 from dataclasses import dataclass
+from typing import Callable
 
 from cvtool.errors import EXIT_INPUT_FAILED, CvtoolError, UsageError
 from cvtool.models.contract import ExportGraph
@@ -200,35 +201,65 @@ def export_checked(loaded, *, img_size: int | None = None, dynamic_batch: bool =
 
 # -- reduced precision: fp16 and INT8, checked by the agreement that matters for the task ---------------------
 
-# The least agreement with PyTorch (fp32) a reduced-precision export must reach, per task, and what it measures.
-AGREEMENT_BARS = {
-    "classify": (0.95, "top-1 agreement"),  # fraction of inputs with the same top class
-    "segment": (0.95, "pixel agreement"),  # fraction of pixels with the same class
-    "detect": (0.80, "box IoU"),  # mean IoU of the 100 best-scored boxes with the same anchors' boxes
-    "face-embed": (0.06, "largest embedding distance"),  # at most a tenth of dlib's 0.6 threshold (lower is better)
+def _same_argmax(expected: list, got: list) -> float:
+    """The fraction of positions along axis 0 (and any after axis 1) where the two outputs' argmax over axis 1
+    (the classes) agree: inputs with the same top class, or pixels with the same class."""
+    import numpy as np
+
+    return float(np.mean(expected[0].argmax(1) == got[0].argmax(1)))
+
+
+def _largest_distance(expected: list, got: list) -> float:
+    """The largest Euclidean distance between the two outputs' embeddings of one input."""
+    import numpy as np
+
+    return float(np.max(np.linalg.norm(expected[0].reshape(len(expected[0]), -1)
+                                       - got[0].reshape(len(got[0]), -1).astype(np.float32), axis=1)))
+
+
+def _best_box_iou(expected: list, got: list) -> float:
+    """Boxes B x N x 4, objectness B x N, class probabilities B x N x C (the same anchors on both sides): the mean
+    IoU of each image's 100 best-scored boxes (PyTorch's scores) with the reduced model's boxes of those anchors."""
+    import numpy as np
+
+    boxes, objectness, probs = expected
+    scores = objectness * probs.max(-1)  # yolo.box_scores' rule, on NumPy arrays
+    ious = []
+    for b in range(len(boxes)):
+        top = np.argsort(-scores[b])[:100]
+        ious.append(_paired_iou(boxes[b][top], got[0][b][top].astype(np.float32)))
+    return float(np.mean(np.concatenate(ious)))
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How a task's reduced-precision export is checked against PyTorch (fp32): a measure of the two models'
+    outputs on the same inputs, its name, and the bar it must reach."""
+
+    bar: float
+    measure: str  # what it measures, as the report and the refusal name it
+    compute: Callable[[list, list], float]  # (PyTorch's outputs, the reduced model's) -> the measure
+    lower_is_better: bool = False  # a distance: the bar is a ceiling
+
+    def passes(self, value: float) -> bool:
+        return value <= self.bar if self.lower_is_better else value >= self.bar
+
+
+# One entry per task a reduced-precision export is made for: the least agreement with PyTorch it must reach.
+AGREEMENTS = {
+    "classify": Agreement(0.95, "top-1 agreement", _same_argmax),  # fraction of inputs with the same top class
+    "segment": Agreement(0.95, "pixel agreement", _same_argmax),  # fraction of pixels with the same class
+    "detect": Agreement(0.80, "box IoU", _best_box_iou),  # mean IoU of the 100 best-scored boxes, anchor by anchor
+    # at most a tenth of dlib's 0.6 threshold
+    "face-embed": Agreement(0.06, "largest embedding distance", _largest_distance, lower_is_better=True),
 }
 
 
 def agreement(task: str, expected: list, got: list) -> float:
-    """How well reduced-precision outputs agree with PyTorch's, in the measure of AGREEMENT_BARS[task]."""
-    import numpy as np
-
-    if task == "classify":
-        return float(np.mean(expected[0].argmax(1) == got[0].argmax(1)))
-    if task == "segment":
-        return float(np.mean(expected[0].argmax(1) == got[0].argmax(1)))
-    if task == "face-embed":
-        return float(np.max(np.linalg.norm(expected[0].reshape(len(expected[0]), -1)
-                                           - got[0].reshape(len(got[0]), -1).astype(np.float32), axis=1)))
-    if task == "detect":  # boxes B x N x 4, objectness B x N, class probabilities B x N x C: the same anchors
-        boxes, objectness, probs = expected
-        scores = objectness * probs.max(-1)  # yolo.box_scores' rule, on NumPy arrays
-        ious = []
-        for b in range(len(boxes)):
-            top = np.argsort(-scores[b])[:100]
-            ious.append(_paired_iou(boxes[b][top], got[0][b][top].astype(np.float32)))
-        return float(np.mean(np.concatenate(ious)))
-    raise UsageError(f"--half/--int8: no agreement check for {task} models yet")
+    """How well reduced-precision outputs agree with PyTorch's, in the measure of AGREEMENTS[task]."""
+    if task not in AGREEMENTS:
+        raise UsageError(f"--half/--int8: no agreement check for {task} models yet")
+    return AGREEMENTS[task].compute(expected, got)
 
 
 def _paired_iou(a, b):
@@ -239,11 +270,6 @@ def _paired_iou(a, b):
     inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
     area = lambda z: np.clip(z[:, 2] - z[:, 0], 0, None) * np.clip(z[:, 3] - z[:, 1], 0, None)  # noqa: E731
     return inter / np.maximum(area(a) + area(b) - inter, 1e-9)
-
-
-def _passes(task: str, value: float) -> bool:
-    bar, _ = AGREEMENT_BARS[task]
-    return value <= bar if task == "face-embed" else value >= bar
 
 
 def reduce_precision(exported: Exported, task: str, *, precision: str, inputs: list, threads: int | None = None) -> Exported:
@@ -257,9 +283,9 @@ def reduce_precision(exported: Exported, task: str, *, precision: str, inputs: l
     import onnx
     import torch
 
-    if task not in AGREEMENT_BARS:
+    if task not in AGREEMENTS:
         raise UsageError(f"--{'half' if precision == 'fp16' else 'int8'}: no agreement check for {task} models yet "
-                         f"({', '.join(AGREEMENT_BARS)} only)")
+                         f"({', '.join(AGREEMENTS)} only)")
     if not inputs:
         raise UsageError("no check inputs (give --calibration DIR with images)")
     proto = onnx.load_from_string(exported.data)
@@ -312,11 +338,13 @@ def reduce_precision(exported: Exported, task: str, *, precision: str, inputs: l
         expected.append([t.numpy() for t in (want if isinstance(want, (tuple, list)) else (want,))])
         got.append(session.run(None, {name: x}))
     stack = lambda outs: [np.concatenate([o[k] for o in outs]) for k in range(len(outs[0]))]  # noqa: E731
-    value = agreement(task, stack(expected), stack(got))
-    bar, measure = AGREEMENT_BARS[task]
-    if not np.isfinite(value) or not _passes(task, value):
-        raise ExportCheckError(f"the {precision} model's {measure} with PyTorch is {value:.4f} on {len(inputs)} inputs, "
-                               f"{'above' if task == 'face-embed' else 'below'} the bar {bar:g}; nothing written")
+    check = AGREEMENTS[task]
+    value = check.compute(stack(expected), stack(got))
+    if not np.isfinite(value) or not check.passes(value):
+        raise ExportCheckError(f"the {precision} model's {check.measure} with PyTorch is {value:.4f} on {len(inputs)} "
+                               f"inputs, {'above' if check.lower_is_better else 'below'} the bar {check.bar:g}; "
+                               "nothing written")
     report = {**exported.report, "precision": precision, "bytes": len(data), "fp32_bytes": len(exported.data),
-              "agreement": {"measure": measure, "value": round(value, 4), "bar": bar, "inputs": len(inputs)}}
+              "agreement": {"measure": check.measure, "value": round(value, 4), "bar": check.bar,
+                            "inputs": len(inputs)}}
     return Exported(data, session, exported.graph, report)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cvtool.errors import UsageError, WeightsError
+from cvtool.device import CPU, Placement
+from cvtool.errors import WeightsError
 
 FORMAT = "cvtool-onnx"  # the "format" field of the metadata cvtool writes into every .onnx file
 FORMAT_VERSION = 1
@@ -21,28 +22,10 @@ def first_line(exc: BaseException) -> str:
     return (text.splitlines()[0] if text else type(exc).__name__)[:200]
 
 
-def choose_providers(device, available: list[str]) -> list:
-    """onnxruntime's execution providers for `device` (a torch.device, a string, or None: the CPU).
-
-    CUDA when it is asked for and this onnxruntime has it (the onnxruntime-gpu package); asked for
-    explicitly (`cuda`, `cuda:N`) without it, a one-line usage error; `auto` (which resolves to cuda on a
-    GPU machine) falls back to the CPU provider, so `--device auto` never fails for want of onnxruntime-gpu."""
-    spec = "cpu" if device is None else str(device).strip().lower()
-    wants_cuda = spec == "auto" or spec.startswith("cuda")
-    if wants_cuda and "CUDAExecutionProvider" in available:
-        index = None if isinstance(device, str) else getattr(device, "index", None)
-        if index is None and ":" in spec:
-            index = int(spec.split(":", 1)[1])
-        return [("CUDAExecutionProvider", {"device_id": index or 0}), "CPUExecutionProvider"]
-    if spec.startswith("cuda"):
-        raise UsageError("--device cuda with --backend onnxruntime needs the onnxruntime-gpu package "
-                         f"(this onnxruntime has {', '.join(available)}); use --device auto or cpu")
-    return ["CPUExecutionProvider"]
-
-
-def make_session(model: bytes | str | Path, *, device=None, threads: int | None = None, source: str | None = None,
+def make_session(model: bytes | str | Path, *, device: Placement | None = None, threads: int | None = None, source: str | None = None,
                  spin: bool = True):
-    """An onnxruntime session on the CPU, or on CUDA when asked and this onnxruntime has it.
+    """An onnxruntime session on `device`'s providers (None: the CPU's): CUDA's when asked and this onnxruntime
+    has them (cvtool.device.Placement.providers).
 
     `spin=False` stops its threads busy-waiting between runs (fairer when timing against PyTorch)."""
     import onnxruntime as ort
@@ -57,7 +40,7 @@ def make_session(model: bytes | str | Path, *, device=None, threads: int | None 
         options.intra_op_num_threads = threads
     if not spin:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    providers = choose_providers(device, ort.get_available_providers())
+    providers = (device or CPU).providers
     try:
         return ort.InferenceSession(str(model) if isinstance(model, Path) else model, options, providers=providers)
     except Exception as exc:  # noqa: BLE001 - onnxruntime's many failure types, one line each

@@ -136,6 +136,15 @@ class ModelEntry:
     # RGB uint8) gives per image [(left, top, right, bottom, score)], dlib-style inclusive boxes
     face_detector: Callable | None = None
     aliases: tuple[str, ...] = ()  # other names it answers to (`--detector mmod` for dlib_mmod_face)
+    # -- training (`cvtool train`) --
+    # the training arguments that are build options of this network, recorded in a checkpoint's arch_kwargs (the
+    # U-Net's --width, --depth and --in-channels); () : none of them are
+    train_build_options: tuple[str, ...] = ()
+    # (preprocess(), build options) -> the preprocessing a network built with those options takes (a U-Net built
+    # for 3 input channels reads colour); None: preprocess() whatever the options
+    preprocess_for_build: Callable[["Preprocess", dict], "Preprocess"] | None = None
+    # training pads every image to a multiple of this on each side; None: the built network's size_multiple
+    train_multiple: int | None = None
 
     def __post_init__(self):
         if self.input_kind not in contract.INPUT_KINDS:
@@ -150,6 +159,23 @@ class ModelEntry:
     def size_multiple_of(self, module) -> int:
         """The size multiple of a built module of this entry."""
         return int(self.size_multiple(module) if callable(self.size_multiple) else self.size_multiple)
+
+    def train_preprocess(self, build_options: dict) -> "Preprocess":
+        """The preprocessing of this network built with `build_options` (see preprocess_for_build)."""
+        base = self.preprocess()
+        return base if self.preprocess_for_build is None else self.preprocess_for_build(base, build_options)
+
+    def train_multiple_of(self, **build_options) -> int:
+        """The side multiple training pads images to, for this network built with `build_options`: train_multiple,
+        else its size_multiple (a function of the module: read from one built on the meta device, no weights)."""
+        if self.train_multiple is not None:
+            return self.train_multiple
+        if not callable(self.size_multiple):
+            return int(self.size_multiple)
+        import torch
+
+        with torch.device("meta"):
+            return self.size_multiple_of(self.build(**build_options))
 
     def build(self, num_classes: int | None = None, **overrides) -> "nn.Module":
         """`overrides`: architecture options a checkpoint recorded (e.g. a U-Net's width and depth)."""

@@ -60,6 +60,7 @@ def _register_all() -> None:
                 input_kind="any_size",
                 forward=contract.output_out,  # {"out": logits, "aux": ...}
                 export=contract.any_size_graph("logits"),
+                train_multiple=8,  # `train segment` pads to their backbones' output stride
             )
         )
 

@@ -47,6 +47,15 @@ class UNet(nn.Module):
 UNET_PREPROCESS = Preprocess(crop_size=None, resize_size=None, mean=(0.5,), std=(0.5,), grayscale=True,
                              resize_mode="none")
 
+
+
+def _preprocess_for_build(base: Preprocess, options: dict) -> Preprocess:
+    """A U-Net built for 3 input channels reads colour images, mapped to [-1, 1] like the greyscale ones."""
+    if options.get("in_channels") == 3:
+        return Preprocess(**{**base.to_dict(), "grayscale": False, "mean": [0.5] * 3, "std": [0.5] * 3})
+    return base
+
+
 register(
     ModelEntry(
         name="unet",
@@ -62,5 +71,7 @@ register(
         input_kind="any_size",
         size_multiple=lambda net: 2**net.depth,  # one halving per level
         export=contract.any_size_graph("logits"),
+        train_build_options=("width", "depth", "in_channels"),
+        preprocess_for_build=_preprocess_for_build,
     )
 )

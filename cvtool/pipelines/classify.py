@@ -12,20 +12,21 @@ from cvtool.io.image import DEFAULT_MAX_PIXELS, read_image
 from cvtool.io.outputs import OutputNamer
 from cvtool.io.render import draw_caption
 from cvtool.models.loading import LoadedModel
+from cvtool.tasks.classify import SPEC
 
 
 class ClassifyPipeline:
     task = "classify"
     no_video_reason = None  # takes videos: the hooks below
 
-    def __init__(self, model: LoadedModel, *, top_k: int = 5, max_pixels: int = DEFAULT_MAX_PIXELS, out_dir=None,
+    def __init__(self, model: LoadedModel, *, top_k: int = SPEC.options["top_k"].default, max_pixels: int = DEFAULT_MAX_PIXELS, out_dir=None,
                  normalise_on_device: bool | None = None):
         from cvtool.device import tune_for_fixed_sizes
 
         self.model = model
         # On CUDA the workers hand over resized uint8 pixels (4x fewer bytes to copy than float32) and the
         # device normalises them; elsewhere the workers normalise (bit-for-bit the documented CPU path).
-        on_cuda = getattr(model.device, "type", None) == "cuda" and model.backend == "torch"
+        on_cuda = model.device.type == "cuda" and model.backend == "torch"
         self.normalise_on_device = on_cuda if normalise_on_device is None else normalise_on_device
         if on_cuda and model.preprocess.crop_size is not None:
             tune_for_fixed_sizes(model.device)  # every batch has the crop's size
@@ -110,13 +111,6 @@ def normalise(batch, pre):
     mean = torch.tensor(pre.mean, dtype=torch.float32, device=batch.device) * 255.0
     inv_std = 1.0 / (torch.tensor(pre.std, dtype=torch.float32, device=batch.device) * 255.0)
     return ((batch.float() - mean) * inv_std).permute(0, 3, 1, 2).contiguous()
-
-
-COLUMNS = ["rank", "label", "prob"]
-
-
-def rows(result: dict) -> list[list]:
-    return [[rank, entry["label"], entry["prob"]] for rank, entry in enumerate(result["top_k"], start=1)]
 
 
 def write_record(target: Path, path: str, task: str, model: str, result: dict) -> list[str]:

@@ -14,6 +14,7 @@ from cvtool.io.image import DEFAULT_MAX_PIXELS, read_image, write_image
 from cvtool.io.outputs import OutputNamer, refuse_overwriting_input, safe_name
 from cvtool.io.render import draw_detections
 from cvtool.models.loading import LoadedModel
+from cvtool.tasks.detect import DEFAULT_CONF, SPEC
 
 
 @dataclass
@@ -45,13 +46,16 @@ def _on_host(values):
     return values if isinstance(values, np.ndarray) else values.cpu()
 
 
+_D = SPEC.defaults()  # the task table's (cvtool.tasks.detect)
+
+
 class DetectPipeline:
     task = "detect"
     no_video_reason = None  # takes videos: the hooks below
 
-    def __init__(self, model: LoadedModel, *, conf: float = 0.25, iou: float = 0.45, max_det: int = 300,
-                 classes: list[str] | None = None, keypoints: bool = False, save_crops: bool = False,
-                 save_txt: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS, out_dir=None):
+    def __init__(self, model: LoadedModel, *, conf: float = DEFAULT_CONF, iou: float = _D["iou"],
+                 max_det: int = _D["max_det"], classes: list[str] | None = None, keypoints: bool = False,
+                 save_crops: bool = False, save_txt: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS, out_dir=None):
         self.model, self.model_name, self.weights_sha256 = model, model.name, model.weights_sha256
         self.conf, self.iou, self.max_det, self.max_pixels = conf, iou, max_det, max_pixels
         self.keypoints, self.save_crops, self.save_txt = keypoints, save_crops, save_txt
@@ -68,7 +72,7 @@ class DetectPipeline:
         self.categories = coco_categories(model.classes, model.meta.get(COCO_IDS_FIELD))
         # On CUDA the workers hand over uint8 pixels in page-locked memory (4x fewer bytes than float32, an
         # asynchronous copy) and the device scales them; our YOLO then letterboxes on the device too.
-        self.pixels_on_device = getattr(model.device, "type", None) == "cuda" and model.backend == "torch"
+        self.pixels_on_device = model.device.type == "cuda" and model.backend == "torch"
         if self.pixels_on_device and model.contract.input_side is not None:
             from cvtool.device import tune_for_fixed_sizes
 
@@ -139,7 +143,7 @@ class DetectPipeline:
             import torch
 
             with torch.inference_mode():  # the entry's forward: our YOLO letterboxes itself; torchvision's resize
-                outputs = self.model.forward([_on_device(s.tensor, self.model.device) for s in samples])
+                outputs = self.model.forward([_on_device(s.tensor, self.model.device.torch) for s in samples])
         results = []
         for sample, out in zip(samples, outputs):
             order, mask = filter_detections(out["boxes"], out["scores"], out["labels"], conf=self.conf, iou=self.iou,
@@ -215,13 +219,6 @@ def write_labels(out_dir: Path, stem: str, result: dict, path: str, classes: lis
     label_path.parent.mkdir(exist_ok=True)
     atomic_write_text(label_path, "".join(f"{line}\n" for line in yolo_lines(result)))
     return [*written, str(label_path)]
-
-
-COLUMNS = ["label", "score", "x1", "y1", "x2", "y2"]
-
-
-def rows(result: dict) -> list[list]:
-    return [[d["label"], d["score"], *d["box"]] for d in result["detections"]]
 
 
 from cvtool.models.checkpoint import COCO_IDS_FIELD  # noqa: E402 - a checkpoint field, read here

@@ -22,9 +22,10 @@ from cvtool.io.image import ARRAY_NAME, BYTES_NAME, DEFAULT_MAX_PIXELS, IMAGE_SU
 from cvtool.io.outputs import OutputNamer
 from cvtool.models.dlib.mmod import DEFAULT_MIN_FACE  # noqa: F401 - px: the smallest face auto detection seeks
 from cvtool.models.loading import LoadedModel
+from cvtool.tasks.verify_face import SPEC as VERIFY_FACE
 
 TASK = "verify-face"
-DEFAULT_EMBEDDER = "dlib_face_resnet"
+DEFAULT_EMBEDDER = VERIFY_FACE.default_model
 DLIB_THRESHOLD = 0.6  # the dist_thresh dlib's metric loss was trained with (stored in the model file)
 COMPARABLE = 0.8  # a second face at least this prominent (size x centrality) makes "the face" ambiguous
 CENTRE_WEIGHT = 0.5  # prominence = side x (1 - CENTRE_WEIGHT x distance from the centre / half-diagonal)
@@ -172,7 +173,7 @@ class FaceEngine:
             import torch
 
             with torch.inference_mode():
-                batch = torch.from_numpy(np.stack(chips)).to(self.embedder.device)
+                batch = torch.from_numpy(np.stack(chips)).to(self.embedder.device.torch)
                 out = self.embedder.forward(batch).float().cpu().numpy()  # the entry's forward, under --half
         for face, descriptor in zip(owners, out):
             face.descriptor = descriptor
@@ -307,14 +308,6 @@ def verify(engine: FaceEngine, a, b, *, index_a: int | None = None, index_b: int
             "face_a": chosen_record(chosen[0]), "face_b": chosen_record(chosen[1]),
         },
     }
-
-
-VERIFY_COLUMNS = ["path_b", "same", "distance", "threshold", "detector", "model"]
-
-
-def verify_rows(result: dict) -> list[list]:
-    return [[result["path_b"], result["same"], result["distance"], result["threshold"], result["detector"],
-             result["model"]]]
 
 
 def save_pair(record: dict, engine: FaceEngine, out_dir: Path, images: list | None = None) -> list[str]:
@@ -621,10 +614,3 @@ class IdentifyPipeline:
 
     def already_done(self, path: str) -> bool:
         return self.output_name is not None and self.output_name.exists(path)
-
-
-COLUMNS = ["name", "distance", "x1", "y1", "x2", "y2"]
-
-
-def rows(result: dict) -> list[list]:
-    return [[f["name"], f["distance"], *f["box"]] for f in result["faces"]] or [["(no face)", "", "", "", "", ""]]

@@ -14,6 +14,9 @@ from cvtool.io.image import DEFAULT_MAX_PIXELS, read_image, write_image
 from cvtool.io.outputs import OutputNamer, refuse_overwriting_input, safe_name
 from cvtool.io.render import class_palette, indexed_png, overlay
 from cvtool.models.loading import LoadedModel
+from cvtool.tasks.segment import SPEC
+
+_S = SPEC.defaults()  # the task table's (cvtool.tasks.segment)
 
 MASK_SUFFIX = ".mask.png"
 MAX_ASPECT = 4  # thinner images are padded before a shorter-side resize (see SegmentPipeline.prepare_array)
@@ -31,8 +34,9 @@ class SegmentPipeline:
     task = "segment"
     no_video_reason = None  # takes videos: the hooks below
 
-    def __init__(self, model: LoadedModel, *, alpha: float = 0.5, classes: list[str] | None = None,
-                 save_mask: bool = False, tile: int | None = None, overlap: int = 32, tile_batch: int = 4,
+    def __init__(self, model: LoadedModel, *, alpha: float = _S["alpha"], classes: list[str] | None = None,
+                 save_mask: bool = False, tile: int | None = None, overlap: int = _S["overlap"],
+                 tile_batch: int = _S["tile_batch"],
                  max_pixels: int = DEFAULT_MAX_PIXELS, out_dir=None, threshold: float | None = None):
         self.model = model
         self.model_name, self.weights_sha256 = model.name, model.weights_sha256
@@ -171,7 +175,7 @@ class SegmentPipeline:
     def _forward(self, batch):
         if self.model.runs_on_arrays:
             return self.model.module.run(batch)[0]
-        return self.model.forward(batch.to(self.model.device))  # logits: the entry's forward unwraps torchvision's dict
+        return self.model.forward(batch.to(self.model.device.torch))  # logits: the entry's forward unwraps torchvision's dict
 
     def _tiled(self, tensor):
         from cvtool.ops.tiling import tiled_logits
@@ -242,10 +246,3 @@ def write_class_masks(base: str, labels: np.ndarray, result: dict, path: str) ->
         write_image(target, binary)
         written.append(str(target))
     return written
-
-
-COLUMNS = ["label", "pixels", "fraction"]
-
-
-def rows(result: dict) -> list[list]:
-    return [[entry["label"], entry["pixels"], entry["fraction"]] for entry in result["classes"]]

@@ -11,34 +11,38 @@ import cv2
 import numpy as np
 import torch
 
+from cvtool.device import Placement
 from cvtool.errors import InputError, UsageError
 from cvtool.io.image import DEFAULT_MAX_PIXELS, OneImageOut, read_image, write_image
 from cvtool.io.outputs import OutputNamer, refuse_overwriting_input
 from cvtool.models.vgg_features import VGGFeatures
 from cvtool.ops.style import content_cost, gram_matrix, style_cost, total_variation
 from cvtool.ops.tensors import image_to_tensor, tensor_to_image
+from cvtool.tasks.stylize import OPTIMISED_SIZE, SETTINGS, SPEC
 
-DEFAULT_STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+_SET = SETTINGS.defaults()  # the task table's (cvtool.tasks.stylize): every default is written there
 
 
 @dataclass
 class StyleSettings:
-    size: int = 512  # longer side of the generated image
-    steps: int = 300
-    content_weight: float = 1.0
-    style_weight: float = 1e4
-    tv_weight: float = 0.0
-    content_layer: str = "relu4_2"
-    style_layers: tuple[str, ...] = DEFAULT_STYLE_LAYERS
-    style_layer_weights: tuple[float, ...] | None = None  # default: equal, summing to 1
-    init: str = "content"  # content | noise | style
-    optimizer: str = "lbfgs"  # lbfgs | adam
-    lr: float = 0.02  # adam only; pixels are in [0, 1]
-    pool: str = "max"  # max | avg
-    preserve_color: bool = False
-    style_blend: tuple[float, ...] | None = None  # one weight per style image; default equal
-    scales: int = 1  # coarse-to-fine: solve at size / 2**(scales-1) first, then upsample and refine
-    seed: int = 0
+    """The optimisation's settings: the fields of cvtool.tasks.stylize.SETTINGS, and the result's size."""
+
+    size: int = OPTIMISED_SIZE  # longer side of the generated image
+    steps: int = _SET["steps"]
+    content_weight: float = _SET["content_weight"]
+    style_weight: float = _SET["style_weight"]
+    tv_weight: float = _SET["tv_weight"]
+    content_layer: str = _SET["content_layer"]
+    style_layers: tuple[str, ...] = _SET["style_layers"]
+    style_layer_weights: tuple[float, ...] | None = _SET["style_layer_weights"]  # default: equal, summing to 1
+    init: str = _SET["init"]  # content | noise | style
+    optimizer: str = _SET["optimizer"]  # lbfgs | adam
+    lr: float = _SET["lr"]  # adam only; pixels are in [0, 1]
+    pool: str = _SET["pool"]  # max | avg
+    preserve_color: bool = _SET["preserve_color"]
+    style_blend: tuple[float, ...] | None = _SET["style_blend"]  # one weight per style image; default equal
+    scales: int = _SET["scales"]  # coarse-to-fine: solve at size / 2**(scales-1) first, then upsample and refine
+    seed: int = _SET["seed"]
 
     def layer_weights(self) -> dict[str, float]:
         weights = self.style_layer_weights or tuple(1.0 for _ in self.style_layers)
@@ -86,17 +90,17 @@ def keep_content_colours(stylized: np.ndarray, content: np.ndarray) -> np.ndarra
 class Stylizer:
     """Holds the VGG feature extractor and the style Gram matrices, reused across content images."""
 
-    def __init__(self, vgg_features: torch.nn.Sequential, mean, std, settings: StyleSettings, device):
-        self.settings, self.device = settings, device
+    def __init__(self, vgg_features: torch.nn.Sequential, mean, std, settings: StyleSettings, device: Placement):
+        self.settings, self.device = settings, device.torch
         if settings.optimizer not in ("lbfgs", "adam"):
             raise UsageError(f"unknown --optimizer {settings.optimizer!r}; use lbfgs or adam")
         if settings.init not in ("content", "noise", "style"):
             raise UsageError(f"unknown --init {settings.init!r}; use content, noise or style")
         self.layer_weights = settings.layer_weights()
         layers = [settings.content_layer, *settings.style_layers]
-        self.extractor = VGGFeatures(vgg_features, layers, pool=settings.pool).to(device).eval()
-        self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, device=device).view(1, 3, 1, 1)
+        self.extractor = VGGFeatures(vgg_features, layers, pool=settings.pool).to(self.device).eval()
+        self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
         pools = sum(isinstance(m, (torch.nn.MaxPool2d, torch.nn.AvgPool2d)) for m in self.extractor.stack)
         self.min_side = 2**pools  # the deepest layer used must keep at least one pixel a side
         self.styles: list[np.ndarray] = []
@@ -283,15 +287,6 @@ class StylizePipeline(_OneImageOut):
         }
 
 
-COLUMNS = ["content_cost", "style_cost", "style_distance_vs_content"]
-
-
-def rows(result: dict) -> list[list]:
-    distance = result["style_distance"]
-    ratio = distance["result"] / distance["content"] if distance["content"] else float("nan")
-    return [[result["losses"]["content"], result["losses"]["style"], round(ratio, 4)]]
-
-
 class FastStylePipeline(_OneImageOut):
     """Feed-forward stylisation (a network from `cvtool train style`): one forward pass per image or frame."""
 
@@ -299,7 +294,8 @@ class FastStylePipeline(_OneImageOut):
     no_video_reason = None  # takes videos: the hooks below
 
     def __init__(self, model, *, out: Path, single_file: bool = False, size: int | None = None,
-                 tile: int | None = None, overlap: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS):
+                 tile: int | None = None, overlap: int = SPEC.options["overlap"].default,
+                 max_pixels: int = DEFAULT_MAX_PIXELS):
         self.model, self.model_name, self.weights_sha256 = model, model.name, model.weights_sha256
         self.size, self.tile, self.overlap, self.max_pixels = size, tile, overlap, max_pixels
         self.image_out = OneImageOut(out, single_file, ".stylized.png")
@@ -327,7 +323,7 @@ class FastStylePipeline(_OneImageOut):
         from cvtool.ops.tiling import run_padded, tiled_logits
 
         tensor = to_tensor(rgb, "cpu")[0]
-        forward = lambda b: self.model.forward(b.to(self.model.device)).float()  # noqa: E731 - --half runs in autocast
+        forward = lambda b: self.model.forward(b.to(self.model.device.torch)).float()  # noqa: E731 - --half runs in autocast
         multiple = self.model.size_multiple
         if self.tile:
             if self.tile % multiple:
@@ -343,10 +339,3 @@ class FastStylePipeline(_OneImageOut):
             image = self.stylize(sample)
             results.append({"image": image, "size": [int(image.shape[0]), int(image.shape[1])]})
         return results
-
-
-FAST_COLUMNS = ["height", "width"]
-
-
-def fast_rows(result: dict) -> list[list]:
-    return [[result["size"][0], result["size"][1]]]

@@ -18,11 +18,11 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from cvtool import tasks
 from cvtool.errors import UsageError
 
-# task -> (API class name, the keyword its `run` needs besides the inputs)
-TASKS = {"classify": "Classifier", "detect": "Detector", "segment": "Segmenter", "stylize": "Stylizer",
-         "verify-face": "FaceVerifier"}
+TASKS = {spec.name: spec for spec in tasks.specs()}  # the task table's: name -> its TaskSpec (API class, options)
+GALLERY = "gallery"  # a task option naming known people: built into the object's gallery, its `run`'s argument
 
 
 def _import_ray():
@@ -38,12 +38,10 @@ class _Worker:
     """One Ray actor: the task's API object, built once, run on each batch of paths."""
 
     def __init__(self, task: str, options: dict, run_options: dict):
-        import cvtool.api as api
-
         options = dict(options)
-        gallery = options.pop("gallery", None)
-        self.model = getattr(api, TASKS[task])(**options)
-        self.run_args = (self.model.gallery(gallery),) if task == "verify-face" else ()
+        gallery = options.pop(GALLERY, None)
+        self.model = TASKS[task].api_class()(**options)
+        self.run_args = (self.model.gallery(gallery),) if gallery is not None else ()
         self.run_options = run_options
 
     def __call__(self, batch: dict) -> dict:
@@ -84,8 +82,8 @@ def ray_records(task: str, inputs: str | Path | Iterable[str | Path], *, num_wor
     specs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
     expanded, _ = expand_inputs([os.fspath(s) for s in specs], recursive=recursive, out_dir=out)
     items = list(expanded)
-    if task == "verify-face" and not options.get("gallery"):
-        raise UsageError("verify-face on Ray names faces against a gallery: give gallery=DIR")
+    if GALLERY in TASKS[task].options.names() and not options.get(GALLERY):  # its batch mode names faces
+        raise UsageError(f"{task} on Ray names faces against a gallery: give gallery=DIR")
     if not ray.is_initialized():
         ray.init(include_dashboard=False)
     options = {"device": "cuda" if num_gpus else "cpu",

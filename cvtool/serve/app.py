@@ -1,5 +1,11 @@
 """The HTTP API: one endpoint per task over cvtool.api's objects, which hold the models warm.
 
+The endpoints are made from the task table (cvtool.tasks): each task's `server` options are its query parameters
+(name, type, default, inclusive bounds and help, as the CLI has them; the OpenAPI schema shows them), one generic
+body runs every single-image task, and per-call options reach the loaded object through its `with_options` (a
+variant sharing the network). The server's own parameters (name, path, format, with_classes, gallery, path_a,
+path_b) are declared here.
+
 Everything a client sends becomes an RGB array (decoded here with the same reader and pixel limit as
 the CLI, so a bad file gets the CLI's one-line reason under its own name) and is handed to the task
 object; the answer is the object's record (`Result.to_dict()`), the one the CLI prints, with `path`
@@ -19,6 +25,7 @@ body over --max-bytes (Content-Length or chunked); 500 a bug. Every answer but a
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import sys
@@ -36,16 +43,22 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
+from cvtool import tasks
 from cvtool.version import __version__
 from cvtool.errors import CvtoolError, InputError, UsageError
-from cvtool.models.dlib.mmod import DEFAULT_MIN_FACE  # `verify-face --min-face`'s default (NumPy only)
 from cvtool.serve.batching import Batcher
 from cvtool.serve.faces import FaceCache, Upload
-from cvtool.serve.registry import Registry, with_attributes
+from cvtool.serve.registry import Registry
 from cvtool.serve.security import Forbidden, TooLarge, confine, token_ok
 from cvtool.serve.settings import Settings
+from cvtool.tasks.options import CALL, CSV, FLOATS, LOAD, PATH, Option
+from cvtool.tasks.spec import TaskSpec
+from cvtool.tasks.verify_face import face_indices
 
-TASKS = ("classify", "detect", "segment", "stylize", "verify-face")
+TASKS = tuple(tasks.names())
+VERIFY_FACE = tasks.spec("verify-face")
+RECORD_HEADER = "x-cvtool-record"  # a PNG answer's record (/stylize, /segment?format=png)
+CLASSES_HEADER = "x-cvtool-classes"  # /detect?with_classes=true: the model's class list
 
 
 def log_line(message: str) -> None:
@@ -242,10 +255,168 @@ def decode(image: Image, max_pixels: int):
     return decode_image(image.data, image.name, max_pixels=max_pixels)
 
 
+# -- the endpoints' parameters, from the task table ------------------------------------------------
+
+LIMIT = "max_pixels"  # a request's pixel limit: it may lower the server's --max-pixels for itself, never raise it
+KEY_HEAD = ("model", "weights", "backend")  # a registry key's first fields (cvtool.serve.registry), then the rest
+_ANNOTATIONS = {int: int, float: float, str: str, bool: bool, PATH: str, CSV: str, FLOATS: str}
+_SERVER_FILE = " On the server: a file given to --preload, or a path under --allow-paths."
+_TABLE = object()  # query_parameter's default: the option's own
+
+
+def query_parameter(option: Option, *, name: str | None = None, default: Any = _TABLE, required: bool = False,
+                    description: str | None = None, deprecated: bool = False) -> inspect.Parameter:
+    """An option of the task table as a query parameter: its type, default, inclusive bounds (ge/le) and help;
+    a float refuses nan and inf as not finite ("conf: Input should be a finite number", where pydantic would
+    take them and say only that nan is not <= 1); a comma-separated option arrives as its text."""
+    annotation: Any = _ANNOTATIONS[option.type]
+    if default is _TABLE:
+        default = option.default
+    if isinstance(default, (tuple, list)):
+        default = ",".join(str(v) for v in default)
+    if default is None and annotation is not bool and not required:
+        annotation = Optional[annotation]
+    bounds: dict[str, Any] = {}
+    if option.low is not None:
+        bounds["ge"] = option.low
+    if option.high is not None:
+        bounds["le"] = option.high
+    if option.type is float:
+        bounds["allow_inf_nan"] = False
+    text = description if description is not None else option.help + (_SERVER_FILE if option.type == PATH else "")
+    query = Query(... if required else default, description=text or None, deprecated=deprecated or None, **bounds)
+    return inspect.Parameter(name or option.name, inspect.Parameter.KEYWORD_ONLY, default=query,
+                             annotation=annotation)
+
+
+def _own(name: str, annotation, default, description: str) -> inspect.Parameter:
+    """One of the server's own parameters (not a task option)."""
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
+                             default=Query(default, description=description))
+
+
+NAME = _own("name", Optional[str], None, "How the record (and an error) names the image; default: the upload's file "
+            "name, else <bytes>")
+IMAGE_PATH = _own("path", Optional[str], None, "The image as a server path under --allow-paths, instead of an upload")
+WITH_CLASSES = _own("with_classes", bool, False, "Also the model's class list, in the X-Cvtool-Classes header (JSON)")
+GALLERY = _own("gallery", str, ..., "A --gallery NAME the server was started with, or a directory under "
+               "--allow-paths")
+PATH_A = _own("path_a", Optional[str], None, "Image A as a server path under --allow-paths, instead of the upload 'a'")
+PATH_B = _own("path_b", Optional[str], None, "Image B as a server path under --allow-paths, instead of the upload 'b'")
+
+
+def _format(default: str, description: str) -> inspect.Parameter:
+    return _own("format", str, default, description)
+
+
+# each task endpoint's own parameters besides its task's options (a `png` task's take `format`), and its words
+EXTRAS = {
+    "classify": (NAME, IMAGE_PATH),
+    "detect": (WITH_CLASSES, NAME, IMAGE_PATH),
+    "segment": (_format("json", "json: the record; png: the class mask"), NAME, IMAGE_PATH),
+    "stylize": (_format("png", "png: the stylised image; json: the record only"), NAME, IMAGE_PATH),
+}
+REQUIRED = {"stylize": ("model",)}  # the server runs feed-forward networks only: /stylize needs one
+# verify-face's options that pick a mode (here the endpoint does) or belong to the other one
+LEFT_OUT = {"/verify-face": ("gallery", "calibrate"), "/identify": ("gallery", "calibrate", "face_index")}
+DOCS = {
+    "classify": "Top-k labels for one image: the record of `cvtool classify IMAGE --top-k K -f json`.",
+    "detect": "Boxes, labels and scores for one image: the record of `cvtool detect IMAGE -f json`. With "
+              "`with_classes=true` the model's class list (index order) comes in the `X-Cvtool-Classes` header as a "
+              "JSON list: what `--out DIR --save-txt` writes to DIR/classes.txt.",
+    "segment": "A class per pixel for one image: the record of `cvtool segment IMAGE -f json` (class pixel counts). "
+               "`format=png`: the class of every pixel as an 8-bit palette PNG (pixel value = class index, the bytes "
+               "`--out` writes as NAME.mask.png; --classes applied), its record in the `X-Cvtool-Record` header. "
+               "Batched across requests, except with `tile` (one image's tiles per forward pass). `batch_size`, the "
+               "old name of `tile_batch`, is still taken (answered with `Deprecation` and `Warning` headers).",
+    "stylize": "The stylised image as a PNG (lossless: the pixels `cvtool stylize --model` writes), its record in the "
+               "`X-Cvtool-Record` header (JSON); `format=json`: the record only.",
+    "/verify-face": "Are the faces in A and B the same person? Multipart files `a` and `b` (or server paths "
+                    "`path_a`, `path_b`): the record of `cvtool verify-face A B -f json`. The faces found in each "
+                    "photo are remembered by the sha256 of its bytes (see /models `face_cache`), so a reference "
+                    "photo sent again is not searched again.",
+    "/identify": "Every face in one image named after the nearest known person, or \"unknown\": the record of "
+                 "`cvtool verify-face --gallery KNOWN IMAGE -f json`.",
+    "/detect/categories": "The detector's COCO categories, `[{\"index\", \"id\", \"name\"}]` by class index: what "
+                          "`cvtool detect -f coco` lists (the thin client asks once, before its batch).",
+}
+
+
+def endpoint_options(spec: TaskSpec, path: str | None = None) -> list[Option]:
+    """The task table's options an endpoint takes as query parameters: its task's `server` ones."""
+    left_out = LEFT_OUT.get(path or spec.endpoint or "", ())
+    return [o for o in spec.options.select(route="server") if o.name not in left_out]
+
+
+def signature(options: list[Option], extras=(), *, settings: Settings, required=(), request: bool = True):
+    """A handler's signature, as FastAPI reads it (`__signature__`): the options (a deprecated alias beside its
+    option), then the server's own parameters. `max_pixels` defaults to the server's own limit."""
+    params = [inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Request)] \
+        if request else []
+    for option in options:
+        default = settings.max_pixels if option.name == LIMIT else _TABLE
+        description = option.help + " At most the server's --max-pixels (the default)." if option.name == LIMIT \
+            else None
+        params.append(query_parameter(option, default=default, required=option.name in required,
+                                      description=description))
+        params += [query_parameter(option, name=alias, default=None, deprecated=True,
+                                   description=f"The old name of {option.name} (deprecated): use {option.name}.")
+                   for alias in option.aliases]
+    return inspect.Signature([*params, *extras])
+
+
+def renamed(options: list[Option], request: Request, values: dict) -> dict:
+    """An old name's value moved to its option (the headers that say so to the client); both given: a 400."""
+    headers = {}
+    for option in options:
+        for alias in option.aliases:
+            value = values.pop(alias, None)
+            if value is None:
+                continue
+            if option.name in request.query_params:
+                raise UsageError(f"give {option.name} or {alias} (its deprecated name), not both")
+            values[option.name] = value
+            headers.update({"deprecation": "true", "warning": f'299 - "{alias} is deprecated; use {option.name}"'})
+    return headers
+
+
+def _key_options(spec: TaskSpec) -> list[Option]:
+    """The options whose values decide what is loaded (a registry key): the LOAD ones, and for a task object with
+    no `with_options` the CALL ones too; the pixel limit is the server's (the request's is applied at decoding)."""
+    stages = (LOAD,) if hasattr(spec.api_class(), "with_options") else (LOAD, CALL)
+    return [o for o in spec.options.select(route="server") if o.stage in stages and o.name != LIMIT]
+
+
+def _call_values(spec: TaskSpec, values: dict) -> dict:
+    """A request's per-call options (`with_options`'), lists where the table's are comma-separated."""
+    if not hasattr(spec.api_class(), "with_options"):
+        return {}
+    return {o.name: o.parse_text(values[o.name]) for o in spec.options.select(stage=CALL, route="server")
+            if o.name in values and o.name != LIMIT}
+
+
+def _with_options(obj, options: dict):
+    return obj.with_options(**options)
+
+
+def _png(result) -> bytes:
+    """The pixels a record does not hold, losslessly: a stylised image (RGB PNG), else the class mask (an 8-bit
+    palette PNG, the bytes `--out` writes as NAME.mask.png)."""
+    stylized = getattr(result, "stylized", None)
+    if stylized is not None:
+        import cv2
+
+        ok, png = cv2.imencode(".png", stylized[..., ::-1])
+        return png.tobytes()
+    from cvtool.io.render import indexed_png
+
+    return indexed_png(result.mask)
+
+
 # -- the application -------------------------------------------------------------------------------
 
 class Server:
-    """The registry plus how each task's objects are built from request options."""
+    """The registry plus how each task's objects are built from request options (the task table's)."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -260,10 +431,10 @@ class Server:
 
     def load_all(self) -> None:
         """--preload and --gallery, before the first request is taken."""
-        for spec in self.settings.preload:
-            self.preload(spec)
+        for text in self.settings.preload:
+            self.preload(text)
         for name, root in self.settings.galleries.items():
-            entry = self.entry("verify-face", None, None, DEFAULT_BACKEND, _face_load_options())
+            entry = self.entry(VERIFY_FACE.name, {})  # the verifier the CLI's defaults ask for
             known = self.gallery(entry, name)
             log_line(f"gallery {name}: {len(known.names)} photo(s) of {len(set(known.names))} people from {root}")
         self.ready = True
@@ -274,41 +445,49 @@ class Server:
             return given
         return str(confine(given, self.settings.allow_paths, what=what))
 
-    def entry(self, task: str, model: str | None, weights: str | None, backend: str, load_options: tuple = ()):
-        key = (task, model, weights, backend, load_options)
-        return self.registry.get(key, lambda: self._build(task, model, weights, backend, dict(load_options)))
+    def entry(self, task: str, values: dict):
+        """The registry's entry for the options in `values` that decide what loads (the table's defaults for those
+        not given); a file option confined to --allow-paths unless preloaded."""
+        spec = tasks.spec(task)
+        options: dict[str, Any] = {}
+        for option in _key_options(spec):
+            value = option.parse_text(values.get(option.name, option.default))
+            if option.type == PATH:
+                value = self.server_file(value, option.name)
+            elif option.type is float and value is not None:
+                value = float(value)
+            options[option.name] = value
+        key = (spec.name, *(options.get(name) for name in KEY_HEAD),
+               tuple((k, v) for k, v in options.items() if k not in KEY_HEAD))
+        return self.registry.get(key, lambda: self._build(spec, options))
 
-    def _build(self, task, model, weights, backend, options):
-        import cvtool.api as api
+    def task_object(self, task: str, values: dict):
+        """The loaded object for a request, its per-call options applied (`with_options`: a variant sharing the
+        network, made once per distinct values)."""
+        entry = self.entry(task, values)
+        return self.registry.variant(entry, _call_values(tasks.spec(task), values), _with_options)
 
-        common = {"device": self.settings.device, "backend": backend, "max_pixels": self.settings.max_pixels}
-        if task == "classify":
-            return api.Classifier(model, weights=weights, **common)
-        if task == "detect":
-            return api.Detector(model, weights=weights, **common)
-        if task == "segment":
-            return api.Segmenter(model, weights=weights, **common)
-        if task == "stylize":
-            return api.Stylizer(model, **common)
-        if task == "verify-face":
-            return api.FaceVerifier(model, weights=weights, **options, **common)
-        raise UsageError(f"unknown task {task!r}; one of {', '.join(TASKS)}")
+    def _build(self, spec: TaskSpec, options: dict):
+        return spec.api_class()(**options, device=self.settings.device, max_pixels=self.settings.max_pixels)
 
-    def preload(self, spec: str) -> None:
-        task, _, target = spec.partition(":")
+    def preload(self, text: str) -> None:
+        """--preload TASK[:MODEL]: a model name, or a weights file (the network file, for a task whose model is one),
+        loaded under the key the CLI's defaults ask for, so that its first call finds it loaded."""
+        task, _, target = text.partition(":")
         if task not in TASKS:
-            raise UsageError(f"--preload {spec}: unknown task {task!r}; one of {', '.join(TASKS)} (TASK:MODEL)")
-        model, weights = (target or None), None
-        if target and (Path(target).suffix in (".pt", ".pth", ".onnx") or "/" in target):
-            self.preloaded_weights.add(target)
-            model, weights = (target, None) if task == "stylize" else (None, target)
-        if task == "stylize" and model is None:
-            raise UsageError(f"--preload {spec}: stylize needs a network file (stylize:runs/NAME/best.pt)")
-        # the key the CLI's defaults ask for, so that its first call finds it loaded
-        if task == "verify-face":
-            self.entry(task, model, weights, DEFAULT_BACKEND, _face_load_options())
-        else:
-            self.entry(task, model, weights, STYLIZE_BACKEND if task == "stylize" else DEFAULT_BACKEND)
+            raise UsageError(f"--preload {text}: unknown task {task!r}; one of {', '.join(TASKS)} (TASK:MODEL)")
+        spec = tasks.spec(task)
+        names = spec.options.names(route="server")
+        values: dict[str, Any] = {}
+        if target:
+            is_file = Path(target).suffix in (".pt", ".pth", ".onnx") or "/" in target
+            name = "weights" if is_file and "weights" in names else "model"
+            if spec.options[name].type == PATH:
+                self.preloaded_weights.add(target)
+            values[name] = target
+        if spec.options["model"].type == PATH and "model" not in values:
+            raise UsageError(f"--preload {text}: {task} needs a network file ({task}:runs/NAME/best.pt)")
+        self.entry(task, values)
 
     def gallery(self, verifier_entry, name_or_path: str):
         """A gallery by --gallery NAME, or a server directory (confined); loaded once per verifier."""
@@ -322,26 +501,6 @@ class Server:
                 known = verifier_entry.obj.gallery(root, warn=log_line if self.settings.log else None)
                 self.galleries[key] = known
         return known
-
-
-DEFAULT_BACKEND = "auto"  # the CLI's --backend default (classify, detect, segment, verify-face): cached ONNX, else torch
-STYLIZE_BACKEND = "torch"  # stylize's
-
-
-def _face_load_options(detector: str = "mmod", upsample: int | None = None, threshold: float | None = None,
-                       min_face: float = DEFAULT_MIN_FACE) -> tuple:
-    return (("detector", detector), ("upsample", upsample), ("threshold", threshold), ("min_face", float(min_face)))
-
-
-def _csv(text: str | None) -> list[str] | None:
-    parts = [p.strip() for p in (text or "").split(",") if p.strip()]
-    return parts or None
-
-
-def _finite(default, **bounds):
-    """A float query option within `bounds`; nan and inf are refused as not finite ("conf: Input should be a
-    finite number"), where pydantic would take them as floats and say only that nan is not <= 1."""
-    return Query(default, allow_inf_nan=False, **bounds)
 
 
 def _limit(server: Server, max_pixels: int | None) -> int:
@@ -372,7 +531,9 @@ def create_app(settings: Settings, server: Server | None = None) -> FastAPI:
                               "of them and the record travels in the `X-Cvtool-Record` header (JSON, ASCII); "
                               "/detect?with_classes=true adds the model's class list in `X-Cvtool-Classes` (JSON), "
                               "for `--save-txt`'s classes.txt. The CLI's thin client (CVTOOL_SERVER) writes its "
-                              "--out files from these on its own machine, as a local run writes them.\n\n"
+                              "--out files from these on its own machine, as a local run writes them. Each task's "
+                              "query options are its CLI options (the task table, cvtool.tasks): same names (with "
+                              "underscores), defaults and ranges.\n\n"
                               "Batching: /classify, /detect and /segment requests for the same model and options "
                               "that arrive within `--batch-wait-ms` of each other go through the network as one "
                               "batch of up to `--max-batch` (1: each alone); each answer is the record the request "
@@ -414,6 +575,16 @@ def create_app(settings: Settings, server: Server | None = None) -> FastAPI:
         record["path"] = image.name
         return record
 
+    def handler(name: str, fn, sig: inspect.Signature, doc: str):
+        """`fn(request, values)` as a FastAPI endpoint whose parameters are `sig`'s."""
+        async def endpoint(request: Request, **values):
+            return await fn(request, values)
+
+        endpoint.__name__ = name
+        endpoint.__doc__ = doc
+        endpoint.__signature__ = sig  # type: ignore[attr-defined]
+        return endpoint
+
     @app.get("/healthz")
     async def healthz():
         """Liveness: always 200 while the server runs (no token needed)."""
@@ -428,195 +599,107 @@ def create_app(settings: Settings, server: Server | None = None) -> FastAPI:
                 "budget_bytes": server.registry.budget_bytes, "galleries": sorted(settings.galleries),
                 "face_cache": server.faces.stats(), "batching": server.batcher.stats()}
 
-    @app.post("/classify")
-    async def classify(request: Request, model: Optional[str] = None, weights: Optional[str] = None,
-                       top_k: int = Query(5, ge=1), backend: str = DEFAULT_BACKEND,
-                       max_pixels: Optional[int] = Query(None, ge=1),
-                       name: Optional[str] = None, path: Optional[str] = None):
-        """Top-k labels for one image: the record of `cvtool classify IMAGE --top-k K -f json`."""
-        def variant():
-            entry = server.entry("classify", model, server.server_file(weights, "weights"), backend)
-            return server.registry.variant(entry, {"top_k": top_k}, _same_or(with_attributes))
+    def task_endpoint(spec: TaskSpec):
+        """One image in, its record out (a `png` task's pixels with `format=png`); batched across requests where
+        the task is `batched` (not with `tile`: one image's tiles per forward pass)."""
+        options = endpoint_options(spec)
 
-        image, _, result = await batched("classify", request, variant, _limit(server, max_pixels), name)
-        return JSONResponse(named(result, image))
+        async def run(request: Request, values: dict) -> Response:
+            headers = renamed(options, request, values)
+            try:
+                response = await run_task(request, values)
+            except CvtoolError as exc:
+                if not headers:
+                    raise
+                response = error_response(exc, request)
+            response.headers.update(headers)
+            return response
 
-    @app.post("/detect")
-    async def detect(request: Request, model: Optional[str] = None, weights: Optional[str] = None,
-                     conf: Optional[float] = _finite(None, ge=0, le=1), iou: float = _finite(0.45, ge=0, le=1),
-                     classes: Optional[str] = None, max_det: int = Query(300, ge=1), keypoints: bool = False,
-                     backend: str = DEFAULT_BACKEND, max_pixels: Optional[int] = Query(None, ge=1),
-                     with_classes: bool = Query(False, description="Also the model's class list, in the "
-                                                "X-Cvtool-Classes header (JSON)"),
-                     name: Optional[str] = None, path: Optional[str] = None):
-        """Boxes, labels and scores for one image: the record of `cvtool detect IMAGE -f json`. With
-        `with_classes=true` the model's class list (index order) comes in the `X-Cvtool-Classes` header as a
-        JSON list: what `--out DIR --save-txt` writes to DIR/classes.txt."""
-        def variant():
-            from cvtool.api import default_conf
+        async def run_task(request: Request, values: dict) -> Response:
+            fmt = values.get("format", "json")
+            if fmt not in ("png", "json"):
+                raise UsageError(f"format {fmt!r}: png or json")
+            limit, name = _limit(server, values.get(LIMIT)), values.get("name")
 
-            entry = server.entry("detect", model, server.server_file(weights, "weights"), backend)
-            options = {"conf": conf if conf is not None else default_conf(entry.obj.loaded), "iou": iou,
-                       "keep_classes": _csv(classes), "max_det": max_det, "keypoints": keypoints}
-            return server.registry.variant(entry, options, _same_or(with_attributes))
+            def variant():
+                return server.task_object(spec.name, values)
 
-        image, obj, result = await batched("detect", request, variant, _limit(server, max_pixels), name)
-        headers = {"x-cvtool-classes": json.dumps(list(obj.classes))} if with_classes else None
-        return JSONResponse(named(result, image), headers=headers)
+            if spec.batched and values.get("tile") is None:
+                image, obj, result = await batched(spec.name, request, variant, limit, name)
+            else:  # one request at a time (tiled: one image's tiles per forward pass)
+                image = await take_image(request, settings, "file", "path", raw_ok=True, name=name)
 
-    @app.get("/detect/categories")
-    async def detect_categories(model: Optional[str] = None, weights: Optional[str] = None,
-                                backend: str = DEFAULT_BACKEND):
-        """The detector's COCO categories, `[{"index", "id", "name"}]` by class index: what `cvtool detect -f
-        coco` lists (the thin client asks once, before its batch)."""
+                def work():
+                    obj = variant()
+                    return obj, obj(decode(image, limit))
+
+                obj, result = await run_in_threadpool(work)
+            record, png = named(result, image), None
+            if fmt == "png":
+                png = await run_in_threadpool(_png, result)
+            headers = {CLASSES_HEADER: json.dumps(list(obj.classes))} if values.get("with_classes") else None
+            return _record_answer(record, png, headers)
+
+        sig = signature(options, EXTRAS.get(spec.name, (NAME, IMAGE_PATH)), settings=settings,
+                        required=REQUIRED.get(spec.name, ()))
+        app.post(spec.endpoint)(handler(spec.name.replace("-", "_"), run, sig, DOCS[spec.name]))
+
+    for spec in tasks.specs():
+        if spec.endpoint is not None and spec is not VERIFY_FACE:
+            task_endpoint(spec)
+
+    detect = tasks.spec("detect")
+
+    async def detect_categories(request: Request, values: dict):
         def work():
-            entry = server.entry("detect", model, server.server_file(weights, "weights"), backend)
+            entry = server.entry(detect.name, values)
             return {"categories": [{"index": i, **c} for i, c in entry.obj.coco_categories.items()]}
 
         return await answer(work)
 
-    @app.post("/segment")
-    async def segment(request: Request, model: Optional[str] = None, weights: Optional[str] = None,
-                      alpha: float = _finite(0.5, ge=0, le=1), classes: Optional[str] = None,
-                      tile: Optional[int] = Query(None, ge=16), overlap: int = Query(32, ge=0),
-                      batch_size: int = Query(4, ge=1), backend: str = DEFAULT_BACKEND,
-                      max_pixels: Optional[int] = Query(None, ge=1),
-                      threshold: Optional[float] = _finite(None, gt=0, lt=1, description="Two-class models: "
-                                                         "class 1's probability threshold (default: the model's)"),
-                      format: str = Query("json", description="json: the record; png: the class mask"),
-                      name: Optional[str] = None, path: Optional[str] = None):
-        """A class per pixel for one image: the record of `cvtool segment IMAGE -f json` (class pixel counts).
-        `format=png`: the class of every pixel as an 8-bit palette PNG (pixel value = class index, the bytes
-        `--out` writes as NAME.mask.png; --classes applied), its record in the `X-Cvtool-Record` header.
-        Batched across requests, except with `tile` (one image's tiles per forward pass)."""
-        if format not in ("png", "json"):
-            raise UsageError(f"format {format!r}: png or json")
+    loads = [o for o in endpoint_options(detect) if o.stage == LOAD and o.name != LIMIT]
+    app.get("/detect/categories")(handler("detect_categories", detect_categories,
+                                          signature(loads, settings=settings), DOCS["/detect/categories"]))
 
-        def variant():
-            entry = server.entry("segment", model, server.server_file(weights, "weights"), backend)
-            options = {"alpha": alpha, "keep_classes": _csv(classes), "tile": tile, "overlap": overlap,
-                       "tile_batch": batch_size, "threshold": threshold}
-            return server.registry.variant(entry, options, _same_or(with_attributes))
-
-        def answer_of(result, image: Image) -> tuple[dict, bytes | None]:
-            if format == "json":
-                return named(result, image), None
-            from cvtool.io.render import indexed_png
-
-            return named(result, image), indexed_png(result.mask)
-
-        if tile is None:
-            image, _, result = await batched("segment", request, variant, _limit(server, max_pixels), name)
-            record, png = await run_in_threadpool(answer_of, result, image)
-        else:  # tiled: one image's tiles per forward pass, nothing to batch across requests
-            image = await take_image(request, settings, "file", "path", raw_ok=True, name=name)
-            record, png = await run_in_threadpool(
-                lambda: answer_of(variant()(decode(image, _limit(server, max_pixels))), image))
-        return _record_answer(record, png)
-
-    @app.post("/stylize")
-    async def stylize(request: Request, model: str = Query(..., description="A feed-forward network from `cvtool "
-                                                             "train style` (preloaded, or a path under --allow-paths)"),
-                      size: Optional[int] = Query(None, ge=16), tile: Optional[int] = Query(None, ge=16),
-                      overlap: int = Query(32, ge=0), backend: str = STYLIZE_BACKEND, format: str = "png",
-                      max_pixels: Optional[int] = Query(None, ge=1), name: Optional[str] = None,
-                      path: Optional[str] = None):
-        """The stylised image as a PNG (lossless: the pixels `cvtool stylize --model` writes), its record in the
-        `X-Cvtool-Record` header (JSON); `format=json`: the record only."""
-        if format not in ("png", "json"):
-            raise UsageError(f"format {format!r}: png or json")
-        image = await take_image(request, settings, "file", "path", raw_ok=True, name=name)
-
-        def work():
-            import cv2
-
-            entry = server.entry("stylize", server.server_file(model, "model"), None, backend)
-            obj = server.registry.variant(entry, {"size": size, "tile": tile, "overlap": overlap},
-                                          _same_or(with_attributes))
-            result = obj(decode(image, _limit(server, max_pixels)))
-            record = named(result, image)
-            if format == "json":
-                return record, None
-            ok, png = cv2.imencode(".png", result.stylized[..., ::-1])
-            return record, png.tobytes()
-
-        record, png = await run_in_threadpool(work)
-        return _record_answer(record, png)
-
-    @app.post("/verify-face")
-    async def verify_face(request: Request, model: Optional[str] = None, weights: Optional[str] = None,
-                          threshold: Optional[float] = _finite(None, ge=0), detector: str = "mmod",
-                          upsample: Optional[int] = Query(None, ge=0, le=3),
-                          min_face: float = _finite(DEFAULT_MIN_FACE, ge=8), face_index: Optional[str] = None,
-                          backend: str = DEFAULT_BACKEND, max_pixels: Optional[int] = Query(None, ge=1),
-                          path_a: Optional[str] = None, path_b: Optional[str] = None):
-        """Are the faces in A and B the same person? Multipart files `a` and `b` (or server paths `path_a`,
-        `path_b`): the record of `cvtool verify-face A B -f json`. The faces found in each photo are
-        remembered by the sha256 of its bytes (see /models `face_cache`), so a reference photo sent again
-        is not searched again."""
+    async def verify_face(request: Request, values: dict):
         a = await take_image(request, settings, "a", "path_a", raw_ok=False)
         b = await take_image(request, settings, "b", "path_b", raw_ok=False)
-        index_a, index_b = _face_indices(face_index)
+        index_a, index_b = face_indices(values.get("face_index"), where="face_index")
 
         def work():
             from cvtool.serve import faces
 
-            entry = server.entry("verify-face", model, server.server_file(weights, "weights"), backend,
-                                 _face_load_options(detector, upsample, threshold, min_face))
+            entry = server.entry(VERIFY_FACE.name, values)
             # the local CLI's verify over the cache: each image is decoded (a first, then b) only when its
             # bytes are new, and named in the record and any error as the client named it
             return faces.verify(entry.obj, server.faces, entry.key, Upload(a.data, a.name), Upload(b.data, b.name),
-                                index_a=index_a, index_b=index_b, max_pixels=_limit(server, max_pixels))
+                                index_a=index_a, index_b=index_b, max_pixels=_limit(server, values.get(LIMIT)))
 
         return await answer(work)
 
-    @app.post("/identify")
-    async def identify(request: Request, gallery: str = Query(..., description="A --gallery NAME the server was "
-                                                              "started with, or a directory under --allow-paths"),
-                       model: Optional[str] = None, weights: Optional[str] = None,
-                       threshold: Optional[float] = _finite(None, ge=0), detector: str = "mmod",
-                       upsample: Optional[int] = Query(None, ge=0, le=3),
-                       min_face: float = _finite(DEFAULT_MIN_FACE, ge=8), backend: str = DEFAULT_BACKEND,
-                       max_pixels: Optional[int] = Query(None, ge=1), name: Optional[str] = None,
-                       path: Optional[str] = None):
-        """Every face in one image named after the nearest known person, or "unknown": the record of
-        `cvtool verify-face --gallery KNOWN IMAGE -f json`."""
-        image = await take_image(request, settings, "file", "path", raw_ok=True, name=name)
+    async def identify(request: Request, values: dict):
+        image = await take_image(request, settings, "file", "path", raw_ok=True, name=values.get("name"))
 
         def work():
-            entry = server.entry("verify-face", model, server.server_file(weights, "weights"), backend,
-                                 _face_load_options(detector, upsample, threshold, min_face))
-            known = server.gallery(entry, gallery)
-            return named(entry.obj.identify(decode(image, _limit(server, max_pixels)), known), image)
+            entry = server.entry(VERIFY_FACE.name, values)
+            known = server.gallery(entry, values["gallery"])
+            return named(entry.obj.identify(decode(image, _limit(server, values.get(LIMIT))), known), image)
 
         return await answer(work)
+
+    for path, fn, extras in (("/verify-face", verify_face, (PATH_A, PATH_B)),
+                             ("/identify", identify, (GALLERY, NAME, IMAGE_PATH))):
+        sig = signature(endpoint_options(VERIFY_FACE, path), extras, settings=settings)
+        app.post(path)(handler(path.strip("/").replace("-", "_"), fn, sig, DOCS[path]))
 
     return app
 
 
-def _record_answer(record: dict, png: bytes | None) -> Response:
+def _record_answer(record: dict, png: bytes | None, headers: dict | None = None) -> Response:
     """The record as JSON, or the PNG with the record in the X-Cvtool-Record header (JSON, ASCII-escaped)."""
     if png is None:
-        return JSONResponse(record)
-    return Response(png, media_type="image/png", headers={"x-cvtool-record": json.dumps(record)})
-
-
-def _same_or(make):
-    """Variant maker that hands back the object itself when the options are what it has already."""
-    def maker(obj, options):
-        if all(getattr(obj, k, object()) == v for k, v in options.items()):
-            return obj
-        return make(obj, options)
-    return maker
-
-
-def _face_indices(text: str | None) -> tuple[int | None, int | None]:
-    if text is None:
-        return None, None
-    parts = [p.strip() for p in text.split(",") if p.strip()]
-    if len(parts) not in (1, 2) or not all(p.isascii() and p.isdigit() and len(p) < 10 for p in parts):
-        raise UsageError(f"face_index {text!r}: expected N or N,M (face numbers from 0)")
-    return int(parts[0]), int(parts[-1])
+        return JSONResponse(record, headers=headers)
+    return Response(png, media_type="image/png", headers={**(headers or {}), RECORD_HEADER: json.dumps(record)})
 
 
 def asgi_app(settings: Settings, server: Server | None = None):

@@ -157,7 +157,7 @@ class Batcher:
             return
         deadline = loop.time() + self.wait_s
         while len(batch) < self.max_batch:
-            if lane.queue.empty() and not self._coming.get(lane.obj.task):
+            if lane.queue.empty() and not self._coming.get(lane.obj.spec.name):
                 break  # nobody else on the way: waiting would only delay this batch
             item = await _get(lane.queue, deadline - loop.time())
             if item is None:

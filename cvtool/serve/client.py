@@ -25,6 +25,8 @@ from typing import Any, Iterator, NamedTuple
 
 from cvtool.errors import EXIT_INTERNAL, EXIT_USAGE, CvtoolError, InputError, UsageError
 from cvtool.io.outputs import one_input_for_file
+from cvtool.tasks.options import LOAD
+from cvtool.tasks.spec import TABLE_FORMATS, Table, TaskSpec
 
 ENV_SERVER = "CVTOOL_SERVER"
 ENV_TOKEN = "CVTOOL_TOKEN"
@@ -85,6 +87,8 @@ class Client:
 def _param(value) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, (list, tuple)):  # a comma-separated option given as a list
+        return ",".join(str(v) for v in value)
     return str(value)
 
 
@@ -143,51 +147,79 @@ def raise_for(status: int, body: bytes, client: Client) -> None:
 
 # -- the commands ------------------------------------------------------------------------------------
 
-# verify-face's table/CSV columns, as cvtool.pipelines.face.VERIFY_COLUMNS / verify_rows give them (a test
-# holds the two equal): importing that module costs the client NumPy and OpenCV, ~0.2 s per call.
-VERIFY_COLUMNS = ["path_b", "same", "distance", "threshold", "detector", "model"]
+class Mode(NamedTuple):
+    """What the server runs of a command: its endpoint, the table (task table columns and rows: no NumPy) its
+    records print as, whether it is one request for two images (verify-face A B) rather than one per input, and
+    the endpoint's own parameters it takes besides the task's options (/identify's gallery)."""
+
+    endpoint: str
+    table: Table
+    pair: bool = False
+    params: dict = {}
 
 
-def verify_rows(result: dict) -> list[list]:
-    return [[result[column] for column in VERIFY_COLUMNS]]
+def _one_mode(spec: TaskSpec, images: list[str], values: dict, out) -> Mode:
+    return Mode(spec.endpoint or f"/{spec.name}", spec.table)
 
 
-# stylize --model's, as cvtool.pipelines.stylize.FAST_COLUMNS / fast_rows (that module imports torch).
-FAST_COLUMNS = ["height", "width"]
+def _stylize_mode(spec: TaskSpec, images: list[str], values: dict, out) -> Mode:
+    if values.get("model") is None:
+        raise UsageError("stylize CONTENT STYLE (Gatys et al.'s optimisation, minutes of gradient steps) is not sent "
+                         f"to the server, which runs --model networks only; {LOCAL_ONLY}")
+    return Mode(spec.endpoint, spec.tables["feed_forward"])
 
 
-def fast_rows(result: dict) -> list[list]:
-    return [[result["size"][0], result["size"][1]]]
+def _verify_face_mode(spec: TaskSpec, images: list[str], values: dict, out) -> Mode:
+    from cvtool.tasks.verify_face import mode
+
+    if out is not None:
+        raise UsageError(f"verify-face --out draws faces on this machine, and only records come back from the server; "
+                         f"{LOCAL_ONLY}")
+    if values.get("calibrate") is not None:
+        raise UsageError(f"--calibrate is not sent to the server; {LOCAL_ONLY}")
+    gallery = values.get("gallery")
+    if mode(images, gallery=gallery, calibrate=None) == "pair":
+        return Mode(spec.endpoint, spec.tables["pair"], pair=True)
+    return Mode("/identify", spec.table, params={"gallery": str(gallery)})  # a batch, each image's faces named
 
 
-def _writer(task: str, fmt: str | None, client: "Client | None" = None, options: dict | None = None):
-    """The CLI's writer; the columns and row flatteners (cvtool.api, no torch) only for table and CSV; detect's
-    `-f coco` with the categories the server's detector has (GET /detect/categories) and `-f yolo`."""
+MODES = {"stylize": _stylize_mode, "verify-face": _verify_face_mode}  # tasks with modes the server does not run
+
+
+def request_params(spec: TaskSpec, values: dict) -> dict:
+    """A request's query options: the task's `server` options among the command's values (None: not sent, the
+    server's default applies), under the table's names (an old name, e.g. segment's batch_size, as its option)."""
+    params = {}
+    for option in spec.options.select(route="server"):
+        for name in (option.name, *option.aliases):
+            if values.get(name) is not None:
+                params[option.name] = values[name]
+                break
+    return params
+
+
+def _writer(table: Table, fmt: str | None, extra_formats: dict | None = None):
+    """The CLI's writer, the table's columns and rows for table and CSV."""
     from cvtool.io.records import make_writer
 
     if fmt is None:
         fmt = "table" if sys.stdout.isatty() else "jsonl"
-    if fmt in ("coco", "yolo"):
-        from cvtool.pipelines.detect import writers_for
-
-        categories = _coco_categories(client, options or {}) if fmt == "coco" else {}
-        return make_writer(fmt, [], lambda result: [], extra_formats=writers_for(categories))
-    if fmt in ("json", "jsonl"):
-        return make_writer(fmt, [], lambda result: [])
-    if task == "verify-face":  # the local CLI's columns (cvtool.pipelines.face, which imports NumPy and OpenCV)
-        return make_writer(fmt, VERIFY_COLUMNS, verify_rows)
-    if task == "stylize":
-        return make_writer(fmt, FAST_COLUMNS, fast_rows)
-    import cvtool.api as api
-
-    kind = {"classify": api.Classifier, "detect": api.Detector, "segment": api.Segmenter,
-            "identify": api.FaceVerifier}[task]
-    return make_writer(fmt, kind.columns, kind.rows)
+    return make_writer(fmt, list(table.columns), table.rows, extra_formats=extra_formats)
 
 
-def run_batch(url: str, task: str, images: list[str], *, fmt: str | None, recursive: bool, options: dict,
-              out=None, save: dict | None = None, skip_existing: bool = False) -> int:
-    """classify / detect / segment / stylize --model (and verify-face --gallery as `identify`): one request per
+def _extra_formats(client: "Client", spec: TaskSpec, fmt: str | None, params: dict) -> dict | None:
+    """The writers of a format beyond the table's (detect's `-f coco`, with the COCO categories the server's
+    detector has, from GET /detect/categories; `-f yolo`)."""
+    if fmt is None or fmt in TABLE_FORMATS:
+        return None
+    from cvtool.pipelines.detect import writers_for
+
+    return writers_for(_coco_categories(client, spec, params) if fmt == "coco" else {})
+
+
+def run_batch(url: str, spec: TaskSpec, mode: Mode, images: list[str], *, fmt: str | None, recursive: bool,
+              params: dict, out=None, saves: dict | None = None, skip_existing: bool = False) -> int:
+    """classify / detect / segment / stylize --model (and verify-face --gallery, on /identify): one request per
     input, up to CVTOOL_SERVER_IN_FLIGHT (4) of them at once, records printed in input order; a bad input is
     reported and the batch goes on (exit 1 at the end), as locally. With
     `out`, each input's files are written here as the local run writes them (`LocalOutputs`)."""
@@ -197,17 +229,16 @@ def run_batch(url: str, task: str, images: list[str], *, fmt: str | None, recurs
 
     client = Client(url)
     in_flight = requests_in_flight()
-    writer = _writer(task, fmt, client, options)
-    outputs = local_outputs(task, out, save or {}, options, skip_existing)
+    writer = _writer(mode.table, fmt, _extra_formats(client, spec, fmt, params))
+    outputs = local_outputs(spec, out, saves or {}, params, skip_existing)
     items, total = expand_inputs(images, recursive=recursive, stdin=sys.stdin, out_dir=out,
                                  on_previous_outputs=lambda n: info(f"{n} previous cvtool output(s) in --out not "
                                                                     "taken as inputs"))
     if outputs is not None:
         items = outputs.check_inputs(items)
-    info(f"{task} on the cvtool server at {client.url}")
-    params = {k: v for k, v in options.items() if v is not None}
+    info(f"{mode.endpoint.lstrip('/')} on the cvtool server at {client.url}")
     if outputs is not None:
-        params.update(outputs.params)
+        params = {**params, **outputs.params}
     summary = BatchSummary()
 
     def finish(item, data: bytes, status: int, headers: dict, body: bytes) -> dict:
@@ -250,7 +281,7 @@ def run_batch(url: str, task: str, images: list[str], *, fmt: str | None, recurs
                     else:
                         while sum(entry.future is not None for entry in pending) >= in_flight:
                             yield pending.popleft().settle(finish)  # the window is full: the oldest first
-                        future = _in_background(client.post_image, f"/{task}", data, item.path, params)
+                        future = _in_background(client.post_image, mode.endpoint, data, item.path, params)
                         pending.append(_Pending(None, item, data, future))
                 while pending and pending[0].record is not None:
                     yield pending.popleft().settle(finish)
@@ -265,10 +296,11 @@ def run_batch(url: str, task: str, images: list[str], *, fmt: str | None, recurs
     return summary.exit_code
 
 
-def _coco_categories(client: "Client", options: dict) -> dict[int, dict]:
-    """The server's detector's COCO categories (class index -> {"id", "name"}), as the local `-f coco` lists them."""
-    params = {k: options.get(k) for k in ("model", "weights", "backend") if options.get(k) is not None}
-    status, _, body = client.request("GET", "/detect/categories", params=params)
+def _coco_categories(client: "Client", spec: TaskSpec, params: dict) -> dict[int, dict]:
+    """The server's detector's COCO categories (class index -> {"id", "name"}), as the local `-f coco` lists them:
+    the detector its loading options (the table's LOAD ones) name."""
+    loads = {o.name: params[o.name] for o in spec.options.select(stage=LOAD, route="server") if o.name in params}
+    status, _, body = client.request("GET", "/detect/categories", params=loads)
     if status != 200:
         raise_for(status, body, client)
     try:
@@ -358,27 +390,23 @@ def _answer(headers: dict, body: bytes, client: Client) -> tuple[dict, bytes | N
 
 # -- --out, written on this machine ------------------------------------------------------------------
 
-def local_outputs(task: str, out, save: dict, options: dict, skip_existing: bool):
-    """The writer of `--out` files for `task` (None without --out), after the local CLI's checks of --out."""
-    from pathlib import Path
-
+def local_outputs(spec: TaskSpec, out, saves: dict, params: dict, skip_existing: bool):
+    """The writer of `--out` files for the task (None without --out), after the local CLI's checks of --out: its
+    `needs_out` options (saves made here: --save-crops, --save-txt, --save-mask) need it. `params`: the request's
+    options, over the table's defaults."""
+    for option in spec.options:
+        if option.needs_out and saves.get(option.name) and out is None:
+            raise UsageError(f"{option.cli_flag} needs --out DIR")
+    options = {**spec.defaults(route="server"), **params}
+    kind = OUTPUTS.get(spec.name)
+    if kind is not None:
+        return kind.for_out(out, options, saves, skip_existing)
     from cvtool.io.outputs import check_out_dir
 
-    for flag, wanted in save.items():
-        if wanted and out is None:
-            raise UsageError(f"--{flag.replace('_', '-')} needs --out DIR")
-    if task == "stylize":
-        from cvtool.api import is_single_file
-
-        single_file = is_single_file(Path(out))
-        if not single_file:
-            check_out_dir(Path(out))
-        return StylizeOutputs(Path(out), options, single_file=single_file)
     check_out_dir(out, skip_existing=skip_existing)
-    if out is None:
-        return None
-    kind = {"classify": ClassifyOutputs, "detect": DetectOutputs, "segment": SegmentOutputs}[task]
-    return kind(Path(out), options, **save)
+    if out is not None:
+        raise UsageError(f"{spec.name} --out is not written by the thin client; {LOCAL_ONLY}")
+    return None
 
 
 class LocalOutputs:
@@ -393,6 +421,16 @@ class LocalOutputs:
 
         self.out, self.options = out, options
         self.name = OutputNamer(out, self.suffix)
+
+    @classmethod
+    def for_out(cls, out, options: dict, saves: dict, skip_existing: bool):
+        """The writer for `--out` (None without it; --skip-existing needs it), its saves as keywords."""
+        from pathlib import Path
+
+        from cvtool.io.outputs import check_out_dir
+
+        check_out_dir(out, skip_existing=skip_existing)
+        return None if out is None else cls(Path(out), options, **saves)
 
     def check_inputs(self, items):
         return items
@@ -483,7 +521,7 @@ class SegmentOutputs(LocalOutputs):
 
         rgb = self.decode(data, path)
         return write_outputs(self.name(path), path, rgb, _png_labels(png, rgb.shape[:2]), record["result"],
-                             alpha=self.options.get("alpha", 0.5), palette=class_palette(), save_mask=self.save_mask)
+                             alpha=self.options["alpha"], palette=class_palette(), save_mask=self.save_mask)
 
 
 def _png_labels(png: bytes | None, size: tuple[int, int]):
@@ -517,6 +555,19 @@ class StylizeOutputs(LocalOutputs):
         super().__init__(out, options)
         self.image_out = OneImageOut(out, single_file, self.suffix)
 
+    @classmethod
+    def for_out(cls, out, options: dict, saves: dict, skip_existing: bool):
+        """--out FILE (one content) or a directory; always given (the CLI's default: stylized/)."""
+        from pathlib import Path
+
+        from cvtool.io.outputs import check_out_dir
+        from cvtool.io.inputs import is_single_file
+
+        single_file = is_single_file(Path(out))
+        if not single_file:
+            check_out_dir(Path(out))
+        return cls(Path(out), options, single_file=single_file)
+
     def check_inputs(self, items):
         return iter(one_input_for_file(self.out, list(items))) if self.image_out.single_file else items
 
@@ -533,14 +584,16 @@ class StylizeOutputs(LocalOutputs):
         return self.image_out.write(path, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
 
 
-def run_verify(url: str, images: list[str], *, fmt: str | None, options: dict) -> int:
+OUTPUTS = {"classify": ClassifyOutputs, "detect": DetectOutputs, "segment": SegmentOutputs,
+           "stylize": StylizeOutputs}  # each task's `--out` files, as its pipeline writes them
+
+
+def run_verify(url: str, mode: Mode, images: list[str], *, fmt: str | None, params: dict) -> int:
     """verify-face A B: 0 same person, 1 different, 2 when a face cannot be had (as locally)."""
     from cvtool.console import error_line
 
-    if len(images) != 2:
-        raise UsageError(f"give two images to compare (got {len(images)}), or --gallery KNOWN IMAGES...")
     client = Client(url)
-    writer = _writer("verify-face", fmt)
+    writer = _writer(mode.table, fmt)
 
     def failed(path: str, reason: str) -> int:
         error_line(f"{path}: {reason}")
@@ -552,7 +605,7 @@ def run_verify(url: str, images: list[str], *, fmt: str | None, options: dict) -
         files = {"a": (images[0], read_file(images[0])), "b": (images[1], read_file(images[1]))}
     except InputError as exc:
         return failed(exc.path or images[0], exc.reason)
-    status, _, body = client.post_files("/verify-face", files, {k: v for k, v in options.items() if v is not None})
+    status, _, body = client.post_files(mode.endpoint, files, params)
     if status != 200:
         reason = input_failure(status, body)
         if reason is None:
@@ -564,26 +617,25 @@ def run_verify(url: str, images: list[str], *, fmt: str | None, options: dict) -
     return 0 if record["result"]["same"] else 1
 
 
-def run_remote(task: str, images: list[str], *, fmt=None, out=None, recursive: bool = False, options: dict,
-               gallery=None, calibrate=None, save: dict | None = None, skip_existing: bool = False) -> int:
-    """What cli.py calls when CVTOOL_SERVER is set: the command's exit code. `save`: the command's --save-*
-    flags (save_crops, save_txt, save_mask), which need `out`."""
-    url = server_url()
+def run_remote(task: str, images: list[str], *, fmt=None, out=None, recursive: bool = False,
+               skip_existing: bool = False, options: dict, save: dict | None = None, gallery=None,
+               calibrate=None) -> int:
+    """What cli.py calls when CVTOOL_SERVER is set: the command's exit code. `options`: the command's values by
+    option name, of which the task table's `server` ones are sent (others are not the server's); `save` (or
+    `options`): its `needs_out` flags (save_crops, save_txt, save_mask), whose files are written here and which
+    need `out`; `gallery`, `calibrate` (or `options`): verify-face's modes."""
+    from cvtool import tasks
+
+    spec = tasks.spec(task)
+    values = {**(save or {}), **options}
+    for name, value in (("gallery", gallery), ("calibrate", calibrate)):
+        if value is not None:
+            values[name] = value
     fmt = getattr(fmt, "value", fmt)
-    if task == "stylize" and options.get("model") is None:
-        raise UsageError("stylize CONTENT STYLE (Gatys et al.'s optimisation, minutes of gradient steps) is not sent "
-                         f"to the server, which runs --model networks only; {LOCAL_ONLY}")
-    if task == "verify-face" and out is not None:
-        raise UsageError(f"verify-face --out draws faces on this machine, and only records come back from the server; "
-                         f"{LOCAL_ONLY}")
-    if calibrate is not None:
-        raise UsageError(f"--calibrate is not sent to the server; {LOCAL_ONLY}")
-    if task == "verify-face" and gallery is not None:
-        if not images:
-            raise UsageError("--gallery needs images whose faces to name")
-        return run_batch(url, "identify", images, fmt=fmt, recursive=recursive,
-                         options={**options, "gallery": str(gallery)})
-    if task == "verify-face":
-        return run_verify(url, images, fmt=fmt, options=options)
-    return run_batch(url, task, images, fmt=fmt, recursive=recursive, options=options, out=out, save=save,
-                     skip_existing=skip_existing)
+    mode = MODES.get(spec.name, _one_mode)(spec, list(images or []), values, out)
+    params = {**request_params(spec, values), **mode.params}
+    if mode.pair:
+        return run_verify(server_url(), mode, images, fmt=fmt, params=params)
+    saves = {o.name: bool(values.get(o.name)) for o in spec.options if o.needs_out}
+    return run_batch(server_url(), spec, mode, images, fmt=fmt, recursive=recursive, params=params, out=out,
+                     saves=saves, skip_existing=skip_existing)

@@ -2,13 +2,13 @@
 
 A key is what decides the loaded weights: (task, model, weights, backend, and for faces the detector
 and its settings). Options that only change how results are read from the same network (top_k, conf,
-iou, classes, alpha, tile ...) do not load anything: they are *variants* of the loaded object sharing
-its network and its lock (`variant`), so ten `conf` values cost one model in memory.
+iou, classes, alpha, tile ...: the task table's per-call options) do not load anything: they are *variants* of the
+loaded object (its `with_options`) sharing its network and its lock (`variant`), so ten `conf` values cost one model
+in memory.
 """
 
 from __future__ import annotations
 
-import copy
 import threading
 import time
 from collections import OrderedDict
@@ -138,7 +138,8 @@ class Registry:
         return sum(e.bytes for e in self._entries.values())
 
     def variant(self, entry: Entry, options: dict[str, Any], make: Callable[[Any, dict], Any]) -> Any:
-        """The entry's object with `options` applied (made once per distinct options, then reused)."""
+        """The entry's object with `options` applied by `make(obj, options)` (the server's: `obj.with_options`),
+        made once per distinct option values, then reused."""
         if not options:
             return entry.obj
         vkey: Hashable = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in options.items()))
@@ -168,14 +169,3 @@ def _describe_key(key: tuple) -> str:
         parts.append(f"on {backend}")
     return ", ".join(parts)
 
-
-def with_attributes(obj: Any, attributes: dict[str, Any]) -> Any:
-    """A shallow copy of a cvtool.api task object with some reading options changed and its pipeline rebuilt:
-    it shares the loaded network and the lock around its forward pass with `obj`."""
-    twin = copy.copy(obj)
-    for name, value in attributes.items():
-        if not hasattr(twin, name):
-            raise AttributeError(f"{type(obj).__name__} has no option attribute {name!r}")
-        setattr(twin, name, value)
-    twin._pipeline = twin._make_pipeline(None)
-    return twin

@@ -126,6 +126,32 @@ class Options(tuple):
     def defaults(self, *, stage: str | None = None, route: str | None = None) -> dict[str, Any]:
         return {o.name: o.default for o in self.select(stage=stage, route=route)}
 
+    def setting(self, text: str, *, where: str = "--set") -> tuple[str, Any]:
+        """`KEY=VALUE` (`cvtool ray --set top_k=3`) as (name, value) of the option's type, range-checked."""
+        key, sep, raw = text.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise UsageError(f"{where} {text!r}: expected KEY=VALUE")
+        try:
+            option = self[key]
+        except KeyError:
+            raise UsageError(f"{where} {text!r}: no option {key!r} (options: {', '.join(self.names())})") from None
+        try:
+            if option.type is bool:
+                if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError
+                value: Any = raw.lower() in ("true", "1", "yes")
+            elif option.type in (int, float):
+                value = option.type(raw)
+            elif option.type == PATHS:
+                value = split_csv(raw)
+            else:
+                value = option.parse_text(raw)
+        except ValueError:
+            raise UsageError(f"{where} {text!r}: {key} takes {getattr(option.type, '__name__', option.type)}") from None
+        option.check(value, where=f"{where} {key}")
+        return key, value
+
     def check(self, values: dict[str, Any]) -> None:
         """Range checks of every declared option in `values` (others are not this table's)."""
         for name, value in values.items():

@@ -33,11 +33,11 @@ class TaskSpec:
     epilog: str
     options: Options
     columns: tuple[str, ...] = ()
-    rows: Callable[[dict], list[list]] | None = None
+    rows: Callable[[dict], list[list]] = lambda result: []
     tables: dict[str, Table] = field(default_factory=dict)
     formats: tuple[str, ...] = TABLE_FORMATS
     inputs: tuple[str, str] = ("IMAGES...", "")
-    default_model: str | None = None
+    default_model: str = ""
     endpoint: str | None = None
     batched: bool = False
     png: bool = False

@@ -79,6 +79,11 @@ SPEC = TaskSpec(
 )
 
 
+# mode rules: the options each mode's Stylizer takes (the others do not apply to it)
+FEED_FORWARD = ("size", "tile", "overlap", "device", "backend", "half", "max_pixels")
+OPTIMISATION = ("vgg", "weights", "size", "device", "backend", "half", "max_pixels", *SETTINGS.names())
+
+
 def _ratio(distance: dict) -> float:
     """How far the result's style statistics are from the style's, relative to the content's own distance."""
     return round(distance["result"] / distance["content"], 4) if distance["content"] else float("nan")
@@ -96,12 +101,4 @@ def split_inputs(images: list[str], style: list | None, feed_forward: bool) -> t
     return contents, styles
 
 
-def is_single_file(out: Path) -> bool:
-    """`--out x.png` names one output file; anything else is a directory."""
-    from cvtool.io.image import IMAGE_SUFFIXES
-    from cvtool.io.video import VIDEO_SUFFIXES
-
-    return out.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES
-
-
-__all__ = ["SPEC", "SETTINGS", "split_inputs", "is_single_file"]
+__all__ = ["SPEC", "SETTINGS", "FEED_FORWARD", "OPTIMISATION", "split_inputs"]

@@ -7,7 +7,7 @@ positionals."""
 from __future__ import annotations
 
 from cvtool.errors import UsageError
-from cvtool.tasks.common import BATCH, BATCH_SIZE, LOADING, model_option, with_default
+from cvtool.tasks.common import BATCH, BATCH_SIZE, LOADING, MAX_PIXELS, model_option, with_default
 from cvtool.tasks.options import LOAD, PATH, RUN, Option, Options, split_csv
 from cvtool.tasks.spec import Table, TaskSpec
 
@@ -24,10 +24,11 @@ SPEC = TaskSpec(
     default_model="dlib_face_resnet",
     options=Options([
         Option("gallery", PATH, None, "Known people: KNOWN/name.jpg or KNOWN/name/*.jpg.", stage=RUN, short="-g",
-               api=False),
-        Option("calibrate", PATH, None, "A CSV of path_a,path_b,same: fit the threshold.", stage=RUN, api=False),
+               api=False, server=False),
+        Option("calibrate", PATH, None, "A CSV of path_a,path_b,same: fit the threshold.", stage=RUN, api=False,
+               server=False),
         Option("threshold", float, None, "Same person below this distance (default: the model's, 0.6 for dlib).",
-               low=0, short="-t"),
+               low=0, short="-t", stage=LOAD),
         Option("face_index", str, None, "Which face when several: N for both images, or N,M; numbered from 0, left "
                "to right.", stage=RUN, api=False),
         Option("detector", str, "mmod", "mmod (dlib's CNN, accurate) or haar (OpenCV, fast).", stage=LOAD),
@@ -38,7 +39,8 @@ SPEC = TaskSpec(
         model_option("Face embedder (default dlib_face_resnet)."),
         Option("weights", PATH, None, "An embedder checkpoint from `cvtool train face`.", stage=LOAD,
                short="-w"),
-        *(o for o in LOADING if o.name not in ("weights", "backend")),
+        *(o for o in LOADING if o.name not in ("weights", "backend", "max_pixels")),
+        with_default(MAX_PIXELS, MAX_PIXELS.default, stage=LOAD),
         Option("backend", str, "auto", "auto (the ONNX exports an earlier run cached, no torch; else exported now), "
                "onnxruntime (detector CNN and embedder), or torch.", stage=LOAD),
         with_default(BATCH_SIZE, 4, help="Images per pass (with --gallery)."),

@@ -24,6 +24,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from cvtool.errors import UsageError
+from cvtool.train.args import fallback as _fallback
+from cvtool.train.recipes import (ClassifyConfig as _CC, ClassifyTrainArgs as _CA, DetectConfig as _DC,
+                                  DetectTrainArgs as _DA, FaceConfig as _FC, FaceTrainArgs as _FA,
+                                  RunOptions as _RUN, SegmentConfig as _SC, SegmentTrainArgs as _SA,
+                                  StyleConfig as _STC, StyleTrainArgs as _STA)
 
 __all__ = ["classify", "detect", "segment", "style", "face", "evaluate_classifier", "Run", "Callbacks"]
 
@@ -82,7 +87,7 @@ def _start(task: str, arch: str, recipe, *, sources: tuple, out, resume, epochs,
 
 
 def _fit(recipe, run: Run, args, cfg, callbacks, on_skip, sync_bn: bool = False, cpu_bf16: bool = False,
-         val_every: int = 1, **options) -> dict:
+         val_every: int = _RUN.val_every, **options) -> dict:
     from dataclasses import replace
 
     from cvtool.train import distributed
@@ -96,7 +101,7 @@ def _fit(recipe, run: Run, args, cfg, callbacks, on_skip, sync_bn: bool = False,
             if not cpu_has_bf16():
                 raise UsageError(f"{run.run_dir} trains in bf16 (--cpu-bf16), and this CPU has no bfloat16 "
                                  "instructions (AVX512-BF16 or AMX): resume it on one that has")
-        if val_every != 1 and val_every != cfg.val_every:
+        if val_every != _RUN.val_every and val_every != cfg.val_every:
             raise UsageError(f"--val-every {val_every}: {run.run_dir} validates every {cfg.val_every} epoch(s), and "
                              "a resumed run keeps that")
     if not distributed.is_main():  # progress, skipped-file and warning lines are rank 0's to report
@@ -176,14 +181,15 @@ def _need(value, message: str):
     return value
 
 
-def classify(data: str | Path | None = None, *, arch: str = "resnet18", epochs: int | None = None,
-             batch_size: int = 32, lr: float = 1e-3, weight_decay: float = 1e-4, optimizer: str = "adamw",
-             img_size: int | None = None, val: str | Path | None = None, val_split: float = 0.1,
-             pretrained: bool = False, hflip: bool = False, out: str | Path | None = None,
-             resume: str | Path | None = None, device: str = "auto", seed: int = 0, workers: int | None = None,
-             callbacks=None, on_skip: Callable[[str], None] | None = None, progress: bool = False,
-             sync_bn: bool = False, cpu_bf16: bool = False, val_every: int = 1, devices: int = 1,
-             ema: float = 0.0) -> dict:
+def classify(data: str | Path | None = None, *, arch: str = _CA.arch, epochs: int | None = _CC.epochs,
+             batch_size: int = _CC.batch_size, lr: float = _CC.lr, weight_decay: float = _CC.weight_decay,
+             optimizer: str = _CC.optimizer, img_size: int | None = _CA.img_size, val: str | Path | None = _CA.val,
+             val_split: float = _CA.val_split, pretrained: bool = _CA.pretrained, hflip: bool = _CA.hflip,
+             out: str | Path | None = _CC.out, resume: str | Path | None = _RUN.resume, device: str = _RUN.device,
+             seed: int = _CC.seed, workers: int | None = _CC.workers, callbacks=None,
+             on_skip: Callable[[str], None] | None = None, progress: bool = False, sync_bn: bool = _RUN.sync_bn,
+             cpu_bf16: bool = _RUN.cpu_bf16, val_every: int = _RUN.val_every, devices: int = _RUN.devices,
+             ema: float = _CA.ema) -> dict:
     """Train a classifier on an ImageFolder tree, a CSV of path,label, or MNIST IDX files. `ema` (a decay in
     (0, 1)): validate and save a moving average of the weights."""
     check_run_options(device, cpu_bf16, val_every, epochs=epochs, batch_size=batch_size, lr=lr,
@@ -199,8 +205,8 @@ def classify(data: str | Path | None = None, *, arch: str = "resnet18", epochs: 
         _check_ema(ema)
         args = recipe.ClassifyTrainArgs(str(data), arch, str(val) if val else None, val_split, img_size, pretrained,
                                         hflip, ema=ema)
-        return args, TrainConfig(epochs=epochs or 10, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                                 optimizer=optimizer, seed=seed, workers=workers)
+        return args, TrainConfig(epochs=epochs or _fallback(_CC, "epochs"), batch_size=batch_size, lr=lr,
+                                 weight_decay=weight_decay, optimizer=optimizer, seed=seed, workers=workers)
 
     run, args, cfg = _start("classify", arch, recipe, sources=(data, val), out=out, resume=resume, epochs=epochs,
                             device=device, make=make)
@@ -208,7 +214,7 @@ def classify(data: str | Path | None = None, *, arch: str = "resnet18", epochs: 
                 cpu_bf16=cpu_bf16, val_every=val_every)
 
 
-def evaluate_classifier(weights: str | Path, data: str | Path, *, device: str = "auto",
+def evaluate_classifier(weights: str | Path, data: str | Path, *, device: str = _RUN.device,
                         on_skip: Callable[[str], None] | None = None) -> dict:
     """Accuracy and per-class precision/recall/F1 of a classifier checkpoint on labelled data."""
     from cvtool.device import resolve_device
@@ -217,14 +223,16 @@ def evaluate_classifier(weights: str | Path, data: str | Path, *, device: str = 
     return recipe.evaluate_checkpoint(Path(weights), str(data), resolve_device(device), on_skip=on_skip)
 
 
-def detect(data: str | Path | None = None, *, arch: str = "yolo", epochs: int | None = None, batch_size: int = 8,
-           lr: float = 5e-3, weight_decay: float = 5e-4, optimizer: str = "adamw", img_size: int = 320, anchors: int = 3, width: int = 16,
-           hflip: bool = True, backbone: str = "csp", pretrained: bool = False, mosaic: float = 0.5,
-           close_mosaic: int = 0, ema: float = 0.0, val: str | Path | None = None, val_split: float = 0.2, out: str | Path | None = None,
-           resume: str | Path | None = None, device: str = "auto", seed: int = 0, workers: int | None = None,
-           callbacks=None, on_skip: Callable[[str], None] | None = None, progress: bool = False,
-             sync_bn: bool = False, cpu_bf16: bool = False, val_every: int = 1,
-             devices: int = 1) -> dict:
+def detect(data: str | Path | None = None, *, arch: str = _DA.arch, epochs: int | None = _DC.epochs,
+           batch_size: int = _DC.batch_size, lr: float = _DC.lr, weight_decay: float = _DC.weight_decay,
+           optimizer: str = _DC.optimizer, img_size: int = _DA.img_size, anchors: int = _DA.anchors,
+           width: int = _DA.width, hflip: bool = _DA.hflip, backbone: str = _DA.backbone,
+           pretrained: bool = _DA.pretrained, mosaic: float = _DA.mosaic, close_mosaic: int = _DA.close_mosaic,
+           ema: float = _DA.ema, val: str | Path | None = _DA.val, val_split: float = _DA.val_split,
+           out: str | Path | None = _DC.out, resume: str | Path | None = _RUN.resume, device: str = _RUN.device,
+           seed: int = _DC.seed, workers: int | None = _DC.workers, callbacks=None,
+           on_skip: Callable[[str], None] | None = None, progress: bool = False, sync_bn: bool = _RUN.sync_bn,
+           cpu_bf16: bool = _RUN.cpu_bf16, val_every: int = _RUN.val_every, devices: int = _RUN.devices) -> dict:
     """Train the YOLO-style detector on VOC XML, YOLO txt or COCO JSON data; best.pt by mAP@0.5:0.95."""
     check_run_options(device, cpu_bf16, val_every, epochs=epochs, batch_size=batch_size, lr=lr,
                       weight_decay=weight_decay, workers=workers)
@@ -247,8 +255,9 @@ def detect(data: str | Path | None = None, *, arch: str = "yolo", epochs: int | 
         _check_ema(ema)
         args = recipe.DetectTrainArgs(str(data), arch, str(val) if val else None, val_split, img_size, anchors, width,
                                       hflip, backbone, pretrained, mosaic, close_mosaic=close_mosaic, ema=ema)
-        return args, TrainConfig(epochs=epochs or 50, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                                 optimizer=optimizer, seed=seed, workers=workers, monitor="val_map50_95", warmup_epochs=1)
+        return args, TrainConfig(epochs=epochs or _fallback(_DC, "epochs"), batch_size=batch_size, lr=lr,
+                                 weight_decay=weight_decay, optimizer=optimizer, seed=seed, workers=workers,
+                                 monitor="val_map50_95", warmup_epochs=1)
 
     run, args, cfg = _start("detect", arch, recipe, sources=(data, val), out=out, resume=resume, epochs=epochs,
                             device=device, make=make)
@@ -256,16 +265,19 @@ def detect(data: str | Path | None = None, *, arch: str = "yolo", epochs: int | 
                 cpu_bf16=cpu_bf16, val_every=val_every)
 
 
-def segment(data: str | Path | None = None, *, arch: str = "unet", epochs: int | None = None, batch_size: int = 4,
-            lr: float = 1e-3, weight_decay: float = 1e-4, optimizer: str = "adamw", crop: int = 256,
-            loss: str = "ce+dice", width: int = 32, depth: int = 4, in_channels: int = 1,
-            class_names: list[str] | None = None, val: str | Path | None = None, val_split: float = 0.2,
-            out: str | Path | None = None, resume: str | Path | None = None, device: str = "auto", seed: int = 0,
-            workers: int | None = None, callbacks=None, on_skip: Callable[[str], None] | None = None,
-            on_warning: Callable[[str], None] | None = None,
-            sync_bn: bool = False, cpu_bf16: bool = False, val_every: int = 1, devices: int = 1,
-            elastic: bool = False, elastic_sigma: float = 10.0, mirror_pad: int = 0, border_w0: float = 10.0,
-            border_sigma: float = 5.0, border_balance: bool = True, select: str = "miou", ema: float = 0.0) -> dict:
+def segment(data: str | Path | None = None, *, arch: str = _SA.arch, epochs: int | None = _SC.epochs,
+            batch_size: int = _SC.batch_size, lr: float = _SC.lr, weight_decay: float = _SC.weight_decay,
+            optimizer: str = _SC.optimizer, crop: int = _SA.crop, loss: str = _SA.loss, width: int = _SA.width,
+            depth: int = _SA.depth, in_channels: int = _SA.in_channels,
+            class_names: list[str] | None = _SA.class_names, val: str | Path | None = _SA.val,
+            val_split: float = _SA.val_split, out: str | Path | None = _SC.out,
+            resume: str | Path | None = _RUN.resume, device: str = _RUN.device, seed: int = _SC.seed,
+            workers: int | None = _SC.workers, callbacks=None, on_skip: Callable[[str], None] | None = None,
+            on_warning: Callable[[str], None] | None = None, sync_bn: bool = _RUN.sync_bn,
+            cpu_bf16: bool = _RUN.cpu_bf16, val_every: int = _RUN.val_every, devices: int = _RUN.devices,
+            elastic: bool = _SA.elastic, elastic_sigma: float = _SA.elastic_sigma, mirror_pad: int = _SA.mirror_pad,
+            border_w0: float = _SA.border_w0, border_sigma: float = _SA.border_sigma,
+            border_balance: bool = _SA.border_balance, select: str = _SC.select, ema: float = _SA.ema) -> dict:
     """Train a U-Net (or a torchvision segmenter) on images/ + masks/ folder pairs; best.pt by mIoU, or with
     `select="rand"` (two classes: membranes and the cells they separate) by ISBI 2012's Rand F-score of the cell
     regions. The U-Net paper's recipe: `elastic=True`, `loss="weighted-ce"` (border weights w0, sigma),
@@ -293,9 +305,9 @@ def segment(data: str | Path | None = None, *, arch: str = "unet", epochs: int |
         recipe.dataset_options(args)  # bad values stop here, before a run directory is made
         if select not in recipe.SELECT:
             raise UsageError(f"unknown --select {select!r}; choose from {', '.join(recipe.SELECT)}")
-        return args, TrainConfig(epochs=epochs or 30, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                                 optimizer=optimizer, seed=seed, workers=workers, monitor=recipe.SELECT[select],
-                                 val_batch_size=1)
+        return args, TrainConfig(epochs=epochs or _fallback(_SC, "epochs"), batch_size=batch_size, lr=lr,
+                                 weight_decay=weight_decay, optimizer=optimizer, seed=seed, workers=workers,
+                                 monitor=recipe.SELECT[select], val_batch_size=1)
 
     run, args, cfg = _start("segment", arch, recipe, sources=(data, val), out=out, resume=resume, epochs=epochs,
                             device=device, make=make)
@@ -303,13 +315,14 @@ def segment(data: str | Path | None = None, *, arch: str = "unet", epochs: int |
                 on_warning=on_warning)
 
 
-def style(style_image: str | Path | None = None, *, data: str | Path | None = None, epochs: int | None = None,
-          batch_size: int = 4, lr: float = 1e-3, img_size: int = 256, content_weight: float = 1.0,
-          style_weight: float = 1e5, tv_weight: float = 1e-6, width: int = 32, vgg: str = "vgg16",
-          vgg_weights: str | Path | None = None, out: str | Path | None = None, resume: str | Path | None = None,
-          device: str = "auto", seed: int = 0, callbacks=None, on_skip: Callable[[str], None] | None = None,
-          progress: bool = False, sync_bn: bool = False, cpu_bf16: bool = False, val_every: int = 1,
-          devices: int = 1) -> dict:
+def style(style_image: str | Path | None = None, *, data: str | Path | None = None, epochs: int | None = _STC.epochs,
+          batch_size: int = _STC.batch_size, lr: float = _STC.lr, img_size: int = _STA.img_size,
+          content_weight: float = _STA.content_weight, style_weight: float = _STA.style_weight,
+          tv_weight: float = _STA.tv_weight, width: int = _STA.width, vgg: str = _STA.vgg,
+          vgg_weights: str | Path | None = _STA.vgg_weights, out: str | Path | None = _STC.out,
+          resume: str | Path | None = _RUN.resume, device: str = _RUN.device, seed: int = _STC.seed, callbacks=None,
+          on_skip: Callable[[str], None] | None = None, progress: bool = False, sync_bn: bool = _RUN.sync_bn,
+          cpu_bf16: bool = _RUN.cpu_bf16, val_every: int = _RUN.val_every, devices: int = _RUN.devices) -> dict:
     """Train a feed-forward style network (Johnson et al.) for one style image on a folder of photos."""
     check_run_options(device, cpu_bf16, val_every, epochs=epochs, batch_size=batch_size, lr=lr)
     launched = _launch('style', devices, {k: v for k, v in locals().items() if k != 'devices'})
@@ -323,8 +336,8 @@ def style(style_image: str | Path | None = None, *, data: str | Path | None = No
             raise UsageError("STYLE_IMAGE and --data CONTENT_DIR are required (or --resume RUN_DIR)")
         args = recipe.StyleTrainArgs(str(style_image), str(data), vgg, str(vgg_weights) if vgg_weights else None,
                                      img_size, content_weight, style_weight, tv_weight, width)
-        return args, TrainConfig(epochs=epochs or 10, batch_size=batch_size, lr=lr, weight_decay=0.0, seed=seed,
-                                 monitor="none")
+        return args, TrainConfig(epochs=epochs or _fallback(_STC, "epochs"), batch_size=batch_size, lr=lr,
+                                 weight_decay=0.0, seed=seed, monitor="none")
 
     run, args, cfg = _start("stylize", "fast_style", recipe, sources=(data,), out=out, resume=resume,
                             epochs=epochs, device=device, make=make)
@@ -332,14 +345,15 @@ def style(style_image: str | Path | None = None, *, data: str | Path | None = No
                 cpu_bf16=cpu_bf16, val_every=val_every)
 
 
-def face(data: str | Path | None = None, *, arch: str = "face_embed_small", loss: str = "triplet",
-         margin: float = 0.2, mining: str = "semi-hard", identities_per_batch: int = 8, images_per_identity: int = 4,
-         epochs: int | None = None, lr: float | None = None, weight_decay: float = 0.05, img_size: int | None = None,
-         val_split: float = 0.25, hflip: bool = True, out: str | Path | None = None, resume: str | Path | None = None,
-         device: str = "auto", seed: int = 0, workers: int | None = None, callbacks=None,
-         on_skip: Callable[[str], None] | None = None, on_warning: Callable[[str], None] | None = None,
-         progress: bool = False, sync_bn: bool = False, cpu_bf16: bool = False, val_every: int = 1,
-         devices: int = 1) -> dict:
+def face(data: str | Path | None = None, *, arch: str = _FA.arch, loss: str = _FA.loss, margin: float = _FA.margin,
+         mining: str = _FA.mining, identities_per_batch: int = _FA.identities_per_batch,
+         images_per_identity: int = _FA.images_per_identity, epochs: int | None = _FC.epochs,
+         lr: float | None = _FC.lr, weight_decay: float = _FC.weight_decay, img_size: int | None = _FA.img_size,
+         val_split: float = _FA.val_split, hflip: bool = _FA.hflip, out: str | Path | None = _FC.out,
+         resume: str | Path | None = _RUN.resume, device: str = _RUN.device, seed: int = _FC.seed,
+         workers: int | None = _FC.workers, callbacks=None, on_skip: Callable[[str], None] | None = None,
+         on_warning: Callable[[str], None] | None = None, progress: bool = False, sync_bn: bool = _RUN.sync_bn,
+         cpu_bf16: bool = _RUN.cpu_bf16, val_every: int = _RUN.val_every, devices: int = _RUN.devices) -> dict:
     """Train a face embedder (triplet or Siamese binary loss) on one folder of photos per person."""
     check_run_options(device, cpu_bf16, val_every, epochs=epochs, lr=lr, weight_decay=weight_decay, workers=workers)
     launched = _launch('face', devices, {k: v for k, v in locals().items() if k != 'devices'})
@@ -352,7 +366,7 @@ def face(data: str | Path | None = None, *, arch: str = "face_embed_small", loss
         _need(data, "DATA is required (or --resume RUN_DIR)")
         args = recipe.FaceTrainArgs(str(data), arch, loss, margin, mining, identities_per_batch, images_per_identity,
                                     img_size, val_split, hflip)
-        return args, TrainConfig(epochs=epochs or 30, batch_size=identities_per_batch * images_per_identity,
+        return args, TrainConfig(epochs=epochs or _fallback(_FC, "epochs"), batch_size=identities_per_batch * images_per_identity,
                                  lr=lr or recipe.default_lr(arch), weight_decay=weight_decay, seed=seed,
                                  workers=workers, monitor="val_roc_auc", val_batch_size=256)
 

@@ -13,6 +13,7 @@ from cvtool.errors import UsageError
 from cvtool.models.registry import ModelEntry
 from cvtool.ops.preprocess import Preprocess
 from cvtool.train import plots
+from cvtool.train.recipes import ClassifyTrainArgs
 
 
 def replace_head(model: nn.Module, old_classes: int, num_classes: int) -> nn.Module:
@@ -97,20 +98,6 @@ def per_class_report(matrix: np.ndarray, classes: list[str]) -> dict:
         },
         "confusion_matrix": matrix.tolist(),
     }
-
-
-@dataclass
-class ClassifyTrainArgs:
-    """What `cvtool train classify` was asked; stored in every checkpoint so --resume needs nothing else."""
-
-    data: str
-    arch: str = "resnet18"
-    val: str | None = None
-    val_split: float = 0.1
-    img_size: int | None = None
-    pretrained: bool = False
-    hflip: bool = False
-    ema: float = 0.0  # > 0: validate and save an exponential moving average of the weights with this decay
 
 
 def training_preprocess(entry: ModelEntry, img_size: int | None) -> Preprocess:

@@ -22,23 +22,7 @@ from cvtool.ops.tensors import image_to_tensor
 from cvtool.models.checkpoint import COCO_IDS_FIELD
 from cvtool.train import distributed
 from cvtool.train.detection_data import BoxedImages, open_detection_data
-
-
-@dataclass
-class DetectTrainArgs:
-    data: str
-    arch: str = "yolo"
-    val: str | None = None
-    val_split: float = 0.2
-    img_size: int = 320
-    anchors: int = 3
-    width: int = 16
-    hflip: bool = True
-    backbone: str = "csp"
-    pretrained: bool = False
-    mosaic: float = 0.0
-    close_mosaic: int = 0  # the last N epochs train without mosaics (the photos as they are seen at test time)
-    ema: float = 0.0  # > 0: validate and save an exponential moving average of the weights with this decay
+from cvtool.train.recipes import DetectTrainArgs
 
 
 @dataclass(frozen=True)
@@ -398,4 +382,5 @@ def resumed_arguments(run_dir: Path, epochs: int | None):
     from cvtool.train.engine import stored_run
 
     args, cfg = stored_run(run_dir, epochs)
-    return DetectTrainArgs(**args), cfg
+    # a run from before mosaics stores no `mosaic` and trained without them (the default is 0.5 since)
+    return DetectTrainArgs(**{"mosaic": 0.0, **args}), cfg

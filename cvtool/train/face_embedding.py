@@ -27,6 +27,7 @@ from cvtool.ops.triplet import binary_pair_loss, pairwise_distances, triplet_los
 from cvtool.ops.verification import accuracy_at, fit_threshold
 from cvtool.train.datasets import DataError, LabelledImages
 from cvtool.train.engine import Trainer
+from cvtool.train.recipes import FaceTrainArgs
 
 TASK = "face-embed"
 LOSSES = ("triplet", "binary")
@@ -274,22 +275,6 @@ def recompute_batchnorm(model: nn.Module, dataset, images: int = BN_IMAGES, batc
 
 
 # -- the recipe -----------------------------------------------------------------------------------
-
-@dataclass
-class FaceTrainArgs:
-    """What `cvtool train face` was asked; stored in every checkpoint so --resume needs nothing else."""
-
-    data: str
-    arch: str = "face_embed_small"
-    loss: str = "triplet"
-    margin: float = 0.2
-    mining: str = "semi-hard"
-    identities_per_batch: int = 8
-    images_per_identity: int = 4
-    img_size: int | None = None
-    val_split: float = 0.25
-    hflip: bool = True
-
 
 def resumed_arguments(run_dir: Path, epochs: int | None):
     from cvtool.train.engine import stored_run

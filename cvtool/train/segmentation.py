@@ -22,6 +22,7 @@ from cvtool.io.image import IMAGE_SUFFIXES, read_image
 from cvtool.models.registry import ModelEntry
 from cvtool.ops.preprocess import Preprocess
 from cvtool.train.datasets import SEGMENT_IMAGE_DIRS, SEGMENT_MASK_DIRS, DataError
+from cvtool.train.recipes import SegmentTrainArgs
 
 IGNORE_INDEX = 255
 
@@ -407,28 +408,6 @@ class SegmentationTask:
         return fields
 
 
-@dataclass
-class SegmentTrainArgs:
-    data: str
-    arch: str = "unet"
-    val: str | None = None
-    val_split: float = 0.2
-    crop: int | None = 256
-    loss: str = "ce+dice"
-    width: int = 32
-    depth: int = 4
-    in_channels: int = 1
-    class_names: list[str] | None = None
-    elastic: bool = False  # the U-Net paper's elastic deformations (image and mask warped alike)
-    elastic_sigma: float = 10.0  # pixels: std of the displacements on the coarse lattice
-    elastic_grid: int = 3  # the lattice: grid x grid points, upsampled bicubically
-    mirror_pad: int = 0  # pixels of mirrored context around each training image (crops may reach into it)
-    border_w0: float = 10.0  # the border weight map's w0 and sigma (pixels), for --loss weighted-ce
-    border_sigma: float = 5.0
-    border_balance: bool = True  # w_c balances the class frequencies (the paper); False: w_c = 1
-    ema: float = 0.0  # > 0: validate and save an exponential moving average of the weights with this decay
-
-
 def dataset_options(args: SegmentTrainArgs) -> dict:
     """SegmentationDataset's augmentation and weight-map options from the run's arguments."""
     if args.loss not in LOSSES:
@@ -450,15 +429,9 @@ def resumed_arguments(run_dir: Path, epochs: int | None):
     return SegmentTrainArgs(**args), cfg
 
 
-def _arch_kwargs(args: SegmentTrainArgs) -> dict:
-    return {"width": args.width, "depth": args.depth, "in_channels": args.in_channels} if args.arch == "unet" else {}
-
-
-def _preprocess(entry: ModelEntry, args: SegmentTrainArgs) -> Preprocess:
-    base = entry.preprocess()
-    if args.arch == "unet" and args.in_channels == 3:
-        return Preprocess(**{**base.to_dict(), "grayscale": False, "mean": [0.5] * 3, "std": [0.5] * 3})
-    return base
+def _arch_kwargs(entry: ModelEntry, args: SegmentTrainArgs) -> dict:
+    """The run's arguments that are build options of `entry`'s network, as its registry entry declares them."""
+    return {name: getattr(args, name) for name in entry.train_build_options}
 
 
 def run_training(args: SegmentTrainArgs, cfg, run_dir: Path, device, *, resume=False, callbacks=None, on_skip=None,
@@ -469,7 +442,8 @@ def run_training(args: SegmentTrainArgs, cfg, run_dir: Path, device, *, resume=F
 
     start = time.perf_counter()
     entry = get_entry(args.arch, "segment")
-    preprocess = _preprocess(entry, args)
+    arch_kwargs = _arch_kwargs(entry, args)
+    preprocess = entry.train_preprocess(arch_kwargs)
     data = open_segmentation_data(args.data, args.class_names, on_skip)
     if on_warning is not None:
         for warning in data.warnings:
@@ -483,12 +457,11 @@ def run_training(args: SegmentTrainArgs, cfg, run_dir: Path, device, *, resume=F
         order = np.random.default_rng(cfg.seed).permutation(n)
         n_val = max(1, round(n * args.val_split))
         train_data, val_data = data.subset(sorted(order[n_val:])), data.subset(sorted(order[:n_val]))
-    arch_kwargs = _arch_kwargs(args)
     task = SegmentationTask(entry, data.classes, preprocess, arch_kwargs, args.loss)
     if cfg.monitor == SELECT["rand"] and not task.regions:
         raise UsageError(f"--select rand scores the cells between membranes: it needs two classes, "
                          f"{args.data} has {len(data.classes)} ({', '.join(data.classes)})")
-    multiple = 2 ** args.depth if args.arch == "unet" else 8
+    multiple = entry.train_multiple_of(**arch_kwargs)
     options = dataset_options(args)
     trainer = Trainer(
         task,

@@ -4,7 +4,6 @@ perceptual costs as the optimisation method — content at one VGG layer, Gram-m
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -18,24 +17,11 @@ from cvtool.models.vgg_features import VGGFeatures
 from cvtool.ops.style import content_cost, gram_matrix, style_layer_cost, total_variation
 from cvtool.ops.tensors import image_to_tensor
 from cvtool.train.datasets import DataError
+from cvtool.train.recipes import StyleTrainArgs
 
 # Johnson et al.'s taps on VGG-16; the same names exist in VGG-19.
 FAST_CONTENT_LAYER = "relu2_2"
 FAST_STYLE_LAYERS = ("relu1_2", "relu2_2", "relu3_3", "relu4_3")
-
-
-@dataclass
-class StyleTrainArgs:
-    style: str
-    data: str
-    vgg: str = "vgg16"
-    vgg_weights: str | None = None
-    img_size: int = 256
-    content_weight: float = 1.0
-    style_weight: float = 1e5
-    tv_weight: float = 1e-6
-    width: int = 32
-    val_split: float = 0.1
 
 
 def content_images(folder: str, on_skip=None) -> list[np.ndarray]:

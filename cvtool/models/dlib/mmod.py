@@ -26,7 +26,8 @@ CONVS = [(3, 16, 5, 2, 0), (16, 32, 5, 2, 0), (32, 32, 5, 2, 0), (32, 45, 5, 1, 
          (45, 45, 5, 1, 2), (45, 1, 9, 1, 4)]
 NUM_PARAMS = sum(o * i * k * k + o for i, o, k, _, _ in CONVS)
 NATIVE_MIN_FACE = 80  # px: the detector window; smaller faces are found only in an enlarged image
-DEFAULT_MIN_FACE = 40  # px: what `auto` upsampling aims to find (dlib's own default: upsample once)
+# px, `--min-face` (the task table's): what `auto` upsampling aims to find (dlib's own default: upsample once)
+from cvtool.tasks.verify_face import DEFAULT_MIN_FACE  # noqa: E402
 DEFAULT_DETECT_PIXELS = 9_000_000  # the enlarged image's pixel budget (a 1920x1080 photo doubled: 8.3 M)
 CANVAS_SLACK = 1.025  # a pyramid's canvas may pass a square budget-sized image's by this much (see detection_scale)
 
