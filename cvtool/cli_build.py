@@ -14,6 +14,7 @@ from typing import Any, Callable, List, Optional
 
 import typer
 
+from cvtool.console import exits_cleanly
 from cvtool.tasks.options import CSV, FLOATS, PATH, PATHS, Option
 from cvtool.tasks.spec import TaskSpec
 
@@ -34,15 +35,19 @@ def typer_option(option: Option) -> Any:
     names = [option.cli_flag] + ([option.short] if option.short else [])
     extra: dict[str, Any] = {}
     number = float if option.type is float else int
-    if option.low is not None:
-        extra["min"] = number(option.low)
-    if option.high is not None:
-        extra["max"] = number(option.high)
+    help_text = option.help
+    if option.open:  # typer has no open ranges: the table's check refuses the bounds (_check in cli.py)
+        help_text += f"  [{option.bounds_text()}]"
+    else:
+        if option.low is not None:
+            extra["min"] = number(option.low)
+        if option.high is not None:
+            extra["max"] = number(option.high)
     if option.metavar:
         extra["metavar"] = option.metavar
     if not option.show_default:
         extra["show_default"] = False
-    return typer.Option(_cli_default(option), *names, help=option.help or None, **extra)
+    return typer.Option(_cli_default(option), *names, help=help_text or None, **extra)
 
 
 def option_parameter(option: Option) -> inspect.Parameter:
@@ -89,6 +94,9 @@ def command(app: typer.Typer, spec: TaskSpec, body: Callable[[TaskSpec, dict], N
     def run(*args: Any, **values: Any) -> None:
         if args:
             values[IMAGES] = args[0]
+        with exits_cleanly():  # the table's ranges, where typer has none of its own (open bounds)
+            for option in spec.options.select(route="cli"):
+                option.check(values.get(option.name), where=option.cli_flag)
         body(spec, values)
 
     run.__name__ = spec.name.replace("-", "_")

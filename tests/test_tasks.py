@@ -75,7 +75,8 @@ def test_the_cli_refuses_a_value_outside_the_tables_range(item):
     args = [task, "x.jpg"] if task != "verify-face" else [task, "a.jpg", "b.jpg"]
     result = invoke_cli(*args, option.cli_flag, str(int(bad) if option.type is int else bad))
     assert result.returncode == 2
-    assert option.cli_flag in result.stderr and re.search(r"(greater|less) than or equal to", result.stderr)
+    assert option.cli_flag in result.stderr
+    assert re.search(r"(greater|less) than or equal to" if not option.open else "out of range", result.stderr)
 
 
 @pytest.mark.parametrize("item", API_OPTIONS, ids=_id)
@@ -203,3 +204,25 @@ def test_tables_rows_match_their_columns():
     record = {"path_b": "b.jpg", "same": True, "distance": 0.4, "threshold": 0.6, "detector": "mmod", "model": "m"}
     assert pair.rows(record) == [[record[c] for c in pair.columns]]
     assert json.dumps(task_spec("stylize").tables["feed_forward"].rows({"size": [3, 5]})) == "[[3, 5]]"
+
+
+@pytest.mark.parametrize("value", ["0", "1"])
+def test_an_open_bound_is_refused_on_every_route(value, tmp_path):
+    """segment --threshold is strictly between 0 and 1: the CLI, the API and the table say so alike."""
+    option = task_spec("segment").options["threshold"]
+    assert option.open and option.bounds_text() == "strictly between 0 and 1"
+    result = invoke_cli("segment", "x.png", "--threshold", value)
+    assert result.returncode == 2 and "--threshold" in result.stderr and "strictly between 0 and 1" in result.stderr
+    with pytest.raises(UsageError, match="strictly between 0 and 1"):
+        task_spec("segment").api_class()("no_such_model", threshold=float(value))
+    option.check(0.5)
+
+
+def test_tiles_must_overlap_by_less_than_half(unet_checkpoint, tmp_path):
+    import cv2
+    import numpy as np
+
+    image = tmp_path / "a.png"
+    cv2.imwrite(str(image), np.zeros((64, 64, 3), np.uint8))
+    result = invoke_cli("segment", str(image), "--weights", str(unet_checkpoint), "--tile", "32", "--overlap", "16")
+    assert result.returncode != 0 and "--overlap 16 must be less than half of --tile 32" in result.stderr

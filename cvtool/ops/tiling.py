@@ -11,6 +11,8 @@ from typing import Callable
 
 import numpy as np
 
+from cvtool.errors import UsageError
+
 
 def _on_arrays(x) -> bool:
     return isinstance(x, np.ndarray)
@@ -53,6 +55,12 @@ def _starts(length: int, tile: int, stride: int) -> list[int]:
     return starts + [length - tile]
 
 
+def check_tiling(tile: int, overlap: int) -> None:
+    """Tiles must overlap by less than half their side (each tile's own middle is what it contributes)."""
+    if overlap * 2 >= tile:
+        raise UsageError(f"--overlap {overlap} must be less than half of --tile {tile}")
+
+
 def blend_window(tile_h: int, tile_w: int, overlap: int) -> np.ndarray:
     """Weights that fall linearly to (almost) zero over `overlap` pixels at each edge, so tile seams vanish
     (tile_h x tile_w float32; one array for both backends)."""
@@ -80,8 +88,7 @@ def tiled_logits(
     device `forward` returns them on (tiles are blended there: nothing is copied back tile by tile).
     `tile` is a multiple of `multiple`; an image narrower than a tile is padded (see `padded_size`).
     A NumPy `image` is cut into NumPy tiles; `forward` then returns NumPy logits, and so does this."""
-    if overlap * 2 >= tile:
-        raise ValueError(f"--overlap {overlap} must be less than half of --tile {tile}")
+    check_tiling(tile, overlap)
     arrays = _on_arrays(image)
     _, full_h, full_w = image.shape
     if full_h < tile or full_w < tile:  # a side shorter than a tile: one tile of the padded size there

@@ -14,6 +14,7 @@ from cvtool.io.image import DEFAULT_MAX_PIXELS, read_image, write_image
 from cvtool.io.outputs import OutputNamer, refuse_overwriting_input, safe_name
 from cvtool.io.render import class_palette, indexed_png, overlay
 from cvtool.models.loading import LoadedModel
+from cvtool.ops.tiling import check_tiling
 from cvtool.tasks.segment import SPEC
 
 _S = SPEC.defaults()  # the task table's (cvtool.tasks.segment)
@@ -42,6 +43,8 @@ class SegmentPipeline:
         self.model_name, self.weights_sha256 = model.name, model.weights_sha256
         self.alpha, self.save_mask, self.max_pixels = alpha, save_mask, max_pixels
         self.tile, self.overlap, self.tile_batch = tile, overlap, tile_batch
+        if tile is not None:
+            check_tiling(tile, overlap)  # before any image, not on each
         self.keep = self._class_filter(classes)
         self.threshold = self._threshold(threshold)
         self.size_multiple = model.size_multiple
@@ -67,8 +70,6 @@ class SegmentPipeline:
             if len(self.model.classes) != 2:
                 raise UsageError(f"--threshold is for two-class models; {self.model.name} has "
                                  f"{len(self.model.classes)} classes")
-            if not 0.0 < given < 1.0:
-                raise UsageError(f"--threshold {given}: it must be strictly between 0 and 1")
         threshold = given if given is not None else self.model.decision_threshold
         return None if threshold is None or threshold == 0.5 or len(self.model.classes) != 2 else float(threshold)
 

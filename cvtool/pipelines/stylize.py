@@ -18,6 +18,7 @@ from cvtool.io.outputs import OutputNamer, refuse_overwriting_input
 from cvtool.models.vgg_features import VGGFeatures
 from cvtool.ops.style import content_cost, gram_matrix, style_cost, total_variation
 from cvtool.ops.tensors import image_to_tensor, tensor_to_image
+from cvtool.ops.tiling import check_tiling
 from cvtool.tasks.stylize import OPTIMISED_SIZE, SETTINGS, SPEC
 
 _SET = SETTINGS.defaults()  # the task table's (cvtool.tasks.stylize): every default is written there
@@ -298,6 +299,8 @@ class FastStylePipeline(_OneImageOut):
                  max_pixels: int = DEFAULT_MAX_PIXELS):
         self.model, self.model_name, self.weights_sha256 = model, model.name, model.weights_sha256
         self.size, self.tile, self.overlap, self.max_pixels = size, tile, overlap, max_pixels
+        if tile is not None:
+            check_tiling(tile, overlap)  # before any image, not on each
         self.image_out = OneImageOut(out, single_file, ".stylized.png")
         self.video_names = OutputNamer(out, ".stylized.mp4")
 

@@ -278,9 +278,9 @@ def query_parameter(option: Option, *, name: str | None = None, default: Any = _
         annotation = Optional[annotation]
     bounds: dict[str, Any] = {}
     if option.low is not None:
-        bounds["ge"] = option.low
+        bounds["gt" if option.open else "ge"] = option.low
     if option.high is not None:
-        bounds["le"] = option.high
+        bounds["lt" if option.open else "le"] = option.high
     if option.type is float:
         bounds["allow_inf_nan"] = False
     text = description if description is not None else option.help + (_SERVER_FILE if option.type == PATH else "")
@@ -305,17 +305,11 @@ PATH_A = _own("path_a", Optional[str], None, "Image A as a server path under --a
 PATH_B = _own("path_b", Optional[str], None, "Image B as a server path under --allow-paths, instead of the upload 'b'")
 
 
-def _format(default: str, description: str) -> inspect.Parameter:
-    return _own("format", str, default, description)
-
-
-# each task endpoint's own parameters besides its task's options (a `png` task's take `format`), and its words
-EXTRAS = {
-    "classify": (NAME, IMAGE_PATH),
-    "detect": (WITH_CLASSES, NAME, IMAGE_PATH),
-    "segment": (_format("json", "json: the record; png: the class mask"), NAME, IMAGE_PATH),
-    "stylize": (_format("png", "png: the stylised image; json: the record only"), NAME, IMAGE_PATH),
-}
+# a task endpoint's own parameters besides its task's options and the image's (name, path), and its words;
+# a `png` task's endpoint also takes `format`: its default, and what each answer is
+EXTRAS = {"detect": (WITH_CLASSES,)}
+FORMATS = {"segment": ("json", "json: the record; png: the class mask"),
+           "stylize": ("png", "png: the stylised image; json: the record only")}
 REQUIRED = {"stylize": ("model",)}  # the server runs feed-forward networks only: /stylize needs one
 # verify-face's options that pick a mode (here the endpoint does) or belong to the other one
 LEFT_OUT = {"/verify-face": ("gallery", "calibrate"), "/identify": ("gallery", "calibrate", "face_index")}
@@ -348,17 +342,16 @@ def endpoint_options(spec: TaskSpec, path: str | None = None) -> list[Option]:
     return [o for o in spec.options.select(route="server") if o.name not in left_out]
 
 
-def signature(options: list[Option], extras=(), *, settings: Settings, required=(), request: bool = True):
-    """A handler's signature, as FastAPI reads it (`__signature__`): the options (a deprecated alias beside its
-    option), then the server's own parameters. `max_pixels` defaults to the server's own limit."""
-    params = [inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Request)] \
-        if request else []
+def signature(options: list[Option], extras=(), *, settings: Settings, required=()) -> inspect.Signature:
+    """A handler's signature, as FastAPI reads it (`__signature__`): the request, the options (a deprecated alias
+    beside its option), then the server's own parameters. `max_pixels` defaults to the server's own limit."""
+    params = [inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Request)]
     for option in options:
-        default = settings.max_pixels if option.name == LIMIT else _TABLE
-        description = option.help + " At most the server's --max-pixels (the default)." if option.name == LIMIT \
-            else None
-        params.append(query_parameter(option, default=default, required=option.name in required,
-                                      description=description))
+        if option.name == LIMIT:
+            params.append(query_parameter(option, default=settings.max_pixels, description=option.help + " At most "
+                                          "the server's --max-pixels (the default)."))
+        else:
+            params.append(query_parameter(option, required=option.name in required))
         params += [query_parameter(option, name=alias, default=None, deprecated=True,
                                    description=f"The old name of {option.name} (deprecated): use {option.name}.")
                    for alias in option.aliases]
@@ -640,8 +633,11 @@ def create_app(settings: Settings, server: Server | None = None) -> FastAPI:
             headers = {CLASSES_HEADER: json.dumps(list(obj.classes))} if values.get("with_classes") else None
             return _record_answer(record, png, headers)
 
-        sig = signature(options, EXTRAS.get(spec.name, (NAME, IMAGE_PATH)), settings=settings,
-                        required=REQUIRED.get(spec.name, ()))
+        extras = EXTRAS.get(spec.name, ())
+        if spec.png:
+            default, description = FORMATS[spec.name]
+            extras = (*extras, _own("format", str, default, description))
+        sig = signature(options, (*extras, NAME, IMAGE_PATH), settings=settings, required=REQUIRED.get(spec.name, ()))
         app.post(spec.endpoint)(handler(spec.name.replace("-", "_"), run, sig, DOCS[spec.name]))
 
     for spec in tasks.specs():
