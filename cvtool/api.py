@@ -142,6 +142,15 @@ class SegmentResult(Result):
     def classes(self) -> list[dict]:
         return self.result["classes"]
 
+    def png(self) -> bytes:
+        """The class mask as an 8-bit palette PNG (pixel value = class index): the bytes `--out` writes as
+        NAME.mask.png, and `POST /segment?format=png`'s answer."""
+        from cvtool.io.render import indexed_png
+
+        if self.mask is None:
+            raise UsageError("this result keeps no mask (results of run() are written to --out instead)")
+        return indexed_png(self.mask)
+
 
 class StylizeResult(Result):
     stylized: np.ndarray | None = None  # the stylised image, RGB uint8
@@ -150,6 +159,12 @@ class StylizeResult(Result):
         if self.stylized is None:
             raise UsageError("this result keeps no pixels (results of run() are written to --out instead)")
         return self.stylized
+
+    def png(self) -> bytes:
+        """The stylised image as an RGB PNG (lossless): `POST /stylize`'s answer."""
+        import cv2
+
+        return cv2.imencode(".png", self.plot()[..., ::-1])[1].tobytes()
 
 
 class VerifyResult(Result):

@@ -111,7 +111,7 @@ def test_bad_images_raise_input_error_with_the_cli_line(source, message):
     (lambda: cvtool.Detector("no_such_model", max_det=0), "max_det=0 is out of range: at least 1"),
     (lambda: cvtool.Segmenter("no_such_model", alpha=1.5), "alpha=1.5 is out of range: from 0 to 1"),
     (lambda: cvtool.Segmenter("no_such_model", tile=8), "tile=8 is out of range: at least 16"),
-    (lambda: cvtool.Segmenter("no_such_model", threshold=50), "threshold=50 is out of range: from 0 to 1"),
+    (lambda: cvtool.Segmenter("no_such_model", threshold=50), "threshold=50 is out of range: strictly between 0 and 1"),
     (lambda: cvtool.FaceVerifier("no_such_model", threshold=-1), "threshold=-1 is out of range: at least 0"),
     (lambda: cvtool.train.classify("no/such/data", epochs=0), "--epochs 0: must be at least 1"),
     (lambda: cvtool.train.detect("no/such/data", batch_size=0), "--batch-size 0: must be at least 1"),

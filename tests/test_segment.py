@@ -11,6 +11,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from cvtool.cli import app
+from cvtool.errors import UsageError
 from cvtool.io.render import class_palette, indexed_png, overlay
 from cvtool.models.layers import DoubleConv
 from cvtool.models.registry import ModelEntry, register, unregister
@@ -50,7 +51,7 @@ def test_tiling_reproduces_a_pointwise_network_exactly(tile, overlap):
 
 
 def test_tiling_rejects_overlap_of_half_a_tile():
-    with pytest.raises(ValueError, match="less than half"):
+    with pytest.raises(UsageError, match="less than half"):
         tiled_logits(lambda x: x, torch.zeros(1, 8, 8), num_classes=1, tile=8, overlap=4)
 
 

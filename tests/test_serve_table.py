@@ -62,7 +62,8 @@ def test_every_endpoint_takes_exactly_its_tasks_server_options_with_the_tables_d
             kinds = param["schema"].get("anyOf", [param["schema"]])
             [kind] = [k for k in kinds if k.get("type") != "null"]
             assert kind["type"] == JSON_TYPES.get(option.type, "string"), (path, option.name)
-            assert (kind.get("minimum"), kind.get("maximum")) == (option.low, option.high), (path, option.name)
+            low, high = ("exclusiveMinimum", "exclusiveMaximum") if option.open else ("minimum", "maximum")
+            assert (kind.get(low), kind.get(high)) == (option.low, option.high), (path, option.name)
             if param["required"]:  # the server runs feed-forward networks only: /stylize needs its network
                 assert (path, option.name) == ("/stylize", "model")
             else:
@@ -197,10 +198,10 @@ def test_segment_takes_batch_size_as_tile_batchs_deprecated_name_and_the_tables_
     assert (old[1]["deprecation"], old[1]["warning"]) == ("true", '299 - "batch_size is deprecated; use tile_batch"')
     assert (both[0], json.loads(both[2])) == (400, {"path": None, "error": "give tile_batch or batch_size (its "
                                                                            "deprecated name), not both"})
-    for answer in (low, high):  # the table's [0, 1] lets both ends through to the segmenter, which refuses them
-        assert answer[0] == 400 and "threshold" in json.loads(answer[2])["error"]
-    assert (over[0], json.loads(over[2])) == (400, {"path": None, "error": "threshold: Input should be less than "
-                                                                           "or equal to 1"})
+    assert (low[0], json.loads(low[2])) == (400, {"path": None, "error": "threshold: Input should be greater than 0"})
+    for answer in (high, over):  # the table's range is open: strictly between 0 and 1
+        assert (answer[0], json.loads(answer[2])) == (400, {"path": None, "error": "threshold: Input should be less "
+                                                                                   "than 1"})
 
 
 def test_stylize_records_and_pixels_are_the_api_objects(app, nets):

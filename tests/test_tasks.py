@@ -56,8 +56,11 @@ def test_every_cli_option_has_the_tables_flag_default_range_and_help(item):
         assert param.default in (None, ())
     else:
         assert param.default == default or str(param.default) == str(default)
-    assert (param.min, param.max) == (option.low, option.high)
-    assert param.help == (option.help or None)
+    if option.open:  # typer has no open ranges: the help says it, the table's check refuses the bounds
+        assert (param.min, param.max) == (None, None) and param.help.endswith(f"[{option.bounds_text()}]")
+    else:
+        assert (param.min, param.max) == (option.low, option.high)
+        assert param.help == (option.help or None)
 
 
 @pytest.mark.parametrize("task", [s.name for s in specs()])

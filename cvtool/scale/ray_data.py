@@ -20,6 +20,7 @@ from typing import Any, Iterable, Iterator
 
 from cvtool import tasks
 from cvtool.errors import UsageError
+from cvtool.tasks.common import BATCH_SIZE
 
 TASKS = {spec.name: spec for spec in tasks.specs()}  # the task table's: name -> its TaskSpec (API class, options)
 GALLERY = "gallery"  # a task option naming known people: built into the object's gallery, its `run`'s argument
@@ -64,7 +65,7 @@ def actor_run_options(*, batch_size: int, vid_stride: int, out, num_cpus: float,
 
 
 def ray_records(task: str, inputs: str | Path | Iterable[str | Path], *, num_workers: int = 2,
-                num_cpus: float = 1, num_gpus: float = 0, batch_size: int = 16, recursive: bool = False,
+                num_cpus: float = 1, num_gpus: float = 0, batch_size: int = BATCH_SIZE.default, recursive: bool = False,
                 out: str | Path | None = None, vid_stride: int = 1, threads: int | None = None,
                 **options: Any) -> Iterator[dict]:
     """The records of `task` over `inputs`, in input order, computed by `num_workers` Ray actors.

@@ -374,36 +374,19 @@ def renamed(options: list[Option], request: Request, values: dict) -> dict:
 
 
 def _key_options(spec: TaskSpec) -> list[Option]:
-    """The options whose values decide what is loaded (a registry key): the LOAD ones, and for a task object with
-    no `with_options` the CALL ones too; the pixel limit is the server's (the request's is applied at decoding)."""
-    stages = (LOAD,) if hasattr(spec.api_class(), "with_options") else (LOAD, CALL)
-    return [o for o in spec.options.select(route="server") if o.stage in stages and o.name != LIMIT]
+    """The options whose values decide what is loaded (a registry key): the LOAD ones; the pixel limit is the
+    server's (the request's is applied at decoding)."""
+    return [o for o in spec.options.select(stage=LOAD, route="server") if o.name != LIMIT]
 
 
 def _call_values(spec: TaskSpec, values: dict) -> dict:
     """A request's per-call options (`with_options`'), lists where the table's are comma-separated."""
-    if not hasattr(spec.api_class(), "with_options"):
-        return {}
     return {o.name: o.parse_text(values[o.name]) for o in spec.options.select(stage=CALL, route="server")
             if o.name in values and o.name != LIMIT}
 
 
 def _with_options(obj, options: dict):
     return obj.with_options(**options)
-
-
-def _png(result) -> bytes:
-    """The pixels a record does not hold, losslessly: a stylised image (RGB PNG), else the class mask (an 8-bit
-    palette PNG, the bytes `--out` writes as NAME.mask.png)."""
-    stylized = getattr(result, "stylized", None)
-    if stylized is not None:
-        import cv2
-
-        ok, png = cv2.imencode(".png", stylized[..., ::-1])
-        return png.tobytes()
-    from cvtool.io.render import indexed_png
-
-    return indexed_png(result.mask)
 
 
 # -- the application -------------------------------------------------------------------------------
@@ -629,7 +612,7 @@ def create_app(settings: Settings, server: Server | None = None) -> FastAPI:
                 obj, result = await run_in_threadpool(work)
             record, png = named(result, image), None
             if fmt == "png":
-                png = await run_in_threadpool(_png, result)
+                png = await run_in_threadpool(result.png)  # SegmentResult / StylizeResult
             headers = {CLASSES_HEADER: json.dumps(list(obj.classes))} if values.get("with_classes") else None
             return _record_answer(record, png, headers)
 

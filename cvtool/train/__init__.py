@@ -267,7 +267,7 @@ def detect(data: str | Path | None = None, *, arch: str = _DA.arch, epochs: int 
 
 def segment(data: str | Path | None = None, *, arch: str = _SA.arch, epochs: int | None = _SC.epochs,
             batch_size: int = _SC.batch_size, lr: float = _SC.lr, weight_decay: float = _SC.weight_decay,
-            optimizer: str = _SC.optimizer, crop: int = _SA.crop, loss: str = _SA.loss, width: int = _SA.width,
+            optimizer: str = _SC.optimizer, crop: int | None = _SA.crop, loss: str = _SA.loss, width: int = _SA.width,
             depth: int = _SA.depth, in_channels: int = _SA.in_channels,
             class_names: list[str] | None = _SA.class_names, val: str | Path | None = _SA.val,
             val_split: float = _SA.val_split, out: str | Path | None = _SC.out,
