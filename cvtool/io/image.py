@@ -23,9 +23,7 @@ if TYPE_CHECKING:
     import PIL.Image
 
 from cvtool.tasks.common import DEFAULT_MAX_PIXELS  # noqa: E402 - the task table's --max-pixels
-IMAGE_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pbm", ".pnm", ".jp2"}
-)
+from cvtool.io.kinds import IMAGE_SUFFIXES  # noqa: E402,F401 - here before
 
 
 def read_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

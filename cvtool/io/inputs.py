@@ -35,9 +35,8 @@ from typing import Callable, Iterable, Iterator, TextIO
 
 from cvtool.io import remote
 from cvtool.io.files import STDIN_NAME, not_regular_reason, set_stdin_image
-from cvtool.io.image import IMAGE_SUFFIXES
+from cvtool.io.kinds import IMAGE_SUFFIXES, VIDEO_SUFFIXES, is_stream
 from cvtool.io.outputs import is_previous_output, start_batch
-from cvtool.io.video import VIDEO_SUFFIXES
 
 MEDIA_SUFFIXES = IMAGE_SUFFIXES | VIDEO_SUFFIXES  # what a directory holds for the commands that take videos
 
@@ -105,7 +104,6 @@ def expand_inputs(
     the inputs stay protected for the rest of the process.
     """
     from cvtool.errors import UsageError
-    from cvtool.io.video import is_stream
 
     if specs.count("-") > 1:
         raise UsageError("'-' (read paths from stdin) may be given once")

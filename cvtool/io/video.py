@@ -12,7 +12,6 @@ common players play, through PyAV (`pip install 'cvtool[video]'`); without PyAV,
 from __future__ import annotations
 
 import os
-import re
 import tempfile
 import time
 from fractions import Fraction
@@ -26,34 +25,8 @@ from cvtool.io.atomic import _UMASK, WriteError
 from cvtool.io import remote
 from cvtool.io.files import not_regular_reason, temp_prefix
 from cvtool.io.opencv import cv2  # quiet: a camera that cannot open, a bad file are reported by us, once
+from cvtool.io.kinds import VIDEO_SUFFIXES, camera_index, is_live, is_stream, is_video  # noqa: F401 - here before
 from cvtool.io.outputs import check_not_input, claim_output, record_output
-
-VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"})
-_CAMERA = re.compile(r"cam:(\d+)")
-
-
-def is_video(path: str | Path) -> bool:
-    """A video file by its suffix; a URL by its path's suffix (`.../clip.mp4?sig=...`), or a live stream."""
-    if remote.is_url(path):
-        return remote.is_live_url(path) or remote.url_suffix(path) in VIDEO_SUFFIXES
-    return Path(path).suffix.lower() in VIDEO_SUFFIXES
-
-
-def is_live(spec: str) -> bool:
-    """A camera (`cam:N`) or a live network stream (RTSP, RTMP, HLS): no end, no "already done"."""
-    return camera_index(spec) is not None or remote.is_live_url(spec)
-
-
-def camera_index(spec: str) -> int | None:
-    """`cam:0` -> 0; anything else -> None (a bare `0` is a file name, never a camera)."""
-    match = _CAMERA.fullmatch(str(spec))
-    return int(match.group(1)) if match else None
-
-
-def is_stream(spec: str | Path) -> bool:
-    """A video file or a camera: read frame by frame rather than decoded as one image."""
-    return camera_index(str(spec)) is not None or is_video(spec)
-
 
 def open_video(path: str | Path) -> tuple[cv2.VideoCapture, float, int]:
     """(capture, fps, frame count); InputError when OpenCV cannot read it. A URL is downloaded first

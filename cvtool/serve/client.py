@@ -225,7 +225,7 @@ def run_batch(url: str, spec: TaskSpec, mode: Mode, images: list[str], *, fmt: s
     `out`, each input's files are written here as the local run writes them (`LocalOutputs`)."""
     from cvtool.console import BatchSummary, drive, info
     from cvtool.io.inputs import expand_inputs
-    from cvtool.io.video import is_stream
+    from cvtool.io.kinds import is_stream
 
     client = Client(url)
     in_flight = requests_in_flight()
