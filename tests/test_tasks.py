@@ -229,3 +229,23 @@ def test_tiles_must_overlap_by_less_than_half(unet_checkpoint, tmp_path):
     cv2.imwrite(str(image), np.zeros((64, 64, 3), np.uint8))
     result = invoke_cli("segment", str(image), "--weights", str(unet_checkpoint), "--tile", "32", "--overlap", "16")
     assert result.returncode != 0 and "--overlap 16 must be less than half of --tile 32" in result.stderr
+
+
+@pytest.mark.parametrize("task", ["detect", "segment"])
+def test_the_cli_record_is_the_api_record_for_detect_and_segment(task, yolo_checkpoint, unet_checkpoint, tmp_path):
+    import cv2
+    import numpy as np
+
+    image = tmp_path / "shapes.png"
+    canvas = np.zeros((96, 128, 3), np.uint8)
+    cv2.rectangle(canvas, (20, 20), (60, 70), (255, 255, 255), -1)
+    cv2.imwrite(str(image), canvas)
+    weights = yolo_checkpoint if task == "detect" else unet_checkpoint
+    options = {"conf": 0.0, "max_det": 5} if task == "detect" else {"alpha": 0.3}
+    flags = [f for name, value in options.items() for f in (task_spec(task).options[name].cli_flag, str(value))]
+    result = invoke_cli(task, str(image), "--weights", str(weights), *flags, "-f", "jsonl")
+    assert result.returncode == 0, result.stderr
+    [cli] = jsonl(result.stdout)
+    api = task_spec(task).api_class()(weights=weights, **options)(str(image)).to_dict()
+    cli.pop("ms"), api.pop("ms")
+    assert cli == api
