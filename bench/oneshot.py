@@ -118,6 +118,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--faces", default=str(ROOT.parent / "shared" / "datasets" / "faces"))
     parser.add_argument("--people", default="obama,biden", help="folders of --faces whose photos are paired")
+    parser.add_argument("--tag", default="", help="results file bench/results/oneshot_TAG.json (default oneshot.json)")
+    parser.add_argument("--no-verdicts", action="store_true", help="time only; skip the all-pairs verdicts")
+    parser.add_argument("--no-dlib-cnn", action="store_true", help="leave out face_recognition's API on dlib's CNN "
+                        "(minutes and ~8 GB per run on a 2,000-px photo)")
     parser.add_argument("--a", default=None, help="timed pair: A (default: the first photo of the first person)")
     parser.add_argument("--b", default=None, help="timed pair: B (default: the second photo of the first person: "
                         "the same person, so that verify-face exits 0, which the timing asks of every command)")
@@ -142,10 +146,15 @@ def main() -> None:
                                                 "--backend", "torch"]
         commands[f"verify-face {det} default (auto: cached ONNX)"] = [*cvtool, "verify-face", str(a), str(b),
                                                                       "--detector", det]
+    # --face-index takes the face by its number among all faces, so every pyramid level is searched: the search
+    # every verdict made before the coarse-to-fine one (issue 31); these photos hold one face each
+    commands["verify-face mmod default, every level (--face-index 0)"] = [*cvtool, "verify-face", str(a), str(b),
+                                                                          "--face-index", "0"]
     commands["face_recognition KNOWN B (dlib HOG)"] = [cli, "--tolerance", str(TOLERANCE), str(known_folder(a, tmp)),
                                                        str(b)]
     # the same detector as `--detector mmod` (dlib's CNN, upsampled once: faces from ~40 px), on dlib itself
-    commands["face_recognition API A B (dlib CNN)"] = [sys.executable, "-c", DLIB_CNN_PAIR, str(a), str(b)]
+    if not args.no_dlib_cnn:
+        commands["face_recognition API A B (dlib CNN)"] = [sys.executable, "-c", DLIB_CNN_PAIR, str(a), str(b)]
     commands["classify lenet5_digits torch"] = [*cvtool, "classify", digit, "-m", "lenet5_digits", "--backend", "torch"]
     commands["classify --weights lenet5_digits.onnx"] = [*cvtool, "classify", digit, "--weights", str(lenet_onnx),
                                                          "--backend", "auto"]
@@ -155,7 +164,7 @@ def main() -> None:
     times, cpu_times = time_commands(commands, repeats=args.repeats)
     load_after = os.getloadavg()
 
-    photos = [p for name in people for p in people[name]]
+    photos = [] if args.no_verdicts else [p for name in people for p in people[name]]
     verdicts = []
     for x, y in itertools.combinations(photos, 2):
         truth = x.parent.name == y.parent.name
@@ -187,7 +196,7 @@ def main() -> None:
         print(f"{name:44s} {seconds:7.3f} s wall {median_cpu[name]:7.3f} CPU-s")
     print(f"verdicts on {len(verdicts)} pairs: agree with face_recognition {agree}; correct {correct}")
     print(f"load average {figures['load_average']} -> {figures['load_average_after']}")
-    print(write_results("oneshot", figures))
+    print(write_results("oneshot" + (f"_{args.tag}" if args.tag else ""), figures))
 
 
 if __name__ == "__main__":

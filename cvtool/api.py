@@ -906,11 +906,17 @@ class FaceVerifier:
             return self.engine.analyse([rgb])[0]
 
     def embed(self, image: ImageSource, *, index: int | None = None) -> np.ndarray:
-        """The descriptor of the image's face (the clearly largest, or `index`), as `verify` picks it."""
+        """The descriptor of the image's face (the clearly largest, or `index`), as `verify` picks it (and
+        searched for as `verify` searches: without `index`, only as far as the choice needs)."""
         from cvtool.pipelines import face as task
 
-        face = task.choose_face(self.faces(image), index, _name_of(image) or "<image>")
-        assert face.descriptor is not None  # faces() gives every face it returns a descriptor
+        name = _name_of(image) or "<image>"
+        rgb = load_image(image, max_pixels=self.engine.max_pixels)
+        with self._lock:
+            faces = self.engine.find_main(rgb, name)[0] if index is None else self.engine.find([rgb], [name])[0]
+            face = task.choose_face(faces, index, name)
+            self.engine.describe([rgb], [[face]], [name])
+        assert face.descriptor is not None  # describe() gives every face it is handed a descriptor
         return face.descriptor
 
     def gallery(self, root: str | Path, *, warn: Callable[[str], None] | None = None):

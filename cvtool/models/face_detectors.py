@@ -67,6 +67,11 @@ class AutoScaledMmod:
             return float(2**self.upsample)
         return detection_scale(height, width, self.min_face, self.detect_pixels)
 
+    def search(self, rgb):
+        """The image's pyramid, searched level by level on demand (cvtool.models.dlib.mmod.PyramidSearch), or
+        None where the network searches only whole pyramids (the PyTorch detector builds its canvas in torch)."""
+        return self.detector.search(rgb, self.scale(*rgb.shape[:2]))
+
     def detect(self, images: list) -> list[list[tuple]]:
         from cvtool.models.dlib.mmod import detect_scaled
 

@@ -95,6 +95,10 @@ class HaarFaceDetector:
         found = [(int(x), int(y), int(x + w - 1), int(y + h - 1), float(s)) for (x, y, w, h), s in zip(rects, weights)]
         return sorted(found, key=lambda box: -box[4])
 
+    def search(self, rgb) -> None:
+        """A cascade has no pyramid levels to search on demand: its callers take `detect`'s faces."""
+        return None
+
     def detect(self, images) -> list[list[tuple[int, int, int, int, float]]]:
         return [self.detect_one(image) for image in images]
 

@@ -166,6 +166,11 @@ class MmodFaceDetector:
     def pretrained(cls, device: torch.device | str | None = None, **kwargs) -> "MmodFaceDetector":
         return cls(load_mmod_net(device), **kwargs)
 
+    def search(self, image: np.ndarray, scale: float, threshold: float = 0.0) -> None:
+        """No level-by-level search here: this detector builds its canvas in torch, the search in NumPy; its
+        callers search the whole pyramid (cvtool.models.dlib.mmod.PyramidSearch runs on the exported network)."""
+        return None
+
     def detect(self, images: list[np.ndarray], upsample: int = 0, threshold: float = 0.0) -> list[list[tuple]]:
         if upsample < 0:
             raise ValueError("upsample must be 0 or more")

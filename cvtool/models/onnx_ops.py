@@ -18,6 +18,23 @@ OPSET = 18
 
 @lru_cache(maxsize=1)
 def _resize_graph() -> bytes:
+    """The graph's bytes: from cvtool's cache (hash-checked), else made with the onnx package (~0.9 s to import,
+    most of a verify-face's start-up) and cached for the next process."""
+    from cvtool.cache import cache_root, load_verified, write_verified
+
+    path = cache_root() / "onnx_ops" / f"align_corners_resize_opset{OPSET}.onnx"
+    data = load_verified(path)
+    if data is None:
+        data = _build_resize_graph()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_verified(path, data)
+        except OSError:
+            pass  # a read-only cache: made again next time
+    return data
+
+
+def _build_resize_graph() -> bytes:
     from onnx import TensorProto, helper
 
     node = helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], mode="linear",

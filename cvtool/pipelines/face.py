@@ -30,6 +30,13 @@ DLIB_THRESHOLD = 0.6  # the dist_thresh dlib's metric loss was trained with (sto
 COMPARABLE = 0.8  # a second face at least this prominent (size x centrality) makes "the face" ambiguous
 CENTRE_WEIGHT = 0.5  # prominence = side x (1 - CENTRE_WEIGHT x distance from the centre / half-diagonal)
 MOSTLY_VISIBLE = 2 / 3  # faces cut more than this by the frame are chosen only when no whole face exists
+# The search for the face a verdict uses (FaceEngine.find_main): a face smaller than COMPARABLE x the most
+# prominent whole face found can be neither the choice nor a rival; NMS_SEPARATION smaller still, its box cannot
+# overlap theirs enough for dlib's NMS to drop one (intersection over the pair's bounding box > 0.338: two boxes
+# whose sides differ 1.2^3 = 1.728x reach 0.335 at most), so the levels that find only such faces are not searched.
+NMS_SEPARATION = 1.75
+FIRST_SEARCH = 1 / 5  # the first levels searched: faces at least this fraction of the image's shorter side
+SIDE_SLACK = 2.0  # px: a level's boxes are its window's side, give or take rounding
 UNKNOWN = "unknown"
 # Sanity on the models' outputs: a landmark this many box sizes outside its box, or a descriptor whose
 # length lies outside the embedder's known range, is a failure for that input, never a verdict.
@@ -136,24 +143,42 @@ class FaceEngine:
     def find(self, images: list[np.ndarray], names: list[str] | None = None) -> list[list[Face]]:
         """Faces per image, left to right (the numbering --face-index uses). A face whose landmarks are
         not finite or lie far outside its box raises InputError naming the image (`names`)."""
-        found = []
-        for k, (rgb, boxes) in enumerate(zip(images, self.detector.detect(images))):
-            if not boxes:
-                found.append([])
-                continue
-            rects = np.array([b[:4] for b in boxes], dtype=np.float64)
-            points = self.landmarks.predict(rgb, rects)
-            faces = [Face(tuple(float(v) for v in b[:4]), float(b[4]), np.asarray(p, dtype=np.float64),
-                          visible=_visible_fraction(b[:4], rgb.shape), image_size=tuple(rgb.shape[:2]))
-                     for b, p in zip(boxes, points)]
-            faces.sort(key=lambda f: (f.box[0], f.box[1]))
-            for i, face in enumerate(faces):
-                face.index = i
-                problem = landmark_problem(face)
-                if problem:
-                    raise InputError(problem, names[k] if names else None)
-            found.append(faces)
-        return found
+        return [self._faces(rgb, boxes, names[k] if names else None)
+                for k, (rgb, boxes) in enumerate(zip(images, self.detector.detect(images)))]
+
+    def _faces(self, rgb: np.ndarray, boxes: list[tuple], name: str | None) -> list[Face]:
+        """Detector boxes -> Faces with landmarks, left to right (or InputError naming the image)."""
+        if not boxes:
+            return []
+        rects = np.array([b[:4] for b in boxes], dtype=np.float64)
+        points = self.landmarks.predict(rgb, rects)
+        faces = [Face(tuple(float(v) for v in b[:4]), float(b[4]), np.asarray(p, dtype=np.float64),
+                      visible=_visible_fraction(b[:4], rgb.shape), image_size=tuple(rgb.shape[:2]))
+                 for b, p in zip(boxes, points)]
+        faces.sort(key=lambda f: (f.box[0], f.box[1]))
+        for i, face in enumerate(faces):
+            face.index = i
+            problem = landmark_problem(face)
+            if problem:
+                raise InputError(problem, name)
+        return faces
+
+    def find_main(self, rgb: np.ndarray, name: str | None = None) -> tuple[list[Face], float | None]:
+        """The faces choose_face needs to pick the face of a photo without --face-index, and the smallest face
+        side searched (None: every level, or a detector without levels): coarse pyramid levels first, finer
+        ones only while they could hold the choice or a rival (see NMS_SEPARATION). The choice, its box and so
+        its distance are the exhaustive search's; faces too small to matter are not looked for."""
+        search = self.detector.search(rgb)
+        if search is None:
+            return self.find([rgb], [name] if name else None)[0], None
+        sides = search.level_sides
+        todo = {k for k, side in enumerate(sides) if side >= FIRST_SEARCH * min(rgb.shape[:2])}
+        while todo:
+            search.run(todo)
+            todo = _levels_that_matter(search.faces(), sides, rgb.shape) - search.searched
+        faces = self._faces(rgb, search.faces(), name)
+        smallest = min((sides[k] for k in search.searched), default=None)
+        return faces, (None if smallest is None or len(search.searched) == len(sides) else smallest)
 
     def describe(self, images: list[np.ndarray], faces: list[list[Face]], names: list[str] | None = None) -> None:
         """Fill every face's descriptor, one forward pass for all of them. A descriptor that is not finite,
@@ -191,6 +216,19 @@ class FaceEngine:
         faces = self.find(images, names)
         self.describe(images, faces, names)
         return faces
+
+
+def _levels_that_matter(boxes: list[tuple], sides: list[float], shape) -> set[int]:
+    """The pyramid levels whose faces could still change choose_face's answer, given the faces found so far:
+    every level while no whole face is found, else those whose faces reach COMPARABLE / NMS_SEPARATION of the
+    most prominent whole face (sqrt(area) x centrality is at most the side)."""
+    faces = [Face(tuple(float(v) for v in b[:4]), float(b[4]), np.zeros((0, 2)),
+                  visible=_visible_fraction(b[:4], shape), image_size=tuple(shape[:2])) for b in boxes]
+    whole = [f.prominence for f in faces if f.visible >= MOSTLY_VISIBLE]
+    if not whole:
+        return set(range(len(sides)))
+    bound = COMPARABLE * max(whole) / NMS_SEPARATION
+    return {k for k, side in enumerate(sides) if side + SIDE_SLACK >= bound}
 
 
 def _where(face: Face) -> str:
@@ -293,7 +331,9 @@ def verify(engine: FaceEngine, a, b, *, index_a: int | None = None, index_b: int
     start = time.perf_counter()
     names = [source_name(a), source_name(b)]
     images = [engine.read(a), engine.read(b)]
-    faces = [engine.find([image], [name])[0] for image, name in zip(images, names)]
+    found = [engine.find_main(image, name) if index is None else (engine.find([image], [name])[0], None)
+             for image, name, index in zip(images, names, (index_a, index_b))]
+    faces = [f for f, _ in found]
     chosen = [choose_face(faces[0], index_a, names[0]), choose_face(faces[1], index_b, names[1])]
     for image, face, name in zip(images, chosen, names):
         engine.describe([image], [[face]], [name])
@@ -305,6 +345,8 @@ def verify(engine: FaceEngine, a, b, *, index_a: int | None = None, index_b: int
             "path_b": record_path(b), "same": dist < engine.threshold, "distance": round(dist, 4),
             "threshold": engine.threshold, "detector": engine.detector_name, "model": engine.model_name,
             "faces_found": [len(faces[0]), len(faces[1])],
+            # faces smaller than this (px) were not looked for: they could not change the choice (null: all were)
+            "searched_from_px": [None if side is None else round(side) for _, side in found],
             "face_a": chosen_record(chosen[0]), "face_b": chosen_record(chosen[1]),
         },
     }

@@ -41,8 +41,12 @@ class Upload(os.PathLike):
 
 @dataclasses.dataclass
 class _Known:
-    faces: list  # Face objects as find() gave them (descriptor None): copied before use
+    faces: list  # Face objects as find() / find_main() gave them (descriptor None): copied before use
     descriptors: dict = dataclasses.field(default_factory=dict)  # face number -> descriptor
+    searched_from: float | None = None  # find_main's smallest face side searched (None: every level)
+
+
+MAIN = "main"  # the cache key's mark of a find_main answer: the faces the choice needs, not every face
 
 
 class _Image:
@@ -70,6 +74,11 @@ class FaceCache:
                 self.hits += 1
                 self._items.move_to_end(key)
             return known
+
+    def peek(self, key: tuple) -> bool:
+        """Whether `key` is held (not counted as a hit or a miss)."""
+        with self._lock:
+            return key in self._items
 
     def put(self, key: tuple, known: _Known) -> None:
         if self.capacity == 0:
@@ -107,9 +116,8 @@ class CachedEngine:
         from cvtool.io.image import decode_image
 
         key = (upload.sha256, self._key, self._max_pixels)
-        known = self._cache.get(key)
-        if known is not None:  # these bytes decoded, under this limit, before: no need to decode them again
-            return _Image(upload, key, known=known)
+        if self._cache.peek(key) or self._cache.peek((*key, MAIN)):
+            return _Image(upload, key)  # these bytes decoded, under this limit, before: decoded again only if needed
         if not upload.data:
             from cvtool.errors import InputError
 
@@ -119,13 +127,34 @@ class CachedEngine:
     def find(self, images: list[_Image], names: list[str] | None = None) -> list[list]:
         found = []
         for image, name in zip(images, names or [None] * len(images)):
+            image.known = self._cache.get(image.key)
             if image.known is None:
+                rgb = self._pixels(image)
                 with self._lock:
-                    faces = self._engine.find([image.rgb], [name])[0]
+                    faces = self._engine.find([rgb], [name])[0]
                 image.known = _Known([_copy(f) for f in faces])
                 self._cache.put(image.key, image.known)
             found.append([_copy(f) for f in image.known.faces])
         return found
+
+    def find_main(self, image: _Image, name: str | None = None) -> tuple[list, float | None]:
+        """The engine's find_main, cached apart from find's (its faces are only those the choice needs)."""
+        key = (*image.key, MAIN)
+        image.known = self._cache.get(key)
+        if image.known is None:
+            rgb = self._pixels(image)
+            with self._lock:
+                faces, side = self._engine.find_main(rgb, name)
+            image.known = _Known([_copy(f) for f in faces], searched_from=side)
+            self._cache.put(key, image.known)
+        return [_copy(f) for f in image.known.faces], image.known.searched_from
+
+    def _pixels(self, image: _Image):
+        if image.rgb is None:
+            from cvtool.io.image import decode_image
+
+            image.rgb = decode_image(image.upload.data, image.upload.name, max_pixels=self._max_pixels)
+        return image.rgb
 
     def describe(self, images: list[_Image], faces: list[list], names: list[str] | None = None) -> None:
         names = names or [None] * len(images)
@@ -136,12 +165,9 @@ class CachedEngine:
                     face.descriptor = image.known.descriptors[face.index].copy()
             if not missing:
                 continue
-            if image.rgb is None:  # a face of a known photo not described yet (another --face-index)
-                from cvtool.io.image import decode_image
-
-                image.rgb = decode_image(image.upload.data, image.upload.name, max_pixels=self._max_pixels)
+            rgb = self._pixels(image)  # a face of a known photo not described yet (another --face-index)
             with self._lock:
-                self._engine.describe([image.rgb], [missing], [name])  # raises on a descriptor it cannot trust
+                self._engine.describe([rgb], [missing], [name])  # raises on a descriptor it cannot trust
             for face in missing:
                 self._cache.add_descriptor(image.known, face.index, face.descriptor.copy())
 

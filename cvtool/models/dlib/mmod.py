@@ -116,16 +116,31 @@ def resize_align_corners(image: np.ndarray, height: int, width: int) -> np.ndarr
 Resize = Callable[[np.ndarray, int, int], np.ndarray]  # (C x H x W float32, height, width) -> C x height x width
 
 
-def build_canvas(image: np.ndarray, mean, shape, rects, resize: Resize = resize_align_corners) -> np.ndarray:
-    """3 x H x W uint8/float image -> normalised 3 x rows x cols float32 canvas; level i is level i-1
-    resized (bilinear, align-corners, as dlib does in tensor space) by `resize`."""
-    canvas = np.zeros((3, *shape), dtype=np.float32)
+def pyramid_levels(image: np.ndarray, mean, rects, resize: Resize = resize_align_corners) -> list[np.ndarray]:
+    """3 x H x W uint8/float image -> the normalised float32 level of each rect; level i is level i-1 resized
+    (bilinear, align-corners, as dlib does in tensor space) by `resize`."""
     level = (image.astype(np.float32) - np.asarray(mean, dtype=np.float32)[:, None, None]) * np.float32(1.0 / 256.0)
+    levels = []
     for i, (left, top, right, bottom) in enumerate(rects):
         if i:
             level = resize(level, bottom - top + 1, right - left + 1)
-        canvas[:, top : bottom + 1, left : right + 1] = level
-    return canvas
+        levels.append(level)
+    return levels
+
+
+def canvas_region(levels: list[np.ndarray], rects, top: int, bottom: int, left: int, right: int) -> np.ndarray:
+    """Rows top..bottom-1, columns left..right-1 of the canvas the levels tile (zeros between them)."""
+    region = np.zeros((3, bottom - top, right - left), dtype=np.float32)
+    for level, (l, t, r, b) in zip(levels, rects):
+        y0, y1, x0, x1 = max(t, top), min(b + 1, bottom), max(l, left), min(r + 1, right)
+        if y0 < y1 and x0 < x1:
+            region[:, y0 - top:y1 - top, x0 - left:x1 - left] = level[:, y0 - t:y1 - t, x0 - l:x1 - l]
+    return region
+
+
+def build_canvas(image: np.ndarray, mean, shape, rects, resize: Resize = resize_align_corners) -> np.ndarray:
+    """3 x H x W uint8/float image -> normalised 3 x rows x cols float32 canvas of its pyramid's levels."""
+    return canvas_region(pyramid_levels(image, mean, rects, resize), rects, 0, shape[0], 0, shape[1])
 
 
 def pyramid_up(image: np.ndarray, resize: Resize = resize_align_corners) -> np.ndarray:
@@ -310,6 +325,7 @@ class MmodArrayDetector:
         self.run = run
         self.mean = np.asarray(mean, dtype=np.float32)
         self.resize = resize
+        self.background: float | None = None  # background_max(run), measured on the first search
 
     def detect(self, images: list[np.ndarray], upsample: int = 0, threshold: float = 0.0) -> list[list[tuple]]:
         if upsample < 0:
@@ -326,3 +342,126 @@ class MmodArrayDetector:
             scores = self.run(build_canvas(planes, self.mean, shape, rects, self.resize)[None])
             results.append(decode(np.asarray(scores)[0, 0], rects, upsample, threshold))
         return results
+
+    def search(self, image: np.ndarray, scale: float, threshold: float = 0.0) -> "PyramidSearch":
+        """The pyramid of one RGB image searched at `scale` (as `detect_scaled` does), level by level on demand."""
+        if self.background is None:
+            self.background = background_max(self.run)
+        return PyramidSearch(self.run, image, scale, self.mean, self.resize, threshold, self.background)
+
+
+# --- searching part of a pyramid ----------------------------------------------------------------------------
+
+def background_max(run: Callable[[np.ndarray], np.ndarray]) -> float:
+    """The network's highest score over a blank canvas (zeros: the mean colour) large enough that every cell
+    kind is in it: interior cells, and cells near each border and corner, whose receptive field crosses the
+    canvas edge. Any cell of any canvas that sees no image pixels scores one of these."""
+    side = 4 * (RECEPTIVE_RADIUS + STRIDE)
+    return float(np.max(run(np.zeros((1, 3, side, side), np.float32))))
+
+# canvas pixels a score cell sees on each side: the network's receptive field is 189 px (convs above)
+RECEPTIVE_RADIUS = sum((k - 1) * math.prod(s for _, _, _, s, _ in CONVS[:i]) for i, (_, _, k, _, _) in
+                       enumerate(CONVS)) // 2 + 1
+STRIDE = math.prod(s for _, _, _, s, _ in CONVS)
+
+
+def cell_levels(shape, rects) -> tuple[np.ndarray, np.ndarray]:
+    """For every score cell of a canvas (out_h x out_w arrays): the pyramid level it decodes to (cells_to_boxes'
+    rule: the level whose rect holds the cell's centre, else the nearest one; the first wins ties), and whether
+    its receptive field reaches any level's pixels (else it sees only the blank canvas)."""
+    out_h, out_w = output_size(shape[0]), output_size(shape[1])
+    y, x = cell_to_canvas(np.arange(out_h)), cell_to_canvas(np.arange(out_w))
+    best = np.full((out_h, out_w), np.inf)
+    level = np.zeros((out_h, out_w), dtype=np.int64)
+    sees = np.zeros((out_h, out_w), dtype=bool)
+    for k, (left, top, right, bottom) in enumerate(rects):
+        dx = np.maximum(np.maximum(left - x, x - right), 0)
+        dy = np.maximum(np.maximum(top - y, y - bottom), 0)
+        dist = dy[:, None].astype(np.float64) ** 2 + dx[None, :] ** 2  # 0 inside the rect
+        closer = dist < best  # strictly: the first rect wins ties
+        best[closer], level[closer] = dist[closer], k
+        sees |= (dy[:, None] <= RECEPTIVE_RADIUS) & (dx[None, :] <= RECEPTIVE_RADIUS)
+    return level, sees
+
+
+class PyramidSearch:
+    """dlib's pyramid of one image, whose levels are searched when asked for (`run(levels)`): the network runs
+    over the part of the canvas those levels' score cells see, so a caller that needs only the large faces
+    pays for the coarse levels alone. A cell's score is the full canvas's (the crop holds its whole receptive
+    field, or ends where the canvas does), and `faces()` decodes and NMS-es the cells searched so far exactly
+    as `decode` does the whole canvas's: searching every level gives `detect_scaled`'s faces.
+
+    `level_sides[k]`: the side, in the caller's pixels, of every box level k finds (one 80 px window per level)."""
+
+    def __init__(self, run: Callable[[np.ndarray], np.ndarray], image: np.ndarray, scale: float, mean, resize,
+                 threshold: float = 0.0, background: float = math.inf):
+        import cv2
+
+        self.network, self.threshold = run, threshold
+        self.resize_factor, self.upsample = split_scale(scale)
+        if self.resize_factor != 1.0:
+            h, w = resized_size(*image.shape[:2], self.resize_factor)
+            image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if self.resize_factor < 1
+                               else cv2.INTER_LINEAR)
+        planes = as_rgb(image).transpose(2, 0, 1)
+        for _ in range(self.upsample):
+            planes = pyramid_up(planes, resize)
+        self.shape, self.rects = pyramid_rects(*planes.shape[1:])
+        self.searched: set[int] = set()
+        self._cells: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        if not self.rects or min(output_size(n) for n in self.shape) <= 0:
+            self.rects, self.levels, self.level_sides = [], None, []
+            return
+        self.pixels = pyramid_levels(planes, mean, self.rects, resize)  # the canvas is made crop by crop
+        self.levels, sees = cell_levels(self.shape, self.rects)
+        # a cell that sees only the blank canvas scores what the network gives a blank canvas: when that is
+        # below the threshold everywhere (borders included: see blank_canvas_max) such cells never find a face
+        self.blind = ~sees if background <= threshold else np.zeros_like(sees)
+        self.level_sides = [(WINDOW[0] - 1) * (6.0 / 5.0) ** k / 2**self.upsample / self.resize_factor
+                            for k in range(len(self.rects))]
+
+    def run(self, levels) -> None:
+        """Search these levels (those searched already are skipped)."""
+        todo = sorted(set(levels) - self.searched)
+        if not todo or self.levels is None:
+            self.searched.update(todo)
+            return
+        wanted = np.isin(self.levels, todo) & ~self.blind
+        if not wanted.any():
+            self.searched.update(todo)
+            return
+        rows, cols = np.nonzero(wanted)
+        (r0, r1), (c0, c1) = (rows.min(), rows.max()), (cols.min(), cols.max())
+        y0, x0 = self._start(r0), self._start(c0)
+        y1 = min(self.shape[0], int(cell_to_canvas(np.int64(r1))) + RECEPTIVE_RADIUS + STRIDE)
+        x1 = min(self.shape[1], int(cell_to_canvas(np.int64(c1))) + RECEPTIVE_RADIUS + STRIDE)
+        scores = np.asarray(self.network(canvas_region(self.pixels, self.rects, y0, y1, x0, x1)[None]))[0, 0]
+        dy, dx = y0 // STRIDE, x0 // STRIDE  # a crop starting at a multiple of the stride keeps the cell grid
+        region = wanted[dy:dy + scores.shape[0], dx:dx + scores.shape[1]]
+        hit = region & (scores > self.threshold)
+        rows, cols = np.nonzero(hit)
+        self._cells.append((rows + dy, cols + dx, scores[rows, cols].astype(np.float64)))
+        self.searched.update(todo)
+
+    @staticmethod
+    def _start(cell: int) -> int:
+        """The crop's first canvas pixel for a first cell: its receptive field's start, down to a stride multiple."""
+        return max(0, (int(cell_to_canvas(np.int64(cell))) - RECEPTIVE_RADIUS) // STRIDE * STRIDE)
+
+    def faces(self) -> list[tuple]:
+        """(left, top, right, bottom, score) of the faces in the levels searched so far, in the caller's pixels."""
+        if not self._cells:
+            return []
+        rows, cols, scores = (np.concatenate(part) for part in zip(*self._cells))
+        if not len(rows):
+            return []
+        order = np.lexsort((cols, rows))  # the whole map's cell order (decode's), so NMS breaks ties alike
+        rows, cols, scores = rows[order], cols[order], scores[order]
+        boxes, scores = mmod_nms(cells_to_boxes(rows, cols, self.rects), scores)
+        for _ in range(self.upsample):  # pyramid_down<2>::rect_down back to the caller's pixels
+            boxes = lround(boxes / 2.0 - np.array([1.25, 0.75, 1.25, 0.75]))
+        found = [(int(l), int(t), int(r), int(b), float(s)) for (l, t, r, b), s in zip(boxes, scores)]
+        if self.resize_factor == 1.0:
+            return found
+        k = self.resize_factor
+        return [(l / k, t / k, r / k, b / k, s) for l, t, r, b, s in found]
