@@ -61,6 +61,7 @@ bench-int8:
 ## bench-oneshot: whole-process cvtool verify-face (torch vs the cached-ONNX default, mmod and haar) and classify vs python -c pass
 bench-oneshot:
 	OMP_NUM_THREADS=1 $(BIN)/python bench/oneshot.py
+	OMP_NUM_THREADS=1 $(BIN)/python bench/oneshot.py --no-verdicts --no-dlib-cnn --b ../shared/datasets/faces/biden/biden1.jpg --tag obama1_biden1
 
 ## gpu-check: every command and train task on CUDA vs the CPU, fp32 and --half (bench/results/gpu_check.json); skips without CUDA
 .PHONY: gpu-check
@@ -134,6 +135,12 @@ eval-face-port:
 eval-face:
 	$(BIN)/python bench/eval_face.py
 	$(BIN)/python bench/eval_face.py --detector haar
+
+## bench-face-search: verify-face's coarse-to-fine face search vs the exhaustive one on ../shared/datasets/faces: same choices, verdicts, distances; detector time
+.PHONY: bench-face-search
+bench-face-search:
+	$(BIN)/python bench/face_search.py
+
 
 ## eval-face-train: triplet training from scratch on ORL faces, 8 whole subjects held out (needs ../shared; CPU, 3-5 min)
 eval-face-train:
