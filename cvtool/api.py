@@ -358,7 +358,8 @@ class _Task(Generic[R]):
         return f"{type(self).__name__}({self.describe()})"
 
     @overload
-    def __call__(self, source: ImageSource, *, batch_size: int = BATCH_SIZE.default, workers: int | None = None) -> R: ...
+    def __call__(self, source: ImageSource, *, batch_size: int = BATCH_SIZE.default,
+                 workers: int | None = None) -> R: ...
 
     @overload
     def __call__(self, source: list[Any] | tuple[Any, ...], *, batch_size: int = BATCH_SIZE.default,
@@ -449,7 +450,8 @@ class _Task(Generic[R]):
             yield self._finish(self._wrap(record, rgb, sample, result), sample, extras)
 
     def run(self, inputs: str | Path | Iterable, *, out: str | Path | None = None, recursive: bool = False,
-            batch_size: int = BATCH_SIZE.default, workers: int | None = None, skip_existing: bool = False, vid_stride: int = 1,
+            batch_size: int = BATCH_SIZE.default, workers: int | None = None, skip_existing: bool = False,
+            vid_stride: int = 1,
             on_skip: Callable[[str], None] | None = None, shard: tuple[int, int] | None = None,
             records: str | Path | Any = None) -> Iterator[R]:
         """A batch as the CLI runs it: files, directories, globs (or `InputItem`s), images and videos.
@@ -549,7 +551,8 @@ class Classifier(_Task[ClassifyResult]):
                  progress: bool = False, on_export: Callable[[Path], None] | None = None,
                  threads: int | None = _C["threads"], half: bool = _C["half"]):
         options = self._call_options(dict(top_k=top_k, max_pixels=max_pixels, threads=threads))
-        loaded = _load(model, task=self.spec.name, default=self.spec.default_model, weights=weights, device=device, backend=backend,
+        loaded = _load(model, task=self.spec.name, default=self.spec.default_model, weights=weights, device=device,
+                       backend=backend,
                        progress=progress, on_export=on_export, threads=threads, half=half)
         super().__init__(loaded, options)
 
@@ -583,7 +586,8 @@ class Detector(_Task[DetectResult]):
         options = self._call_options(dict(conf=conf, iou=iou, classes=classes, max_det=max_det, keypoints=keypoints,
                                           save_crops=save_crops, save_txt=save_txt, max_pixels=max_pixels,
                                           threads=threads))
-        self.loaded = _load(model, task=self.spec.name, default=self.spec.default_model, weights=weights, device=device, backend=backend,
+        self.loaded = _load(model, task=self.spec.name, default=self.spec.default_model, weights=weights, device=device,
+                       backend=backend,
                             progress=progress, on_export=on_export, threads=threads, half=half)
         super().__init__(self.loaded, self._normalise(options))
 
@@ -647,7 +651,8 @@ class Segmenter(_Task[SegmentResult]):
         options = self._call_options(dict(alpha=alpha, classes=classes, save_mask=save_mask, tile=tile,
                                           overlap=overlap, tile_batch=tile_batch, threshold=threshold,
                                           max_pixels=max_pixels, threads=threads))
-        loaded = _load(model, task=self.spec.name, default=self.spec.default_model, weights=weights, device=device, backend=backend,
+        loaded = _load(model, task=self.spec.name, default=self.spec.default_model, weights=weights, device=device,
+                       backend=backend,
                        progress=progress, on_export=on_export, threads=threads, half=half)
         super().__init__(loaded, self._normalise(options))
 

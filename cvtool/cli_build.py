@@ -72,7 +72,8 @@ def parameters(spec: TaskSpec, *, images_help: str, images_required: bool = True
     """The command's parameters: the input argument, then every CLI option in table order, --format after --out."""
     metavar, help_text = spec.inputs
     images = inspect.Parameter(
-        IMAGES, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=List[str] if images_required else Optional[List[str]],
+        IMAGES, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        annotation=List[str] if images_required else Optional[List[str]],
         default=typer.Argument(... if images_required else None, metavar=metavar, show_default=False,
                                help=help_text or images_help))
     fmt = inspect.Parameter(FORMAT, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[format_enum(spec)],

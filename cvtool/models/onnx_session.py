@@ -22,8 +22,8 @@ def first_line(exc: BaseException) -> str:
     return (text.splitlines()[0] if text else type(exc).__name__)[:200]
 
 
-def make_session(model: bytes | str | Path, *, device: Placement | None = None, threads: int | None = None, source: str | None = None,
-                 spin: bool = True):
+def make_session(model: bytes | str | Path, *, device: Placement | None = None, threads: int | None = None,
+                 source: str | None = None, spin: bool = True):
     """An onnxruntime session on `device`'s providers (None: the CPU's): CUDA's when asked and this onnxruntime
     has them (cvtool.device.Placement.providers).
 

@@ -31,9 +31,11 @@ COMPARABLE = 0.8  # a second face at least this prominent (size x centrality) ma
 CENTRE_WEIGHT = 0.5  # prominence = side x (1 - CENTRE_WEIGHT x distance from the centre / half-diagonal)
 MOSTLY_VISIBLE = 2 / 3  # faces cut more than this by the frame are chosen only when no whole face exists
 # The search for the face a verdict uses (FaceEngine.find_main): a face smaller than COMPARABLE x the most
-# prominent whole face found can be neither the choice nor a rival; NMS_SEPARATION smaller still, its box cannot
-# overlap theirs enough for dlib's NMS to drop one (intersection over the pair's bounding box > 0.338: two boxes
-# whose sides differ 1.2^3 = 1.728x reach 0.335 at most), so the levels that find only such faces are not searched.
+# prominent whole face found can be neither the choice nor a rival; NMS_SEPARATION smaller than those, its box
+# cannot overlap theirs enough for dlib's NMS to drop one (intersection over the pair's bounding box > 0.338: two
+# boxes whose sides differ 1.2^3 = 1.728x reach 0.335 at most), so the levels that find only such faces are not
+# searched. (Not covered: a chain of three overlapping detections, where a smaller one outscores a middle one
+# that outscores a larger one; bench/face_search.py checks the choices against the exhaustive search's.)
 NMS_SEPARATION = 1.75
 FIRST_SEARCH = 1 / 5  # the first levels searched: faces at least this fraction of the image's shorter side
 SIDE_SLACK = 2.0  # px: a level's boxes are its window's side, give or take rounding
@@ -220,14 +222,18 @@ class FaceEngine:
 
 def _levels_that_matter(boxes: list[tuple], sides: list[float], shape) -> set[int]:
     """The pyramid levels whose faces could still change choose_face's answer, given the faces found so far:
-    every level while no whole face is found, else those whose faces reach COMPARABLE / NMS_SEPARATION of the
-    most prominent whole face (sqrt(area) x centrality is at most the side)."""
+    every level while no whole face is found; else those whose faces could be the choice or a rival (at least
+    COMPARABLE x the best prominence: sqrt(area) x centrality is at most the side) or overlap one of those
+    enough for dlib's NMS to drop either (within NMS_SEPARATION of the smallest of them in side)."""
     faces = [Face(tuple(float(v) for v in b[:4]), float(b[4]), np.zeros((0, 2)),
                   visible=_visible_fraction(b[:4], shape), image_size=tuple(shape[:2])) for b in boxes]
-    whole = [f.prominence for f in faces if f.visible >= MOSTLY_VISIBLE]
+    whole = [f for f in faces if f.visible >= MOSTLY_VISIBLE]
     if not whole:
         return set(range(len(sides)))
-    bound = COMPARABLE * max(whole) / NMS_SEPARATION
+    best = max(f.prominence for f in whole)
+    relevant = [f for f in whole if f.prominence >= COMPARABLE * best]  # the choice, and its rivals if any
+    smallest = min(min(f.box[2] - f.box[0], f.box[3] - f.box[1]) for f in relevant)
+    bound = min(COMPARABLE * best, smallest / NMS_SEPARATION)
     return {k for k, side in enumerate(sides) if side + SIDE_SLACK >= bound}
 
 
