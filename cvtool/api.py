@@ -599,6 +599,14 @@ class Detector(_Task[DetectResult]):
             options["classes"] = list(options["classes"]) if options["classes"] else None
         return options
 
+    @property
+    def keep_classes(self) -> list[str] | None:
+        """Deprecated (one release): the classes kept, `options["classes"]` (`classes` is the model's class list)."""
+        import warnings
+
+        warnings.warn("keep_classes is deprecated; use options['classes']", DeprecationWarning, stacklevel=2)
+        return self.options["classes"]
+
     def _make_pipeline(self, out_dir):
         from cvtool.pipelines.detect import DetectPipeline
 
@@ -661,6 +669,14 @@ class Segmenter(_Task[SegmentResult]):
         if "classes" in options:
             options["classes"] = list(options["classes"]) if options["classes"] else None
         return options
+
+    @property
+    def keep_classes(self) -> list[str] | None:
+        """Deprecated (one release): the classes kept, `options["classes"]` (`classes` is the model's class list)."""
+        import warnings
+
+        warnings.warn("keep_classes is deprecated; use options['classes']", DeprecationWarning, stacklevel=2)
+        return self.options["classes"]
 
     @property
     def decision_threshold(self) -> float | None:

@@ -249,3 +249,13 @@ def test_the_cli_record_is_the_api_record_for_detect_and_segment(task, yolo_chec
     api = task_spec(task).api_class()(weights=weights, **options)(str(image)).to_dict()
     cli.pop("ms"), api.pop("ms")
     assert cli == api
+
+
+def test_keep_classes_still_reads_the_kept_classes_with_a_deprecation_warning(yolo_checkpoint):
+    from cvtool import Detector
+
+    det = Detector(weights=yolo_checkpoint, classes=["square"])
+    assert det.options["classes"] == ["square"] and det.classes == ["square", "disk"]  # the model's own list
+    with pytest.warns(DeprecationWarning, match="keep_classes is deprecated"):
+        assert det.keep_classes == ["square"]
+    assert det.with_options(classes="square,disk".split(",")).options["classes"] == ["square", "disk"]
