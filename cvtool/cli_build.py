@@ -36,7 +36,7 @@ def typer_option(option: Option) -> Any:
     extra: dict[str, Any] = {}
     number = float if option.type is float else int
     help_text = option.help
-    if option.open:  # typer has no open ranges: the table's check refuses the bounds (_check in cli.py)
+    if option.exclusive:  # typer has no open ranges: the table's check refuses the bounds (cli_build.command)
         help_text += f"  [{option.bounds_text()}]"
     else:
         if option.low is not None:

@@ -62,7 +62,7 @@ def test_every_endpoint_takes_exactly_its_tasks_server_options_with_the_tables_d
             kinds = param["schema"].get("anyOf", [param["schema"]])
             [kind] = [k for k in kinds if k.get("type") != "null"]
             assert kind["type"] == JSON_TYPES.get(option.type, "string"), (path, option.name)
-            low, high = ("exclusiveMinimum", "exclusiveMaximum") if option.open else ("minimum", "maximum")
+            low, high = ("exclusiveMinimum", "exclusiveMaximum") if option.exclusive else ("minimum", "maximum")
             assert (kind.get(low), kind.get(high)) == (option.low, option.high), (path, option.name)
             if param["required"]:  # the server runs feed-forward networks only: /stylize needs its network
                 assert (path, option.name) == ("/stylize", "model")

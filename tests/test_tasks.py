@@ -20,7 +20,7 @@ from cvtool.cli import app
 from cvtool.cli_build import FORMAT, IMAGES, _cli_default
 from cvtool.tasks import spec as task_spec, specs
 from cvtool.tasks.doc import README_BEGIN, README_END, option_tables
-from cvtool.tasks.options import CALL, CSV, FLOATS, PATHS, Option
+from cvtool.tasks.options import CALL, PATHS, Option
 from tests.conftest import invoke_cli, jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +56,7 @@ def test_every_cli_option_has_the_tables_flag_default_range_and_help(item):
         assert param.default in (None, ())
     else:
         assert param.default == default or str(param.default) == str(default)
-    if option.open:  # typer has no open ranges: the help says it, the table's check refuses the bounds
+    if option.exclusive:  # typer has no open ranges: the help says it, the table's check refuses the bounds
         assert (param.min, param.max) == (None, None) and param.help.endswith(f"[{option.bounds_text()}]")
     else:
         assert (param.min, param.max) == (option.low, option.high)
@@ -79,7 +79,7 @@ def test_the_cli_refuses_a_value_outside_the_tables_range(item):
     result = invoke_cli(*args, option.cli_flag, str(int(bad) if option.type is int else bad))
     assert result.returncode == 2
     assert option.cli_flag in result.stderr
-    assert re.search(r"(greater|less) than or equal to" if not option.open else "out of range", result.stderr)
+    assert re.search(r"(greater|less) than or equal to" if not option.exclusive else "out of range", result.stderr)
 
 
 @pytest.mark.parametrize("item", API_OPTIONS, ids=_id)
@@ -213,7 +213,7 @@ def test_tables_rows_match_their_columns():
 def test_an_open_bound_is_refused_on_every_route(value, tmp_path):
     """segment --threshold is strictly between 0 and 1: the CLI, the API and the table say so alike."""
     option = task_spec("segment").options["threshold"]
-    assert option.open and option.bounds_text() == "strictly between 0 and 1"
+    assert option.exclusive and option.bounds_text() == "strictly between 0 and 1"
     result = invoke_cli("segment", "x.png", "--threshold", value)
     assert result.returncode == 2 and "--threshold" in result.stderr and "strictly between 0 and 1" in result.stderr
     with pytest.raises(UsageError, match="strictly between 0 and 1"):

@@ -278,9 +278,9 @@ def query_parameter(option: Option, *, name: str | None = None, default: Any = _
         annotation = Optional[annotation]
     bounds: dict[str, Any] = {}
     if option.low is not None:
-        bounds["gt" if option.open else "ge"] = option.low
+        bounds["gt" if option.exclusive else "ge"] = option.low
     if option.high is not None:
-        bounds["lt" if option.open else "le"] = option.high
+        bounds["lt" if option.exclusive else "le"] = option.high
     if option.type is float:
         bounds["allow_inf_nan"] = False
     text = description if description is not None else option.help + (_SERVER_FILE if option.type == PATH else "")

@@ -28,7 +28,7 @@ class Option:
     """An option: `name` is the Python keyword and the server's query parameter; `flag` the CLI's (default
     `--` + name with dashes). `low`/`high` are inclusive bounds (None: unbounded); `default` None means "the
     model's own" or "off", which `help` says. `cli`/`api`/`server`: the routes that take it. `aliases`: old server
-    names still taken, with a deprecation warning. `needs_out`: the CLI refuses it without --out. `open`: the
+    names still taken, with a deprecation warning. `needs_out`: the CLI refuses it without --out. `exclusive`: the
     bounds are exclusive."""
 
     name: str
@@ -47,7 +47,7 @@ class Option:
     aliases: tuple[str, ...] = ()
     needs_out: bool = False
     show_default: bool = True
-    open: bool = False  # the bounds themselves are outside the range (0 < threshold < 1)
+    exclusive: bool = False  # the bounds themselves are outside the range (0 < threshold < 1)
 
     def __post_init__(self):
         if self.type not in TYPES:
@@ -62,7 +62,7 @@ class Option:
         return self.flag or "--" + self.name.replace("_", "-")
 
     def bounds_text(self) -> str:
-        if self.open:
+        if self.exclusive:
             return (f"strictly between {self.low:g} and {self.high:g}" if self.low is not None and self.high is not None
                     else f"above {self.low:g}" if self.low is not None else f"below {self.high:g}")
         if self.low is not None and self.high is not None:
@@ -81,8 +81,8 @@ class Option:
             raise UsageError(f"{label}={value!r}: expected a number")
         if isinstance(value, float) and not math.isfinite(value):
             raise UsageError(f"{label}={value!r} is not a finite number")
-        below = self.low is not None and (value <= self.low if self.open else value < self.low)
-        above = self.high is not None and (value >= self.high if self.open else value > self.high)
+        below = self.low is not None and (value <= self.low if self.exclusive else value < self.low)
+        above = self.high is not None and (value >= self.high if self.exclusive else value > self.high)
         if below or above:
             raise UsageError(f"{label}={value!r} is out of range: {self.bounds_text()}")
 

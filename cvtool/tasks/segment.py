@@ -24,7 +24,7 @@ SPEC = TaskSpec(
                flag="--batch-size", short="-b", aliases=("batch_size",)),
         Option("threshold", float, None, "Two-class models: the threshold on class 1's probability; below 0.5 the "
                "argmax's cells grow into the pixels above it, never into each other (default: the checkpoint's, "
-               "chosen on validation by `train segment`; else the argmax).", low=0, high=1, open=True),
+               "chosen on validation by `train segment`; else the argmax).", low=0, high=1, exclusive=True),
         *LOADING,
         *(o for o in BATCH if o.name != "batch_size"),
     ]),
