@@ -14,7 +14,7 @@ install:
 demo:
 	$(BIN)/cvtool classify sample_images/digits --model lenet5_digits --top-k 1
 
-## test: the default test run, 2 workers: 6 min 37 s wall, 736 CPU-s on 2 cores (load 0.4 -> 2.3; make bench-test-time)
+## test: the default test run, 2 workers: 7 min 42 s wall from a fresh clone (2026-12-08, AMD EPYC, load 1.4-1.9; make bench-test-time)
 test:
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not slow" -n 2
 
