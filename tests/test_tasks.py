@@ -259,3 +259,15 @@ def test_keep_classes_still_reads_the_kept_classes_with_a_deprecation_warning(yo
     with pytest.warns(DeprecationWarning, match="keep_classes is deprecated"):
         assert det.keep_classes == ["square"]
     assert det.with_options(classes="square,disk".split(",")).options["classes"] == ["square", "disk"]
+
+
+def test_ray_set_values_are_typed_and_checked_by_the_table():
+    options = task_spec("detect").options
+    assert options.setting("conf=0.5") == ("conf", 0.5)
+    assert options.setting("max-det=3") == ("max_det", 3)
+    assert options.setting("classes=person, car") == ("classes", ["person", "car"])
+    assert options.setting("keypoints=true") == ("keypoints", True)
+    for text, reason in [("conf", "expected KEY=VALUE"), ("nope=1", "no option 'nope'"), ("conf=x", "conf takes float"),
+                         ("conf=2", "out of range: from 0 to 1"), ("keypoints=maybe", "keypoints takes bool")]:
+        with pytest.raises(UsageError, match=re.escape(reason)):
+            options.setting(text)
