@@ -136,6 +136,11 @@ eval-face:
 	$(BIN)/python bench/eval_face.py
 	$(BIN)/python bench/eval_face.py --detector haar
 
+## bench-decode: full vs reduced (DCT-scaled) JPEG decoding of real photos at 640x480 and 1920x1080, 1 thread (needs ../shared)
+.PHONY: bench-decode
+bench-decode:
+	$(BIN)/python bench/decode_reduced.py
+
 ## bench-face-search: verify-face's coarse-to-fine face search vs the exhaustive one on ../shared/datasets/faces: same choices, verdicts, distances; detector time
 .PHONY: bench-face-search
 bench-face-search:
