@@ -35,7 +35,7 @@ from cvtool.io.image import ImageSource, load_image
 from cvtool.tasks.classify import SPEC as CLASSIFY
 from cvtool.tasks.common import BATCH_SIZE, VID_STRIDE
 from cvtool.tasks.detect import DEFAULT_CONF, SPEC as DETECT
-from cvtool.tasks.options import CALL
+from cvtool.tasks.options import CALL, CSV
 from cvtool.tasks.segment import SPEC as SEGMENT
 from cvtool.tasks.spec import TaskSpec
 from cvtool.tasks.stylize import OPTIMISED_SIZE, SPEC as STYLIZE
@@ -299,8 +299,14 @@ class _Task(Generic[R]):
         return other
 
     def _normalise(self, options: dict[str, Any]) -> dict[str, Any]:
-        """Per-call options as the pipeline takes them (a model's own default for a None, lists as lists)."""
-        return {name: list(value) if isinstance(value, tuple) else value for name, value in options.items()}
+        """Per-call options as the pipeline takes them (a model's own default for a None, lists as lists; an
+        empty comma list is None: every class)."""
+        def one(name: str, value: Any) -> Any:
+            if self.spec.options[name].type == CSV:
+                return list(value) if value else None
+            return list(value) if isinstance(value, tuple) else value
+
+        return {name: one(name, value) for name, value in options.items()}
 
     def __getattr__(self, name: str) -> Any:
         options = self.__dict__.get("options")
@@ -568,7 +574,21 @@ class Classifier(_Task[ClassifyResult]):
         return int(prepared[2].shape[-2] * prepared[2].shape[-1])
 
 
-class Detector(_Task[DetectResult]):
+class _KeptClasses:
+    """The tasks with a `classes` option (the classes kept): its old attribute name, for one release."""
+
+    options: dict[str, Any]
+
+    @property
+    def keep_classes(self) -> list[str] | None:
+        """Deprecated (one release): the classes kept, `options["classes"]` (`classes` is the model's class list)."""
+        import warnings
+
+        warnings.warn("keep_classes is deprecated; use options['classes']", DeprecationWarning, stacklevel=2)
+        return self.options["classes"]
+
+
+class Detector(_KeptClasses, _Task[DetectResult]):
     """Boxes, labels and scores: our YOLO-style detector, torchvision's detectors, Keypoint R-CNN, faces.
 
     `conf=None` takes the model's own default (0.25; 0 for `face`, whose scores are margins)."""
@@ -595,17 +615,7 @@ class Detector(_Task[DetectResult]):
         options = super()._normalise(options)
         if "conf" in options and options["conf"] is None:  # the model's own
             options["conf"] = default_conf(self.loaded)
-        if "classes" in options:
-            options["classes"] = list(options["classes"]) if options["classes"] else None
         return options
-
-    @property
-    def keep_classes(self) -> list[str] | None:
-        """Deprecated (one release): the classes kept, `options["classes"]` (`classes` is the model's class list)."""
-        import warnings
-
-        warnings.warn("keep_classes is deprecated; use options['classes']", DeprecationWarning, stacklevel=2)
-        return self.options["classes"]
 
     def _make_pipeline(self, out_dir):
         from cvtool.pipelines.detect import DetectPipeline
@@ -639,7 +649,7 @@ def default_conf(loaded) -> float:
     return float(loaded.default_conf) if loaded.default_conf is not None else DEFAULT_CONF
 
 
-class Segmenter(_Task[SegmentResult]):
+class Segmenter(_KeptClasses, _Task[SegmentResult]):
     """A class per pixel: our U-Net, torchvision's segmenters. `res.mask` is H x W class indices.
 
     `threshold` (two-class models): the decision on class 1's probability (cvtool.ops.regions.thresholded_labels:
@@ -663,20 +673,6 @@ class Segmenter(_Task[SegmentResult]):
                        backend=backend,
                        progress=progress, on_export=on_export, threads=threads, half=half)
         super().__init__(loaded, self._normalise(options))
-
-    def _normalise(self, options: dict[str, Any]) -> dict[str, Any]:
-        options = super()._normalise(options)
-        if "classes" in options:
-            options["classes"] = list(options["classes"]) if options["classes"] else None
-        return options
-
-    @property
-    def keep_classes(self) -> list[str] | None:
-        """Deprecated (one release): the classes kept, `options["classes"]` (`classes` is the model's class list)."""
-        import warnings
-
-        warnings.warn("keep_classes is deprecated; use options['classes']", DeprecationWarning, stacklevel=2)
-        return self.options["classes"]
 
     @property
     def decision_threshold(self) -> float | None:
