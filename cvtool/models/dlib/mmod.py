@@ -219,9 +219,13 @@ def mmod_nms(boxes: np.ndarray, scores: np.ndarray, iou: float = NMS_IOU) -> tup
 def decode(score_map: np.ndarray, rects, upsample: int, threshold: float) -> list[tuple]:
     """One h x w score map -> (left, top, right, bottom, score) faces in the caller's pixels, after NMS."""
     rows, cols = np.nonzero(score_map > threshold)
+    return cells_to_faces(rows, cols, score_map[rows, cols].astype(np.float64), rects, upsample)
+
+
+def cells_to_faces(rows: np.ndarray, cols: np.ndarray, scores: np.ndarray, rects, upsample: int) -> list[tuple]:
+    """Score cells over the threshold (in the score map's row-major order) -> faces in the caller's pixels."""
     if not len(rows):
         return []
-    scores = score_map[rows, cols].astype(np.float64)
     boxes, scores = mmod_nms(cells_to_boxes(rows, cols, rects), scores)
     for _ in range(upsample):  # pyramid_down<2>::rect_down back to the caller's pixels
         boxes = lround(boxes / 2.0 - np.array([1.25, 0.75, 1.25, 0.75]))
@@ -302,16 +306,34 @@ def split_scale(scale: float, max_doublings: int = 3) -> tuple[float, int]:
 def detect_scaled(detector, image: np.ndarray, scale: float, threshold: float = 0.0) -> list[tuple]:
     """Faces in one RGB image searched at `scale` (see split_scale), as (l, t, r, b, score) in its own pixels.
     `detector`: anything with .detect(images, upsample, threshold) (the PyTorch or the array detector)."""
+    resize, doublings = split_scale(scale)
+    boxes = detector.detect([resized_input(image, resize)], upsample=doublings, threshold=threshold)[0]
+    return unresized(boxes, resize)
+
+
+def resized_input(image: np.ndarray, resize: float) -> np.ndarray:
+    """split_scale's plain resize of the image, before the doublings (none when it is 1)."""
+    if resize == 1.0:
+        return image
     import cv2
 
-    resize, doublings = split_scale(scale)
-    if resize != 1.0:
-        h, w = resized_size(*image.shape[:2], resize)
-        image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if resize < 1 else cv2.INTER_LINEAR)
-    boxes = detector.detect([image], upsample=doublings, threshold=threshold)[0]
+    h, w = resized_size(*image.shape[:2], resize)
+    return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if resize < 1 else cv2.INTER_LINEAR)
+
+
+def unresized(boxes: list[tuple], resize: float) -> list[tuple]:
+    """Faces found in resized_input's image -> in the image's own pixels."""
     if resize == 1.0:
         return boxes
     return [(l / resize, t / resize, r / resize, b / resize, score) for l, t, r, b, score in boxes]
+
+
+def upsampled_planes(image: np.ndarray, upsample: int, resize: Resize) -> np.ndarray:
+    """An RGB image as 3 x H x W planes, doubled by pyramid_up `upsample` times."""
+    planes = as_rgb(image).transpose(2, 0, 1)
+    for _ in range(upsample):
+        planes = pyramid_up(planes, resize)
+    return planes
 
 
 class MmodArrayDetector:
@@ -332,9 +354,7 @@ class MmodArrayDetector:
             raise ValueError("upsample must be 0 or more")
         results = []
         for image in images:
-            planes = as_rgb(image).transpose(2, 0, 1)
-            for _ in range(upsample):
-                planes = pyramid_up(planes, self.resize)
+            planes = upsampled_planes(image, upsample, self.resize)
             shape, rects = pyramid_rects(*planes.shape[1:])
             if not rects or min(output_size(n) for n in shape) <= 0:
                 results.append([])
@@ -395,17 +415,9 @@ class PyramidSearch:
 
     def __init__(self, run: Callable[[np.ndarray], np.ndarray], image: np.ndarray, scale: float, mean, resize,
                  threshold: float = 0.0, background: float = math.inf):
-        import cv2
-
         self.network, self.threshold = run, threshold
         self.resize_factor, self.upsample = split_scale(scale)
-        if self.resize_factor != 1.0:
-            h, w = resized_size(*image.shape[:2], self.resize_factor)
-            image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if self.resize_factor < 1
-                               else cv2.INTER_LINEAR)
-        planes = as_rgb(image).transpose(2, 0, 1)
-        for _ in range(self.upsample):
-            planes = pyramid_up(planes, resize)
+        planes = upsampled_planes(resized_input(image, self.resize_factor), self.upsample, resize)
         self.shape, self.rects = pyramid_rects(*planes.shape[1:])
         self.searched: set[int] = set()
         self._cells: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
@@ -415,7 +427,7 @@ class PyramidSearch:
         self.pixels = pyramid_levels(planes, mean, self.rects, resize)  # the canvas is made crop by crop
         self.levels, sees = cell_levels(self.shape, self.rects)
         # a cell that sees only the blank canvas scores what the network gives a blank canvas: when that is
-        # below the threshold everywhere (borders included: see blank_canvas_max) such cells never find a face
+        # below the threshold everywhere (borders included: see background_max) such cells never find a face
         self.blind = ~sees if background <= threshold else np.zeros_like(sees)
         self.level_sides = [(WINDOW[0] - 1) * (6.0 / 5.0) ** k / 2**self.upsample / self.resize_factor
                             for k in range(len(self.rects))]
@@ -423,12 +435,11 @@ class PyramidSearch:
     def run(self, levels) -> None:
         """Search these levels (those searched already are skipped)."""
         todo = sorted(set(levels) - self.searched)
+        self.searched.update(todo)
         if not todo or self.levels is None:
-            self.searched.update(todo)
             return
         wanted = np.isin(self.levels, todo) & ~self.blind
         if not wanted.any():
-            self.searched.update(todo)
             return
         rows, cols = np.nonzero(wanted)
         (r0, r1), (c0, c1) = (rows.min(), rows.max()), (cols.min(), cols.max())
@@ -441,7 +452,6 @@ class PyramidSearch:
         hit = region & (scores > self.threshold)
         rows, cols = np.nonzero(hit)
         self._cells.append((rows + dy, cols + dx, scores[rows, cols].astype(np.float64)))
-        self.searched.update(todo)
 
     @staticmethod
     def _start(cell: int) -> int:
@@ -453,15 +463,6 @@ class PyramidSearch:
         if not self._cells:
             return []
         rows, cols, scores = (np.concatenate(part) for part in zip(*self._cells))
-        if not len(rows):
-            return []
         order = np.lexsort((cols, rows))  # the whole map's cell order (decode's), so NMS breaks ties alike
-        rows, cols, scores = rows[order], cols[order], scores[order]
-        boxes, scores = mmod_nms(cells_to_boxes(rows, cols, self.rects), scores)
-        for _ in range(self.upsample):  # pyramid_down<2>::rect_down back to the caller's pixels
-            boxes = lround(boxes / 2.0 - np.array([1.25, 0.75, 1.25, 0.75]))
-        found = [(int(l), int(t), int(r), int(b), float(s)) for (l, t, r, b), s in zip(boxes, scores)]
-        if self.resize_factor == 1.0:
-            return found
-        k = self.resize_factor
-        return [(l / k, t / k, r / k, b / k, s) for l, t, r, b, s in found]
+        found = cells_to_faces(rows[order], cols[order], scores[order], self.rects, self.upsample)
+        return unresized(found, self.resize_factor)
