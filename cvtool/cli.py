@@ -175,18 +175,12 @@ def _remote_or_none(spec, values: dict, **modes) -> None:
             **modes)
 
 
-def _needs_out(spec, values: dict) -> None:
-    for option in spec.options:
-        if option.needs_out and values.get(option.name) and values.get("out") is None:
-            raise UsageError(f"{option.cli_flag} needs --out DIR")
-
-
 def _batch_task(spec, values: dict) -> None:
     """classify, detect, segment: load the model once, then the batch into the chosen writer."""
     shard_of = _scale(values["shard"], values["records"], values["threads"])
     _remote_or_none(spec, values)
     with exits_cleanly():
-        _needs_out(spec, values)
+        spec.check_needs_out(values, values["out"])
         check_out_dir(values["out"], skip_existing=values["skip_existing"])
         task = spec.api_class()(values["model"], **_load_and_call(spec, values), **loading_options())
         info(task.describe())

@@ -394,9 +394,7 @@ def local_outputs(spec: TaskSpec, out, saves: dict, params: dict, skip_existing:
     """The writer of `--out` files for the task (None without --out), after the local CLI's checks of --out: its
     `needs_out` options (saves made here: --save-crops, --save-txt, --save-mask) need it. `params`: the request's
     options, over the table's defaults."""
-    for option in spec.options:
-        if option.needs_out and saves.get(option.name) and out is None:
-            raise UsageError(f"{option.cli_flag} needs --out DIR")
+    spec.check_needs_out(saves, out)
     options = {**spec.defaults(route="server"), **params}
     kind = OUTPUTS.get(spec.name)
     if kind is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from cvtool.tasks.options import CALL, LOAD, PATH, RUN, Option
+from cvtool.tasks.options import LOAD, PATH, RUN, Option
 
 DEFAULT_MAX_PIXELS = 100_000_000  # cvtool.io.image reads its limit from here
 
@@ -55,7 +55,6 @@ def with_default(option: Option, default, **changes) -> Option:
 LOADING = (WEIGHTS, DEVICE, BACKEND, MAX_PIXELS, THREADS, HALF)
 BATCH = (BATCH_SIZE, OUT, RECURSIVE, SKIP_EXISTING, WORKERS, VID_STRIDE, SHARD, RECORDS)
 
-__all__ = ["LOADING", "BATCH", "CALL", "model_option", "with_default"]
 
 IMAGES_HELP = ("Image or video files, directories, glob patterns, http(s):// URLs, rtsp:// streams, cam:N (camera N), "
                "or - for stdin (one piped image, or paths one per line).")

@@ -6,6 +6,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple
 
+from cvtool.errors import UsageError
 from cvtool.tasks.options import Options
 
 TABLE_FORMATS = ("table", "json", "jsonl", "csv")
@@ -42,11 +43,6 @@ class TaskSpec:
     batched: bool = False
     png: bool = False
     run_batch: str = "batch_size"
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def command(self) -> str:
-        return self.name
 
     @property
     def table(self) -> Table:
@@ -55,6 +51,12 @@ class TaskSpec:
     def api_class(self):
         module, _, name = self.api.partition(":")
         return getattr(importlib.import_module(module), name)
+
+    def check_needs_out(self, values: dict[str, Any], out) -> None:
+        """A UsageError for a `needs_out` option given (--save-crops, ...) without --out."""
+        for option in self.options:
+            if option.needs_out and values.get(option.name) and out is None:
+                raise UsageError(f"{option.cli_flag} needs --out DIR")
 
     def defaults(self, **select) -> dict[str, Any]:
         return self.options.defaults(**select)

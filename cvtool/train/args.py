@@ -17,6 +17,8 @@ import typing
 from dataclasses import MISSING
 from typing import Any, Callable, Optional
 
+from cvtool.tasks.options import split_csv
+
 _KEY = "cvtool.option"
 
 
@@ -82,4 +84,4 @@ def fallback(cls: type, name: str) -> Any:
 
 def comma_list(text: str) -> list[str] | None:
     """`--class-names a,b`: the names, blanks dropped; None for an empty option."""
-    return [part.strip() for part in text.split(",") if part.strip()] if text else None
+    return split_csv(text) if text else None
