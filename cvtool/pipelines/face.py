@@ -174,11 +174,14 @@ class FaceEngine:
         if search is None:
             return self.find([rgb], [name] if name else None)[0], None
         sides = search.level_sides
-        todo = {k for k, side in enumerate(sides) if side >= FIRST_SEARCH * min(rgb.shape[:2])}
+        first = FIRST_SEARCH * min(rgb.shape[:2])
+        todo = {k for k, side in enumerate(sides) if side >= first} or set(range(len(sides)))
+        boxes: list[tuple] = []
         while todo:
             search.run(todo)
-            todo = _levels_that_matter(search.faces(), sides, rgb.shape) - search.searched
-        faces = self._faces(rgb, search.faces(), name)
+            boxes = search.faces()
+            todo = _levels_that_matter(boxes, sides, rgb.shape) - search.searched
+        faces = self._faces(rgb, boxes, name)
         smallest = min((sides[k] for k in search.searched), default=None)
         return faces, (None if smallest is None or len(search.searched) == len(sides) else smallest)
 
