@@ -636,9 +636,9 @@ def create_app(settings: Settings, server: Server | None = None) -> FastAPI:
 
         return await answer(work)
 
-    loads = [o for o in endpoint_options(detect) if o.stage == LOAD and o.name != LIMIT]
-    app.get("/detect/categories")(handler("detect_categories", detect_categories,
-                                          signature(loads, settings=settings), DOCS["/detect/categories"]))
+    app.get("/detect/categories")(handler("detect_categories", detect_categories,  # what loads the detector
+                                          signature(_key_options(detect), settings=settings),
+                                          DOCS["/detect/categories"]))
 
     async def verify_face(request: Request, values: dict):
         a = await take_image(request, settings, "a", "path_a", raw_ok=False)
