@@ -60,6 +60,14 @@ class Server:
         self.log.seek(0)
         return self.log.read()
 
+    def logged(self, line: str, timeout: float = 10.0) -> str:
+        """The log once it holds `line`: the server writes a request's line after sending its answer, so a test
+        reading the log right after an answer waits for the line rather than racing it (its text either way)."""
+        deadline = time.time() + timeout
+        while line not in (text := self.text()) and time.time() < deadline:
+            time.sleep(0.05)
+        return text
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -149,7 +157,7 @@ def test_classify_records_equal_the_cli(server, local_records, bad_image):
         assert status == (422 if "error" in record else 200)
     assert [without_ms(r) for r in remote] == [without_ms(r) for r in local_records]
     assert remote[-1] == {"path": str(bad_image), "error": "not an image (unrecognised format)"}
-    assert "POST /classify 422" in server.text()  # one log line per request on stderr
+    assert "POST /classify 422" in server.logged("POST /classify 422")  # one log line per request on stderr
 
 
 def test_thin_client_prints_the_cli_records_without_torch(server, serve_env, local_records, bad_image):
