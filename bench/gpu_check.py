@@ -1,6 +1,6 @@
 """The GPU check: every inference command and every train task on CUDA, against the CPU, fp32 and --half.
 
-    make gpu-check            # or: python bench/gpu_check.py
+    make gpu-check            # or: python bench/gpu_check.py [--images 1000] [--only NAMES] [--device cpu]
 
 Offline and installing nothing: the packaged lenet5_digits, random-weight checkpoints built here (our YOLO,
 U-Net, feed-forward style net; torchvision's resnet50, efficientnet_b0, fasterrcnn_resnet50_fpn_v2,
@@ -20,10 +20,21 @@ pass of the loaded network on inputs already on the GPU and the pipeline's share
 host shows there); feed-forward stylisation at 1080p and Gatys steps/s at 512 px. Written to
 bench/results/gpu_check.json after every check (a run cut short keeps its rows).
 
-Without a CUDA device it prints one line and exits 0. GPU_CHECK_DEVICE=cpu runs the whole check with
-the CPU standing in for the GPU (to test this script on a machine without one). GPU_CHECK_ONLY=infer.verify_face,
-train.detect_yolo,... runs only those checks (a rerun of the ones that failed), written to
-bench/results/gpu_check_only.json.
+The share.* checks (bench/gpu_share.py, issue 30): each network at batch 32 through the batch runner
+(`cvtool classify|detect|segment DIR --device cuda`: JPEGs decoded by nvJPEG, preprocessed and postprocessed on
+the device, outputs written by the writer pool) on --images JPEGs (default 1,000), against its bare forward pass:
+the pipeline's share, target >= 0.8 for resnet50, efficientnet_b0, our YOLO at 640 and U-Net at 512 (stated per
+row as `meets_target`, not gated); deeplabv3 stated; and Ultralytics' YOLO11n from its yaml (random weights,
+`YOLO(...).predict`, what `yolo predict` runs) on the same files, speed only. The GPU machine has no network:
+Ultralytics comes as wheels carried beside the tree (ultralytics, ultralytics-thop and polars, installed with
+`pip install --no-index --no-deps --target DIR` and PYTHONPATH=DIR); without them that row says it was skipped.
+The whole run is sized to finish in under 8 minutes on an H100/H200.
+
+Without a CUDA device it prints one line and exits 0. `--device cpu` (or GPU_CHECK_DEVICE=cpu) runs the check
+with the CPU standing in for the GPU (fewer, smaller cases: to test this script on a machine without one;
+tests/test_gpu_check.py runs `--device cpu --images 8 --only share.device_decode,share.efficientnet_b0,...`).
+`--only infer.verify_face,train.detect_yolo,...` (or GPU_CHECK_ONLY=...) runs only those checks (a rerun of the
+ones that failed), written to bench/results/gpu_check_only.json. `--images N`: images per network in share.*.
 """
 
 from __future__ import annotations
@@ -42,17 +53,28 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default=os.environ.get("GPU_CHECK_DEVICE"),
+                        help="cpu: the CPU stands in for the GPU (fewer, smaller cases); default cuda")
+    parser.add_argument("--images", type=int, default=1000, help="images per network in the share.* checks")
+    parser.add_argument("--only", default=os.environ.get("GPU_CHECK_ONLY", ""),
+                        help="comma-separated check names (e.g. share.resnet50,infer.detect_yolo)")
+    args = parser.parse_args(argv)
+
     import torch
 
     from _results import write_results
+    from gpu_share import share_checks
 
-    stand_in = os.environ.get("GPU_CHECK_DEVICE")
+    stand_in = args.device if args.device and args.device != "cuda" else None
     if not torch.cuda.is_available() and not stand_in:
         print("no CUDA device: nothing to check")
         return 0
     gpu = stand_in or "cuda"
-    only = set(filter(None, os.environ.get("GPU_CHECK_ONLY", "").split(",")))
+    only = set(filter(None, args.only.split(",")))
     results_name = "gpu_check_only" if only else "gpu_check"  # a rerun of some checks keeps the full run's file
     quick = bool(stand_in)  # the stand-in run: fewer, smaller cases
     started = time.perf_counter()
@@ -62,6 +84,7 @@ def main() -> int:
         tmp = Path(tmp)
         checks: list[dict] = []
         planned = [(f"infer.{c.__name__}", c) for c in inference_checks(tmp, gpu, quick)]
+        planned += [(f"share.{c.__name__}", c) for c in share_checks(tmp, gpu, quick, args.images)]
         planned += [(f"train.{c.__name__}", c) for c in training_checks(tmp, gpu, quick)]
         unknown = only - {name for name, _ in planned}
         if unknown:

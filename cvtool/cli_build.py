@@ -32,7 +32,10 @@ def _cli_default(option: Option) -> Any:
 
 
 def typer_option(option: Option) -> Any:
-    names = [option.cli_flag] + ([option.short] if option.short else [])
+    flag = option.cli_flag
+    if option.type is bool and option.default is not False:  # on by default, or three states (None: neither)
+        flag = f"{flag}/--no-{flag[2:]}"
+    names = [flag] + ([option.short] if option.short else [])
     extra: dict[str, Any] = {}
     number = float if option.type is float else int
     help_text = option.help

@@ -11,7 +11,8 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Union
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Union
 
 import numpy as np
 
@@ -110,20 +111,81 @@ def _checked_array(array: np.ndarray, max_pixels: int) -> np.ndarray:
 
 def decode_image(data: bytes, path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Encoded image bytes (named `path` in errors) -> HxWx3 uint8 RGB, or InputError."""
+    return decode_reduced(data, path, max_pixels=max_pixels).rgb
+
+
+# -- reduced-size decoding -------------------------------------------------------------------------------------
+# libjpeg scales a JPEG down by 1/2, 1/4 or 1/8 while decoding (its inverse DCT makes fewer pixels), which is
+# cheaper than decoding in full and resizing. A pipeline whose network takes a smaller image than the photo may
+# ask for it: `Reduction` says, from the photo's upright width and height, by how much (see `largest_reduction`).
+
+REDUCTIONS = (8, 4, 2)  # the factors OpenCV exposes (IMREAD_REDUCED_COLOR_N), largest first
+_REDUCED_FLAGS = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+
+Reduction = Callable[[int, int], int]  # (width, height) of the upright photo -> 1, 2, 4 or 8
+_JPEG_FORMATS = ("JPEG", "MPO")  # MPO: a phone's JPEG with a second picture appended (Pillow's name for it)
+
+
+def reduced_side(side: int, factor: int) -> int:
+    """The side libjpeg's 1/factor scaling gives: rounded up (a partial 8 x 8 block still makes a pixel)."""
+    return -(-side // factor)
+
+
+def largest_reduction(width: int, height: int, fits: Callable[[int, int], bool]) -> int:
+    """The largest of 8, 4, 2 whose reduced (width, height) still `fits` (serves the network's input); else 1."""
+    for factor in REDUCTIONS:
+        if fits(reduced_side(width, factor), reduced_side(height, factor)):
+            return factor
+    return 1
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A decoded image and what it was decoded from: `factor` 1 is the photo in full; else `rgb` is the photo
+    reduced `factor` times per side (x in `rgb` is x * factor in the photo), and `size` is the photo's own
+    upright (height, width), the size every record and output of it is in."""
+
+    rgb: np.ndarray
+    factor: int
+    size: tuple[int, int]
+
+
+def read_reduced(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 reduction: Reduction | None = None) -> Decoded:
+    """`read_image`, decoded smaller where `reduction` allows it (JPEG only; see `decode_reduced`)."""
+    return decode_reduced(_read_bytes(path), path, max_pixels=max_pixels, reduction=reduction)
+
+
+def decode_reduced(data: bytes, path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                   reduction: Reduction | None = None) -> Decoded:
+    """Encoded image bytes (named `path` in errors) -> Decoded, or InputError. With `reduction`, a JPEG is decoded
+    at the factor it returns for the photo's upright size (read from the header: the pixel limit is checked on the
+    full size before any decoding); other formats, and factor 1, decode in full. EXIF orientation and the ICC
+    conversion apply to the reduced pixels as to full ones (orientation after decoding, never by OpenCV)."""
     header = _header(data)
     if header is not None:
         check_pixels(header.size, max_pixels, path)
     _check_complete(data, path)
-    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    factor = 1
+    if reduction is not None and header is not None and header.format in _JPEG_FORMATS:
+        w, h = header.size
+        factor = reduction(*((h, w) if header.orientation in (5, 6, 7, 8) else (w, h)))
+    flags = cv2.IMREAD_UNCHANGED if factor == 1 else _REDUCED_FLAGS[factor] | cv2.IMREAD_IGNORE_ORIENTATION
+    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     if decoded is None:
         raise InputError("not an image (unrecognised format)" if header is None else "could not decode image", path)
     if header is None:
         check_pixels((decoded.shape[1], decoded.shape[0]), max_pixels, path)
     rgb = _to_rgb8(decoded)
+    full_hw: tuple[int, ...] = rgb.shape[:2]  # as stored, before orientation
     if header is not None:
+        if factor != 1:
+            full_hw = (header.size[1], header.size[0])
         rgb = _apply_orientation(rgb, header.orientation)
         rgb = _to_srgb(rgb, header.icc_profile)
-    return np.ascontiguousarray(rgb)
+        if header.orientation in (5, 6, 7, 8):
+            full_hw = full_hw[::-1]
+    return Decoded(np.ascontiguousarray(rgb), factor, (int(full_hw[0]), int(full_hw[1])))
 
 
 class _Header:

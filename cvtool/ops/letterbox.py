@@ -51,6 +51,14 @@ def letterbox(rgb: np.ndarray, size: int, fill: int = 114) -> tuple[np.ndarray, 
     return out, Letterbox(scale_x=new_w / w, scale_y=new_h / h, pad_x=pad_x, pad_y=pad_y, width=w, height=h)
 
 
+def letterbox_reduction(width: int, height: int, size: int) -> int:
+    """How many times smaller (1, 2, 4, 8) a photo may be decoded for a letterbox of `size`: the largest factor
+    whose reduced image's longer side is still at least `size` (it is then shrunk, never enlarged)."""
+    from cvtool.io.image import largest_reduction
+
+    return largest_reduction(width, height, lambda w, h: max(w, h) >= size)
+
+
 def detections_in_original_pixels(boxes, objectness, class_probs, letterboxes) -> list[dict]:
     """A letterboxing detector's decoded outputs (boxes in letterboxed pixels, objectness, class probabilities;
     PyTorch tensors or NumPy arrays) -> per image {"boxes", "scores", "labels"} in its own pixels (float32),

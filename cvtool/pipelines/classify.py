@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from cvtool.io.atomic import atomic_write_text
-from cvtool.io.image import DEFAULT_MAX_PIXELS, read_image
+from cvtool.io.image import DEFAULT_MAX_PIXELS, read_reduced
 from cvtool.io.outputs import OutputNamer
 from cvtool.io.render import draw_caption
 from cvtool.models.loading import LoadedModel
@@ -20,7 +20,8 @@ class ClassifyPipeline:
     no_video_reason = None  # takes videos: the hooks below
 
     def __init__(self, model: LoadedModel, *, top_k: int = SPEC.options["top_k"].default, max_pixels: int = DEFAULT_MAX_PIXELS, out_dir=None,
-                 normalise_on_device: bool | None = None):
+                 normalise_on_device: bool | None = None, full_decode: bool = SPEC.options["full_decode"].default,
+                 decode_on_device: bool | None = None):
         from cvtool.device import tune_for_fixed_sizes
 
         self.model = model
@@ -28,6 +29,9 @@ class ClassifyPipeline:
         # device normalises them; elsewhere the workers normalise (bit-for-bit the documented CPU path).
         on_cuda = model.device.type == "cuda" and model.backend == "torch"
         self.normalise_on_device = on_cuda if normalise_on_device is None else normalise_on_device
+        # On CUDA a file's JPEG is decoded there too (nvJPEG, a batch per call) and resized, cropped and normalised
+        # there (cvtool.io.device_decode, cvtool.ops.device_preprocess): the workers only read bytes
+        self.decode_on_device = on_cuda if decode_on_device is None else decode_on_device and model.backend == "torch"
         if on_cuda and model.preprocess.crop_size is not None:
             tune_for_fixed_sizes(model.device)  # every batch has the crop's size
         self.model_name = model.name
@@ -36,9 +40,15 @@ class ClassifyPipeline:
         self.max_pixels = max_pixels
         self.output_name = OutputNamer(out_dir, ".json") if out_dir is not None else None
         self.video_name = OutputNamer(out_dir, ".classify.mp4") if out_dir is not None else None
+        # a file's JPEG decoded as small as the preprocessing's resize allows (--out writes the record alone)
+        self.reduction = None if full_decode else model.preprocess.decode_reduction
 
     def prepare(self, path: str) -> np.ndarray:
-        return self.prepare_array(read_image(path, max_pixels=self.max_pixels))
+        if self.decode_on_device:
+            from cvtool.io.device_decode import read_for_device
+
+            return read_for_device(path, max_pixels=self.max_pixels)
+        return self.prepare_array(read_reduced(path, max_pixels=self.max_pixels, reduction=self.reduction).rgb)
 
     def prepare_array(self, rgb: np.ndarray) -> np.ndarray:
         if self.normalise_on_device:
@@ -53,8 +63,16 @@ class ClassifyPipeline:
 
             from cvtool.device import to_device
 
+            from cvtool.io.device_decode import DeviceRead
+
             with torch.inference_mode():
-                batch = to_device(np.stack(samples), self.model.device)
+                if isinstance(samples[0], DeviceRead):  # files: decoded and preprocessed on the device
+                    from cvtool.io.device_decode import decode_batch
+                    from cvtool.ops.device_preprocess import preprocess_batch
+
+                    batch = preprocess_batch(decode_batch(samples, self.model.device), self.model.preprocess)
+                else:
+                    batch = to_device(np.stack(samples), self.model.device)
                 if batch.dtype == torch.uint8:
                     batch = normalise(batch, self.model.preprocess)
                 logits = self.model.forward(batch)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from cvtool.errors import UsageError
-from cvtool.io.image import DEFAULT_MAX_PIXELS, read_image, write_image
+from cvtool.io.image import DEFAULT_MAX_PIXELS, read_reduced, write_image
 from cvtool.io.outputs import OutputNamer, refuse_overwriting_input, safe_name
 from cvtool.io.render import draw_detections
 from cvtool.models.loading import LoadedModel
@@ -24,6 +25,8 @@ class Sample:
     # input; on onnxruntime (3 x S x S float32 array letterboxed, its Letterbox)
     tensor: object
     input_hw: tuple[int, int]  # the network input's height and width (the letterbox, or the image)
+    factor: int = 1  # `rgb` is the photo decoded `factor` times smaller per side (cvtool.io.image.Decoded)
+    size: tuple[int, int] | None = None  # the photo's own (height, width) when `factor` > 1
 
 
 # What the exported graph of a letterboxing detector (our YOLO) returns: boxes in letterboxed pixels, objectness,
@@ -55,12 +58,14 @@ class DetectPipeline:
 
     def __init__(self, model: LoadedModel, *, conf: float = DEFAULT_CONF, iou: float = _D["iou"],
                  max_det: int = _D["max_det"], classes: list[str] | None = None, keypoints: bool = False,
-                 save_crops: bool = False, save_txt: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS, out_dir=None):
+                 save_crops: bool = False, save_txt: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS, out_dir=None,
+                 full_decode: bool = _D["full_decode"], decode_on_device: bool | None = None):
         self.model, self.model_name, self.weights_sha256 = model, model.name, model.weights_sha256
         self.conf, self.iou, self.max_det, self.max_pixels = conf, iou, max_det, max_pixels
         self.keypoints, self.save_crops, self.save_txt = keypoints, save_crops, save_txt
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self._classes_written = False
+        self._classes_lock = threading.Lock()
         self.keep = None
         if classes:
             unknown = [c for c in classes if c not in model.classes]
@@ -86,6 +91,24 @@ class DetectPipeline:
                 raise UsageError(f"{model.weights_path}: an ONNX detector whose outputs this cvtool cannot read "
                                  f"({', '.join(model.module.meta.get('outputs') or [])})")
             self.letterbox_size = int(size)
+        self.reduction = None if full_decode or out_dir is not None else self._reduction()
+        # A letterboxing model (our YOLO) on CUDA without --out: a file's JPEG is decoded on the device (nvJPEG, a
+        # batch per call) and letterboxed there (cvtool.io.device_decode, cvtool.ops.device_preprocess); with --out
+        # the annotated image and crops need the photo's pixels on the host
+        letterboxing = model.backend == "torch" and model.contract.input_side is not None  # (onnx: no registry)
+        self.decode_on_device = letterboxing and (self.pixels_on_device and out_dir is None
+                                                  if decode_on_device is None else decode_on_device)
+
+    def _reduction(self):
+        """A letterboxing model's JPEGs decoded as small as its square allows (cvtool.ops.letterbox); None for a model
+        that resizes (torchvision's) or pyramids (faces) the image itself, whose input size this cannot know, and
+        with --out, whose annotated images and crops are of the photo in full."""
+        from cvtool.ops.letterbox import letterbox_reduction
+
+        side = self.letterbox_size
+        if side is None and self.model.contract.input_side is not None:
+            side = self.model.contract.input_side(self.model)
+        return None if side is None else partial(letterbox_reduction, size=int(side))
 
     @property
     def extra_formats(self) -> dict:
@@ -93,7 +116,17 @@ class DetectPipeline:
         return extra_formats(self.model)
 
     def prepare(self, path: str) -> Sample:
-        return self.prepare_array(read_image(path, max_pixels=self.max_pixels))
+        if self.decode_on_device:  # the bytes only: decoded with the batch, on the device (rgb stays None)
+            from cvtool.io.device_decode import read_for_device
+
+            read = read_for_device(path, max_pixels=self.max_pixels)
+            side = self.model.contract.input_side(self.model)
+            return Sample(None, read, (side, side), size=read.size)
+        decoded = read_reduced(path, max_pixels=self.max_pixels, reduction=self.reduction)
+        sample = self.prepare_array(decoded.rgb)
+        if decoded.factor != 1:
+            sample.factor, sample.size = decoded.factor, decoded.size
+        return sample
 
     def prepare_array(self, rgb: np.ndarray) -> Sample:
         if self.letterbox_size is not None:  # onnxruntime: the letterboxed [0, 1] pixels as an array, and the box
@@ -143,21 +176,40 @@ class DetectPipeline:
             import torch
 
             with torch.inference_mode():  # the entry's forward: our YOLO letterboxes itself; torchvision's resize
-                outputs = self.model.forward([_on_device(s.tensor, self.model.device.torch) for s in samples])
+                outputs = self.model.forward(self._on_device_inputs(samples))
         results = []
         for sample, out in zip(samples, outputs):
             order, mask = filter_detections(out["boxes"], out["scores"], out["labels"], conf=self.conf, iou=self.iou,
                                             max_det=self.max_det, keep_labels=self.keep)
             boxes, scores, labels = (_on_host(out[k][mask][order]) for k in ("boxes", "scores", "labels"))
+            if sample.factor != 1:  # decoded smaller: back to the photo's own pixels
+                boxes = in_photo_pixels(boxes, sample.factor, sample.size)
             detections = [detection_record(box, score, label, self.model.classes[int(label)])
                           for box, score, label in zip(boxes, scores, labels)]
             if self.keypoints and "keypoints" in out:
                 points = _on_host(out["keypoints"][mask][order])
+                if sample.factor != 1:
+                    points = np.asarray(points, dtype=np.float64) * np.array([sample.factor, sample.factor, 1.0])
                 for det, kp in zip(detections, points):
                     det["keypoints"] = [[round(float(x), 2), round(float(y), 2), int(v > 0)] for x, y, v in kp.tolist()]
-            h, w = sample.rgb.shape[:2]
+            h, w = sample.size or sample.rgb.shape[:2]
             results.append({"size": [h, w], "detections": detections})
         return results
+
+    def _on_device_inputs(self, samples: list[Sample]) -> list:
+        """The forward pass's inputs on the model's device; files read for the device are decoded and letterboxed
+        there as one batch, handed over as the model's own letterboxed inputs (cvtool.models.yolo.Letterboxed)."""
+        from cvtool.io.device_decode import DeviceRead
+
+        if not isinstance(samples[0].tensor, DeviceRead):
+            return [_on_device(s.tensor, self.model.device.torch) for s in samples]
+        from cvtool.io.device_decode import decode_batch
+        from cvtool.models.yolo import Letterboxed
+        from cvtool.ops.device_preprocess import letterbox_batch
+
+        images = decode_batch([s.tensor for s in samples], self.model.device)
+        batch, boxes = letterbox_batch(images, self.model.contract.input_side(self.model))
+        return [Letterboxed(tensor, box) for tensor, box in zip(batch, boxes)]
 
     def save(self, path: str, sample: Sample, result: dict, out_dir: Path) -> list[str]:
         target = self.output_name(path)
@@ -180,12 +232,23 @@ class DetectPipeline:
         return written
 
     def _write_labels(self, stem: str, result: dict, path: str) -> list[str]:
-        classes = None if self._classes_written else self.model.classes
-        self._classes_written = True
+        with self._classes_lock:  # saves run in the runner's writer threads: classes.txt is written once
+            classes = None if self._classes_written else self.model.classes
+            self._classes_written = True
         return write_labels(self.out_dir, stem, result, path, classes)
 
     def already_done(self, path: str) -> bool:
         return self.output_name is not None and self.output_name.exists(path)
+
+
+def in_photo_pixels(boxes, factor: int, size: tuple[int, int]) -> np.ndarray:
+    """N x 4 boxes in an image decoded `factor` times smaller -> the photo's pixels, clipped to its (height, width)
+    (the reduced image's last pixel may stand for fewer than `factor` of the photo's)."""
+    h, w = size
+    out = np.asarray(boxes, dtype=np.float64).reshape(-1, 4) * factor
+    out[:, 0::2] = out[:, 0::2].clip(0, w)
+    out[:, 1::2] = out[:, 1::2].clip(0, h)
+    return out
 
 
 def write_crops(base: str, rgb: np.ndarray, detections: list[dict], path: str) -> list[str]:

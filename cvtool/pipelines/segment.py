@@ -10,7 +10,7 @@ import numpy as np
 
 from cvtool.errors import UsageError
 from cvtool.io.atomic import atomic_write_bytes
-from cvtool.io.image import DEFAULT_MAX_PIXELS, read_image, write_image
+from cvtool.io.image import DEFAULT_MAX_PIXELS, read_reduced, write_image
 from cvtool.io.outputs import OutputNamer, refuse_overwriting_input, safe_name
 from cvtool.io.render import class_palette, indexed_png, overlay
 from cvtool.models.loading import LoadedModel
@@ -29,6 +29,12 @@ class Sample:
     tensor: np.ndarray  # preprocessed C x h x w
     labels: np.ndarray | None = None  # H x W class indices at the input's size, filled by predict()
     valid: tuple[float, float] = (1.0, 1.0)  # the fractions of `tensor`'s height and width that are the image
+    size: tuple[int, int] | None = None  # the photo's own (height, width) when `rgb` was decoded smaller
+
+    @property
+    def photo_hw(self) -> tuple[int, int]:
+        """The size the labels and the record are in: the photo's own."""
+        return self.size or self.rgb.shape[:2]
 
 
 class SegmentPipeline:
@@ -38,7 +44,8 @@ class SegmentPipeline:
     def __init__(self, model: LoadedModel, *, alpha: float = _S["alpha"], classes: list[str] | None = None,
                  save_mask: bool = False, tile: int | None = None, overlap: int = _S["overlap"],
                  tile_batch: int = _S["tile_batch"],
-                 max_pixels: int = DEFAULT_MAX_PIXELS, out_dir=None, threshold: float | None = None):
+                 max_pixels: int = DEFAULT_MAX_PIXELS, out_dir=None, threshold: float | None = None,
+                 full_decode: bool = _S["full_decode"], decode_on_device: bool | None = None):
         self.model = model
         self.model_name, self.weights_sha256 = model.name, model.weights_sha256
         self.alpha, self.save_mask, self.max_pixels = alpha, save_mask, max_pixels
@@ -51,6 +58,17 @@ class SegmentPipeline:
         self.output_name = OutputNamer(out_dir, MASK_SUFFIX) if out_dir is not None else None
         self.video_name = OutputNamer(out_dir, ".segment.mp4") if out_dir is not None else None
         self.palette = class_palette()
+        # A model that resizes its input (torchvision's: the shorter side) may take a JPEG decoded smaller; one that
+        # runs at the image's own size (our U-Net), tiles, and --out (overlays of the photo) take it in full.
+        resizes = model.preprocess.resize_mode != "none" and model.preprocess.resize_size is not None
+        self.reduction = (model.preprocess.decode_reduction if resizes and not full_decode and out_dir is None
+                          and tile is None else None)
+        # On CUDA, whole images without --out: a file's JPEG is decoded on the device (nvJPEG, a batch per call)
+        # and preprocessed there (cvtool.io.device_decode, cvtool.ops.device_preprocess); tiles and overlays
+        # take the photo on the host
+        on_cuda = model.device.type == "cuda" and model.backend == "torch"
+        self.decode_on_device = model.backend == "torch" and tile is None and out_dir is None and (
+            on_cuda if decode_on_device is None else decode_on_device)
 
     def _class_filter(self, names: list[str] | None) -> np.ndarray | None:
         """--classes: pixels of any other class become background (class 0)."""
@@ -74,7 +92,21 @@ class SegmentPipeline:
         return None if threshold is None or threshold == 0.5 or len(self.model.classes) != 2 else float(threshold)
 
     def prepare(self, path: str) -> Sample:
-        return self.prepare_array(read_image(path, max_pixels=self.max_pixels))
+        if self.decode_on_device:
+            from cvtool.io.device_decode import read_for_device
+
+            read = read_for_device(path, max_pixels=self.max_pixels)
+            if not self._padded_first(*read.size):  # the bytes only: decoded with the batch, on the device
+                return Sample(None, read, size=read.size)
+            from cvtool.io.image import decode_image
+
+            rgb = read.rgb if read.rgb is not None else decode_image(read.data, path, max_pixels=None)
+            return self.prepare_array(rgb)
+        decoded = read_reduced(path, max_pixels=self.max_pixels, reduction=self.reduction)
+        sample = self.prepare_array(decoded.rgb)
+        if decoded.factor != 1:
+            sample.size = decoded.size  # the labels are made at the photo's own size (predict)
+        return sample
 
     def prepare_array(self, rgb: np.ndarray) -> Sample:
         """A model that resizes the shorter side (torchvision's segmenters) would blow a thin strip up to an
@@ -82,11 +114,16 @@ class SegmentPipeline:
         pixels, to an aspect ratio of at most MAX_ASPECT, and the labels of the padding are cut off again."""
         h, w = rgb.shape[:2]
         pre = self.model.preprocess
-        if pre.resize_mode != "shorter" or pre.resize_size is None or max(h, w) <= MAX_ASPECT * min(h, w):
+        if not self._padded_first(h, w):
             return Sample(rgb, pre(rgb))
         padded_h, padded_w = max(h, -(-w // MAX_ASPECT)), max(w, -(-h // MAX_ASPECT))
         padded = cv2.copyMakeBorder(rgb, 0, padded_h - h, 0, padded_w - w, cv2.BORDER_REPLICATE)
         return Sample(rgb, pre(padded), valid=(h / padded_h, w / padded_w))
+
+    def _padded_first(self, h: int, w: int) -> bool:
+        """Whether an h x w image is padded to MAX_ASPECT before the model's shorter-side resize (prepare_array)."""
+        pre = self.model.preprocess
+        return pre.resize_mode == "shorter" and pre.resize_size is not None and max(h, w) > MAX_ASPECT * min(h, w)
 
     def batch_key(self, sample: Sample) -> tuple | None:
         """Samples with equal keys share a forward pass (`_whole_batched`: one input size per pass); tiled,
@@ -107,17 +144,19 @@ class SegmentPipeline:
             import torch
 
             with torch.inference_mode():
+                if self.threshold is None and self._read_for_device(samples):  # files, no --out: counts come back
+                    return self._summaries_on_device(samples)
                 labels = self._labels(samples)
         for sample, image_labels in zip(samples, labels):  # with a threshold: class 1's probability
             if sample.valid != (1.0, 1.0):  # cut off the labels of the padding (see prepare_array)
                 image_labels = image_labels[: max(1, round(image_labels.shape[0] * sample.valid[0])),
                                             : max(1, round(image_labels.shape[1] * sample.valid[1]))]
             if self.threshold is None:
-                sample.labels = self._to_input_size(image_labels, sample.rgb.shape[:2])
+                sample.labels = self._to_input_size(image_labels, sample.photo_hw)
             else:  # decided at the input's size, so no resize thins away a line between two cells
                 from cvtool.ops.regions import thresholded_labels
 
-                probability = self._to_input_size(image_labels, sample.rgb.shape[:2], cv2.INTER_LINEAR)
+                probability = self._to_input_size(image_labels, sample.photo_hw, cv2.INTER_LINEAR)
                 sample.labels = thresholded_labels(probability, self.threshold)
         return [self._summary(sample.labels) for sample in samples]
 
@@ -132,7 +171,7 @@ class SegmentPipeline:
 
                 logits = [self._tiled(torch.from_numpy(sample.tensor)) for sample in samples]
         else:  # whole images: those of one size go through the network together (--batch-size)
-            logits = self._whole_batched([sample.tensor for sample in samples])
+            logits = self._whole_batched(self._inputs(samples))
         if self.threshold is not None:
             return [self._foreground_probability(image_logits) for image_logits in logits]
         dtype = np.uint8 if len(self.model.classes) <= 256 else np.int32
@@ -140,7 +179,9 @@ class SegmentPipeline:
             return [image_logits.argmax(0).astype(dtype) for image_logits in logits]
         import torch
 
-        return [image_logits.argmax(0).to(torch.uint8 if dtype == np.uint8 else torch.int32).cpu().numpy()
+        # max(0).indices is argmax(0) (the first of equal maxima, as documented) and on the CPU ~10x faster: torch's
+        # argmax over the outer dimension of C x H x W cost more than decoding the image (bench/host_ceiling.py)
+        return [image_logits.max(0).indices.to(torch.uint8 if dtype == np.uint8 else torch.int32).cpu().numpy()
                 for image_logits in logits]
 
     def _foreground_probability(self, image_logits) -> np.ndarray:
@@ -152,7 +193,56 @@ class SegmentPipeline:
 
         return torch.softmax(image_logits.float(), 0)[1].cpu().numpy()
 
-    def _whole_batched(self, tensors: list[np.ndarray]) -> list:
+    def _inputs(self, samples: list[Sample]) -> list:
+        """The samples' preprocessed C x h x w inputs; files read for the device are decoded and preprocessed there,
+        as one batch (tensors on the model's device)."""
+        from cvtool.io.device_decode import DeviceRead
+
+        reads = [i for i, s in enumerate(samples) if isinstance(s.tensor, DeviceRead)]
+        if not reads:
+            return [sample.tensor for sample in samples]
+        import torch
+
+        from cvtool.io.device_decode import decode_batch
+        from cvtool.ops.device_preprocess import preprocess_images
+
+        device = self.model.device.torch
+        out = [torch.from_numpy(s.tensor).to(device) if i not in reads else None for i, s in enumerate(samples)]
+        images = decode_batch([samples[i].tensor for i in reads], self.model.device)  # those padded first: on the host
+        for i, tensor in zip(reads, preprocess_images(images, self.model.preprocess)):
+            out[i] = tensor
+        return out
+
+    def _read_for_device(self, samples: list[Sample]) -> bool:
+        """Whether the batch has files read for the device decoder (`prepare` with decode_on_device: the batch runner;
+        arrays, the API's calls and video frames, never have: their results keep their masks)."""
+        from cvtool.io.device_decode import DeviceRead
+
+        return self.decode_on_device and any(isinstance(s.tensor, DeviceRead) for s in samples)
+
+    def _summaries_on_device(self, samples: list[Sample]) -> list[dict]:
+        """predict's records without the labels leaving the device: the argmax, the padding's cut, the resize to
+        the photo's size (nearest, as OpenCV's INTER_NEAREST), --classes and the per-class counts there; only the
+        counts are copied back (`sample.labels` stays None: nothing is written without --out)."""
+        import torch
+        import torch.nn.functional as F
+
+        keep = None if self.keep is None else torch.from_numpy(self.keep).to(self.model.device.torch)
+        counts = []
+        for sample, image_logits in zip(samples, self._whole_batched(self._inputs(samples))):
+            labels = image_logits.max(0).indices
+            if sample.valid != (1.0, 1.0):
+                labels = labels[: max(1, round(labels.shape[0] * sample.valid[0])),
+                                : max(1, round(labels.shape[1] * sample.valid[1]))]
+            h, w = sample.photo_hw
+            if tuple(labels.shape) != (h, w):
+                labels = F.interpolate(labels[None, None].float(), size=(h, w), mode="nearest")[0, 0].long()
+            if keep is not None:
+                labels = torch.where(keep[labels], labels, torch.zeros_like(labels))
+            counts.append(torch.bincount(labels.reshape(-1), minlength=len(self.model.classes)))
+        return [self._summary_of(c, sample.photo_hw) for c, sample in zip(torch.stack(counts).cpu().numpy(), samples)]
+
+    def _whole_batched(self, tensors: list) -> list:
         """Each C x h x w input's logits (on the model's device; NumPy on onnxruntime), one forward pass per
         group of equal size."""
         from cvtool.ops.tiling import pad_bottom_right, padded_size
@@ -163,11 +253,16 @@ class SegmentPipeline:
         out: list = [None] * len(tensors)
         for shape, members in groups.items():
             h, w = shape[-2:]
-            batch = np.stack([tensors[i] for i in members])
-            if not self.model.runs_on_arrays:
-                from cvtool.device import to_device
+            if isinstance(tensors[members[0]], np.ndarray):
+                batch = np.stack([tensors[i] for i in members])
+                if not self.model.runs_on_arrays:
+                    from cvtool.device import to_device
 
-                batch = to_device(batch, self.model.device)
+                    batch = to_device(batch, self.model.device)
+            else:  # preprocessed on the device already
+                import torch
+
+                batch = torch.stack([tensors[i] for i in members])
             logits = self._forward(pad_bottom_right(batch, *padded_size(h, w, self.size_multiple)))[:, :, :h, :w]
             for i, image_logits in zip(members, logits):
                 out[i] = image_logits
@@ -196,11 +291,14 @@ class SegmentPipeline:
     def _summary(self, labels: np.ndarray) -> dict:
         if self.keep is not None:
             labels[~self.keep[labels]] = 0
-        counts = np.bincount(labels.reshape(-1), minlength=len(self.model.classes))
-        total = labels.size
+        return self._summary_of(np.bincount(labels.reshape(-1), minlength=len(self.model.classes)), labels.shape)
+
+    def _summary_of(self, counts: np.ndarray, shape: tuple[int, int]) -> dict:
+        """The record's result from the per-class pixel counts of labels of `shape` (height, width)."""
+        total = int(shape[0]) * int(shape[1])
         present = [i for i in np.argsort(-counts, kind="stable") if counts[i] > 0]
         return {
-            "size": [int(labels.shape[0]), int(labels.shape[1])],
+            "size": [int(shape[0]), int(shape[1])],
             "classes": [{"index": int(i), "label": self.model.classes[i], "pixels": int(counts[i]),
                          "fraction": round(float(counts[i]) / total, 6)} for i in present],
         }

@@ -1,6 +1,6 @@
 """`cvtool classify`: top-k labels with probabilities."""
 
-from cvtool.tasks.common import BATCH, LOADING, model_option
+from cvtool.tasks.common import BATCH, FULL_DECODE, LOADING, model_option
 from cvtool.tasks.options import Option, Options
 from cvtool.tasks.spec import TaskSpec
 
@@ -14,6 +14,7 @@ SPEC = TaskSpec(
         model_option("Model name (see `cvtool models`). Default: resnet18."),
         Option("top_k", int, 5, "Labels to report per image.", low=1, short="-k"),
         *LOADING,
+        FULL_DECODE,
         *BATCH,
     ]),
     columns=("rank", "label", "prob"),

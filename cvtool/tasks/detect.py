@@ -1,6 +1,6 @@
 """`cvtool detect`: boxes, labels and scores (and keypoints), in the input's own pixel coordinates."""
 
-from cvtool.tasks.common import BATCH, BATCH_SIZE, LOADING, model_option, with_default
+from cvtool.tasks.common import BATCH, BATCH_SIZE, FULL_DECODE, LOADING, model_option, with_default
 from cvtool.tasks.options import CSV, Option, Options
 from cvtool.tasks.spec import TABLE_FORMATS, TaskSpec
 
@@ -28,6 +28,7 @@ SPEC = TaskSpec(
                "fractions) and OUT/classes.txt, the layout `cvtool train detect` reads.", needs_out=True,
                server=False),
         *LOADING,
+        FULL_DECODE,
         with_default(BATCH_SIZE, 4, help="Images per forward pass."),
         *(o for o in BATCH if o.name != "batch_size"),
     ]),

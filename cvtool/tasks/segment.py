@@ -1,6 +1,6 @@
 """`cvtool segment`: a class per pixel; masks and overlays with --out."""
 
-from cvtool.tasks.common import BATCH, LOADING, model_option
+from cvtool.tasks.common import BATCH, FULL_DECODE, LOADING, model_option
 from cvtool.tasks.options import CSV, Option, Options
 from cvtool.tasks.spec import TaskSpec
 
@@ -26,6 +26,7 @@ SPEC = TaskSpec(
                "argmax's cells grow into the pixels above it, never into each other (default: the checkpoint's, "
                "chosen on validation by `train segment`; else the argmax).", low=0, high=1, exclusive=True),
         *LOADING,
+        FULL_DECODE,
         *(o for o in BATCH if o.name != "batch_size"),
     ]),
     columns=("label", "pixels", "fraction"),
