@@ -40,7 +40,8 @@ _TRUE = {"1", "true", "yes", "on"}
 _URL = re.compile(r"(?i)(https?|rtsps?|rtmps?)://\S+")
 _ANY_SCHEME = re.compile(r"(?i)([a-z][a-z0-9+.-]*)://")
 _LIVE_SCHEMES = {"rtsp", "rtsps", "rtmp", "rtmps"}
-_LIVE_SUFFIXES = {".m3u8"}  # HLS playlists: FFmpeg follows them as they grow
+_LIVE_SUFFIXES = {".m3u8", ".mjpg", ".mjpeg"}  # HLS playlists (FFmpeg follows them as they grow); an IP
+# camera's Motion JPEG over HTTP (multipart/x-mixed-replace: one JPEG after another, never ending)
 
 
 def is_url(spec: object) -> bool:
@@ -62,7 +63,8 @@ def url_suffix(url: str) -> str:
 
 
 def is_live_url(url: str) -> bool:
-    """A stream that never ends as a file does: RTSP, RTMP, an HLS playlist. Read by FFmpeg as it comes."""
+    """A stream that never ends as a file does: RTSP, RTMP, an HLS playlist, an HTTP Motion JPEG stream
+    (`.mjpg`). Read by FFmpeg as it comes."""
     return is_url(url) and (urlparse(url).scheme.lower() in _LIVE_SCHEMES or url_suffix(url) in _LIVE_SUFFIXES)
 
 

@@ -2,7 +2,13 @@
 
 A video input is a file with a video suffix (`.mp4`, `.avi`, ...), `cam:N` (camera N), a URL of a video
 file (downloaded to a temp file first, cvtool.io.remote) or a live stream (`rtsp://`, `rtmp://`, an HLS
-`.m3u8`: read by OpenCV's FFmpeg as it comes, with bounded open and read timeouts).
+`.m3u8`, an HTTP Motion JPEG `.mjpg`: read by OpenCV's FFmpeg as it comes, with bounded open and read timeouts).
+
+`FrameSource` reads any of them frame by frame: `grab()` advances (FFmpeg demuxes and decodes), `retrieve()`
+converts the current frame to RGB only when it is wanted (a `--vid-stride` frame skipped, or a live frame
+dropped, costs no conversion or copy; in an intra-only file such as Motion JPEG, no decoding either:
+`IntraOnlyCapture`); a camera or network stream that drops is reopened a bounded number of times with backoff
+(`Reconnect`), and a file may be `paced`: read at its own frame rate, as a live stream delivers it.
 
 Annotated `.mp4`/`.m4v`/`.mov` videos are written as H.264 (yuv420p, `+faststart`), which browsers and
 common players play, through PyAV (`pip install 'cvtool[video]'`); without PyAV, OpenCV's MPEG-4 Part 2
@@ -12,15 +18,17 @@ common players play, through PyAV (`pip install 'cvtool[video]'`); without PyAV,
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
-from cvtool.errors import InputError
+from cvtool.errors import InputError, UsageError
 from cvtool.io.atomic import _UMASK, WriteError
 from cvtool.io import remote
 from cvtool.io.files import not_regular_reason, temp_prefix
@@ -85,11 +93,11 @@ def open_camera(spec: str) -> tuple[cv2.VideoCapture, float]:
 def iter_frames(capture: cv2.VideoCapture, stride: int = 1, *, fps: float = 25.0,
                 live: bool = False) -> Iterator[tuple[int, float, np.ndarray]]:
     """(frame index, time in seconds, RGB frame) for every `stride`-th frame. A file's times are its
-    own timestamps (index / fps where the container has none); a camera's are seconds since its first frame."""
+    own timestamps (index / fps where the container has none); a camera's are seconds since its first frame.
+    The frames in between are grabbed, never retrieved (no conversion to pixels)."""
     index, start = 0, None
     while True:
-        ok, frame = capture.read()
-        if not ok:
+        if not capture.grab():
             return
         if index % stride == 0:
             if live:
@@ -98,8 +106,243 @@ def iter_frames(capture: cv2.VideoCapture, stride: int = 1, *, fps: float = 25.0
             else:
                 ms = capture.get(cv2.CAP_PROP_POS_MSEC)
                 seconds = ms / 1000 if ms > 0 or index == 0 else index / fps
+            ok, frame = capture.retrieve()
+            if not ok:
+                return
             yield index, seconds, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
         index += 1
+
+
+@dataclass(frozen=True)
+class Reconnect:
+    """How long a camera or network stream that drops is waited for: `tries` reopenings, the first after
+    `first_wait_s`, each wait twice the one before, at most `max_wait_s` (by default 5 tries over 15.5 s,
+    each open bounded by CVTOOL_CONNECT_TIMEOUT as well)."""
+
+    tries: int = 5
+    first_wait_s: float = 0.5
+    max_wait_s: float = 8.0
+
+    def waits(self) -> list[float]:
+        return [min(self.max_wait_s, self.first_wait_s * 2 ** i) for i in range(self.tries)]
+
+
+RECONNECT = Reconnect()
+NO_RECONNECT = Reconnect(tries=0)
+
+
+def default_reconnect() -> Reconnect:
+    """RECONNECT, with CVTOOL_RECONNECT_TRIES tries where it is set (0: a stream that drops ends at once)."""
+    raw = os.environ.get("CVTOOL_RECONNECT_TRIES", "").strip()
+    if not raw:
+        return RECONNECT
+    if not raw.isdigit():
+        raise UsageError(f"CVTOOL_RECONNECT_TRIES={raw!r} is not a whole number of tries (0 or more)")
+    return Reconnect(tries=int(raw))
+
+
+def stderr_line(message: str) -> None:
+    """The default for `on_event`: `cvtool: <line>` on stderr (the CLI's shape; the lower layers never import
+    the console)."""
+    sys.stderr.write(f"cvtool: {message}\n")
+    sys.stderr.flush()
+
+
+def _sleep(seconds: float) -> bool:
+    time.sleep(seconds)
+    return False
+
+
+class FrameSource:
+    """A video input read frame by frame: a file, `cam:N`, or a network stream; InputError when it cannot open.
+
+    `grab()` advances one frame and says whether there was one; `index` is then the frame's number (0, 1, ...
+    counted by cvtool; a stream reopened after a drop goes on counting), `captured` the `time.monotonic()` at
+    which cvtool received it and `seconds` its time; `retrieve()` is its RGB pixels, converted only when called.
+
+    `live`: a camera or network stream (times from the clock). `paced`: a file read at its own frame rate,
+    frame i no sooner than i / fps after the first, as a camera would deliver it (times from the clock too).
+    `stride` > 1 or `paced` (frames will be skipped): an intra-only file (Motion JPEG, ...) is read through
+    `IntraOnlyCapture`, which decodes only the frames retrieved; other files through OpenCV, whose grab() decodes.
+    A live source whose grab fails is reopened as `reconnect` says (None: `default_reconnect()`), each try
+    announced through `on_event` (one line); one that stays gone raises InputError. `wait(seconds)` sleeps
+    between tries and for pacing, and returns True to stop at once (a closing reader passes its Event's `wait`)."""
+
+    def __init__(self, spec: str | Path, *, paced: bool = False, stride: int = 1, reconnect: Reconnect | None = None,
+                 on_event: Callable[[str], None] | None = stderr_line,
+                 wait: Callable[[float], bool] = _sleep):
+        self.spec = str(spec)
+        self.live = is_live(self.spec)
+        self.paced = paced and not self.live
+        self._sparse = stride > 1 or self.paced  # frames will be skipped: worth not decoding them where one can
+        self.reconnect = reconnect if reconnect is not None else default_reconnect()
+        self.on_event, self.wait = on_event, wait
+        self.capture, self.fps, self.frame_count = self._open()
+        self.index = -1
+        self.captured = 0.0
+        self._start: float | None = None
+        self.reconnects = 0
+
+    @property
+    def realtime(self) -> bool:
+        """Frames arrive at the source's pace (a camera, a stream, a paced file), not as fast as they decode."""
+        return self.live or self.paced
+
+    def _open(self) -> tuple[cv2.VideoCapture | IntraOnlyCapture, float, int]:
+        if camera_index(self.spec) is not None:
+            capture, fps = open_camera(self.spec)
+            return capture, fps, 0
+        capture, fps, count = open_video(self.spec)
+        if self._sparse and not self.live and not remote.is_url(self.spec):
+            intra = IntraOnlyCapture.open(self.spec)
+            if intra is not None:
+                capture.release()
+                return intra, intra.fps or fps, intra.count or count
+        return capture, fps, count
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) the capture reports."""
+        return int(self.capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(self.capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+
+    def grab(self) -> bool:
+        """Advance to the next frame (demuxed and decoded, not converted); False at the end, or when `wait` says
+        stop. A live source that drops is reopened first (InputError when it does not come back)."""
+        if self.paced and self._start is not None:
+            delay = self._start + (self.index + 1) / self.fps - time.monotonic()
+            if delay > 0 and self.wait(delay):
+                return False
+        ok = self.capture.grab()
+        if not ok and self.live and self.reconnect.tries > 0:
+            ok = self._reopen()
+        if not ok:
+            return False
+        now = time.monotonic()
+        if self._start is None:
+            self._start = now
+        self.index += 1
+        self.captured = now
+        return True
+
+    @property
+    def seconds(self) -> float:
+        """The current frame's time: since the first frame by the clock (live, paced), else the file's own."""
+        if self.realtime:
+            return self.captured - (self._start or self.captured)
+        ms = self.capture.get(cv2.CAP_PROP_POS_MSEC)
+        return ms / 1000 if ms > 0 or self.index == 0 else self.index / self.fps
+
+    def retrieve(self) -> np.ndarray:
+        """The current frame, RGB uint8; InputError when FFmpeg cannot convert it."""
+        ok, frame = self.capture.retrieve()
+        if not ok or frame is None:
+            raise InputError(f"frame {self.index} could not be decoded", self.spec)
+        return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+
+    def _reopen(self) -> bool:
+        waits = self.reconnect.waits()
+        had = self.index + 1
+        for attempt, delay in enumerate(waits, 1):
+            if self.on_event is not None:
+                self.on_event(f"{self.spec}: the stream dropped after {had} frames; reconnecting in {delay:g} s "
+                              f"(try {attempt} of {len(waits)})")
+            if self.wait(delay):
+                return False
+            self.capture.release()
+            try:
+                self.capture, fps, _ = self._open()
+            except InputError:
+                continue
+            if self.capture.grab():
+                self.reconnects += 1
+                if self.on_event is not None:
+                    self.on_event(f"{self.spec}: reconnected (try {attempt})")
+                return True
+        tries = f"{len(waits)} {'try' if len(waits) == 1 else 'tries'}"
+        raise InputError(f"the stream dropped and did not come back ({tries} over {sum(waits):g} s)", self.spec)
+
+    def release(self) -> None:
+        self.capture.release()
+
+
+class IntraOnlyCapture:
+    """A video file whose every frame is a key frame (Motion JPEG, ProRes, intra-only FFV1, ...) read with PyAV,
+    so that a frame skipped by --vid-stride or dropped by newest-frame reading is never decoded: `grab()` only
+    demuxes the next frame's packet and `retrieve()` decodes it. The calls FrameSource makes of a
+    cv2.VideoCapture (grab, retrieve as BGR, get, release); the same libavcodec decoder, so the same pixels (a
+    Motion JPEG: identical, tests/test_video_live.py). `open` is None where PyAV is missing or the codec is not
+    intra-only (H.264 and the like: a skipped frame may be needed to decode the next one, so OpenCV decodes all)."""
+
+    def __init__(self, container, stream):
+        self.container, self.stream = container, stream
+        self.packets = container.demux(stream)
+        self.packet = None
+        self.decodes = 0
+        rate = stream.average_rate or stream.guessed_rate
+        self.fps = float(rate) if rate else 0.0
+        self.count = int(stream.frames or 0)
+        self.width, self.height = stream.codec_context.width, stream.codec_context.height
+
+    @classmethod
+    def open(cls, path: str | Path) -> "IntraOnlyCapture | None":
+        try:
+            import av
+        except ImportError:
+            return None
+        try:
+            container = av.open(str(path))
+        except Exception:  # av.FFmpegError and the like: OpenCV read it, so let OpenCV
+            return None
+        videos = container.streams.video
+        if not videos or not videos[0].codec_context.codec.intra_only:
+            container.close()
+            return None
+        return cls(container, videos[0])
+
+    def isOpened(self) -> bool:  # noqa: N802 (cv2.VideoCapture's name)
+        return True
+
+    def grab(self) -> bool:
+        try:
+            for packet in self.packets:
+                if packet.size:  # the demuxer's last packet is empty (it flushes a decoder)
+                    self.packet = packet
+                    return True
+        except Exception:  # a damaged file part-way: its end, as OpenCV's grab() would say
+            pass
+        self.packet = None
+        return False
+
+    def retrieve(self) -> tuple[bool, np.ndarray | None]:
+        if self.packet is None:
+            return False, None
+        self.decodes += 1
+        try:
+            frames = self.stream.codec_context.decode(self.packet)
+        except Exception:
+            return False, None
+        return (True, frames[0].to_ndarray(format="bgr24")) if frames else (False, None)
+
+    def get(self, prop: int) -> float:
+        if prop == cv2.CAP_PROP_FRAME_WIDTH:
+            return float(self.width)
+        if prop == cv2.CAP_PROP_FRAME_HEIGHT:
+            return float(self.height)
+        if prop == cv2.CAP_PROP_FPS:
+            return self.fps
+        if prop == cv2.CAP_PROP_FRAME_COUNT:
+            return float(self.count)
+        if prop == cv2.CAP_PROP_POS_MSEC:
+            packet = self.packet
+            if packet is None or packet.pts is None:
+                return 0.0
+            return float((packet.pts - (self.stream.start_time or 0)) * packet.time_base * 1000)
+        return 0.0
+
+    def release(self) -> None:
+        if self.container is not None:
+            self.container.close()
+            self.container = None
 
 
 H264_SUFFIXES = frozenset({".mp4", ".m4v", ".mov"})
