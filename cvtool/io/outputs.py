@@ -32,11 +32,14 @@ from cvtool.io.files import remove_stale_temp_files
 # Every name a command writes into --out, as `<stem><one of these>` (stem may carry `-<8 hex>`):
 # classify .json/.classify.mp4; detect .detect.jpg/.detect.mp4 and crops .cropNNN-LABEL.jpg; segment .mask.png,
 # .overlay.(png|jpg|jpeg), .mask-LABEL.png, .segment.mp4; verify-face .faces.jpg/.faces.mp4, .vs.OTHER.jpg;
-# stylize .stylized.png/.stylized.mp4, .stepNNNN.png. A new kind of output must be added here (OutputNamer checks).
+# stylize .stylized.png/.stylized.mp4, .stepNNNN.png; landmarks .landmarks.jpg/.landmarks.mp4, .faceNN.pts;
+# localize .localize.jpg/.localize.mp4. A new
+# kind of output must be added here (OutputNamer checks).
 _OUTPUT_NAME = re.compile(
     r".+(\.json|\.classify\.mp4|\.detect\.jpg|\.detect\.mp4|\.crop\d{3}-[\w-]*\.jpg|\.mask\.png|\.mask-[\w-]*\.png"
     r"|\.overlay\.(png|jpe?g)|\.segment\.mp4|\.faces\.jpg|\.faces\.mp4|\.vs\..+\.jpg|\.stylized\.png|\.stylized\.mp4"
-    r"|\.step\d{4}\.png)"
+    r"|\.step\d{4}\.png|\.track\.jpg|\.track\.mp4|\.landmarks\.jpg|\.landmarks\.mp4|\.face\d{2}\.pts"
+    r"|\.localize\.jpg|\.localize\.mp4)"
 )
 
 

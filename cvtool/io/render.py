@@ -108,3 +108,34 @@ def draw_caption(rgb: np.ndarray, text: str) -> np.ndarray:
     cv2.rectangle(out, (0, 0), (min(w, tw + 8), min(h, th + base + 8)), (0, 0, 0), -1)
     cv2.putText(out, text, (4, th + 4), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (255, 255, 255), thickness, cv2.LINE_AA)
     return out
+
+
+def draw_tracks(rgb: np.ndarray, detections: list[dict], trails: dict[int, list[tuple[float, float]]],
+                lines: list[list[float]] = (), zones: list[list[float]] = (), caption: str = "",
+                palette: np.ndarray | None = None) -> np.ndarray:
+    """Tracked boxes tagged "#ID label score", each id in its own colour with its trail (its recent box
+    centres), the counting lines and zones (polygons, x1,y1,x2,y2,...) and a caption (the counts)."""
+    import cv2
+
+    palette = class_palette() if palette is None else palette
+
+    def colour(track_id: int) -> tuple[int, ...]:
+        return tuple(int(c) for c in palette[(track_id * 7 + 1) % len(palette)])
+
+    tagged = [{**d, "index": d["track_id"], "text": f"#{d['track_id']} {d['label']} {d['score']:.2f}"}
+              for d in detections]
+    out = draw_detections(rgb, tagged, palette)
+    h, w = out.shape[:2]
+    thickness = max(1, round(0.002 * (h + w)))
+    for track_id, points in trails.items():
+        if len(points) > 1:
+            pts = np.round(np.asarray(points)).astype(np.int32).reshape(-1, 1, 2)
+            cv2.polylines(out, [pts], False, colour(track_id), thickness, cv2.LINE_AA)
+    for line in lines:
+        x1, y1, x2, y2 = (int(round(v)) for v in line)
+        cv2.line(out, (x1, y1), (x2, y2), (255, 255, 0), thickness + 1, cv2.LINE_AA)
+        cv2.circle(out, (x1, y1), thickness + 2, (255, 255, 0), -1, cv2.LINE_AA)  # where the line starts
+    for zone in zones:
+        pts = np.round(np.asarray(zone, dtype=float).reshape(-1, 2)).astype(np.int32).reshape(-1, 1, 2)
+        cv2.polylines(out, [pts], True, (0, 255, 255), thickness + 1, cv2.LINE_AA)
+    return draw_caption(out, caption) if caption else out
