@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test test-slow bench-test-time bench bench-startup bench-throughput bench-bad-inputs bench-segment bench-detect bench-video bench-onnx bench-serve bench-ddp eval-train eval-face-train eval-segment eval-unet-isbi eval-style eval-detect eval-face-port eval-face-landmarks eval-face sample-images lenet-digits clean
+.PHONY: install demo test test-slow bench-test-time bench bench-startup bench-throughput bench-bad-inputs bench-segment bench-detect bench-video bench-onnx bench-serve bench-ddp eval-train eval-face-train eval-segment eval-unet-isbi eval-style eval-detect eval-track eval-face-port eval-face-landmarks eval-face sample-images lenet-digits clean
 
 ## install: a virtual environment in .venv with cvtool (editable) and the dev tools
 install:
@@ -48,6 +48,11 @@ bench-detect:
 bench-video:
 	$(BIN)/python bench/video_run.py
 
+## bench-live: a 60 fps MJPEG camera on 127.0.0.1 into a 10 fps model: lag from capture to record, newest-frame (60 s) vs --buffer (15 s), RSS; --vid-stride read cost (bench/results/live_lag.json). LIVE_SECONDS=300 for five minutes
+.PHONY: bench-live
+bench-live:
+	$(BIN)/python bench/live_lag.py --seconds $(or $(LIVE_SECONDS),60)
+
 ## bench-video-codecs: annotated-video writers on a generated 720p clip: H.264 (PyAV) vs mp4v (OpenCV), size, ms/frame, read back by two readers
 .PHONY: bench-video-codecs
 bench-video-codecs:
@@ -63,10 +68,19 @@ bench-oneshot:
 	OMP_NUM_THREADS=1 $(BIN)/python bench/oneshot.py
 	OMP_NUM_THREADS=1 $(BIN)/python bench/oneshot.py --no-verdicts --no-dlib-cnn --b ../shared/datasets/faces/biden/biden1.jpg --tag obama1_biden1
 
-## gpu-check: every command and train task on CUDA vs the CPU, fp32 and --half (bench/results/gpu_check.json); skips without CUDA
-.PHONY: gpu-check
+## gpu-check: every command and train task on CUDA vs the CPU, fp32 and --half, and each network's pipeline against its bare forward pass on 1,000 images, beside YOLO11n (bench/results/gpu_check.json; under 8 minutes); skips without CUDA
+.PHONY: gpu-check gpu-check-smoke
 gpu-check:
 	$(BIN)/python bench/gpu_check.py
+
+## gpu-check-smoke: the share.* checks with the CPU standing in for the GPU, 16 images (a trial: results to /tmp)
+gpu-check-smoke:
+	CVTOOL_BENCH_RESULTS=/tmp/cvtool-gpu-check-smoke OMP_NUM_THREADS=2 $(BIN)/python bench/gpu_check.py --device cpu --images 16 --only share.device_decode,share.efficientnet_b0,share.yolo640,share.yolo11n
+
+## bench-overlap: cvtool classify|detect|segment DIR --out on the CPU, outputs written by the runner's writer pool vs in the main thread (bench/results/pipeline_overlap.json)
+.PHONY: bench-overlap
+bench-overlap:
+	OMP_NUM_THREADS=2 $(BIN)/python bench/pipeline_overlap.py
 
 ## bench-ddp: train classify on 1 vs 2 processes (images/s), and peak RSS on 2,000 vs 20,000 images, lazy and in memory (several minutes)
 bench-ddp:
@@ -102,6 +116,21 @@ eval-face-landmarks:
 ## eval-detect: the YOLO-style detector on the raccoon set (needs ../shared; CPU, several minutes)
 eval-detect:
 	$(BIN)/python bench/eval_detect.py
+
+## eval-localize: `train localize` (ResNet-18 from scratch, 128 px) on one-raccoon photos and on the pet photos, with Pc = 0 photos; our YOLO's top box as the reference (needs ../shared; CPU, ~30-60 min on a busy machine)
+.PHONY: eval-localize
+eval-localize:
+	$(BIN)/python bench/eval_localize.py --sets raccoon --epochs 30 --img-size 128 --detector-epochs 60 --name eval_localize_raccoon
+	$(BIN)/python bench/eval_localize.py --sets pets --epochs 30 --img-size 128 --name eval_localize_pets
+
+## eval-track: ByteTrack vs the IoU tracker (and Ultralytics' if CVTOOL_ULTRALYTICS_PYTHON names a Python that has it) on
+## MOT15 KITTI-17's public detections, HOTA/MOTA/IDF1 by TrackEval (needs ../shared/datasets/mot15_kitti17); then the
+## exact line/zone counts and the tracker's overhead on a generated clip with the face detector (~3 CPU-min)
+eval-track:
+	$(BIN)/pip install -q motmetrics
+	$(BIN)/pip install -q --no-deps trackeval==1.3.0
+	$(BIN)/python bench/track_mot.py
+	$(BIN)/python bench/track_count.py
 
 ## eval-val: `cvtool val detect` on the raccoon validation photos equals the mAP `train detect` reported for the same best.pt (~3-5 CPU-min)
 .PHONY: eval-val
@@ -141,10 +170,36 @@ eval-face:
 bench-decode:
 	$(BIN)/python bench/decode_reduced.py
 
+## bench-host-ceiling: images/s of classify/detect/segment with a no-op network vs a bare cv2.imread loop, full vs reduced decoding, 1 and 2 threads; whole `cvtool classify/detect DIR` before/after (needs ../shared; ~10 CPU-min)
+.PHONY: bench-host-ceiling
+bench-host-ceiling:
+	$(BIN)/python bench/host_ceiling.py
+
+## bench-decode-agreement: records of reduced vs full JPEG decoding on real photos, a classifier and our YOLO trained here first (needs ../shared; ~10 CPU-min)
+AGREE := /tmp/cvtool-decode-agreement
+.PHONY: bench-decode-agreement
+bench-decode-agreement:
+	mkdir -p $(AGREE)
+	{ echo path,label; for f in ../shared/datasets/pets_localization/labels/*.csv; do s=$$(basename $$f .csv); \
+	  echo "$$PWD/../shared/datasets/pets_localization/images/$$s.jpg,$$(tail -1 $$f | cut -d, -f3)"; done; \
+	  for f in ../shared/datasets/raccoon/images/*.jpg; do echo "$$PWD/$$f,raccoon"; done; } > $(AGREE)/animals.csv
+	OMP_NUM_THREADS=1 $(BIN)/cvtool -q train classify $(AGREE)/animals.csv --arch mobilenet_v3_small --img-size 128 \
+	  --hflip --epochs 50 --batch-size 32 --lr 3e-3 --seed 0 --device cpu --out $(AGREE)/cls > /dev/null
+	OMP_NUM_THREADS=1 $(BIN)/cvtool -q train detect ../shared/datasets/raccoon --val-split 0.2 --epochs 40 --img-size 256 \
+	  --width 16 --mosaic 0.5 --batch-size 8 --seed 0 --device cpu --out $(AGREE)/yolo > /dev/null
+	$(BIN)/python bench/decode_agreement.py --classify-weights $(AGREE)/cls/best.pt --detect-weights $(AGREE)/yolo/best.pt \
+	  --classify-train-command "Makefile bench-decode-agreement" --detect-train-command "Makefile bench-decode-agreement"
+
 ## bench-face-search: verify-face's coarse-to-fine face search vs the exhaustive one on ../shared/datasets/faces: same choices, verdicts, distances; detector time
 .PHONY: bench-face-search
 bench-face-search:
 	$(BIN)/python bench/face_search.py
+
+
+## eval-landmarks: `train landmarks` (ResNet-18 from scratch, 96 px, 40 epochs) on 395 HELEN faces, 100 held out, against dlib's 68-point predictor on the same detector boxes (needs ../shared; 1 thread, ~45 min on a busy machine)
+.PHONY: eval-landmarks
+eval-landmarks:
+	OMP_NUM_THREADS=1 $(BIN)/python bench/eval_landmarks.py --epochs 40 --arch resnet18 --img-size 96 --threads 1
 
 
 ## eval-face-train: triplet training from scratch on ORL faces, 8 whole subjects held out (needs ../shared; CPU, 3-5 min)

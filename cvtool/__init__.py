@@ -20,15 +20,19 @@ from cvtool.errors import CvtoolError, InputError, UsageError, WeightsError
 
 from cvtool.version import __version__
 
-_API = ("Classifier", "Detector", "Segmenter", "Stylizer", "FaceVerifier", "Result", "ClassifyResult",
-        "DetectResult", "SegmentResult", "StylizeResult", "VerifyResult", "list_models", "export_onnx")
+_API = ("Classifier", "Detector", "Localizer", "Segmenter", "Stylizer", "FaceVerifier", "Result", "ClassifyResult",
+        "DetectResult", "LocalizeResult", "SegmentResult", "StylizeResult", "VerifyResult", "LandmarkDetector",
+        "LandmarksResult", "Tracker", "TrackResult", "list_models", "export_onnx")
 
 __all__ = [*_API, "train", "load_image", "CvtoolError", "InputError", "UsageError", "WeightsError", "__version__"]
 
 if TYPE_CHECKING:
     from cvtool import train
-    from cvtool.api import (Classifier, ClassifyResult, DetectResult, Detector, FaceVerifier, Result, SegmentResult,
+    from cvtool.api import (Classifier, ClassifyResult, DetectResult, Detector, FaceVerifier, LocalizeResult,
+                            Localizer, Result, SegmentResult,
                             Segmenter, StylizeResult, Stylizer, VerifyResult, export_onnx, list_models)
+    from cvtool.api import LandmarkDetector, LandmarksResult
+    from cvtool.api import Tracker, TrackResult
     from cvtool.io.image import load_image
 
 

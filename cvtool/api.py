@@ -33,17 +33,22 @@ import numpy as np
 from cvtool.errors import InputError, UsageError
 from cvtool.io.image import ImageSource, load_image
 from cvtool.tasks.classify import SPEC as CLASSIFY
-from cvtool.tasks.common import BATCH_SIZE, VID_STRIDE
+from cvtool.tasks.common import BATCH_SIZE, BUFFER, VID_STRIDE
 from cvtool.tasks.detect import DEFAULT_CONF, SPEC as DETECT
+from cvtool.tasks.landmarks import SPEC as LANDMARKS
+from cvtool.tasks.localize import SPEC as LOCALIZE
 from cvtool.tasks.options import CALL, CSV
 from cvtool.tasks.segment import SPEC as SEGMENT
 from cvtool.tasks.spec import TaskSpec
 from cvtool.tasks.stylize import OPTIMISED_SIZE, SPEC as STYLIZE
+from cvtool.tasks.track import SPEC as TRACK
 from cvtool.tasks.verify_face import SPEC as VERIFY_FACE
 
 __all__ = [
-    "Result", "ClassifyResult", "DetectResult", "SegmentResult", "StylizeResult", "VerifyResult",
-    "Classifier", "Detector", "Segmenter", "Stylizer", "FaceVerifier", "list_models", "export_onnx",
+    "Result", "ClassifyResult", "DetectResult", "LocalizeResult", "SegmentResult", "StylizeResult", "VerifyResult",
+    "Classifier", "Detector", "Localizer", "Segmenter", "Stylizer", "FaceVerifier", "LandmarkDetector",
+    "LandmarksResult",
+    "list_models", "export_onnx", "Tracker", "TrackResult",
 ]
 
 Sources = "ImageSource | Sequence[ImageSource]"
@@ -133,6 +138,43 @@ class DetectResult(Result):
     @property
     def class_ids(self) -> np.ndarray:
         return np.array([d["index"] for d in self.detections], np.int64)
+
+
+class TrackResult(DetectResult):
+    """One frame's tracked boxes: `detections` each with a `track_id`; `counts` the line/zone counts so far."""
+
+    @property
+    def track_ids(self) -> np.ndarray:
+        return np.array([d["track_id"] for d in self.detections], np.int64)
+
+    @property
+    def counts(self) -> dict:
+        return self.result.get("counts", {})
+
+
+class LocalizeResult(DetectResult):
+    """One object per image: `pc` (is there one), `box` (x1 y1 x2 y2 in the input's pixels), `label`,
+    `class_prob`: the network's answer whatever Pc is; `found`: Pc >= conf (`detections` then holds that box)."""
+
+    @property
+    def pc(self) -> float:
+        return self.result["pc"]
+
+    @property
+    def box(self) -> np.ndarray:
+        return np.array(self.result["box"], np.float32)
+
+    @property
+    def label(self) -> str:
+        return self.result["label"]
+
+    @property
+    def class_prob(self) -> float:
+        return self.result["class_prob"]
+
+    @property
+    def found(self) -> bool:
+        return bool(self.result["detections"])
 
 
 class SegmentResult(Result):
@@ -434,18 +476,25 @@ class _Task(Generic[R]):
     def _finish(self, res: R, sample, extras: dict) -> R:
         return res
 
-    def stream(self, source: str | Path, *, vid_stride: int = 1, batch_size: int = BATCH_SIZE.default) -> Iterator[R]:
-        """The frames of a video file (or `cam:N`), every `vid_stride`-th, with bounded memory.
+    def stream(self, source: str | Path | Sequence[str | Path], *, vid_stride: int = 1,
+               batch_size: int = BATCH_SIZE.default, buffer: bool | None = BUFFER.default) -> Iterator[R]:
+        """The frames of a video file, `cam:N` or a live stream (rtsp://, .m3u8, .mjpg), every `vid_stride`-th,
+        with bounded memory; a list of sources is read all at once, each in its own thread.
 
-        Yields one Result per kept frame (`record["frame"]`, `record["time_s"]`); a video that cannot be
-        read raises InputError; one that fails part-way ends with a Result whose `error` says why."""
-        from cvtool.pipelines.video import run_video
+        Yields one Result per kept frame (`record["frame"]`, `record["time_s"]`; for a camera or stream also
+        `lag_ms`, and `dropped`). `buffer` (cvtool.tasks.common.BUFFER): None reads a camera or stream newest-frame
+        (frames a slower model has no time for are dropped) and a file every frame; True every frame; False a file
+        too newest-frame, at its own frame rate. A single video that cannot be read raises InputError; one that
+        fails part-way (or, of a list, any that fails) gives a Result whose `error` says why."""
+        from cvtool.pipelines.video import run_videos
 
         BATCH_SIZE.check(batch_size)
         VID_STRIDE.check(vid_stride)
-        first = True
-        for record, rgb, sample, result in run_video(self._pipeline, str(source), batch_size=batch_size,
-                                                     stride=vid_stride, with_frames=True, lock=self._lock):
+        sources = [str(source)] if isinstance(source, (str, Path)) else [str(s) for s in source]
+        first = isinstance(source, (str, Path))  # one source that cannot be read raises
+        for record, rgb, sample, result in run_videos(self._pipeline, sources, batch_size=batch_size,
+                                                      stride=vid_stride, with_frames=True, lock=self._lock,
+                                                      buffer=buffer):
             if first and "error" in record:
                 raise InputError(record["error"], record["path"])
             first = False
@@ -457,7 +506,7 @@ class _Task(Generic[R]):
 
     def run(self, inputs: str | Path | Iterable, *, out: str | Path | None = None, recursive: bool = False,
             batch_size: int = BATCH_SIZE.default, workers: int | None = None, skip_existing: bool = False,
-            vid_stride: int = 1,
+            vid_stride: int = 1, buffer: bool | None = BUFFER.default,
             on_skip: Callable[[str], None] | None = None, shard: tuple[int, int] | None = None,
             records: str | Path | Any = None) -> Iterator[R]:
         """A batch as the CLI runs it: files, directories, globs (or `InputItem`s), images and videos.
@@ -477,8 +526,13 @@ class _Task(Generic[R]):
         check_out_dir(out_dir, skip_existing=skip_existing)
         return _run_batch(self._make_pipeline(out_dir), inputs, self.result_type, recursive=recursive, out_dir=out_dir,
                           batch_size=batch_size, workers=_workers(workers, self.loaded, shard),
-                          skip_existing=skip_existing, vid_stride=vid_stride, on_skip=on_skip, lock=self._lock,
-                          shard=shard, records=records)
+                          skip_existing=skip_existing, vid_stride=vid_stride, buffer=buffer, on_skip=on_skip,
+                          lock=self._lock, shard=shard, records=records, runner=self._batch_runner())
+
+    def _batch_runner(self) -> Callable | None:
+        """What plays a batch's inputs through the pipeline: None, cvtool.pipelines.runner.run; the Tracker's
+        plays one sequence at a time (cvtool.pipelines.track.run_sequences)."""
+        return None
 
 
 def _input_items(inputs, recursive: bool, out_dir: Path | None, guard, also_protect=()) -> Iterator:
@@ -501,7 +555,8 @@ def _input_items(inputs, recursive: bool, out_dir: Path | None, guard, also_prot
 
 
 def _run_batch(pipeline, inputs, result_type: type[R], *, recursive, out_dir, batch_size, workers, skip_existing,
-               vid_stride, on_skip, lock, also_protect=(), shard=None, records=None) -> Iterator[R]:
+               vid_stride, on_skip, lock, also_protect=(), shard=None, records=None, runner=None,
+               buffer=None) -> Iterator[R]:
     """Check `shard` and open the `records` journal now (a bad one is a UsageError at the call), then
     the batch, lazily."""
     from cvtool.io.journal import Journal
@@ -512,11 +567,13 @@ def _run_batch(pipeline, inputs, result_type: type[R], *, recursive, out_dir, ba
     journal = records if records is None or isinstance(records, Journal) else Journal(records)
     return _batch(pipeline, inputs, result_type, recursive=recursive, out_dir=out_dir, batch_size=batch_size,
                   workers=workers, skip_existing=skip_existing, vid_stride=vid_stride, on_skip=on_skip, lock=lock,
-                  also_protect=also_protect, shard=shard, journal=journal, own_journal=journal is not records)
+                  also_protect=also_protect, shard=shard, journal=journal, own_journal=journal is not records,
+                  runner=runner, buffer=buffer)
 
 
 def _batch(pipeline, inputs, result_type: type[R], *, recursive, out_dir, batch_size, workers, skip_existing,
-           vid_stride, on_skip, lock, also_protect, shard, journal, own_journal) -> Iterator[R]:
+           vid_stride, on_skip, lock, also_protect, shard, journal, own_journal, runner=None,
+           buffer=None) -> Iterator[R]:
     from cvtool.io.outputs import protecting
     from cvtool.io.shards import select
     from cvtool.pipelines.runner import already_done, run
@@ -530,8 +587,8 @@ def _batch(pipeline, inputs, result_type: type[R], *, recursive, out_dir, batch_
     try:
         with protecting() as guard:  # no output of this batch lands on one of its inputs (or another batch's)
             items = select(_input_items(inputs, recursive, out_dir, guard, also_protect), shard)
-            records = run(pipeline, items, batch_size=batch_size, workers=workers, out_dir=out_dir, skip=skip,
-                          vid_stride=vid_stride, lock=lock)
+            records = (runner or run)(pipeline, items, batch_size=batch_size, workers=workers, out_dir=out_dir,
+                                      skip=skip, vid_stride=vid_stride, buffer=buffer, lock=lock)
             stream = journal.track(records) if journal is not None else records
             try:
                 for record in stream:
@@ -555,8 +612,8 @@ class Classifier(_Task[ClassifyResult]):
     def __init__(self, model: str | None = None, *, weights: str | Path | None = None, top_k: int = _C["top_k"],
                  device: str = _C["device"], backend: str = _C["backend"], max_pixels: int = _C["max_pixels"],
                  progress: bool = False, on_export: Callable[[Path], None] | None = None,
-                 threads: int | None = _C["threads"], half: bool = _C["half"]):
-        options = self._call_options(dict(top_k=top_k, max_pixels=max_pixels, threads=threads))
+                 threads: int | None = _C["threads"], half: bool = _C["half"], full_decode: bool = _C["full_decode"]):
+        options = self._call_options(dict(top_k=top_k, max_pixels=max_pixels, threads=threads, full_decode=full_decode))
         loaded = _load(model, task=self.spec.name, default=self.spec.default_model, weights=weights, device=device,
                        backend=backend,
                        progress=progress, on_export=on_export, threads=threads, half=half)
@@ -565,7 +622,8 @@ class Classifier(_Task[ClassifyResult]):
     def _make_pipeline(self, out_dir):
         from cvtool.pipelines.classify import ClassifyPipeline
 
-        return ClassifyPipeline(self.loaded, top_k=self.top_k, max_pixels=self.max_pixels, out_dir=out_dir)
+        return ClassifyPipeline(self.loaded, top_k=self.top_k, max_pixels=self.max_pixels, out_dir=out_dir,
+                                full_decode=self.full_decode)
 
     def batch_key(self, prepared: tuple) -> Hashable:
         return tuple(prepared[2].shape)  # the pass stacks its inputs: one shape per pass
@@ -602,10 +660,10 @@ class Detector(_KeptClasses, _Task[DetectResult]):
                  save_txt: bool = _D["save_txt"], device: str = _D["device"], backend: str = _D["backend"],
                  max_pixels: int = _D["max_pixels"], progress: bool = False,
                  on_export: Callable[[Path], None] | None = None, threads: int | None = _D["threads"],
-                 half: bool = _D["half"]):
+                 half: bool = _D["half"], full_decode: bool = _D["full_decode"]):
         options = self._call_options(dict(conf=conf, iou=iou, classes=classes, max_det=max_det, keypoints=keypoints,
                                           save_crops=save_crops, save_txt=save_txt, max_pixels=max_pixels,
-                                          threads=threads))
+                                          threads=threads, full_decode=full_decode))
         self.loaded = _load(model, task=self.spec.name, default=self.spec.default_model, weights=weights, device=device,
                        backend=backend,
                             progress=progress, on_export=on_export, threads=threads, half=half)
@@ -623,7 +681,7 @@ class Detector(_KeptClasses, _Task[DetectResult]):
         o = self.options
         return DetectPipeline(self.loaded, conf=o["conf"], iou=o["iou"], max_det=o["max_det"], classes=o["classes"],
                               keypoints=o["keypoints"], save_crops=o["save_crops"], save_txt=o["save_txt"],
-                              max_pixels=o["max_pixels"], out_dir=out_dir)
+                              max_pixels=o["max_pixels"], out_dir=out_dir, full_decode=o["full_decode"])
 
     def batch_key(self, prepared: tuple) -> Hashable:
         return self._pipeline.batch_key(prepared[2])
@@ -642,6 +700,157 @@ class Detector(_KeptClasses, _Task[DetectResult]):
     def coco_categories(self) -> dict[int, dict]:
         """Class index -> COCO category {"id", "name"}: what `-f coco` lists (cvtool.pipelines.detect)."""
         return self._pipeline.categories
+
+    def tracker(self, **options: Any) -> "Tracker":
+        """A `Tracker` over this same network (shared, not reloaded; one lock), this detector's iou, classes and
+        max_det unless `options` (the Tracker's per-call options) say otherwise."""
+        mine = {name: self.options[name] for name in ("iou", "classes", "max_det", "max_pixels")}
+        return Tracker._over(self.loaded, self._lock, {**mine, **options})
+
+    def track(self, source: str | Path, **options: Any) -> Iterator["TrackResult"]:
+        """`self.tracker(**options).stream(source)`: a video's (or camera's) frames with track ids."""
+        return self.tracker(**options).stream(source)
+
+
+_L = LOCALIZE.defaults(route="api")
+
+
+class Localizer(_Task[LocalizeResult]):
+    """Classification with localisation, one object per image: a `cvtool train localize` checkpoint.
+
+    `Localizer(weights="runs/pets/best.pt")("cat.jpg")` -> `.pc`, `.box`, `.label`, `.found` (Pc >= conf)."""
+
+    spec = LOCALIZE
+    result_type = LocalizeResult
+
+    def __init__(self, model: str | None = None, *, weights: str | Path | None = None, conf: float = _L["conf"],
+                 device: str = _L["device"], backend: str = _L["backend"], max_pixels: int = _L["max_pixels"],
+                 progress: bool = False, on_export: Callable[[Path], None] | None = None,
+                 threads: int | None = _L["threads"], half: bool = _L["half"]):
+        options = self._call_options(dict(conf=conf, max_pixels=max_pixels, threads=threads))
+        loaded = _load(model, task=self.spec.name, default=self.spec.default_model, weights=weights, device=device,
+                       backend=backend, progress=progress, on_export=on_export, threads=threads, half=half)
+        super().__init__(loaded, options)
+
+    def _make_pipeline(self, out_dir):
+        from cvtool.pipelines.localize import LocalizePipeline
+
+        return LocalizePipeline(self.loaded, conf=self.conf, max_pixels=self.max_pixels, out_dir=out_dir)
+
+    def batch_key(self, prepared: tuple) -> Hashable:
+        return tuple(prepared[2][1].shape)  # the network's input: one square size per model
+
+    def input_pixels(self, prepared: tuple) -> int:
+        return int(prepared[2][1].shape[-2] * prepared[2][1].shape[-1])
+
+    @property
+    def extra_formats(self) -> dict:
+        """`-f coco` and `-f yolo`, as `cvtool detect` writes them (the found box, its score Pc)."""
+        from cvtool.pipelines.detect import writers_for
+
+        return writers_for({i: {"id": i + 1, "name": name} for i, name in enumerate(self.classes)})
+
+
+_T = TRACK.defaults(route="api")
+
+
+class Tracker(_KeptClasses, _Task[TrackResult]):
+    """Objects followed across frames: any detector's boxes (the models `Detector` takes), each with a `track_id`
+    (ByteTrack, cvtool.ops.tracking), and counts of `line` crossings and `zone` entries and exits
+    (cvtool.ops.counting), per track.
+
+    `tr = Tracker("face")`: each call `tr(frame)` is the next frame of one sequence and `reset()` starts another;
+    `stream(video)` and `run(inputs)` track each video (and each run of images, in order) on its own.
+    `track_high=None`: the model's own confidence threshold (0.25; 0 for `face`); `new_track=None`: track_high."""
+
+    spec = TRACK
+    result_type = TrackResult
+
+    def __init__(self, model: str | None = None, *, weights: str | Path | None = None, iou: float = _T["iou"],
+                 classes: Sequence[str] | None = _T["classes"], max_det: int = _T["max_det"],
+                 track_high: float | None = _T["track_high"], track_low: float = _T["track_low"],
+                 new_track: float | None = _T["new_track"], match_iou: float = _T["match_iou"],
+                 track_buffer: int = _T["track_buffer"], tracker: str = _T["tracker"],
+                 line: Sequence[float] | None = _T["line"], zone: Sequence[float] | None = _T["zone"],
+                 trail: int = _T["trail"], device: str = _T["device"], backend: str = _T["backend"],
+                 max_pixels: int = _T["max_pixels"], progress: bool = False,
+                 on_export: Callable[[Path], None] | None = None, threads: int | None = _T["threads"],
+                 half: bool = _T["half"]):
+        options = self._call_options(dict(iou=iou, classes=classes, max_det=max_det, track_high=track_high,
+                                          track_low=track_low, new_track=new_track, match_iou=match_iou,
+                                          track_buffer=track_buffer, tracker=tracker, line=line, zone=zone,
+                                          trail=trail, max_pixels=max_pixels, threads=threads))
+        self.loaded = _load(model, task=DETECT.name, default=self.spec.default_model, weights=weights, device=device,
+                            backend=backend, progress=progress, on_export=on_export, threads=threads, half=half)
+        self._last = None  # the pipeline of the latest run (its counts are the summary)
+        super().__init__(self.loaded, self._normalise(options))
+
+    def _make_pipeline(self, out_dir):
+        from cvtool.ops.tracking import TrackerSettings
+        from cvtool.pipelines.detect import DetectPipeline
+        from cvtool.pipelines.track import TrackPipeline
+
+        o = self.options
+        high = o["track_high"] if o["track_high"] is not None else default_conf(self.loaded)
+        low = min(o["track_low"], high)  # the detector runs at the low threshold: the second stage needs its boxes
+        settings = TrackerSettings(track_high=high, track_low=low,
+                                   new_track=o["new_track"] if o["new_track"] is not None else high,
+                                   match_iou=o["match_iou"], track_buffer=o["track_buffer"])
+        # frames decoded in full: the boxes of a sequence do not depend on --out (reduced JPEG decoding would)
+        detector = DetectPipeline(self.loaded, conf=low, iou=o["iou"], max_det=o["max_det"], classes=o["classes"],
+                                  max_pixels=o["max_pixels"], full_decode=True)
+        return TrackPipeline(detector, settings, tracker=o["tracker"], line=o["line"], zone=o["zone"],
+                             trail=o["trail"], out_dir=out_dir)
+
+    @classmethod
+    def _over(cls, loaded, lock, options: dict[str, Any]) -> "Tracker":
+        """A Tracker over an already loaded detector (Detector.tracker), sharing its lock."""
+        allowed = set(cls.spec.options.names(stage=CALL, route="api"))
+        unknown = sorted(set(options) - allowed)
+        if unknown:
+            raise UsageError(f"{', '.join(unknown)}: not a per-call option of track (those are {', '.join(allowed)})")
+        tracker = cls.__new__(cls)
+        tracker.loaded, tracker._last = loaded, None
+        defaults = {name: cls.spec.options[name].default for name in allowed}
+        _Task.__init__(tracker, loaded, tracker._normalise(cls._call_options({**defaults, **options})))
+        tracker._lock = lock
+        return tracker
+
+    def reset(self) -> None:
+        """Start a new sequence for the calls `tr(frame)`: ids from 1 again, counts from 0."""
+        self._pipeline.start(None)
+
+    def stream(self, source, **options) -> Iterator[TrackResult]:  # type: ignore[override]
+        """`Detector.stream`, each source tracked on its own (a fresh tracker per video)."""
+        if isinstance(source, (str, Path)):
+            self._pipeline.start(str(source))
+            yield from super().stream(source, **options)
+            return
+        for one in source:
+            self._pipeline.start(str(one))
+            yield from super().stream([one], **options)
+
+    def _batch_runner(self) -> Callable:
+        from cvtool.pipelines.track import run_sequences
+
+        def runner(pipeline, items, **run_options):
+            self._last = pipeline
+            return run_sequences(pipeline, items, **run_options)
+
+        return runner
+
+    @property
+    def counts(self) -> dict[str, dict]:
+        """The line/zone counts of each sequence of the latest `run` (video path -> counts; "images" for a run of
+        images); {} without --line/--zone."""
+        return dict(self._last.counts) if self._last is not None else {}
+
+    @property
+    def extra_formats(self) -> dict:
+        """`-f mot`: MOTChallenge text (cvtool.pipelines.track.MotWriter)."""
+        from cvtool.pipelines.track import EXTRA_FORMATS
+
+        return dict(EXTRA_FORMATS)
 
 
 def default_conf(loaded) -> float:
@@ -665,10 +874,10 @@ class Segmenter(_KeptClasses, _Task[SegmentResult]):
                  device: str = _S["device"], backend: str = _S["backend"], max_pixels: int = _S["max_pixels"],
                  progress: bool = False, on_export: Callable[[Path], None] | None = None,
                  threads: int | None = _S["threads"], half: bool = _S["half"],
-                 threshold: float | None = _S["threshold"]):
+                 threshold: float | None = _S["threshold"], full_decode: bool = _S["full_decode"]):
         options = self._call_options(dict(alpha=alpha, classes=classes, save_mask=save_mask, tile=tile,
                                           overlap=overlap, tile_batch=tile_batch, threshold=threshold,
-                                          max_pixels=max_pixels, threads=threads))
+                                          max_pixels=max_pixels, threads=threads, full_decode=full_decode))
         loaded = _load(model, task=self.spec.name, default=self.spec.default_model, weights=weights, device=device,
                        backend=backend,
                        progress=progress, on_export=on_export, threads=threads, half=half)
@@ -689,7 +898,8 @@ class Segmenter(_KeptClasses, _Task[SegmentResult]):
         o = self.options
         return SegmentPipeline(self.loaded, alpha=o["alpha"], classes=o["classes"], save_mask=o["save_mask"],
                                tile=o["tile"], overlap=o["overlap"], tile_batch=o["tile_batch"],
-                               max_pixels=o["max_pixels"], out_dir=out_dir, threshold=o["threshold"])
+                               max_pixels=o["max_pixels"], out_dir=out_dir, threshold=o["threshold"],
+                               full_decode=o["full_decode"])
 
     def batch_key(self, prepared: tuple) -> Hashable:
         return self._pipeline.batch_key(prepared[2])
@@ -830,8 +1040,9 @@ class Stylizer(_Task[StylizeResult]):
 
     def run(self, inputs: str | Path | Iterable, *, out: str | Path | None = "stylized", recursive: bool = False,
             batch_size: int = 1, workers: int | None = 1, skip_existing: bool = False, vid_stride: int = 1,
-            on_skip: Callable[[str], None] | None = None, shard: tuple[int, int] | None = None,
-            records: str | Path | Any = None, save_every: int | None = None) -> Iterator[StylizeResult]:
+            buffer: bool | None = BUFFER.default, on_skip: Callable[[str], None] | None = None,
+            shard: tuple[int, int] | None = None, records: str | Path | Any = None,
+            save_every: int | None = None) -> Iterator[StylizeResult]:
         """Stylise each content image (or video, feed-forward only) into `out`: a file name for one input
         (`result.png`, `clip.mp4`), else a directory (`NAME.stylized.png`); stylised images are always
         written, so `out` cannot be None. `save_every`: the optimisation's intermediate images too. `workers`:
@@ -856,8 +1067,87 @@ class Stylizer(_Task[StylizeResult]):
         pipeline = self._make_pipeline(out, single_file=single_file, save_every=save_every)
         return _run_batch(pipeline, inputs, StylizeResult, recursive=recursive, out_dir=out,
                           batch_size=batch_size, workers=workers, skip_existing=skip_existing, vid_stride=vid_stride,
-                          on_skip=on_skip, lock=self._lock, also_protect=self._style_paths, shard=shard,
-                          records=records)
+                          buffer=buffer, on_skip=on_skip, lock=self._lock, also_protect=self._style_paths,
+                          shard=shard, records=records)
+
+
+class LandmarksResult(Result):
+    @property
+    def faces(self) -> list[dict]:
+        """Per face: its box, the detector's score (None without detection) and its points."""
+        return self.result["faces"]
+
+    @property
+    def points(self) -> np.ndarray:
+        """F x N x 2 float32 (x, y) in the input's own pixels, one row per face."""
+        n = len(self.result["names"])
+        return np.array([f["points"] for f in self.faces], np.float32).reshape(-1, n, 2)
+
+    @property
+    def boxes(self) -> np.ndarray:
+        return np.array([f["box"] for f in self.faces], np.float32).reshape(-1, 4)
+
+
+_L = LANDMARKS.defaults(route="api")
+
+
+class LandmarkDetector(_Task[LandmarksResult]):
+    """N (x, y) points per face (dlib's CNN face detector, then the network on each face's crop) or per image:
+    a `cvtool train landmarks` checkpoint (`LandmarkDetector(weights="runs/helen/best.pt")`). `no_detect=True`
+    takes each image as one crop. `points_for(image, boxes)`: the points of faces whose boxes you have."""
+
+    spec = LANDMARKS
+    result_type = LandmarksResult
+
+    def __init__(self, model: str | None = None, *, weights: str | Path | None = None,
+                 no_detect: bool = _L["no_detect"], detector: str = _L["detector"], min_face: float = _L["min_face"],
+                 max_faces: int = _L["max_faces"], save_pts: bool = _L["save_pts"], device: str = _L["device"],
+                 backend: str = _L["backend"], max_pixels: int = _L["max_pixels"], progress: bool = False,
+                 on_export: Callable[[Path], None] | None = None, threads: int | None = _L["threads"],
+                 half: bool = _L["half"]):
+        from cvtool.models.landmark_net import BOX_FIT_FIELD, REGION_FIELD, landmark_fields
+        from cvtool.pipelines.face import face_detector_entry
+
+        options = self._call_options(dict(no_detect=no_detect, min_face=min_face, max_faces=max_faces,
+                                          save_pts=save_pts, max_pixels=max_pixels, threads=threads))
+        detector_entry = face_detector_entry(detector)  # an unknown detector is one line before any model loads
+        loaded = _load(model, task=self.spec.name, default=self.spec.default_model, weights=weights, device=device,
+                       backend=backend, progress=progress, on_export=on_export, threads=threads, half=half)
+        self.face_detector = None
+        fields = landmark_fields(loaded)
+        if not no_detect and (fields[REGION_FIELD] or "box") == "box" and fields[BOX_FIT_FIELD]:
+            from cvtool.models.face_detectors import FaceDetectorOptions, make_face_detector
+
+            self.face_detector = make_face_detector(detector_entry, FaceDetectorOptions(
+                device=loaded.device, backend=loaded.backend, min_face=min_face, on_export=on_export))
+        super().__init__(loaded, options)
+
+    def _make_pipeline(self, out_dir):
+        from cvtool.pipelines.landmarks import LandmarksPipeline
+
+        o = self.options
+        return LandmarksPipeline(self.loaded, face_detector=self.face_detector, no_detect=o["no_detect"],
+                                 max_faces=o["max_faces"], save_pts=o["save_pts"], max_pixels=o["max_pixels"],
+                                 out_dir=out_dir)
+
+    @property
+    def layout(self):
+        """The points' layout (cvtool.ops.landmarks.Layout): their number, flip pairs, the error's normaliser."""
+        return self._pipeline.layout
+
+    def points_for(self, image: ImageSource, boxes, *, reference: bool = False) -> np.ndarray:
+        """F x N x 2 points of the faces in `boxes` (x1, y1, x2, y2 each): a face detector's boxes, mapped by the
+        checkpoint's fit as a call maps them, or with `reference=True` boxes in the training convention (the
+        points' own bounding box)."""
+        pipeline = self._pipeline
+        rgb = load_image(image, max_pixels=self.max_pixels)
+        boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+        if not reference and pipeline.box_fit is None:
+            raise UsageError(f"{self.loaded.weights_path}: no face-detector fit in this checkpoint; give "
+                             "reference=True boxes")
+        matrices = [pipeline.crop_for_reference(b) if reference else pipeline.crop_for(b) for b in boxes]
+        with self._lock:
+            return pipeline.points_in(rgb, matrices)
 
 
 class FaceVerifier:
@@ -975,6 +1265,7 @@ class FaceVerifier:
     def run(self, inputs, gallery, *, out: str | Path | None = None, recursive: bool = False,
             batch_size: int = _V["batch_size"],
             workers: int | None = None, skip_existing: bool = False, vid_stride: int = 1,
+            buffer: bool | None = BUFFER.default,
             on_skip: Callable[[str], None] | None = None, shard: tuple[int, int] | None = None,
             records: str | Path | Any = None) -> Iterator[Result]:
         """Identify every face in a batch of images/videos against `gallery`, as `verify-face --gallery` does
@@ -986,8 +1277,8 @@ class FaceVerifier:
         check_out_dir(out_dir, skip_existing=skip_existing)
         return _run_batch(IdentifyPipeline(self.engine, gallery, out_dir=out_dir), inputs, Result, recursive=recursive,
                           out_dir=out_dir, batch_size=batch_size, workers=_workers(workers, self.loaded, shard),
-                          skip_existing=skip_existing, vid_stride=vid_stride, on_skip=on_skip, lock=self._lock,
-                          shard=shard, records=records)
+                          skip_existing=skip_existing, vid_stride=vid_stride, buffer=buffer, on_skip=on_skip,
+                          lock=self._lock, shard=shard, records=records)
 
     columns = list(VERIFY_FACE.columns)  # the gallery batch's table; a pair's is VERIFY_FACE.tables["pair"]
     extra_formats = None

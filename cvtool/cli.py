@@ -175,8 +175,8 @@ def _remote_or_none(spec, values: dict, **modes) -> None:
             **modes)
 
 
-def _batch_task(spec, values: dict) -> None:
-    """classify, detect, segment: load the model once, then the batch into the chosen writer."""
+def _batch_task(spec, values: dict, after=None) -> None:
+    """classify, detect, segment: load the model once, then the batch into the chosen writer (then `after(task)`)."""
     shard_of = _scale(values["shard"], values["records"], values["threads"])
     _remote_or_none(spec, values)
     with exits_cleanly():
@@ -187,8 +187,27 @@ def _batch_task(spec, values: dict) -> None:
         code = _run_batch(task, values[IMAGES], recursive=values["recursive"], out=values["out"],
                           skip_existing=values["skip_existing"], batch_size=values[spec.run_batch],
                           workers=values["workers"], fmt=values[FORMAT], vid_stride=values["vid_stride"],
-                          shard=shard_of, records=values["records"])
+                          buffer=values["buffer"], shard=shard_of, records=values["records"])
+        if after is not None:
+            after(task)
     raise typer.Exit(code)
+
+
+def _track(spec, values: dict) -> None:
+    """track: a batch on this machine (never sent to a server: a tracker's state spans a sequence's frames), then
+    each sequence's line/zone counts on stderr."""
+    from cvtool.ops.counting import counts_text
+
+    if _server():
+        with exits_cleanly():
+            raise UsageError("cvtool track runs on this machine (its tracker follows each video's frames in order); "
+                             "drop --server / CVTOOL_SERVER")
+
+    def summary(task) -> None:
+        for path, counts in task.counts.items():
+            info(f"{path}: {counts_text(counts)}")
+
+    _batch_task(spec, values, after=summary)
 
 
 def _stylize(spec, values: dict) -> None:
@@ -245,7 +264,7 @@ def _verify_face(spec, values: dict) -> None:
             code = _run_batch(verifier, images, recursive=values["recursive"], out=values["out"],
                               skip_existing=values["skip_existing"], batch_size=values["batch_size"],
                               workers=values["workers"], fmt=values[FORMAT], vid_stride=values["vid_stride"],
-                              gallery=known, shard=shard_of, records=values["records"])
+                              buffer=values["buffer"], gallery=known, shard=shard_of, records=values["records"])
             raise typer.Exit(code)
         code = _verify_pair(spec, verifier, images, indices, values["out"], values[FORMAT])
     raise typer.Exit(code)
@@ -273,7 +292,7 @@ def _verify_pair(spec, verifier, images: list[str], indices, out: Optional[Path]
     return 0 if result.same else 1
 
 
-_BODIES = {"stylize": _stylize, "verify-face": _verify_face}
+_BODIES = {"stylize": _stylize, "track": _track, "verify-face": _verify_face}
 for _spec in task_specs():
     command(app, _spec, _BODIES.get(_spec.name, _batch_task), images_help=common.IMAGES_HELP,
             images_required=_spec.name != "verify-face")

@@ -80,7 +80,7 @@ def export_cmd(
 ) -> None:
     """Export a model to ONNX, checked on the spot: onnxruntime must reproduce PyTorch within --tolerance
     (--half/--int8: agree with it by the task's measure: classify top-1 >= 0.95, segment pixels >= 0.95, detect
-    box IoU >= 0.80, face embedding distance <= 0.06)."""
+    box IoU >= 0.80, localize box IoU >= 0.90, face embedding distance <= 0.06)."""
     with exits_cleanly():
         if fmt != "onnx":
             raise UsageError(f"unknown --format {fmt!r}; onnx is the only export format")
@@ -339,6 +339,27 @@ def val_detect(
                               batch_size=batch_size, out=out, on_skip=skipping))
 
 
+@val_app.command("localize", epilog="Example: cvtool val localize pets_test/ --weights runs/pets/best.pt --out val/")
+def val_localize(
+    data: str = typer.Argument(..., help="images/ + annotations/ (VOC XML) or labels/ (YOLO), or a COCO .json; an "
+                               "image without a box is a Pc = 0 example."),
+    weights: Optional[Path] = VAL_WEIGHTS_OPT,
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="A localiser by name."),
+    conf: Optional[float] = typer.Option(None, "--conf", min=0.0, max=1.0, help="Pc at or above which an image has "
+                                         "its object (default 0.5, as `cvtool localize`)."),
+    multi: str = typer.Option("refuse", "--multi", help="An image with several boxes: refuse, largest or skip."),
+    batch_size: int = typer.Option(16, "--batch-size", "-b", min=1),
+    device: str = DEVICE_OPT,
+    out: Optional[Path] = VAL_OUT_OPT,
+) -> None:
+    """Pc accuracy, class accuracy, mean box IoU and the share of boxes at IoU >= 0.5 (examples.png)."""
+    with exits_cleanly():
+        from cvtool import val
+
+        _print_val(val.localize(data, weights=weights, model=model, device=device, conf=conf, multi=multi,
+                                batch_size=batch_size, out=out, on_skip=skipping))
+
+
 @val_app.command("segment", epilog="Example: cvtool val segment membrane_test/ --weights runs/membrane/best.pt")
 def val_segment(
     data: str = typer.Argument(..., help="Folder with images/ and masks/ (same file stems)."),
@@ -357,6 +378,22 @@ def val_segment(
 
         _print_val(val.segment(data, weights=weights, model=model, device=device, tile=tile, rand=rand, out=out,
                                threshold=threshold, on_skip=skipping))
+
+
+@val_app.command("landmarks", epilog="Example: cvtool val landmarks helen_test/ --weights runs/helen/best.pt")
+def val_landmarks(
+    data: str = typer.Argument(..., help="Images with .pts files (beside them or in labels/), or a CSV/JSON of points."),
+    weights: Optional[Path] = VAL_WEIGHTS_OPT,
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="A landmark model by name."),
+    boxes: str = typer.Option("points", "--boxes", help="points: each face cropped around its true points (as "
+                              "training validates); detector: the face detector's box, as `cvtool landmarks` finds it."),
+    device: str = DEVICE_OPT,
+) -> None:
+    """NME (inter-ocular for 68 / 5 face points, else the box diagonal) and failure rates at 0.08 and 0.10."""
+    with exits_cleanly():
+        from cvtool import val
+
+        _print_val(val.landmarks(data, weights=weights, model=model, device=device, boxes=boxes, on_skip=skipping))
 
 
 @val_app.command("face", epilog="Example: cvtool val face pairs.csv")

@@ -21,8 +21,10 @@ from cvtool.console import (SETTINGS, ListFormat, TrainProgress, exits_cleanly, 
 from cvtool.errors import UsageError
 from cvtool.train.args import Option, arg, declared
 from cvtool.train.recipes import (ClassifyConfig, ClassifyTrainArgs, DetectConfig, DetectTrainArgs, FaceConfig,
-                                  FaceTrainArgs, RunOptions, SegmentConfig, SegmentTrainArgs, StyleConfig,
+                                  FaceTrainArgs, LocalizeConfig, LocalizeTrainArgs, RunOptions, SegmentConfig, SegmentTrainArgs, StyleConfig,
                                   StyleTrainArgs)
+
+from cvtool.train.recipes import LandmarksConfig, LandmarksTrainArgs  # noqa: E402
 
 train_app = typer.Typer(
     help="Train models on your own data; the checkpoints load with --weights in the other commands.",
@@ -143,6 +145,36 @@ def train_face(**options) -> None:
     auc = val_metrics.get("roc_auc", val_metrics.get("auc"))
     info(f"held-out people: ROC AUC {auc:.4f}, verification accuracy {val_metrics['accuracy']:.4f} at distance "
          f"< {val_metrics['threshold']:.3f} (best epoch {summary['best_epoch']}); {summary['run_dir']}/best.pt")
+    typer.echo(json.dumps(summary, indent=2))
+
+
+@train_command("localize", LocalizeTrainArgs, LocalizeConfig, RunOptions,
+               epilog="Example: cvtool train localize pets/ --arch resnet18 --epochs 30 --img-size 128 --out runs/pets")
+def train_localize(**options) -> None:
+    """Train classification with localisation (Pc, box, class: one object per image) on a classifier backbone;
+    images without a box are the Pc = 0 examples. Writes best.pt, last.pt, metrics.csv, curves.png, examples.png,
+    summary.json."""
+    from cvtool import train
+
+    summary = _fit(train.localize, progress=not SETTINGS.quiet, **options)
+    v = summary["val"]
+    info(f"val: Pc accuracy {v['pc_accuracy']:.4f}, class accuracy {v['class_accuracy']:.4f}, mean IoU "
+         f"{v['mean_iou']:.4f}, IoU>=0.5 {v['iou50']:.4f} (best epoch {summary['best_epoch']}); "
+         f"{summary['run_dir']}/best.pt")
+    typer.echo(json.dumps(summary, indent=2))
+
+
+@train_command("landmarks", LandmarksTrainArgs, LandmarksConfig, RunOptions,
+               epilog="Example: cvtool train landmarks helen/ --arch resnet18 --epochs 60 --out runs/helen")
+def train_landmarks(**options) -> None:
+    """Train a landmark regressor (N x, y points); writes best.pt (lowest validation NME), last.pt, metrics.csv,
+    curves.png, summary.json. `cvtool landmarks IMG --weights RUN/best.pt` runs it."""
+    from cvtool import train
+
+    summary = _fit(train.landmarks, on_warning=_warning, progress=not SETTINGS.quiet, **options)
+    val_metrics = summary["val"]
+    info(f"val NME {val_metrics['nme']:.4f} ({summary['normaliser']}), failure rate at 0.10 "
+         f"{val_metrics['failure_0.10']:.3f} (best epoch {summary['best_epoch']}); {summary['run_dir']}/best.pt")
     typer.echo(json.dumps(summary, indent=2))
 
 

@@ -105,6 +105,54 @@ def detect(data: str | Path, *, weights: str | Path | None = None, model: str | 
     return summary
 
 
+def localize(data: str | Path, *, weights: str | Path | None = None, model: str | None = None,
+             device: str = "auto", conf: float | None = None, multi: str = "refuse", batch_size: int = 16,
+             out: str | Path | None = None, on_skip: Callable[[str], None] | None = None) -> dict:
+    """Pc accuracy, class accuracy, mean box IoU and the share at IoU >= 0.5 (cvtool.train.localization's
+    `localization_scores`) of a `train localize` checkpoint on VOC / YOLO / COCO data (an image without a box:
+    Pc* = 0), its answers those of `cvtool localize --conf CONF` (default: its own 0.5); examples.png in `out`."""
+    from cvtool.api import Localizer
+    from cvtool.io.inputs import InputItem
+    from cvtool.tasks.localize import DEFAULT_CONF as LOCALIZE_CONF
+    from cvtool.train.datasets import DataError
+    from cvtool.train.localization import decode_images, localization_scores, one_box_images, save_examples
+
+    _need_model(weights, model)
+    out_dir = _out_dir(out, "localize", data)
+    localizer = Localizer(model, weights=weights, device=device, backend="torch",
+                          conf=LOCALIZE_CONF if conf is None else conf)
+    truth = one_box_images(data, multi)
+    remap = _class_map(truth.classes, localizer.classes, data)
+    results = list(localizer.run([InputItem(str(p)) for p in truth.paths], batch_size=batch_size))
+    kept, pc, classes, boxes, skipped = [], [], [], [], 0
+    for k, result in enumerate(results):
+        if not result.ok:
+            skipped += 1
+            if on_skip is not None:
+                on_skip(f"{result.path}: {result.error}")
+            continue
+        h, w = result.result["size"]
+        kept.append(k)
+        pc.append(result.pc)
+        classes.append(result.result["index"])
+        boxes.append(np.array(result.result["box"]) / np.array([w, h, w, h]))
+    if not kept:
+        raise DataError("no image could be read", data)
+    truth = decode_images(truth.subset(kept), 96)  # the boxes as fractions of each image (and small pixels to show)
+    targets = truth.targets.copy()
+    positive = targets[:, 0] > 0
+    targets[positive, 5] = [remap[int(c)] for c in targets[positive, 5]]
+    scores = localization_scores(np.array(pc), np.array(classes), np.stack(boxes), targets, threshold=localizer.conf)
+    summary = {"task": "localize", "data": str(data), "model": localizer.loaded.name,
+               "weights_sha256": localizer.weights_sha256, "conf": localizer.conf, "skipped_files": skipped,
+               **{k: _round(v) if isinstance(v, float) else v for k, v in scores.items()}, "plots": []}
+    if out_dir is not None:
+        decoded = {"pc": np.array(pc), "box": np.stack(boxes), "class": np.array(classes)}
+        summary["plots"].append(save_examples(truth.pixels, targets, decoded, localizer.classes,
+                                              out_dir / "examples.png"))
+    return summary
+
+
 def segment(data: str | Path, *, weights: str | Path | None = None, model: str | None = None, device: str = "auto",
             tile: int | None = None, out: str | Path | None = None, rand: bool | None = None,
             threshold: float | None = None, on_skip: Callable[[str], None] | None = None) -> dict:
@@ -198,3 +246,64 @@ def _save_examples(examples, path: Path) -> str:
             ax.imshow(picture)
             ax.set(title=title, xticks=[], yticks=[])
     return save_figure(fig, path)
+
+
+def landmarks(data: str | Path, *, weights: str | Path | None = None, model: str | None = None,
+              device: str = "auto", boxes: str = "points", on_skip: Callable[[str], None] | None = None) -> dict:
+    """The normalised mean error (inter-ocular for iBUG 68 / dlib 5 points, else the box diagonal) and the failure
+    rates at 0.08 and 0.10 of a landmark model on labelled points (the layouts `cvtool train landmarks` reads),
+    through the object `cvtool landmarks` runs. `boxes`: "points" crops each face around its true points (the
+    training convention, as training validates); "detector" runs the face detector and takes the detection that
+    is the annotated face (`cvtool landmarks`' own boxes; faces it misses are counted, not scored). A whole-image
+    model (`--region image`) takes each image whole either way."""
+    from cvtool.api import LandmarkDetector
+    from cvtool.errors import InputError
+    from cvtool.io.image import read_image
+    from cvtool.ops import landmarks as geo
+    from cvtool.train.datasets import DataError
+    from cvtool.train.landmark_regression import check_points_inside, matched_face, open_landmark_data
+
+    _need_model(weights, model)
+    if boxes not in ("points", "detector"):
+        raise UsageError(f"--boxes {boxes!r}: choose points or detector")
+    labelled = open_landmark_data(data, on_skip=on_skip)
+    finder = LandmarkDetector(model, weights=weights, device=device, backend="torch", no_detect=boxes == "points")
+    pipeline = finder._pipeline
+    detector = finder.face_detector
+    if boxes == "detector" and pipeline.region == "box" and detector is None:
+        raise UsageError(f"{weights or model}: trained without measuring a face detector's boxes (--fit-faces 0); "
+                         "score it with --boxes points")
+    if len(labelled.points[0]) != pipeline.layout.num_points:
+        raise UsageError(f"{data}: {len(labelled.points[0])} points per image, but {finder.loaded.name} predicts "
+                         f"{pipeline.layout.num_points}")
+    predicted, truth, skipped, missed = [], [], 0, 0
+    for source, pts, where in zip(labelled.sources, labelled.points, labelled.labels):
+        try:
+            rgb = read_image(source)
+        except InputError as exc:
+            skipped += 1
+            if on_skip is not None:
+                on_skip(str(exc))
+            continue
+        height, width = rgb.shape[:2]
+        check_points_inside(pts, height, width, where)
+        if pipeline.region == "image":
+            found = pipeline.points_in(rgb, [pipeline.faces_of(rgb)[0][0]])[0]
+        elif boxes == "points":
+            found = finder.points_for(rgb, [geo.points_box(pts)], reference=True)[0]
+        else:
+            assert detector is not None  # checked above
+            box = matched_face(detector.detect([rgb])[0], pts)
+            if box is None:
+                missed += 1
+                continue
+            found = finder.points_for(rgb, [box])[0]
+        predicted.append(found)
+        truth.append(pts)
+    if not truth:
+        raise DataError("no face could be scored", data)
+    errors = geo.nme(np.stack(predicted), np.stack(truth), pipeline.layout)
+    return {"task": "landmarks", "data": str(data), "model": finder.loaded.name,
+            "weights_sha256": finder.weights_sha256, "boxes": boxes if pipeline.region == "box" else "image",
+            "images": len(truth), "skipped_files": skipped, "missed_by_detector": missed,
+            "layout": pipeline.layout.name, **geo.nme_summary(errors, pipeline.layout)}

@@ -24,7 +24,8 @@ ASTRONAUT = SAMPLES / "photos" / "astronaut.jpg"
 
 # the server's own parameters per endpoint (not task options), and the table's options an endpoint leaves out:
 # verify-face's mode options (the endpoint is the mode; /identify declares `gallery` itself) and a pair's face_index
-OWN = {"/classify": {"name", "path"}, "/detect": {"with_classes", "name", "path"},
+OWN = {"/classify": {"name", "path"}, "/detect": {"with_classes", "name", "path"}, "/localize": {"name", "path"},
+       "/landmarks": {"name", "path"},
        "/segment": {"format", "name", "path"}, "/stylize": {"format", "name", "path"},
        "/verify-face": {"path_a", "path_b"}, "/identify": {"gallery", "name", "path"}}
 LEFT_OUT = {"/verify-face": {"gallery", "calibrate"}, "/identify": {"gallery", "calibrate", "face_index"}}
@@ -71,7 +72,8 @@ def test_every_endpoint_takes_exactly_its_tasks_server_options_with_the_tables_d
             assert param["description"].startswith(option.help), (path, option.name)
         for alias, option in aliases.items():
             assert params[alias]["deprecated"] is True and option.name in params[alias]["description"]
-    assert seen == {"/classify", "/detect", "/segment", "/stylize", "/verify-face", "/identify"}
+    assert seen == {"/classify", "/detect", "/landmarks", "/localize", "/segment", "/stylize", "/verify-face",
+                    "/identify"}
     categories = {p["name"] for p in schema["paths"]["/detect/categories"]["get"]["parameters"]}
     assert categories == {"model", "weights", "backend"}  # detect's LOAD options: what names the detector
 

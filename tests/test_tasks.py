@@ -198,6 +198,10 @@ def test_tables_rows_match_their_columns():
         "segment": {"classes": [{"label": "shape", "pixels": 10, "fraction": 0.1}]},
         "stylize": {"losses": {"content": 1.0, "style": 2.0}, "style_distance": {"result": 1.0, "content": 4.0}},
         "verify-face": {"faces": [{"name": "ann", "distance": 0.3, "box": [1, 2, 3, 4]}]},
+        "landmarks": {"names": ["a", "b"], "faces": [{"box": [1, 2, 3, 4], "score": None,
+                                                     "points": [[1, 2], [3, 4]]}]},
+        "track": {"detections": [{"label": "cat", "score": 0.5, "box": [1, 2, 3, 4], "track_id": 7}]},
+        "localize": {"pc": 0.9, "label": "cat", "class_prob": 0.8, "box": [1, 2, 3, 4], "detections": []},
     }
     for spec in specs():
         rows = spec.rows(samples[spec.name])

@@ -21,7 +21,8 @@ from cvtool.train import recipes
 from cvtool.train.args import Option, fallback
 
 COMMANDS = {"classify": cli_train.train_classify, "detect": cli_train.train_detect,
-            "segment": cli_train.train_segment, "style": cli_train.train_style, "face": cli_train.train_face}
+            "segment": cli_train.train_segment, "style": cli_train.train_style, "face": cli_train.train_face,
+            "localize": cli_train.train_localize, "landmarks": cli_train.train_landmarks}
 # the entries' own keywords that are not options (hooks the CLI fills in)
 HOOKS = {"callbacks", "on_skip", "on_warning", "progress"}
 # `train classify`'s options of the CLI alone (evaluate a checkpoint, the report's format)

@@ -231,6 +231,22 @@ def _best_box_iou(expected: list, got: list) -> float:
     return float(np.mean(np.concatenate(ious)))
 
 
+def _localized_box_iou(expected: list, got: list) -> float:
+    """Localisers' raw [Pc, bx, by, bh, bw, c1..cn]: the mean IoU of the two outputs' decoded boxes, image by image."""
+    from cvtool.models.localizer import box_iou, decode
+
+    return float(box_iou(decode(expected[0])["box"], decode(got[0])["box"]).mean())
+
+
+def _largest_point_error(expected: list, got: list) -> float:
+    """Landmarks (B x 2N, fractions of the crop): the largest distance between the two outputs' points."""
+    import numpy as np
+
+    a = expected[0].reshape(len(expected[0]), -1, 2)
+    b = got[0].reshape(len(got[0]), -1, 2).astype(np.float32)
+    return float(np.max(np.linalg.norm(a - b, axis=2)))
+
+
 @dataclass(frozen=True)
 class Agreement:
     """How a task's reduced-precision export is checked against PyTorch (fp32): a measure of the two models'
@@ -250,8 +266,12 @@ AGREEMENTS = {
     "classify": Agreement(0.95, "top-1 agreement", _same_argmax),  # fraction of inputs with the same top class
     "segment": Agreement(0.95, "pixel agreement", _same_argmax),  # fraction of pixels with the same class
     "detect": Agreement(0.80, "box IoU", _best_box_iou),  # mean IoU of the 100 best-scored boxes, anchor by anchor
+    "localize": Agreement(0.90, "box IoU", _localized_box_iou),  # mean IoU of each image's one box
     # at most a tenth of dlib's 0.6 threshold
     "face-embed": Agreement(0.06, "largest embedding distance", _largest_distance, lower_is_better=True),
+    # a hundredth of the crop: about 1 px of a 128 px crop, a few percent of an inter-ocular distance
+    "landmarks": Agreement(0.01, "largest point distance (fraction of the crop)", _largest_point_error,
+                           lower_is_better=True),
 }
 
 

@@ -194,12 +194,14 @@ _ALIASES: dict[str, str] = {}  # alias -> name
 _BUILTIN_MODULES = [
     "cvtool.models.face_detectors",  # no torch: the cached-ONNX face chain looks its detector up here
     "cvtool.models.lenet",
+    "cvtool.models.localizer",  # classification with localisation on a classifier backbone (torch only)
     "cvtool.models.unet",
     "cvtool.models.face_embedder",
     "cvtool.models.transformer_net",
     "cvtool.models.yolo",
     "cvtool.models.face_resnet",  # torch only: before torchvision's, so the face path never imports torchvision
     "cvtool.models.face_landmarks",
+    "cvtool.models.landmark_net",  # torch; torchvision only when its backbone is one of torchvision's
     "cvtool.models.torchvision_classifiers",
     "cvtool.models.torchvision_segmenters",
     "cvtool.models.torchvision_detectors",

@@ -621,7 +621,8 @@ def create_app(settings: Settings, server: Server | None = None) -> FastAPI:
             default, description = FORMATS[spec.name]
             extras = (*extras, _own("format", str, default, description))
         sig = signature(options, (*extras, NAME, IMAGE_PATH), settings=settings, required=REQUIRED.get(spec.name, ()))
-        app.post(spec.endpoint)(handler(spec.name.replace("-", "_"), run, sig, DOCS[spec.name]))
+        # a task without words of its own here is described by its task table's summary
+        app.post(spec.endpoint)(handler(spec.name.replace("-", "_"), run, sig, DOCS.get(spec.name, spec.summary)))
 
     for spec in tasks.specs():
         if spec.endpoint is not None and spec is not VERIFY_FACE:

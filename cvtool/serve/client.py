@@ -582,8 +582,31 @@ class StylizeOutputs(LocalOutputs):
         return self.image_out.write(path, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
 
 
+class LandmarksOutputs(LocalOutputs):
+    """OUT/NAME.landmarks.jpg drawn from the record's faces; --save-pts OUT/NAME.faceNN.pts
+    (cvtool.pipelines.landmarks)."""
+
+    suffix = ".landmarks.jpg"
+
+    def __init__(self, out, options, save_pts: bool = False):
+        super().__init__(out, options)
+        self.save_pts = save_pts
+
+    def save(self, path, data, record, png, headers):
+        from cvtool.io.image import write_image
+        from cvtool.io.render import draw_detections
+        from cvtool.pipelines.landmarks import as_detections, write_pts
+
+        target = self.name(path)
+        write_image(target, draw_detections(self.decode(data, path), as_detections(record["result"])))
+        written = [str(target)]
+        if self.save_pts:
+            written += write_pts(str(target)[: -len(self.suffix)], record["result"], path)
+        return written
+
+
 OUTPUTS = {"classify": ClassifyOutputs, "detect": DetectOutputs, "segment": SegmentOutputs,
-           "stylize": StylizeOutputs}  # each task's `--out` files, as its pipeline writes them
+           "stylize": StylizeOutputs, "landmarks": LandmarksOutputs}  # each task's `--out` files, as its pipeline writes them
 
 
 def run_verify(url: str, mode: Mode, images: list[str], *, fmt: str | None, params: dict) -> int:

@@ -12,7 +12,7 @@ import importlib
 
 from cvtool.tasks.spec import TaskSpec
 
-_MODULES = ("classify", "detect", "segment", "stylize", "verify_face")
+_MODULES = ("classify", "detect", "localize", "landmarks", "segment", "stylize", "verify_face", "track")
 
 
 def specs() -> list[TaskSpec]:

@@ -23,6 +23,12 @@ THREADS = Option("threads", int, None, "Compute threads (PyTorch, OpenCV, onnxru
 HALF = Option("half", bool, False, "Half precision (autocast): fp16 on CUDA and MPS, bf16 on a CPU with bfloat16 "
               "instructions (refused on other CPUs). Agreement with fp32: README, GPUs.", stage=LOAD, server=False)
 
+FULL_DECODE = Option("full_decode", bool, True, "Decode every JPEG in full (a record is then the same from the CLI, "
+                     "the API and the server). --no-full-decode: in a batch (files, folders; not with --out for detect "
+                     "and segment) a JPEG at least twice the network's input is decoded 2, 4 or 8 times smaller by "
+                     "libjpeg (DCT scaling): faster, pixels slightly different (README, Reduced decoding); records stay "
+                     "in the photo's own pixels.", server=False)
+
 BATCH_SIZE = Option("batch_size", int, 16, "Images (or video frames) per forward pass.", low=1, stage=RUN,
                     short="-b", server=False)
 WORKERS = Option("workers", int, None, "Threads decoding and preprocessing images [default: 2 on the CPU; one per "
@@ -33,8 +39,13 @@ RECURSIVE = Option("recursive", bool, False, "Descend into subdirectories of dir
                    short="-r", server=False)
 SKIP_EXISTING = Option("skip_existing", bool, False, "With --out: skip inputs whose output already exists.",
                        stage=RUN, server=False)
-VID_STRIDE = Option("vid_stride", int, 1, "Videos and cameras: process every Nth frame.", low=1, stage=RUN,
-                    server=False)
+VID_STRIDE = Option("vid_stride", int, 1, "Videos and cameras: process every Nth frame (the others are grabbed, "
+                    "never converted to pixels).", low=1, stage=RUN, server=False)
+BUFFER = Option("buffer", bool, None, "Cameras and streams (cam:N, rtsp://, rtmp://, .m3u8, .mjpg) are read newest-"
+                "frame by default: the frames a slower model has no time for are dropped, so results keep up with "
+                "real time (each record has `dropped` and `lag_ms`). --buffer: every frame instead, queued (results "
+                "fall behind a stream faster than the model). --no-buffer on a video file: read it at its own frame "
+                "rate, as a live stream, dropping frames likewise.", stage=RUN, server=False, show_default=False)
 SHARD = Option("shard", str, None, "Only shard K of N of the inputs (a hash of each path): N processes or machines "
                "split one input list, disjointly and completely, with no coordination.", stage=RUN, metavar="K/N",
                server=False)
@@ -53,7 +64,7 @@ def with_default(option: Option, default, **changes) -> Option:
 
 
 LOADING = (WEIGHTS, DEVICE, BACKEND, MAX_PIXELS, THREADS, HALF)
-BATCH = (BATCH_SIZE, OUT, RECURSIVE, SKIP_EXISTING, WORKERS, VID_STRIDE, SHARD, RECORDS)
+BATCH = (BATCH_SIZE, OUT, RECURSIVE, SKIP_EXISTING, WORKERS, VID_STRIDE, BUFFER, SHARD, RECORDS)
 
 
 IMAGES_HELP = ("Image or video files, directories, glob patterns, http(s):// URLs, rtsp:// streams, cam:N (camera N), "

@@ -27,10 +27,14 @@ from cvtool.errors import UsageError
 from cvtool.train.args import fallback as _fallback
 from cvtool.train.recipes import (ClassifyConfig as _CC, ClassifyTrainArgs as _CA, DetectConfig as _DC,
                                   DetectTrainArgs as _DA, FaceConfig as _FC, FaceTrainArgs as _FA,
+                                  LocalizeConfig as _LC, LocalizeTrainArgs as _LA,
                                   RunOptions as _RUN, SegmentConfig as _SC, SegmentTrainArgs as _SA,
                                   StyleConfig as _STC, StyleTrainArgs as _STA)
 
-__all__ = ["classify", "detect", "segment", "style", "face", "evaluate_classifier", "Run", "Callbacks"]
+from cvtool.train.recipes import LandmarksConfig as _LMC, LandmarksTrainArgs as _LMA  # noqa: E402
+
+__all__ = ["classify", "detect", "segment", "style", "face", "localize", "landmarks", "evaluate_classifier", "Run",
+           "Callbacks"]
 
 
 def __getattr__(name: str):
@@ -372,5 +376,86 @@ def face(data: str | Path | None = None, *, arch: str = _FA.arch, loss: str = _F
 
     run, args, cfg = _start("face", arch, recipe, sources=(data,), out=out, resume=resume, epochs=epochs, device=device,
                             make=make)
+    return _fit(recipe, run, args, cfg, callbacks, on_skip, progress=progress, sync_bn=sync_bn,
+                cpu_bf16=cpu_bf16, val_every=val_every, on_warning=on_warning)
+
+
+def localize(data: str | Path | None = None, *, arch: str = _LA.arch, epochs: int | None = _LC.epochs,
+             batch_size: int = _LC.batch_size, lr: float = _LC.lr, weight_decay: float = _LC.weight_decay,
+             optimizer: str = _LC.optimizer, img_size: int | None = _LA.img_size, multi: str = _LA.multi,
+             val: str | Path | None = _LA.val, val_split: float = _LA.val_split, pretrained: bool = _LA.pretrained,
+             hflip: bool = _LA.hflip, ema: float = _LA.ema, out: str | Path | None = _LC.out,
+             resume: str | Path | None = _RUN.resume, device: str = _RUN.device, seed: int = _LC.seed,
+             workers: int | None = _LC.workers, callbacks=None, on_skip: Callable[[str], None] | None = None,
+             progress: bool = False, sync_bn: bool = _RUN.sync_bn, cpu_bf16: bool = _RUN.cpu_bf16,
+             val_every: int = _RUN.val_every, devices: int = _RUN.devices) -> dict:
+    """Classification with localisation (one object per image: Pc, box, class) on any classifier backbone
+    (`arch`), from VOC XML, YOLO txt or COCO JSON data; images without a box are the Pc = 0 examples.
+    best.pt by the share of images fully right (cvtool.train.localization.localization_scores)."""
+    check_run_options(device, cpu_bf16, val_every, epochs=epochs, batch_size=batch_size, lr=lr,
+                      weight_decay=weight_decay, workers=workers)
+    launched = _launch('localize', devices, {k: v for k, v in locals().items() if k != 'devices'})
+    if launched is not None:
+        return launched
+    from cvtool.train import localization as recipe
+    from cvtool.train.engine import TrainConfig
+
+    def make():
+        from cvtool.models.registry import get_entry
+
+        _need(data, "DATA is required (or --resume RUN_DIR)")
+        get_entry(arch, "classify").check_network()  # a backbone: any classifier network
+        if multi not in recipe.MULTI:
+            raise UsageError(f"unknown --multi {multi!r}; choose from {', '.join(recipe.MULTI)}")
+        if not 0 < val_split < 1 and val is None:
+            raise UsageError(f"--val-split must be between 0 and 1, got {val_split}")
+        _check_ema(ema)
+        args = recipe.LocalizeTrainArgs(str(data), arch, str(val) if val else None, val_split, img_size, multi,
+                                        pretrained, hflip, ema=ema)
+        return args, TrainConfig(epochs=epochs or _fallback(_LC, "epochs"), batch_size=batch_size, lr=lr,
+                                 weight_decay=weight_decay, optimizer=optimizer, seed=seed, workers=workers)
+
+    run, args, cfg = _start("localize", arch, recipe, sources=(data, val), out=out, resume=resume, epochs=epochs,
+                            device=device, make=make)
+    return _fit(recipe, run, args, cfg, callbacks, on_skip, progress=progress, sync_bn=sync_bn,
+                cpu_bf16=cpu_bf16, val_every=val_every)
+
+
+def landmarks(data: str | Path | None = None, *, arch: str = _LMA.arch, epochs: int | None = _LMC.epochs,
+              batch_size: int = _LMC.batch_size, lr: float = _LMC.lr, weight_decay: float = _LMC.weight_decay,
+              optimizer: str = _LMC.optimizer, img_size: int | None = _LMA.img_size, val: str | Path | None = _LMA.val,
+              val_split: float = _LMA.val_split, region: str = _LMA.region, flip_pairs: str | None = _LMA.flip_pairs,
+              hflip: bool = _LMA.hflip, rotate: float = _LMA.rotate, jitter: float = _LMA.jitter,
+              fit_faces: int = _LMA.fit_faces, pretrained: bool = _LMA.pretrained, ema: float = _LMA.ema,
+              out: str | Path | None = _LMC.out, resume: str | Path | None = _RUN.resume, device: str = _RUN.device,
+              seed: int = _LMC.seed, workers: int | None = _LMC.workers, callbacks=None,
+              on_skip: Callable[[str], None] | None = None, on_warning: Callable[[str], None] | None = None,
+              progress: bool = False, sync_bn: bool = _RUN.sync_bn, cpu_bf16: bool = _RUN.cpu_bf16,
+              val_every: int = _RUN.val_every, devices: int = _RUN.devices) -> dict:
+    """Train a landmark regressor (N x, y points per image) on iBUG .pts folders or a CSV/JSON of points;
+    best.pt by the lowest validation NME (inter-ocular for 68 / 5 face points, else the box diagonal).
+    `region="box"` crops each face around its points (at inference: a face detector's box, mapped as measured on
+    `fit_faces` training faces); `"image"` takes the whole image. `flip_pairs` ("A:B,..."): the left/right pairs
+    a flip swaps, for point sets other than iBUG's 68 and dlib's 5."""
+    check_run_options(device, cpu_bf16, val_every, epochs=epochs, batch_size=batch_size, lr=lr,
+                      weight_decay=weight_decay, workers=workers)
+    launched = _launch('landmarks', devices, {k: v for k, v in locals().items() if k != 'devices'})
+    if launched is not None:
+        return launched
+    from cvtool.train import landmark_regression as recipe
+    from cvtool.train.engine import TrainConfig
+
+    def make():
+        _need(data, "DATA is required (or --resume RUN_DIR)")
+        _check_ema(ema)
+        args = recipe.LandmarksTrainArgs(str(data), arch, str(val) if val else None, val_split, img_size, region,
+                                         flip_pairs, hflip, rotate, jitter, fit_faces, pretrained, ema)
+        recipe.check_args(args)
+        return args, TrainConfig(epochs=epochs or _fallback(_LMC, "epochs"), batch_size=batch_size, lr=lr,
+                                 weight_decay=weight_decay, optimizer=optimizer, seed=seed, workers=workers,
+                                 monitor="val_neg_nme")
+
+    run, args, cfg = _start("landmarks", "landmark_net", recipe, sources=(data, val), out=out, resume=resume,
+                            epochs=epochs, device=device, make=make)
     return _fit(recipe, run, args, cfg, callbacks, on_skip, progress=progress, sync_bn=sync_bn,
                 cpu_bf16=cpu_bf16, val_every=val_every, on_warning=on_warning)

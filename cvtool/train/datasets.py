@@ -36,6 +36,8 @@ DATA_SUBFOLDERS: dict[str, tuple[str, ...] | None] = {
     "classify": None, "face": None, "stylize": None,
     "segment": SEGMENT_IMAGE_DIRS + SEGMENT_MASK_DIRS,
     "detect": ("images", "annotations", "labels"),
+    "landmarks": None,  # images (or images/) with .pts beside them or in labels/
+    "localize": ("images", "annotations", "labels"),  # the detection layouts
 }
 
 
@@ -46,7 +48,7 @@ def data_folders(task: str, spec: str | Path | None) -> list[Path]:
     if spec is None:
         return []
     path = Path(spec)
-    if task == "detect" and path.is_file():
+    if task in ("detect", "localize") and path.is_file():  # a COCO JSON file
         path = path.parent
     if not path.is_dir():
         return []

@@ -221,3 +221,78 @@ class FaceConfig:
     seed: int = _seed("Seeds the identity split, batches, augmentation and initialisation.")
     workers: int | None = _workers()
     out: Path | None = _out("face-ARCH")
+
+
+# -- localize -----------------------------------------------------------------------------------------------
+
+@dataclass
+class LocalizeTrainArgs:
+    """What `cvtool train localize` was asked; stored in every checkpoint so --resume needs nothing else."""
+
+    data: str = arg(argument=True, help="images/ + annotations/ (VOC XML) or labels/ (YOLO), or COCO .json; an "
+                                        "image with no box is a Pc = 0 example.")
+    arch: str = arg("resnet18", short="-a", help="The backbone: any classifier of `cvtool models --task classify` "
+                                                 "(lenet5, resnet18, mobilenet_v3_small, ...).")
+    val: str | None = arg(None, help="Validation data (same layouts).")
+    val_split: float = arg(0.2, help="Without --val: fraction of each class (and of the negatives) held out.")
+    img_size: int | None = arg(None, low=16, help="Square input side, the whole image stretched to it (default: "
+                                                  "the backbone's crop, 128 for ImageNet backbones).")
+    multi: str = arg("refuse", help="An image with more than one box: refuse (one line naming the file), largest "
+                                    "(keep its largest box) or skip (leave the image out).")
+    pretrained: bool = arg(False, "--pretrained/--no-pretrained", help="Start the backbone from its weights.")
+    hflip: bool = arg(True, "--hflip/--no-hflip", help="Augment with horizontal flips (the box flips too).")
+    ema: float = _ema()  # > 0: validate and save an exponential moving average of the weights with this decay
+
+
+@dataclass
+class LocalizeConfig:
+    epochs: int | None = _epochs("Epochs to train", 30)
+    batch_size: int = _batch_size(16)
+    lr: float = arg(1e-3, help="Peak learning rate (cosine schedule).")
+    weight_decay: float = arg(1e-4)
+    optimizer: str = _optimizer()
+    seed: int = _seed("Seeds the split, shuffling, augmentation and initialisation.")
+    workers: int | None = _workers()
+    out: Path | None = _out("localize-ARCH")
+
+
+# -- landmarks ----------------------------------------------------------------------------------------------
+
+@dataclass
+class LandmarksTrainArgs:
+    """What `cvtool train landmarks` was asked; stored in every checkpoint so --resume needs nothing else."""
+
+    data: str = arg(argument=True, help="A folder of images with iBUG .pts files beside them or in labels/ (with or "
+                                        "without the version/n_points/{ } header), or a CSV (path,x0,y0,x1,y1,...) "
+                                        "or JSON ([{\"path\", \"points\": [[x, y], ...]}]) of points in pixels.")
+    arch: str = arg("resnet18", short="-a", help="The backbone: any classifier of `cvtool models --task classify` "
+                                                 "(lenet5, resnet18, mobilenet_v3_small, ...).")
+    val: str | None = arg(None, help="Validation data (same layouts).")
+    val_split: float = arg(0.2, help="Without --val: fraction of the images held out.")
+    img_size: int | None = arg(None, low=16, help="Crop side the network takes (default: 128; lenet5: 32).")
+    region: str = arg("box", help="box: each face's square crop (1.3 x the points' bounding box; at inference a "
+                                  "face detector's box, mapped as measured on training faces); image: the whole "
+                                  "image stretched square (points as fractions of the image).")
+    flip_pairs: str | None = arg(None, metavar="A:B,...", help="Left/right point pairs a horizontal flip swaps "
+                                                              "(default: iBUG's for 68 points, dlib's for 5).")
+    hflip: bool = arg(True, "--hflip/--no-hflip", help="Augment with horizontal flips (pairs swapped; not for "
+                                                       "points without declared pairs).")
+    rotate: float = arg(15.0, low=0.0, high=90.0, help="Augment: random rotation up to this many degrees.")
+    jitter: float = arg(0.1, low=0.0, high=0.5, help="Augment: random box shift (fraction of its side) and scale "
+                                                     "(1 +- this).")
+    fit_faces: int = arg(60, low=0, help="--region box: training images the face detector (dlib's CNN) is run on to "
+                                         "measure its boxes against the points' (0: no detection at inference).")
+    pretrained: bool = arg(False, "--pretrained/--no-pretrained", help="Start the backbone from its weights.")
+    ema: float = _ema()  # > 0: validate and save an exponential moving average of the weights with this decay
+
+
+@dataclass
+class LandmarksConfig:
+    epochs: int | None = _epochs("Epochs to train", 60)
+    batch_size: int = _batch_size(16)
+    lr: float = arg(1e-3, help="Peak learning rate (cosine schedule).")
+    weight_decay: float = arg(1e-4)
+    optimizer: str = _optimizer()
+    seed: int = _seed("Seeds the split, shuffling, augmentation and initialisation.")
+    workers: int | None = _workers()
+    out: Path | None = _out("landmarks-ARCH")
