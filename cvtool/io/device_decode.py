@@ -139,7 +139,9 @@ def _on_cpu(item: DeviceRead, device) -> Any:
 
 
 def _to_device(tensor, device):
-    if getattr(device, "type", str(device)) == "cuda":
+    import torch
+
+    if torch.device(device).type == "cuda":  # a torch.device or its name
         return tensor.pin_memory().to(device, non_blocking=True)
     return tensor.to(device)
 

@@ -25,6 +25,7 @@ from cvtool.errors import UsageError
 from cvtool.models import contract
 from cvtool.models.layers import ConvBnAct
 from cvtool.models.registry import ModelEntry, register
+from cvtool.ops.device_preprocess import area_weights
 from cvtool.ops.preprocess import Preprocess
 
 STRIDE = 16
@@ -254,23 +255,13 @@ def _letterbox_on_device(images: list[torch.Tensor], img_size: int, fill: int = 
         if (new_h, new_w) == (h, w):
             resized = image
         elif scale < 1:  # OpenCV's INTER_AREA when shrinking: each output pixel averages the area it covers
-            resized = _area_weights(new_h, h, image) @ image @ _area_weights(new_w, w, image).T
+            resized = area_weights(new_h, h, image) @ image @ area_weights(new_w, w, image).T
         else:  # OpenCV's INTER_LINEAR: half-pixel centres, no antialiasing
             resized = functional.interpolate(image[None], size=(new_h, new_w), mode="bilinear", align_corners=False)[0]
         pad_x, pad_y = (img_size - new_w) // 2, (img_size - new_h) // 2
         batch[i, :, pad_y : pad_y + new_h, pad_x : pad_x + new_w] = resized.clamp(0, 1)
         letterboxes.append(Letterbox(scale_x=new_w / w, scale_y=new_h / h, pad_x=pad_x, pad_y=pad_y, width=w, height=h))
     return batch, letterboxes
-
-
-def _area_weights(new: int, old: int, like: torch.Tensor) -> torch.Tensor:
-    """new x old: the fraction of output pixel i's footprint [i * old / new, (i + 1) * old / new) that source
-    pixel j covers (OpenCV's INTER_AREA, fractional edges included), as a matrix to resize with."""
-    step = old / new
-    start = torch.arange(new, dtype=torch.float64)[:, None] * step
-    j = torch.arange(old, dtype=torch.float64)[None, :]
-    overlap = (torch.minimum(start + step, j + 1) - torch.maximum(start, j)).clamp(min=0)
-    return (overlap / step).to(device=like.device, dtype=like.dtype)
 
 
 # The box score (objectness x best class) and the mapping back to the image's pixels live in cvtool.ops, in forms
