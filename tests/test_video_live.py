@@ -309,3 +309,32 @@ def test_a_stream_that_stays_gone_keeps_its_video_so_far_and_a_failing_write_fai
     assert records[-1] == {"path": str(path),
                            "error": "cannot write the frame's file (disk full) (after 5 frames; no video written)"}
     assert not any(p.suffix == ".mp4" for p in out2.iterdir())
+
+
+def test_cli_several_streams_at_once_and_the_buffer_flag(monkeypatch, tmp_path):
+    monkeypatch.setenv("CVTOOL_RECONNECT_TRIES", "0")  # a stream that ends is its end
+    a, b = MjpegCamera(fps=60, frames=90), MjpegCamera(fps=60, frames=90)
+    try:
+        result = invoke_cli("classify", a.url, b.url, "--model", "lenet5_digits", "-f", "jsonl")
+    finally:
+        a.stop()
+        b.stop()
+    assert result.returncode == 0, result.stderr
+    paths = [r["path"] for r in jsonl(result.stdout)]
+    assert paths.count(a.url) >= 30 and paths.count(b.url) >= 30
+    assert paths.index(b.url) < len(paths) - paths[::-1].index(a.url) - 1  # read together, not one after the other
+
+    camera = MjpegCamera(fps=60, frames=30)
+    try:
+        buffered = invoke_cli("classify", camera.url, "--buffer", "--model", "lenet5_digits", "-f", "jsonl")
+    finally:
+        camera.stop()
+    records = jsonl(buffered.stdout)
+    assert buffered.returncode == 0 and len(records) >= 25
+    assert all("dropped" not in r and "lag_ms" in r for r in records)
+
+    path = _numbered_video(tmp_path / "sixty.avi", 60, 60.0, "MJPG")
+    start = time.monotonic()
+    paced = invoke_cli("classify", str(path), "--no-buffer", "--model", "lenet5_digits", "-f", "jsonl")
+    assert paced.returncode == 0 and time.monotonic() - start > 0.95  # played at its 60 fps
+    assert all("dropped" in r and "lag_ms" in r for r in jsonl(paced.stdout))
