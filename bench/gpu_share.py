@@ -29,29 +29,10 @@ TARGET = 0.8
 TARGETED = ("resnet50", "efficientnet_b0", "yolo640", "unet512")
 
 
-def make_jpegs(folder: Path, count: int, size: tuple[int, int]) -> list[Path]:
-    """`count` JPEGs of `size` (width, height): crops of the sample photos, each different."""
-    import cv2
-    import numpy as np
-
-    folder.mkdir(parents=True, exist_ok=True)
-    sources = [cv2.imread(str(p)) for p in sorted((ROOT / "sample_images" / "photos").glob("*.jpg"))]
-    rng = np.random.default_rng(0)
-    paths = []
-    for i in range(count):
-        image = sources[i % len(sources)]
-        h, w = image.shape[:2]
-        top, left = int(rng.integers(0, h // 4)), int(rng.integers(0, w // 4))
-        crop = cv2.resize(image[top : top + 3 * h // 4, left : left + 3 * w // 4], size, interpolation=cv2.INTER_AREA)
-        path = folder / f"img_{i:05d}.jpg"
-        cv2.imwrite(str(path), crop, [cv2.IMWRITE_JPEG_QUALITY, 90])
-        paths.append(path)
-    return paths
-
-
 def share_checks(tmp: Path, gpu: str, quick: bool, images: int):
     """The `share.*` check functions (each returns its rows)."""
     import cvtool
+    from _photos import photo_jpegs
     from gpu_check import MIN_SECONDS, photo_list, random_batch, random_checkpoint, rate, timed, torchvision_random
 
     batch = 32 if not quick else 4
@@ -62,7 +43,7 @@ def share_checks(tmp: Path, gpu: str, quick: bool, images: int):
     def jpegs(kind: str) -> list[Path]:
         if kind not in cache:
             size = (512, 512) if kind == "square" else (640, 480)
-            cache[kind] = make_jpegs(tmp / f"share-{kind}", images, size)
+            cache[kind] = photo_jpegs(tmp / f"share-{kind}", images, size)
         return cache[kind]
 
     def measure(label: str, task, paths: list[Path], forward) -> list[dict]:

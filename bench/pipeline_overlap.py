@@ -33,27 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-
-
-def make_images(folder: Path, count: int) -> list[Path]:
-    """640 x 480 JPEGs: the sample photos, each a different crop."""
-    import cv2
-    import numpy as np
-
-    folder.mkdir(parents=True)
-    sources = [cv2.imread(str(p)) for p in sorted((ROOT / "sample_images" / "photos").glob("*.jpg"))]
-    rng = np.random.default_rng(0)
-    paths = []
-    for i in range(count):
-        image = sources[i % len(sources)]
-        h, w = image.shape[:2]
-        top, left = int(rng.integers(0, h // 4)), int(rng.integers(0, w // 4))
-        crop = cv2.resize(image[top : top + 3 * h // 4, left : left + 3 * w // 4], (640, 480),
-                          interpolation=cv2.INTER_AREA)
-        path = folder / f"img_{i:04d}.jpg"
-        cv2.imwrite(str(path), crop, [cv2.IMWRITE_JPEG_QUALITY, 90])
-        paths.append(path)
-    return paths
+from _photos import photo_jpegs  # noqa: E402
 
 
 def checkpoints(tmp: Path) -> dict[str, Path]:
@@ -107,7 +87,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="cvtool-overlap-") as tmp:
         tmp = Path(tmp)
         images = tmp / "images"
-        make_images(images, args.images)
+        photo_jpegs(images, args.images)
         weights = checkpoints(tmp)
 
         makers = {"classify": lambda: cvtool.Classifier(weights=str(weights["classify"]), device="cpu"),
