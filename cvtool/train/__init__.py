@@ -402,13 +402,14 @@ def localize(data: str | Path | None = None, *, arch: str = _LA.arch, epochs: in
 
     def make():
         from cvtool.models.registry import get_entry
+        from cvtool.train.datasets import check_val_split
 
         _need(data, "DATA is required (or --resume RUN_DIR)")
         get_entry(arch, "classify").check_network()  # a backbone: any classifier network
         if multi not in recipe.MULTI:
             raise UsageError(f"unknown --multi {multi!r}; choose from {', '.join(recipe.MULTI)}")
-        if not 0 < val_split < 1 and val is None:
-            raise UsageError(f"--val-split must be between 0 and 1, got {val_split}")
+        if val is None:
+            check_val_split(val_split)
         _check_ema(ema)
         args = recipe.LocalizeTrainArgs(str(data), arch, str(val) if val else None, val_split, img_size, multi,
                                         pretrained, hflip, ema=ema)

@@ -241,13 +241,18 @@ def _shrink(image: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
 
 
+def check_val_split(fraction: float) -> None:
+    """A UsageError unless `fraction` (--val-split, the share held out for validation) is in (0, 1)."""
+    if not 0 < fraction < 1:
+        raise UsageError(f"--val-split must be between 0 and 1, got {fraction}")
+
+
 def stratified_split(labels: list[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Indices (train, val) with `fraction` of each class held out (at least one per class)."""
     from sklearn.model_selection import train_test_split
 
     indices = np.arange(len(labels))
-    if not 0 < fraction < 1:
-        raise UsageError(f"--val-split must be between 0 and 1, got {fraction}")
+    check_val_split(fraction)
     counts = np.bincount(np.asarray(labels, dtype=np.int64))
     classes = int((counts > 0).sum())
     if (counts == 1).any():
@@ -287,6 +292,15 @@ def sample_index(item) -> tuple[int, int | None]:
     if isinstance(item, tuple):
         return int(item[0]), int(item[1])
     return int(item), None
+
+
+def brightness_contrast(image: np.ndarray, rng: np.random.Generator, *, contrast: float,
+                        brightness: float) -> np.ndarray:
+    """Training augmentation: uint8 pixels times a gain in 1 +- `contrast`, plus a bias in +- `brightness` grey
+    levels (drawn in that order), clipped to uint8."""
+    gain = 1 + rng.uniform(-contrast, contrast)
+    bias = rng.uniform(-brightness, brightness)
+    return np.clip(image.astype(np.float32) * gain + bias, 0, 255).astype(np.uint8)
 
 
 def augmentation_rng(seed: int | None) -> np.random.Generator:

@@ -25,7 +25,7 @@ from cvtool.models.registry import ModelEntry
 from cvtool.ops.preprocess import Preprocess
 from cvtool.ops.triplet import binary_pair_loss, pairwise_distances, triplet_loss
 from cvtool.ops.verification import accuracy_at, fit_threshold
-from cvtool.train.datasets import DataError, LabelledImages
+from cvtool.train.datasets import DataError, LabelledImages, check_val_split
 from cvtool.train.engine import Trainer
 from cvtool.train.recipes import FaceTrainArgs
 
@@ -66,8 +66,7 @@ def _require_pairs(counts: dict[str, int], origin) -> None:
 
 def split_identities(n_identities: int, fraction: float, seed: int, origin=None) -> tuple[list[int], list[int]]:
     """(train, val) identity indices: whole people held out, at least 2 on each side."""
-    if not 0 < fraction < 1:
-        raise UsageError(f"--val-split must be between 0 and 1, got {fraction}")
+    check_val_split(fraction)
     n_val = max(2, round(n_identities * fraction))
     if n_identities - n_val < 2:
         raise DataError(f"{n_identities} identities are too few to hold {n_val} out and train on the rest; "

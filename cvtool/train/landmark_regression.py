@@ -27,7 +27,7 @@ from cvtool.errors import InputError, UsageError
 from cvtool.io.image import IMAGE_SUFFIXES, read_image
 from cvtool.ops import landmarks as geo
 from cvtool.tasks.landmarks import DEFAULT_MIN_FACE
-from cvtool.train.datasets import DataError
+from cvtool.train.datasets import DataError, brightness_contrast, check_val_split
 from cvtool.train.recipes import LandmarksTrainArgs
 
 PATCH = 1.5  # the decoded patch: this times the crop's side (room for rotations and shifts)
@@ -290,8 +290,7 @@ class LandmarkDataset(torch.utils.data.Dataset):
         if flip:
             points = points[list(self.layout.flip)]
         if self.augment:
-            gain, bias = rng.uniform(0.7, 1.3), rng.uniform(-25, 25)
-            crop = np.clip(crop.astype(np.float32) * gain + bias, 0, 255).astype(np.uint8)
+            crop = brightness_contrast(crop, rng, contrast=0.3, brightness=25)
         target = geo.to_crop_fractions(points, self.size).reshape(-1)
         per_fraction = (self.size - 1) * side / self.size  # patch pixels per crop fraction (unrotated: validation)
         sx, sy = self.patches.pixel_scale[index]
@@ -383,8 +382,8 @@ def check_args(args: LandmarksTrainArgs) -> None:
 
     if args.region not in REGIONS:
         raise UsageError(f"--region {args.region!r}: choose box or image")
-    if not 0 < args.val_split < 1 and not args.val:
-        raise UsageError(f"--val-split must be between 0 and 1, got {args.val_split}")
+    if not args.val:
+        check_val_split(args.val_split)
     get_entry(args.arch, "classify").check_network()
     parse_pairs(args.flip_pairs)
 

@@ -21,7 +21,7 @@ from torch import nn
 from cvtool.models.localizer import TARGET_COLUMNS, box_iou, centre_to_corners, decode, localization_loss
 from cvtool.ops.preprocess import Preprocess
 from cvtool.train import plots
-from cvtool.train.datasets import DataError, augmentation_rng, sample_index
+from cvtool.train.datasets import DataError, augmentation_rng, brightness_contrast, sample_index
 from cvtool.train.recipes import LocalizeTrainArgs
 
 MULTI = ("refuse", "largest", "skip")  # what an image with more than one box becomes (--multi)
@@ -167,9 +167,7 @@ class Jitter:
             if target[0] > 0:
                 target[1] = 1 - target[1]
         if self.colour:
-            gain = 1 + rng.uniform(-self.colour, self.colour)
-            bias = rng.uniform(-self.colour, self.colour) * 64
-            out = np.clip(out.astype(np.float32) * gain + bias, 0, 255).astype(np.uint8)
+            out = brightness_contrast(out, rng, contrast=self.colour, brightness=self.colour * 64)
         return np.ascontiguousarray(out), target
 
 
