@@ -15,6 +15,7 @@ from cvtool.console import (SETTINGS, ListFormat, error_line, exits_cleanly, inf
 from cvtool.errors import UsageError
 from cvtool.serve.settings import DEFAULTS as SERVE, Settings as ServeSettings, size_text  # standard library only
 from cvtool.tasks import common, names as task_names
+from cvtool.tasks.localize import DEFAULT_CONF as LOCALIZE_CONF
 from cvtool.tasks.options import split_csv
 from cvtool.tasks.segment import SPEC as SEGMENT_SPEC
 
@@ -346,7 +347,7 @@ def val_localize(
     weights: Optional[Path] = VAL_WEIGHTS_OPT,
     model: Optional[str] = typer.Option(None, "--model", "-m", help="A localiser by name."),
     conf: Optional[float] = typer.Option(None, "--conf", min=0.0, max=1.0, help="Pc at or above which an image has "
-                                         "its object (default 0.5, as `cvtool localize`)."),
+                                         f"its object (default {LOCALIZE_CONF:g}, as `cvtool localize`)."),
     multi: str = typer.Option("refuse", "--multi", help="An image with several boxes: refuse, largest or skip."),
     batch_size: int = typer.Option(16, "--batch-size", "-b", min=1),
     device: str = DEVICE_OPT,
