@@ -49,19 +49,14 @@ class TrackPipeline:
         self.max_pixels = detector.max_pixels
         self.settings, self.tracker_name, self.trail = settings, tracker, trail
         self.line, self.zone = (list(line) if line else None), (list(zone) if zone else None)
-        try:
-            make_tracker(tracker, settings)
-            if self.line is not None:
-                LineCounter(self.line)
-            if self.zone is not None:
-                ZoneCounter(self.zone)
-        except ValueError as exc:
-            raise UsageError(f"--{_option_of(str(exc))}: {exc}") from None
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.output_name = OutputNamer(out_dir, ".track.jpg") if out_dir is not None else None
         self.video_name = OutputNamer(out_dir, ".track.mp4") if out_dir is not None else None
         self.counts: dict[str, dict] = {}  # sequence -> its counts so far (the summary)
-        self.start(None)
+        try:  # the first sequence's tracker and counters: bad settings, a bad line or zone refused here
+            self.start(None)
+        except ValueError as exc:
+            raise UsageError(f"--{_option_of(str(exc))}: {exc}") from None
 
     # -- a sequence ---------------------------------------------------------------------------------------------
     def start(self, path: str | None) -> None:
